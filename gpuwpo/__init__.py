@@ -1,0 +1,44 @@
+"""gpuwpo: batched weight-programming optimisation for analogue in-memory computing (PCM).
+
+The whole population of a differential-evolution search is evaluated as one batched tensor on
+the GPU (or the CPU), with programming noise, conductance drift and read noise sampled inside
+the batch, and all layers of a network are optimised in one call.
+"""
+
+from .compensation import GlobalDriftCompensation, PerColumnDriftCompensation
+from .converters import (
+    CustomPairConductanceConverter,
+    DualPairConductanceConverter,
+    FusionConductanceConverter,
+    NPairConductanceConverter,
+    SinglePairConductanceConverter,
+)
+from .noise import CustomDriftPCMLikeNoiseModel, PCMLikeNoiseModel
+from .objective import TNMSEObjective
+from .optimizer import OptimizationResult, WeightProgrammingOptimizer
+from .sampling import downsample_weight_distribution, shuffle_weights
+from .simulate import simulate_weights
+from .strategy import StrategySpace
+from .synthetic import student_t_weights
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CustomDriftPCMLikeNoiseModel",
+    "CustomPairConductanceConverter",
+    "DualPairConductanceConverter",
+    "FusionConductanceConverter",
+    "GlobalDriftCompensation",
+    "NPairConductanceConverter",
+    "OptimizationResult",
+    "PCMLikeNoiseModel",
+    "PerColumnDriftCompensation",
+    "SinglePairConductanceConverter",
+    "StrategySpace",
+    "TNMSEObjective",
+    "WeightProgrammingOptimizer",
+    "downsample_weight_distribution",
+    "shuffle_weights",
+    "simulate_weights",
+    "student_t_weights",
+]

@@ -1,0 +1,512 @@
+"""PCM device physics: programming noise, drift and read noise, batched over any leading dims.
+
+The formulas are those of DESIGN.md section 2 (the statistical PCM model of Nandakumar et al.,
+ICECS 2019, as used by IBM's aihwkit); the class and argument names follow aihwkit's
+``PCMLikeNoiseModel`` and ``CustomDriftPCMLikeNoiseModel`` so that its users feel at home.
+
+All conductances are in micro-Siemens, all times in seconds. Every method works on tensors of
+any shape (the leading dimensions are batch dimensions: layers, candidates, time steps, repeats),
+returns a tensor of the input's floating dtype on the input's device, and draws its standard
+normals through an explicit ``torch.Generator`` -- or takes them from the keyword ``z=`` so that
+the formulas can be checked exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+import torch
+
+__all__ = ["PCMLikeNoiseModel", "CustomDriftPCMLikeNoiseModel", "PreparedTargets"]
+
+#: Programming-noise polynomial of Nandakumar et al. (2019); fitted at g_max = 25 uS.
+DEFAULT_PROG_COEFF: tuple[float, float, float] = (0.26348, 1.9650, -1.1731)
+DEFAULT_PROG_COEFF_G_MAX_REFERENCE = 25.0
+
+# Floor of |g| / g_max before the logarithm of the drift fit (a zero conductance would give
+# log(0) = -inf; the clips of mu and sigma make the exact floor irrelevant below ~1e-2).
+_G_REL_FLOOR = 1e-7
+# Floor of (|g_p| / g_max)^0.65 in the 1/f read-noise amplitude Q, and Q's ceiling.
+_Q_DENOM_FLOOR = 1e-3
+_Q_MAX = 0.2
+
+TimeLike = float | torch.Tensor
+
+
+class PreparedTargets(NamedTuple):
+    """Per-target quantities shared by every time step (see ``prepare_targets``), all ``[...]``.
+
+    Fields: ``g_target`` (uS), ``prog_std`` (``prog_noise_scale * sigma_prog``, uS),
+    ``drift_mu`` and ``drift_sigma`` (unitless, before ``|.|`` and drift_scale).
+    """
+
+    g_target: torch.Tensor
+    prog_std: torch.Tensor
+    drift_mu: torch.Tensor
+    drift_sigma: torch.Tensor
+
+
+def _check_finite(name: str, value: object, *, positive: bool = False, nonneg: bool = False):
+    """Return ``value`` as a float, raising ValueError naming it if it is not acceptable."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if positive and value <= 0.0:
+        raise ValueError(f"{name} must be > 0, got {value!r}")
+    if nonneg and value < 0.0:
+        raise ValueError(f"{name} must be >= 0, got {value!r}")
+    return value
+
+
+def _as_float_tensor(x: torch.Tensor | float) -> torch.Tensor:
+    """A floating tensor view of ``x`` (integers are promoted to torch's default float dtype)."""
+    x = torch.as_tensor(x)
+    if not x.is_floating_point():
+        x = x.to(torch.get_default_dtype())
+    return x
+
+
+def _normal(
+    shape: torch.Size,
+    like: torch.Tensor,
+    generator: torch.Generator | None,
+    z: torch.Tensor | None,
+) -> torch.Tensor:
+    """Standard normals of ``shape`` in ``like``'s dtype/device, or the given ``z`` (cast)."""
+    if z is not None:
+        # Cast so that float64 draws never promote a float32 computation (and vice versa).
+        return torch.as_tensor(z).to(dtype=like.dtype, device=like.device)
+    return torch.randn(shape, generator=generator, dtype=like.dtype, device=like.device)
+
+
+class PCMLikeNoiseModel:
+    r"""Statistical PCM model: programming noise, conductance drift and 1/f read noise.
+
+    Args:
+        prog_coeff: coefficients ``(c0, c1, c2)`` of the programming-noise polynomial
+            ``sigma_prog(g) = (c0 + c1 (g/g_max) + c2 (g/g_max)^2) * g_max / g_ref`` in uS.
+            ``None`` gives the published fit ``(0.26348, 1.9650, -1.1731)``.
+        g_max: maximum conductance of the converter in uS (> 0).
+        t_read: read pulse duration of the 1/f noise fit in seconds (> 0).
+        t_0: first reading time of the drift fit in seconds (> 0); inference times count from
+            the end of programming, so the drift clock is ``t' = t + t_0``.
+        prog_noise_scale, read_noise_scale, drift_scale: multipliers (>= 0) of the programming
+            noise, the read noise and the drift coefficient.
+        prog_coeff_g_max_reference: the g_max (uS) at which ``prog_coeff`` was fitted,
+            ``g_ref`` above. Defaults to 25.0 for the default coefficients and to ``g_max`` for
+            user-given ones.
+
+    Raises:
+        ValueError: on any argument outside the ranges above, naming the bad value.
+    """
+
+    is_custom_drift: bool = False
+
+    def __init__(
+        self,
+        prog_coeff: Sequence[float] | None = None,
+        g_max: float = 25.0,
+        t_read: float = 250e-9,
+        t_0: float = 20.0,
+        prog_noise_scale: float = 1.0,
+        read_noise_scale: float = 1.0,
+        drift_scale: float = 1.0,
+        prog_coeff_g_max_reference: float | None = None,
+    ) -> None:
+        self.g_max = _check_finite("g_max", g_max, positive=True)
+        self.t_read = _check_finite("t_read", t_read, positive=True)
+        self.t_0 = _check_finite("t_0", t_0, positive=True)
+        self.prog_noise_scale = _check_finite("prog_noise_scale", prog_noise_scale, nonneg=True)
+        self.read_noise_scale = _check_finite("read_noise_scale", read_noise_scale, nonneg=True)
+        self.drift_scale = _check_finite("drift_scale", drift_scale, nonneg=True)
+
+        if prog_coeff is None:
+            self.prog_coeff = DEFAULT_PROG_COEFF
+            default_ref = DEFAULT_PROG_COEFF_G_MAX_REFERENCE
+        else:
+            if isinstance(prog_coeff, (str, bytes)) or not isinstance(prog_coeff, Sequence):
+                raise ValueError(
+                    f"prog_coeff must be a sequence of 3 numbers (c0, c1, c2), got {prog_coeff!r}"
+                )
+            if len(prog_coeff) != 3:
+                raise ValueError(
+                    f"prog_coeff must have exactly 3 coefficients (c0, c1, c2), "
+                    f"got {len(prog_coeff)}: {list(prog_coeff)!r}"
+                )
+            self.prog_coeff = tuple(
+                _check_finite(f"prog_coeff[{i}]", c) for i, c in enumerate(prog_coeff)
+            )
+            # A user fit is taken to be made at this converter's g_max (as in aihwkit).
+            default_ref = self.g_max
+        if prog_coeff_g_max_reference is None:
+            self.g_ref = default_ref
+        else:
+            self.g_ref = _check_finite(
+                "prog_coeff_g_max_reference", prog_coeff_g_max_reference, positive=True
+            )
+
+    # aihwkit spells the reference conductance this way; keep the alias for its users.
+    @property
+    def prog_coeff_g_max_reference(self) -> float:
+        """Alias of :attr:`g_ref` (aihwkit's name)."""
+        return self.g_ref
+
+    def _kwargs_repr(self) -> str:
+        return (
+            f"prog_coeff={self.prog_coeff}, g_max={self.g_max}, t_read={self.t_read}, "
+            f"t_0={self.t_0}, prog_noise_scale={self.prog_noise_scale}, "
+            f"read_noise_scale={self.read_noise_scale}, drift_scale={self.drift_scale}, "
+            f"prog_coeff_g_max_reference={self.g_ref}"
+        )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._kwargs_repr()})"
+
+    # ----------------------------------------------------------------------------------------
+    # programming
+    def programming_noise_std(self, g_target: torch.Tensor) -> torch.Tensor:
+        """``sigma_prog(g)`` in uS, same shape as ``g_target`` (not yet scaled).
+
+        Note the polynomial may turn negative far above g_max; it multiplies a symmetric draw,
+        so only its magnitude matters (as in the reference).
+        """
+        g = _as_float_tensor(g_target)
+        c0, c1, c2 = self.prog_coeff
+        x = g / self.g_max
+        return (c0 + x * (c1 + x * c2)) * (self.g_max / self.g_ref)
+
+    def apply_programming_noise_to_conductance(
+        self,
+        g_target: torch.Tensor,
+        generator: torch.Generator | None = None,
+        *,
+        z: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Programmed conductances ``g_p = max(0, g + prog_noise_scale * sigma_prog(g) * z)``.
+
+        Args:
+            g_target: target conductances in uS, shape ``[...]``.
+            generator: source of the standard normals when ``z`` is not given.
+            z: standard-normal draws broadcastable with ``g_target`` (no draw is made then).
+
+        Returns:
+            ``g_p`` in uS, shape ``broadcast([...], z.shape)``, dtype/device of ``g_target``.
+        """
+        g = _as_float_tensor(g_target)
+        sigma = self.programming_noise_std(g)
+        z = _normal(g.shape, g, generator, z)
+        return torch.clamp(g + (self.prog_noise_scale * sigma) * z, min=0.0)
+
+    # ----------------------------------------------------------------------------------------
+    # drift coefficient
+    def drift_mean_std(self, g_target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and spread ``(mu, sigma)`` of the drift coefficient, clips applied.
+
+        Args:
+            g_target: target conductances in uS, shape ``[...]``.
+
+        Returns:
+            ``(mu, sigma)``, each of shape ``[...]`` (unitless), before ``|.|`` and drift_scale.
+        """
+        g = _as_float_tensor(g_target)
+        log_g_rel = torch.log(torch.clamp(g.abs() / self.g_max, min=_G_REL_FLOOR))
+        mu = torch.clamp(-0.0155 * log_g_rel + 0.0244, min=0.049, max=0.1)
+        sigma = torch.clamp(-0.0125 * log_g_rel - 0.0059, min=0.008, max=0.045)
+        return mu, sigma
+
+    def generate_drift_coefficients(
+        self,
+        g_target: torch.Tensor,
+        generator: torch.Generator | None = None,
+        *,
+        z: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Drift coefficients ``nu = |mu(g) + sigma(g) z| * drift_scale`` of the TARGET g.
+
+        Args:
+            g_target: target conductances in uS, shape ``[...]``.
+            generator: source of the standard normals when ``z`` is not given.
+            z: standard-normal draws broadcastable with ``g_target``.
+
+        Returns:
+            ``nu`` (unitless, >= 0), shape ``broadcast([...], z.shape)``.
+        """
+        g = _as_float_tensor(g_target)
+        mu, sigma = self.drift_mean_std(g)
+        z = _normal(g.shape, g, generator, z)
+        return torch.abs(mu + sigma * z) * self.drift_scale
+
+    # ----------------------------------------------------------------------------------------
+    # drift and read noise at inference time
+    def apply_drift_noise_to_conductance(
+        self,
+        g_prog: torch.Tensor,
+        nu: torch.Tensor,
+        t_inference: TimeLike,
+        generator: torch.Generator | None = None,
+        *,
+        z: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Conductances at ``t_inference`` seconds after programming: drift, then 1/f read noise.
+
+        ``t' = t + t_0``; ``g_d = g_p (t'/t_0)^(-nu)`` where ``t' > t_0`` (else ``g_p``);
+        ``Q = min(0.2, 0.0088 / max((|g_p|/g_max)^0.65, 1e-3))``;
+        ``sigma_read = Q sqrt(ln((t' + t_read) / (2 t_read)))``;
+        ``g_t = max(0, g_d + |g_d| * read_noise_scale * sigma_read * z)``.
+
+        Args:
+            g_prog: programmed conductances in uS, shape ``[...]``.
+            nu: drift coefficients, broadcastable with ``g_prog``.
+            t_inference: seconds (>= 0) after programming; a float, or a tensor that
+                broadcasts with ``g_prog`` (e.g. ``[T, 1, 1]`` against ``[2K, N]`` gives
+                ``[T, 2K, N]``). Negative tensor entries are not checked (that would need a
+                device synchronisation); they mean "no drift" like t = 0.
+            generator: source of the standard normals when ``z`` is not given; they are drawn
+                with the broadcast shape of ``g_prog``, ``nu`` and ``t_inference``.
+            z: standard-normal draws broadcastable with that shape.
+
+        Returns:
+            ``g_t`` in uS, the broadcast shape, dtype/device of ``g_prog``.
+        """
+        g_p = _as_float_tensor(g_prog)
+        nu = torch.as_tensor(nu).to(dtype=g_p.dtype, device=g_p.device)
+
+        if isinstance(t_inference, torch.Tensor):
+            # Time arithmetic in float64 where possible: t' / (2 t_read) reaches ~1e14 for years.
+            t = t_inference.to(device=g_p.device, dtype=torch.float64)
+            t_prime = t + self.t_0
+            time_ratio = (t_prime / self.t_0).to(g_p.dtype)
+            read_log = torch.log((t_prime + self.t_read) / (2.0 * self.t_read))
+            read_factor = torch.sqrt(read_log).to(g_p.dtype)
+            # No drift before the first reading (t' <= t_0); (t'/t_0)^-nu would grow instead.
+            drift_factor = torch.where(
+                t_prime > self.t_0, torch.pow(time_ratio, -nu), torch.ones_like(time_ratio)
+            )
+            out_shape = torch.broadcast_shapes(g_p.shape, nu.shape, t.shape)
+        else:
+            t = _check_finite("t_inference", t_inference, nonneg=True)
+            t_prime = t + self.t_0
+            read_factor = math.sqrt(math.log((t_prime + self.t_read) / (2.0 * self.t_read)))
+            drift_factor = torch.pow(t_prime / self.t_0, -nu) if t_prime > self.t_0 else None
+            out_shape = torch.broadcast_shapes(g_p.shape, nu.shape)
+
+        g_d = g_p if drift_factor is None else g_p * drift_factor
+        # Q uses the PROGRAMMED conductance, not the drifted one (as in the reference).
+        q = torch.clamp(
+            0.0088 / torch.clamp((g_p.abs() / self.g_max) ** 0.65, min=_Q_DENOM_FLOOR),
+            max=_Q_MAX,
+        )
+        sigma_read = q * read_factor
+        z = _normal(out_shape, g_p, generator, z)
+        return torch.clamp(g_d + g_d.abs() * (self.read_noise_scale * sigma_read) * z, min=0.0)
+
+    # ----------------------------------------------------------------------------------------
+    # hot path: a tile programmed afresh at every time step
+    def prepare_targets(self, g_target: torch.Tensor) -> PreparedTargets:
+        """Precompute what depends only on the targets (``[...]``, uS), once for all time steps."""
+        g = _as_float_tensor(g_target)
+        mu, sigma = self.drift_mean_std(g)
+        return PreparedTargets(g, self.prog_noise_scale * self.programming_noise_std(g), mu, sigma)
+
+    def program_drift_read_step(
+        self,
+        prepared: PreparedTargets,
+        t_inference: TimeLike,
+        z_prog: torch.Tensor | None = None,
+        z_drift: torch.Tensor | None = None,
+        z_read: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Program the prepared targets afresh, draw nu, drift and read them at ``t_inference``.
+
+        Exactly ``apply_programming_noise_to_conductance``, ``generate_drift_coefficients`` and
+        ``apply_drift_noise_to_conductance`` in sequence, without recomputing the per-target
+        polynomial and logarithms.
+
+        Args:
+            prepared: from :meth:`prepare_targets`, fields of shape ``[...]``.
+            t_inference: seconds after programming (float or broadcastable tensor).
+            z_prog, z_drift, z_read: standard normals broadcastable with ``[...]`` (the read
+                draws with the broadcast shape including ``t_inference``); drawn from
+                ``generator`` where None.
+            generator: source of the draws not given.
+
+        Returns:
+            ``(g_prog, g_t)`` in uS: programmed conductances ``[...]`` and conductances at t.
+        """
+        g = prepared.g_target
+        z_prog = _normal(g.shape, g, generator, z_prog)
+        z_drift = _normal(g.shape, g, generator, z_drift)
+        if isinstance(t_inference, torch.Tensor):
+            g_prog = torch.clamp(g + prepared.prog_std * z_prog, min=0.0)
+            nu = torch.abs(prepared.drift_mu + prepared.drift_sigma * z_drift) * self.drift_scale
+            g_t = self.apply_drift_noise_to_conductance(g_prog, nu, t_inference, generator,
+                                                        z=z_read)
+            return g_prog, g_t
+        # A float time: the hot path of the objective. Same formulas, written as few in-place
+        # passes over the data as possible (each pass costs as much as the arithmetic in it).
+        t = _check_finite("t_inference", t_inference, nonneg=True)
+        t_prime = t + self.t_0
+        g_prog = torch.addcmul(g, prepared.prog_std, z_prog).clamp_(min=0.0)
+        shape = torch.broadcast_shapes(g_prog.shape, z_drift.shape)
+        z_read = _normal(shape, g, generator, z_read)
+        shape = torch.broadcast_shapes(shape, z_read.shape)
+        if g_prog.shape != shape:  # the in-place passes below need the full shape
+            g_prog = g_prog.expand(shape).contiguous()
+        if t_prime > self.t_0:
+            # (t'/t0)^(-nu) = exp(-nu * ln(t'/t0)); nu = |mu + sigma z| * drift_scale
+            log_ratio = math.log(t_prime / self.t_0)
+            g_d = torch.addcmul(prepared.drift_mu, prepared.drift_sigma, z_drift).abs_()
+            g_d = g_d.mul_(-self.drift_scale * log_ratio).exp_().mul_(g_prog)
+        else:
+            g_d = g_prog.expand(shape).clone()
+        read_factor = math.sqrt(math.log((t_prime + self.t_read) / (2.0 * self.t_read)))
+        # Q = min(0.2, 0.0088 / max((g_p/g_max)^0.65, 1e-3)) = min(0.2, c * g_p^-0.65): where
+        # the floor 1e-3 engages, 0.0088 / 1e-3 = 8.8 is capped at 0.2 anyway.
+        q = torch.pow(g_prog, -0.65).mul_(0.0088 * self.g_max**0.65).clamp_(max=_Q_MAX)
+        # g_t = max(0, g_d + |g_d| * s * Q * z) = max(0, g_d * (1 + s * Q * z)) as g_d >= 0
+        q = q.mul_(z_read).mul_(self.read_noise_scale * read_factor).add_(1.0)
+        g_t = q.mul_(g_d).clamp_(min=0.0)
+        return g_prog, g_t
+
+
+_CUSTOM_DRIFT_KEYS = ("g_lst", "nu_mean_lst", "nu_std_lst")
+
+
+class CustomDriftPCMLikeNoiseModel(PCMLikeNoiseModel):
+    """A :class:`PCMLikeNoiseModel` whose drift mean and spread come from user tables.
+
+    ``mu(g)`` and ``sigma(g)`` are the linear interpolations of ``nu_mean_lst`` and
+    ``nu_std_lst`` over ``g_lst`` (uS) at the target conductance, clipped to the table's range
+    (np.interp semantics, computed in torch for any batch shape); then
+    ``nu = |mu + sigma z| * drift_scale``. Programming and read noise are unchanged.
+
+    Args:
+        custom_drift_model: mapping with the keys ``g_lst`` (conductances in uS, >= 0, strictly
+            ascending), ``nu_mean_lst`` and ``nu_std_lst`` (>= 0), all of the same length >= 2
+            and all finite.
+        **kwargs: as for :class:`PCMLikeNoiseModel`.
+
+    Raises:
+        ValueError: on a malformed table (naming the problem) or a bad keyword argument.
+    """
+
+    is_custom_drift: bool = True
+
+    def __init__(
+        self,
+        custom_drift_model: Mapping[str, Sequence[float]],
+        prog_coeff: Sequence[float] | None = None,
+        g_max: float = 25.0,
+        t_read: float = 250e-9,
+        t_0: float = 20.0,
+        prog_noise_scale: float = 1.0,
+        read_noise_scale: float = 1.0,
+        drift_scale: float = 1.0,
+        prog_coeff_g_max_reference: float | None = None,
+    ) -> None:
+        super().__init__(
+            prog_coeff=prog_coeff,
+            g_max=g_max,
+            t_read=t_read,
+            t_0=t_0,
+            prog_noise_scale=prog_noise_scale,
+            read_noise_scale=read_noise_scale,
+            drift_scale=drift_scale,
+            prog_coeff_g_max_reference=prog_coeff_g_max_reference,
+        )
+        tables = self._validate_table(custom_drift_model)
+        self.custom_drift_model = {
+            k: list(map(float, v)) for k, v in zip(_CUSTOM_DRIFT_KEYS, tables)
+        }
+        # Master copy in float64 on the CPU; per (dtype, device) copies are cached on first use
+        # so the hot path never converts lists.
+        self._table64 = torch.tensor(tables, dtype=torch.float64)  # [3, L]
+        self._table_cache: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+
+    @staticmethod
+    def _validate_table(model: object) -> list[list[float]]:
+        if not isinstance(model, Mapping):
+            raise ValueError(
+                f"custom_drift_model must be a dict with keys {list(_CUSTOM_DRIFT_KEYS)}, "
+                f"got {type(model).__name__}"
+            )
+        missing = [k for k in _CUSTOM_DRIFT_KEYS if k not in model]
+        if missing:
+            raise ValueError(
+                f"custom_drift_model is missing key(s) {missing}; "
+                f"required: {list(_CUSTOM_DRIFT_KEYS)}"
+            )
+        tables = []
+        for key in _CUSTOM_DRIFT_KEYS:
+            values = model[key]
+            if isinstance(values, torch.Tensor):
+                values = values.detach().cpu().reshape(-1).tolist()
+            try:
+                values = [float(v) for v in values]
+            except (TypeError, ValueError) as err:
+                raise ValueError(
+                    f"custom_drift_model[{key!r}] must be a list of numbers, got {values!r}"
+                ) from err
+            bad = [v for v in values if not math.isfinite(v)]
+            if bad:
+                raise ValueError(f"custom_drift_model[{key!r}] has non-finite values {bad}")
+            tables.append(values)
+        lengths = {k: len(v) for k, v in zip(_CUSTOM_DRIFT_KEYS, tables)}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"custom_drift_model lists must have the same length, got {lengths}")
+        if lengths["g_lst"] < 2:
+            raise ValueError(f"custom_drift_model needs at least 2 points, got {lengths['g_lst']}")
+        g_lst, _, nu_std_lst = tables
+        for i in range(len(g_lst) - 1):
+            if not g_lst[i + 1] > g_lst[i]:
+                raise ValueError(
+                    "custom_drift_model['g_lst'] must be strictly ascending, but "
+                    f"g_lst[{i}] = {g_lst[i]} >= g_lst[{i + 1}] = {g_lst[i + 1]}"
+                )
+        if g_lst[0] < 0.0:
+            raise ValueError(
+                f"custom_drift_model['g_lst'] must hold conductances >= 0, got {g_lst[0]}"
+            )
+        negative = [v for v in nu_std_lst if v < 0.0]
+        if negative:
+            raise ValueError(f"custom_drift_model['nu_std_lst'] must be >= 0, got {negative}")
+        return tables
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(custom_drift_model={self.custom_drift_model!r}, "
+            f"{self._kwargs_repr()})"
+        )
+
+    def _table(self, like: torch.Tensor) -> torch.Tensor:
+        key = (like.dtype, like.device)
+        table = self._table_cache.get(key)
+        if table is None:
+            table = self._table64.to(dtype=like.dtype, device=like.device)
+            self._table_cache[key] = table
+        return table
+
+    def drift_mean_std(self, g_target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Interpolated ``(mu, sigma)`` of the drift coefficient at ``g_target`` (uS, ``[...]``).
+
+        Returns:
+            ``(mu, sigma)``, each of shape ``[...]``.
+        """
+        g = _as_float_tensor(g_target)
+        table = self._table(g)
+        g_lst, mean_lst, std_lst = table[0], table[1], table[2]
+        g = torch.clamp(g, min=g_lst[0], max=g_lst[-1])
+        # Index of the left table point of each g's segment; the last point belongs to the last
+        # segment (frac = 1 there) so idx + 1 never runs past the table.
+        idx = torch.searchsorted(g_lst, g.contiguous(), right=True) - 1
+        idx = torch.clamp(idx, min=0, max=g_lst.numel() - 2)
+        g0 = g_lst[idx]
+        frac = (g - g0) / (g_lst[idx + 1] - g0)
+        mu = torch.lerp(mean_lst[idx], mean_lst[idx + 1], frac)
+        sigma = torch.lerp(std_lst[idx], std_lst[idx + 1], frac)
+        return mu, sigma

@@ -1,0 +1,159 @@
+"""Programming, drift and read of conductances over time, and whole-tile weight simulation.
+
+The pipeline here is shared by :func:`simulate_weights` (any converter, for users) and the
+objective's hot path (:mod:`gpuwpo.objective`): for every time step the tile is programmed
+afresh (new programming noise, new drift coefficients), drifted to ``t`` and read with 1/f noise
+(DESIGN.md section 2). It works at the conductance level: the devices actually programmed are
+the ones that drift and are read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+
+from .compensation import GlobalDriftCompensation
+
+__all__ = ["DeviceNoise", "sample_device_noise", "program_drift_read", "simulate_weights",
+           "as_time_tensor"]
+
+
+class DeviceNoise(NamedTuple):
+    """Standard-normal draws for the three device noises, all of one shape.
+
+    ``z_prog`` (programming noise), ``z_drift`` (drift coefficient), ``z_read`` (1/f read noise).
+    Any of them may have size-1 dimensions that broadcast, e.g. shared by all candidates of a
+    layer (common random numbers).
+    """
+
+    z_prog: torch.Tensor
+    z_drift: torch.Tensor
+    z_read: torch.Tensor
+
+
+def sample_device_noise(
+    shape: Sequence[int],
+    *,
+    generator: torch.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> DeviceNoise:
+    """Draw the three device noises, each a standard normal tensor of ``shape``.
+
+    The draws are made in a fixed order (programming, drift, read) from ``generator``, so the
+    same generator state gives the same noise.
+    """
+    shape = tuple(int(s) for s in shape)
+    kw = {"generator": generator, "dtype": dtype, "device": device}
+    return DeviceNoise(torch.randn(shape, **kw), torch.randn(shape, **kw), torch.randn(shape, **kw))
+
+
+def as_time_tensor(
+    t_steps: float | Sequence[float] | torch.Tensor,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Validate inference times (seconds after programming) and return them as a 1-D tensor [T]."""
+    t = torch.as_tensor(t_steps, dtype=torch.float64).reshape(-1)
+    if t.numel() == 0:
+        raise ValueError("t_steps is empty: give at least one inference time in seconds")
+    if not torch.isfinite(t).all() or (t < 0).any():
+        raise ValueError(f"t_steps must be finite and >= 0 seconds, got {t.tolist()}")
+    return t.to(dtype=dtype, device=device)
+
+
+def program_drift_read(
+    g_target: torch.Tensor,
+    noise_model,
+    t_steps: torch.Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    noise: DeviceNoise | None = None,
+    time_dim: int = -3,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Program ``g_target`` afresh for every time step, drift and read it.
+
+    Args:
+        g_target: target conductances [..., R, N] in uS (R devices, N weights).
+        noise_model: a :class:`gpuwpo.PCMLikeNoiseModel` (or custom-drift variant).
+        t_steps: inference times [T] in seconds after programming.
+        generator: source of the noise when ``noise`` is not given.
+        noise: explicit standard-normal draws broadcastable to [..., T, R, N].
+        time_dim: must be -3 (the time axis is inserted just before the device axis); kept
+            as a keyword so that call sites state the layout they rely on.
+
+    Returns:
+        ``(g_prog, g_t)``, each [..., T, R, N]: the programmed conductances (programming noise,
+        no drift) and the conductances read at each ``t`` (drift and read noise).
+    """
+    if time_dim != -3:
+        raise ValueError("program_drift_read puts the time axis at -3 ([..., T, R, N])")
+    if g_target.ndim < 2:
+        raise ValueError(f"g_target must be [..., R, N], got shape {tuple(g_target.shape)}")
+    t = t_steps.to(dtype=g_target.dtype, device=g_target.device).reshape(-1, 1, 1)
+    g = g_target.unsqueeze(-3)  # [..., 1, R, N]: the same targets at every time step
+    if noise is None:
+        out_shape = (*g_target.shape[:-2], t.shape[0], *g_target.shape[-2:])
+        noise = sample_device_noise(out_shape, generator=generator, dtype=g_target.dtype,
+                                    device=g_target.device)
+    g_prog = noise_model.apply_programming_noise_to_conductance(g, z=noise.z_prog)
+    # Drift coefficients are drawn from the *target* conductance (DESIGN.md section 2).
+    nu = noise_model.generate_drift_coefficients(g, z=noise.z_drift)
+    g_t = noise_model.apply_drift_noise_to_conductance(g_prog, nu, t, z=noise.z_read)
+    return g_prog, g_t
+
+
+def simulate_weights(
+    weights: torch.Tensor,
+    g_converter,
+    noise_model,
+    t_steps: float | Sequence[float] | torch.Tensor,
+    compensation=None,
+    repeats: int = 1,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Drift-compensated effective weights of a tile programmed with ``g_converter``.
+
+    For each repeat and time step the tile is programmed afresh (DESIGN.md section 5): the
+    target conductances get programming noise, the programmed devices drift to ``t`` and are
+    read with noise, the read conductances are converted back to weights and the global (or
+    per-column) drift compensation is applied. One batched computation over repeats and times.
+
+    Args:
+        weights: the ideal weights, any shape (a 2-D weight is [out_features, in_features]).
+        g_converter: any conductance converter of :mod:`gpuwpo.converters` (one program).
+        noise_model: the PCM device model.
+        t_steps: inference times in seconds, a float or a sequence [T].
+        compensation: defaults to ideal :class:`GlobalDriftCompensation`.
+        repeats: independent programmings to simulate (>= 1).
+        generator: source of all noise (device noise and readout-periphery noise).
+
+    Returns:
+        Effective weights ``alpha_t * W_t`` of shape [repeats, T, *weights.shape].
+    """
+    if not isinstance(weights, torch.Tensor):
+        weights = torch.as_tensor(weights, dtype=torch.float32)
+    if not torch.is_floating_point(weights):
+        weights = weights.float()
+    if int(repeats) != repeats or repeats < 1:
+        raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
+    if weights.numel() == 0:
+        raise ValueError("weights is empty")
+    compensation = GlobalDriftCompensation() if compensation is None else compensation
+    t = as_time_tensor(t_steps, dtype=weights.dtype, device=weights.device)
+    g, params = g_converter.convert_to_conductances(weights)  # [R, *w.shape]
+    if g.ndim != weights.ndim + 1:
+        raise ValueError("simulate_weights takes a converter holding one program, not a batch")
+    flat = g.reshape(g.shape[0], -1)  # [R, N]
+    # Noise of the full shape; the targets broadcast over repeats instead of being copied.
+    noise = sample_device_noise((int(repeats), t.shape[0], *flat.shape), generator=generator,
+                                dtype=flat.dtype, device=flat.device)
+    g_prog, g_t = program_drift_read(flat, noise_model, t, noise=noise)  # [repeats, T, R, N]
+    lead = g_prog.shape[:-2]
+    w_prog = g_converter.convert_back_to_weights(g_prog.reshape(*lead, *g.shape), params)
+    w_t = g_converter.convert_back_to_weights(g_t.reshape(*lead, *g.shape), params)
+    alpha = compensation.alpha(w_prog, w_t, generator, tile_ndim=weights.ndim)
+    return alpha * w_t
