@@ -1,0 +1,535 @@
+"""The batched TNMSE objective (DESIGN.md section 5).
+
+A whole population of candidate programs, for every layer at once, is decoded, converted,
+programmed, drifted, read, compensated and reduced in one batched computation on the tensors'
+device. :func:`tnmse_from_programs` is the hot path (and the pure-torch twin of the Triton kernel
+in :mod:`gpuwpo.kernels.tnmse`); :class:`TNMSEObjective` holds the test weights, the physics and
+the strategy space and is what every search backend calls with an [B, P, D] tensor.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+from collections.abc import Sequence
+
+import torch
+
+from .compensation import GlobalDriftCompensation, PerColumnDriftCompensation
+from .converters import grid_interpolation, interpolate_programs
+from .sampling import downsample_weight_distribution
+from .simulate import DeviceNoise, as_time_tensor, sample_device_noise
+
+__all__ = ["TNMSEObjective", "tnmse_from_programs", "program_scale", "make_generator",
+           "NOISE_BLOCK"]
+
+#: Candidates drawn from one noise stream when noise is independent per candidate. Chunks of the
+#: computation are multiples of it, which is what makes chunked and unchunked runs identical.
+NOISE_BLOCK = 8
+
+# Live [2K, N] tensors per candidate in one chunk (targets, per-target noise parameters, programmed
+# and read conductances, temporaries); sets how many candidates fit a memory budget.
+_LIVE_TENSORS = 12
+# On the CPU the chunk is kept cache-sized: elementwise passes over data that stays in L2/L3 are
+# several times faster than passes over main memory.
+_CPU_MEMORY_BUDGET = 16 * 2**20
+
+
+def make_generator(
+    generator: torch.Generator | int | None, device: torch.device | str
+) -> torch.Generator:
+    """A torch.Generator on ``device``: given, seeded from an int, or freshly seeded at random."""
+    device = torch.device(device)
+    if isinstance(generator, torch.Generator):
+        if generator.device.type != device.type:
+            raise ValueError(
+                f"generator is on {generator.device} but the computation runs on {device}"
+            )
+        return generator
+    if generator is None:
+        # Fresh entropy, not the global RNG: nothing here reads or advances torch's global state.
+        generator = secrets.randbits(62)
+    if isinstance(generator, bool) or not isinstance(generator, int):
+        raise TypeError(f"generator must be a torch.Generator, an int seed or None, got "
+                        f"{type(generator).__name__}")
+    return torch.Generator(device=device).manual_seed(int(generator))
+
+
+def _draw_seed(generator: torch.Generator) -> int:
+    return int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
+
+
+def _block_generator(base_seed: int, block: int, device: torch.device) -> torch.Generator:
+    # Independent streams per block of candidates, derived from one seed per call.
+    seed = (base_seed + (block + 1) * 0x9E3779B97F4A7C15) % (2**63 - 1)
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def program_scale(
+    f: torch.Tensor, g_lst: torch.Tensor, max_abs_weight: torch.Tensor
+) -> torch.Tensor:
+    """Weight scale of CustomPair programs: max over the grid of |sum_k f_k (G+_k - G-_k)| / M.
+
+    Args:
+        f: [..., K] significance factors.
+        g_lst: [..., 2K, L] program tables in uS.
+        max_abs_weight: M, broadcastable to [...].
+
+    Returns:
+        scale [...] in uS per unit weight.
+    """
+    net = (f.unsqueeze(-1) * (g_lst[..., 0::2, :] - g_lst[..., 1::2, :])).sum(-2)  # [..., L]
+    return net.abs().amax(-1) / max_abs_weight
+
+
+def _tnmse_chunk(f, g_lst, scale, test_weights, idx, frac, max_abs_weight, t, noise_model,
+                 compensation, amp, noise, readout_z, tile_shape):
+    """TNMSE of one chunk of candidates: f [B, p, K], g_lst [B, p, 2K, L] -> [B, p].
+
+    Loops over the time steps so that the working set is a few [B, p, 2K, N] tensors (cache
+    sized on the CPU); ``noise`` fields broadcast to [B, p, T, 2K, N] and ``readout_z`` to
+    [B, p, T, out, in].
+    """
+    g_target = interpolate_programs(g_lst, idx.unsqueeze(1), frac.unsqueeze(1))  # [B, p, 2K, N]
+    # Per-target quantities (programming-noise std, drift mean and spread) are shared by all
+    # time steps: computed once per candidate.
+    prepared = noise_model.prepare_targets(g_target)
+    coef = f / scale.unsqueeze(-1)  # [B, p, K]
+    signed = torch.stack((coef, -coef), dim=-1).flatten(-2).unsqueeze(-2)  # [B, p, 1, 2K]
+    w = test_weights.reshape(test_weights.shape[0], 1, *tile_shape)
+    lead = g_target.shape[:2]
+    sq = []
+    for i, t_i in enumerate(t.tolist()):
+        g_prog, g_t = noise_model.program_drift_read_step(
+            prepared, t_i, noise.z_prog[:, :, i], noise.z_drift[:, :, i], noise.z_read[:, :, i]
+        )  # [B, p, 2K, N]
+        w_prog = torch.matmul(signed, g_prog).reshape(*lead, *tile_shape)
+        w_t = torch.matmul(signed, g_t).reshape(*lead, *tile_shape)
+        del g_prog, g_t
+        z = None if readout_z is None else (readout_z[0][:, :, i], readout_z[1][:, :, i])
+        alpha = compensation.alpha(w_prog, w_t, tile_ndim=2, z=z)
+        sq.append((w_t.mul_(alpha).sub_(w)).square_().sum((-2, -1)))  # [B, p]
+    n = test_weights.shape[-1]
+    gain = (amp / max_abs_weight).square().reshape(-1, 1)
+    return gain * torch.stack(sq, -1).mean(-1) / n
+
+
+def tnmse_from_programs(
+    f: torch.Tensor,
+    g_lst: torch.Tensor,
+    test_weights: torch.Tensor,
+    idx: torch.Tensor,
+    frac: torch.Tensor,
+    max_abs_weight: torch.Tensor,
+    t_steps: torch.Tensor,
+    noise_model,
+    compensation=None,
+    *,
+    error_amplification: float = 10.0,
+    generator: torch.Generator | int | None = None,
+    common_random_numbers: bool = True,
+    tile_shape: Sequence[int] | None = None,
+    noise: DeviceNoise | None = None,
+    readout_noise: tuple[torch.Tensor, torch.Tensor] | None = None,
+    memory_budget: int | None = None,
+) -> torch.Tensor:
+    """TNMSE of every candidate program of every layer: the objective's hot path.
+
+    Args:
+        f: [B, P, K] significance factors.
+        g_lst: [B, P, 2K, L] program tables in uS (rows G+_0, G-_0, G+_1, ...) on the grid
+            linspace(-M_b, M_b, L).
+        test_weights: [B, N] test weights W of each layer (unitless).
+        idx, frac: [B, N] grid interpolation of the test weights
+            (:func:`gpuwpo.converters.grid_interpolation`).
+        max_abs_weight: [B] M_b = max |W_b|.
+        t_steps: [T] inference times in seconds after programming.
+        noise_model: the PCM device model.
+        compensation: :class:`GlobalDriftCompensation` (default) or
+            :class:`PerColumnDriftCompensation`, with or without a readout periphery.
+        error_amplification: the factor 10 of DESIGN.md section 5.
+        generator: torch.Generator or int seed for all noise of this call.
+        common_random_numbers: True shares one set of device noises by every candidate of a
+            layer; False draws independent noise per candidate.
+        tile_shape: (out, in) with out * in = N; the tile per-column compensation works on.
+            Defaults to (1, N).
+        noise: explicit device noise broadcastable to [B, P, T, 2K, N] (then ``generator`` is
+            used only for the readout periphery).
+        readout_noise: explicit readout-periphery draws (reference, time t), each broadcastable
+            to [B, P, T, N].
+        memory_budget: bytes the chunked computation may use at a time; defaults to half the
+            free memory on CUDA and 512 MiB on the CPU.
+
+    Returns:
+        tnmse [B, P] (float, the dtype of ``g_lst``).
+    """
+    compensation = GlobalDriftCompensation() if compensation is None else compensation
+    if f.ndim != 3 or g_lst.ndim != 4:
+        raise ValueError(f"f must be [B, P, K] and g_lst [B, P, 2K, L]; got {tuple(f.shape)} "
+                         f"and {tuple(g_lst.shape)}")
+    B, P, K = f.shape
+    R = g_lst.shape[-2]
+    if R != 2 * K:
+        raise ValueError(f"g_lst has {R} rows but f has K={K} pairs (expected {2 * K} rows)")
+    N = test_weights.shape[-1]
+    tile_shape = (1, N) if tile_shape is None else tuple(int(s) for s in tile_shape)
+    if math.prod(tile_shape) != N or len(tile_shape) != 2:
+        raise ValueError(f"tile_shape {tile_shape} does not hold N={N} weights")
+    device, dtype = g_lst.device, g_lst.dtype
+    t = t_steps.to(dtype=dtype, device=device)
+    T = t.shape[0]
+    scale = program_scale(f, g_lst, max_abs_weight.reshape(-1, 1))  # [B, P]
+    gen = make_generator(generator, device)
+    noisy_readout = compensation.readout_noise > 0
+
+    if memory_budget is None:
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            memory_budget = free // 2
+        else:
+            memory_budget = _CPU_MEMORY_BUDGET
+    independent = noise is None and not common_random_numbers
+    # Noise is [T, 2K, N] per candidate when independent; the rest is per time step.
+    live = _LIVE_TENSORS + (3 * T if independent else 0)
+    per_candidate = live * B * R * N * g_lst.element_size()
+    chunk = max(1, int(memory_budget) // per_candidate)
+    if independent:
+        chunk = max(NOISE_BLOCK, chunk // NOISE_BLOCK * NOISE_BLOCK)
+    chunk = min(chunk, P)
+
+    if noise is None and common_random_numbers:
+        noise = sample_device_noise((B, 1, T, R, N), generator=gen, dtype=dtype, device=device)
+    if readout_noise is None and noisy_readout and common_random_numbers:
+        readout_noise = (torch.randn((B, 1, T, N), generator=gen, dtype=dtype, device=device),
+                         torch.randn((B, 1, T, N), generator=gen, dtype=dtype, device=device))
+    base_seed = _draw_seed(gen) if independent or (noisy_readout and readout_noise is None) else 0
+
+    def _slice_p(z, sl):
+        # Explicit noise may be shared (size-1 candidate axis) or per candidate.
+        return z if z.ndim < 4 or z.shape[-4] == 1 else z[..., sl, :, :, :]
+
+    out = torch.empty((B, P), dtype=dtype, device=device)
+    for start in range(0, P, chunk):
+        stop = min(P, start + chunk)
+        sl = slice(start, stop)
+        if independent or (noisy_readout and readout_noise is None):
+            blocks_dev, blocks_ro = [], []
+            for block in range(start // NOISE_BLOCK, -(-stop // NOISE_BLOCK)):
+                lo, hi = block * NOISE_BLOCK, min(P, (block + 1) * NOISE_BLOCK)
+                bgen = _block_generator(base_seed, block, device)
+                if independent:
+                    blocks_dev.append(sample_device_noise((B, hi - lo, T, R, N), generator=bgen,
+                                                          dtype=dtype, device=device))
+                if noisy_readout and readout_noise is None:
+                    blocks_ro.append(torch.randn((2, B, hi - lo, T, N), generator=bgen,
+                                                 dtype=dtype, device=device))
+            chunk_noise = (DeviceNoise(*(torch.cat(z, dim=1) for z in zip(*blocks_dev)))
+                           if independent else
+                           DeviceNoise(*(_slice_p(z, sl) for z in noise)))
+            chunk_ro = (tuple(torch.cat(blocks_ro, dim=2).unbind(0)) if blocks_ro else
+                        None if readout_noise is None else
+                        tuple(z if z.shape[-3] == 1 else z[..., sl, :, :] for z in readout_noise))
+        else:
+            chunk_noise = DeviceNoise(*(_slice_p(z, sl) for z in noise))
+            chunk_ro = (None if readout_noise is None else
+                        tuple(z if z.ndim < 3 or z.shape[-3] == 1 else z[..., sl, :, :]
+                              for z in readout_noise))
+        if chunk_ro is not None:
+            chunk_ro = tuple(z.reshape(*z.shape[:-1], *tile_shape) for z in chunk_ro)
+        out[:, sl] = _tnmse_chunk(
+            f[:, sl], g_lst[:, sl], scale[:, sl], test_weights, idx, frac, max_abs_weight, t,
+            noise_model, compensation, float(error_amplification), chunk_noise, chunk_ro,
+            tile_shape,
+        )
+    return out
+
+
+def _as_layer_list(test_weights) -> list[torch.Tensor]:
+    if isinstance(test_weights, torch.Tensor):
+        if test_weights.ndim == 1:
+            return [test_weights]
+        if test_weights.ndim == 2:
+            return list(test_weights.unbind(0))
+        raise ValueError("test_weights must be [N], [B, N] or a sequence of per-layer tensors; "
+                         f"got shape {tuple(test_weights.shape)}")
+    if isinstance(test_weights, Sequence) and len(test_weights) > 0:
+        return [torch.as_tensor(w) for w in test_weights]
+    raise ValueError("test_weights must be [N], [B, N] or a non-empty sequence of tensors")
+
+
+class TNMSEObjective:
+    """Time-averaged normalised mean squared weight error of candidate programs, batched.
+
+    Built once per search from the layers' weights, the device physics and the strategy space;
+    called with a population ``x`` [B, P, D] (or [P, D] for one layer) in the unit hypercube.
+
+    Args:
+        test_weights: [N] (one layer), [B, N] (B layers) or a sequence of B tensors of any
+            shapes. Each layer is reduced to ``test_in_features * test_out_features`` test
+            weights by :func:`gpuwpo.downsample_weight_distribution` (sort, interpolate,
+            shuffle), so layers of different sizes share one batch axis.
+        noise_model: the PCM device model.
+        compensation: drift compensation (default ideal :class:`GlobalDriftCompensation`).
+        t_steps: inference times [T] in seconds after programming.
+        strategy_space: the :class:`gpuwpo.StrategySpace` that decodes ``x``.
+        error_amplification: the factor 10 of DESIGN.md section 5.
+        test_in_features, test_out_features: the test tile (default 512 x 20 = 10,240 weights);
+            ``None`` for both keeps the given weights as they are (they must then be [N] or [B, N]).
+        common_random_numbers: True (default) shares one set of device noises by every
+            candidate of a layer within a call, so identical candidates get identical losses.
+        memory_budget: bytes at a time for the chunked computation (see
+            :func:`tnmse_from_programs`).
+        kernel: "auto" (the Triton kernel on CUDA when triton imports and the physics is one
+            the kernel implements, else torch), "triton" or "torch".
+        device: where the computation runs (default: the test weights' device).
+        dtype: float dtype of the computation (default float32).
+        seed: seed of the test-weight shuffle.
+    """
+
+    def __init__(
+        self,
+        test_weights,
+        noise_model,
+        compensation=None,
+        t_steps: Sequence[float] | torch.Tensor = (1.0,),
+        strategy_space=None,
+        *,
+        error_amplification: float = 10.0,
+        test_in_features: int | None = 512,
+        test_out_features: int | None = 20,
+        common_random_numbers: bool = True,
+        memory_budget: int | None = None,
+        kernel: str = "auto",
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+        seed: int = 0,
+    ) -> None:
+        if strategy_space is None:
+            raise ValueError("strategy_space is required (a gpuwpo.StrategySpace)")
+        if kernel not in ("auto", "triton", "torch"):
+            raise ValueError(f"kernel must be 'auto', 'triton' or 'torch', got {kernel!r}")
+        if not error_amplification > 0:
+            raise ValueError(f"error_amplification must be > 0, got {error_amplification}")
+        if memory_budget is not None and memory_budget <= 0:
+            raise ValueError(f"memory_budget must be a positive number of bytes, got "
+                             f"{memory_budget}")
+        layers = _as_layer_list(test_weights)
+        if device is None:
+            device = layers[0].device
+        self.device = torch.device(device)
+        self.dtype = dtype
+        for i, w in enumerate(layers):
+            if w.numel() == 0:
+                raise ValueError(f"layer {i} has no weights")
+            if not torch.isfinite(w).all():
+                raise ValueError(f"layer {i} has NaN or inf weights")
+            if not (w != 0).any():
+                raise ValueError(f"layer {i} is all zeros: there is nothing to program")
+        if (test_in_features is None) != (test_out_features is None):
+            raise ValueError("give both test_in_features and test_out_features, or neither")
+        gen = torch.Generator(device="cpu").manual_seed(int(seed))
+        if test_in_features is None:
+            sizes = {w.numel() for w in layers}
+            if len(sizes) != 1:
+                raise ValueError("layers of different sizes need a test size "
+                                 "(test_in_features, test_out_features)")
+            tests = [w.reshape(-1).to(device=self.device, dtype=dtype) for w in layers]
+            self.tile_shape = (1, tests[0].numel())
+        else:
+            if test_in_features < 1 or test_out_features < 1:
+                raise ValueError(f"test size must be positive, got {test_in_features} x "
+                                 f"{test_out_features}")
+            self.tile_shape = (int(test_out_features), int(test_in_features))
+            tests = [
+                downsample_weight_distribution(w.detach().to("cpu", torch.float32).reshape(-1),
+                                               (math.prod(self.tile_shape),), generator=gen)
+                .to(device=self.device, dtype=dtype)
+                for w in layers
+            ]
+        self.test_weights = torch.stack(tests)  # [B, N]
+        self.max_abs_weight = self.test_weights.abs().amax(-1)  # [B]
+        self.noise_model = noise_model
+        self.compensation = GlobalDriftCompensation() if compensation is None else compensation
+        self.t_steps = as_time_tensor(t_steps, dtype=dtype, device=self.device)
+        self.space = strategy_space
+        self.error_amplification = float(error_amplification)
+        self.common_random_numbers = bool(common_random_numbers)
+        self.memory_budget = memory_budget
+        # The grid depends only on M, so every candidate shares these (DESIGN.md section 3).
+        self.idx, self.frac = grid_interpolation(
+            self.test_weights, self.max_abs_weight, strategy_space.grid_size
+        )
+        self.kernel = self._choose_kernel(kernel)
+
+    # -- properties ------------------------------------------------------------------------
+    @property
+    def num_layers(self) -> int:
+        """B, the number of layers searched together."""
+        return self.test_weights.shape[0]
+
+    @property
+    def dim(self) -> int:
+        """D, the dimension of the strategy space."""
+        return self.space.dim
+
+    @property
+    def num_test_weights(self) -> int:
+        """N, the test weights per layer."""
+        return self.test_weights.shape[1]
+
+    def _kernel_supported(self) -> str | None:
+        """Why the Triton kernel cannot run this physics, or None when it can."""
+        if getattr(self.noise_model, "is_custom_drift", False):
+            return "the kernel implements the default drift model, not a custom drift table"
+        if not isinstance(self.compensation, GlobalDriftCompensation) or isinstance(
+                self.compensation, PerColumnDriftCompensation):
+            return "the kernel implements global drift compensation only"
+        if not self.compensation.is_ideal:
+            return "the kernel implements an ideal readout periphery only"
+        return None
+
+    def _choose_kernel(self, kernel: str) -> str:
+        if kernel == "torch":
+            return "torch"
+        why_not = self._kernel_supported()
+        runnable = self.device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+        try:
+            import triton  # noqa: F401
+            have_triton = True
+        except ImportError:
+            have_triton = False
+        if kernel == "auto":
+            ok = have_triton and self.device.type == "cuda" and why_not is None
+            return "triton" if ok else "torch"
+        if not have_triton:
+            raise ImportError("kernel='triton' needs the triton package (pip install gpuwpo[gpu])")
+        if why_not is not None:
+            raise ValueError(f"kernel='triton' is not available: {why_not}")
+        if not runnable:
+            raise ValueError("kernel='triton' needs a CUDA device (or TRITON_INTERPRET=1)")
+        return "triton"
+
+    # -- evaluation ------------------------------------------------------------------------
+    def _as_population(self, x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        x = torch.as_tensor(x)
+        squeeze = x.ndim == 2
+        if squeeze:
+            if self.num_layers != 1:
+                raise ValueError(f"x of shape {tuple(x.shape)} is [P, D] but the objective has "
+                                 f"{self.num_layers} layers: pass [B, P, D]")
+            x = x.unsqueeze(0)
+        if x.ndim != 3 or x.shape[0] != self.num_layers or x.shape[-1] != self.dim:
+            raise ValueError(f"x must be [B={self.num_layers}, P, D={self.dim}] (or [P, D] for one "
+                             f"layer), got {tuple(x.shape)}")
+        return x.to(device=self.device, dtype=self.dtype), squeeze
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | int | None = None,
+                 *, common_random_numbers: bool | None = None) -> torch.Tensor:
+        """TNMSE of every candidate: x [B, P, D] -> [B, P] (or [P, D] -> [P])."""
+        x, squeeze = self._as_population(x)
+        f, g_lst, _ = self.space.decode(x, self.max_abs_weight.reshape(-1, 1))
+        out = self.evaluate_programs(f, g_lst, generator,
+                                     common_random_numbers=common_random_numbers)
+        return out.squeeze(0) if squeeze else out
+
+    def evaluate_programs(self, f: torch.Tensor, g_lst: torch.Tensor,
+                          generator: torch.Generator | int | None = None, *,
+                          common_random_numbers: bool | None = None,
+                          noise: DeviceNoise | None = None) -> torch.Tensor:
+        """TNMSE of explicit programs f [B, P, K], g_lst [B, P, 2K, L] -> [B, P]."""
+        crn = self.common_random_numbers if common_random_numbers is None else common_random_numbers
+        gen = make_generator(generator, self.device)
+        f = f.to(device=self.device, dtype=self.dtype)
+        g_lst = g_lst.to(device=self.device, dtype=self.dtype)
+        if self.kernel == "triton" and noise is None:
+            from .kernels.tnmse import tnmse_triton
+
+            nm = self.noise_model
+            return tnmse_triton(
+                f, g_lst, self.test_weights, self.idx, self.frac, self.max_abs_weight,
+                self.t_steps, g_max=nm.g_max, prog_coeff=nm.prog_coeff, g_ref=nm.g_ref,
+                prog_noise_scale=nm.prog_noise_scale, drift_scale=nm.drift_scale,
+                read_noise_scale=nm.read_noise_scale, t_0=nm.t_0, t_read=nm.t_read,
+                error_amplification=self.error_amplification, seed=_draw_seed(gen),
+                common_random_numbers=crn,
+            )
+        return tnmse_from_programs(
+            f, g_lst, self.test_weights, self.idx, self.frac, self.max_abs_weight, self.t_steps,
+            self.noise_model, self.compensation, error_amplification=self.error_amplification,
+            generator=gen, common_random_numbers=crn, tile_shape=self.tile_shape, noise=noise,
+            memory_budget=self.memory_budget,
+        )
+
+    def validate(self, x: torch.Tensor, repeats: int = 100,
+                 generator: torch.Generator | int | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Re-evaluate one candidate per layer with fresh, independent noise.
+
+        Args:
+            x: [B, D] (or [D] for one layer).
+            repeats: independent programmings (>= 2).
+
+        Returns:
+            (mean [B], standard error [B]) of the TNMSE over the repeats.
+        """
+        if int(repeats) != repeats or repeats < 2:
+            raise ValueError(f"repeats must be an integer >= 2, got {repeats!r}")
+        x = torch.as_tensor(x)
+        squeeze = x.ndim == 1
+        x = x.reshape(self.num_layers, 1, -1).expand(-1, int(repeats), -1)
+        losses = self(x, generator, common_random_numbers=False)  # [B, repeats]
+        mean, sem = losses.mean(-1), losses.std(-1) / math.sqrt(repeats)
+        return (mean.squeeze(0), sem.squeeze(0)) if squeeze else (mean, sem)
+
+    def evaluate_converter(self, converter, repeats: int = 100,
+                           generator: torch.Generator | int | None = None
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+        """TNMSE of a standard converter (the baseline) through the same physics.
+
+        Each layer's test tile is converted with ``converter`` (its own max |W|), then
+        programmed, drifted, read and compensated ``repeats`` times with independent noise.
+
+        Returns:
+            (mean [B], standard error [B]) of the TNMSE over the repeats.
+        """
+        from .simulate import simulate_weights
+
+        if int(repeats) != repeats or repeats < 2:
+            raise ValueError(f"repeats must be an integer >= 2, got {repeats!r}")
+        gen = make_generator(generator, self.device)
+        T, N = self.t_steps.shape[0], self.num_test_weights
+        per_repeat = _LIVE_TENSORS * T * 2 * getattr(converter, "num_devices", 2) * N * 4
+        budget = self.memory_budget or _CPU_MEMORY_BUDGET
+        step = max(1, min(int(repeats), budget // per_repeat))
+        means, sems = [], []
+        for b in range(self.num_layers):
+            w = self.test_weights[b].reshape(self.tile_shape)
+            gain = (self.error_amplification / self.max_abs_weight[b]) ** 2
+            losses = []
+            for start in range(0, int(repeats), step):
+                n = min(step, int(repeats) - start)
+                eff = simulate_weights(w, converter, self.noise_model, self.t_steps,
+                                       self.compensation, repeats=n, generator=gen)
+                losses.append(gain * (eff - w).square().mean((-2, -1)).mean(-1))
+            losses = torch.cat(losses)
+            means.append(losses.mean())
+            sems.append(losses.std() / math.sqrt(len(losses)))
+        return torch.stack(means), torch.stack(sems)
+
+    def select_layers(self, layers: Sequence[int]) -> TNMSEObjective:
+        """A view of this objective restricted to some layers (tensors shared, not copied)."""
+        layers = list(layers)
+        if not layers or any(not 0 <= b < self.num_layers for b in layers):
+            raise ValueError(f"layers must be indices in [0, {self.num_layers}), got {layers}")
+        sub = object.__new__(TNMSEObjective)
+        sub.__dict__.update(self.__dict__)
+        index = torch.as_tensor(layers, device=self.device)
+        for name in ("test_weights", "max_abs_weight", "idx", "frac"):
+            setattr(sub, name, getattr(self, name).index_select(0, index))
+        return sub
+
+    def __repr__(self) -> str:
+        return (f"TNMSEObjective(layers={self.num_layers}, N={self.num_test_weights}, "
+                f"T={self.t_steps.shape[0]}, D={self.dim}, device={self.device}, "
+                f"kernel={self.kernel!r}, common_random_numbers={self.common_random_numbers})")

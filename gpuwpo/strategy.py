@@ -1,0 +1,379 @@
+"""The strategy space: decode points of the unit hypercube into weight-programming programs.
+
+A *program* is what a ``CustomPairConductanceConverter`` needs: significance factors
+``f`` [..., K] and conductance rows ``g_lst`` [..., 2K, L] (rows G+_0, G-_0, G+_1, G-_1, ...)
+on the uniform weight grid ``linspace(-M, M, L)``, M = max|test weights|, L = 2 * nbins - 1.
+Differential evolution searches the D-dimensional unit hypercube; :class:`StrategySpace`
+maps a whole population of points to programs in one batched call (DESIGN.md section 4).
+
+The coordinate order and every formula follow IBM aihwkit's reference
+(``aihwkit.inference.converter.wpo.denormalize``), so that a point found here decodes to the
+same program there and vice versa:
+
+1. one coordinate per free significance factor (``None`` in ``f_lst``), in list order:
+   ``f = f_min + x * (f_max - f_min)``;
+2. unless ``use_max_kw``: ``x_kw``; the largest programmed weight is
+   ``W_us_max = (0.05 + 0.95 * x_kw) * sum_k f_k (g_max - g_min)`` and ``k_w = W_us_max / M``
+   (micro-Siemens per unit weight); with ``use_max_kw`` it is ``sum_k f_k (g_max - g_min)``;
+3. blocks of n values (n = nbins if symmetric, else L), one value per decoded grid point in grid
+   order: ``[x_g pair 0, x_delta pair 0, x_g pair 1, x_delta pair 1, ..., x_g pair K-1]``.
+
+All conductances are in micro-Siemens.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:  # the converters module imports nothing from here; keep the import lazy
+    from gpuwpo.converters import CustomPairConductanceConverter
+
+__all__ = ["StrategySpace"]
+
+
+def _finite_float(name: str, value: float) -> float:
+    """Return ``value`` as a float, or raise a ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return value
+
+
+class StrategySpace:
+    """Batched map from the unit hypercube to CustomPair weight-programming programs.
+
+    Args:
+        f_lst: significance factor of each of the K conductance pairs, lowest significance
+            first; a number fixes it, ``None`` lets the search choose it in [f_min, f_max].
+        g_min: smallest programmable conductance (uS).
+        g_max: largest programmable conductance (uS).
+        nbins: grid points on the non-positive half of the weight grid including 0;
+            the grid has L = 2 * nbins - 1 points.
+        symmetric: if True only the non-positive half (nbins points) is searched and mirrored
+            onto the positive half (G+ and G- exchanged), halving the dimension.
+        g_err: over/under-programming allowance (uS): the G+ range of each pair is widened by
+            g_err on both sides before clipping to [g_min, g_max]. Note that the optimizer's
+            ``g_err`` is a fraction of (g_max - g_min), as in the reference; this one is not.
+        f_min, f_max: range of the free significance factors.
+        use_max_kw: if True the largest weight always uses the full conductance range of all
+            pairs and the x_kw coordinate is dropped.
+
+    Raises:
+        ValueError: for an empty ``f_lst``, a fixed f that is not a positive finite number,
+            ``g_min < 0`` or ``g_min >= g_max``, ``nbins < 2``, ``f_min <= 0`` or
+            ``f_min >= f_max``, or ``g_err`` outside [0, g_max - g_min].
+    """
+
+    def __init__(
+        self,
+        f_lst: Sequence[float | None],
+        g_min: float = 0.0,
+        g_max: float = 25.0,
+        nbins: int = 6,
+        symmetric: bool = True,
+        g_err: float = 0.0,
+        f_min: float = 0.1,
+        f_max: float = 5.0,
+        use_max_kw: bool = False,
+    ) -> None:
+        if isinstance(f_lst, (str, bytes)) or not isinstance(f_lst, Sequence):
+            raise ValueError(f"f_lst must be a sequence of numbers or None, got {f_lst!r}")
+        if len(f_lst) == 0:
+            raise ValueError("f_lst must name at least one conductance pair, got an empty list")
+        fixed: list[float | None] = []
+        for k, f in enumerate(f_lst):
+            if f is None:
+                fixed.append(None)
+                continue
+            f = _finite_float(f"f_lst[{k}]", f)
+            if f <= 0.0:
+                raise ValueError(f"f_lst[{k}] must be positive (or None), got {f!r}")
+            fixed.append(f)
+        self.g_min = _finite_float("g_min", g_min)
+        self.g_max = _finite_float("g_max", g_max)
+        if self.g_min < 0.0:
+            raise ValueError(f"g_min must be >= 0 uS, got {self.g_min!r}")
+        if self.g_min >= self.g_max:
+            raise ValueError(f"g_min must be < g_max, got g_min={self.g_min!r}, "
+                             f"g_max={self.g_max!r}")
+        if isinstance(nbins, bool) or not isinstance(nbins, int):
+            raise ValueError(f"nbins must be an int, got {nbins!r}")
+        if nbins < 2:
+            raise ValueError(f"nbins must be >= 2, got {nbins!r}")
+        self.f_min = _finite_float("f_min", f_min)
+        self.f_max = _finite_float("f_max", f_max)
+        if self.f_min <= 0.0:
+            raise ValueError(f"f_min must be positive, got {self.f_min!r}")
+        if self.f_min >= self.f_max:
+            raise ValueError(f"f_min must be < f_max, got f_min={self.f_min!r}, "
+                             f"f_max={self.f_max!r}")
+        self.g_err = _finite_float("g_err", g_err)
+        # Beyond the full range the widening only moves more of the G+ range into the clip.
+        if not 0.0 <= self.g_err <= self.g_max - self.g_min:
+            raise ValueError(f"g_err must lie in [0, g_max - g_min] = "
+                             f"[0, {self.g_max - self.g_min!r}] uS, got {self.g_err!r}")
+        self.f_lst: list[float | None] = fixed
+        self.nbins = nbins
+        self.symmetric = bool(symmetric)
+        self.use_max_kw = bool(use_max_kw)
+        # Positions in f_lst of the factors the search chooses, in coordinate order.
+        self.free_f_indices: tuple[int, ...] = tuple(
+            k for k, f in enumerate(fixed) if f is None
+        )
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def num_pairs(self) -> int:
+        """K, the number of conductance pairs."""
+        return len(self.f_lst)
+
+    @property
+    def grid_size(self) -> int:
+        """L = 2 * nbins - 1, the number of points of the weight grid."""
+        return 2 * self.nbins - 1
+
+    @property
+    def num_points(self) -> int:
+        """n, grid points decoded from the hypercube: nbins if symmetric, else L."""
+        return self.nbins if self.symmetric else self.grid_size
+
+    @property
+    def num_free_f(self) -> int:
+        """Number of significance factors the search chooses (``None`` in f_lst)."""
+        return len(self.free_f_indices)
+
+    @property
+    def dim(self) -> int:
+        """D = n * (2K - 1) + num_free_f + (0 if use_max_kw else 1)."""
+        return (self.num_points * (2 * self.num_pairs - 1) + self.num_free_f
+                + (0 if self.use_max_kw else 1))
+
+    @property
+    def bounds(self) -> list[tuple[float, float]]:
+        """[(0.0, 1.0)] * D, in the form scipy's differential_evolution takes."""
+        return [(0.0, 1.0)] * self.dim
+
+    @property
+    def bounds_tensor(self) -> torch.Tensor:
+        """Bounds as a [D, 2] tensor (columns lower, upper) of the default dtype, on the CPU."""
+        bounds = torch.zeros(self.dim, 2)
+        bounds[:, 1] = 1.0
+        return bounds
+
+    def __repr__(self) -> str:
+        return (f"StrategySpace(f_lst={self.f_lst!r}, g_min={self.g_min!r}, "
+                f"g_max={self.g_max!r}, nbins={self.nbins!r}, symmetric={self.symmetric!r}, "
+                f"g_err={self.g_err!r}, f_min={self.f_min!r}, f_max={self.f_max!r}, "
+                f"use_max_kw={self.use_max_kw!r}) with dim={self.dim}")
+
+    # ------------------------------------------------------------------ grid
+    def grid(
+        self,
+        max_abs_weight: float | torch.Tensor,
+        *,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> torch.Tensor:
+        """The uniform weight grid linspace(-M, M, L).
+
+        Args:
+            max_abs_weight: M (unitless weight), a positive float or a tensor of shape [...].
+            dtype, device: for a float M (default: torch's default dtype, CPU); a tensor M
+                keeps its own unless they are given.
+
+        Returns:
+            w_grid [..., L] (unitless weights). Computed as M * (i - (L-1)/2) / ((L-1)/2),
+            which equals linspace(-M, M, L) to rounding but is exactly antisymmetric with an
+            exact 0 in the centre (torch.linspace leaves about -1.5e-8 there in float32), so
+            mirrored symmetric programs realise exactly the mirrored targets.
+        """
+        m = self._max_abs_weight(max_abs_weight, dtype=dtype, device=device)
+        return self._grid(m)
+
+    def _grid(self, m: torch.Tensor) -> torch.Tensor:
+        half = (self.grid_size - 1) / 2
+        steps = torch.arange(self.grid_size, dtype=m.dtype, device=m.device)
+        return m.unsqueeze(-1) * ((steps - half) / half)
+
+    @staticmethod
+    def _max_abs_weight(
+        max_abs_weight: float | torch.Tensor,
+        *,
+        dtype: torch.dtype | None,
+        device: torch.device | str | None,
+    ) -> torch.Tensor:
+        """M as a tensor, validated positive and finite."""
+        if isinstance(max_abs_weight, torch.Tensor):
+            m = max_abs_weight.to(dtype=dtype or max_abs_weight.dtype,
+                                  device=device or max_abs_weight.device)
+            if not m.is_floating_point():
+                m = m.to(torch.get_default_dtype())
+        else:
+            if isinstance(max_abs_weight, bool) or not isinstance(max_abs_weight, (int, float)):
+                raise ValueError(
+                    f"max_abs_weight must be a float or a tensor, got {max_abs_weight!r}")
+            m = torch.tensor(float(max_abs_weight), dtype=dtype, device=device)
+        # One host sync per call: cheap next to the objective, and a bad M would otherwise
+        # turn every program into NaN silently.
+        if not bool(torch.all(torch.isfinite(m) & (m > 0))):
+            raise ValueError(
+                f"max_abs_weight must be positive and finite, got {max_abs_weight!r}")
+        return m
+
+    # ------------------------------------------------------------------ decode
+    def decode(
+        self,
+        x: torch.Tensor,
+        max_abs_weight: float | torch.Tensor,
+        *,
+        validate: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Decode hypercube points into programs, a whole batch at once.
+
+        Args:
+            x: [..., D] points of the unit hypercube (any leading batch dimensions, e.g.
+                [B, P, D] for B layers of P candidates). Float dtypes are kept; integer
+                input is cast to torch's default dtype.
+            max_abs_weight: M (unitless), a positive float or a tensor broadcastable to x's
+                batch shape [...] (e.g. [B, 1] for one M per layer).
+            validate: check that x lies in [0, 1] and M is positive (one host sync each);
+                a caller that already guarantees both may skip it.
+
+        Returns:
+            f: [..., K] significance factors (unitless).
+            g_lst: [..., 2K, L] conductances (uS), rows G+_0, G-_0, G+_1, G-_1, ...,
+                on the grid ``self.grid(M)``, each in [g_min, g_max].
+            k_w: [...] weight-to-micro-Siemens factor (uS per unit weight): with g_err = 0 the
+                program realises sum_k f_k (G+_k - G-_k) = k_w * w_grid at every grid point.
+            All on x's device, in x's dtype.
+
+        Raises:
+            ValueError: if x's last dimension is not D, x has values outside [0, 1] (or NaN),
+                M is not positive and finite, or M does not broadcast to x's batch shape.
+        """
+        x = torch.as_tensor(x)
+        if not x.is_floating_point():
+            x = x.to(torch.get_default_dtype())
+        if x.ndim == 0 or x.shape[-1] != self.dim:
+            raise ValueError(f"x must have shape [..., {self.dim}] (D = dim), got "
+                             f"{tuple(x.shape)}")
+        if validate and not bool(torch.all((x >= 0.0) & (x <= 1.0))):
+            bad = x[~((x >= 0.0) & (x <= 1.0))]
+            raise ValueError(f"x must lie in the unit hypercube [0, 1]^D; found values such "
+                             f"as {bad.flatten()[:4].tolist()}")
+        if validate:
+            m = self._max_abs_weight(max_abs_weight, dtype=x.dtype, device=x.device)
+        else:
+            m = torch.as_tensor(max_abs_weight, dtype=x.dtype, device=x.device)
+        batch_shape = x.shape[:-1]
+        try:
+            broadcast = torch.broadcast_shapes(batch_shape, m.shape)
+        except RuntimeError as err:
+            raise ValueError(f"max_abs_weight of shape {tuple(m.shape)} does not broadcast to "
+                             f"x's batch shape {tuple(batch_shape)}") from err
+        if broadcast != batch_shape:
+            raise ValueError(f"max_abs_weight of shape {tuple(m.shape)} does not broadcast to "
+                             f"x's batch shape {tuple(batch_shape)}")
+        m = m.expand(batch_shape)
+
+        g_min, g_max, g_err = self.g_min, self.g_max, self.g_err
+        num_pairs, n = self.num_pairs, self.num_points
+
+        # 1. significance factors: fixed ones broadcast, free ones from the first coordinates.
+        f_cols: list[torch.Tensor] = []
+        free = iter(range(self.num_free_f))
+        for f_fixed in self.f_lst:
+            if f_fixed is None:
+                x_f = x[..., next(free)]
+                # Same operation order as the reference, so both decode to the same floats.
+                f_cols.append(x_f * (self.f_max - self.f_min) + self.f_min)
+            else:
+                f_cols.append(torch.full(batch_shape, f_fixed, dtype=x.dtype, device=x.device))
+        offset = self.num_free_f
+
+        # 2. k_w from x_kw: the largest weight spans 5 % .. 100 % of the total conductance range.
+        spans = [f_k * (g_max - g_min) for f_k in f_cols]
+        w_us_absolute_max = torch.zeros_like(spans[0])
+        for span in spans:
+            w_us_absolute_max = w_us_absolute_max + span
+        if self.use_max_kw:
+            w_us_max = w_us_absolute_max
+        else:
+            lower = 0.05 * w_us_absolute_max
+            w_us_max = x[..., offset] * (w_us_absolute_max - lower) + lower
+            offset += 1
+        k_w = w_us_max / m
+
+        # 3. blocks [x_g 0, x_delta 0, x_g 1, ..., x_g K-1], each [..., n] in grid order.
+        blocks = x[..., offset:].unflatten(-1, (2 * num_pairs - 1, n))
+        # Targets of the decoded points: the first n grid points (the non-positive half when
+        # symmetric), in micro-Siemens.
+        target = k_w.unsqueeze(-1) * self._grid(m)[..., :n]
+
+        g_plus_cols: list[torch.Tensor] = []
+        g_minus_cols: list[torch.Tensor] = []
+        for j in range(num_pairs):
+            span_j = spans[j].unsqueeze(-1)
+            # Summed low-to-high like the reference, to decode to the same floats.
+            rest = torch.zeros_like(span_j)
+            for m_idx in range(j + 1, num_pairs):
+                rest = rest + spans[m_idx].unsqueeze(-1)
+            # The window of contributions of pair j that the later pairs can still complete.
+            lo = torch.maximum(target - rest, -span_j)
+            hi = torch.minimum(target + rest, span_j)
+            if j < num_pairs - 1:
+                f_delta_g = blocks[..., 2 * j + 1, :] * (hi - lo) + lo
+            else:  # x_delta = 1: the last pair takes the remainder
+                f_delta_g = (hi - lo) + lo
+            target = target - f_delta_g
+            delta_g = f_delta_g / f_cols[j].unsqueeze(-1)
+            # Where on the line G+ - G- = delta_g the pair sits, widened by g_err each side.
+            gp_lo = g_min + delta_g.clamp(min=0.0) - g_err
+            gp_hi = g_max + delta_g.clamp(max=0.0) + g_err
+            g_plus = (blocks[..., 2 * j, :] * (gp_hi - gp_lo) + gp_lo).clamp(g_min, g_max)
+            g_minus = (g_plus - delta_g).clamp(g_min, g_max)
+            g_plus_cols.append(g_plus)
+            g_minus_cols.append(g_minus)
+
+        g_plus = torch.stack(g_plus_cols, dim=-2)  # [..., K, n]
+        g_minus = torch.stack(g_minus_cols, dim=-2)
+        if self.symmetric:
+            # Mirror point i onto L-1-i with G+ and G- exchanged. The reference mirrors from the
+            # freshly decoded values, so the centre point (i = nbins-1) ends up exchanged too.
+            g_plus, g_minus = (
+                torch.cat((g_plus[..., : n - 1], g_minus.flip(-1)), dim=-1),
+                torch.cat((g_minus[..., : n - 1], g_plus.flip(-1)), dim=-1),
+            )
+        g_lst = torch.stack((g_plus, g_minus), dim=-2).flatten(-3, -2)  # [..., 2K, L]
+        f = torch.stack(f_cols, dim=-1)
+        return f, g_lst, k_w
+
+    def to_converter(
+        self,
+        x: torch.Tensor,
+        max_abs_weight: float | torch.Tensor,
+        *,
+        invertibility_test: bool = True,
+    ) -> CustomPairConductanceConverter:
+        """Decode ``x`` and wrap the programs in one batched CustomPairConductanceConverter.
+
+        Args:
+            x: [..., D] hypercube points; max_abs_weight: M as in :meth:`decode`.
+            invertibility_test: passed to the converter (rejects non-invertible programs).
+
+        Returns:
+            ``CustomPairConductanceConverter(f [..., K], g_lst [..., 2K, L], g_min, g_max)``.
+        """
+        # Imported here so that the strategy space does not depend on the converters at import.
+        from gpuwpo.converters import CustomPairConductanceConverter
+
+        f, g_lst, _ = self.decode(x, max_abs_weight)
+        return CustomPairConductanceConverter(
+            f, g_lst, g_min=self.g_min, g_max=self.g_max, invertibility_test=invertibility_test
+        )
