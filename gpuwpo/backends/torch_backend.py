@@ -1,0 +1,130 @@
+"""The torch differential-evolution backend: all layers in one tensor program.
+
+Runs :func:`gpuwpo.de.de_minimize` on the problem's device with noise-robust selection (parents
+re-evaluated with their trials under common random numbers) and saves its state as tensors plus
+JSON (no pickle) for checkpoint and resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from ..de import DEResult, de_init, de_minimize, state_from_dict, state_to_dict
+from .base import ProgressInfo, SearchOutcome, SearchProblem
+
+__all__ = ["search", "save_checkpoint", "load_checkpoint"]
+
+_STATE_FILE = "de_state.safetensors"
+_META_FILE = "de_state.json"
+
+
+def save_checkpoint(path: str | os.PathLike, state, extra: dict | None = None) -> None:
+    """Save a :class:`gpuwpo.de.DEState` into the directory ``path`` (tensors + JSON)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tensors, meta = state_to_dict(state)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    meta = {"format": "gpuwpo-de-checkpoint", "version": 1, "meta": meta, "extra": extra or {}}
+    tmp_t, tmp_m = path / (_STATE_FILE + ".tmp"), path / (_META_FILE + ".tmp")
+    save_file(tensors, str(tmp_t))
+    tmp_m.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp_t, path / _STATE_FILE)
+    os.replace(tmp_m, path / _META_FILE)
+
+
+def load_checkpoint(path: str | os.PathLike, device: torch.device | str | None = None):
+    """Load a state saved by :func:`save_checkpoint`: returns (DEState, extra dict)."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not (path / _STATE_FILE).is_file() or not (path / _META_FILE).is_file():
+        raise FileNotFoundError(f"no gpuwpo checkpoint in {path} (expected {_STATE_FILE} and "
+                                f"{_META_FILE})")
+    meta = json.loads((path / _META_FILE).read_text())
+    if meta.get("format") != "gpuwpo-de-checkpoint":
+        raise ValueError(f"{path / _META_FILE} is not a gpuwpo checkpoint")
+    tensors = load_file(str(path / _STATE_FILE))
+    return state_from_dict(tensors, meta["meta"], device=device), meta.get("extra", {})
+
+
+def search(
+    problem: SearchProblem,
+    *,
+    strategy: str = "best1bin",
+    popsize: int = 100,
+    maxiter: int = 200,
+    tol: float = 0.0,
+    atol: float = 0.02,
+    mutation: float | tuple[float, float] = 0.1,
+    recombination: float = 0.3,
+    seed: int = 100,
+    init: str | torch.Tensor = "latinhypercube",
+    x0: torch.Tensor | None = None,
+    callback: Callable | None = None,
+    progress: Callable[[ProgressInfo], None] | None = None,
+    noise_robust: bool = True,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 10,
+    resume: str | os.PathLike | None = None,
+    **unused,
+) -> SearchOutcome:
+    """Differential evolution in torch over all layers at once.
+
+    ``callback(result)`` receives a :class:`gpuwpo.de.DEResult` after every generation and may
+    stop the run by returning True or raising StopIteration. With ``checkpoint`` the state is
+    saved every ``checkpoint_every`` generations and at the end; ``resume`` continues a saved
+    state (the other search settings are taken from it).
+    """
+    if unused:
+        raise TypeError(f"the torch backend does not take {', '.join(sorted(unused))}")
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+    if resume is not None:
+        state, _ = load_checkpoint(resume, device=problem.device)
+        if tuple(state.population.shape[::2]) != (problem.num_layers, problem.dim):
+            raise ValueError(f"checkpoint {resume} holds a search of shape "
+                             f"{tuple(state.population.shape)}, not B={problem.num_layers}, "
+                             f"D={problem.dim}")
+    else:
+        if isinstance(init, torch.Tensor):
+            init = init.to(device=problem.device, dtype=problem.dtype)
+        if x0 is not None:
+            x0 = torch.as_tensor(x0).to(device=problem.device, dtype=problem.dtype)
+        state = de_init(dim=problem.dim, num_layers=problem.num_layers, popsize=popsize,
+                        init=init, x0=x0, strategy=strategy, mutation=mutation,
+                        recombination=recombination, tol=tol, atol=atol, seed=seed,
+                        device=problem.device, dtype=problem.dtype)
+
+    # Evaluation number -> noise seed: the initial population is call 0, generation g is call g,
+    # so a resumed run draws exactly the noise the uninterrupted run would have drawn.
+    calls = [state.nit + 1 if state.evaluated else 0]
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        out = problem.loss(x, calls[0])
+        calls[0] += 1
+        return out
+
+    def on_generation(result: DEResult) -> bool:
+        if checkpoint is not None and result.nit % checkpoint_every == 0:
+            save_checkpoint(checkpoint, result.state)
+        if progress is not None:
+            progress(ProgressInfo(result.nit, result.history[:, -1], int(result.nfev.sum())))
+        return bool(callback(result)) if callback is not None else False
+
+    result = de_minimize(fn, maxiter=maxiter, callback=on_generation,
+                         reevaluate_parents=noise_robust, state=state)
+    if checkpoint is not None:
+        save_checkpoint(checkpoint, result.state)
+    return SearchOutcome(
+        x=result.x, fun=result.fun, nit=result.nit,
+        nfev=int(result.nfev.sum()), converged=result.converged,
+        stop_reason=result.stop_reason, message=result.message, history=result.history,
+        extra={"de_result": result},
+    )

@@ -1,0 +1,389 @@
+"""WeightProgrammingOptimizer: the object users call to find a programming strategy.
+
+Names and defaults follow the reference toolkit (aihwkit's ``inference.converter.wpo``) so that
+its users feel at home; what happens underneath is different: the whole population of every
+layer is evaluated as one batched tensor (:class:`gpuwpo.TNMSEObjective`), the search backend is
+chosen with one flag, and the answer is re-evaluated with fresh noise and reported with its
+uncertainty next to the baseline evaluated the same way.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .backends import BACKENDS, SearchProblem, run_search
+from .compensation import GlobalDriftCompensation
+from .converters import CustomPairConductanceConverter
+from .objective import TNMSEObjective
+from .strategy import StrategySpace
+
+__all__ = ["WeightProgrammingOptimizer", "OptimizationResult", "DEFAULTS"]
+
+#: Keyword arguments with the reference's names and defaults (plus gpuwpo's own, below them).
+DEFAULTS = {
+    "nbins": 6,
+    "test_in_features": 512,
+    "test_out_features": 20,
+    "g_err": 0.0,
+    "f_min": 0.1,
+    "f_max": 5.0,
+    "use_max_kw": False,
+    "loss_margin": 0.125,
+    "baseline_iterations": 100,
+    "callback": None,
+    "disp": True,
+    "strategy": "best1bin",
+    "popsize": 100,
+    "maxiter": 200,
+    "tol": 0.0,
+    "atol": 0.02,
+    "mutation": 0.1,
+    "recombination": 0.3,
+    "polish": True,
+    "seed": 100,
+    "x_init": "latinhypercube",
+    # gpuwpo's own
+    "validation_repeats": 100,
+    "x0": None,
+    "noise_robust": True,
+    "checkpoint": None,
+    "checkpoint_every": 10,
+    "resume": None,
+    "algorithm": "de",
+    "kernel": "auto",
+    "memory_budget": None,
+    "polish_maxiter": 50,
+}
+
+_Z95 = 1.959963984540054
+
+
+@dataclass
+class OptimizationResult:
+    """What a run found and how (per layer where a field has a layer axis B).
+
+    Attributes:
+        x: [B, D] the chosen strategy of each layer in the unit hypercube.
+        converter: the :class:`CustomPairConductanceConverter` (batch shape [B], or a single
+            program when B = 1).
+        tnmse: [B] validated TNMSE (fresh noise, ``validation_repeats`` programmings).
+        tnmse_ci95: [B, 2] its 95% interval (normal approximation, mean +- 1.96 SE).
+        baseline_tnmse, baseline_ci95: the baseline converter evaluated the same way.
+        improvement: [B] 1 - tnmse / baseline_tnmse.
+        success: True when every layer's validated TNMSE beats its baseline by ``loss_margin``
+            (tnmse < baseline * (1 - loss_margin)).
+        layer_success: [B] the same per layer.
+        search_best_loss: [B] the in-search best normalised loss (optimistic: noisy minimum).
+        search_best_tnmse: [B] the same in TNMSE units.
+        nit: generations; nfev: candidates evaluated; wall_time: seconds.
+        stop_reason, message: why the search stopped.
+        history: [B, nit] best TNMSE of each layer after each generation.
+        polished: [B] bool, whether the local polish improved (and replaced) the strategy.
+        backend: the backend used; device: where it ran.
+    """
+
+    x: torch.Tensor
+    converter: CustomPairConductanceConverter
+    tnmse: torch.Tensor
+    tnmse_ci95: torch.Tensor
+    baseline_tnmse: torch.Tensor
+    baseline_ci95: torch.Tensor
+    improvement: torch.Tensor
+    success: bool
+    layer_success: torch.Tensor
+    search_best_loss: torch.Tensor
+    search_best_tnmse: torch.Tensor
+    nit: int
+    nfev: int
+    wall_time: float
+    stop_reason: str
+    message: str
+    history: torch.Tensor
+    polished: torch.Tensor
+    backend: str
+    device: str
+    extra: dict = field(default_factory=dict, repr=False)
+
+    def summary(self) -> str:
+        """A short human-readable table, one line per layer."""
+        lines = [f"backend={self.backend} device={self.device} generations={self.nit} "
+                 f"candidates={self.nfev} wall={self.wall_time:.1f}s stop={self.stop_reason}",
+                 f"{'layer':>5} {'TNMSE (95% CI)':>28} {'baseline (95% CI)':>28} {'gain':>7}"]
+        for b in range(self.tnmse.shape[0]):
+            lo, hi = self.tnmse_ci95[b].tolist()
+            blo, bhi = self.baseline_ci95[b].tolist()
+            lines.append(f"{b:>5} {self.tnmse[b]:9.5f} [{lo:8.5f}, {hi:8.5f}] "
+                         f"{self.baseline_tnmse[b]:9.5f} [{blo:8.5f}, {bhi:8.5f}] "
+                         f"{100 * self.improvement[b]:6.1f}%")
+        return "\n".join(lines)
+
+
+def _ci(mean: torch.Tensor, sem: torch.Tensor) -> torch.Tensor:
+    return torch.stack([mean - _Z95 * sem, mean + _Z95 * sem], dim=-1)
+
+
+class WeightProgrammingOptimizer:
+    """Find a weight programming strategy per layer that beats a baseline converter.
+
+    Args:
+        weights: one layer's weights (a tensor of any shape) or a sequence of layers (each is
+            one independent search; all are searched in one batched call).
+        f_lst: significance factors of the pairs, numbers or None (None = optimised), e.g.
+            ``[None, None]`` or ``[1.0, 3.0]``.
+        noise_model: the PCM device model (:class:`gpuwpo.PCMLikeNoiseModel`).
+        t_steps: inference times in seconds after programming, [T].
+        g_converter_baseline: the standard converter to beat (its g_min, g_max also bound the
+            strategy's conductances), e.g. ``DualPairConductanceConverter([1, 1], 0, 25)``.
+        symmetric: programs mirror around w = 0 (half the dimensions).
+        backend: "torch" (default), "evotorch" or "scipy".
+        device: where the objective runs; None picks CUDA when available.
+        compensation: drift compensation (default ideal global).
+        **kwargs: see :data:`DEFAULTS`: the reference's names and defaults (nbins=6,
+            test_in_features=512, test_out_features=20, g_err=0.0 (a fraction of
+            g_max - g_min), f_min=0.1, f_max=5.0, use_max_kw=False, loss_margin=0.125,
+            baseline_iterations=100, callback=None, disp=True, strategy="best1bin",
+            popsize=100 (times D), maxiter=200, tol=0.0, atol=0.02, mutation=0.1,
+            recombination=0.3, polish=True, seed=100, x_init="latinhypercube"), plus
+            validation_repeats=100, x0 (warm start, [D] or [B, D] in the unit cube),
+            noise_robust=True (parents re-evaluated with their trials under the same noise),
+            checkpoint=PATH and checkpoint_every=N, resume=PATH, algorithm (evotorch: "de",
+            "cmaes", "snes", "ga"), kernel ("auto", "triton", "torch"), memory_budget (bytes),
+            polish_maxiter.
+
+    Raises:
+        TypeError: an unknown keyword (named in the message).
+        ValueError: a bad value (named in the message).
+    """
+
+    def __init__(
+        self,
+        weights,
+        f_lst: Sequence[float | None],
+        noise_model,
+        t_steps: Sequence[float] | torch.Tensor,
+        g_converter_baseline,
+        symmetric: bool = True,
+        backend: str = "torch",
+        device: torch.device | str | None = None,
+        compensation=None,
+        **kwargs,
+    ) -> None:
+        unknown = sorted(set(kwargs) - set(DEFAULTS))
+        if unknown:
+            raise TypeError(f"WeightProgrammingOptimizer got unexpected keyword argument(s): "
+                            f"{', '.join(unknown)}")
+        opts = {**DEFAULTS, **kwargs}
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+        self._validate(opts)
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.backend = backend
+        self.options = opts
+        self.noise_model = noise_model
+        self.g_converter_baseline = g_converter_baseline
+        self.compensation = GlobalDriftCompensation() if compensation is None else compensation
+        g_min = float(getattr(g_converter_baseline, "g_min", 0.0))
+        g_max = float(getattr(g_converter_baseline, "g_max", noise_model.g_max))
+        if not 0.0 <= opts["g_err"] < 1.0:
+            raise ValueError(f"g_err is a fraction of g_max - g_min in [0, 1), got {opts['g_err']}")
+        self.space = StrategySpace(
+            list(f_lst), g_min, g_max, nbins=opts["nbins"], symmetric=symmetric,
+            g_err=opts["g_err"] * (g_max - g_min), f_min=opts["f_min"], f_max=opts["f_max"],
+            use_max_kw=opts["use_max_kw"],
+        )
+        layers = [weights] if isinstance(weights, torch.Tensor) else list(weights)
+        layers = [torch.as_tensor(w) for w in layers]
+        for i, w in enumerate(layers):
+            if not torch.is_floating_point(w):
+                layers[i] = w.float()
+            if not torch.isfinite(layers[i]).all():
+                raise ValueError(f"weights of layer {i} contain NaN or inf")
+        self.objective = TNMSEObjective(
+            layers, noise_model, self.compensation, t_steps, self.space,
+            test_in_features=opts["test_in_features"], test_out_features=opts["test_out_features"],
+            common_random_numbers=True, memory_budget=opts["memory_budget"],
+            kernel=opts["kernel"], device=self.device, seed=opts["seed"],
+        )
+        self._baseline: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.result: OptimizationResult | None = None
+
+    @staticmethod
+    def _validate(o: dict) -> None:
+        def positive_int(name):
+            v = o[name]
+            if isinstance(v, bool) or int(v) != v or v < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+
+        for name in ("popsize", "maxiter", "baseline_iterations", "nbins", "checkpoint_every",
+                     "polish_maxiter"):
+            positive_int(name)
+        if o["validation_repeats"] < 2 or o["baseline_iterations"] < 2:
+            raise ValueError("validation_repeats and baseline_iterations must be >= 2 "
+                             "(a standard error needs two samples)")
+        if not o["loss_margin"] >= 0:
+            raise ValueError(f"loss_margin must be >= 0, got {o['loss_margin']!r}")
+        m = o["mutation"]
+        pair = m if isinstance(m, (tuple, list)) else (m, m)
+        if len(pair) != 2 or not all(0 <= float(v) < 2 for v in pair) or pair[0] > pair[1]:
+            raise ValueError(f"mutation must be in [0, 2) or a (low, high) pair in [0, 2), "
+                             f"got {m!r}")
+        if not 0 <= o["recombination"] <= 1:
+            raise ValueError(f"recombination must be in [0, 1], got {o['recombination']!r}")
+        if o["tol"] < 0 or o["atol"] < 0:
+            raise ValueError(f"tol and atol must be >= 0, got {o['tol']!r}, {o['atol']!r}")
+        from .de import STRATEGIES
+
+        if o["strategy"] not in STRATEGIES:
+            raise ValueError(f"unknown strategy {o['strategy']!r}; choose one of "
+                             f"{', '.join(STRATEGIES)}")
+        if o["callback"] is not None and not callable(o["callback"]):
+            raise ValueError("callback must be callable")
+
+    # -- the reference's API ---------------------------------------------------------------
+    def generate_bounds(self) -> list[tuple[float, float]]:
+        """Bounds of the search: the unit hypercube [0, 1]^D as a list of (low, high)."""
+        return list(self.space.bounds)
+
+    @property
+    def num_layers(self) -> int:
+        return self.objective.num_layers
+
+    def get_loss_baseline(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Baseline TNMSE per layer: (mean [B], standard error [B]) over baseline_iterations."""
+        if self._baseline is None:
+            gen = torch.Generator(device=self.device).manual_seed(self.options["seed"] + 1)
+            self._baseline = self.objective.evaluate_converter(
+                self.g_converter_baseline, self.options["baseline_iterations"], gen)
+        return self._baseline
+
+    def _noise_seed(self, call: int) -> int:
+        # Different from the baseline and validation seeds, reproducible per evaluation.
+        return (self.options["seed"] * 1_000_003 + 7919 * (call + 1)) % (2**62)
+
+    def _search_problem(self, baseline: torch.Tensor) -> SearchProblem:
+        margin = float(self.options["loss_margin"])
+        base = baseline.reshape(-1, 1)
+
+        def loss(x: torch.Tensor, call: int) -> torch.Tensor:
+            tnmse = self.objective(x, self._noise_seed(call))
+            return (tnmse - base) / base + margin
+
+        return SearchProblem(loss=loss, num_layers=self.num_layers, dim=self.space.dim,
+                             device=self.device, dtype=self.objective.dtype)
+
+    def run_optimizer(self) -> tuple[CustomPairConductanceConverter, bool]:
+        """Search, polish, validate. Returns (converter, success); details in ``self.result``."""
+        o = self.options
+        start = time.perf_counter()
+        base_mean, base_sem = self.get_loss_baseline()
+        problem = self._search_problem(base_mean)
+        x0 = None if o["x0"] is None else torch.as_tensor(o["x0"], dtype=self.objective.dtype)
+        if x0 is not None:
+            x0 = x0.reshape(-1, self.space.dim).expand(self.num_layers, -1)
+            if ((x0 < 0) | (x0 > 1)).any():
+                raise ValueError("x0 must lie in the unit hypercube [0, 1]^D")
+        bar = self._progress_bar() if o["disp"] else None
+        options = dict(strategy=o["strategy"], popsize=o["popsize"], maxiter=o["maxiter"],
+                       tol=o["tol"], atol=o["atol"], mutation=o["mutation"],
+                       recombination=o["recombination"], seed=o["seed"], init=o["x_init"],
+                       x0=x0, callback=o["callback"], progress=bar)
+        if self.backend == "torch":
+            options.update(noise_robust=o["noise_robust"], checkpoint=o["checkpoint"],
+                           checkpoint_every=o["checkpoint_every"], resume=o["resume"])
+        elif self.backend == "scipy":
+            options.update(scipy_polish=o["polish"])
+        else:
+            options.update(algorithm=o["algorithm"], noise_robust=o["noise_robust"])
+        try:
+            outcome = run_search(self.backend, problem, **options)
+        finally:
+            if bar is not None:
+                bar.close()
+        x = outcome.x.to(self.device, self.objective.dtype)
+        val_gen = o["seed"] + 2
+        val_mean, val_sem = self.objective.validate(x, o["validation_repeats"], val_gen)
+        polished = torch.zeros(self.num_layers, dtype=torch.bool)
+        if o["polish"] and self.backend != "scipy":
+            x, val_mean, val_sem, polished = self._polish(x, val_mean, val_sem, val_gen)
+        f, g_lst, _ = self.space.decode(x, self.objective.max_abs_weight.reshape(-1))
+        if self.num_layers == 1:
+            f, g_lst = f[0], g_lst[0]
+        converter = CustomPairConductanceConverter(f, g_lst, self.space.g_min, self.space.g_max)
+        margin = float(o["loss_margin"])
+        layer_success = (val_mean - base_mean) / base_mean + margin < 0
+        to_tnmse = base_mean.reshape(-1, 1)
+        history = (outcome.history.to(base_mean) - margin) * to_tnmse + to_tnmse
+        self.result = OptimizationResult(
+            x=x, converter=converter, tnmse=val_mean, tnmse_ci95=_ci(val_mean, val_sem),
+            baseline_tnmse=base_mean, baseline_ci95=_ci(base_mean, base_sem),
+            improvement=1 - val_mean / base_mean, success=bool(layer_success.all()),
+            layer_success=layer_success.cpu(), search_best_loss=outcome.fun,
+            search_best_tnmse=(outcome.fun.to(base_mean) - margin) * base_mean + base_mean,
+            nit=outcome.nit, nfev=outcome.nfev, wall_time=time.perf_counter() - start,
+            stop_reason=outcome.stop_reason, message=outcome.message, history=history,
+            polished=polished, backend=self.backend, device=str(self.device),
+            extra={"outcome": outcome, "validation_sem": val_sem, "baseline_sem": base_sem},
+        )
+        return converter, self.result.success
+
+    # -- pieces ----------------------------------------------------------------------------
+    def _progress_bar(self):
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=self.options["maxiter"], desc=f"gpuwpo[{self.backend}]", unit="gen",
+                   leave=False)
+
+        class _Bar:
+            def __call__(self, info):
+                bar.n = info.generation
+                best = float(info.best.min())
+                bar.set_postfix_str(f"best loss {best:+.4f}")
+                bar.refresh()
+
+            def close(self):
+                bar.close()
+
+        return _Bar()
+
+    def _polish(self, x, val_mean, val_sem, val_gen):
+        """L-BFGS-B from each layer's best on frozen noise; kept where validation improves.
+
+        The frozen-noise loss (fixed seed, common random numbers) is a deterministic function
+        of x; its gradient is taken by forward differences, all D + 1 points in one batched call.
+        """
+        from scipy.optimize import minimize
+
+        D = self.space.dim
+        h = 1e-3
+        seed = self._noise_seed(-7)
+        new_x = x.clone()
+        for b in range(self.num_layers):
+            sub = self.objective.select_layers([b])
+
+            def fun_and_grad(v, sub=sub):
+                v_t = torch.as_tensor(v, dtype=sub.dtype, device=sub.device).clamp(0, 1)
+                steps = v_t.unsqueeze(0).repeat(D + 1, 1)
+                direction = torch.where(v_t + h <= 1, h, -h)
+                steps[1:] += torch.diag(direction)
+                losses = sub(steps.unsqueeze(0), seed)[0].double().cpu()
+                grad = (losses[1:] - losses[0]) / direction.double().cpu()
+                return float(losses[0]), grad.numpy()
+
+            res = minimize(fun_and_grad, x[b].double().cpu().numpy(), jac=True,
+                           method="L-BFGS-B", bounds=[(0.0, 1.0)] * D,
+                           options={"maxiter": self.options["polish_maxiter"]})
+            new_x[b] = torch.as_tensor(res.x, dtype=x.dtype, device=x.device).clamp(0, 1)
+        cand_mean, cand_sem = self.objective.validate(new_x, self.options["validation_repeats"],
+                                                      val_gen)
+        better = (cand_mean < val_mean).cpu()
+        keep = better.to(x.device)
+        x = torch.where(keep.unsqueeze(-1), new_x, x)
+        return (x, torch.where(keep, cand_mean, val_mean), torch.where(keep, cand_sem, val_sem),
+                better)
+
