@@ -13,6 +13,8 @@ from .converters import (
     NPairConductanceConverter,
     SinglePairConductanceConverter,
 )
+from .io import load_result, load_weights, save_result
+from .network import LayerResult, NetworkResult, optimize_network, program_model, select_weights
 from .noise import CustomDriftPCMLikeNoiseModel, PCMLikeNoiseModel
 from .objective import TNMSEObjective
 from .optimizer import OptimizationResult, WeightProgrammingOptimizer
@@ -29,6 +31,8 @@ __all__ = [
     "DualPairConductanceConverter",
     "FusionConductanceConverter",
     "GlobalDriftCompensation",
+    "LayerResult",
+    "NetworkResult",
     "NPairConductanceConverter",
     "OptimizationResult",
     "PCMLikeNoiseModel",
@@ -38,6 +42,12 @@ __all__ = [
     "TNMSEObjective",
     "WeightProgrammingOptimizer",
     "downsample_weight_distribution",
+    "load_result",
+    "load_weights",
+    "optimize_network",
+    "program_model",
+    "save_result",
+    "select_weights",
     "shuffle_weights",
     "simulate_weights",
     "student_t_weights",

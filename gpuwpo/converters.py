@@ -567,6 +567,44 @@ class CustomPairConductanceConverter(_PairConverter):
         close = ((back - test).abs() <= _INVERTIBILITY_ATOL).all(-1)  # NaN compares False
         return close & (params["scale"] > 0)
 
+    def to_aihwkit(self, invertibility_test: bool = True):
+        """This program as aihwkit's ``CustomPairConductanceConverter`` (for its inference tiles).
+
+        aihwkit's converter takes Python lists (``f_lst`` [K], ``g_lst`` 2K lists of L uS values)
+        and uses the same uniform grid ``linspace(-max|W|, max|W|, L)``, so the program means
+        the same thing there. Values are passed as float64 Python floats (exact for float32).
+
+        Args:
+            invertibility_test: passed on to aihwkit (it then checks the program itself).
+
+        Returns:
+            ``aihwkit.inference.converter.conductance.CustomPairConductanceConverter``.
+
+        Raises:
+            ValueError: the converter is batched (aihwkit's holds exactly one program).
+            ImportError: aihwkit is not installed.
+        """
+        if len(self.batch_shape) != 0:
+            raise ValueError(
+                f"to_aihwkit needs a single program, this converter has batch shape "
+                f"{tuple(self.batch_shape)}; select one first (e.g. f_lst[b], g_lst[b])"
+            )
+        try:
+            from aihwkit.inference.converter.conductance import (
+                CustomPairConductanceConverter as AihwkitCustomPair,
+            )
+        except ImportError as err:
+            raise ImportError(
+                "to_aihwkit needs IBM's analog hardware acceleration kit: pip install aihwkit"
+            ) from err
+        return AihwkitCustomPair(
+            f_lst=self.f_lst.detach().cpu().double().tolist(),
+            g_lst=self.g_lst.detach().cpu().double().tolist(),
+            g_min=float(self.g_min),
+            g_max=float(self.g_max),
+            invertibility_test=invertibility_test,
+        )
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(K={self.num_pairs}, L={self.num_grid_points}, "
