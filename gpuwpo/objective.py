@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import secrets
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -189,6 +190,13 @@ def tnmse_from_programs(
             memory_budget = free // 2
         else:
             memory_budget = _CPU_MEMORY_BUDGET
+    # Explicit draws may be any shape that broadcasts to [B, P, T, 2K, N] (readout: [B, P, T, N]);
+    # the chunks below index the candidate and time axes by position, so give them all their
+    # dimensions (views, nothing is copied).
+    if noise is not None:
+        noise = DeviceNoise(*(_with_axes(z, 5, T) for z in noise))
+    if readout_noise is not None:
+        readout_noise = tuple(_with_axes(z, 4, T) for z in readout_noise)
     independent = noise is None and not common_random_numbers
     # Noise is [T, 2K, N] per candidate when independent; the rest is per time step.
     live = _LIVE_TENSORS + (3 * T if independent else 0)
@@ -243,6 +251,16 @@ def tnmse_from_programs(
             tile_shape,
         )
     return out
+
+
+def _with_axes(z: torch.Tensor, ndim: int, T: int) -> torch.Tensor:
+    """``z`` broadcastable to [B, P, T, ...] (``ndim`` dims) as a view with all ``ndim`` dims and
+    the time axis (index 2) expanded to T."""
+    z = torch.as_tensor(z)
+    if z.ndim > ndim:
+        raise ValueError(f"explicit noise of shape {tuple(z.shape)} has more than {ndim} dims")
+    z = z.reshape((1,) * (ndim - z.ndim) + tuple(z.shape))
+    return z.expand(z.shape[0], z.shape[1], T, *z.shape[3:])
 
 
 def _as_layer_list(test_weights) -> list[torch.Tensor]:
@@ -360,6 +378,7 @@ class TNMSEObjective:
         self.idx, self.frac = grid_interpolation(
             self.test_weights, self.max_abs_weight, strategy_space.grid_size
         )
+        self.kernel_requested = kernel
         self.kernel = self._choose_kernel(kernel)
 
     # -- properties ------------------------------------------------------------------------
@@ -443,23 +462,36 @@ class TNMSEObjective:
         f = f.to(device=self.device, dtype=self.dtype)
         g_lst = g_lst.to(device=self.device, dtype=self.dtype)
         if self.kernel == "triton" and noise is None:
-            from .kernels.tnmse import tnmse_triton
-
-            nm = self.noise_model
-            return tnmse_triton(
-                f, g_lst, self.test_weights, self.idx, self.frac, self.max_abs_weight,
-                self.t_steps, g_max=nm.g_max, prog_coeff=nm.prog_coeff, g_ref=nm.g_ref,
-                prog_noise_scale=nm.prog_noise_scale, drift_scale=nm.drift_scale,
-                read_noise_scale=nm.read_noise_scale, t_0=nm.t_0, t_read=nm.t_read,
-                error_amplification=self.error_amplification, seed=_draw_seed(gen),
-                common_random_numbers=crn,
-            )
+            rng_state = gen.get_state()
+            try:
+                return self._evaluate_kernel(f, g_lst, _draw_seed(gen), crn)
+            except Exception as err:  # a kernel that cannot build must not stop an "auto" search
+                if self.kernel_requested != "auto":
+                    raise
+                gen.set_state(rng_state)  # the torch path sees the noise it would have seen
+                # "auto" promised a working objective: fall back to the torch twin for good.
+                warnings.warn(f"the Triton kernel failed ({type(err).__name__}: {err}); using "
+                              "the torch path from now on", RuntimeWarning, stacklevel=2)
+                self.kernel = "torch"
         return tnmse_from_programs(
             f, g_lst, self.test_weights, self.idx, self.frac, self.max_abs_weight, self.t_steps,
             self.noise_model, self.compensation, error_amplification=self.error_amplification,
             generator=gen, common_random_numbers=crn, tile_shape=self.tile_shape, noise=noise,
             memory_budget=self.memory_budget,
         )
+
+    def _evaluate_kernel(self, f, g_lst, seed: int, crn: bool) -> torch.Tensor:
+        from .kernels.tnmse import tnmse_triton
+
+        nm = self.noise_model
+        return tnmse_triton(
+            f, g_lst, self.test_weights, self.idx, self.frac, self.max_abs_weight,
+            self.t_steps, g_max=nm.g_max, prog_coeff=nm.prog_coeff, g_ref=nm.g_ref,
+            prog_noise_scale=nm.prog_noise_scale, drift_scale=nm.drift_scale,
+            read_noise_scale=nm.read_noise_scale, t_0=nm.t_0, t_read=nm.t_read,
+            error_amplification=self.error_amplification, seed=seed,
+            common_random_numbers=crn,
+        ).to(self.dtype)
 
     def validate(self, x: torch.Tensor, repeats: int = 100,
                  generator: torch.Generator | int | None = None

@@ -1,5 +1,12 @@
+import os
+
 import pytest
 import torch
+
+# Without CUDA, Triton kernels run on the CPU through the interpreter. The variable must be set
+# before triton (or gpuwpo.kernels) is first imported, whichever test module does it first.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_collection_modifyitems(config, items):

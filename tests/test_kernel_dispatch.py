@@ -1,0 +1,87 @@
+"""Which objective implementation runs (kernel="auto" | "triton" | "torch"), and the fallback."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import gpuwpo
+from gpuwpo.objective import TNMSEObjective
+
+T_STEPS = [1.0, 3600.0, 86400.0]
+
+
+def _objective(kernel="torch", noise_model=None, compensation=None):
+    w = gpuwpo.student_t_weights((32, 16), generator=torch.Generator().manual_seed(0))
+    space = gpuwpo.StrategySpace([None, None], 0.0, 25.0)
+    return TNMSEObjective([w], noise_model or gpuwpo.PCMLikeNoiseModel(), compensation, T_STEPS,
+                          space, test_in_features=16, test_out_features=4, kernel=kernel)
+
+
+def test_auto_picks_torch_without_cuda():
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: auto picks the kernel there")
+    assert _objective("auto").kernel == "torch"
+    assert _objective("torch").kernel == "torch"
+
+
+def test_bad_kernel_name():
+    with pytest.raises(ValueError, match="kernel"):
+        _objective("cuda")
+
+
+@pytest.mark.parametrize(
+    "noise_model, compensation, match",
+    [
+        (gpuwpo.CustomDriftPCMLikeNoiseModel({"g_lst": [0.0, 25.0], "nu_mean_lst": [0.05, 0.06],
+                                               "nu_std_lst": [0.01, 0.01]}), None, "drift"),
+        (None, gpuwpo.PerColumnDriftCompensation(), "global"),
+        (None, gpuwpo.GlobalDriftCompensation(readout_noise=0.06), "ideal"),
+    ],
+)
+def test_triton_refuses_physics_it_does_not_implement(noise_model, compensation, match):
+    pytest.importorskip("triton")
+    with pytest.raises(ValueError, match=match):
+        _objective("triton", noise_model, compensation)
+    # auto quietly uses the torch path for the same physics
+    assert _objective("auto", noise_model, compensation).kernel == "torch"
+
+
+def test_auto_falls_back_to_torch_when_the_kernel_fails(monkeypatch):
+    obj = _objective("torch")
+    x = torch.rand(1, 5, obj.dim, generator=torch.Generator().manual_seed(1))
+    expected = obj(x, 7)
+    obj.kernel, obj.kernel_requested = "triton", "auto"
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no kernel image is available for execution on the device")
+
+    monkeypatch.setattr(obj, "_evaluate_kernel", broken)
+    with pytest.warns(RuntimeWarning, match="Triton kernel failed"):
+        got = obj(x, 7)
+    assert torch.equal(got, expected)
+    assert obj.kernel == "torch"
+    # an explicit request does not hide the failure
+    obj.kernel, obj.kernel_requested = "triton", "triton"
+    with pytest.raises(RuntimeError, match="kernel image"):
+        obj(x, 7)
+
+
+def test_triton_through_the_objective_on_the_interpreter():
+    """The kernel behind the objective's interface: shapes, determinism, common random numbers."""
+    pytest.importorskip("triton")
+    if not torch.cuda.is_available():
+        import os
+
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            pytest.skip("needs TRITON_INTERPRET=1 on a machine without CUDA")
+    kern = _objective("triton")
+    torch_path = _objective("torch")
+    x = torch.rand(1, 3, kern.dim, generator=torch.Generator().manual_seed(2))
+    x = torch.cat([x, x[:, :1]], dim=1)  # candidate 3 repeats candidate 0
+    a, b = kern(x, 11), kern(x, 11)
+    assert a.shape == (1, 4) and torch.equal(a, b)
+    assert a[0, 0] == a[0, 3]  # common random numbers: identical candidates, identical losses
+    # Same physics, different random streams: the same order of magnitude per candidate.
+    ref = torch_path(x, 11)
+    assert bool(((a / ref) > 0.5).all() and ((a / ref) < 2.0).all())
