@@ -1,0 +1,5 @@
+"""``python -m gpuwpo``: the same command line as the ``gpuwpo`` console script."""
+
+from .cli import main
+
+raise SystemExit(main())

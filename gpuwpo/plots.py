@@ -1,0 +1,352 @@
+"""Figures of a weight-programming result: programs, weight errors, convergence, accuracy.
+
+Every function returns a matplotlib ``Figure`` and, given ``path``, also saves it there (PNG by
+the file's extension, 150 dpi). matplotlib is an optional dependency (``pip install
+gpuwpo[plot]``) and is imported only when a figure is drawn, with the non-interactive Agg
+backend, so that plotting works on a headless server and importing gpuwpo never needs it.
+
+Units: conductances in micro-Siemens (uS), times in seconds after programming (log axis, with
+1 s, 1 h, 1 day, 1 month and 1 year marked), weights normalised by each layer's max|W|.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+if TYPE_CHECKING:  # imported lazily at run time: matplotlib is optional
+    from matplotlib.figure import Figure
+
+__all__ = [
+    "programming_curves",
+    "weight_error_histograms",
+    "convergence",
+    "accuracy_over_time",
+    "time_label",
+]
+
+#: Named inference times: the ticks of every time axis.
+NAMED_TIMES = {1.0: "1 s", 60.0: "1 min", 3600.0: "1 h", 86400.0: "1 day",
+               2592000.0: "1 month", 31536000.0: "1 year", 315360000.0: "10 years"}
+
+# One colour per strategy, the same in every figure: baseline grey-blue, optimised orange.
+BASELINE_COLOR = "tab:blue"
+OPTIMISED_COLOR = "tab:orange"
+
+
+def _pyplot():
+    """matplotlib.pyplot on the Agg backend, or an ImportError that says what to install."""
+    try:
+        import matplotlib
+    except ImportError as err:
+        raise ImportError("plotting needs matplotlib: pip install gpuwpo[plot]") from err
+    # Agg never opens a window: figures are files (headless servers, tests, the CLI).
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Figure, path: str | os.PathLike | None) -> Figure:
+    if path is not None:
+        directory = os.path.dirname(os.fspath(path))
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        fig.savefig(path, dpi=150, bbox_inches="tight")
+    return fig
+
+
+def time_label(t: float) -> str:
+    """A readable name for an inference time in seconds (``3600`` -> ``"1 h"``)."""
+    for value, name in NAMED_TIMES.items():
+        if math.isclose(t, value, rel_tol=1e-6):
+            return name
+    if t < 60:
+        return f"{t:g} s"
+    if t < 86400:
+        return f"{t / 3600:.3g} h"
+    return f"{t / 86400:.3g} days"
+
+
+def _log_time_axis(ax, t_steps: Sequence[float]) -> None:
+    """Log time axis in seconds with the named times as ticks (t = 0 cannot sit on a log axis)."""
+    ax.set_xscale("log")
+    ax.set_xlabel("time after programming (s, log scale)")
+    ticks = [t for t in t_steps if t > 0]
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([f"{time_label(t)}\n({t:.2g} s)" if t >= 60 else time_label(t)
+                        for t in ticks], fontsize=8)
+    ax.minorticks_off()
+
+
+def _converters(result_or_converters: Any) -> dict[str, Any]:
+    if hasattr(result_or_converters, "converters"):
+        return dict(result_or_converters.converters())
+    if isinstance(result_or_converters, Mapping):
+        return dict(result_or_converters)
+    raise TypeError(f"expected a NetworkResult or a mapping name -> converter, got "
+                    f"{type(result_or_converters).__name__}")
+
+
+def _default_baseline():
+    from .converters import DualPairConductanceConverter
+
+    return DualPairConductanceConverter(f_lst=[1.0, 1.0], g_min=0.0, g_max=25.0)
+
+
+def _curves(converter, points: int = 401) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+    """Conductances [2K, points] of ``converter`` on w/max|W| = linspace(-1, 1, points)."""
+    w = torch.linspace(-1.0, 1.0, points, dtype=torch.float64)
+    g, params = converter.convert_to_conductances(w)
+    return w, g, [float(v) for v in params["f"].reshape(-1)]
+
+
+# --------------------------------------------------------------------------------------------
+# Programming curves
+# --------------------------------------------------------------------------------------------
+
+
+def programming_curves(
+    result_or_converters: Any,
+    baseline=None,
+    *,
+    path: str | os.PathLike | None = None,
+) -> Figure:
+    """Conductances G+_k(w), G-_k(w) of every pair: baseline (left) beside optimised (right).
+
+    One row per layer; the weight axis is normalised by the layer's max|W| (a program is defined
+    on the grid linspace(-max|W|, max|W|, L), so it has the same shape for every layer size).
+    G+ solid, G- dashed, one colour per pair; the significance factors f_k are in the legend.
+
+    Args:
+        result_or_converters: a :class:`gpuwpo.network.NetworkResult` or a mapping layer name ->
+            converter (one program each).
+        baseline: the baseline converter (default DualPair f=[1, 1], 0..25 uS).
+        path: where to save the figure (optional).
+
+    Returns:
+        The figure: 2 axes per layer, 2K lines per axes.
+    """
+    plt = _pyplot()
+    converters = _converters(result_or_converters)
+    baseline = _default_baseline() if baseline is None else baseline
+    rows = len(converters)
+    fig, axes = plt.subplots(rows, 2, figsize=(10, 3.2 * rows), squeeze=False, sharey=True)
+    bw, bg, bf = _curves(baseline)
+    base_name = type(baseline).__name__.removesuffix("ConductanceConverter")
+    for row, (name, conv) in enumerate(converters.items()):
+        w, g, f = _curves(conv)
+        for col, (title, ww, gg, ff) in enumerate(
+                ((f"baseline {base_name}", bw, bg, bf), ("optimised", w, g, f))):
+            ax = axes[row, col]
+            for k in range(gg.shape[0] // 2):
+                ax.plot(ww, gg[2 * k], color=f"C{k}", lw=1.8, label=f"G+ pair {k}")
+                ax.plot(ww, gg[2 * k + 1], color=f"C{k}", lw=1.8, ls="--", label=f"G- pair {k}")
+            factors = ", ".join(f"{v:.2f}" for v in ff)
+            ax.set_title(f"{name}: {title} (f = {factors})", fontsize=10)
+            ax.set_xlabel("normalised weight w / max|W|")
+            ax.grid(alpha=0.3)
+        axes[row, 0].set_ylabel("target conductance (uS)")
+    # One legend for all panels (the curves fill each panel: a legend inside would hide them).
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize=9,
+               bbox_to_anchor=(0.5, 1.0))
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (3.2 * rows)))
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------------
+# Weight errors over time
+# --------------------------------------------------------------------------------------------
+
+
+def _normalised_errors(weights: torch.Tensor, converter, noise_model, t_steps, repeats,
+                       generator, compensation) -> torch.Tensor:
+    """(alpha_t W_t - W) / max|W| of every weight, [T, repeats * N]."""
+    from .simulate import simulate_weights
+
+    w = weights.detach().to("cpu", torch.float32)
+    eff = simulate_weights(w, converter, noise_model, t_steps, compensation, repeats=repeats,
+                           generator=generator)  # [R, T, *w]
+    err = (eff - w) / w.abs().max()
+    return err.transpose(0, 1).reshape(len(t_steps), -1)
+
+
+def weight_error_histograms(
+    result_or_converters: Any,
+    weights: Mapping[str, torch.Tensor],
+    t_steps: Sequence[float],
+    *,
+    noise_model=None,
+    baseline=None,
+    compensation=None,
+    repeats: int = 3,
+    seed: int = 0,
+    bins: int = 80,
+    path: str | os.PathLike | None = None,
+) -> Figure:
+    """Distribution of the weight error alpha_t W_t - W at each time: baseline and optimised.
+
+    Rows are layers, columns time steps; each axes overlays the baseline's and the optimised
+    strategy's histograms (same bins, density) of the error normalised by the layer's max|W|,
+    with each one's RMS error in the legend. The errors come from
+    :func:`gpuwpo.simulate_weights` (programming noise, drift, read noise, ideal global drift
+    compensation unless ``compensation`` is given), ``repeats`` programmings of the whole layer.
+
+    Args:
+        result_or_converters: a NetworkResult or a mapping layer name -> converter.
+        weights: layer name -> its weight tensor (at least the layers of the result).
+        t_steps: inference times in seconds [T].
+        noise_model: the PCM model (default PCMLikeNoiseModel(g_max=25)).
+        baseline: the baseline converter (default DualPair f=[1, 1], 0..25 uS).
+        repeats: independent programmings pooled per histogram.
+        seed: seed of the noise (one generator, both strategies drawn in turn).
+        path: where to save the figure (optional).
+
+    Returns:
+        The figure: one axes per (layer, time step).
+    """
+    from .noise import PCMLikeNoiseModel
+
+    plt = _pyplot()
+    converters = _converters(result_or_converters)
+    missing = [name for name in converters if name not in weights]
+    if missing:
+        raise ValueError(f"no weights for layer(s) {missing}; the weights hold "
+                         f"{list(weights)[:10]}")
+    noise_model = PCMLikeNoiseModel(g_max=25.0) if noise_model is None else noise_model
+    baseline = _default_baseline() if baseline is None else baseline
+    t_steps = [float(t) for t in t_steps]
+    gen = torch.Generator().manual_seed(int(seed))
+    rows, cols = len(converters), len(t_steps)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.8 * cols + 0.6, 2.5 * rows + 0.6),
+                             squeeze=False, sharex="row")
+    for row, (name, conv) in enumerate(converters.items()):
+        w = weights[name]
+        base_err = _normalised_errors(w, baseline, noise_model, t_steps, repeats, gen,
+                                      compensation)
+        opt_err = _normalised_errors(w, conv, noise_model, t_steps, repeats, gen, compensation)
+        # Common bins per layer, wide enough for the bulk of both (the extreme tails would
+        # squeeze the histograms into a spike).
+        both = torch.cat([base_err.reshape(-1), opt_err.reshape(-1)])
+        lim = float(both.abs().quantile(0.999)) if both.numel() <= 16_000_000 else \
+            float(both.abs().max())
+        edges = torch.linspace(-lim, lim, bins + 1).numpy()
+        for col, t in enumerate(t_steps):
+            ax = axes[row, col]
+            for err, label, color in ((base_err[col], "baseline", BASELINE_COLOR),
+                                      (opt_err[col], "optimised", OPTIMISED_COLOR)):
+                rms = float(err.square().mean().sqrt())
+                ax.hist(err.numpy(), bins=edges, density=True, histtype="step", lw=1.5,
+                        color=color, label=f"{label} (RMS {rms:.3f})")
+            ax.set_title(f"{name}, t = {time_label(t)}", fontsize=9)
+            ax.set_ylim(top=ax.get_ylim()[1] * 1.4)  # head room for the legend
+            ax.legend(fontsize=7, loc="upper right")
+            ax.tick_params(labelsize=7)
+            ax.set_yticks([])
+            if row == rows - 1:
+                ax.set_xlabel("(alpha W_t - W) / max|W|", fontsize=8)
+        axes[row, 0].set_ylabel("density", fontsize=8)
+    fig.suptitle("Weight error after drift compensation (baseline vs optimised)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------------
+# Convergence
+# --------------------------------------------------------------------------------------------
+
+
+def convergence(result: Any, *, path: str | os.PathLike | None = None) -> Figure:
+    """Best TNMSE per generation of every layer, with its baseline's TNMSE as a dashed line.
+
+    The in-search best is optimistic (the minimum of noisy evaluations); the validated TNMSE
+    with fresh noise is marked at the right end as a dot with its 95% interval.
+
+    Args:
+        result: a :class:`gpuwpo.network.NetworkResult`.
+        path: where to save the figure (optional).
+
+    Returns:
+        The figure: one axes; per layer a baseline line and a history line (a global strategy,
+        whose layers share one history, draws that history once).
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    # A global strategy repeats the pooled search's history for every layer: draw it once.
+    histories = [list(layer.history) for layer in result.layers]
+    shared = len(histories) > 1 and all(h == histories[0] for h in histories)
+    for i, (layer, history) in enumerate(zip(result.layers, histories)):
+        color = f"C{i % 10}"
+        if history and not (shared and i > 0):
+            label = "global strategy: search best" if shared else f"{layer.name}: search best"
+            ax.plot(range(1, len(history) + 1), history, color="k" if shared else color,
+                    lw=1.8, label=label)
+        ax.axhline(layer.baseline_tnmse, color=color, ls="--", lw=1.2,
+                   label=f"{layer.name}: baseline {layer.baseline_tnmse:.4f}")
+        lo, hi = layer.tnmse_ci95
+        x_end = len(history) if history else 1
+        ax.errorbar([x_end], [layer.tnmse], yerr=[[layer.tnmse - lo], [hi - layer.tnmse]],
+                    fmt="o", color=color, ms=5, capsize=3)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("generation")
+    ax.set_ylabel("TNMSE (normalised weight error, lower is better)")
+    ax.set_title("Convergence (dots: validated TNMSE with fresh noise, 95% CI)", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------------
+# Accuracy over time
+# --------------------------------------------------------------------------------------------
+
+
+def accuracy_over_time(
+    t_steps: Sequence[float],
+    accuracies: Mapping[str, Any],
+    *,
+    reference: float | None = None,
+    path: str | os.PathLike | None = None,
+    title: str = "Test accuracy over time",
+) -> Figure:
+    """Mean accuracy and its spread (+- 1 std band) over time, one line per strategy.
+
+    Args:
+        t_steps: inference times in seconds [T] (> 0: the axis is logarithmic).
+        accuracies: strategy name -> accuracies [repeats, T] (fractions in [0, 1]; any array).
+        reference: the digital (floating-point) accuracy, drawn as a dotted line.
+        path: where to save the figure (optional).
+
+    Returns:
+        The figure: one axes, one line per strategy (plus one for ``reference``).
+    """
+    plt = _pyplot()
+    t = [float(v) for v in t_steps]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = {"baseline": BASELINE_COLOR, "optimised": OPTIMISED_COLOR}
+    for i, (name, acc) in enumerate(accuracies.items()):
+        a = torch.as_tensor(acc, dtype=torch.float64).reshape(-1, len(t)) * 100
+        mean = a.mean(0)
+        std = a.std(0) if a.shape[0] > 1 else torch.zeros_like(mean)
+        color = colors.get(name, f"C{i + 2}")
+        ax.plot(t, mean, "o-", color=color, lw=1.8, label=f"{name} (mean +- std, "
+                f"{a.shape[0]} repeats)")
+        ax.fill_between(t, mean - std, mean + std, color=color, alpha=0.2, lw=0)
+    if reference is not None:
+        ax.axhline(100 * reference, color="k", ls=":", lw=1.2,
+                   label=f"digital (float) {100 * reference:.1f}%")
+    _log_time_axis(ax, t)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    return _save(fig, path)
