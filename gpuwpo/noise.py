@@ -31,6 +31,7 @@ _G_REL_FLOOR = 1e-7
 # Floor of (|g_p| / g_max)^0.65 in the 1/f read-noise amplitude Q, and Q's ceiling.
 _Q_DENOM_FLOOR = 1e-3
 _Q_MAX = 0.2
+_ONE = torch.ones(())
 
 TimeLike = float | torch.Tensor
 
@@ -365,12 +366,13 @@ class PCMLikeNoiseModel:
         else:
             g_d = g_prog.expand(shape).clone()
         read_factor = math.sqrt(math.log((t_prime + self.t_read) / (2.0 * self.t_read)))
-        # Q = min(0.2, 0.0088 / max((g_p/g_max)^0.65, 1e-3)) = min(0.2, c * g_p^-0.65): where
-        # the floor 1e-3 engages, 0.0088 / 1e-3 = 8.8 is capped at 0.2 anyway.
-        q = torch.pow(g_prog, -0.65).mul_(0.0088 * self.g_max**0.65).clamp_(max=_Q_MAX)
-        # g_t = max(0, g_d + |g_d| * s * Q * z) = max(0, g_d * (1 + s * Q * z)) as g_d >= 0
-        q = q.mul_(z_read).mul_(self.read_noise_scale * read_factor).add_(1.0)
-        g_t = q.mul_(g_d).clamp_(min=0.0)
+        # Q = min(0.2, 0.0088 / max((g_p/g_max)^0.65, 1e-3)) = c min(g_p^-0.65, 0.2 / c) with
+        # c = 0.0088 g_max^0.65: where the floor 1e-3 engages, 0.0088 / 1e-3 = 8.8 is capped at
+        # 0.2 anyway. g_t = max(0, g_d + |g_d| s Q z) = max(0, g_d (1 + s c q z)) as g_d >= 0.
+        c = 0.0088 * self.g_max**0.65
+        q = torch.pow(g_prog, -0.65).clamp_(max=_Q_MAX / c)
+        factor = torch.addcmul(_ONE.to(q), q, z_read, value=self.read_noise_scale * read_factor * c)
+        g_t = factor.mul_(g_d).clamp_(min=0.0)
         return g_prog, g_t
 
 
