@@ -24,15 +24,13 @@ import os
 import re
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import torch
 
-__all__ = ["main", "build_parser", "physics_from_settings", "tnmse_over_time",
-           "parse_times", "parse_f_lst"]
+from .io import default_physics, physics_from_settings
+from .simulate import DEFAULT_TIMES, tnmse_over_time
 
-#: Default inference times: 1 s, 1 h, 1 day, 1 month (30 days), 1 year (365 days).
-DEFAULT_TIMES = (1.0, 3600.0, 86400.0, 2592000.0, 31536000.0)
+__all__ = ["main", "build_parser", "parse_times", "parse_f_lst"]
 
 _UNITS = {"s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0, "day": 86400.0, "days": 86400.0,
           "w": 604800.0, "mo": 2592000.0, "month": 2592000.0, "y": 31536000.0,
@@ -109,125 +107,6 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
     return value
-
-
-# --------------------------------------------------------------------------------------------
-# Physics from a results file
-# --------------------------------------------------------------------------------------------
-
-
-def default_physics() -> tuple[Any, Any]:
-    """(noise model, baseline converter): PCMLikeNoiseModel(g_max=25), DualPair [1, 1] 0..25 uS."""
-    from .converters import DualPairConductanceConverter
-    from .noise import PCMLikeNoiseModel
-
-    return (PCMLikeNoiseModel(g_max=25.0),
-            DualPairConductanceConverter(f_lst=[1.0, 1.0], g_min=0.0, g_max=25.0))
-
-
-def physics_from_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
-    """Rebuild what a results file's ``settings`` record: noise model, baseline, compensation.
-
-    Returns a dict with ``noise_model``, ``baseline``, ``compensation`` and ``t_steps``; a part
-    the settings do not record falls back to the defaults (PCMLikeNoiseModel(g_max=25), DualPair
-    f=[1, 1] 0..25 uS, ideal global compensation, :data:`DEFAULT_TIMES`).
-
-    Raises:
-        ValueError: a recorded class this gpuwpo does not know.
-    """
-    from . import compensation as comp_mod
-    from . import converters as conv_mod
-    from . import noise as noise_mod
-
-    noise_model, baseline = default_physics()
-    rec = settings.get("noise_model")
-    if isinstance(rec, Mapping):
-        cls = getattr(noise_mod, str(rec.get("class")), None)
-        if not isinstance(cls, type):
-            raise ValueError(f"results file records an unknown noise model {rec.get('class')!r}")
-        kwargs = {k: rec[k] for k in ("prog_coeff", "g_max", "t_read", "t_0", "prog_noise_scale",
-                                      "read_noise_scale", "drift_scale", "custom_drift_model")
-                  if k in rec}
-        if "g_ref" in rec:
-            kwargs["prog_coeff_g_max_reference"] = rec["g_ref"]
-        noise_model = cls(**kwargs)
-    rec = settings.get("baseline")
-    if isinstance(rec, Mapping):
-        cls = getattr(conv_mod, str(rec.get("class")), None)
-        if not isinstance(cls, type):
-            raise ValueError(f"results file records an unknown baseline {rec.get('class')!r}")
-        if cls is conv_mod.SinglePairConductanceConverter:
-            baseline = cls(rec.get("g_min", 0.0), rec.get("g_max", 25.0))
-        else:
-            baseline = cls(rec["f_lst"], rec.get("g_min", 0.0), rec.get("g_max", 25.0))
-    compensation = comp_mod.GlobalDriftCompensation()
-    rec = settings.get("compensation")
-    if isinstance(rec, Mapping):
-        cls = getattr(comp_mod, str(rec.get("class")), None)
-        if not isinstance(cls, type):
-            raise ValueError(f"results file records an unknown compensation {rec.get('class')!r}")
-        compensation = cls(**{k: rec[k] for k in ("readout_noise", "readout_step",
-                                                  "readout_bound") if k in rec})
-    t_steps = [float(t) for t in settings.get("t_steps", DEFAULT_TIMES)]
-    return {"noise_model": noise_model, "baseline": baseline, "compensation": compensation,
-            "t_steps": t_steps}
-
-
-# --------------------------------------------------------------------------------------------
-# TNMSE over time (evaluate)
-# --------------------------------------------------------------------------------------------
-
-
-def tnmse_over_time(
-    weights: torch.Tensor,
-    converter,
-    noise_model,
-    t_steps: Sequence[float],
-    *,
-    repeats: int = 10,
-    compensation=None,
-    generator: torch.Generator | None = None,
-    memory_budget: int = 1 << 29,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weight error E_t of a whole layer at each time: mean and standard error over repeats.
-
-    ``E_t = mean_n (10 (alpha_t W_t,n - W_n) / max|W|)^2`` (DESIGN.md section 5, on the layer's
-    own weights rather than a downsampled test tile); the TNMSE is its mean over the times.
-
-    Args:
-        weights: the layer's weights, any shape.
-        converter: one program (a baseline converter or a CustomPair strategy).
-        noise_model: the PCM device model.
-        t_steps: inference times in seconds [T].
-        repeats: independent programmings (>= 2 for a standard error).
-        compensation: drift compensation (default ideal global).
-        generator: source of the noise.
-        memory_budget: bytes at a time: large layers are simulated a few repeats at a time.
-
-    Returns:
-        ``(mean [T], sem [T])``.
-    """
-    from .simulate import simulate_weights
-
-    w = weights.detach()
-    w = (w if w.is_floating_point() else w.float()).to("cpu", torch.float32)
-    gain = (10.0 / w.abs().max()) ** 2
-    # About a dozen live tensors of [repeats, 2K, N] float32 per time step during simulation.
-    devices = 2 * int(getattr(converter, "num_pairs", 2))
-    per_repeat = 12 * devices * w.numel() * 4
-    step = max(1, min(int(repeats), memory_budget // max(per_repeat, 1)))
-    rows = []
-    for t in t_steps:
-        errs = []
-        for start in range(0, int(repeats), step):
-            n = min(step, int(repeats) - start)
-            eff = simulate_weights(w, converter, noise_model, [float(t)], compensation,
-                                   repeats=n, generator=generator)[:, 0]  # [n, *w]
-            errs.append(gain * (eff - w).square().reshape(n, -1).mean(-1))
-        rows.append(torch.cat(errs))
-    err = torch.stack(rows)  # [T, repeats]
-    sem = err.std(-1) / math.sqrt(err.shape[-1]) if err.shape[-1] > 1 else torch.zeros(len(rows))
-    return err.mean(-1), sem
 
 
 # --------------------------------------------------------------------------------------------

@@ -29,8 +29,10 @@ from torch import Tensor
 
 from .converters import CustomPairConductanceConverter
 from .network import LayerResult, NetworkResult
+from .simulate import DEFAULT_TIMES as _DEFAULT_TIMES
 
-__all__ = ["save_result", "load_result", "load_weights", "RESULT_FORMAT", "RESULT_VERSION"]
+__all__ = ["save_result", "load_result", "load_weights", "physics_from_settings", "default_physics",
+           "RESULT_FORMAT", "RESULT_VERSION"]
 
 RESULT_FORMAT = "gpuwpo-result"
 RESULT_VERSION = 1
@@ -299,3 +301,60 @@ def load_weights(path: str | os.PathLike) -> dict[str, Tensor]:
             raise ValueError(f"{path}: tensor names must be strings, got {name!r}")
         out[name] = _numeric_tensor(value, name, path)
     return out
+
+
+def default_physics() -> tuple[Any, Any]:
+    """(noise model, baseline converter): PCMLikeNoiseModel(g_max=25), DualPair [1, 1] 0..25 uS."""
+    from .converters import DualPairConductanceConverter
+    from .noise import PCMLikeNoiseModel
+
+    return (PCMLikeNoiseModel(g_max=25.0),
+            DualPairConductanceConverter(f_lst=[1.0, 1.0], g_min=0.0, g_max=25.0))
+
+
+def physics_from_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Rebuild what a results file's ``settings`` record: noise model, baseline, compensation.
+
+    Returns a dict with ``noise_model``, ``baseline``, ``compensation`` and ``t_steps``; a part
+    the settings do not record falls back to the defaults (PCMLikeNoiseModel(g_max=25), DualPair
+    f=[1, 1] 0..25 uS, ideal global compensation, :data:`_DEFAULT_TIMES`).
+
+    Raises:
+        ValueError: a recorded class this gpuwpo does not know.
+    """
+    from . import compensation as comp_mod
+    from . import converters as conv_mod
+    from . import noise as noise_mod
+
+    noise_model, baseline = default_physics()
+    rec = settings.get("noise_model")
+    if isinstance(rec, Mapping):
+        cls = getattr(noise_mod, str(rec.get("class")), None)
+        if not isinstance(cls, type):
+            raise ValueError(f"results file records an unknown noise model {rec.get('class')!r}")
+        kwargs = {k: rec[k] for k in ("prog_coeff", "g_max", "t_read", "t_0", "prog_noise_scale",
+                                      "read_noise_scale", "drift_scale", "custom_drift_model")
+                  if k in rec}
+        if "g_ref" in rec:
+            kwargs["prog_coeff_g_max_reference"] = rec["g_ref"]
+        noise_model = cls(**kwargs)
+    rec = settings.get("baseline")
+    if isinstance(rec, Mapping):
+        cls = getattr(conv_mod, str(rec.get("class")), None)
+        if not isinstance(cls, type):
+            raise ValueError(f"results file records an unknown baseline {rec.get('class')!r}")
+        if cls is conv_mod.SinglePairConductanceConverter:
+            baseline = cls(rec.get("g_min", 0.0), rec.get("g_max", 25.0))
+        else:
+            baseline = cls(rec["f_lst"], rec.get("g_min", 0.0), rec.get("g_max", 25.0))
+    compensation = comp_mod.GlobalDriftCompensation()
+    rec = settings.get("compensation")
+    if isinstance(rec, Mapping):
+        cls = getattr(comp_mod, str(rec.get("class")), None)
+        if not isinstance(cls, type):
+            raise ValueError(f"results file records an unknown compensation {rec.get('class')!r}")
+        compensation = cls(**{k: rec[k] for k in ("readout_noise", "readout_step",
+                                                  "readout_bound") if k in rec})
+    t_steps = [float(t) for t in settings.get("t_steps", _DEFAULT_TIMES)]
+    return {"noise_model": noise_model, "baseline": baseline, "compensation": compensation,
+            "t_steps": t_steps}

@@ -9,6 +9,7 @@ the ones that drift and are read.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -16,8 +17,11 @@ import torch
 
 from .compensation import GlobalDriftCompensation
 
-__all__ = ["DeviceNoise", "sample_device_noise", "program_drift_read", "simulate_weights",
-           "as_time_tensor"]
+__all__ = ["DEFAULT_TIMES", "DeviceNoise", "sample_device_noise", "program_drift_read",
+           "simulate_weights", "as_time_tensor", "tnmse_over_time"]
+
+#: Inference times used when none are given: 1 s, 1 h, 1 day, 1 month (30 days), 1 year (365 d).
+DEFAULT_TIMES = (1.0, 3600.0, 86400.0, 2592000.0, 31536000.0)
 
 
 class DeviceNoise(NamedTuple):
@@ -157,3 +161,53 @@ def simulate_weights(
     w_t = g_converter.convert_back_to_weights(g_t.reshape(*lead, *g.shape), params)
     alpha = compensation.alpha(w_prog, w_t, generator, tile_ndim=weights.ndim)
     return alpha * w_t
+
+
+def tnmse_over_time(
+    weights: torch.Tensor,
+    converter,
+    noise_model,
+    t_steps: Sequence[float],
+    *,
+    repeats: int = 10,
+    compensation=None,
+    generator: torch.Generator | None = None,
+    memory_budget: int = 1 << 29,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weight error E_t of a whole layer at each time: mean and standard error over repeats.
+
+    ``E_t = mean_n (10 (alpha_t W_t,n - W_n) / max|W|)^2`` (DESIGN.md section 5, on the layer's
+    own weights rather than a downsampled test tile); the TNMSE is its mean over the times.
+
+    Args:
+        weights: the layer's weights, any shape.
+        converter: one program (a baseline converter or a CustomPair strategy).
+        noise_model: the PCM device model.
+        t_steps: inference times in seconds [T].
+        repeats: independent programmings (>= 2 for a standard error).
+        compensation: drift compensation (default ideal global).
+        generator: source of the noise.
+        memory_budget: bytes at a time: large layers are simulated a few repeats at a time.
+
+    Returns:
+        ``(mean [T], sem [T])``.
+    """
+    w = weights.detach()
+    w = (w if w.is_floating_point() else w.float()).to("cpu", torch.float32)
+    gain = (10.0 / w.abs().max()) ** 2
+    # About a dozen live tensors of [repeats, 2K, N] float32 per time step during simulation.
+    devices = 2 * int(getattr(converter, "num_pairs", 2))
+    per_repeat = 12 * devices * w.numel() * 4
+    step = max(1, min(int(repeats), memory_budget // max(per_repeat, 1)))
+    rows = []
+    for t in t_steps:
+        errs = []
+        for start in range(0, int(repeats), step):
+            n = min(step, int(repeats) - start)
+            eff = simulate_weights(w, converter, noise_model, [float(t)], compensation,
+                                   repeats=n, generator=generator)[:, 0]  # [n, *w]
+            errs.append(gain * (eff - w).square().reshape(n, -1).mean(-1))
+        rows.append(torch.cat(errs))
+    err = torch.stack(rows)  # [T, repeats]
+    sem = err.std(-1) / math.sqrt(err.shape[-1]) if err.shape[-1] > 1 else torch.zeros(len(rows))
+    return err.mean(-1), sem

@@ -262,3 +262,27 @@ def test_to_aihwkit_passes_the_program_as_aihwkit_expects(monkeypatch):
     assert torch.equal(torch.tensor(call["g_lst"], dtype=torch.float32), conv.g_lst)
     assert torch.equal(torch.tensor(call["f_lst"], dtype=torch.float32), conv.f_lst)
     assert (call["g_min"], call["g_max"], call["invertibility_test"]) == (0.0, 25.0, True)
+
+
+def test_physics_from_settings_rebuilds_what_was_recorded():
+    from gpuwpo.io import physics_from_settings
+
+    settings = {
+        "noise_model": {"class": "PCMLikeNoiseModel", "g_max": 30.0, "drift_scale": 0.5,
+                        "prog_noise_scale": 2.0},
+        "baseline": {"class": "DualPairConductanceConverter", "f_lst": [1.0, 3.0],
+                     "g_min": 0.0, "g_max": 30.0},
+        "compensation": {"class": "GlobalDriftCompensation", "readout_noise": 0.06},
+        "t_steps": [1.0, 60.0],
+    }
+    physics = physics_from_settings(settings)
+    nm = physics["noise_model"]
+    assert (nm.g_max, nm.drift_scale, nm.prog_noise_scale) == (30.0, 0.5, 2.0)
+    assert physics["baseline"].f_lst.tolist() == [1.0, 3.0] and physics["baseline"].g_max == 30.0
+    assert physics["compensation"].readout_noise == 0.06
+    assert physics["t_steps"] == [1.0, 60.0]
+    with pytest.raises(ValueError, match="unknown noise model"):
+        physics_from_settings({"noise_model": {"class": "os.system"}})
+    # nothing recorded: the documented defaults
+    defaults = physics_from_settings({})
+    assert defaults["noise_model"].g_max == 25.0 and len(defaults["t_steps"]) == 5
