@@ -1,0 +1,351 @@
+"""Tests of the batched TNMSE objective (gpuwpo/objective.py) against the per-candidate reference.
+
+The reference (gpuwpo/reference.py) is the specification: with the same explicit noise both
+must agree to float32 rounding; with sampled noise their means must agree statistically. The
+rest guards the contract the search backends rely on: common random numbers, chunk invariance,
+shapes and input errors, the baseline and the validation figure.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from gpuwpo import (
+    CustomPairConductanceConverter,
+    DualPairConductanceConverter,
+    GlobalDriftCompensation,
+    PCMLikeNoiseModel,
+    PerColumnDriftCompensation,
+    StrategySpace,
+    TNMSEObjective,
+    simulate_weights,
+)
+from gpuwpo.objective import tnmse_from_programs
+from gpuwpo.reference import reference_objective, reference_tnmse
+from gpuwpo.simulate import DeviceNoise, sample_device_noise
+
+T_STEPS = (1.0, 3600.0, 86400.0 * 30)
+IN, OUT = 64, 4  # a small test tile keeps the tests fast: N = 256
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Run this module's small tensors on one intra-op thread, restoring the setting after.
+
+    With N = 256 the elementwise passes take microseconds; on shared, loaded cores a second
+    OpenMP thread that is descheduled makes each pass wait for a scheduler slice (~10 ms).
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _layer(n: int = 3000, seed: int = 0) -> torch.Tensor:
+    # A scale mixture of normals: heavier tails than a Gaussian, like trained weights.
+    return torch.randn(n, generator=_gen(seed)) * (1 + torch.rand(n, generator=_gen(seed + 1)))
+
+
+def _objective(f_lst=(1.0, 1.0), *, symmetric=True, layers=None, compensation=None,
+               common_random_numbers=True, memory_budget=None, nbins=6, t_steps=T_STEPS,
+               noise_model=None) -> TNMSEObjective:
+    space = StrategySpace(list(f_lst), nbins=nbins, symmetric=symmetric)
+    layers = [_layer()] if layers is None else layers
+    return TNMSEObjective(layers, noise_model or PCMLikeNoiseModel(), compensation,
+                          t_steps=t_steps, strategy_space=space, test_in_features=IN,
+                          test_out_features=OUT, common_random_numbers=common_random_numbers,
+                          memory_budget=memory_budget, kernel="torch")
+
+
+def _population(obj: TNMSEObjective, P: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand(obj.num_layers, P, obj.dim, generator=_gen(seed))
+
+
+def _decode(obj: TNMSEObjective, x: torch.Tensor):
+    f, g_lst, _ = obj.space.decode(x, obj.max_abs_weight.reshape(-1, 1))
+    return f, g_lst
+
+
+# ------------------------------------------------------------------------------------------
+# Batched objective == per-candidate reference
+# ------------------------------------------------------------------------------------------
+
+CASES = {
+    "K1-sym": dict(f_lst=(1.0,)),
+    "K2-sym": dict(f_lst=(1.0, 1.0)),
+    "K2-asym": dict(f_lst=(1.0, 3.0), symmetric=False),
+    "K2-free-f": dict(f_lst=(None, None)),
+    "K1-free-asym": dict(f_lst=(None,), symmetric=False),
+    "K2-per-column": dict(f_lst=(1.0, None), compensation=PerColumnDriftCompensation()),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_explicit_noise_matches_reference(case):
+    obj = _objective(**CASES[case])
+    P, T, N = 5, len(T_STEPS), obj.num_test_weights
+    R = 2 * obj.space.num_pairs
+    for seed in (1, 2):
+        x = _population(obj, P, seed)
+        noise = sample_device_noise((1, P, T, R, N), generator=_gen(100 + seed))
+        f, g_lst = _decode(obj, x)
+        batched = obj.evaluate_programs(f, g_lst, noise=noise)[0]
+        ref = torch.tensor([
+            reference_tnmse(obj, 0, x[0, p], noise=DeviceNoise(*(z[0, p] for z in noise)))
+            for p in range(P)
+        ], dtype=torch.float32)
+        torch.testing.assert_close(batched, ref, rtol=1e-5, atol=0)
+
+
+def test_explicit_noise_broadcasts():
+    """Noise [T, 2K, N] (shared by layers and candidates) equals the same noise expanded."""
+    obj = _objective()
+    P, T, N = 4, len(T_STEPS), obj.num_test_weights
+    x = _population(obj, P, 3)
+    f, g_lst = _decode(obj, x)
+    shared = sample_device_noise((T, 4, N), generator=_gen(4))
+    full = DeviceNoise(*(z.expand(1, P, T, 4, N) for z in shared))
+    a = obj.evaluate_programs(f, g_lst, noise=shared)
+    b = obj.evaluate_programs(f, g_lst, noise=full)
+    assert torch.equal(a, b)
+    # Shared noise: identical candidates must tie.
+    f2, g2 = f[:, :1].expand(1, 3, -1), g_lst[:, :1].expand(1, 3, -1, -1)
+    tied = obj.evaluate_programs(f2, g2, noise=shared)[0]
+    assert torch.equal(tied, tied[:1].expand(3))
+
+
+def test_sampled_noise_matches_reference_statistically():
+    obj = _objective(f_lst=(None, None))
+    x = _population(obj, 2, 5)[0]
+    for p in range(2):
+        batched = obj(x[p].expand(300, -1), 6, common_random_numbers=False)
+        ref = reference_objective(obj, x[p].expand(1, 60, -1), 7)[0]
+        se = math.sqrt(batched.var().item() / 300 + ref.var().item() / 60)
+        diff = abs(batched.mean().item() - ref.mean().item())
+        assert diff < 3 * se, (batched.mean().item(), ref.mean().item(), se)
+
+
+# ------------------------------------------------------------------------------------------
+# Common random numbers, seeds, chunking
+# ------------------------------------------------------------------------------------------
+
+
+def test_common_random_numbers():
+    obj = _objective(f_lst=(None, 1.0))
+    x = _population(obj, 3, 8)
+    x = torch.cat((x, x[:, :1]), dim=1)  # candidate 3 is a copy of candidate 0
+    crn = obj(x, 1, common_random_numbers=True)[0]
+    assert crn[3] == crn[0]
+    ind = obj(x, 1, common_random_numbers=False)[0]
+    assert ind[3] != ind[0]
+    for mode in (True, False):
+        assert torch.equal(obj(x, 1, common_random_numbers=mode),
+                           obj(x, 1, common_random_numbers=mode))
+        assert not torch.equal(obj(x, 1, common_random_numbers=mode),
+                               obj(x, 2, common_random_numbers=mode))
+    # The objective's own default is CRN, and a seed can also be a Generator.
+    assert torch.equal(obj(x, _gen(1)), obj(x, _gen(1)))
+
+
+@pytest.mark.parametrize("crn", [True, False])
+@pytest.mark.parametrize("readout", [0.0, 0.06])
+def test_chunked_equals_unchunked(crn, readout):
+    comp = GlobalDriftCompensation(readout_noise=readout)
+    layers = [_layer(seed=0), _layer(2000, seed=5)]
+    results = []
+    for budget in (1, 300_000, 1 << 40):  # one noise block, a few candidates, everything
+        obj = _objective(f_lst=(None, None), layers=layers, compensation=comp,
+                         common_random_numbers=crn, memory_budget=budget)
+        results.append(obj(_population(obj, 11, 9), 3))
+    assert results[0].shape == (2, 11)
+    for other in results[1:]:
+        assert torch.equal(results[0], other)
+
+
+# ------------------------------------------------------------------------------------------
+# Shapes and input errors
+# ------------------------------------------------------------------------------------------
+
+
+def test_shapes_and_layers_of_different_sizes():
+    one = _objective()
+    assert one(_population(one, 6)[0], 0).shape == (6,)
+    assert one(_population(one, 6), 0).shape == (1, 6)
+    big, small = _layer(5000, seed=1), _layer(700, seed=2).reshape(7, 100)
+    obj = _objective(layers=[big, small])
+    assert obj.test_weights.shape == (2, IN * OUT) and obj.num_layers == 2
+    for b, w in enumerate((big, small)):
+        s = obj.test_weights[b].sort().values
+        # Downsampling keeps the extremes of each layer's distribution.
+        assert s[0] == w.min() and s[-1] == w.max()
+        assert obj.max_abs_weight[b] == w.abs().max()
+    assert obj(_population(obj, 5), 0).shape == (2, 5)
+    # The layers are really separate: their losses differ for the same candidates.
+    x = _population(obj, 5)[:1].expand(2, -1, -1)
+    out = obj(x, 0)
+    assert not torch.equal(out[0], out[1])
+
+
+def test_bad_inputs_raise_clear_errors():
+    obj = _objective(layers=[_layer(seed=0), _layer(seed=3)])
+    D = obj.dim
+    with pytest.raises(ValueError, match=r"D="):
+        obj(torch.rand(2, 3, D + 1))
+    with pytest.raises(ValueError, match=r"B=2"):
+        obj(torch.rand(3, 3, D))
+    with pytest.raises(ValueError, match=r"\[P, D\]"):
+        obj(torch.rand(3, D))
+    with pytest.raises(ValueError, match="unit hypercube"):
+        obj(torch.full((2, 3, D), 1.5))
+    bad = _layer()
+    bad[5] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        _objective(layers=[bad])
+    with pytest.raises(ValueError, match="all zeros"):
+        _objective(layers=[_layer(), torch.zeros(100)])
+    space = StrategySpace([1.0, 1.0])
+    with pytest.raises(ValueError, match="kernel"):
+        TNMSEObjective([_layer()], PCMLikeNoiseModel(), strategy_space=space, kernel="cuda")
+    with pytest.raises(ValueError, match="both test_in_features and test_out_features"):
+        TNMSEObjective([_layer()], PCMLikeNoiseModel(), strategy_space=space,
+                       test_in_features=64, test_out_features=None)
+    with pytest.raises(ValueError, match="different sizes"):
+        TNMSEObjective([_layer(100), _layer(200)], PCMLikeNoiseModel(), strategy_space=space,
+                       test_in_features=None, test_out_features=None)
+    with pytest.raises(ValueError, match="strategy_space"):
+        TNMSEObjective([_layer()], PCMLikeNoiseModel())
+    f, g = _decode(obj, torch.rand(2, 3, D))
+    with pytest.raises(ValueError, match="rows"):
+        tnmse_from_programs(f[..., :1], g, obj.test_weights, obj.idx, obj.frac,
+                            obj.max_abs_weight, obj.t_steps, obj.noise_model)
+    with pytest.raises(ValueError, match="tile_shape"):
+        tnmse_from_programs(f, g, obj.test_weights, obj.idx, obj.frac, obj.max_abs_weight,
+                            obj.t_steps, obj.noise_model, tile_shape=(3, 7))
+
+
+# ------------------------------------------------------------------------------------------
+# Baseline, validation, readout periphery
+# ------------------------------------------------------------------------------------------
+
+
+def test_evaluate_converter_equals_simulate_weights():
+    obj = _objective(layers=[_layer(seed=0), _layer(1500, seed=4)], t_steps=(1.0, 86400.0))
+    conv = DualPairConductanceConverter()
+    mean, sem = obj.evaluate_converter(conv, repeats=30, generator=11)
+    assert mean.shape == sem.shape == (2,)
+    # evaluate_converter draws every layer's repeats from one generator, one layer after the
+    # other; this small tile fits one simulate_weights call per layer.
+    gen = _gen(11)
+    for b in range(2):
+        w = obj.test_weights[b].reshape(OUT, IN)
+        eff = simulate_weights(w, conv, obj.noise_model, obj.t_steps, repeats=30, generator=gen)
+        losses = ((10 * (eff - w) / w.abs().max()) ** 2).mean((-2, -1)).mean(-1)
+        torch.testing.assert_close(mean[b], losses.mean(), rtol=1e-6, atol=0)
+        torch.testing.assert_close(sem[b], losses.std() / math.sqrt(30), rtol=1e-5, atol=0)
+    with pytest.raises(ValueError, match="repeats"):
+        obj.evaluate_converter(conv, repeats=1)
+
+
+def test_validate_uses_independent_noise():
+    obj = _objective(f_lst=(None, 1.0), common_random_numbers=True)
+    x = _population(obj, 1, 12)[0, 0]
+    mean, sem = obj.validate(x, repeats=50, generator=13)
+    assert mean.shape == sem.shape == ()
+    # Common random numbers would make every repeat identical (sem exactly 0).
+    assert sem > 0
+    losses = obj(x.expand(50, -1), 13, common_random_numbers=False)
+    torch.testing.assert_close(mean, losses.mean())
+    torch.testing.assert_close(sem, losses.std() / math.sqrt(50))
+    two = _objective(layers=[_layer(seed=0), _layer(seed=3)])
+    m2, s2 = two.validate(_population(two, 1, 1)[:, 0], repeats=10, generator=0)
+    assert m2.shape == s2.shape == (2,)
+    with pytest.raises(ValueError, match="repeats"):
+        obj.validate(x, repeats=1)
+
+
+def test_readout_noise_changes_the_tnmse():
+    # Trained DNN weights are a few hundredths: there an output noise of 0.06 (weight units)
+    # dominates the readout of the tile's mean |w| and pulls alpha towards 1.
+    layers = [0.02 * _layer()]
+    ideal = _objective(layers=layers, nbins=5)
+    comp = GlobalDriftCompensation(readout_noise=0.06)
+    noisy = _objective(layers=layers, nbins=5, compensation=comp)
+    f, g_lst = _dual_pair_program(noisy, 100)
+    m_ideal = ideal.evaluate_programs(f, g_lst, 21, common_random_numbers=False)
+    m_noisy = noisy.evaluate_programs(f, g_lst, 21, common_random_numbers=False)
+    se = math.hypot(m_ideal.std() / 10, m_noisy.std() / 10)
+    assert m_noisy.mean() - m_ideal.mean() > 10 * se, (m_ideal.mean(), m_noisy.mean())
+    # The hot path's readout periphery agrees with simulate_weights' (another code path).
+    base, base_sem = noisy.evaluate_converter(DualPairConductanceConverter(), 100, 22)
+    assert abs(m_noisy.mean() - base) < 4 * math.hypot(m_noisy.std() / 10, base_sem)
+
+
+def _dual_pair_program(obj: TNMSEObjective, P: int):
+    """The DualPair f = [1, 1] program as a CustomPair table on obj's grid, repeated P times.
+
+    Exact only when the grid has a point at M/2, where DualPair's second pair starts (its only
+    kink besides 0): nbins - 1 even, e.g. nbins = 5 (points at multiples of M/4).
+    """
+    grid = obj.space.grid(obj.max_abs_weight[0])
+    g_grid, _ = DualPairConductanceConverter().convert_to_conductances(grid)  # [4, L]
+    return torch.ones(1, P, 2), g_grid.expand(1, P, 4, -1)
+
+
+def test_baseline_program_equals_dual_pair():
+    """A CustomPair table sampled from DualPair on the grid IS DualPair: same TNMSE."""
+    obj = _objective(nbins=5, t_steps=(1.0, 86400.0))
+    m = obj.max_abs_weight[0]
+    dual = DualPairConductanceConverter()
+    w = obj.test_weights[0]
+    repeats = 200
+    f, g_lst = _dual_pair_program(obj, repeats)
+    table = CustomPairConductanceConverter([1.0, 1.0], g_lst[0, 0], 0.0, 25.0)
+    torch.testing.assert_close(table.convert_to_conductances(w)[0],
+                               dual.convert_to_conductances(w)[0], rtol=0, atol=1e-5)
+    # Same explicit draws as simulate_weights makes: per repeat the losses agree exactly.
+    noise = sample_device_noise((repeats, 2, 4, w.numel()), generator=_gen(16))
+    batched = obj.evaluate_programs(f, g_lst, noise=DeviceNoise(*(z[None] for z in noise)))[0]
+    eff = simulate_weights(w.reshape(OUT, IN), dual, obj.noise_model, obj.t_steps,
+                           repeats=repeats, generator=_gen(16))
+    direct = ((10 * (eff - w.reshape(OUT, IN)) / m) ** 2).mean((-2, -1)).mean(-1)
+    torch.testing.assert_close(batched, direct, rtol=2e-5, atol=0)
+    # With sampled noise: evaluate_programs against evaluate_converter, statistically.
+    sampled = obj.evaluate_programs(f, g_lst, 17, common_random_numbers=False)[0]
+    base_mean, base_sem = obj.evaluate_converter(dual, repeats=repeats, generator=18)
+    se = math.hypot(sampled.std().item() / math.sqrt(repeats), base_sem.item())
+    assert abs(sampled.mean().item() - base_mean.item()) < 4 * se
+
+
+def test_strategy_decode_can_reproduce_dual_pair():
+    """A hypercube point whose decode is the DualPair program, through __call__."""
+    obj = _objective(nbins=5, t_steps=(1.0, 86400.0))
+    space = obj.space
+    n = space.num_points  # 5 points: -M, -3M/4, -M/2, -M/4, 0
+    # x_kw = 1: full range; pair 0 takes as much as it can (x_delta = 1 gives hi... see below),
+    # G+ at its lowest position (x_g = 0) so the other device sits at g_min.
+    x = torch.zeros(space.dim)  # x_g = 0: G+ as low as the pair's difference allows
+    x[0] = 1.0  # x_kw = 1: max|W| uses the full range of both pairs, as DualPair does
+    blocks = x[1:].view(3, n)  # [x_g pair 0, x_delta pair 0, x_g pair 1] (views into x)
+    grid = space.grid(obj.max_abs_weight[0])
+    want, _ = DualPairConductanceConverter().convert_to_conductances(grid)
+    k_w = 50.0 / obj.max_abs_weight[0]
+    c = k_w * grid[:n]
+    lo = torch.clamp(c - 25.0, min=-25.0)
+    hi = torch.clamp(c + 25.0, max=25.0)
+    # DualPair fills pair 0 first: its share of the (non-positive) target c is max(c, -span);
+    # x_delta places it in the window [lo, hi] that pair 1 can still complete.
+    target0 = torch.clamp(c, min=-25.0)
+    blocks[1] = torch.where(hi > lo, (target0 - lo) / (hi - lo), torch.zeros_like(c))
+    f, g_dual = _decode(obj, x.view(1, 1, -1))
+    torch.testing.assert_close(g_dual[0, 0], want, rtol=0, atol=1e-4)
+    mean_x, sem_x = obj.validate(x, repeats=150, generator=19)
+    mean_d, sem_d = obj.evaluate_converter(DualPairConductanceConverter(), repeats=150,
+                                           generator=20)
+    assert abs(mean_x - mean_d) < 4 * math.hypot(sem_x, sem_d)
