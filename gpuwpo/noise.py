@@ -31,7 +31,6 @@ _G_REL_FLOOR = 1e-7
 # Floor of (|g_p| / g_max)^0.65 in the 1/f read-noise amplitude Q, and Q's ceiling.
 _Q_DENOM_FLOOR = 1e-3
 _Q_MAX = 0.2
-_ONE = torch.ones(())
 
 TimeLike = float | torch.Tensor
 
@@ -342,37 +341,42 @@ class PCMLikeNoiseModel:
         g = prepared.g_target
         z_prog = _normal(g.shape, g, generator, z_prog)
         z_drift = _normal(g.shape, g, generator, z_drift)
-        if isinstance(t_inference, torch.Tensor):
+        if isinstance(t_inference, torch.Tensor) and t_inference.ndim > 0:
             g_prog = torch.clamp(g + prepared.prog_std * z_prog, min=0.0)
             nu = torch.abs(prepared.drift_mu + prepared.drift_sigma * z_drift) * self.drift_scale
             g_t = self.apply_drift_noise_to_conductance(g_prog, nu, t_inference, generator,
                                                         z=z_read)
             return g_prog, g_t
-        # A float time: the hot path of the objective. Same formulas, written as few in-place
-        # passes over the data as possible (each pass costs as much as the arithmetic in it).
-        t = _check_finite("t_inference", t_inference, nonneg=True)
-        t_prime = t + self.t_0
+        # One time (a float or a 0-d tensor): the hot path of the objective. Same formulas,
+        # written as few in-place passes over the data as possible (each pass costs as much as
+        # the arithmetic in it). With t' = t + t0 >= t0, ln(t'/t0) = log1p(t/t0) >= 0 and is 0
+        # exactly when there is no drift yet, so no branch is needed.
+        if isinstance(t_inference, torch.Tensor):
+            t = t_inference.to(device=g.device, dtype=torch.float64)
+            log_ratio = torch.log1p(t / self.t_0).to(g.dtype)
+            read_factor = torch.sqrt(
+                torch.log((t + self.t_0 + self.t_read) / (2.0 * self.t_read))).to(g.dtype)
+        else:
+            t = _check_finite("t_inference", t_inference, nonneg=True)
+            log_ratio = math.log1p(t / self.t_0)
+            read_factor = math.sqrt(math.log((t + self.t_0 + self.t_read) / (2.0 * self.t_read)))
         g_prog = torch.addcmul(g, prepared.prog_std, z_prog).clamp_(min=0.0)
         shape = torch.broadcast_shapes(g_prog.shape, z_drift.shape)
         z_read = _normal(shape, g, generator, z_read)
         shape = torch.broadcast_shapes(shape, z_read.shape)
         if g_prog.shape != shape:  # the in-place passes below need the full shape
             g_prog = g_prog.expand(shape).contiguous()
-        if t_prime > self.t_0:
-            # (t'/t0)^(-nu) = exp(-nu * ln(t'/t0)); nu = |mu + sigma z| * drift_scale
-            log_ratio = math.log(t_prime / self.t_0)
-            g_d = torch.addcmul(prepared.drift_mu, prepared.drift_sigma, z_drift).abs_()
-            g_d = g_d.mul_(-self.drift_scale * log_ratio).exp_().mul_(g_prog)
-        else:
-            g_d = g_prog.expand(shape).clone()
-        read_factor = math.sqrt(math.log((t_prime + self.t_read) / (2.0 * self.t_read)))
+        # g_d = g_p (t'/t0)^(-nu) = g_p exp(-nu ln(t'/t0)), nu = |mu + sigma z| * drift_scale
+        g_d = torch.addcmul(prepared.drift_mu, prepared.drift_sigma, z_drift).abs_()
+        g_d = g_d.mul_(log_ratio * -self.drift_scale).exp_().mul_(g_prog)
         # Q = min(0.2, 0.0088 / max((g_p/g_max)^0.65, 1e-3)) = c min(g_p^-0.65, 0.2 / c) with
         # c = 0.0088 g_max^0.65: where the floor 1e-3 engages, 0.0088 / 1e-3 = 8.8 is capped at
         # 0.2 anyway. g_t = max(0, g_d + |g_d| s Q z) = max(0, g_d (1 + s c q z)) as g_d >= 0.
         c = 0.0088 * self.g_max**0.65
-        q = torch.pow(g_prog, -0.65).clamp_(max=_Q_MAX / c)
-        factor = torch.addcmul(_ONE.to(q), q, z_read, value=self.read_noise_scale * read_factor * c)
-        g_t = factor.mul_(g_d).clamp_(min=0.0)
+        # exp(-0.65 ln g) is ~1.4x faster than pow on the CPU; g_p = 0 gives inf, capped.
+        q = torch.log(g_prog).mul_(-0.65).exp_().clamp_(max=_Q_MAX / c)
+        g_t = q.mul_(z_read).mul_(read_factor * (self.read_noise_scale * c)).add_(1.0)
+        g_t = g_t.mul_(g_d).clamp_(min=0.0)
         return g_prog, g_t
 
 

@@ -85,3 +85,14 @@ def test_triton_through_the_objective_on_the_interpreter():
     # Same physics, different random streams: the same order of magnitude per candidate.
     ref = torch_path(x, 11)
     assert bool(((a / ref) > 0.5).all() and ((a / ref) < 2.0).all())
+
+
+def test_compiled_torch_path_equals_the_eager_one():
+    """kernel="compile" fuses the same formulas: equal losses for the same seed (float32)."""
+    eager, compiled = _objective("torch"), _objective("compile")
+    assert compiled.kernel == "compile"
+    x = torch.rand(1, 6, eager.dim, generator=torch.Generator().manual_seed(4))
+    for crn in (True, False):
+        a = eager(x, 3, common_random_numbers=crn)
+        b = compiled(x, 3, common_random_numbers=crn)
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
