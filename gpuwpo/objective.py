@@ -260,10 +260,10 @@ def tnmse_from_programs(
                 if noisy_readout and readout_noise is None:
                     blocks_ro.append(torch.randn((2, B, hi - lo, T, N), generator=bgen,
                                                  dtype=dtype, device=device))
-            chunk_noise = (DeviceNoise(*(torch.cat(z, dim=1) for z in zip(*blocks_dev)))
+            chunk_noise = (DeviceNoise(*(_cat(z, 1) for z in zip(*blocks_dev)))
                            if independent else
                            DeviceNoise(*(_slice_p(z, sl) for z in noise)))
-            chunk_ro = (tuple(torch.cat(blocks_ro, dim=2).unbind(0)) if blocks_ro else
+            chunk_ro = (tuple(_cat(blocks_ro, 2).unbind(0)) if blocks_ro else
                         None if readout_noise is None else
                         tuple(z if z.shape[-3] == 1 else z[..., sl, :, :] for z in readout_noise))
         else:
@@ -279,6 +279,11 @@ def tnmse_from_programs(
             tile_shape,
         )
     return out
+
+
+def _cat(parts, dim: int) -> torch.Tensor:
+    # One block (the usual chunk on a CPU) needs no copy; torch.cat would make one.
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
 
 
 def _with_axes(z: torch.Tensor, ndim: int, T: int) -> torch.Tensor:

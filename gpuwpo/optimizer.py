@@ -49,6 +49,7 @@ DEFAULTS = {
     # gpuwpo's own
     "validation_repeats": 100,
     "x0": None,
+    "warm_start_baseline": False,
     "noise_robust": True,
     "checkpoint": None,
     "checkpoint_every": 10,
@@ -149,6 +150,11 @@ class WeightProgrammingOptimizer:
             popsize=100 (times D), maxiter=200, tol=0.0, atol=0.02, mutation=0.1,
             recombination=0.3, polish=True, seed=100, x_init="latinhypercube"), plus
             validation_repeats=100, x0 (warm start, [D] or [B, D] in the unit cube),
+            warm_start_baseline=False (without x0, put the baseline's own program in the initial
+            population when the space can express it: an NPair-type baseline with as many pairs
+            and the same conductance range. Off by default: with "best1bin" every mutant is
+            then built around the baseline and the search stays near it; measured on Student-t
+            weights, 40 generations: -0.8 % with it, 41 % better than the baseline without),
             noise_robust=True (parents re-evaluated with their trials under the same noise),
             checkpoint=PATH and checkpoint_every=N, resume=PATH, algorithm (evotorch: "de",
             "cmaes", "snes", "ga"), kernel ("auto", "triton", "torch"), memory_budget (bytes),
@@ -262,6 +268,25 @@ class WeightProgrammingOptimizer:
                 self.g_converter_baseline, self.options["baseline_iterations"], gen)
         return self._baseline
 
+    def baseline_point(self) -> torch.Tensor | None:
+        """The baseline's program as a point of the strategy space [D], or None if it has none.
+
+        Exists for SinglePair/DualPair/NPair baselines with as many pairs as the space and the
+        same conductance range (see :meth:`StrategySpace.encode_npair`).
+        """
+        from .converters import NPairConductanceConverter
+
+        conv = self.g_converter_baseline
+        if not isinstance(conv, NPairConductanceConverter) or conv.batch_shape != ():
+            return None
+        if (conv.num_pairs != self.space.num_pairs or float(conv.g_min) != self.space.g_min
+                or float(conv.g_max) != self.space.g_max):
+            return None
+        try:
+            return self.space.encode_npair(conv.f_lst.tolist())
+        except ValueError:  # fixed f that differ, or f outside [f_min, f_max]
+            return None
+
     def _noise_seed(self, call: int) -> int:
         # Different from the baseline and validation seeds, reproducible per evaluation.
         return (self.options["seed"] * 1_000_003 + 7919 * (call + 1)) % (2**62)
@@ -283,7 +308,10 @@ class WeightProgrammingOptimizer:
         start = time.perf_counter()
         base_mean, base_sem = self.get_loss_baseline()
         problem = self._search_problem(base_mean)
-        x0 = None if o["x0"] is None else torch.as_tensor(o["x0"], dtype=self.objective.dtype)
+        x0 = o["x0"]
+        if x0 is None and o["warm_start_baseline"]:
+            x0 = self.baseline_point()
+        x0 = None if x0 is None else torch.as_tensor(x0, dtype=self.objective.dtype)
         if x0 is not None:
             x0 = x0.reshape(-1, self.space.dim).expand(self.num_layers, -1)
             if ((x0 < 0) | (x0 > 1)).any():

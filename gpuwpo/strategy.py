@@ -354,6 +354,53 @@ class StrategySpace:
         f = torch.stack(f_cols, dim=-1)
         return f, g_lst, k_w
 
+    def encode_npair(self, f_lst: Sequence[float] | None = None) -> torch.Tensor:
+        """The point of the hypercube whose program is the N-pair converter's (lower pairs first).
+
+        The standard converters (SinglePair, DualPair, NPair with the same K) fill pair 0 first,
+        then pair 1, and so on, with the other device of each pair at g_min and the largest
+        weight at the full range. In the strategy space that is x_kw = 1, x_g = 0 everywhere,
+        and per grid point an x_delta that gives pair j all of the remaining target it can
+        hold. At the grid points the decoded program equals the converter exactly (between them
+        it is the linear interpolation). Warm-starting a search from it means the search starts
+        from the baseline instead of from random programs.
+
+        Args:
+            f_lst: significance factors, one per pair; must equal the fixed ones and lie within
+                [f_min, f_max] for the free ones. Default: the fixed ones and 1.0 for free ones.
+
+        Returns:
+            x [D] (float64) in the unit hypercube.
+        """
+        f = [1.0 if v is None else float(v) for v in self.f_lst] if f_lst is None else \
+            [float(v) for v in f_lst]
+        if len(f) != self.num_pairs:
+            raise ValueError(f"f_lst needs {self.num_pairs} values, got {list(f)}")
+        x: list[float] = []
+        for k, fixed in enumerate(self.f_lst):
+            if fixed is None:
+                if not self.f_min <= f[k] <= self.f_max:
+                    raise ValueError(f"f_lst[{k}] = {f[k]} is outside [f_min, f_max] = "
+                                     f"[{self.f_min}, {self.f_max}]")
+                x.append((f[k] - self.f_min) / (self.f_max - self.f_min))
+            elif f[k] != fixed:
+                raise ValueError(f"f_lst[{k}] = {f[k]} differs from the space's fixed {fixed}")
+        if not self.use_max_kw:
+            x.append(1.0)
+        spans = [fk * (self.g_max - self.g_min) for fk in f]
+        w_grid = self._grid(torch.ones((), dtype=torch.float64))[: self.num_points].tolist()
+        blocks = [[0.0] * self.num_points for _ in range(2 * self.num_pairs - 1)]
+        for i, w in enumerate(w_grid):
+            target = sum(spans) * w
+            for j in range(self.num_pairs - 1):
+                rest = sum(spans[j + 1:])
+                lo, hi = max(target - rest, -spans[j]), min(target + rest, spans[j])
+                share = min(max(target, -spans[j]), spans[j])
+                blocks[2 * j + 1][i] = (share - lo) / (hi - lo) if hi > lo else 0.0
+                target -= lo + blocks[2 * j + 1][i] * (hi - lo)
+        x.extend(v for block in blocks for v in block)
+        return torch.tensor(x, dtype=torch.float64).clamp(0.0, 1.0)
+
     def to_converter(
         self,
         x: torch.Tensor,

@@ -223,3 +223,41 @@ def test_polish_is_kept_only_when_validation_improves(heavy_tailed):
     assert float(r.tnmse[0]) <= float(unpolished.result.tnmse[0])
     if not bool(r.polished[0]):
         assert torch.equal(r.x, unpolished.result.x)
+
+
+def test_warm_start_from_the_baseline_program(heavy_tailed, monkeypatch):
+    """warm_start_baseline puts the baseline's own program in the initial population."""
+    import gpuwpo.backends.torch_backend as tb
+
+    opt = _optimizer(heavy_tailed, popsize=2, maxiter=1, polish=False, warm_start_baseline=True)
+    point = opt.baseline_point()
+    assert point is not None
+    torch.testing.assert_close(point, opt.space.encode_npair([1.0, 1.0]))
+    made = []
+    original = tb.de_init
+
+    def spy_init(**kwargs):
+        made.append(original(**kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(tb, "de_init", spy_init)
+    opt.run_optimizer()
+    torch.testing.assert_close(made[0].population[0, 0], point.float())
+    # Starting from the baseline, even a one-generation search is not much worse than it.
+    assert float(opt.result.tnmse[0]) < 1.05 * float(opt.result.baseline_tnmse[0])
+
+    cold = _optimizer(heavy_tailed, popsize=2, maxiter=1, polish=False)  # off by default
+    made.clear()
+    cold.run_optimizer()
+    assert not torch.allclose(made[0].population[0, 0], point.float())
+
+
+def test_no_baseline_point_for_converters_the_space_cannot_express(heavy_tailed):
+    opt = gpuwpo.WeightProgrammingOptimizer(
+        heavy_tailed, [None, None, None], gpuwpo.PCMLikeNoiseModel(), T_STEPS, _baseline(),
+        **SMALL)
+    assert opt.baseline_point() is None  # three pairs against a two-pair baseline
+    single = gpuwpo.WeightProgrammingOptimizer(
+        heavy_tailed, [None], gpuwpo.PCMLikeNoiseModel(), T_STEPS,
+        gpuwpo.SinglePairConductanceConverter(0.0, 25.0), **SMALL)
+    assert single.baseline_point() is not None

@@ -298,3 +298,35 @@ def test_to_converter_programs_are_invertible(f_lst, symmetric):
     f, g_lst, _ = space.decode(x, m)
     torch.testing.assert_close(conv.f_lst, f, rtol=0, atol=0)
     torch.testing.assert_close(conv.g_lst, g_lst, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize(
+    "f_space, f_npair",
+    [([None, None], [1.0, 1.0]), ([1.0, 3.0], [1.0, 3.0]), ([None], [1.0]),
+     ([None, 2.0, None], [1.0, 2.0, 0.5])],
+)
+def test_encode_npair_reproduces_the_npair_converter_at_the_grid_points(
+        symmetric, f_space, f_npair):
+    """The baseline's own program is a point of the space (the search's warm start)."""
+    from gpuwpo.converters import NPairConductanceConverter
+
+    space = StrategySpace(f_space, 0.0, 25.0, symmetric=symmetric)
+    x = space.encode_npair(f_npair)
+    assert x.shape == (space.dim,) and bool(((x >= 0) & (x <= 1)).all())
+    m = 0.37
+    f, g_lst, _ = space.decode(x, m)
+    torch.testing.assert_close(f, torch.tensor(f_npair, dtype=f.dtype))
+    grid = space.grid(m, dtype=torch.float64)
+    expected, _ = NPairConductanceConverter(f_npair, 0.0, 25.0).convert_to_conductances(grid)
+    torch.testing.assert_close(g_lst, expected, atol=1e-9, rtol=0)
+
+
+def test_encode_npair_rejects_what_the_space_cannot_express():
+    space = StrategySpace([1.0, None], 0.0, 25.0)
+    with pytest.raises(ValueError, match="differs"):
+        space.encode_npair([2.0, 1.0])
+    with pytest.raises(ValueError, match="outside"):
+        space.encode_npair([1.0, 9.0])
+    with pytest.raises(ValueError, match="needs 2"):
+        space.encode_npair([1.0])
