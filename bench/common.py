@@ -1,0 +1,194 @@
+"""Shared pieces of the benchmark scripts: what machine, where results go, how tables look.
+
+Every benchmark writes one JSON record per machine, ``bench/results/<name>-<machine>.json``,
+with :func:`machine_info` embedded, so that figures from different machines never overwrite
+each other and each figure says what it was measured on. No hostname is recorded: results are
+committed to the repository.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["RESULTS_DIR", "machine_info", "markdown_table", "write_results"]
+
+#: Where the recorded results live (absolute, so the scripts work from any directory).
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+# Packages whose versions change the figures (the library itself included).
+_PACKAGES = ("torch", "triton", "scipy", "numpy", "evotorch", "gpuwpo")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cpu_cores() -> int:
+    # The cores this process may run on (a container's share), not the host's count.
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _ram_gib() -> float | None:
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    return round(int(line.split()[1]) / 2**20, 1)  # kB -> GiB
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _version(package: str) -> str | None:
+    # Installed metadata, not an import: importing triton on a CPU-only machine is slow and
+    # may print warnings, and the version is all we want.
+    if package == "torch":
+        return torch.__version__
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _short_name(cpu_model: str, cores: int, gpu: str | None) -> str:
+    """A file-name-safe machine name: ``nvidia-h100`` or ``cpu-2core-amd-epyc``.
+
+    Only the vendor and product family are kept (``NVIDIA H100 80GB HBM3`` -> ``nvidia-h100``,
+    ``AMD EPYC 7B13 64-Core Processor`` -> ``amd-epyc``) so that results of the same kind of
+    machine land in the same file.
+    """
+    if gpu:
+        return "-".join(_slug(gpu).split("-")[:2])
+    cleaned = re.sub(r"\((r|tm)\)", " ", cpu_model, flags=re.IGNORECASE)
+    family = "-".join(_slug(cleaned).split("-")[:2]) or "unknown"
+    return f"cpu-{cores}core-{family}"
+
+
+def machine_info() -> dict[str, Any]:
+    """What the figures were measured on (no hostname).
+
+    Returns:
+        ``name`` (short, file-name safe: ``nvidia-h100`` or ``cpu-2core-amd-epyc``),
+        ``cpu_model``, ``cpu_cores`` (usable by this process), ``ram_gib``, ``gpu`` and
+        ``gpu_memory_gib`` (None without CUDA), ``cuda`` (torch's CUDA version or None),
+        ``python``, ``versions`` (torch, triton, scipy, numpy, evotorch, gpuwpo; None when
+        not installed), ``torch_threads`` and ``date`` (UTC, ISO 8601).
+    """
+    cuda = torch.cuda.is_available()
+    gpu = torch.cuda.get_device_name(0) if cuda else None
+    gpu_mem = (round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
+               if cuda else None)
+    cpu_model = _cpu_model()
+    cores = _cpu_cores()
+    return {
+        "name": _short_name(cpu_model, cores, gpu),
+        "cpu_model": cpu_model,
+        "cpu_cores": cores,
+        "ram_gib": _ram_gib(),
+        "gpu": gpu,
+        "gpu_memory_gib": gpu_mem,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "versions": {p: _version(p) for p in _PACKAGES},
+        "torch_threads": torch.get_num_threads(),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def write_results(name: str, payload: Mapping[str, Any],
+                  out_dir: str | os.PathLike = RESULTS_DIR) -> Path:
+    """Write ``payload`` as ``<out_dir>/<name>-<machine>.json``, atomically.
+
+    The record gets ``"benchmark": name`` and ``"machine": machine_info()`` unless the payload
+    already carries a ``machine`` entry (a script that took it before measuring, so that the
+    date is the start of the run). Atomic (temporary file + rename in the same directory) so
+    that an interrupted run never leaves half a JSON file where a good one was.
+
+    Returns:
+        The path written.
+    """
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise ValueError(f"benchmark name must be file-name safe, got {name!r}")
+    record = {"benchmark": name, **payload}
+    record.setdefault("machine", machine_info())
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}-{record['machine']['name']}.json"
+    text = json.dumps(record, indent=2) + "\n"
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value).replace("|", "\\|")
+
+
+def _is_number(value: Any) -> bool:
+    # Preformatted figures ("12.3") align like numbers.
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, float)):
+        return True
+    return isinstance(value, str) and re.fullmatch(r"[-+]?\d[\d,]*(\.\d*)?(e[-+]?\d+)?",
+                                                   value.strip()) is not None
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]],
+                   columns: Sequence[str | tuple[str, str]]) -> str:
+    """A GitHub markdown table.
+
+    Args:
+        rows: one mapping per row; a missing key is shown as ``-``.
+        columns: keys, or ``(key, header)`` pairs, in display order. Columns whose values are
+            all numbers (or numeric strings) are right-aligned. Floats are shown with 4
+            significant digits; give a preformatted string where another format is wanted.
+    """
+    spec = [(c, c) if isinstance(c, str) else (c[0], c[1]) for c in columns]
+    lines = ["| " + " | ".join(header for _, header in spec) + " |"]
+    aligns = []
+    for key, _ in spec:
+        values = [r.get(key) for r in rows if r.get(key) is not None]
+        numeric = bool(values) and all(_is_number(v) for v in values)
+        aligns.append("---:" if numeric else "---")
+    lines.append("| " + " | ".join(aligns) + " |")
+    for r in rows:
+        lines.append("| " + " | ".join(_cell(r.get(key)) for key, _ in spec) + " |")
+    return "\n".join(lines)

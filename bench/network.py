@@ -1,0 +1,321 @@
+"""Benchmark: per-layer strategies for a BERT-base-shaped network in one call.
+
+73 weight matrices shaped like BERT-base's Linear layers (torch's [out, in] layout): per encoder
+block query, key, value and attention output (768 x 768 each), intermediate (3072 x 768) and
+output (768 x 3072), times 12 blocks, plus the pooler (768 x 768); about 85 million weights.
+The weights are synthetic and heavy-tailed (Student-t, 3 dof) with a per-layer scale varied by up
+to +-20 % around 0.05, as trained layers differ in scale. They are passed as a mapping
+name -> tensor to :func:`gpuwpo.optimize_network` with ``per_layer=True``: one strategy per layer,
+all 73 searches in one batched search.
+
+Setup as in bench/search.py: f_lst = [None, None] (D = 21), inference times 1 s, 1 h, 1 day,
+30 days, 1 year, default PCM noise, ideal global compensation, baseline DualPair f = [1, 1],
+0..25 uS.
+
+Budget: the reference's default (popsize 100 x D, 200 generations, every other optimizer keyword
+at its default) on CUDA. On the CPU one generation of 73 layers is 73 times a one-layer
+generation, so the default there is a much REDUCED budget (popsize 2 x D, 3 generations, 20
+validation and baseline repeats, no polish) that finishes in a few minutes; the JSON and the
+table say which budget was used.
+
+Reported: wall time (weight generation apart), peak memory (``torch.cuda.max_memory_allocated``
+on CUDA; the process's peak RSS from ``resource.getrusage`` on the CPU, which includes the
+85 M weights), generations, candidates evaluated, size-weighted total TNMSE vs baseline and the
+number of layers that beat their baseline by the loss margin.
+
+Run:  python bench/network.py [--popsize P] [--maxiter G] [--backend torch]
+      python -m bench.network ...
+Writes bench/results/network-<machine>.json (``--out-dir`` elsewhere) and prints markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import resource
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+if __package__ in (None, ""):  # run as a script: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import RESULTS_DIR, machine_info, markdown_table, write_results  # noqa: E402
+from gpuwpo import (  # noqa: E402
+    DualPairConductanceConverter,
+    PCMLikeNoiseModel,
+    optimize_network,
+    student_t_weights,
+)
+from gpuwpo.optimizer import DEFAULTS  # noqa: E402
+
+T_STEPS = (1.0, 3600.0, 86400.0, 30 * 86400.0, 365 * 86400.0)
+F_LST = (None, None)
+FULL_BUDGET = (int(DEFAULTS["popsize"]), int(DEFAULTS["maxiter"]))
+#: The CPU default: 73 layers x P = 42 candidates x 5 time steps per call; a few minutes.
+CPU_BUDGET = (2, 3)
+CPU_OPTIONS = {"validation_repeats": 20, "baseline_iterations": 20, "polish": False}
+QUICK_BUDGET = (2, 2)
+QUICK_OPTIONS = {"test_in_features": 32, "test_out_features": 4, "validation_repeats": 4,
+                 "baseline_iterations": 4, "polish_maxiter": 2}
+
+
+def bert_shaped_weights(*, hidden: int = 768, intermediate: int = 3072, blocks: int = 12,
+                        max_layers: int | None = None, seed: int = 0,
+                        device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """Synthetic weights named and shaped like BERT-base's Linear layers ([out, in]).
+
+    Student-t (3 dof) weights; each layer's scale is 0.05 x (0.8 + 0.4 u), u uniform, so that the
+    layers differ a little as trained ones do. ``max_layers`` keeps the first layers only (smoke
+    runs). Deterministic in ``seed`` (one generator, drawn in the layers' order).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    shapes: list[tuple[str, tuple[int, int]]] = []
+    for i in range(blocks):
+        prefix = f"encoder.layer.{i}"
+        for part in ("query", "key", "value"):
+            shapes.append((f"{prefix}.attention.self.{part}.weight", (hidden, hidden)))
+        shapes.append((f"{prefix}.attention.output.dense.weight", (hidden, hidden)))
+        shapes.append((f"{prefix}.intermediate.dense.weight", (intermediate, hidden)))
+        shapes.append((f"{prefix}.output.dense.weight", (hidden, intermediate)))
+    shapes.append(("pooler.dense.weight", (hidden, hidden)))
+    if max_layers is not None:
+        shapes = shapes[:max_layers]
+    out = {}
+    for name, shape in shapes:
+        scale = 0.05 * (0.8 + 0.4 * float(torch.rand((), generator=gen)))
+        out[name] = student_t_weights(shape, df=3, scale=scale, generator=gen).to(device)
+    return out
+
+
+def _rss_mib() -> float | None:
+    # Current resident set (resource.getrusage only knows the peak).
+    try:
+        with open("/proc/self/status", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _peak_rss_mib() -> float:
+    # ru_maxrss is in KiB on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _kind(name: str) -> str:
+    """query / key / value / attention output / intermediate / output / pooler."""
+    for pattern, kind in ((r"\.query\.", "query"), (r"\.key\.", "key"), (r"\.value\.", "value"),
+                          (r"attention\.output", "attention output"),
+                          (r"intermediate", "intermediate"), (r"\.output\.", "output"),
+                          (r"pooler", "pooler")):
+        if re.search(pattern, name):
+            return kind
+    return "other"
+
+
+def run(weights: dict[str, torch.Tensor], *, popsize: int, maxiter: int, device: torch.device,
+        backend: str = "torch", seed: int = 100, warmup: bool = True,
+        options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Optimise every layer of ``weights`` in one :func:`gpuwpo.optimize_network` call."""
+    options = dict(options or {})
+    noise = PCMLikeNoiseModel(g_max=25.0)
+    baseline = DualPairConductanceConverter(f_lst=[1.0, 1.0], g_min=0.0, g_max=25.0)
+
+    def call(ws, **kw):
+        return optimize_network(ws, noise, T_STEPS, baseline, list(F_LST), per_layer=True,
+                                backend=backend, device=device,
+                                **{"seed": seed, "disp": False, **options, **kw})
+
+    if warmup:
+        # Untimed: lazy imports, CUDA context, Triton compilation.
+        first = next(iter(weights))
+        call({first: weights[first]}, popsize=1, maxiter=1, validation_repeats=2,
+             baseline_iterations=2, polish=False)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    res = call(weights, popsize=popsize, maxiter=maxiter)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    wall = time.perf_counter() - start
+    margin = float(res.settings["optimizer_kwargs"].get("loss_margin", DEFAULTS["loss_margin"]))
+    layers = [{
+        "name": layer.name, "kind": _kind(layer.name), "shape": list(layer.shape),
+        "tnmse": layer.tnmse, "tnmse_ci95": list(layer.tnmse_ci95),
+        "baseline_tnmse": layer.baseline_tnmse, "baseline_ci95": list(layer.baseline_ci95),
+        "improvement": layer.improvement,
+        "success": layer.tnmse < layer.baseline_tnmse * (1 - margin),
+    } for layer in res.layers]
+    return {
+        "backend": backend,
+        "device": str(device),
+        "popsize": popsize,
+        "maxiter": maxiter,
+        "full_default_budget": (popsize, maxiter) == FULL_BUDGET
+        and all(DEFAULTS.get(k) == v for k, v in options.items()),
+        "num_layers": len(layers),
+        "num_weights": sum(w.numel() for w in weights.values()),
+        "wall_time_s": wall,
+        "generations": res.nit,
+        "candidates": res.nfev,
+        "candidates_per_layer": res.nfev // max(1, len(layers)),
+        "stop_reason": res.stop_reason,
+        "peak_gpu_memory_gib": (torch.cuda.max_memory_allocated(device) / 2**30
+                                if device.type == "cuda" else None),
+        "peak_rss_mib": _peak_rss_mib(),
+        "total_tnmse": res.total_tnmse,
+        "total_baseline_tnmse": res.total_baseline_tnmse,
+        "total_improvement": 1.0 - res.total_tnmse / res.total_baseline_tnmse,
+        "loss_margin": margin,
+        "layers_success": sum(r["success"] for r in layers),
+        "layers_improved": sum(r["tnmse"] < r["baseline_tnmse"] for r in layers),
+        "layers": layers,
+        "settings": res.settings,
+    }
+
+
+def tables(record: dict[str, Any]) -> str:
+    """A summary table and a per-kind table (mean over the layers of each kind)."""
+    r = record["result"]
+    budget = (f"{r['popsize']}xD, {r['maxiter']} gen "
+              f"({'default' if r['full_default_budget'] else 'reduced'})")
+    memory = (f"{r['peak_gpu_memory_gib']:.2f} GiB GPU" if r["peak_gpu_memory_gib"] is not None
+              else f"{r['peak_rss_mib']:.0f} MiB RSS")
+    summary = markdown_table([{
+        "device": r["device"], "backend": r["backend"], "budget": budget,
+        "layers": r["num_layers"], "weights": f"{r['num_weights'] / 1e6:.1f} M",
+        "generations": r["generations"], "candidates": r["candidates"],
+        "wall": f"{r['wall_time_s']:.1f}", "memory": memory,
+        "tnmse": f"{r['total_tnmse']:.5f}", "baseline": f"{r['total_baseline_tnmse']:.5f}",
+        "success": f"{r['layers_success']} / {r['num_layers']}",
+    }], ["device", "backend", "budget", "layers", "weights", "generations",
+         ("candidates", "candidates (all layers)"), ("wall", "wall s"), ("memory", "peak memory"),
+         ("tnmse", "total TNMSE"), ("baseline", "total baseline"),
+         ("success", "layers beating baseline by margin")])
+    kinds: dict[str, list[dict]] = {}
+    for layer in r["layers"]:
+        kinds.setdefault(layer["kind"], []).append(layer)
+    per_kind = markdown_table([{
+        "kind": kind, "n": len(ls),
+        "tnmse": f"{sum(x['tnmse'] for x in ls) / len(ls):.5f}",
+        "baseline": f"{sum(x['baseline_tnmse'] for x in ls) / len(ls):.5f}",
+        "gain": f"{100 * sum(x['improvement'] for x in ls) / len(ls):.1f} %",
+        "success": sum(x["success"] for x in ls),
+    } for kind, ls in kinds.items()], [
+        "kind", ("n", "layers"), ("tnmse", "mean TNMSE"), ("baseline", "mean baseline"),
+        ("gain", "mean gain"), ("success", "successes"),
+    ])
+    return summary + "\n\nPer layer kind:\n\n" + per_kind
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Command line entry point; returns the record (also written as JSON)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backend", choices=("torch", "evotorch", "scipy"), default="torch")
+    parser.add_argument("--popsize", type=int, default=None,
+                        help=f"population multiplier (P = popsize x D); default 100 on CUDA, "
+                             f"{CPU_BUDGET[0]} on the CPU")
+    parser.add_argument("--maxiter", type=int, default=None,
+                        help=f"generations; default 200 on CUDA, {CPU_BUDGET[1]} on the CPU")
+    parser.add_argument("--validation-repeats", type=int, default=None,
+                        help="default: the optimizer's (100) on CUDA, 20 on the CPU")
+    parser.add_argument("--baseline-iterations", type=int, default=None,
+                        help="default: the optimizer's (100) on CUDA, 20 on the CPU")
+    parser.add_argument("--polish", choices=("on", "off"), default=None,
+                        help="local polish (default: on on CUDA, off on the CPU)")
+    parser.add_argument("--hidden", type=int, default=768)
+    parser.add_argument("--intermediate", type=int, default=None, help="default 4 x hidden")
+    parser.add_argument("--blocks", type=int, default=12)
+    parser.add_argument("--max-layers", type=int, default=None,
+                        help="keep the first N weight matrices only")
+    parser.add_argument("--seed", type=int, default=100, help="optimizer seed")
+    parser.add_argument("--weight-seed", type=int, default=0)
+    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads on the CPU (default 1; 0 keeps torch's "
+                             "default)")
+    parser.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: hidden 32, one block, 3 layers, popsize 2, "
+                             "2 generations, a 32 x 4 test tile, 4 repeats")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cpu" and args.threads > 0:
+        torch.set_num_threads(args.threads)
+    hidden, blocks, max_layers = args.hidden, args.blocks, args.max_layers
+    if args.quick:
+        (popsize, maxiter), options = QUICK_BUDGET, dict(QUICK_OPTIONS)
+        hidden, blocks, max_layers = 32, 1, max_layers or 3
+    elif device.type == "cuda":
+        (popsize, maxiter), options = FULL_BUDGET, {}
+    else:
+        (popsize, maxiter), options = CPU_BUDGET, dict(CPU_OPTIONS)
+    popsize, maxiter = args.popsize or popsize, args.maxiter or maxiter
+    if args.validation_repeats is not None:
+        options["validation_repeats"] = args.validation_repeats
+    if args.baseline_iterations is not None:
+        options["baseline_iterations"] = args.baseline_iterations
+    if args.polish is not None:
+        options["polish"] = args.polish == "on"
+    # Overrides equal to the optimizer's defaults do not make the budget a reduced one.
+    options_changed = {k: v for k, v in options.items() if DEFAULTS.get(k) != v}
+    full = (popsize, maxiter) == FULL_BUDGET and not options_changed
+    note = ("full default budget" if full else
+            f"REDUCED budget: popsize {popsize} x D, {maxiter} generations, overrides "
+            f"{options_changed or 'none'} (the reference's default is popsize {FULL_BUDGET[0]} "
+            f"x D, {FULL_BUDGET[1]} generations, 100 validation/baseline repeats, polish on)")
+    machine = machine_info()
+    print(f"network benchmark on {machine['name']} ({device}): {note}", file=sys.stderr)
+
+    t0 = time.perf_counter()
+    weights = bert_shaped_weights(hidden=hidden, intermediate=args.intermediate or 4 * hidden,
+                                  blocks=blocks, max_layers=max_layers, seed=args.weight_seed)
+    generation_s = time.perf_counter() - t0
+    rss_weights = _rss_mib()
+    print(f"  {len(weights)} layers, {sum(w.numel() for w in weights.values()) / 1e6:.1f} M "
+          f"weights generated in {generation_s:.1f} s; optimising ...", file=sys.stderr,
+          flush=True)
+    result = run(weights, popsize=popsize, maxiter=maxiter, device=device, backend=args.backend,
+                 seed=args.seed, warmup=not (args.no_warmup or args.quick), options=options)
+    record = {
+        "machine": machine,
+        "budget_note": note,
+        "quick": bool(args.quick),
+        "config": {
+            "network": f"BERT-base-shaped: hidden {hidden}, intermediate "
+                       f"{args.intermediate or 4 * hidden}, {blocks} blocks + pooler"
+                       + (f", first {max_layers} layers" if max_layers else ""),
+            "weights": f"Student-t, 3 dof, scale 0.05 x U(0.8, 1.2) per layer, "
+                       f"seed {args.weight_seed}",
+            "f_lst": list(F_LST), "t_steps_s": list(T_STEPS),
+            "noise_model": "PCMLikeNoiseModel(g_max=25) defaults",
+            "compensation": "ideal global",
+            "baseline": "DualPairConductanceConverter([1, 1], g_min=0, g_max=25)",
+            "per_layer": True, "seed": args.seed,
+            "warmup": not (args.no_warmup or args.quick),
+            "torch_threads": torch.get_num_threads(), "optimizer_overrides": options,
+        },
+        "weight_generation_s": generation_s,
+        "rss_after_weights_mib": rss_weights,
+        "result": result,
+    }
+    path = write_results("network", record, args.out_dir)
+    print(f"{record['config']['network']}, {machine['name']}, {note}.\n")
+    print(tables(record))
+    print(f"\nwritten {path}", file=sys.stderr)
+    return record
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,291 @@
+"""Benchmark: candidate evaluations per second of the batched TNMSE objective vs the reference.
+
+The batched objective (:class:`gpuwpo.TNMSEObjective`, pure torch on the CPU; on CUDA also the
+Triton kernel when triton imports) evaluates a population of P candidates in one call; the
+per-candidate reference (:func:`gpuwpo.reference.reference_objective`) builds a converter and
+loops over the time steps for every single candidate, as the reference toolkit does. The
+reference's cost does not depend on P, so it is timed on a subset (20 candidates by default)
+and reported per candidate.
+
+Setup (the issue's): N = 10,240 test weights (a 512 x 20 tile), T = 6 inference times (1 s,
+1 min, 1 h, 1 day, 30 days, 360 days), K = 2 pairs with both significance factors free
+(f_lst = [None, None], D = 21 with nbins = 6), default PCM noise, ideal global compensation.
+Both common-random-numbers modes are timed: on (the search's default: one set of device noises
+shared by all candidates of a layer) and off (independent noise per candidate, like the
+reference and like validation).
+
+Timing is interleaved: in every round the reference and every batched variant are timed one
+after the other, so that load from other users of a shared machine hits them alike; the best
+round is reported (the least disturbed one), the median next to it.
+
+Run:  python bench/objective.py [--quick] [--out PATH] [--threads N] [--profile]
+      python -m bench.objective ...
+Writes bench/results/objective-<machine>.json and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+if __package__ in (None, ""):  # run as a script: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import machine_info, markdown_table, write_results  # noqa: E402
+from gpuwpo import (  # noqa: E402
+    PCMLikeNoiseModel,
+    StrategySpace,
+    TNMSEObjective,
+    student_t_weights,
+)
+from gpuwpo.reference import reference_objective  # noqa: E402
+
+T_STEPS = (1.0, 60.0, 3600.0, 86400.0, 30 * 86400.0, 360 * 86400.0)
+F_LST = (None, None)
+NBINS = 6
+
+
+def _load() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+# ------------------------------------------------------------------------------------------
+# Timing
+# ------------------------------------------------------------------------------------------
+
+
+def _timed(fn: Callable[[], object], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def _make_objective(weights: torch.Tensor, device: str, kernel: str, in_features: int,
+                    out_features: int) -> TNMSEObjective:
+    space = StrategySpace(list(F_LST), nbins=NBINS)
+    return TNMSEObjective(weights.to(device), PCMLikeNoiseModel(), t_steps=T_STEPS,
+                          strategy_space=space, test_in_features=in_features,
+                          test_out_features=out_features, kernel=kernel, device=device)
+
+
+def _variants(compile_cpu: bool = True) -> list[tuple[str, str]]:
+    """(device, kernel) pairs to time: torch (eager and compiled) on the CPU; torch and Triton
+    on CUDA if present."""
+    out = [("cpu", "torch")]
+    if compile_cpu:
+        out.append(("cpu", "compile"))
+    if torch.cuda.is_available():
+        out.append(("cuda", "torch"))
+        try:
+            import triton  # noqa: F401
+
+            out.append(("cuda", "triton"))
+        except ImportError:
+            pass
+    return out
+
+
+def profile_batched(objective: TNMSEObjective, x: torch.Tensor, *, common_random_numbers: bool,
+                    top: int = 12) -> list[dict]:
+    """The top ops (self time) of one batched call, from torch.profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if objective.device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        objective(x, 0, common_random_numbers=common_random_numbers)
+    rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in rows) or 1.0
+    return [{"op": e.key, "calls": e.count, "self_cpu_ms": round(e.self_cpu_time_total / 1e3, 2),
+             "share": round(e.self_cpu_time_total / total, 3)} for e in rows[:top]]
+
+
+def run(sizes: Sequence[int], *, in_features: int = 512, out_features: int = 20,
+        ref_candidates: int = 20, rounds: int = 3, big_rounds: int = 1, big_size: int = 2000,
+        seed: int = 0, profile_size: int | None = None, compile_cpu: bool = True) -> dict:
+    """Time every variant at every population size P; return the result record."""
+    # A trained-layer-like weight distribution (heavier tails than a Gaussian), larger than the
+    # test tile so that the objective's downsampling is part of the setup as in real use.
+    layer = student_t_weights(4 * in_features * out_features, df=4,
+                              generator=torch.Generator().manual_seed(seed))
+    ref_obj = _make_objective(layer, "cpu", "torch", in_features, out_features)
+    objectives = {v: _make_objective(layer, v[0], v[1], in_features, out_features)
+                  for v in _variants(compile_cpu)}
+    D = ref_obj.dim
+    x_gen = torch.Generator().manual_seed(seed + 1)
+    x_all = torch.rand(1, max(sizes), D, generator=x_gen)
+
+    # Warm-up: first calls pay for allocations, lazy imports and (Triton, torch.compile)
+    # compilation; torch.compile's graphs are dynamic in P, so one warm-up size serves all.
+    reference_objective(ref_obj, x_all[:, :1], 0)
+    for obj in objectives.values():
+        for crn in (True, False):
+            obj(x_all[:, : min(16, max(sizes))].to(obj.device), 0, common_random_numbers=crn)
+
+    rows = []
+    for P in sizes:
+        x = x_all[:, :P]
+        n_ref = min(ref_candidates, P)
+        ref_times: list[float] = []
+        batched: dict[tuple[str, str, bool], list[float]] = {}
+        n_rounds = rounds if P < big_size else big_rounds
+        for (device, kernel), obj in objectives.items():
+            if kernel == "compile":  # a new population size may still trigger a recompile
+                for crn in (True, False):
+                    obj(x.to(device), 0, common_random_numbers=crn)
+        for r in range(n_rounds):
+            ref_x = x[:, :n_ref]
+            ref_times.append(_timed(lambda xs=ref_x, s=r: reference_objective(ref_obj, xs, s),
+                                    torch.device("cpu")) / n_ref)
+            for (device, kernel), obj in objectives.items():
+                xd = x.to(device)
+                for crn in (True, False):
+                    t = _timed(lambda o=obj, xd=xd, c=crn, s=r: o(xd, s, common_random_numbers=c),
+                               obj.device)
+                    batched.setdefault((device, kernel, crn), []).append(t / P)
+        ref_best = min(ref_times)
+        for (device, kernel, crn), per in batched.items():
+            best = min(per)
+            rows.append({
+                "device": device, "kernel": kernel, "common_random_numbers": crn, "P": P,
+                "N": in_features * out_features,
+                "rounds": len(per),
+                "batched_ms_per_candidate": best * 1e3,
+                "batched_ms_per_candidate_median": statistics.median(per) * 1e3,
+                "batched_candidates_per_s": 1.0 / best,
+                "reference_ms_per_candidate": ref_best * 1e3,
+                "reference_ms_per_candidate_median": statistics.median(ref_times) * 1e3,
+                "reference_candidates": n_ref,
+                "speedup_per_candidate": ref_best / best,
+            })
+        print(f"  P={P} done ({n_rounds} rounds)", file=sys.stderr, flush=True)
+
+    record = {
+        "torch_threads": torch.get_num_threads(),
+        "config": {
+            "test_tile": [out_features, in_features], "N": in_features * out_features,
+            "t_steps_s": list(T_STEPS), "T": len(T_STEPS), "K": len(F_LST),
+            "f_lst": list(F_LST), "nbins": NBINS, "D": D, "symmetric": True,
+            "noise_model": "PCMLikeNoiseModel() defaults", "compensation": "ideal global",
+            "dtype": "float32", "reference": "gpuwpo.reference.reference_objective on the CPU",
+            "timing": "best of interleaved rounds (median also given), seconds per candidate",
+        },
+        "results": rows,
+    }
+    if profile_size:
+        obj = objectives[("cpu", "torch")]
+        record["profile"] = {
+            f"P={profile_size}, crn={crn}": profile_batched(
+                obj, x_all[:, :profile_size], common_random_numbers=crn)
+            for crn in (True, False)
+        }
+    return record
+
+
+def results_table(record: dict) -> str:
+    """The results as a markdown table (one row per device, kernel, CRN mode and P)."""
+    rows = [{
+        "device": r["device"], "kernel": r["kernel"],
+        "crn": "on" if r["common_random_numbers"] else "off", "P": r["P"], "N": r["N"],
+        "cand_s": f"{r['batched_candidates_per_s']:.0f}",
+        "ms": f"{r['batched_ms_per_candidate']:.3f}",
+        "ref": f"{r['reference_ms_per_candidate']:.2f}",
+        "ratio": f"{r['speedup_per_candidate']:.1f}",
+    } for r in record["results"]]
+    return markdown_table(rows, [
+        "device", "kernel", ("crn", "CRN"), "P", "N", ("cand_s", "batched cand/s"),
+        ("ms", "batched ms/cand"), ("ref", "reference ms/cand"), ("ratio", "speed-up (x)"),
+    ])
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Command line entry point; returns the result record (also written as JSON)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: small populations, one round")
+    parser.add_argument("--sizes", type=int, nargs="+", default=None,
+                        help="population sizes P (default 100 1000 4000; --quick: 8 32)")
+    parser.add_argument("--in-features", type=int, default=512)
+    parser.add_argument("--out-features", type=int, default=20)
+    parser.add_argument("--ref-candidates", type=int, default=20,
+                        help="candidates the per-candidate reference is timed on")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved timing rounds for P < 2000 (one round above)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (default 1; 0 keeps torch's default). "
+                             "On a small shared machine a second thread that the OS deschedules "
+                             "makes every elementwise op wait for it (see bench/README.md)")
+    parser.add_argument("--n-values", type=int, nargs="+", default=None,
+                        help="test weights per layer N, each a (N / 20) x 20 tile (default "
+                             "10240; on CUDA 10240 102400 1024000)")
+    parser.add_argument("--no-compile", action="store_true",
+                        help="skip the torch.compile variant on the CPU (it compiles ~20 s)")
+    parser.add_argument("--profile", action="store_true",
+                        help="add torch.profiler's top ops of one batched call to the record")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON path (default bench/results/objective-<machine>.json, "
+                             "machine as bench.common names it)")
+    args = parser.parse_args(argv)
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    cuda = torch.cuda.is_available()
+    default_sizes = [100, 1000, 4000, 16000] if cuda else [100, 1000, 4000]
+    sizes = args.sizes or ([8, 32] if args.quick else default_sizes)
+    default_n = [10240, 102400, 1024000] if cuda else [args.in_features * args.out_features]
+    n_values = args.n_values or ([args.in_features * args.out_features] if args.quick
+                                 else default_n)
+    rounds = 1 if args.quick else args.rounds
+    machine = machine_info()  # before measuring: the date is the start of the run
+    load_start = _load()
+    records = []
+    for n in n_values:
+        if n % args.out_features:
+            parser.error(f"N={n} is not a multiple of --out-features {args.out_features}")
+        records.append(run(
+            sizes, in_features=n // args.out_features, out_features=args.out_features,
+            ref_candidates=2 if args.quick else args.ref_candidates, rounds=rounds,
+            profile_size=(min(sizes) if args.quick else 1000) if args.profile else None,
+            compile_cpu=not args.no_compile))
+    record = {**records[0], "results": [row for r in records for row in r["results"]]}
+    if len(records) > 1:
+        record["config"] = {**record["config"], "N": n_values, "test_tile": "(N / out) x out"}
+    record = {"machine": machine, "load_average_start": load_start,
+              "load_average_end": _load(), "quick": bool(args.quick), **record}
+    if args.out is None:
+        out = write_results("objective", record)
+    else:
+        record = {"benchmark": "objective", **record}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        out = args.out
+    print(results_table(record))
+    if "profile" in record:
+        for key, ops in record["profile"].items():
+            print(f"\nTop ops, batched objective on the CPU, {key}:")
+            for op in ops:
+                print(f"  {op['op']:<28} {op['calls']:>5} calls {op['self_cpu_ms']:>10.1f} ms "
+                      f"{100 * op['share']:5.1f} %")
+    print(f"\nwritten {out}", file=sys.stderr)
+    return record
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,266 @@
+"""Benchmark: wall time and validated TNMSE of one layer's search, per search backend.
+
+One layer of Student-t (3 dof) weights, 512 x 512 by default; both significance factors free
+(f_lst = [None, None], D = 21 with nbins = 6); inference times 1 s, 1 h, 1 day, 30 days, 1 year;
+default PCM noise, ideal global drift compensation; baseline DualPair f = [1, 1], 0..25 uS. For
+each backend (torch DE, EvoTorch with algorithm "de", scipy's DE) the script times a complete
+:meth:`gpuwpo.WeightProgrammingOptimizer.run_optimizer` (baseline, search, validation, polish)
+and records the validated TNMSE with its 95% interval next to the baseline's.
+
+Budget: the reference's default (popsize 100 x D, 200 generations, every other optimizer
+keyword at its default) on CUDA. On the CPU a full default search is ~420,000 candidates, hours
+on a small machine, so the default there is a REDUCED budget (popsize 10 x D, 20 generations)
+that finishes in a few minutes; the JSON and the table say which budget was used. ``--popsize``,
+``--maxiter`` (all backends) and ``--scipy-popsize``, ``--scipy-maxiter`` (scipy only) override.
+
+A warm-up search (popsize 1, 1 generation, not timed) runs first for every backend, so that
+one-off costs (lazy imports, CUDA context, Triton compilation) are not in the figures.
+
+Run:  python bench/search.py [--backends torch evotorch scipy] [--popsize P] [--maxiter G]
+      python -m bench.search ...
+Writes bench/results/search-<machine>.json (``--out-dir`` elsewhere) and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+if __package__ in (None, ""):  # run as a script: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import RESULTS_DIR, machine_info, markdown_table, write_results  # noqa: E402
+from gpuwpo import (  # noqa: E402
+    DualPairConductanceConverter,
+    PCMLikeNoiseModel,
+    WeightProgrammingOptimizer,
+    student_t_weights,
+)
+from gpuwpo.optimizer import DEFAULTS  # noqa: E402
+
+T_STEPS = (1.0, 3600.0, 86400.0, 30 * 86400.0, 365 * 86400.0)
+F_LST = (None, None)
+BACKENDS = ("torch", "evotorch", "scipy")
+#: The reference's default budget (population multiplier, generations).
+FULL_BUDGET = (int(DEFAULTS["popsize"]), int(DEFAULTS["maxiter"]))
+#: The CPU default: a few minutes for all three backends on a 2-core machine.
+CPU_BUDGET = (10, 20)
+#: --quick: a smoke run (seconds), for the tests.
+QUICK_BUDGET = (2, 2)
+QUICK_OPTIONS = {"test_in_features": 32, "test_out_features": 4, "validation_repeats": 4,
+                 "baseline_iterations": 4, "polish_maxiter": 2}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def budget_label(popsize: int, maxiter: int) -> str:
+    """``"100xD, 200 gen (default)"`` or ``"10xD, 20 gen (reduced)"``."""
+    kind = "default" if (popsize, maxiter) == FULL_BUDGET else "reduced"
+    return f"{popsize}xD, {maxiter} gen ({kind})"
+
+
+def run_backend(backend: str, weights: torch.Tensor, *, popsize: int, maxiter: int,
+                device: torch.device, seed: int = 100, warmup: bool = True,
+                options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One complete optimisation of ``weights`` with ``backend``; its figures as a dict.
+
+    Times: ``setup_s`` (optimizer construction: test-weight sampling, objective),
+    ``baseline_s`` (the baseline's ``baseline_iterations`` programmings), ``search_s``
+    (initial population and every generation, up to the first validation call),
+    ``validation_polish_s`` (fresh-noise validation and gpuwpo's local polish; scipy polishes
+    inside its search, and those candidates are in its count) and ``wall_time_s``
+    (all of it). ``candidates_per_s`` is candidates evaluated by the search / ``search_s``.
+    """
+    options = dict(options or {})
+    noise = PCMLikeNoiseModel(g_max=25.0)
+    baseline = DualPairConductanceConverter(f_lst=[1.0, 1.0], g_min=0.0, g_max=25.0)
+    extra = {"algorithm": "de"} if backend == "evotorch" else {}
+
+    def make(**overrides) -> WeightProgrammingOptimizer:
+        kw = {"seed": seed, "disp": False, **extra, **options, **overrides}
+        return WeightProgrammingOptimizer(weights, list(F_LST), noise, T_STEPS, baseline,
+                                          backend=backend, device=device, **kw)
+
+    if warmup:
+        make(popsize=1, maxiter=1, validation_repeats=2, baseline_iterations=2,
+             polish=False).run_optimizer()
+        _sync(device)
+
+    start = time.perf_counter()
+    opt = make(popsize=popsize, maxiter=maxiter)
+    _sync(device)
+    t_setup = time.perf_counter()
+    # The search ends where validation begins (after scipy's own polish, whose candidates
+    # scipy's backend counts in nfev): stamp the first validation call.
+    stamps: list[float] = []
+    validate = opt.objective.validate
+
+    def stamped_validate(*args, **kwargs):
+        if not stamps:
+            _sync(device)
+            stamps.append(time.perf_counter())
+        return validate(*args, **kwargs)
+
+    opt.objective.validate = stamped_validate
+    opt.get_loss_baseline()  # cached: run_optimizer reuses it
+    _sync(device)
+    t_baseline = time.perf_counter()
+    opt.run_optimizer()
+    _sync(device)
+    end = time.perf_counter()
+    res = opt.result
+    search_end = stamps[-1] if stamps else end
+    search_s = search_end - t_baseline
+    return {
+        "backend": backend,
+        "algorithm": "de",
+        "device": res.device,
+        "budget": budget_label(popsize, maxiter),
+        "popsize": popsize,
+        "maxiter": maxiter,
+        "dim": opt.space.dim,
+        "population": max(5, popsize * opt.space.dim),
+        "full_default_budget": (popsize, maxiter) == FULL_BUDGET,
+        "generations": int(res.nit),
+        "candidates": int(res.nfev),
+        "stop_reason": res.stop_reason,
+        "wall_time_s": end - start,
+        "setup_s": t_setup - start,
+        "baseline_s": t_baseline - t_setup,
+        "search_s": search_s,
+        "validation_polish_s": end - search_end,
+        "candidates_per_s": res.nfev / search_s if search_s > 0 else None,
+        "tnmse": float(res.tnmse[0]),
+        "tnmse_ci95": [float(v) for v in res.tnmse_ci95[0]],
+        "baseline_tnmse": float(res.baseline_tnmse[0]),
+        "baseline_ci95": [float(v) for v in res.baseline_ci95[0]],
+        "improvement": float(res.improvement[0]),
+        "success": bool(res.success),
+        "search_best_tnmse": float(res.search_best_tnmse[0]),
+        "polished": bool(res.polished[0]),
+        "optimizer_options": {k: v for k, v in opt.options.items()
+                              if isinstance(v, (int, float, str, bool, type(None)))},
+    }
+
+
+def _with_ci(mean: float, ci: Sequence[float]) -> str:
+    return f"{mean:.5f} [{ci[0]:.5f}, {ci[1]:.5f}]"
+
+
+def table(record: dict[str, Any]) -> str:
+    """The per-backend results as a markdown table."""
+    rows = []
+    for r in record["results"]:
+        rows.append({
+            "backend": r["backend"] + (" (de)" if r["backend"] == "evotorch" else ""),
+            "device": r["device"],
+            "budget": f"{r['budget']}, P={r['population']}",
+            "generations": r["generations"],
+            "candidates": r["candidates"],
+            "cand_s": round(r["candidates_per_s"]) if r["candidates_per_s"] else None,
+            "search_s": f"{r['search_s']:.1f}",
+            "wall_s": f"{r['wall_time_s']:.1f}",
+            "tnmse": _with_ci(r["tnmse"], r["tnmse_ci95"]),
+            "baseline": _with_ci(r["baseline_tnmse"], r["baseline_ci95"]),
+            "success": r["success"],
+        })
+    return markdown_table(rows, [
+        "backend", "device", "budget", "generations", "candidates", ("cand_s", "cand/s"),
+        ("search_s", "search s"), ("wall_s", "wall s"), ("tnmse", "TNMSE [95% CI]"),
+        ("baseline", "baseline [95% CI]"), "success",
+    ])
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Command line entry point; returns the record (also written as JSON)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
+    parser.add_argument("--popsize", type=int, default=None,
+                        help="population multiplier (P = popsize x D); default 100 on CUDA, "
+                             f"{CPU_BUDGET[0]} on the CPU")
+    parser.add_argument("--maxiter", type=int, default=None,
+                        help=f"generations; default 200 on CUDA, {CPU_BUDGET[1]} on the CPU")
+    parser.add_argument("--scipy-popsize", type=int, default=None,
+                        help="popsize for the scipy backend only (default: --popsize)")
+    parser.add_argument("--scipy-maxiter", type=int, default=None,
+                        help="maxiter for the scipy backend only (default: --maxiter)")
+    parser.add_argument("--shape", type=int, nargs=2, default=(512, 512), metavar=("OUT", "IN"))
+    parser.add_argument("--seed", type=int, default=100, help="optimizer seed")
+    parser.add_argument("--weight-seed", type=int, default=0)
+    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads on the CPU (default 1: on a small shared "
+                             "machine a descheduled second thread stalls every op; 0 keeps "
+                             "torch's default)")
+    parser.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 64 x 64 weights, popsize 2, 2 generations, a 32 x 4 "
+                             "test tile, 4 validation and baseline repeats")
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cpu" and args.threads > 0:
+        torch.set_num_threads(args.threads)
+    if args.quick:
+        default_budget, shape, options = QUICK_BUDGET, (64, 64), dict(QUICK_OPTIONS)
+    else:
+        default_budget = FULL_BUDGET if device.type == "cuda" else CPU_BUDGET
+        shape, options = tuple(args.shape), {}
+    popsize = args.popsize or default_budget[0]
+    maxiter = args.maxiter or default_budget[1]
+    budgets = {b: (popsize, maxiter) for b in args.backends}
+    if "scipy" in budgets:
+        budgets["scipy"] = (args.scipy_popsize or popsize, args.scipy_maxiter or maxiter)
+    machine = machine_info()
+    note = ("full default budget" if all(b == FULL_BUDGET for b in budgets.values())
+            else f"REDUCED budget (the reference's default is popsize {FULL_BUDGET[0]} x D, "
+                 f"{FULL_BUDGET[1]} generations)")
+    print(f"search benchmark on {machine['name']} ({device}): {note}", file=sys.stderr)
+
+    weights = student_t_weights(shape, df=3, generator=torch.Generator().manual_seed(
+        args.weight_seed))
+    results = []
+    for backend in args.backends:
+        p, g = budgets[backend]
+        print(f"  {backend}: {budget_label(p, g)} ...", file=sys.stderr, flush=True)
+        row = run_backend(backend, weights, popsize=p, maxiter=g, device=device, seed=args.seed,
+                          warmup=not (args.no_warmup or args.quick), options=options)
+        print(f"  {backend}: {row['wall_time_s']:.1f} s, TNMSE {row['tnmse']:.5f} "
+              f"(baseline {row['baseline_tnmse']:.5f})", file=sys.stderr, flush=True)
+        results.append(row)
+
+    record = {
+        "machine": machine,
+        "budget_note": note,
+        "quick": bool(args.quick),
+        "config": {
+            "weights": f"Student-t, 3 dof, scale 0.05, seed {args.weight_seed}",
+            "shape": list(shape), "f_lst": list(F_LST), "t_steps_s": list(T_STEPS),
+            "noise_model": "PCMLikeNoiseModel(g_max=25) defaults",
+            "compensation": "ideal global",
+            "baseline": "DualPairConductanceConverter([1, 1], g_min=0, g_max=25)",
+            "seed": args.seed, "warmup": not (args.no_warmup or args.quick),
+            "torch_threads": torch.get_num_threads(), "optimizer_overrides": options,
+        },
+        "results": results,
+    }
+    path = write_results("search", record, args.out_dir)
+    print(f"One layer {shape[0]} x {shape[1]}, {machine['name']}, {note}.\n")
+    print(table(record))
+    print(f"\nwritten {path}", file=sys.stderr)
+    return record
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""Smoke tests of bench/search.py, bench/network.py and bench/common.py.
+
+The scripts' ``main`` runs end to end on tiny sizes and budgets (``--quick``) and writes a
+record with the keys the results tables and the GPU runs rely on, and that says what budget it
+used. No timing is asserted: timing belongs in bench/, and this machine is shared.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _load(name: str):
+    # By path: the repository root need not be on sys.path when pytest runs. The scripts put
+    # it there themselves (they import bench.common).
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def keep_threads():
+    # The scripts set torch's thread count; restore it for the tests that follow.
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def _read_single_json(directory: Path, prefix: str) -> dict:
+    files = sorted(directory.glob(f"{prefix}-*.json"))
+    assert len(files) == 1, files
+    assert not list(directory.glob(".*.tmp")), "atomic write left a temporary file"
+    return json.loads(files[0].read_text(encoding="utf-8"))
+
+
+MACHINE_KEYS = {"name", "cpu_model", "cpu_cores", "ram_gib", "gpu", "gpu_memory_gib", "python",
+                "versions", "date"}
+
+
+def test_machine_info_has_no_hostname_and_a_file_safe_name():
+    common = _load("common")
+    info = common.machine_info()
+    assert MACHINE_KEYS <= set(info)
+    assert {"torch", "triton", "scipy", "evotorch", "gpuwpo"} <= set(info["versions"])
+    assert info["versions"]["torch"] == torch.__version__
+    import socket
+
+    assert socket.gethostname() not in json.dumps(info)
+    assert all(c.isalnum() or c == "-" for c in info["name"])
+    expected = "nvidia-" if torch.cuda.is_available() else f"cpu-{info['cpu_cores']}core-"
+    assert info["name"].startswith(expected)
+
+
+def test_short_name_keeps_vendor_and_family():
+    common = _load("common")
+    assert common._short_name("x", 8, "NVIDIA H100 80GB HBM3") == "nvidia-h100"
+    assert common._short_name("x", 8, "NVIDIA H200") == "nvidia-h200"
+    assert common._short_name("AMD EPYC 7B13 64-Core Processor", 2, None) == "cpu-2core-amd-epyc"
+    assert common._short_name("Intel(R) Xeon(R) Platinum 8480+", 4, None) == \
+        "cpu-4core-intel-xeon"
+
+
+def test_write_results_embeds_machine_and_replaces_atomically(tmp_path):
+    common = _load("common")
+    path = common.write_results("demo", {"value": 1}, tmp_path)
+    assert path.parent == tmp_path and path.name.startswith("demo-")
+    first = json.loads(path.read_text())
+    assert first["benchmark"] == "demo" and first["value"] == 1
+    assert MACHINE_KEYS <= set(first["machine"])
+    # Same machine, same file: a second run replaces the first.
+    assert common.write_results("demo", {"value": 2}, tmp_path) == path
+    assert json.loads(path.read_text())["value"] == 2
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+    with pytest.raises(ValueError, match="file-name safe"):
+        common.write_results("../escape", {}, tmp_path)
+
+
+def test_markdown_table_shape_alignment_and_cells():
+    common = _load("common")
+    text = common.markdown_table(
+        [{"a": "x|y", "b": 1.234567, "c": True}, {"a": "z", "b": "2.5", "c": None}],
+        ["a", ("b", "B value"), "c"])
+    lines = text.splitlines()
+    assert lines[0] == "| a | B value | c |"
+    assert lines[1] == "| --- | ---: | --- |"
+    assert lines[2] == "| x\\|y | 1.235 | yes |"
+    assert lines[3] == "| z | 2.5 | - |"
+
+
+def test_search_benchmark_quick(tmp_path, capsys, keep_threads):
+    search = _load("search")
+    record = search.main(["--quick", "--out-dir", str(tmp_path)])
+    written = _read_single_json(tmp_path, "search")
+    assert written == json.loads(json.dumps({"benchmark": "search", **record}))
+    assert written["quick"] is True and "REDUCED" in written["budget_note"]
+    assert written["config"]["shape"] == [64, 64]
+    assert written["config"]["t_steps_s"] == [1.0, 3600.0, 86400.0, 2592000.0, 31536000.0]
+    results = written["results"]
+    assert [r["backend"] for r in results] == ["torch", "evotorch", "scipy"]
+    for r in results:
+        assert r["popsize"] == 2 and r["maxiter"] == 2 and r["full_default_budget"] is False
+        assert r["dim"] == 21 and r["population"] == 42
+        assert r["generations"] == 2 and r["candidates"] >= r["population"]
+        lo, hi = r["tnmse_ci95"]
+        assert lo <= r["tnmse"] <= hi
+        blo, bhi = r["baseline_ci95"]
+        assert blo <= r["baseline_tnmse"] <= bhi
+        assert isinstance(r["success"], bool)
+        assert r["wall_time_s"] >= r["search_s"] > 0
+        for key in ("candidates_per_s", "device", "baseline_s", "validation_polish_s",
+                    "improvement", "optimizer_options"):
+            assert key in r
+        assert r["optimizer_options"]["validation_repeats"] == 4
+    # All backends see the same test weights and baseline seed, so the same baseline.
+    assert len({r["baseline_tnmse"] for r in results}) == 1
+    out = capsys.readouterr().out
+    assert "| torch | " in out and "| evotorch (de) | " in out and "(reduced)" in out
+
+
+def test_network_benchmark_quick(tmp_path, capsys, keep_threads):
+    network = _load("network")
+    record = network.main(["--quick", "--out-dir", str(tmp_path)])
+    written = _read_single_json(tmp_path, "network")
+    assert written == json.loads(json.dumps({"benchmark": "network", **record}))
+    assert written["quick"] is True and "REDUCED" in written["budget_note"]
+    r = written["result"]
+    assert r["num_layers"] == 3 and len(r["layers"]) == 3
+    assert [layer["kind"] for layer in r["layers"]] == ["query", "key", "value"]
+    assert r["generations"] == 2 and r["candidates"] > 0
+    assert r["full_default_budget"] is False and r["popsize"] == 2 and r["maxiter"] == 2
+    assert r["peak_rss_mib"] > 0
+    assert (r["peak_gpu_memory_gib"] is None) == (not torch.cuda.is_available())
+    assert 0 <= r["layers_success"] <= r["layers_improved"] <= 3
+    # The total is the size-weighted mean of the layers (all the same size here).
+    assert r["total_tnmse"] == pytest.approx(sum(x["tnmse"] for x in r["layers"]) / 3)
+    for key in ("wall_time_s", "total_baseline_tnmse", "total_improvement", "settings",
+                "stop_reason"):
+        assert key in r
+    assert "layers beating baseline by margin" in capsys.readouterr().out
+
+
+def test_bert_shaped_weights_full_layout_and_determinism():
+    network = _load("network")
+    # Shapes only (small hidden size), but the full BERT-base layout: 12 blocks x 6 + pooler.
+    ws = network.bert_shaped_weights(hidden=8, intermediate=32, seed=3)
+    assert len(ws) == 73
+    names = list(ws)
+    assert names[0] == "encoder.layer.0.attention.self.query.weight"
+    assert names[-1] == "pooler.dense.weight"
+    assert ws["encoder.layer.5.intermediate.dense.weight"].shape == (32, 8)
+    assert ws["encoder.layer.5.output.dense.weight"].shape == (8, 32)
+    again = network.bert_shaped_weights(hidden=8, intermediate=32, seed=3)
+    assert all(torch.equal(ws[n], again[n]) for n in names)
+    kinds = [network._kind(n) for n in names]
+    assert kinds.count("query") == 12 and kinds.count("output") == 12
+    assert kinds.count("attention output") == 12 and kinds.count("pooler") == 1
+
+
+def test_scripts_run_as_module_and_as_file_help():
+    # Both invocation styles must at least import and parse (--help exits 0).
+    import subprocess
+
+    root = BENCH.parent
+    for args in (["-m", "bench.search", "--help"], [str(BENCH / "network.py"), "--help"]):
+        done = subprocess.run([sys.executable, *args], cwd=root, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert "--out-dir" in done.stdout

@@ -1,0 +1,48 @@
+"""Smoke test of bench/objective.py: its main runs end to end and writes a sound record.
+
+No timing is asserted (timing belongs in bench/, and this machine is shared); the test guards
+that the benchmark keeps working as the library changes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "objective.py"
+
+
+def _load_bench():
+    # By path: the repository root need not be on sys.path when pytest runs.
+    spec = importlib.util.spec_from_file_location("bench_objective", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_objective_benchmark_quick(tmp_path, capsys):
+    bench = _load_bench()
+    threads = torch.get_num_threads()
+    out = tmp_path / "objective.json"
+    try:
+        record = bench.main(["--quick", "--sizes", "4", "9", "--in-features", "32",
+                             "--out-features", "2", "--threads", "1", "--out", str(out)])
+    finally:
+        torch.set_num_threads(threads)
+    assert json.loads(out.read_text()) == json.loads(json.dumps(record))
+    assert record["config"]["N"] == 64 and record["config"]["T"] == 6
+    assert record["config"]["K"] == 2 and record["config"]["D"] == 21
+    assert {"cpu_model", "cpu_cores", "versions", "date", "name"} <= set(record["machine"])
+    cpu = [r for r in record["results"] if r["device"] == "cpu"]
+    assert sorted({r["P"] for r in cpu}) == [4, 9]
+    assert {r["common_random_numbers"] for r in cpu} == {True, False}
+    for r in cpu:
+        assert r["batched_candidates_per_s"] > 0 and r["reference_ms_per_candidate"] > 0
+        assert r["speedup_per_candidate"] == pytest.approx(
+            r["reference_ms_per_candidate"] / r["batched_ms_per_candidate"])
+    table = capsys.readouterr().out
+    assert "| cpu | torch | on | 9 |" in table
