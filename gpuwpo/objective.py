@@ -65,10 +65,11 @@ def _draw_seed(generator: torch.Generator) -> int:
     return int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
 
 
-def _block_generator(base_seed: int, block: int, device: torch.device) -> torch.Generator:
-    # Independent streams per block of candidates, derived from one seed per call.
-    seed = (base_seed + (block + 1) * 0x9E3779B97F4A7C15) % (2**63 - 1)
-    return torch.Generator(device=device).manual_seed(seed)
+def _block_generator(base_seed: int, block: int, device: torch.device, *,
+                     layer: int = 0) -> torch.Generator:
+    # Independent streams per (layer, block of candidates), derived from one seed per call.
+    seed = (base_seed + (block + 1) * 0x9E3779B97F4A7C15 + (layer + 1) * 0xC2B2AE3D27D4EB4F)
+    return torch.Generator(device=device).manual_seed(seed % (2**63 - 1))
 
 
 def program_scale(
@@ -226,59 +227,96 @@ def tnmse_from_programs(
     if readout_noise is not None:
         readout_noise = tuple(_with_axes(z, 4, T) for z in readout_noise)
     independent = noise is None and not common_random_numbers
-    # Noise is [T, 2K, N] per candidate when independent; the rest is per time step.
-    live = _LIVE_TENSORS + (3 * T if independent else 0)
-    per_candidate = live * B * R * N * g_lst.element_size()
-    chunk = max(1, int(memory_budget) // per_candidate)
-    if independent:
-        chunk = max(NOISE_BLOCK, chunk // NOISE_BLOCK * NOISE_BLOCK)
-    chunk = min(chunk, P)
+    fresh_readout = noisy_readout and readout_noise is None and not common_random_numbers
+    layer_chunk, chunk = _plan_chunks(
+        B, P, bytes_per_pair=(_LIVE_TENSORS + (3 * T if independent else 0)) * R * N
+        * g_lst.element_size(), memory_budget=int(memory_budget),
+        align=NOISE_BLOCK if independent or fresh_readout else 1)
 
     if noise is None and common_random_numbers:
         noise = sample_device_noise((B, 1, T, R, N), generator=gen, dtype=dtype, device=device)
     if readout_noise is None and noisy_readout and common_random_numbers:
         readout_noise = (torch.randn((B, 1, T, N), generator=gen, dtype=dtype, device=device),
                          torch.randn((B, 1, T, N), generator=gen, dtype=dtype, device=device))
-    base_seed = _draw_seed(gen) if independent or (noisy_readout and readout_noise is None) else 0
+    base_seed = _draw_seed(gen) if independent or fresh_readout else 0
 
-    def _slice_p(z, sl):
-        # Explicit noise may be shared (size-1 candidate axis) or per candidate.
-        return z if z.ndim < 4 or z.shape[-4] == 1 else z[..., sl, :, :, :]
+    def _part(z, layers: slice, cands: slice, cand_axis: int):
+        # Shared draws (size-1 candidate axis) serve every chunk; per-candidate ones are sliced.
+        z = z[layers] if z.shape[0] > 1 else z
+        return z if z.shape[cand_axis] == 1 else z.narrow(cand_axis, cands.start,
+                                                          cands.stop - cands.start)
 
+    fn = _compiled_chunk() if compiled else _tnmse_chunk
     out = torch.empty((B, P), dtype=dtype, device=device)
-    for start in range(0, P, chunk):
-        stop = min(P, start + chunk)
-        sl = slice(start, stop)
-        if independent or (noisy_readout and readout_noise is None):
-            blocks_dev, blocks_ro = [], []
-            for block in range(start // NOISE_BLOCK, -(-stop // NOISE_BLOCK)):
-                lo, hi = block * NOISE_BLOCK, min(P, (block + 1) * NOISE_BLOCK)
-                bgen = _block_generator(base_seed, block, device)
-                if independent:
-                    blocks_dev.append(sample_device_noise((B, hi - lo, T, R, N), generator=bgen,
-                                                          dtype=dtype, device=device))
-                if noisy_readout and readout_noise is None:
-                    blocks_ro.append(torch.randn((2, B, hi - lo, T, N), generator=bgen,
-                                                 dtype=dtype, device=device))
-            chunk_noise = (DeviceNoise(*(_cat(z, 1) for z in zip(*blocks_dev)))
-                           if independent else
-                           DeviceNoise(*(_slice_p(z, sl) for z in noise)))
-            chunk_ro = (tuple(_cat(blocks_ro, 2).unbind(0)) if blocks_ro else
-                        None if readout_noise is None else
-                        tuple(z if z.shape[-3] == 1 else z[..., sl, :, :] for z in readout_noise))
-        else:
-            chunk_noise = DeviceNoise(*(_slice_p(z, sl) for z in noise))
-            chunk_ro = (None if readout_noise is None else
-                        tuple(z if z.ndim < 3 or z.shape[-3] == 1 else z[..., sl, :, :]
-                              for z in readout_noise))
-        if chunk_ro is not None:
-            chunk_ro = tuple(z.reshape(*z.shape[:-1], *tile_shape) for z in chunk_ro)
-        out[:, sl] = (_compiled_chunk() if compiled else _tnmse_chunk)(
-            f[:, sl], g_lst[:, sl], scale[:, sl], test_weights, idx, frac, max_abs_weight, t,
-            noise_model, compensation, float(error_amplification), chunk_noise, chunk_ro,
-            tile_shape,
-        )
+    for l0 in range(0, B, layer_chunk):
+        layers = slice(l0, min(B, l0 + layer_chunk))
+        for start in range(0, P, chunk):
+            cands = slice(start, min(P, start + chunk))
+            if independent or fresh_readout:
+                drawn = _fresh_noise(base_seed, range(layers.start, layers.stop), cands, P,
+                                     (T, R, N), device=device, dtype=dtype,
+                                     device_noise=independent, readout=fresh_readout)
+            chunk_noise = (DeviceNoise(*drawn[:3]) if independent else
+                           DeviceNoise(*(_part(z, layers, cands, 1) for z in noise)))
+            if fresh_readout:
+                chunk_ro = drawn[3 if independent else 0:]
+            elif readout_noise is not None:
+                chunk_ro = tuple(_part(z, layers, cands, 1) for z in readout_noise)
+            else:
+                chunk_ro = None
+            if chunk_ro is not None:
+                chunk_ro = tuple(z.reshape(*z.shape[:-1], *tile_shape) for z in chunk_ro)
+            out[layers, cands] = fn(
+                f[layers, cands], g_lst[layers, cands], scale[layers, cands],
+                test_weights[layers], idx[layers], frac[layers], max_abs_weight[layers], t,
+                noise_model, compensation, float(error_amplification), chunk_noise, chunk_ro,
+                tile_shape,
+            )
     return out
+
+
+def _plan_chunks(B: int, P: int, *, bytes_per_pair: int, memory_budget: int,
+                 align: int) -> tuple[int, int]:
+    """(layers, candidates) per chunk so that layers * candidates * bytes_per_pair fits the
+    budget; candidate chunks are multiples of ``align`` (the noise block) and at least one
+    block, layer chunks shrink first only when a single block of every layer does not fit."""
+    min_cands = min(P, align)
+    layer_chunk = max(1, min(B, memory_budget // (bytes_per_pair * min_cands)))
+    chunk = max(min_cands, memory_budget // (bytes_per_pair * layer_chunk))
+    if align > 1:
+        chunk = max(align, chunk // align * align)
+    return layer_chunk, min(chunk, P)
+
+
+def _fresh_noise(base_seed: int, layers: range, cands: slice, P: int, shape: tuple, *,
+                 device, dtype, device_noise: bool, readout: bool) -> tuple[torch.Tensor, ...]:
+    """Independent draws for candidates ``cands`` of ``layers``: one stream per (layer, block of
+    NOISE_BLOCK candidates), so any chunking over layers and candidates sees the same numbers.
+
+    Returns the device noises (3 x [l, p, T, 2K, N]) when ``device_noise``, then the readout
+    noises (2 x [l, p, T, N]) when ``readout``.
+    """
+    T, R, N = shape
+    fields: list[list[list[torch.Tensor]]] = [[] for _ in range(3 * device_noise + 2 * readout)]
+    for b in layers:
+        per_layer: list[list[torch.Tensor]] = [[] for _ in fields]
+        for block in range(cands.start // NOISE_BLOCK, -(-cands.stop // NOISE_BLOCK)):
+            n = min(P, (block + 1) * NOISE_BLOCK) - block * NOISE_BLOCK
+            bgen = _block_generator(base_seed, block, device, layer=b)
+            k = 0
+            if device_noise:
+                for _ in range(3):
+                    per_layer[k].append(torch.randn((n, T, R, N), generator=bgen, dtype=dtype,
+                                                    device=device))
+                    k += 1
+            if readout:
+                for _ in range(2):
+                    per_layer[k].append(torch.randn((n, T, N), generator=bgen, dtype=dtype,
+                                                    device=device))
+                    k += 1
+        for k, parts in enumerate(per_layer):
+            fields[k].append(_cat(parts, 0))
+    return tuple(_cat([z.unsqueeze(0) for z in per_field], 0) for per_field in fields)
 
 
 def _cat(parts, dim: int) -> torch.Tensor:

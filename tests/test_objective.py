@@ -169,6 +169,22 @@ def test_chunked_equals_unchunked(crn, readout):
         assert torch.equal(results[0], other)
 
 
+def test_explicit_device_noise_with_fresh_readout_noise_is_chunk_invariant():
+    """Explicit device noise, independent readout noise: the readout draws are per layer and
+    block of candidates, whatever the chunking."""
+    comp = GlobalDriftCompensation(readout_noise=0.06)
+    layers = [_layer(seed=0), _layer(2000, seed=5), _layer(900, seed=6)]
+    results = []
+    for budget in (1, 1 << 40):
+        obj = _objective(f_lst=(None, None), layers=layers, compensation=comp,
+                         common_random_numbers=False, memory_budget=budget)
+        f, g_lst = _decode(obj, _population(obj, 10, 2))
+        T, N = obj.t_steps.shape[0], obj.num_test_weights
+        noise = sample_device_noise((3, 1, T, 4, N), generator=_gen(9))
+        results.append(obj.evaluate_programs(f, g_lst, 4, noise=noise))
+    assert torch.equal(results[0], results[1])
+
+
 # ------------------------------------------------------------------------------------------
 # Shapes and input errors
 # ------------------------------------------------------------------------------------------
