@@ -124,7 +124,9 @@ class NetworkResult:
             per_layer, include/exclude, JSON-able optimizer keywords, noise model, baseline
             converter, g_min, g_max, nbins, symmetric, device).
         total_tnmse, total_baseline_tnmse: the layers' TNMSE weighted by their sizes.
-        nit: generations of the search; nfev: candidates evaluated (per layer).
+        nit: generations of the search; nfev: candidates evaluated, all layers together (a
+            generation of B layers with population S counts B * S, or 2 B S when parents are
+            re-evaluated with their trials).
         wall_time: seconds for the whole call (search and validation).
         stop_reason: why the search stopped.
     """
