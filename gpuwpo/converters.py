@@ -95,17 +95,20 @@ def _as_float(value: Any, name: str) -> float:
     return out
 
 
+def _as_float_tensor(value: Any, what: str) -> Tensor:
+    """A tensor as given (integers promoted to float64), or nested lists as float64."""
+    if isinstance(value, Tensor):
+        t = value.detach()
+        return t if t.is_floating_point() else t.to(torch.float64)
+    try:
+        return torch.as_tensor(value, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{what}: {err}") from err
+
+
 def _as_f_tensor(f_lst: Sequence[float] | Tensor) -> Tensor:
     """Significance factors as a floating tensor ``[..., K]`` (float64 when given as a list)."""
-    if isinstance(f_lst, Tensor):
-        f = f_lst.detach()
-        if not f.is_floating_point():
-            f = f.to(torch.float64)
-    else:
-        try:
-            f = torch.as_tensor(f_lst, dtype=torch.float64)
-        except (TypeError, ValueError, RuntimeError) as err:
-            raise ValueError(f"f_lst must be a list of numbers or a tensor, got {f_lst!r}") from err
+    f = _as_float_tensor(f_lst, f"f_lst must be a list of numbers or a tensor, got {f_lst!r}")
     if f.ndim == 0:
         raise ValueError(f"f_lst must be a list (or a tensor [..., K]), got the scalar {f_lst!r}")
     if f.shape[-1] == 0:
@@ -454,18 +457,8 @@ class CustomPairConductanceConverter(_PairConverter):
     ) -> None:
         self.g_min, self.g_max = _check_conductance_range(g_min, g_max)
         f = _as_f_tensor(f_lst)
-        if isinstance(g_lst, Tensor):
-            g = g_lst.detach()
-            if not g.is_floating_point():
-                g = g.to(torch.float64)
-        else:
-            try:
-                g = torch.as_tensor(g_lst, dtype=torch.float64)
-            except (TypeError, ValueError, RuntimeError) as err:
-                raise ValueError(
-                    "g_lst must be 2K lists of L numbers each (all rows of the same length) "
-                    f"or a tensor [..., 2K, L]: {err}"
-                ) from err
+        g = _as_float_tensor(g_lst, "g_lst must be 2K lists of L numbers each (all rows of the "
+                                    "same length) or a tensor [..., 2K, L]")
         k = f.shape[-1]
         if g.ndim < 2 or g.shape[-2] != 2 * k:
             raise ValueError(
