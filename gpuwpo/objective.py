@@ -21,7 +21,7 @@ import torch
 from .compensation import GlobalDriftCompensation, PerColumnDriftCompensation
 from .converters import grid_interpolation, interpolate_programs
 from .sampling import downsample_weight_distribution
-from .simulate import DeviceNoise, as_time_tensor, sample_device_noise
+from .simulate import DeviceNoise, as_time_tensor
 
 #: Implementations of the objective (TNMSEObjective's ``kernel`` argument).
 KERNELS = ("auto", "triton", "torch", "compile")
@@ -161,6 +161,7 @@ def tnmse_from_programs(
     readout_noise: tuple[torch.Tensor, torch.Tensor] | None = None,
     memory_budget: int | None = None,
     compiled: bool = False,
+    layer_ids: Sequence[int] | None = None,
 ) -> torch.Tensor:
     """TNMSE of every candidate program of every layer: the objective's hot path.
 
@@ -189,6 +190,9 @@ def tnmse_from_programs(
         memory_budget: bytes the chunked computation may use at a time; defaults to half the
             free memory on CUDA and a cache-sized 16 MiB on the CPU.
         compiled: run each chunk through ``torch.compile`` (same formulas, fused passes).
+        layer_ids: [B] ids that key each layer's noise streams (default 0..B-1), so that a
+            subset of a network's layers is evaluated with exactly the noise it would get in
+            the full evaluation.
 
     Returns:
         tnmse [B, P] (float, the dtype of ``g_lst``).
@@ -233,12 +237,23 @@ def tnmse_from_programs(
         * g_lst.element_size(), memory_budget=int(memory_budget),
         align=NOISE_BLOCK if independent or fresh_readout else 1)
 
-    if noise is None and common_random_numbers:
-        noise = sample_device_noise((B, 1, T, R, N), generator=gen, dtype=dtype, device=device)
-    if readout_noise is None and noisy_readout and common_random_numbers:
-        readout_noise = (torch.randn((B, 1, T, N), generator=gen, dtype=dtype, device=device),
-                         torch.randn((B, 1, T, N), generator=gen, dtype=dtype, device=device))
-    base_seed = _draw_seed(gen) if independent or fresh_readout else 0
+    crn_device = noise is None and common_random_numbers
+    crn_readout = readout_noise is None and noisy_readout and common_random_numbers
+    base_seed = _draw_seed(gen) if independent or fresh_readout or crn_device or crn_readout \
+        else 0
+    keys = list(range(B)) if layer_ids is None else [int(b) for b in layer_ids]
+    if len(keys) != B:
+        raise ValueError(f"layer_ids has {len(keys)} entries for B={B} layers")
+    if crn_device or crn_readout:
+        # One stream per layer (keyed by its id), shared by all of that layer's candidates: a
+        # layer sees the same noise whichever other layers are evaluated with it.
+        shared = _fresh_noise(base_seed, keys, slice(0, 1), 1, (T, R, N), device=device,
+                              dtype=dtype, device_noise=crn_device, readout=crn_readout,
+                              block=-1)
+        if crn_device:
+            noise = DeviceNoise(*shared[:3])
+        if crn_readout:
+            readout_noise = shared[3 if crn_device else 0:]
 
     def _part(z, layers: slice, cands: slice, cand_axis: int):
         # Shared draws (size-1 candidate axis) serve every chunk; per-candidate ones are sliced.
@@ -253,9 +268,9 @@ def tnmse_from_programs(
         for start in range(0, P, chunk):
             cands = slice(start, min(P, start + chunk))
             if independent or fresh_readout:
-                drawn = _fresh_noise(base_seed, range(layers.start, layers.stop), cands, P,
-                                     (T, R, N), device=device, dtype=dtype,
-                                     device_noise=independent, readout=fresh_readout)
+                drawn = _fresh_noise(base_seed, keys[layers], cands, P, (T, R, N),
+                                     device=device, dtype=dtype, device_noise=independent,
+                                     readout=fresh_readout)
             chunk_noise = (DeviceNoise(*drawn[:3]) if independent else
                            DeviceNoise(*(_part(z, layers, cands, 1) for z in noise)))
             if fresh_readout:
@@ -288,10 +303,13 @@ def _plan_chunks(B: int, P: int, *, bytes_per_pair: int, memory_budget: int,
     return layer_chunk, min(chunk, P)
 
 
-def _fresh_noise(base_seed: int, layers: range, cands: slice, P: int, shape: tuple, *,
-                 device, dtype, device_noise: bool, readout: bool) -> tuple[torch.Tensor, ...]:
-    """Independent draws for candidates ``cands`` of ``layers``: one stream per (layer, block of
-    NOISE_BLOCK candidates), so any chunking over layers and candidates sees the same numbers.
+def _fresh_noise(base_seed: int, layers: Sequence[int], cands: slice, P: int, shape: tuple, *,
+                 device, dtype, device_noise: bool, readout: bool,
+                 block: int | None = None) -> tuple[torch.Tensor, ...]:
+    """Independent draws for candidates ``cands`` of the layers with ids ``layers``: one stream
+    per (layer, block of NOISE_BLOCK candidates), so any chunking over layers and candidates
+    sees the same numbers. ``block=-1`` draws one set shared by all candidates of a layer
+    (common random numbers; then ``cands`` is ``slice(0, 1)``).
 
     Returns the device noises (3 x [l, p, T, 2K, N]) when ``device_noise``, then the readout
     noises (2 x [l, p, T, N]) when ``readout``.
@@ -300,9 +318,11 @@ def _fresh_noise(base_seed: int, layers: range, cands: slice, P: int, shape: tup
     fields: list[list[list[torch.Tensor]]] = [[] for _ in range(3 * device_noise + 2 * readout)]
     for b in layers:
         per_layer: list[list[torch.Tensor]] = [[] for _ in fields]
-        for block in range(cands.start // NOISE_BLOCK, -(-cands.stop // NOISE_BLOCK)):
-            n = min(P, (block + 1) * NOISE_BLOCK) - block * NOISE_BLOCK
-            bgen = _block_generator(base_seed, block, device, layer=b)
+        blocks = ([block] if block is not None else
+                  range(cands.start // NOISE_BLOCK, -(-cands.stop // NOISE_BLOCK)))
+        for blk in blocks:
+            n = 1 if blk < 0 else min(P, (blk + 1) * NOISE_BLOCK) - blk * NOISE_BLOCK
+            bgen = _block_generator(base_seed, blk, device, layer=b)
             k = 0
             if device_noise:
                 for _ in range(3):
@@ -440,6 +460,7 @@ class TNMSEObjective:
                 for w in layers
             ]
         self.test_weights = torch.stack(tests)  # [B, N]
+        self.layer_ids = list(range(len(tests)))  # keys of the layers' noise streams
         self.max_abs_weight = self.test_weights.abs().amax(-1)  # [B]
         self.noise_model = noise_model
         self.compensation = GlobalDriftCompensation() if compensation is None else compensation
@@ -552,6 +573,7 @@ class TNMSEObjective:
             self.noise_model, self.compensation, error_amplification=self.error_amplification,
             generator=gen, common_random_numbers=crn, tile_shape=self.tile_shape, noise=noise,
             memory_budget=self.memory_budget, compiled=self.kernel == "compile",
+            layer_ids=self.layer_ids,
         )
 
     def _evaluate_kernel(self, f, g_lst, seed: int, crn: bool) -> torch.Tensor:
@@ -564,7 +586,7 @@ class TNMSEObjective:
             prog_noise_scale=nm.prog_noise_scale, drift_scale=nm.drift_scale,
             read_noise_scale=nm.read_noise_scale, t_0=nm.t_0, t_read=nm.t_read,
             error_amplification=self.error_amplification, seed=seed,
-            common_random_numbers=crn,
+            common_random_numbers=crn, layer_ids=torch.as_tensor(self.layer_ids),
         ).to(self.dtype)
 
     def validate(self, x: torch.Tensor, repeats: int = 100,
@@ -633,6 +655,7 @@ class TNMSEObjective:
         index = torch.as_tensor(layers, device=self.device)
         for name in ("test_weights", "max_abs_weight", "idx", "frac"):
             setattr(sub, name, getattr(self, name).index_select(0, index))
+        sub.layer_ids = [self.layer_ids[b] for b in layers]
         return sub
 
     def __repr__(self) -> str:

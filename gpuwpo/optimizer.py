@@ -295,12 +295,17 @@ class WeightProgrammingOptimizer:
         margin = float(self.options["loss_margin"])
         base = baseline.reshape(-1, 1)
 
-        def loss(x: torch.Tensor, call: int) -> torch.Tensor:
-            tnmse = self.objective(x, self._noise_seed(call))
-            return (tnmse - base) / base + margin
+        def loss(x: torch.Tensor, call: int, layers: torch.Tensor | None = None) -> torch.Tensor:
+            objective, b = self.objective, base
+            if layers is not None:
+                ids = [int(i) for i in layers]
+                objective, b = self.objective.select_layers(ids), base[ids]
+            tnmse = objective(x, self._noise_seed(call))
+            return (tnmse - b) / b + margin
 
         return SearchProblem(loss=loss, num_layers=self.num_layers, dim=self.space.dim,
-                             device=self.device, dtype=self.objective.dtype)
+                             device=self.device, dtype=self.objective.dtype,
+                             supports_layers=True)
 
     def run_optimizer(self) -> tuple[CustomPairConductanceConverter, bool]:
         """Search, polish, validate. Returns (converter, success); details in ``self.result``."""

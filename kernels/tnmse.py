@@ -86,6 +86,7 @@ def _tnmse_partials_kernel(
     w_ptr,  # [B, N] float32 test weights
     idx_ptr,  # [B, N] int32 grid index
     frac_ptr,  # [B, N] float32 grid fraction
+    layer_id_ptr,  # [B] int32: the key of each layer's noise (its index in the network)
     log_drift_ptr,  # [T] float32: ln(t'/t0) if t' > t0 else 0
     read_fac_ptr,  # [T] float32: sqrt(ln((t' + t_read) / (2 t_read)))
     out_ptr,  # [B, P, T, C, 6] float32 partial sums
@@ -121,7 +122,7 @@ def _tnmse_partials_kernel(
         c_cand = zeros_i
     else:
         c_cand = zeros_i + p
-    c_layer = zeros_i + b
+    c_layer = zeros_i + tl.load(layer_id_ptr + b)
     inv_scale = tl.load(inv_scale_ptr + pid_bp)
     inv_g_max = 1.0 / g_max
     row_base = g_ptr + pid_bp.to(tl.int64) * (R * L)
@@ -270,6 +271,7 @@ def tnmse_triton(
     error_amplification: float = 10.0,
     seed: int,
     common_random_numbers: bool = True,
+    layer_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """TNMSE of every candidate program, programmed, drifted, read and compensated on the GPU.
 
@@ -292,6 +294,8 @@ def tnmse_triton(
         error_amplification: the 10 in E_t = sum_n (10 (alpha_t W_t,n - W_n) / M)^2.
         seed: key of the counter-based generator; the result is a deterministic function of it.
         common_random_numbers: if True, all candidates of a layer see the same noise draws.
+        layer_ids: [B] integers that key each layer's noise (default 0..B-1), so that a subset
+            of a network's layers gets exactly the noise it gets in the full evaluation.
 
     Returns:
         tnmse [B, P] float32 on the device of the inputs.
@@ -363,6 +367,11 @@ def tnmse_triton(
     chunks = triton.cdiv(num_blocks, blocks_per_chunk)  # every chunk starts inside [0, N)
     partials = torch.empty((B, P, T, chunks, NUM_PARTIALS), dtype=torch.float32, device=device)
 
+    if layer_ids is None:
+        layer_ids = torch.arange(B, device=device)
+    layer_ids = torch.as_tensor(layer_ids, device=device)
+    if tuple(layer_ids.shape) != (B,) or layer_ids.is_floating_point():
+        raise ValueError(f"layer_ids must be [B] = [{B}] integers, got {tuple(layer_ids.shape)}")
     c0, c1, c2 = (float(c) for c in prog_coeff)
     grid = (bp, chunks)
     _tnmse_partials_kernel[grid](
@@ -372,6 +381,7 @@ def tnmse_triton(
         test_weights.to(torch.float32).contiguous(),
         idx.to(torch.int32).contiguous(),
         frac.to(torch.float32).contiguous(),
+        layer_ids.to(torch.int32).contiguous(),
         log_drift.to(torch.float32).contiguous(),
         read_fac.to(torch.float32).contiguous(),
         partials,

@@ -96,3 +96,21 @@ def test_compiled_torch_path_equals_the_eager_one():
         a = eager(x, 3, common_random_numbers=crn)
         b = compiled(x, 3, common_random_numbers=crn)
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+
+
+def test_kernel_keys_noise_by_layer_id():
+    """Through the kernel too, a subset of layers sees the noise of the full evaluation."""
+    pytest.importorskip("triton")
+    if not torch.cuda.is_available():
+        import os
+
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            pytest.skip("needs TRITON_INTERPRET=1 on a machine without CUDA")
+    gen = torch.Generator().manual_seed(0)
+    layers = [gpuwpo.student_t_weights((32, 16), generator=gen) for _ in range(2)]
+    space = gpuwpo.StrategySpace([None, None], 0.0, 25.0)
+    obj = TNMSEObjective(layers, gpuwpo.PCMLikeNoiseModel(), None, T_STEPS, space,
+                         test_in_features=16, test_out_features=4, kernel="triton")
+    x = torch.rand(2, 3, obj.dim, generator=torch.Generator().manual_seed(5))
+    full = obj(x, 13)
+    torch.testing.assert_close(obj.select_layers([1])(x[[1]], 13), full[[1]], rtol=0, atol=0)

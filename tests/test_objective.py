@@ -185,6 +185,19 @@ def test_explicit_device_noise_with_fresh_readout_noise_is_chunk_invariant():
     assert torch.equal(results[0], results[1])
 
 
+@pytest.mark.parametrize("crn", [True, False])
+def test_a_subset_of_layers_sees_the_noise_it_sees_in_the_full_evaluation(crn):
+    """Each layer's noise is keyed by its id, so a search may skip converged layers."""
+    layers = [_layer(seed=0), _layer(2000, seed=5), _layer(900, seed=6)]
+    obj = _objective(f_lst=(None, None), layers=layers, common_random_numbers=crn,
+                     compensation=GlobalDriftCompensation(readout_noise=0.05))
+    x = _population(obj, 9, 3)
+    full = obj(x, 21)
+    sub = obj.select_layers([2, 0])
+    assert sub.layer_ids == [2, 0]
+    torch.testing.assert_close(sub(x[[2, 0]], 21), full[[2, 0]], rtol=0, atol=0)
+
+
 # ------------------------------------------------------------------------------------------
 # Shapes and input errors
 # ------------------------------------------------------------------------------------------

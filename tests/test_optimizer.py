@@ -261,3 +261,33 @@ def test_no_baseline_point_for_converters_the_space_cannot_express(heavy_tailed)
         heavy_tailed, [None], gpuwpo.PCMLikeNoiseModel(), T_STEPS,
         gpuwpo.SinglePairConductanceConverter(0.0, 25.0), **SMALL)
     assert single.baseline_point() is not None
+
+
+def test_skipping_converged_layers_changes_nothing_but_the_work(heavy_tailed, monkeypatch):
+    """Converged layers are frozen; not evaluating them gives exactly the same search."""
+    import gpuwpo.backends.torch_backend as tb
+
+    gen = torch.Generator().manual_seed(11)
+    layers = [heavy_tailed, gpuwpo.student_t_weights((64, 64), generator=gen),
+              gpuwpo.student_t_weights((80, 50), generator=gen, scale=0.3)]
+    # A loose tolerance so that layers converge, at different generations, within the budget.
+    common = dict(popsize=2, maxiter=12, polish=False, atol=2.0, mutation=(0.5, 1.0),
+                  recombination=0.7)
+    runs = {}
+    for skip in (True, False):
+        original = tb.search
+        monkeypatch.setattr(tb, "search",
+                            lambda problem, _o=original, _s=skip, **kw: _o(problem,
+                                                                          skip_converged=_s,
+                                                                          **kw))
+        opt = _optimizer(layers, **common)
+        opt.objective = spy = _Spy(opt.objective)
+        opt.run_optimizer()
+        runs[skip] = (opt.result, sum(s[0] * s[1] for s in spy.shapes))
+        monkeypatch.setattr(tb, "search", original)
+    (a, work_a), (b, work_b) = runs[True], runs[False]
+    converged = a.extra["outcome"].converged
+    assert bool(converged.any()) and a.nit > 1
+    assert torch.equal(a.x, b.x) and torch.equal(a.history, b.history)
+    assert torch.equal(a.tnmse, b.tnmse)
+    assert work_a < work_b  # fewer layer-candidates evaluated

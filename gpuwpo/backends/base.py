@@ -16,13 +16,18 @@ class SearchProblem:
     """A batched loss to minimise over the unit hypercube [0, 1]^D, one search per layer.
 
     Attributes:
-        loss: ``loss(x, call)`` maps candidates x [B, P, D] to losses [B, P]. ``call`` numbers
-            the evaluations of a run (0, 1, 2, ...); the loss draws its noise from a seed derived
-            from it, so that a resumed run sees the same noise as an uninterrupted one. One call
-            shares its noise by all candidates of a layer (common random numbers).
+        loss: ``loss(x, call, layers=None)`` maps candidates x [B, P, D] to losses [B, P].
+            ``call`` numbers the evaluations of a run (0, 1, 2, ...); the loss draws its noise
+            from a seed derived from it, so that a resumed run sees the same noise as an
+            uninterrupted one. One call shares its noise by all candidates of a layer (common
+            random numbers). With ``layers`` (a 1-D integer tensor of layer indices) x holds
+            only those layers, [len(layers), P, D], and each gets exactly the loss it would get
+            in a call with every layer: backends use it to skip converged layers, when
+            ``supports_layers`` says the loss takes it.
         num_layers: B.
         dim: D.
         device, dtype: where and in what precision the loss computes.
+        supports_layers: whether ``loss`` takes ``layers``.
     """
 
     loss: Callable[[Tensor, int], Tensor]
@@ -30,6 +35,7 @@ class SearchProblem:
     dim: int
     device: torch.device
     dtype: torch.dtype = torch.float32
+    supports_layers: bool = False
 
 
 @dataclass(frozen=True)

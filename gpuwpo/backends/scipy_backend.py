@@ -71,8 +71,11 @@ def search(
         def func(x: np.ndarray, b=b, calls=calls, base=calls_base) -> np.ndarray:
             # scipy hands [D, S]; the loss wants [B, P, D]: evaluate this layer's row only.
             cand = torch.as_tensor(np.atleast_2d(x.T), dtype=problem.dtype, device=problem.device)
-            full = cand.unsqueeze(0).expand(B, -1, -1)
-            out = problem.loss(full, base + calls[0])[b]
+            if problem.supports_layers:
+                layer = torch.tensor([b], device=problem.device)
+                out = problem.loss(cand.unsqueeze(0), base + calls[0], layers=layer)[0]
+            else:
+                out = problem.loss(cand.unsqueeze(0).expand(B, -1, -1), base + calls[0])[b]
             calls[0] += 1
             calls[1] += cand.shape[0]
             return out.detach().double().cpu().numpy()

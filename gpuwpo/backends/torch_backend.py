@@ -73,6 +73,7 @@ def search(
     checkpoint: str | os.PathLike | None = None,
     checkpoint_every: int = 10,
     resume: str | os.PathLike | None = None,
+    skip_converged: bool = True,
     **unused,
 ) -> SearchOutcome:
     """Differential evolution in torch over all layers at once.
@@ -80,7 +81,9 @@ def search(
     ``callback(result)`` receives a :class:`gpuwpo.de.DEResult` after every generation and may
     stop the run by returning True or raising StopIteration. With ``checkpoint`` the state is
     saved every ``checkpoint_every`` generations and at the end; ``resume`` continues a saved
-    state (the other search settings are taken from it).
+    state (the other search settings are taken from it). ``skip_converged`` evaluates only
+    the layers still searching (converged layers are frozen, their energies unused); the result
+    is identical either way because every layer's noise is keyed by its index.
     """
     if unused:
         raise TypeError(f"the torch backend does not take {', '.join(sorted(unused))}")
@@ -105,13 +108,23 @@ def search(
     # Evaluation number -> noise seed: the initial population is call 0, generation g is call g,
     # so a resumed run draws exactly the noise the uninterrupted run would have drawn.
     calls = [state.nit + 1 if state.evaluated else 0]
+    frozen = [state.converged.clone()]
 
     def fn(x: torch.Tensor) -> torch.Tensor:
-        out = problem.loss(x, calls[0])
+        active = ~frozen[0]
+        if not (skip_converged and problem.supports_layers) or bool(active.all()):
+            out = problem.loss(x, calls[0])
+        else:
+            # Frozen layers' energies are ignored by de_tell: do not compute them.
+            out = torch.full(x.shape[:2], float("inf"), dtype=x.dtype, device=x.device)
+            index = active.nonzero().squeeze(1)
+            if index.numel():
+                out[index] = problem.loss(x[index], calls[0], layers=index).to(x.dtype)
         calls[0] += 1
         return out
 
     def on_generation(result: DEResult) -> bool:
+        frozen[0] = result.converged.clone()
         if checkpoint is not None and result.nit % checkpoint_every == 0:
             save_checkpoint(checkpoint, result.state)
         if progress is not None:
