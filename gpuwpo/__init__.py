@@ -5,6 +5,7 @@ the GPU (or the CPU), with programming noise, conductance drift and read noise s
 the batch, and all layers of a network are optimised in one call.
 """
 
+from . import _checkout  # noqa: F401  (registers kernels/ as gpuwpo.kernels in a checkout)
 from .compensation import GlobalDriftCompensation, PerColumnDriftCompensation
 from .converters import (
     CustomPairConductanceConverter,
