@@ -18,10 +18,8 @@ def _objective(kernel="torch", noise_model=None, compensation=None):
                           space, test_in_features=16, test_out_features=4, kernel=kernel)
 
 
-def test_auto_picks_torch_without_cuda():
-    if torch.cuda.is_available():
-        pytest.skip("CUDA present: auto picks the kernel there")
-    assert _objective("auto").kernel == "torch"
+def test_auto_picks_torch_on_the_cpu():
+    assert _objective("auto").kernel == "torch"  # the objective's device is the CPU here
     assert _objective("torch").kernel == "torch"
 
 
