@@ -351,10 +351,10 @@ def tnmse_triton(
         raise ValueError(f"prog_coeff must be 3 floats (c0, c1, c2), got {prog_coeff!r}")
 
     # Per-candidate scale and per-time-step scalars: tiny, computed in float64 before the launch.
-    f64 = f.to(torch.float64)
-    g64 = g_lst.to(torch.float64)
-    w_us = (f64.unsqueeze(-1) * (g64[:, :, 0::2] - g64[:, :, 1::2])).sum(2)  # [B, P, L]
-    scale = w_us.abs().amax(-1) / max_abs_weight.to(torch.float64).unsqueeze(-1)  # [B, P]
+    from gpuwpo.objective import program_scale  # the twin's definition, in float64
+
+    scale = program_scale(f.to(torch.float64), g_lst.to(torch.float64),
+                          max_abs_weight.to(torch.float64).unsqueeze(-1))  # [B, P]
     inv_scale = (1.0 / scale).to(torch.float32).contiguous()
     t_prime = t_steps.to(torch.float64) + t_0
     log_drift = torch.where(t_prime > t_0, torch.log(t_prime / t_0), torch.zeros_like(t_prime))
