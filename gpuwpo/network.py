@@ -390,12 +390,19 @@ def optimize_network(
 
     if per_layer:
         # All layers in one search: the list becomes the optimizer's layer (batch) axis.
-        opt = WeightProgrammingOptimizer(layers, f_lst, noise_model, t_steps,
-                                         g_converter_baseline, symmetric=symmetric,
-                                         backend=backend, device=device,
-                                         compensation=compensation, **kwargs)
-        opt.run_optimizer()
-        res = opt.result
+        searched = layers
+    else:
+        # The paper's global strategy: one distribution pooled from every layer normalised by
+        # its own max|W|, so that no layer dominates through its scale.
+        searched = torch.cat([(w / w.abs().max()).reshape(-1).to("cpu", torch.float32)
+                              for w in layers])
+    opt = WeightProgrammingOptimizer(searched, f_lst, noise_model, t_steps, g_converter_baseline,
+                                     symmetric=symmetric, backend=backend, device=device,
+                                     compensation=compensation, **kwargs)
+    opt.run_optimizer()
+    res = opt.result
+
+    if per_layer:
         batched = len(layers) > 1
         converters = [_one_program(res.converter, b if batched else None)
                       for b in range(len(layers))]
@@ -404,16 +411,6 @@ def optimize_network(
         base_ci = [_interval(c) for c in res.baseline_ci95]
         history = [[float(v) for v in h] for h in res.history.tolist()]
     else:
-        # The paper's global strategy: one distribution pooled from every layer normalised by
-        # its own max|W|, so that no layer dominates through its scale.
-        pooled = torch.cat([(w / w.abs().max()).reshape(-1).to("cpu", torch.float32)
-                            for w in layers])
-        opt = WeightProgrammingOptimizer(pooled, f_lst, noise_model, t_steps,
-                                         g_converter_baseline, symmetric=symmetric,
-                                         backend=backend, device=device,
-                                         compensation=compensation, **kwargs)
-        opt.run_optimizer()
-        res = opt.result
         # A CustomPair program lives on a grid scaled by the converted weights' own max|W|, so
         # the pooled search's program is every layer's program as it is.
         program = _one_program(res.converter, None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -65,14 +67,16 @@ def test_auto_falls_back_to_torch_when_the_kernel_fails(monkeypatch):
         obj(x, 7)
 
 
+# Kernels run on CUDA, or on the CPU through the interpreter (tests/conftest.py sets it).
+_KERNEL_RUNS = pytest.mark.skipif(
+    not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
+    reason="needs CUDA or TRITON_INTERPRET=1")
+
+
+@_KERNEL_RUNS
 def test_triton_through_the_objective_on_the_interpreter():
     """The kernel behind the objective's interface: shapes, determinism, common random numbers."""
     pytest.importorskip("triton")
-    if not torch.cuda.is_available():
-        import os
-
-        if os.environ.get("TRITON_INTERPRET") != "1":
-            pytest.skip("needs TRITON_INTERPRET=1 on a machine without CUDA")
     kern = _objective("triton")
     torch_path = _objective("torch")
     x = torch.rand(1, 3, kern.dim, generator=torch.Generator().manual_seed(2))
@@ -96,14 +100,10 @@ def test_compiled_torch_path_equals_the_eager_one():
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
 
 
+@_KERNEL_RUNS
 def test_kernel_keys_noise_by_layer_id():
     """Through the kernel too, a subset of layers sees the noise of the full evaluation."""
     pytest.importorskip("triton")
-    if not torch.cuda.is_available():
-        import os
-
-        if os.environ.get("TRITON_INTERPRET") != "1":
-            pytest.skip("needs TRITON_INTERPRET=1 on a machine without CUDA")
     gen = torch.Generator().manual_seed(0)
     layers = [gpuwpo.student_t_weights((32, 16), generator=gen) for _ in range(2)]
     space = gpuwpo.StrategySpace([None, None], 0.0, 25.0)
