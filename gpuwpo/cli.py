@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from .io import default_physics, physics_from_settings
+from .physics import PHYSICS
 from .simulate import DEFAULT_TIMES, tnmse_over_time
 
 __all__ = ["main", "build_parser", "parse_times", "parse_f_lst"]
@@ -167,6 +168,7 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         seed=args.seed, baseline_iterations=args.baseline_iterations,
         validation_repeats=args.validation_repeats, test_in_features=args.test_size[0],
         test_out_features=args.test_size[1], disp=not args.quiet, kernel=args.kernel,
+        physics=args.physics,
     )
     print(result.summary())
     if args.out:
@@ -183,8 +185,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     result = load_result(args.results)
     weights = load_weights(args.weights)
-    physics = physics_from_settings(result.settings)
-    t_steps = args.times if args.times is not None else physics["t_steps"]
+    recorded = physics_from_settings(result.settings)
+    t_steps = args.times if args.times is not None else recorded["t_steps"]
+    simulated = args.physics or recorded["physics"]
     sizes, base_rows, opt_rows = [], [], []
     gen = torch.Generator().manual_seed(args.seed)
     layers = result.layers
@@ -205,9 +208,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
                              f"results file was made for {tuple(layer.shape)}")
         if not bool(torch.isfinite(w.float()).all()):
             raise ValueError(f"{args.weights}: layer {layer.name!r} has NaN or inf weights")
-        kw = dict(repeats=args.repeats, compensation=physics["compensation"], generator=gen)
-        base = tnmse_over_time(w, physics["baseline"], physics["noise_model"], t_steps, **kw)
-        opt = tnmse_over_time(w, layer.converter, physics["noise_model"], t_steps, **kw)
+        kw = dict(repeats=args.repeats, compensation=recorded["compensation"], generator=gen,
+                  physics=simulated)
+        base = tnmse_over_time(w, recorded["baseline"], recorded["noise_model"], t_steps, **kw)
+        opt = tnmse_over_time(w, layer.converter, recorded["noise_model"], t_steps, **kw)
         sizes.append(w.numel())
         base_rows.append(base)
         opt_rows.append(opt)
@@ -222,8 +226,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     overall = _table("overall (weighted by layer size)", t_steps, combine(base_rows),
                      combine(opt_rows))
-    print(f"TNMSE over time, {args.repeats} programmings per layer and time "
-          f"(mean +- standard error; lower is better)")
+    print(f"TNMSE over time in physics={simulated!r}, {args.repeats} programmings per layer "
+          f"and time (mean +- standard error; lower is better)")
     print("\n\n".join([*lines, overall]))
     return 0
 
@@ -247,26 +251,30 @@ def _table(title: str, t_steps: Sequence[float], base, opt) -> str:
 
 
 def _write_plots(result, out_dir: str, weights: Mapping[str, torch.Tensor] | None, *,
-                 repeats: int = 2, seed: int = 0) -> list[str]:
-    """The figures of a result into ``out_dir``; returns the paths written."""
+                 repeats: int = 2, seed: int = 0, physics: str | None = None) -> list[str]:
+    """The figures of a result into ``out_dir``; returns the paths written.
+
+    ``physics``: the physics of the weight-error figure (default: the result's own).
+    """
     from . import plots
 
-    physics = physics_from_settings(result.settings)
+    recorded = physics_from_settings(result.settings)
     os.makedirs(out_dir, exist_ok=True)
     written = []
     path = os.path.join(out_dir, "programming_curves.png")
-    plots.programming_curves(result, physics["baseline"], path=path)
+    plots.programming_curves(result, recorded["baseline"], path=path)
     written.append(path)
     path = os.path.join(out_dir, "convergence.png")
     plots.convergence(result, path=path)
     written.append(path)
     if weights is not None:
         path = os.path.join(out_dir, "weight_errors.png")
-        plots.weight_error_histograms(result, weights, physics["t_steps"],
-                                      noise_model=physics["noise_model"],
-                                      baseline=physics["baseline"],
-                                      compensation=physics["compensation"], repeats=repeats,
-                                      seed=seed, path=path)
+        plots.weight_error_histograms(result, weights, recorded["t_steps"],
+                                      noise_model=recorded["noise_model"],
+                                      baseline=recorded["baseline"],
+                                      compensation=recorded["compensation"],
+                                      physics=physics or recorded["physics"],
+                                      repeats=repeats, seed=seed, path=path)
         written.append(path)
     plots._pyplot().close("all")  # a long-lived process must not keep every figure alive
     return written
@@ -277,7 +285,8 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
     result = load_result(args.results)
     weights = load_weights(args.weights) if args.weights else None
-    for path in _write_plots(result, args.out, weights, repeats=args.repeats, seed=args.seed):
+    for path in _write_plots(result, args.out, weights, repeats=args.repeats, seed=args.seed,
+                             physics=args.physics):
         print(f"wrote {path}")
     return 0
 
@@ -286,7 +295,8 @@ def _cmd_example(args: argparse.Namespace) -> int:
     from .example import run_example
 
     run_example(quick=args.quick, out_dir=args.out, seed=args.seed, repeats=args.repeats,
-                backend=args.backend, device=_check_device(args.device), progress=not args.quiet)
+                backend=args.backend, device=_check_device(args.device), progress=not args.quiet,
+                physics=args.physics)
     return 0
 
 
@@ -309,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     times_help = ("inference times, comma separated, in seconds or with a unit (s, min, h, d, "
                   "w, mo, y); default 1,3600,86400,2592000,31536000 (1 s .. 1 year)")
+    physics_help = ("device: the programmed devices drift and are read, as on a chip; aihwkit: "
+                    "the reference toolkit's inference tile (the programmed weights are converted "
+                    "again before they drift)")
 
     p = sub.add_parser("optimize", help="find strategies for the layers in a weights file",
                        description="Find a weight-programming strategy per layer (or one global "
@@ -347,6 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="programmings to validate the answer with fresh noise (default 100)")
     p.add_argument("--test-size", type=_positive_int, nargs=2, default=(512, 20),
                    metavar=("IN", "OUT"), help="test tile per layer (default 512 20)")
+    p.add_argument("--physics", choices=PHYSICS, default="device",
+                   help=f"what is simulated (default device). {physics_help}")
     p.add_argument("--out", metavar="FILE", help="write the results (JSON, atomically)")
     p.add_argument("--plots", metavar="DIR", help="write the figures (PNG) into DIR")
     p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
@@ -363,6 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
                                            "year)", "default: the results file's times"))
     p.add_argument("--repeats", type=_positive_int, metavar="N", default=10,
                    help="programmings per layer and time (default 10)")
+    p.add_argument("--physics", choices=PHYSICS, default=None,
+                   help=f"what is simulated (default: the results file's). {physics_help}")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_evaluate)
@@ -375,6 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", metavar="WEIGHTS", help="the weights file (for weight errors)")
     p.add_argument("--repeats", type=_positive_int, metavar="N", default=3,
                    help="programmings pooled in each weight-error histogram (default 3)")
+    p.add_argument("--physics", choices=PHYSICS, default=None,
+                   help="physics of the weight-error figure (default: the results file's)")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
     p.set_defaults(func=_cmd_plot)
 
@@ -388,6 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="noise repeats per time and strategy (default 10, quick 3)")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
     p.add_argument("--backend", default="torch", help="search backend (default torch)")
+    p.add_argument("--physics", choices=PHYSICS, default="device",
+                   help=f"what is simulated (default device). {physics_help}")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_example)

@@ -45,6 +45,8 @@ __all__ = [
     "FusionConductanceConverter",
     "grid_interpolation",
     "interpolate_programs",
+    "net_weight_max",
+    "program_scale",
 ]
 
 # Lower bound on max|W| before dividing by it (aihwkit's _ZERO_CLIP), so that an all-zero weight
@@ -421,6 +423,21 @@ def _net_weight_curve(g_lst: Tensor, f: Tensor) -> Tensor:
     return (f.unsqueeze(-1) * diff).sum(-2)
 
 
+def net_weight_max(f: Tensor, g_lst: Tensor) -> Tensor:
+    """``max_grid |sum_k f_k (G+_k - G-_k)|`` in uS: f ``[..., K]``, g_lst ``[..., 2K, L]`` ->
+    ``[...]`` (the largest weight a program realises)."""
+    return _net_weight_curve(g_lst, f).abs().amax(-1)
+
+
+def program_scale(f: Tensor, g_lst: Tensor, max_abs_weight: Tensor | float) -> Tensor:
+    """Weight scale of CustomPair programs (uS per unit weight) for weights of max|W| = M.
+
+    ``scale = max_grid |sum_k f_k (G+_k - G-_k)| / M``: f ``[..., K]``, g_lst ``[..., 2K, L]``,
+    M broadcastable to ``[...]`` -> ``[...]``.
+    """
+    return net_weight_max(f, g_lst) / max_abs_weight
+
+
 class CustomPairConductanceConverter(_PairConverter):
     r"""K pairs of devices programmed from a table on a uniform weight grid (a "program").
 
@@ -532,8 +549,7 @@ class CustomPairConductanceConverter(_PairConverter):
         idx, frac = grid_interpolation(weights.reshape(-1), m, g.shape[-1])
         cond = interpolate_programs(g, idx, frac)  # [*gbatch, 2K, N]
         cond = cond.expand(*batch, *cond.shape[-2:]).reshape(*batch, -1, *weights.shape)
-        net = _net_weight_curve(g, f)  # [*batch, L]
-        scale = net.abs().amax(-1) / m
+        scale = program_scale(f, g, m)  # [*batch]
         params = {
             "scale": scale.expand(batch),
             "f": f.expand(*batch, f.shape[-1]),

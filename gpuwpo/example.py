@@ -110,7 +110,8 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 def accuracy_over_time(model: nn.Module, strategy, noise_model, x: torch.Tensor,
                        y: torch.Tensor, t_steps: list[float], *, repeats: int = 10,
-                       seed: int = 0, progress: Callable | None = None) -> torch.Tensor:
+                       seed: int = 0, progress: Callable | None = None,
+                       physics: str = "device") -> torch.Tensor:
     """Test accuracy of ``model`` programmed with ``strategy`` at each time, [repeats, T].
 
     Each repeat is an independent programming of the whole network with its own generator
@@ -121,6 +122,7 @@ def accuracy_over_time(model: nn.Module, strategy, noise_model, x: torch.Tensor,
         strategy: a NetworkResult, a mapping layer name -> converter, or one converter for every
             Linear weight (e.g. the baseline).
         progress: called once after each (repeat, time) evaluation (a progress bar's update).
+        physics: "device" or "aihwkit" (see :mod:`gpuwpo.physics`).
     """
     from .network import program_model
 
@@ -128,7 +130,8 @@ def accuracy_over_time(model: nn.Module, strategy, noise_model, x: torch.Tensor,
     for r in range(repeats):
         gen = torch.Generator().manual_seed(seed + r)
         for i, t in enumerate(t_steps):
-            programmed = program_model(model, strategy, noise_model, t, generator=gen)
+            programmed = program_model(model, strategy, noise_model, t, generator=gen,
+                                       physics=physics)
             acc[r, i] = accuracy(programmed, x, y)
             if progress is not None:
                 progress()
@@ -151,7 +154,7 @@ def format_table(report: dict) -> str:
 def run_example(*, quick: bool = False, out_dir: str | os.PathLike | None = None, seed: int = 0,
                 repeats: int | None = None, backend: str = "torch",
                 device: str | None = None, verbose: bool = True,
-                progress: bool | None = None) -> dict:
+                progress: bool | None = None, physics: str = "device") -> dict:
     """Train, optimise, program and measure; print the accuracy table; return the numbers.
 
     Args:
@@ -165,6 +168,7 @@ def run_example(*, quick: bool = False, out_dir: str | os.PathLike | None = None
         device: where the search runs (None: CUDA when available).
         verbose: print the summary, the table and what was written.
         progress: show progress bars (default: as ``verbose``).
+        physics: "device" or "aihwkit" (see :mod:`gpuwpo.physics`): searched and measured in it.
 
     Returns:
         ``{"times": {name: seconds}, "repeats", "digital_accuracy", "baseline": {"mean": [T],
@@ -194,7 +198,8 @@ def run_example(*, quick: bool = False, out_dir: str | os.PathLike | None = None
     budget = BUDGETS["quick" if quick else "default"]
     t0 = time.perf_counter()
     result = optimize_network(model, noise_model, t_steps, baseline, [None, None],
-                              backend=backend, device=device, seed=seed, disp=progress, **budget)
+                              backend=backend, device=device, seed=seed, disp=progress,
+                              physics=physics, **budget)
     t_opt = time.perf_counter() - t0
     say(result.summary())
 
@@ -209,7 +214,8 @@ def run_example(*, quick: bool = False, out_dir: str | os.PathLike | None = None
         # The same seeds for both strategies: their difference is not a difference of luck.
         acc[name] = accuracy_over_time(model, strategy, noise_model, x_te, y_te, t_steps,
                                        repeats=repeats, seed=1000 * (seed + 1),
-                                       progress=None if bar is None else bar.update)
+                                       progress=None if bar is None else bar.update,
+                                       physics=physics)
     if bar is not None:
         bar.close()
     t_eval = time.perf_counter() - t0
@@ -256,6 +262,7 @@ def _write_outputs(report: dict, model: nn.Module, out_dir, seed: int, say: Call
     plots.programming_curves(result, path=paths["programming_curves.png"])
     plots.convergence(result, path=paths["convergence.png"])
     plots.weight_error_histograms(result, select_weights(model), list(report["times"].values()),
+                                  physics=result.settings.get("physics", "device"),
                                   repeats=3, seed=seed, path=paths["weight_errors.png"])
     plots._pyplot().close("all")
     for path in paths.values():

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from .converters import CustomPairConductanceConverter
 from .network import LayerResult, NetworkResult
+from .physics import PHYSICS
 from .simulate import DEFAULT_TIMES as _DEFAULT_TIMES
 
 __all__ = ["save_result", "load_result", "load_weights", "physics_from_settings", "default_physics",
@@ -315,9 +316,10 @@ def default_physics() -> tuple[Any, Any]:
 def physics_from_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     """Rebuild what a results file's ``settings`` record: noise model, baseline, compensation.
 
-    Returns a dict with ``noise_model``, ``baseline``, ``compensation`` and ``t_steps``; a part
-    the settings do not record falls back to the defaults (PCMLikeNoiseModel(g_max=25), DualPair
-    f=[1, 1] 0..25 uS, ideal global compensation, :data:`_DEFAULT_TIMES`).
+    Returns a dict with ``noise_model``, ``baseline``, ``compensation``, ``t_steps`` and
+    ``physics``; a part the settings do not record falls back to the defaults
+    (PCMLikeNoiseModel(g_max=25), DualPair f=[1, 1] 0..25 uS, ideal global compensation,
+    :data:`_DEFAULT_TIMES`, ``"device"``).
 
     Raises:
         ValueError: a recorded class this gpuwpo does not know.
@@ -353,8 +355,13 @@ def physics_from_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
         cls = getattr(comp_mod, str(rec.get("class")), None)
         if not isinstance(cls, type):
             raise ValueError(f"results file records an unknown compensation {rec.get('class')!r}")
-        compensation = cls(**{k: rec[k] for k in ("readout_noise", "readout_step",
-                                                  "readout_bound") if k in rec})
+        keys = ("readout_noise", "readout_step", "readout_bound", "exact_reference",
+                "input_step", "bound_management", "max_bm_factor", "max_bm_res")
+        compensation = cls(**{k: rec[k] for k in keys if k in rec})
     t_steps = [float(t) for t in settings.get("t_steps", _DEFAULT_TIMES)]
+    physics = settings.get("physics", "device")
+    if physics not in PHYSICS:
+        raise ValueError(f"results file records an unknown physics {physics!r}; this gpuwpo "
+                         f"knows {', '.join(PHYSICS)}")
     return {"noise_model": noise_model, "baseline": baseline, "compensation": compensation,
-            "t_steps": t_steps}
+            "t_steps": t_steps, "physics": physics}

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 from .converters import CustomPairConductanceConverter
 from .objective import TNMSEObjective
 from .optimizer import DEFAULTS, WeightProgrammingOptimizer
+from .physics import check_physics
 from .simulate import as_time_tensor, simulate_weights
 
 __all__ = ["LayerResult", "NetworkResult", "optimize_network", "program_model", "select_weights"]
@@ -122,7 +123,7 @@ class NetworkResult:
         layers: one :class:`LayerResult` per selected layer, in the model's order.
         settings: JSON-able record of how the result was made (f_lst, t_steps, backend,
             per_layer, include/exclude, JSON-able optimizer keywords, noise model, baseline
-            converter, g_min, g_max, nbins, symmetric, device).
+            converter, compensation, g_min, g_max, nbins, symmetric, device, physics).
         total_tnmse, total_baseline_tnmse: the layers' TNMSE weighted by their sizes.
         nit: generations of the search; nfev: candidates evaluated, all layers together (a
             generation of B layers with population S counts B * S, or 2 B S when parents are
@@ -149,7 +150,8 @@ class NetworkResult:
         width = max([5, *(len(layer.name) for layer in self.layers)])
         mode = "per layer" if self.settings.get("per_layer", True) else "global"
         lines = [
-            f"strategy={mode} backend={self.settings.get('backend')} "
+            f"strategy={mode} physics={self.settings.get('physics', 'device')} "
+            f"backend={self.settings.get('backend')} "
             f"device={self.settings.get('device')} generations={self.nit} candidates={self.nfev} "
             f"wall={self.wall_time:.1f}s stop={self.stop_reason}",
             f"{'layer':<{width}} {'shape':>18} {'TNMSE (95% CI)':>30} "
@@ -276,11 +278,12 @@ def _object_params(obj: Any, names: Sequence[str]) -> dict:
 _NOISE_PARAMS = ("prog_coeff", "g_max", "t_read", "t_0", "prog_noise_scale", "read_noise_scale",
                  "drift_scale", "g_ref", "custom_drift_model")
 _CONVERTER_PARAMS = ("f_lst", "g_min", "g_max")
-_COMPENSATION_PARAMS = ("readout_noise", "readout_step", "readout_bound")
+_COMPENSATION_PARAMS = ("readout_noise", "readout_step", "readout_bound", "exact_reference",
+                        "input_step", "bound_management", "max_bm_factor", "max_bm_res")
 
 
 def _settings(*, f_lst, t_steps, backend, per_layer, include, exclude, optimizer_kwargs,
-              noise_model, baseline, compensation, space, device) -> dict:
+              noise_model, baseline, compensation, space, device, physics) -> dict:
     kwargs = {}
     for key, value in optimizer_kwargs.items():
         try:
@@ -303,6 +306,7 @@ def _settings(*, f_lst, t_steps, backend, per_layer, include, exclude, optimizer
         "nbins": space.nbins,
         "symmetric": space.symmetric,
         "device": str(device),
+        "physics": physics,
     })
 
 
@@ -343,6 +347,7 @@ def optimize_network(
     per_layer: bool = True,
     backend: str = "torch",
     device: torch.device | str | None = None,
+    physics: str = "device",
     **optimizer_kwargs,
 ) -> NetworkResult:
     """Find programming strategies for the layers of a network in one search.
@@ -360,6 +365,7 @@ def optimize_network(
             global strategy from the pooled, per-layer-normalised weight distribution.
         backend: "torch", "evotorch" or "scipy".
         device: where the objective runs (None: CUDA when available).
+        physics: "device" or "aihwkit" (see :mod:`gpuwpo.physics`); recorded in the settings.
         **optimizer_kwargs: passed to :class:`gpuwpo.WeightProgrammingOptimizer` (popsize,
             maxiter, seed, validation_repeats, symmetric, compensation, ...).
 
@@ -398,7 +404,7 @@ def optimize_network(
                               for w in layers])
     opt = WeightProgrammingOptimizer(searched, f_lst, noise_model, t_steps, g_converter_baseline,
                                      symmetric=symmetric, backend=backend, device=device,
-                                     compensation=compensation, **kwargs)
+                                     compensation=compensation, physics=physics, **kwargs)
     opt.run_optimizer()
     res = opt.result
 
@@ -420,7 +426,7 @@ def optimize_network(
             layers, noise_model, opt.compensation, t_steps, opt.space,
             test_in_features=o["test_in_features"], test_out_features=o["test_out_features"],
             memory_budget=o["memory_budget"], kernel=o["kernel"], device=opt.device,
-            seed=o["seed"],
+            seed=o["seed"], physics=opt.physics,
         )
         x = res.x.reshape(1, -1).expand(len(layers), -1)
         # Same seeds as the optimizer's own validation (seed + 2) and baseline (seed + 1).
@@ -446,7 +452,7 @@ def optimize_network(
         f_lst=f_lst, t_steps=t_steps, backend=backend, per_layer=per_layer, include=include,
         exclude=exclude, optimizer_kwargs={**DEFAULTS, **kwargs}, noise_model=noise_model,
         baseline=g_converter_baseline, compensation=opt.compensation, space=opt.space,
-        device=opt.device,
+        device=opt.device, physics=opt.physics,
     )
     return NetworkResult(
         layers=results, settings=settings, total_tnmse=_weighted(tnmse, sizes),
@@ -467,6 +473,8 @@ def program_model(
     t_inference: float,
     generator: torch.Generator | None = None,
     compensation=None,
+    *,
+    physics: str = "device",
 ) -> nn.Module:
     """A copy of ``model`` whose selected weights are the hardware's effective weights.
 
@@ -483,6 +491,7 @@ def program_model(
         t_inference: seconds after programming (one time).
         generator: source of all noise (on the weights' device); None uses torch's default.
         compensation: drift compensation (default ideal global).
+        physics: "device" or "aihwkit" (see :mod:`gpuwpo.physics`).
 
     Returns:
         The programmed copy (same class, same dtypes and devices).
@@ -493,6 +502,7 @@ def program_model(
     """
     t = float(t_inference)
     as_time_tensor([t])  # validates: finite, >= 0 seconds
+    check_physics(physics)
     if isinstance(result_or_converters, NetworkResult):
         converters = result_or_converters.converters()
     elif isinstance(result_or_converters, Mapping):
@@ -516,6 +526,6 @@ def program_model(
             # Simulate in at least float32: half-precision physics would be noise of its own.
             work = w if w.dtype in (torch.float32, torch.float64) else w.float()
             eff = simulate_weights(work, conv, noise_model, t, compensation, repeats=1,
-                                   generator=generator)[0, 0]
+                                   generator=generator, physics=physics)[0, 0]
             param.copy_(eff.to(param.dtype))
     return programmed

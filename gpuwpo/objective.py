@@ -18,8 +18,10 @@ from collections.abc import Sequence
 
 import torch
 
-from .compensation import GlobalDriftCompensation, PerColumnDriftCompensation
-from .converters import grid_interpolation, interpolate_programs
+from .compensation import GlobalDriftCompensation, kernel_compensation
+from .converters import grid_interpolation, interpolate_programs, program_scale
+from .noise import kernel_physics
+from .physics import ProgramTiles, check_physics, program_and_read
 from .sampling import downsample_weight_distribution
 from .simulate import DeviceNoise, as_time_tensor
 
@@ -72,52 +74,34 @@ def _block_generator(base_seed: int, block: int, device: torch.device, *,
     return torch.Generator(device=device).manual_seed(seed % (2**63 - 1))
 
 
-def program_scale(
-    f: torch.Tensor, g_lst: torch.Tensor, max_abs_weight: torch.Tensor
-) -> torch.Tensor:
-    """Weight scale of CustomPair programs: max over the grid of |sum_k f_k (G+_k - G-_k)| / M.
-
-    Args:
-        f: [..., K] significance factors.
-        g_lst: [..., 2K, L] program tables in uS.
-        max_abs_weight: M, broadcastable to [...].
-
-    Returns:
-        scale [...] in uS per unit weight.
-    """
-    net = (f.unsqueeze(-1) * (g_lst[..., 0::2, :] - g_lst[..., 1::2, :])).sum(-2)  # [..., L]
-    return net.abs().amax(-1) / max_abs_weight
-
-
-def _tnmse_chunk(f, g_lst, scale, test_weights, idx, frac, max_abs_weight, t, noise_model,
-                 compensation, amp, noise, readout_z, tile_shape, float_times=True):
+def _tnmse_chunk(f, g_lst, test_weights, idx, frac, max_abs_weight, t, noise_model,
+                 compensation, amp, noise, readout_z, tile_shape, physics, generator=None,
+                 float_times=True):
     """TNMSE of one chunk of candidates: f [B, p, K], g_lst [B, p, 2K, L] -> [B, p].
 
     Loops over the time steps so that the working set is a few [B, p, 2K, N] tensors (cache
     sized on the CPU); ``noise`` fields broadcast to [B, p, T, 2K, N] and ``readout_z`` to
-    [B, p, T, out, in].
+    [B, p, T, out, in]; ``generator`` draws the readout noise of the bound management's repeated
+    passes (rare: only when a readout clips).
     """
+    tiles = ProgramTiles(f, g_lst, tile_shape)
+    # The test weights' grid position is shared by every candidate (computed once per layer).
     g_target = interpolate_programs(g_lst, idx.unsqueeze(1), frac.unsqueeze(1))  # [B, p, 2K, N]
+    coef = tiles.coefficients(max_abs_weight.reshape(-1, 1))  # [B, p, 1, 2K]
     # Per-target quantities (programming-noise std, drift mean and spread) are shared by all
     # time steps: computed once per candidate.
     prepared = noise_model.prepare_targets(g_target)
-    coef = f / scale.unsqueeze(-1)  # [B, p, K]
-    signed = torch.stack((coef, -coef), dim=-1).flatten(-2).unsqueeze(-2)  # [B, p, 1, 2K]
     w = test_weights.reshape(test_weights.shape[0], 1, *tile_shape)
-    lead = g_target.shape[:2]
     sq = []
     # Eagerly, a Python float takes the noise model's fused in-place path; under torch.compile
     # a 0-d tensor keeps the graph free of one specialisation (and recompilation) per time.
     times = t.tolist() if float_times else t.unbind(0)
     for i, t_i in enumerate(times):
-        g_prog, g_t = noise_model.program_drift_read_step(
-            prepared, t_i, noise.z_prog[:, :, i], noise.z_drift[:, :, i], noise.z_read[:, :, i]
-        )  # [B, p, 2K, N]
-        w_prog = torch.matmul(signed, g_prog).reshape(*lead, *tile_shape)
-        w_t = torch.matmul(signed, g_t).reshape(*lead, *tile_shape)
-        del g_prog, g_t
+        w_prog, w_t = program_and_read(physics, tiles, coef, prepared, noise_model, t_i,
+                                       noise.z_prog[:, :, i], noise.z_drift[:, :, i],
+                                       noise.z_read[:, :, i])  # [B, p, out, in]
         z = None if readout_z is None else (readout_z[0][:, :, i], readout_z[1][:, :, i])
-        alpha = compensation.alpha(w_prog, w_t, tile_ndim=2, z=z)
+        alpha = compensation.alpha(w_prog, w_t, generator, tile_ndim=2, z=z, w_ideal=w)
         sq.append((w_t.mul_(alpha).sub_(w)).square_().sum((-2, -1)))  # [B, p]
     n = test_weights.shape[-1]
     gain = (amp / max_abs_weight).square().reshape(-1, 1)
@@ -162,6 +146,7 @@ def tnmse_from_programs(
     memory_budget: int | None = None,
     compiled: bool = False,
     layer_ids: Sequence[int] | None = None,
+    physics: str = "device",
 ) -> torch.Tensor:
     """TNMSE of every candidate program of every layer: the objective's hot path.
 
@@ -193,6 +178,7 @@ def tnmse_from_programs(
         layer_ids: [B] ids that key each layer's noise streams (default 0..B-1), so that a
             subset of a network's layers is evaluated with exactly the noise it would get in
             the full evaluation.
+        physics: "device" or "aihwkit" (:mod:`gpuwpo.physics`).
 
     Returns:
         tnmse [B, P] (float, the dtype of ``g_lst``).
@@ -212,7 +198,7 @@ def tnmse_from_programs(
     device, dtype = g_lst.device, g_lst.dtype
     t = t_steps.to(dtype=dtype, device=device)
     T = t.shape[0]
-    scale = program_scale(f, g_lst, max_abs_weight.reshape(-1, 1))  # [B, P]
+    check_physics(physics)
     gen = make_generator(generator, device)
     noisy_readout = compensation.readout_noise > 0
 
@@ -282,10 +268,12 @@ def tnmse_from_programs(
             if chunk_ro is not None:
                 chunk_ro = tuple(z.reshape(*z.shape[:-1], *tile_shape) for z in chunk_ro)
             out[layers, cands] = fn(
-                f[layers, cands], g_lst[layers, cands], scale[layers, cands],
+                f[layers, cands], g_lst[layers, cands],
                 test_weights[layers], idx[layers], frac[layers], max_abs_weight[layers], t,
                 noise_model, compensation, float(error_amplification), chunk_noise, chunk_ro,
-                tile_shape,
+                tile_shape, physics,
+                _block_generator(base_seed ^ 0x5DEECE66D, cands.start, device, layer=keys[l0])
+                if compensation.bound_management else None,
             )
     return out
 
@@ -396,6 +384,9 @@ class TNMSEObjective:
         device: where the computation runs (default: the test weights' device).
         dtype: float dtype of the computation (default float32).
         seed: seed of the test-weight shuffle.
+        physics: "device" (default: the programmed devices drift and are read, as on a chip)
+            or "aihwkit" (the reference toolkit's inference tile: the programmed weights are
+            converted to conductances again before they drift); see :mod:`gpuwpo.physics`.
     """
 
     def __init__(
@@ -415,7 +406,9 @@ class TNMSEObjective:
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
         seed: int = 0,
+        physics: str = "device",
     ) -> None:
+        self.physics = check_physics(physics)
         if strategy_space is None:
             raise ValueError("strategy_space is required (a gpuwpo.StrategySpace)")
         if kernel not in KERNELS:
@@ -493,14 +486,21 @@ class TNMSEObjective:
         return self.test_weights.shape[1]
 
     def _kernel_supported(self) -> str | None:
-        """Why the Triton kernel cannot run this physics, or None when it can."""
-        if getattr(self.noise_model, "is_custom_drift", False):
-            return "the kernel implements the default drift model, not a custom drift table"
-        if not isinstance(self.compensation, GlobalDriftCompensation) or isinstance(
-                self.compensation, PerColumnDriftCompensation):
-            return "the kernel implements global drift compensation only"
-        if not self.compensation.is_ideal:
-            return "the kernel implements an ideal readout periphery only"
+        """Why the Triton kernel cannot run this physics, or None when it can.
+
+        An explicit whitelist: the device model's class must declare the kernel's physics in its
+        own body (:func:`gpuwpo.noise.kernel_physics`) and the compensation must be one the
+        kernel implements (:func:`gpuwpo.compensation.kernel_compensation`); anything else runs
+        the torch path, never silently the kernel's built-in PCM formulas.
+        """
+        if self.physics != "device":
+            return f"the kernel implements physics='device', not {self.physics!r}"
+        if kernel_physics(self.noise_model) != "pcm":
+            return (f"the kernel implements PCMLikeNoiseModel's formulas, not "
+                    f"{type(self.noise_model).__name__}'s")
+        if kernel_compensation(self.compensation) != "global-ideal":
+            return ("the kernel implements global drift compensation with an ideal readout "
+                    "and the programmed-weights reference only")
         return None
 
     def _choose_kernel(self, kernel: str) -> str:
@@ -573,7 +573,7 @@ class TNMSEObjective:
             self.noise_model, self.compensation, error_amplification=self.error_amplification,
             generator=gen, common_random_numbers=crn, tile_shape=self.tile_shape, noise=noise,
             memory_budget=self.memory_budget, compiled=self.kernel == "compile",
-            layer_ids=self.layer_ids,
+            layer_ids=self.layer_ids, physics=self.physics,
         )
 
     def _evaluate_kernel(self, f, g_lst, seed: int, crn: bool) -> torch.Tensor:
@@ -616,7 +616,8 @@ class TNMSEObjective:
         """TNMSE of a standard converter (the baseline) through the same physics.
 
         Each layer's test tile is converted with ``converter`` (its own max |W|), then
-        programmed, drifted, read and compensated ``repeats`` times with independent noise.
+        programmed, drifted, read and compensated ``repeats`` times with independent noise, in
+        the objective's physics.
 
         Returns:
             (mean [B], standard error [B]) of the TNMSE over the repeats.
@@ -638,7 +639,8 @@ class TNMSEObjective:
             for start in range(0, int(repeats), step):
                 n = min(step, int(repeats) - start)
                 eff = simulate_weights(w, converter, self.noise_model, self.t_steps,
-                                       self.compensation, repeats=n, generator=gen)
+                                       self.compensation, repeats=n, generator=gen,
+                                       physics=self.physics)
                 losses.append(gain * (eff - w).square().mean((-2, -1)).mean(-1))
             losses = torch.cat(losses)
             means.append(losses.mean())
@@ -661,4 +663,5 @@ class TNMSEObjective:
     def __repr__(self) -> str:
         return (f"TNMSEObjective(layers={self.num_layers}, N={self.num_test_weights}, "
                 f"T={self.t_steps.shape[0]}, D={self.dim}, device={self.device}, "
-                f"kernel={self.kernel!r}, common_random_numbers={self.common_random_numbers})")
+                f"kernel={self.kernel!r}, physics={self.physics!r}, "
+                f"common_random_numbers={self.common_random_numbers})")

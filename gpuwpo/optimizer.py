@@ -84,7 +84,7 @@ class OptimizationResult:
         stop_reason, message: why the search stopped.
         history: [B, nit] best TNMSE of each layer after each generation.
         polished: [B] bool, whether the local polish improved (and replaced) the strategy.
-        backend: the backend used; device: where it ran.
+        backend: the backend used; device: where it ran; physics: the physics simulated.
     """
 
     x: torch.Tensor
@@ -107,11 +107,13 @@ class OptimizationResult:
     polished: torch.Tensor
     backend: str
     device: str
+    physics: str = "device"
     extra: dict = field(default_factory=dict, repr=False)
 
     def summary(self) -> str:
         """A short human-readable table, one line per layer."""
-        lines = [f"backend={self.backend} device={self.device} generations={self.nit} "
+        lines = [f"backend={self.backend} device={self.device} physics={self.physics} "
+                 f"generations={self.nit} "
                  f"candidates={self.nfev} wall={self.wall_time:.1f}s stop={self.stop_reason}",
                  f"{'layer':>5} {'TNMSE (95% CI)':>28} {'baseline (95% CI)':>28} {'gain':>7}"]
         for b in range(self.tnmse.shape[0]):
@@ -142,7 +144,11 @@ class WeightProgrammingOptimizer:
         symmetric: programs mirror around w = 0 (half the dimensions).
         backend: "torch" (default), "evotorch" or "scipy".
         device: where the objective runs; None picks CUDA when available.
-        compensation: drift compensation (default ideal global).
+        compensation: drift compensation (default ideal global; e.g.
+            ``GlobalDriftCompensation.aihwkit_default()`` for the reference's default periphery).
+        physics: "device" (default; the programmed devices drift and are read, as on a chip) or
+            "aihwkit" (the reference toolkit's inference tile, whose figures most users report):
+            see :mod:`gpuwpo.physics`. The search, the baseline and the validation all use it.
         **kwargs: see :data:`DEFAULTS`: the reference's names and defaults (nbins=6,
             test_in_features=512, test_out_features=20, g_err=0.0 (a fraction of
             g_max - g_min), f_min=0.1, f_max=5.0, use_max_kw=False, loss_margin=0.125,
@@ -176,6 +182,7 @@ class WeightProgrammingOptimizer:
         backend: str = "torch",
         device: torch.device | str | None = None,
         compensation=None,
+        physics: str = "device",
         **kwargs,
     ) -> None:
         unknown = sorted(set(kwargs) - set(DEFAULTS))
@@ -214,8 +221,9 @@ class WeightProgrammingOptimizer:
             layers, noise_model, self.compensation, t_steps, self.space,
             test_in_features=opts["test_in_features"], test_out_features=opts["test_out_features"],
             common_random_numbers=True, memory_budget=opts["memory_budget"],
-            kernel=opts["kernel"], device=self.device, seed=opts["seed"],
+            kernel=opts["kernel"], device=self.device, seed=opts["seed"], physics=physics,
         )
+        self.physics = self.objective.physics
         self._baseline: tuple[torch.Tensor, torch.Tensor] | None = None
         self.result: OptimizationResult | None = None
 
@@ -361,6 +369,7 @@ class WeightProgrammingOptimizer:
             nit=outcome.nit, nfev=outcome.nfev, wall_time=time.perf_counter() - start,
             stop_reason=outcome.stop_reason, message=outcome.message, history=history,
             polished=polished, backend=self.backend, device=str(self.device),
+            physics=self.physics,
             extra={"outcome": outcome, "validation_sem": val_sem, "baseline_sem": base_sem},
         )
         return converter, self.result.success

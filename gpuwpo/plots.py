@@ -165,13 +165,13 @@ def programming_curves(
 
 
 def _normalised_errors(weights: torch.Tensor, converter, noise_model, t_steps, repeats,
-                       generator, compensation) -> torch.Tensor:
+                       generator, compensation, physics="device") -> torch.Tensor:
     """(alpha_t W_t - W) / max|W| of every weight, [T, repeats * N]."""
     from .simulate import simulate_weights
 
     w = weights.detach().to("cpu", torch.float32)
     eff = simulate_weights(w, converter, noise_model, t_steps, compensation, repeats=repeats,
-                           generator=generator)  # [R, T, *w]
+                           generator=generator, physics=physics)  # [R, T, *w]
     err = (eff - w) / w.abs().max()
     return err.transpose(0, 1).reshape(len(t_steps), -1)
 
@@ -184,6 +184,7 @@ def weight_error_histograms(
     noise_model=None,
     baseline=None,
     compensation=None,
+    physics: str = "device",
     repeats: int = 3,
     seed: int = 0,
     bins: int = 80,
@@ -203,6 +204,8 @@ def weight_error_histograms(
         t_steps: inference times in seconds [T].
         noise_model: the PCM model (default PCMLikeNoiseModel(g_max=25)).
         baseline: the baseline converter (default DualPair f=[1, 1], 0..25 uS).
+        compensation: drift compensation (default ideal global).
+        physics: "device" or "aihwkit" (see :mod:`gpuwpo.physics`).
         repeats: independent programmings pooled per histogram.
         seed: seed of the noise (one generator, both strategies drawn in turn).
         path: where to save the figure (optional).
@@ -228,8 +231,9 @@ def weight_error_histograms(
     for row, (name, conv) in enumerate(converters.items()):
         w = weights[name]
         base_err = _normalised_errors(w, baseline, noise_model, t_steps, repeats, gen,
-                                      compensation)
-        opt_err = _normalised_errors(w, conv, noise_model, t_steps, repeats, gen, compensation)
+                                      compensation, physics)
+        opt_err = _normalised_errors(w, conv, noise_model, t_steps, repeats, gen, compensation,
+                                     physics)
         # Common bins per layer, wide enough for the bulk of both (the extreme tails would
         # squeeze the histograms into a spike).
         both = torch.cat([base_err.reshape(-1), opt_err.reshape(-1)])

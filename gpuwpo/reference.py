@@ -2,8 +2,9 @@
 and benchmarked against. Not for users: it is slow on purpose of being obvious.
 
 It follows the reference toolkit's flow for one candidate: decode the strategy, build a
-CustomPair converter (with its invertibility check), convert the test tile, and for every time
-step program, drift, read, convert back, compensate and accumulate the error.
+CustomPair converter (with its invertibility check), convert the test tile with the converter's
+own methods, and for every time step program, drift and read in the objective's physics
+(:func:`gpuwpo.physics.program_and_read`), compensate and accumulate the error.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import torch
 
 from .converters import CustomPairConductanceConverter
 from .objective import TNMSEObjective, make_generator
+from .physics import ConverterTiles, program_and_read
 from .simulate import DeviceNoise
 
 __all__ = ["reference_tnmse", "reference_objective"]
@@ -37,7 +39,9 @@ def reference_tnmse(
     converter = CustomPairConductanceConverter(f, g_lst, space.g_min, space.g_max,
                                                invertibility_test=True)
     tile = w.reshape(objective.tile_shape)
-    g, params = converter.convert_to_conductances(tile)  # [2K, out, in]
+    tiles = ConverterTiles(converter, tile.shape)
+    g, params = tiles.to_conductances(tile)  # [2K, N]
+    nm = objective.noise_model
     total = 0.0
     for i, t in enumerate(objective.t_steps.tolist()):
         if noise is None:
@@ -45,13 +49,9 @@ def reference_tnmse(
                  for _ in range(3)]
         else:
             z = [n[i].reshape(g.shape) for n in noise]
-        nm = objective.noise_model
-        g_prog = nm.apply_programming_noise_to_conductance(g, z=z[0])
-        nu = nm.generate_drift_coefficients(g, z=z[1])
-        g_t = nm.apply_drift_noise_to_conductance(g_prog, nu, t, z=z[2])
-        w_prog = converter.convert_back_to_weights(g_prog, params)
-        w_t = converter.convert_back_to_weights(g_t, params)
-        alpha = objective.compensation.alpha(w_prog, w_t, generator, tile_ndim=2)
+        w_prog, w_t = program_and_read(objective.physics, tiles, params, nm.prepare_targets(g),
+                                       nm, t, *z)
+        alpha = objective.compensation.alpha(w_prog, w_t, generator, tile_ndim=2, w_ideal=tile)
         err = objective.error_amplification * (alpha * w_t - tile) / m
         total += float(err.square().sum())
     return total / (w.numel() * objective.t_steps.numel())

@@ -3,8 +3,9 @@
 The pipeline here is shared by :func:`simulate_weights` (any converter, for users) and the
 objective's hot path (:mod:`gpuwpo.objective`): for every time step the tile is programmed
 afresh (new programming noise, new drift coefficients), drifted to ``t`` and read with 1/f noise
-(DESIGN.md section 2). It works at the conductance level: the devices actually programmed are
-the ones that drift and are read.
+(DESIGN.md section 2). Which devices drift and are read is the physics
+(:mod:`gpuwpo.physics`): the programmed ones (``physics="device"``), or those of the programmed
+weights converted again (``physics="aihwkit"``, the reference toolkit's tile).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import NamedTuple
 import torch
 
 from .compensation import GlobalDriftCompensation
+from .physics import ConverterTiles, check_physics, program_and_read
 
 __all__ = ["DEFAULT_TIMES", "DeviceNoise", "sample_device_noise", "program_drift_read",
            "simulate_weights", "as_time_tensor", "tnmse_over_time"]
@@ -78,11 +80,14 @@ def program_drift_read(
     noise: DeviceNoise | None = None,
     time_dim: int = -3,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Program ``g_target`` afresh for every time step, drift and read it.
+    """Program ``g_target`` afresh for every time step, drift and read the programmed devices.
+
+    The device physics at the conductance level (``physics="device"``, docs/DESIGN.md
+    section 2), through the device model's hot-path methods.
 
     Args:
         g_target: target conductances [..., R, N] in uS (R devices, N weights).
-        noise_model: a :class:`gpuwpo.PCMLikeNoiseModel` (or custom-drift variant).
+        noise_model: a :class:`gpuwpo.noise.DeviceModel`.
         t_steps: inference times [T] in seconds after programming.
         generator: source of the noise when ``noise`` is not given.
         noise: explicit standard-normal draws broadcastable to [..., T, R, N].
@@ -98,16 +103,13 @@ def program_drift_read(
     if g_target.ndim < 2:
         raise ValueError(f"g_target must be [..., R, N], got shape {tuple(g_target.shape)}")
     t = t_steps.to(dtype=g_target.dtype, device=g_target.device).reshape(-1, 1, 1)
-    g = g_target.unsqueeze(-3)  # [..., 1, R, N]: the same targets at every time step
     if noise is None:
         out_shape = (*g_target.shape[:-2], t.shape[0], *g_target.shape[-2:])
         noise = sample_device_noise(out_shape, generator=generator, dtype=g_target.dtype,
                                     device=g_target.device)
-    g_prog = noise_model.apply_programming_noise_to_conductance(g, z=noise.z_prog)
-    # Drift coefficients are drawn from the *target* conductance (DESIGN.md section 2).
-    nu = noise_model.generate_drift_coefficients(g, z=noise.z_drift)
-    g_t = noise_model.apply_drift_noise_to_conductance(g_prog, nu, t, z=noise.z_read)
-    return g_prog, g_t
+    # The same targets at every time step: [..., 1, R, N] broadcasts against the noise.
+    prepared = noise_model.prepare_targets(g_target.unsqueeze(-3))
+    return noise_model.program_drift_read_step(prepared, t, *noise)
 
 
 def simulate_weights(
@@ -118,26 +120,31 @@ def simulate_weights(
     compensation=None,
     repeats: int = 1,
     generator: torch.Generator | None = None,
+    *,
+    physics: str = "device",
 ) -> torch.Tensor:
     """Drift-compensated effective weights of a tile programmed with ``g_converter``.
 
-    For each repeat and time step the tile is programmed afresh (DESIGN.md section 5): the
-    target conductances get programming noise, the programmed devices drift to ``t`` and are
-    read with noise, the read conductances are converted back to weights and the global (or
-    per-column) drift compensation is applied. One batched computation over repeats and times.
+    For each repeat and time step the tile is programmed afresh (docs/DESIGN.md section 5): the
+    target conductances get programming noise, drift to ``t`` and are read with noise in the
+    chosen physics (:mod:`gpuwpo.physics`), are converted back to weights, and the global (or
+    per-column) drift compensation is applied. Batched over repeats and times.
 
     Args:
         weights: the ideal weights, any shape (a 2-D weight is [out_features, in_features]).
         g_converter: any conductance converter of :mod:`gpuwpo.converters` (one program).
-        noise_model: the PCM device model.
+        noise_model: the device model (:class:`gpuwpo.noise.DeviceModel`).
         t_steps: inference times in seconds, a float or a sequence [T].
         compensation: defaults to ideal :class:`GlobalDriftCompensation`.
         repeats: independent programmings to simulate (>= 1).
         generator: source of all noise (device noise and readout-periphery noise).
+        physics: "device" (the programmed devices drift) or "aihwkit" (the reference
+            toolkit's tile: the programmed weights are converted again before they drift).
 
     Returns:
         Effective weights ``alpha_t * W_t`` of shape [repeats, T, *weights.shape].
     """
+    check_physics(physics)
     if not isinstance(weights, torch.Tensor):
         weights = torch.as_tensor(weights, dtype=torch.float32)
     if not torch.is_floating_point(weights):
@@ -148,18 +155,18 @@ def simulate_weights(
         raise ValueError("weights is empty")
     compensation = GlobalDriftCompensation() if compensation is None else compensation
     t = as_time_tensor(t_steps, dtype=weights.dtype, device=weights.device)
-    g, params = g_converter.convert_to_conductances(weights)  # [R, *w.shape]
-    if g.ndim != weights.ndim + 1:
+    tiles = ConverterTiles(g_converter, weights.shape)
+    g, params = tiles.to_conductances(weights)  # [R, N]
+    if g.ndim != 2:
         raise ValueError("simulate_weights takes a converter holding one program, not a batch")
-    flat = g.reshape(g.shape[0], -1)  # [R, N]
-    # Noise of the full shape; the targets broadcast over repeats instead of being copied.
-    noise = sample_device_noise((int(repeats), t.shape[0], *flat.shape), generator=generator,
-                                dtype=flat.dtype, device=flat.device)
-    g_prog, g_t = program_drift_read(flat, noise_model, t, noise=noise)  # [repeats, T, R, N]
-    lead = g_prog.shape[:-2]
-    w_prog = g_converter.convert_back_to_weights(g_prog.reshape(*lead, *g.shape), params)
-    w_t = g_converter.convert_back_to_weights(g_t.reshape(*lead, *g.shape), params)
-    alpha = compensation.alpha(w_prog, w_t, generator, tile_ndim=weights.ndim)
+    # Noise of the full shape; the targets broadcast over repeats and times, not copied.
+    noise = sample_device_noise((int(repeats), t.shape[0], *g.shape), generator=generator,
+                                dtype=g.dtype, device=g.device)
+    prepared = noise_model.prepare_targets(g)
+    w_prog, w_t = program_and_read(physics, tiles, params, prepared, noise_model,
+                                   t.reshape(-1, 1, 1), *noise)  # [repeats, T, *w]
+    alpha = compensation.alpha(w_prog, w_t, generator, tile_ndim=max(1, weights.ndim),
+                               w_ideal=weights)
     return alpha * w_t
 
 
@@ -173,6 +180,7 @@ def tnmse_over_time(
     compensation=None,
     generator: torch.Generator | None = None,
     memory_budget: int = 1 << 29,
+    physics: str = "device",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Weight error E_t of a whole layer at each time: mean and standard error over repeats.
 
@@ -188,6 +196,7 @@ def tnmse_over_time(
         compensation: drift compensation (default ideal global).
         generator: source of the noise.
         memory_budget: bytes at a time: large layers are simulated a few repeats at a time.
+        physics: "device" or "aihwkit" (see :mod:`gpuwpo.physics`).
 
     Returns:
         ``(mean [T], sem [T])``.
@@ -205,7 +214,7 @@ def tnmse_over_time(
         for start in range(0, int(repeats), step):
             n = min(step, int(repeats) - start)
             eff = simulate_weights(w, converter, noise_model, [float(t)], compensation,
-                                   repeats=n, generator=generator)[:, 0]  # [n, *w]
+                                   repeats=n, generator=generator, physics=physics)[:, 0]
             errs.append(gain * (eff - w).square().reshape(n, -1).mean(-1))
         rows.append(torch.cat(errs))
     err = torch.stack(rows)  # [T, repeats]

@@ -34,9 +34,11 @@ def test_bad_kernel_name():
     "noise_model, compensation, match",
     [
         (gpuwpo.CustomDriftPCMLikeNoiseModel({"g_lst": [0.0, 25.0], "nu_mean_lst": [0.05, 0.06],
-                                               "nu_std_lst": [0.01, 0.01]}), None, "drift"),
+                                               "nu_std_lst": [0.01, 0.01]}), None,
+         "CustomDriftPCMLikeNoiseModel"),
         (None, gpuwpo.PerColumnDriftCompensation(), "global"),
         (None, gpuwpo.GlobalDriftCompensation(readout_noise=0.06), "ideal"),
+        (None, gpuwpo.GlobalDriftCompensation(exact_reference=True), "reference"),
     ],
 )
 def test_triton_refuses_physics_it_does_not_implement(noise_model, compensation, match):

@@ -55,13 +55,13 @@ def _layer(n: int = 3000, seed: int = 0) -> torch.Tensor:
 
 def _objective(f_lst=(1.0, 1.0), *, symmetric=True, layers=None, compensation=None,
                common_random_numbers=True, memory_budget=None, nbins=6, t_steps=T_STEPS,
-               noise_model=None) -> TNMSEObjective:
+               noise_model=None, physics="device") -> TNMSEObjective:
     space = StrategySpace(list(f_lst), nbins=nbins, symmetric=symmetric)
     layers = [_layer()] if layers is None else layers
     return TNMSEObjective(layers, noise_model or PCMLikeNoiseModel(), compensation,
                           t_steps=t_steps, strategy_space=space, test_in_features=IN,
                           test_out_features=OUT, common_random_numbers=common_random_numbers,
-                          memory_budget=memory_budget, kernel="torch")
+                          memory_budget=memory_budget, kernel="torch", physics=physics)
 
 
 def _population(obj: TNMSEObjective, P: int, seed: int = 0) -> torch.Tensor:
@@ -87,9 +87,10 @@ CASES = {
 }
 
 
+@pytest.mark.parametrize("physics", ["device", "aihwkit"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_explicit_noise_matches_reference(case):
-    obj = _objective(**CASES[case])
+def test_explicit_noise_matches_reference(case, physics):
+    obj = _objective(**CASES[case], physics=physics)
     P, T, N = 5, len(T_STEPS), obj.num_test_weights
     R = 2 * obj.space.num_pairs
     for seed in (1, 2):

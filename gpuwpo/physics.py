@@ -1,0 +1,199 @@
+"""The two physics of a programmed tile: how it is programmed, drifts and is read.
+
+gpuwpo offers two, by name (docs/DESIGN.md sections 2 and 2b):
+
+``physics="device"`` (the default): what a chip does. The target conductances ``G`` of the
+converter are programmed (``G_p``), the drift coefficients ``nu`` are drawn from the targets, and
+the devices that were programmed drift and are read:
+
+    G_t = drift_and_read(G_p, nu, t);    W_p = back(G_p),  W_t = back(G_t)
+
+``physics="aihwkit"``: what the reference toolkit's inference tile does (aihwkit 1.1.0,
+``InferenceTileWithPeriphery.program_weights`` / ``drift_weights``). It keeps the programmed
+*weights*, and to drift them converts them to conductances again, with the converter's scale
+taken from the programmed weights themselves:
+
+    W_p = back(G_p);    (G', p') = convert(W_p);    G_t = drift_and_read(G', nu, t);
+    W_t = back'(G_t)    (with p')
+
+In both, ``alpha_t`` compares a readout of ``W_p`` (or of the ideal weights, with an exact
+reference) with a readout of ``W_t`` (:mod:`gpuwpo.compensation`), and the effective weights are
+``alpha_t W_t``.
+
+:func:`program_and_read` is the one place where this is written. The objective's batched hot
+path (:class:`ProgramTiles`: a population of CustomPair programs, one conversion per tile
+computed on a shared grid) and the converter path (:class:`ConverterTiles`: any converter, one
+program, the converter's own methods per tile) both call it; they differ only in how a tile's
+weights become conductances and back.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import torch
+
+from .converters import grid_interpolation, interpolate_programs, net_weight_max
+
+__all__ = ["PHYSICS", "check_physics", "program_and_read", "TileConversion", "ProgramTiles",
+           "ConverterTiles"]
+
+#: The physics gpuwpo offers (see the module docstring).
+PHYSICS = ("device", "aihwkit")
+
+# Floor of max|W| before dividing by it (the reference's _ZERO_CLIP).
+_ZERO_CLIP = 1e-7
+
+
+def check_physics(physics: object) -> str:
+    """``physics`` if it is one of :data:`PHYSICS`, else a ValueError naming the choices."""
+    if physics not in PHYSICS:
+        raise ValueError(f"physics must be one of {', '.join(map(repr, PHYSICS))}, got "
+                         f"{physics!r}")
+    return str(physics)
+
+
+class TileConversion(Protocol):
+    """How the weights of a batch of tiles become conductances and back.
+
+    ``to_conductances(w [..., *tile]) -> (g [..., R, N], params)`` with every leading index its
+    own tile (its own max|W|, as a converter sees one weight tensor); ``to_weights(g [..., R, N],
+    params) -> w [..., *tile]``.
+    """
+
+    def to_conductances(self, w: torch.Tensor) -> tuple[torch.Tensor, Any]: ...
+
+    def to_weights(self, g: torch.Tensor, params: Any) -> torch.Tensor: ...
+
+
+def program_and_read(
+    physics: str,
+    tiles: TileConversion,
+    params: Any,
+    prepared,
+    noise_model,
+    t_inference: float | torch.Tensor,
+    z_prog: torch.Tensor | None = None,
+    z_drift: torch.Tensor | None = None,
+    z_read: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Program the prepared targets afresh, then drift and read: one time step of a physics.
+
+    Args:
+        physics: "device" or "aihwkit".
+        tiles: the conversion of the tiles (a :class:`ProgramTiles` or :class:`ConverterTiles`).
+        params: what ``tiles.to_conductances`` returned with the target conductances.
+        prepared: ``noise_model.prepare_targets(g_target)`` of the targets ``[..., R, N]``.
+        noise_model: a :class:`gpuwpo.noise.DeviceModel`.
+        t_inference: seconds after programming (a float, or a tensor that broadcasts with the
+            conductances, e.g. ``[T, 1, 1]``).
+        z_prog, z_drift, z_read: standard normals broadcastable with the conductances, or None
+            to draw them from ``generator``.
+
+    Returns:
+        ``(w_prog, w_t)``: the programmed weights and the weights read at ``t_inference``,
+        ``[..., *tile]`` (unitless, not yet compensated).
+    """
+    g_prog = noise_model.program(prepared, z_prog, generator)
+    nu = noise_model.drift_coefficients(prepared, z_drift, generator)
+    w_prog = tiles.to_weights(g_prog, params)
+    if physics == "device":
+        g_read, read_params = g_prog, params
+    elif physics == "aihwkit":
+        # The reference converts the programmed WEIGHTS again; nu stays that of the targets.
+        g_read, read_params = tiles.to_conductances(w_prog)
+    else:
+        check_physics(physics)
+    g_t = noise_model.drift_and_read(g_read, nu, t_inference, z_read, generator)
+    return w_prog, tiles.to_weights(g_t, read_params)
+
+
+class ProgramTiles:
+    """A population of CustomPair programs converting its tiles: the objective's hot path.
+
+    Args:
+        f: ``[B, P, K]`` significance factors.
+        g_lst: ``[B, P, 2K, L]`` program tables (uS) on the grid ``linspace(-M, M, L)``.
+        tile_shape: ``(out, in)`` of a tile, out * in = N.
+
+    Tiles are ``[B, P, ..., *tile_shape]`` (extra dimensions after the candidate axis
+    broadcast). Params are the signed coefficients ``+-f_k / scale`` ``[B, P, 1, 2K]`` of the
+    matmul that converts conductances back to weights: ``W = sum_k f_k (G+_k - G-_k) / scale``
+    with ``scale = max_grid |sum_k f_k (G+_k - G-_k)| / max|W|`` (as the converter's).
+    """
+
+    def __init__(self, f: torch.Tensor, g_lst: torch.Tensor, tile_shape: Sequence[int]) -> None:
+        self.f = f
+        self.g_lst = g_lst
+        self.tile_shape = tuple(int(s) for s in tile_shape)
+        # max over the grid of |net weight curve| (uS): the numerator of every scale.
+        self.net_max = net_weight_max(f, g_lst)  # [B, P]
+
+    def coefficients(self, max_abs_weight: torch.Tensor) -> torch.Tensor:
+        """Signed ``+-f / scale`` ``[B, P, 1, 2K]`` for tiles of max|W| ``[B, P]``."""
+        scale = self.net_max / max_abs_weight
+        coef = self.f / scale.unsqueeze(-1)  # [B, P, K]
+        return torch.stack((coef, -coef), dim=-1).flatten(-2).unsqueeze(-2)
+
+    def to_conductances(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Conductances ``[B, P, 2K, N]`` of tiles ``w`` ``[B, P, *tile]``, each with its own
+        grid ``linspace(-max|w|, max|w|, L)``."""
+        flat = w.flatten(-2)  # [B, P, N]
+        m = flat.abs().amax(-1).clamp(min=_ZERO_CLIP)  # [B, P]
+        idx, frac = grid_interpolation(flat, m, self.g_lst.shape[-1])
+        return interpolate_programs(self.g_lst, idx, frac), self.coefficients(m)
+
+    def to_weights(self, g: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+        """Weights ``[B, P, *tile]`` of conductances ``g`` ``[B, P, 2K, N]``."""
+        return torch.matmul(coef, g).reshape(*g.shape[:-2], *self.tile_shape)
+
+
+class ConverterTiles:
+    """Any converter holding one program, converting tiles of ``weight_shape`` one by one.
+
+    The converter path: the converter's own ``convert_to_conductances`` and
+    ``convert_back_to_weights`` define the conversion, so every converter class (Fusion's
+    per-row least squares included) means here exactly what it means to its users. Params are
+    the converter's params dict (one conversion shared by all leading indices) or a list of
+    them, one per tile (after :meth:`to_conductances` of a batch of tiles).
+    """
+
+    def __init__(self, converter, weight_shape: Sequence[int]) -> None:
+        self.converter = converter
+        self.weight_shape = tuple(int(s) for s in weight_shape)
+        self.numel = math.prod(self.weight_shape)
+
+    def to_conductances(self, w: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        nd = len(self.weight_shape)
+        lead = w.shape[: w.ndim - nd]
+        if not lead:
+            return self._convert(w)
+        # Each tile is converted on its own: its own max|W| (the reference converts one tile's
+        # weights at a time).
+        parts, params = [], []
+        for tile in w.reshape(-1, *self.weight_shape):
+            g, p = self._convert(tile)
+            parts.append(g)
+            params.append(p)
+        g = torch.stack(parts)
+        return g.reshape(*lead, *g.shape[1:]), params
+
+    def _convert(self, tile: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        g, params = self.converter.convert_to_conductances(tile)
+        if g.ndim != tile.ndim + 1:
+            raise ValueError(f"expected a converter holding one program, got one with batch "
+                             f"shape {tuple(g.shape[: g.ndim - tile.ndim - 1])}")
+        return g.reshape(g.shape[0], self.numel), params
+
+    def to_weights(self, g: torch.Tensor, params: Any) -> torch.Tensor:
+        rows = g.shape[-2]
+        if isinstance(params, dict):
+            return self.converter.convert_back_to_weights(
+                g.reshape(*g.shape[:-2], rows, *self.weight_shape), params)
+        lead = g.shape[:-2]
+        tiles = g.reshape(-1, rows, *self.weight_shape)
+        out = [self.converter.convert_back_to_weights(tile, p) for tile, p in zip(tiles, params)]
+        return torch.stack(out).reshape(*lead, *self.weight_shape)
