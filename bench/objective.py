@@ -18,7 +18,10 @@ Timing is interleaved: in every round the reference and every batched variant ar
 after the other, so that load from other users of a shared machine hits them alike; the best
 round is reported (the least disturbed one), the median next to it.
 
-Run:  python bench/objective.py [--quick] [--out PATH] [--threads N] [--profile]
+Both physics are timed by default (``--physics device aihwkit``); each row also gives its cost
+per candidate relative to the device physics timed in the same rounds.
+
+Run:  python bench/objective.py [--quick] [--out PATH] [--threads N] [--profile] [--physics ...]
       python -m bench.objective ...
 Writes bench/results/objective-<machine>.json and prints a markdown table.
 """
@@ -76,27 +79,32 @@ def _timed(fn: Callable[[], object], device: torch.device) -> float:
 
 
 def _make_objective(weights: torch.Tensor, device: str, kernel: str, in_features: int,
-                    out_features: int) -> TNMSEObjective:
+                    out_features: int, physics: str = "device") -> TNMSEObjective:
     space = StrategySpace(list(F_LST), nbins=NBINS)
     return TNMSEObjective(weights.to(device), PCMLikeNoiseModel(), t_steps=T_STEPS,
                           strategy_space=space, test_in_features=in_features,
-                          test_out_features=out_features, kernel=kernel, device=device)
+                          test_out_features=out_features, kernel=kernel, device=device,
+                          physics=physics)
 
 
-def _variants(compile_cpu: bool = True) -> list[tuple[str, str]]:
-    """(device, kernel) pairs to time: torch (eager and compiled) on the CPU; torch and Triton
-    on CUDA if present."""
-    out = [("cpu", "torch")]
-    if compile_cpu:
-        out.append(("cpu", "compile"))
-    if torch.cuda.is_available():
-        out.append(("cuda", "torch"))
-        try:
-            import triton  # noqa: F401
+def _variants(compile_cpu: bool = True, physics: Sequence[str] = ("device",)
+              ) -> list[tuple[str, str, str]]:
+    """(device, kernel, physics) to time: torch (eager and compiled) on the CPU; torch and
+    Triton on CUDA if present (the kernel implements the device physics only)."""
+    out = []
+    for ph in physics:
+        out.append(("cpu", "torch", ph))
+        if compile_cpu:
+            out.append(("cpu", "compile", ph))
+        if torch.cuda.is_available():
+            out.append(("cuda", "torch", ph))
+            try:
+                import triton  # noqa: F401
 
-            out.append(("cuda", "triton"))
-        except ImportError:
-            pass
+                if ph == "device":
+                    out.append(("cuda", "triton", ph))
+            except ImportError:
+                pass
     return out
 
 
@@ -118,15 +126,16 @@ def profile_batched(objective: TNMSEObjective, x: torch.Tensor, *, common_random
 
 def run(sizes: Sequence[int], *, in_features: int = 512, out_features: int = 20,
         ref_candidates: int = 20, rounds: int = 3, big_rounds: int = 1, big_size: int = 2000,
-        seed: int = 0, profile_size: int | None = None, compile_cpu: bool = True) -> dict:
+        seed: int = 0, profile_size: int | None = None, compile_cpu: bool = True,
+        physics: Sequence[str] = ("device",)) -> dict:
     """Time every variant at every population size P; return the result record."""
     # A trained-layer-like weight distribution (heavier tails than a Gaussian), larger than the
     # test tile so that the objective's downsampling is part of the setup as in real use.
     layer = student_t_weights(4 * in_features * out_features, df=4,
                               generator=torch.Generator().manual_seed(seed))
     ref_obj = _make_objective(layer, "cpu", "torch", in_features, out_features)
-    objectives = {v: _make_objective(layer, v[0], v[1], in_features, out_features)
-                  for v in _variants(compile_cpu)}
+    objectives = {v: _make_objective(layer, *v[:2], in_features, out_features, physics=v[2])
+                  for v in _variants(compile_cpu, physics)}
     D = ref_obj.dim
     x_gen = torch.Generator().manual_seed(seed + 1)
     x_all = torch.rand(1, max(sizes), D, generator=x_gen)
@@ -150,9 +159,9 @@ def run(sizes: Sequence[int], *, in_features: int = 512, out_features: int = 20,
         x = x_all[:, :P]
         n_ref = min(ref_candidates, P) if ref_fixed is None else 1
         ref_times: list[float] = [] if ref_fixed is None else list(ref_fixed)
-        batched: dict[tuple[str, str, bool], list[float]] = {}
+        batched: dict[tuple[str, str, str, bool], list[float]] = {}
         n_rounds = rounds if P < big_size else big_rounds
-        for (device, kernel), obj in objectives.items():
+        for (device, kernel, _), obj in objectives.items():
             if kernel == "compile":  # a new population size may still trigger a recompile
                 for crn in (True, False):
                     obj(x.to(device), 0, common_random_numbers=crn)
@@ -161,17 +170,19 @@ def run(sizes: Sequence[int], *, in_features: int = 512, out_features: int = 20,
                 ref_x = x[:, :n_ref]
                 ref_times.append(_timed(lambda xs=ref_x, s=r: reference_objective(ref_obj, xs, s),
                                         torch.device("cpu")) / n_ref)
-            for (device, kernel), obj in objectives.items():
+            for (device, kernel, ph), obj in objectives.items():
                 xd = x.to(device)
                 for crn in (True, False):
                     t = _timed(lambda o=obj, xd=xd, c=crn, s=r: o(xd, s, common_random_numbers=c),
                                obj.device)
-                    batched.setdefault((device, kernel, crn), []).append(t / P)
+                    batched.setdefault((device, kernel, ph, crn), []).append(t / P)
         ref_best = min(ref_times)
-        for (device, kernel, crn), per in batched.items():
+        for (device, kernel, ph, crn), per in batched.items():
             best = min(per)
+            device_physics = batched.get((device, kernel, "device", crn))
             rows.append({
-                "device": device, "kernel": kernel, "common_random_numbers": crn, "P": P,
+                "device": device, "kernel": kernel, "physics": ph,
+                "common_random_numbers": crn, "P": P,
                 "N": in_features * out_features,
                 "rounds": len(per),
                 "batched_ms_per_candidate": best * 1e3,
@@ -181,6 +192,10 @@ def run(sizes: Sequence[int], *, in_features: int = 512, out_features: int = 20,
                 "reference_ms_per_candidate_median": statistics.median(ref_times) * 1e3,
                 "reference_candidates": n_ref,
                 "speedup_per_candidate": ref_best / best,
+                # Cost of this physics per candidate relative to the device physics measured in
+                # the same rounds (same kernel, CRN mode and P).
+                "cost_vs_device_physics": None if device_physics is None
+                else best / min(device_physics),
             })
         print(f"  P={P} done ({n_rounds} rounds)", file=sys.stderr, flush=True)
 
@@ -191,13 +206,14 @@ def run(sizes: Sequence[int], *, in_features: int = 512, out_features: int = 20,
             "t_steps_s": list(T_STEPS), "T": len(T_STEPS), "K": len(F_LST),
             "f_lst": list(F_LST), "nbins": NBINS, "D": D, "symmetric": True,
             "noise_model": "PCMLikeNoiseModel() defaults", "compensation": "ideal global",
+            "physics": list(physics),
             "dtype": "float32", "reference": "gpuwpo.reference.reference_objective on the CPU",
             "timing": "best of interleaved rounds (median also given), seconds per candidate",
         },
         "results": rows,
     }
     if profile_size:
-        obj = objectives[("cpu", "torch")]
+        obj = objectives[("cpu", "torch", physics[0])]
         record["profile"] = {
             f"P={profile_size}, crn={crn}": profile_batched(
                 obj, x_all[:, :profile_size], common_random_numbers=crn)
@@ -209,16 +225,19 @@ def run(sizes: Sequence[int], *, in_features: int = 512, out_features: int = 20,
 def results_table(record: dict) -> str:
     """The results as a markdown table (one row per device, kernel, CRN mode and P)."""
     rows = [{
-        "device": r["device"], "kernel": r["kernel"],
+        "device": r["device"], "kernel": r["kernel"], "physics": r.get("physics", "device"),
         "crn": "on" if r["common_random_numbers"] else "off", "P": r["P"], "N": r["N"],
         "cand_s": f"{r['batched_candidates_per_s']:.0f}",
         "ms": f"{r['batched_ms_per_candidate']:.3f}",
         "ref": f"{r['reference_ms_per_candidate']:.2f}",
         "ratio": f"{r['speedup_per_candidate']:.1f}",
+        "vs_device": "" if r.get("cost_vs_device_physics") is None
+        else f"{r['cost_vs_device_physics']:.2f}",
     } for r in record["results"]]
     return markdown_table(rows, [
-        "device", "kernel", ("crn", "CRN"), "P", "N", ("cand_s", "batched cand/s"),
+        "device", "kernel", "physics", ("crn", "CRN"), "P", "N", ("cand_s", "batched cand/s"),
         ("ms", "batched ms/cand"), ("ref", "reference ms/cand"), ("ratio", "speed-up (x)"),
+        ("vs_device", "cost vs device physics"),
     ])
 
 
@@ -248,6 +267,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
                              "N = 10^6 up to P = 1000)")
     parser.add_argument("--no-compile", action="store_true",
                         help="skip the torch.compile variant on the CPU (it compiles ~20 s)")
+    parser.add_argument("--physics", nargs="+", choices=("device", "aihwkit"),
+                        default=["device", "aihwkit"],
+                        help="physics to time (default both; the last column is each one's "
+                             "cost per candidate relative to the device physics)")
     parser.add_argument("--profile", action="store_true",
                         help="add torch.profiler's top ops of one batched call to the record")
     parser.add_argument("--out", type=Path, default=None,
@@ -275,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             sizes_n, in_features=n // args.out_features, out_features=args.out_features,
             ref_candidates=2 if args.quick else args.ref_candidates, rounds=rounds,
             profile_size=(min(sizes) if args.quick else 1000) if args.profile else None,
-            compile_cpu=not args.no_compile))
+            compile_cpu=not args.no_compile, physics=tuple(args.physics)))
     record = {**records[0], "results": [row for r in records for row in r["results"]]}
     if len(records) > 1:
         record["config"] = {**record["config"], "N": n_values, "test_tile": "(N / out) x out"}

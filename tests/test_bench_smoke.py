@@ -40,9 +40,15 @@ def test_objective_benchmark_quick(tmp_path, capsys):
     cpu = [r for r in record["results"] if r["device"] == "cpu"]
     assert sorted({r["P"] for r in cpu}) == [4, 9]
     assert {r["common_random_numbers"] for r in cpu} == {True, False}
+    assert {r["physics"] for r in cpu} == {"device", "aihwkit"}
     for r in cpu:
         assert r["batched_candidates_per_s"] > 0 and r["reference_ms_per_candidate"] > 0
         assert r["speedup_per_candidate"] == pytest.approx(
             r["reference_ms_per_candidate"] / r["batched_ms_per_candidate"])
+        same = [d for d in cpu if d["physics"] == "device" and all(
+            d[k] == r[k] for k in ("kernel", "common_random_numbers", "P"))]
+        assert r["cost_vs_device_physics"] == pytest.approx(
+            r["batched_ms_per_candidate"] / same[0]["batched_ms_per_candidate"])
     table = capsys.readouterr().out
-    assert "| cpu | torch | on | 9 |" in table
+    assert "| cpu | torch | device | on | 9 |" in table
+    assert "| cpu | torch | aihwkit | on | 9 |" in table
