@@ -2,7 +2,7 @@
 
 A converter maps a weight tensor ``W`` to the conductances of the devices that store it and
 back. The class names, defaults and formulas follow IBM aihwkit's
-``inference.converter.conductance`` / ``fusion`` modules (see DESIGN.md section 3), with two
+``inference.converter.conductance`` / ``fusion`` modules (see docs/DESIGN.md section 3), with two
 differences that the batched search needs:
 
 * Conductances come back as ONE tensor with the device axis just before the weight's own

@@ -1,4 +1,4 @@
-"""The batched TNMSE objective (DESIGN.md section 5).
+"""The batched TNMSE objective (docs/DESIGN.md section 5).
 
 A whole population of candidate programs, for every layer at once, is decoded, converted,
 programmed, drifted, read, compensated and reduced in one batched computation on the tensors'
@@ -162,7 +162,7 @@ def tnmse_from_programs(
         noise_model: the PCM device model.
         compensation: :class:`GlobalDriftCompensation` (default) or
             :class:`PerColumnDriftCompensation`, with or without a readout periphery.
-        error_amplification: the factor 10 of DESIGN.md section 5.
+        error_amplification: the factor 10 of docs/DESIGN.md section 5.
         generator: torch.Generator or int seed for all noise of this call.
         common_random_numbers: True shares one set of device noises by every candidate of a
             layer; False draws independent noise per candidate.
@@ -370,7 +370,7 @@ class TNMSEObjective:
         compensation: drift compensation (default ideal :class:`GlobalDriftCompensation`).
         t_steps: inference times [T] in seconds after programming.
         strategy_space: the :class:`gpuwpo.StrategySpace` that decodes ``x``.
-        error_amplification: the factor 10 of DESIGN.md section 5.
+        error_amplification: the factor 10 of docs/DESIGN.md section 5.
         test_in_features, test_out_features: the test tile (default 512 x 20 = 10,240 weights);
             ``None`` for both keeps the given weights as they are (they must then be [N] or [B, N]).
         common_random_numbers: True (default) shares one set of device noises by every
@@ -462,7 +462,7 @@ class TNMSEObjective:
         self.error_amplification = float(error_amplification)
         self.common_random_numbers = bool(common_random_numbers)
         self.memory_budget = memory_budget
-        # The grid depends only on M, so every candidate shares these (DESIGN.md section 3).
+        # The grid depends only on M, so every candidate shares these (docs/DESIGN.md section 3).
         self.idx, self.frac = grid_interpolation(
             self.test_weights, self.max_abs_weight, strategy_space.grid_size
         )

@@ -3,7 +3,7 @@
 The pipeline here is shared by :func:`simulate_weights` (any converter, for users) and the
 objective's hot path (:mod:`gpuwpo.objective`): for every time step the tile is programmed
 afresh (new programming noise, new drift coefficients), drifted to ``t`` and read with 1/f noise
-(DESIGN.md section 2). Which devices drift and are read is the physics
+(docs/DESIGN.md section 2). Which devices drift and are read is the physics
 (:mod:`gpuwpo.physics`): the programmed ones (``physics="device"``), or those of the programmed
 weights converted again (``physics="aihwkit"``, the reference toolkit's tile).
 """
@@ -184,7 +184,7 @@ def tnmse_over_time(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Weight error E_t of a whole layer at each time: mean and standard error over repeats.
 
-    ``E_t = mean_n (10 (alpha_t W_t,n - W_n) / max|W|)^2`` (DESIGN.md section 5, on the layer's
+    ``E_t = mean_n (10 (alpha_t W_t,n - W_n) / max|W|)^2`` (docs/DESIGN.md section 5, on the layer's
     own weights rather than a downsampled test tile); the TNMSE is its mean over the times.
 
     Args:

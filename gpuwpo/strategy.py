@@ -4,7 +4,7 @@ A *program* is what a ``CustomPairConductanceConverter`` needs: significance fac
 ``f`` [..., K] and conductance rows ``g_lst`` [..., 2K, L] (rows G+_0, G-_0, G+_1, G-_1, ...)
 on the uniform weight grid ``linspace(-M, M, L)``, M = max|test weights|, L = 2 * nbins - 1.
 Differential evolution searches the D-dimensional unit hypercube; :class:`StrategySpace`
-maps a whole population of points to programs in one batched call (DESIGN.md section 4).
+maps a whole population of points to programs in one batched call (docs/DESIGN.md section 4).
 
 The coordinate order and every formula follow IBM aihwkit's reference
 (``aihwkit.inference.converter.wpo.denormalize``), so that a point found here decodes to the

@@ -1,10 +1,11 @@
 """Fused Triton kernel for the TNMSE of a whole population of CustomPair programs.
 
 :func:`tnmse_triton` evaluates every candidate program of every layer over every inference time
-in one kernel launch, with the physics of DESIGN.md section 2 and the objective of section 5. Its
-pure-torch twin and specification is :func:`gpuwpo.objective.tnmse_from_programs`; the two agree
-in distribution (they draw different random numbers), and to float32 round-off when the twin is
-given the kernel's standard normals (tests/test_kernel_tnmse.py reproduces the stream).
+in one kernel launch, with the device physics of docs/DESIGN.md section 2 and the objective of
+section 5. Its pure-torch twin and specification is
+:func:`gpuwpo.objective.tnmse_from_programs`; the two agree in distribution (they draw
+different random numbers), and to float32 round-off when the twin is given the kernel's
+standard normals (tests/test_kernel_tnmse.py reproduces the stream).
 
 Design
 ------
@@ -19,11 +20,11 @@ Design
   (weight index n, t * 2K + device row r, candidate p or 0 with common random numbers, layer b),
   so a draw is a pure function of (seed, b, p, t, r, n): the result is deterministic, the noise
   does not depend on the launch configuration, and common random numbers cost nothing.
-* Compensation in one pass (DESIGN.md section 5). Summing ``alpha^2 S_tt - 2 alpha S_tw + S_ww``
-  loses the small error to cancellation against ``S_ww`` in float32, so each chunk takes a
-  reference ``a_ref`` (the compensation factor of its first block, same formula as alpha) and
-  accumulates the moments of ``D = a_ref W_t - W``, which is already nearly the compensated
-  error. With ``alpha`` known after the launch:
+* Compensation in one pass (docs/DESIGN.md section 5). Summing
+  ``alpha^2 S_tt - 2 alpha S_tw + S_ww`` loses the small error to cancellation against ``S_ww``
+  in float32, so each chunk takes a reference ``a_ref`` (the compensation factor of its first
+  block, same formula as alpha) and accumulates the moments of ``D = a_ref W_t - W``, which is
+  already nearly the compensated error. With ``alpha`` known after the launch:
   ``sum (alpha W_t - W)^2 = (alpha - a_ref)^2 S_tt + 2 (alpha - a_ref) S_tD + S_DD``, whose terms
   are all about the size of the result. Per (b, p, t, chunk) the kernel writes
   ``(A0, A_t, S_tt, S_tD, S_DD, a_ref)`` (float32 per-lane sums over the chunk's blocks, ~1000

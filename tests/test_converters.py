@@ -35,7 +35,7 @@ def _pair_converters():
 
 
 def _linear_program(k_w, f, g_min=0.0, g_max=25.0, L=11, x=None):
-    """Decode an invertible program (DESIGN.md section 4, g_err = 0, no mirroring).
+    """Decode an invertible program (docs/DESIGN.md section 4, g_err = 0, no mirroring).
 
     k_w ``[...]`` (uS per unit weight at M = 1), f ``[K]``, x ``[..., L, K, 2]`` in [0, 1]
     (x_g, x_delta). Returns g_lst ``[..., 2K, L]`` whose net curve is k_w * w_grid.

@@ -40,7 +40,7 @@ T_STEPS = (0.0, 3600.0, 3.15e7)
 
 
 # ---------------------------------------------------------------------------------------------
-# Specification: float64, explicit noise, written from DESIGN.md sections 2, 3 and 5.
+# Specification: float64, explicit noise, written from docs/DESIGN.md sections 2, 3 and 5.
 # ---------------------------------------------------------------------------------------------
 
 def reference_tnmse(f, g_lst, w, idx, frac, m, t_steps, z1, z2, z3, *, g_max, prog_coeff, g_ref,

@@ -1,4 +1,4 @@
-"""Tests of the PCM device model (gpuwpo/noise.py) against plain transcriptions of DESIGN.md 2."""
+"""Tests of the PCM device model (gpuwpo/noise.py) against transcriptions of docs/DESIGN.md 2."""
 
 from __future__ import annotations
 

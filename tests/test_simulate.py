@@ -5,7 +5,7 @@ with the noise switched off the pipeline is exactly the converter's round trip; 
 compensation invariant; that the programmed devices are the ones that drift and are read (a
 hand-written loop over explicit draws reproduces it bit for bit); that every time step is
 programmed afresh; and, statistically, the TNMSE of the DualPair baseline against an
-independent numpy implementation of DESIGN.md section 2.
+independent numpy implementation of docs/DESIGN.md section 2.
 """
 
 from __future__ import annotations
@@ -191,7 +191,7 @@ def test_program_drift_read_layout():
 
 
 # ------------------------------------------------------------------------------------------
-# Statistical check against an independent numpy implementation of DESIGN.md section 2
+# Statistical check against an independent numpy implementation of docs/DESIGN.md section 2
 # ------------------------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""Tests of gpuwpo.strategy.StrategySpace against a scalar transcription of DESIGN.md section 4."""
+"""Tests of gpuwpo.strategy.StrategySpace against a scalar transcription of docs/DESIGN.md 4."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from gpuwpo.strategy import StrategySpace
 
 def decode_scalar(x, f_lst, m, *, g_min, g_max, nbins, symmetric, g_err, f_min, f_max,
                   use_max_kw):
-    """DESIGN.md section 4 for one candidate, in Python floats and loops (the specification)."""
+    """docs/DESIGN.md section 4 for one candidate, in Python floats and loops (the spec)."""
     x = list(x)
     f = list(f_lst)
     for k in range(len(f)):
