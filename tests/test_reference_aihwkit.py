@@ -309,3 +309,41 @@ def test_negative_control_the_same_test_rejects_the_device_physics(tile_objectiv
     aihwkit = _converter_samples(conv, tile, "aihwkit", readout, comp, seed=32)
     assert abs(z_score(device, ref)) > Z_AGREE, (device.mean(), ref.mean())
     assert abs(z_score(aihwkit, ref)) < Z_AGREE
+
+
+# ------------------------------------------------------------------------------------------
+# gpuwpo.aihwkit_interop
+
+
+def test_rpu_config_translation_and_refusals():
+    from gpuwpo.aihwkit_interop import to_aihwkit_rpu_config
+
+    nm = gpuwpo.PCMLikeNoiseModel(g_max=30.0, prog_coeff=[0.3, 1.5, -1.0], drift_scale=0.9)
+    conv = gpuwpo.DualPairConductanceConverter([1.0, 2.0], 0.0, 25.0)
+    cfg = to_aihwkit_rpu_config(nm, conv, gpuwpo.GlobalDriftCompensation.aihwkit_default())
+    assert not cfg.forward.is_perfect
+    assert cfg.noise_model.g_max == 30.0 and cfg.noise_model.prog_coeff_g_max_reference == 30.0
+    assert cfg.noise_model.drift_scale == 0.9 and cfg.mapping.weight_scaling_omega == 0.0
+    assert type(cfg.drift_compensation).__name__ == "GlobalDriftCompensation"
+    cfg = to_aihwkit_rpu_config(nm, conv, gpuwpo.GlobalDriftCompensation(exact_reference=True))
+    assert cfg.forward.is_perfect
+    assert type(cfg.drift_compensation).__name__ == "GlobalDriftCompensationWithExactReference"
+    with pytest.raises(ValueError, match="no periphery equal"):
+        to_aihwkit_rpu_config(nm, conv, gpuwpo.GlobalDriftCompensation(readout_noise=0.1))
+    with pytest.raises(ValueError, match="per-column compensation with an exact reference"):
+        to_aihwkit_rpu_config(nm, conv, gpuwpo.PerColumnDriftCompensation(exact_reference=True))
+    batched = gpuwpo.DualPairConductanceConverter(torch.tensor([[1.0, 1.0], [1.0, 2.0]]))
+    with pytest.raises(ValueError, match="batch shape"):
+        reference_converter(batched)
+
+
+def test_judge_leaves_the_global_generator_alone():
+    from gpuwpo.aihwkit_interop import judge_tnmse
+
+    state = torch.random.get_rng_state()
+    tile = torch.randn(4, 16, generator=_gen(50)) * 0.1
+    a = judge_tnmse(gpuwpo.DualPairConductanceConverter(), tile, [1.0], gpuwpo.PCMLikeNoiseModel(),
+                    repeats=3, seed=1)
+    b = judge_tnmse(gpuwpo.DualPairConductanceConverter(), tile, [1.0], gpuwpo.PCMLikeNoiseModel(),
+                    repeats=3, seed=1)
+    assert torch.equal(a, b) and torch.equal(torch.random.get_rng_state(), state)
