@@ -13,6 +13,11 @@ called. What it offers:
   the reference's optimiser sets them.
 * :func:`judge_tnmse`: TNMSE samples of a converter on a tile computed by the reference's own
   ``wpo.loss_weights`` -- how users who report with the reference's simulator see a strategy.
+
+And back (what :mod:`gpuwpo.wpo` runs on): :func:`from_aihwkit_converter`,
+:func:`from_aihwkit_noise_model` and :func:`from_aihwkit_rpu_config` translate the reference's
+objects into gpuwpo's ``physics="aihwkit"``; a setting gpuwpo does not model is refused with a
+ValueError naming it, never ignored.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["require_aihwkit", "to_aihwkit_converter", "to_aihwkit_noise_model",
-           "to_aihwkit_rpu_config", "judge_tnmse"]
+__all__ = ["require_aihwkit", "is_aihwkit_object", "to_aihwkit_converter",
+           "to_aihwkit_noise_model", "to_aihwkit_rpu_config", "judge_tnmse",
+           "from_aihwkit_converter", "from_aihwkit_noise_model", "from_aihwkit_rpu_config"]
 
 
 def require_aihwkit() -> None:
@@ -178,3 +184,180 @@ def judge_tnmse(converter, tile: torch.Tensor, t_steps: Sequence[float], noise_m
     if not bool(torch.isfinite(out).all()) or math.isnan(float(out.sum())):
         raise ValueError("the reference returned a non-finite TNMSE")
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# From the reference's objects to gpuwpo's physics="aihwkit"
+# --------------------------------------------------------------------------------------------
+
+
+def is_aihwkit_object(obj: object) -> bool:
+    """Whether ``obj`` is one of the reference toolkit's objects (by its module)."""
+    return type(obj).__module__.split(".")[0] == "aihwkit"
+
+
+def from_aihwkit_converter(converter):
+    """gpuwpo's converter equal to aihwkit's ``converter`` (gpuwpo's are returned as they are)."""
+    from . import converters as conv
+
+    if not is_aihwkit_object(converter):
+        return converter
+    name = type(converter).__name__
+    g_max = float(converter.g_max)
+    if name == "FusionConductanceConverter":
+        return conv.FusionConductanceConverter(g_max)
+    g_min = float(converter.g_min)
+    if name == "SinglePairConductanceConverter":
+        return conv.SinglePairConductanceConverter(g_min, g_max)
+    if name == "DualPairConductanceConverter":
+        return conv.DualPairConductanceConverter(list(converter.f_lst), g_min, g_max)
+    if name == "NPairConductanceConverter":
+        return conv.NPairConductanceConverter(list(converter.f_lst), g_min, g_max)
+    if name == "CustomPairConductanceConverter":
+        return conv.CustomPairConductanceConverter(list(converter.f_lst), converter.g_lst, g_min,
+                                                   g_max, invertibility_test=False)
+    raise ValueError(f"aihwkit's {name} is not modelled by gpuwpo (it models SinglePair, "
+                     "DualPair, NPair, CustomPair and Fusion converters)")
+
+
+def from_aihwkit_noise_model(noise_model):
+    """gpuwpo's PCM model with the parameters of aihwkit's ``noise_model``.
+
+    ``PCMLikeNoiseModel`` and ``CustomDriftPCMLikeNoiseModel`` are modelled (with their g_max,
+    programming coefficients and reference conductance, t_read, t_0 and the three scales); any
+    other noise model is refused by name.
+    """
+    from .noise import CustomDriftPCMLikeNoiseModel, PCMLikeNoiseModel
+
+    name = type(noise_model).__name__
+    if name not in ("PCMLikeNoiseModel", "CustomDriftPCMLikeNoiseModel"):
+        raise ValueError(f"the noise model {name} is not modelled by gpuwpo (it models "
+                         "PCMLikeNoiseModel and CustomDriftPCMLikeNoiseModel)")
+    kwargs = dict(prog_coeff=[float(c) for c in noise_model.prog_coeff],
+                  g_max=float(noise_model.g_max), t_read=float(noise_model.t_read),
+                  t_0=float(noise_model.t_0),
+                  prog_noise_scale=float(noise_model.prog_noise_scale),
+                  read_noise_scale=float(noise_model.read_noise_scale),
+                  drift_scale=float(noise_model.drift_scale),
+                  prog_coeff_g_max_reference=float(noise_model.prog_coeff_g_max_reference))
+    if name == "CustomDriftPCMLikeNoiseModel":
+        return CustomDriftPCMLikeNoiseModel(dict(noise_model.custom_drift_model), **kwargs)
+    return PCMLikeNoiseModel(**kwargs)
+
+
+def _enum_name(value: Any) -> str:
+    return getattr(value, "name", str(value))
+
+
+# IOParameters fields that must hold their neutral value: gpuwpo's periphery does not model them.
+_NEUTRAL_FORWARD = {
+    "inp_noise": 0.0, "inp_asymmetry": 0.0, "out_asymmetry": 0.0, "out_noise_std": 0.0,
+    "w_noise": 0.0, "ir_drop": 0.0, "out_nonlinearity": 0.0, "out_nonlinearity_std": 0.0,
+    "slope_calibration": 0.0, "v_offset_std": 0.0, "r_series": 0.0,
+    "w_read_asymmetry_dtod": 0.0, "out_scale": 1.0, "inp_sto_round": False,
+    "out_sto_round": False,
+}
+
+
+def _resolution(res: float) -> float:
+    """The reference's resolution: a fraction of the range, or (above 1) a number of states."""
+    return 1.0 / res if res > 1.0 else res
+
+
+def _compensation_from_forward(forward, per_column: bool, exact_reference: bool):
+    """gpuwpo's compensation and periphery for aihwkit's IOParameters ``forward``."""
+    from .compensation import GlobalDriftCompensation, PerColumnDriftCompensation
+
+    cls = PerColumnDriftCompensation if per_column else GlobalDriftCompensation
+    mv_type = _enum_name(getattr(forward, "mv_type", "ONE_PASS"))
+    if getattr(forward, "is_perfect", False) or mv_type == "IDEAL":
+        return cls(exact_reference=exact_reference)
+    if mv_type != "ONE_PASS":
+        raise ValueError(f"forward.mv_type={mv_type} is not modelled by gpuwpo (ONE_PASS is)")
+    for field, neutral in _NEUTRAL_FORWARD.items():
+        value = getattr(forward, field, neutral)
+        if value != neutral:
+            raise ValueError(f"forward.{field}={value!r} is not modelled by gpuwpo's readout "
+                             f"periphery (it must be {neutral!r})")
+    if _enum_name(getattr(forward, "w_noise_type", "NONE")) != "NONE":
+        raise ValueError(f"forward.w_noise_type={_enum_name(forward.w_noise_type)} is not "
+                         "modelled by gpuwpo's readout periphery")
+    if getattr(forward, "v_offset_w_min", -1.0) > 0.0:
+        raise ValueError("forward.v_offset_w_min > 0 is not modelled by gpuwpo")
+    nm = _enum_name(forward.noise_management)
+    thres = float(getattr(forward, "nm_thres", 0.0))
+    # The readout's inputs are one-hot vectors: ABS_MAX and MAX give a scale of 1, as does NONE.
+    if nm not in ("NONE", "ABS_MAX", "MAX") or (nm != "NONE" and 0.0 < thres < 1.0):
+        raise ValueError(f"forward.noise_management={nm} with nm_thres={thres} is not modelled "
+                         "by gpuwpo (NONE, ABS_MAX and MAX with nm_thres 0 or >= 1 are)")
+    bm = _enum_name(forward.bound_management)
+    if bm not in ("NONE", "ITERATIVE"):
+        raise ValueError(f"forward.bound_management={bm} is not modelled by gpuwpo (NONE and "
+                         "ITERATIVE are)")
+    out_bound = float(forward.out_bound)
+    bound = out_bound if out_bound > 0.0 else None
+    step = 0.0
+    if forward.out_res > 0.0:
+        if bound is None:
+            raise ValueError("forward.out_res > 0 with out_bound <= 0 (an unbounded output "
+                             "quantised relative to its bound) is not modelled by gpuwpo")
+        step = _resolution(float(forward.out_res)) * 2.0 * out_bound
+    inp_bound = float(forward.inp_bound)
+    if inp_bound < 1.0:
+        raise ValueError(f"forward.inp_bound={inp_bound} < 1 clips the one-hot readout input; "
+                         "not modelled by gpuwpo")
+    input_step = (_resolution(float(forward.inp_res)) * 2.0 * inp_bound
+                  if forward.inp_res > 0.0 else 0.0)
+    return cls(float(forward.out_noise), step, bound, exact_reference=exact_reference,
+               input_step=input_step, bound_management=bm == "ITERATIVE" and bound is not None,
+               max_bm_factor=float(forward.max_bm_factor), max_bm_res=float(forward.max_bm_res))
+
+
+def from_aihwkit_rpu_config(rpu_config, *, check_mapping: bool = True):
+    """gpuwpo's ``(noise_model, compensation)`` for aihwkit's inference RPU config.
+
+    The noise model (:func:`from_aihwkit_noise_model`), the drift compensation (global,
+    exact-reference or per-column) and the forward periphery through which the compensation
+    reads (ideal when ``forward.is_perfect``; else output noise, resolution and bound, input
+    resolution, ITERATIVE or no bound management) become gpuwpo's ``physics="aihwkit"``. Works
+    for ``TorchInferenceRPUConfig`` and ``InferenceRPUConfig`` alike (the C++ tile is taken to
+    implement the same IOParameters; only the torch tile is verified against). The weight
+    clipping, remapping and modifier settings act in training and do not change what is
+    programmed or read, so they are accepted.
+
+    Args:
+        rpu_config: the reference's config.
+        check_mapping: refuse weight or output scaling in ``mapping`` (the reference's optimiser
+            switches them off while it searches; a tile that uses them converts other weights).
+
+    Raises:
+        ValueError: a setting gpuwpo does not model, named.
+    """
+    for attr in ("noise_model", "drift_compensation", "forward", "mapping"):
+        if not hasattr(rpu_config, attr):
+            raise ValueError(f"{type(rpu_config).__name__} has no {attr!r}: not an inference "
+                             "RPU config")
+    noise_model = from_aihwkit_noise_model(rpu_config.noise_model)
+    comp = rpu_config.drift_compensation
+    name = type(comp).__name__
+    if name not in ("GlobalDriftCompensation", "GlobalDriftCompensationWithExactReference",
+                    "PerColumnDriftCompensation"):
+        raise ValueError(f"drift_compensation={name if comp is not None else None} is not "
+                         "modelled by gpuwpo (GlobalDriftCompensation, "
+                         "GlobalDriftCompensationWithExactReference and "
+                         "PerColumnDriftCompensation are)")
+    compensation = _compensation_from_forward(
+        rpu_config.forward, per_column=name == "PerColumnDriftCompensation",
+        exact_reference=name == "GlobalDriftCompensationWithExactReference")
+    if check_mapping:
+        mapping = rpu_config.mapping
+        for field in ("weight_scaling_omega", "learn_out_scaling", "weight_scaling_columnwise",
+                      "out_scaling_columnwise"):
+            if getattr(mapping, field, False):
+                raise ValueError(f"mapping.{field}={getattr(mapping, field)!r} is not modelled "
+                                 "by gpuwpo (the tile would convert scaled weights); switch it "
+                                 "off, as the reference's optimiser does while it searches")
+    dtype = _enum_name(getattr(getattr(rpu_config, "runtime", None), "data_type", "FLOAT"))
+    if dtype != "FLOAT":
+        raise ValueError(f"runtime.data_type={dtype} is not modelled by gpuwpo (FLOAT is)")
+    return noise_model, compensation

@@ -45,6 +45,8 @@ __all__ = [
     "FusionConductanceConverter",
     "grid_interpolation",
     "interpolate_programs",
+    "grid_position",
+    "lerp_tables",
     "net_weight_max",
     "program_scale",
 ]
@@ -151,7 +153,8 @@ def grid_interpolation(
 ) -> tuple[Tensor, Tensor]:
     """Position of every weight on the uniform grid ``linspace(-M, M, L)``.
 
-    With ``p = (w + M) / (2 M) * (L - 1)`` clamped to ``[0, L - 1]`` (np.interp clamps at the
+    With ``p = (w + M) / (2 M) * (L - 1)`` (computed as ``h + w h / M``, ``h = (L - 1) / 2``)
+    clamped to ``[0, L - 1]`` (np.interp clamps at the
     ends), ``idx = min(floor(p), L - 2)`` and ``frac = p - idx``, so that linear interpolation
     of a table ``y`` of L values is ``y[idx] + frac * (y[idx + 1] - y[idx])``. The grid depends
     only on M, so these are computed once and reused for every program.
@@ -178,12 +181,23 @@ def grid_interpolation(
             f"weights of shape {tuple(weights.shape)}"
         )
     m = m.reshape(tuple(m.shape) + (1,) * (weights.ndim - m.ndim))
-    m = m.clamp(min=torch.finfo(weights.dtype).tiny)
-    pos = ((weights / m + 1.0) * (0.5 * (L - 1))).clamp(0.0, L - 1)
+    return grid_position(weights, (0.5 * (L - 1)) / m.clamp(min=torch.finfo(weights.dtype).tiny),
+                         L)
+
+
+def grid_position(weights: Tensor, half_over_m: Tensor, L: int) -> tuple[Tensor, Tensor]:
+    """The core of :func:`grid_interpolation`, without its checks (for hot paths).
+
+    ``p = h + w (h / M)`` with ``h = (L - 1) / 2``, clamped to ``[0, L - 1]``; ``idx = min(
+    floor(p), L - 2)``, ``frac = p - idx``. ``half_over_m`` is ``h / M`` broadcastable with
+    ``weights`` (M already clipped away from 0).
+    """
+    half = 0.5 * (L - 1)
+    pos = torch.addcmul(torch.full((), half, dtype=weights.dtype, device=weights.device),
+                        weights, half_over_m).clamp_(0.0, L - 1)
     # The last grid point belongs to the last interval (frac = 1), keeping idx + 1 in range.
-    idx = pos.floor().clamp(max=L - 2)
-    frac = pos - idx
-    return idx.to(torch.int64), frac
+    idx = pos.floor().clamp_(max=L - 2)
+    return idx.to(torch.int64), pos.sub_(idx)
 
 
 def interpolate_programs(g_lst: Tensor, idx: Tensor, frac: Tensor) -> Tensor:
@@ -211,13 +225,23 @@ def interpolate_programs(g_lst: Tensor, idx: Tensor, frac: Tensor) -> Tensor:
     dtype = torch.promote_types(g_lst.dtype, frac.dtype)
     g_lst = g_lst.to(dtype)
     frac = frac.to(dtype)
-    rows, n = g_lst.shape[-2], idx.shape[-1]
+    rows = g_lst.shape[-2]
     batch = torch.broadcast_shapes(g_lst.shape[:-2], idx.shape[:-1])
     # gather needs index and source with the same batch dimensions; expand() makes views, so
     # neither the tables nor the index are copied per program.
     lower_tab = g_lst[..., :-1].expand(*batch, rows, g_lst.shape[-1] - 1)
     upper_tab = g_lst[..., 1:].expand(*batch, rows, g_lst.shape[-1] - 1)
-    index = idx.unsqueeze(-2).expand(*batch, rows, n)
+    return lerp_tables(lower_tab, upper_tab, idx, frac)
+
+
+def lerp_tables(lower_tab: Tensor, upper_tab: Tensor, idx: Tensor, frac: Tensor) -> Tensor:
+    """The core of :func:`interpolate_programs`, without its checks (for hot paths).
+
+    ``lower_tab``, ``upper_tab``: ``g_lst[..., :-1]`` and ``g_lst[..., 1:]`` expanded to the
+    batch shape ``[..., R, L - 1]``; ``idx`` int64 and ``frac`` ``[..., N]`` of that batch shape
+    (or broadcastable to it). Returns ``[..., R, N]``.
+    """
+    index = idx.unsqueeze(-2).expand(*lower_tab.shape[:-1], idx.shape[-1])
     lower = torch.gather(lower_tab, -1, index)
     upper = torch.gather(upper_tab, -1, index)
     # lerp stays inside [lower, upper] for frac in [0, 1], so the conductances never leave the

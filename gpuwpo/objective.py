@@ -38,9 +38,12 @@ NOISE_BLOCK = 8
 # Live [2K, N] tensors per candidate in one chunk (targets, per-target noise parameters, programmed
 # and read conductances, temporaries); sets how many candidates fit a memory budget.
 _LIVE_TENSORS = 12
-# On the CPU the chunk is kept cache-sized: elementwise passes over data that stays in L2/L3 are
-# several times faster than passes over main memory.
-_CPU_MEMORY_BUDGET = 16 * 2**20
+# On the CPU the chunk is kept cache-sized: elementwise passes over data that stays in cache are
+# several times faster than passes over main memory. The size is a measured choice (see
+# bench/README.md, "memory budget"); torch.compile's fused loops prefer 8x larger chunks.
+_CPU_MEMORY_BUDGET = 2 * 2**20
+# The converter path (baselines) simulates whole repeats at a time; its budget bounds memory.
+_CONVERTER_MEMORY_BUDGET = 16 * 2**20
 
 
 def make_generator(
@@ -372,7 +375,9 @@ class TNMSEObjective:
         strategy_space: the :class:`gpuwpo.StrategySpace` that decodes ``x``.
         error_amplification: the factor 10 of docs/DESIGN.md section 5.
         test_in_features, test_out_features: the test tile (default 512 x 20 = 10,240 weights);
-            ``None`` for both keeps the given weights as they are (they must then be [N] or [B, N]).
+            ``None`` for both keeps the given weights as they are, in their order: layers of one
+            shape, each a vector (one row of a tile [1, N]; a tensor [B, N] is B such layers) or
+            a matrix [out, in] that is itself the tile.
         common_random_numbers: True (default) shares one set of device noises by every
             candidate of a layer within a call, so identical candidates get identical losses.
         memory_budget: bytes at a time for the chunked computation (see
@@ -435,12 +440,14 @@ class TNMSEObjective:
             raise ValueError("give both test_in_features and test_out_features, or neither")
         gen = torch.Generator(device="cpu").manual_seed(int(seed))
         if test_in_features is None:
-            sizes = {w.numel() for w in layers}
-            if len(sizes) != 1:
-                raise ValueError("layers of different sizes need a test size "
+            shapes = {tuple(w.shape) for w in layers}
+            if len(shapes) != 1:
+                raise ValueError("layers of different shapes need a test size "
                                  "(test_in_features, test_out_features)")
             tests = [w.reshape(-1).to(device=self.device, dtype=dtype) for w in layers]
-            self.tile_shape = (1, tests[0].numel())
+            # A layer given as a matrix [out, in] is its own tile; a vector is one row.
+            shape = layers[0].shape
+            self.tile_shape = tuple(shape) if len(shape) == 2 else (1, tests[0].numel())
         else:
             if test_in_features < 1 or test_out_features < 1:
                 raise ValueError(f"test size must be positive, got {test_in_features} x "
@@ -629,7 +636,7 @@ class TNMSEObjective:
         gen = make_generator(generator, self.device)
         T, N = self.t_steps.shape[0], self.num_test_weights
         per_repeat = _LIVE_TENSORS * T * 2 * getattr(converter, "num_devices", 2) * N * 4
-        budget = self.memory_budget or _CPU_MEMORY_BUDGET
+        budget = self.memory_budget or _CONVERTER_MEMORY_BUDGET
         step = max(1, min(int(repeats), budget // per_repeat))
         means, sems = [], []
         for b in range(self.num_layers):

@@ -35,7 +35,7 @@ from typing import Any, Protocol
 
 import torch
 
-from .converters import grid_interpolation, interpolate_programs, net_weight_max
+from .converters import grid_position, lerp_tables, net_weight_max
 
 __all__ = ["PHYSICS", "check_physics", "program_and_read", "TileConversion", "ProgramTiles",
            "ConverterTiles"]
@@ -131,20 +131,24 @@ class ProgramTiles:
         self.tile_shape = tuple(int(s) for s in tile_shape)
         # max over the grid of |net weight curve| (uS): the numerator of every scale.
         self.net_max = net_weight_max(f, g_lst)  # [B, P]
+        # +-f_k / net_max: the signed coefficients for max|W| = 1 (they scale with max|W|).
+        unit = f / self.net_max.unsqueeze(-1)
+        self._unit_coef = torch.stack((unit, -unit), dim=-1).flatten(-2).unsqueeze(-2)
+        self._lower = g_lst[..., :-1]
+        self._upper = g_lst[..., 1:]
 
     def coefficients(self, max_abs_weight: torch.Tensor) -> torch.Tensor:
-        """Signed ``+-f / scale`` ``[B, P, 1, 2K]`` for tiles of max|W| ``[B, P]``."""
-        scale = self.net_max / max_abs_weight
-        coef = self.f / scale.unsqueeze(-1)  # [B, P, K]
-        return torch.stack((coef, -coef), dim=-1).flatten(-2).unsqueeze(-2)
+        """Signed ``+-f / scale`` ``[B, P, 1, 2K]`` for tiles of max|W| ``[B, P]`` (or [B, 1])."""
+        return self._unit_coef * max_abs_weight.unsqueeze(-1).unsqueeze(-1)
 
     def to_conductances(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Conductances ``[B, P, 2K, N]`` of tiles ``w`` ``[B, P, *tile]``, each with its own
         grid ``linspace(-max|w|, max|w|, L)``."""
         flat = w.flatten(-2)  # [B, P, N]
-        m = flat.abs().amax(-1).clamp(min=_ZERO_CLIP)  # [B, P]
-        idx, frac = grid_interpolation(flat, m, self.g_lst.shape[-1])
-        return interpolate_programs(self.g_lst, idx, frac), self.coefficients(m)
+        m = flat.abs().amax(-1, keepdim=True).clamp_(min=_ZERO_CLIP)  # [B, P, 1]
+        L = self.g_lst.shape[-1]
+        idx, frac = grid_position(flat, (0.5 * (L - 1)) / m, L)
+        return lerp_tables(self._lower, self._upper, idx, frac), self.coefficients(m[..., 0])
 
     def to_weights(self, g: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
         """Weights ``[B, P, *tile]`` of conductances ``g`` ``[B, P, 2K, N]``."""

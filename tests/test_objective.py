@@ -246,7 +246,7 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="both test_in_features and test_out_features"):
         TNMSEObjective([_layer()], PCMLikeNoiseModel(), strategy_space=space,
                        test_in_features=64, test_out_features=None)
-    with pytest.raises(ValueError, match="different sizes"):
+    with pytest.raises(ValueError, match="different shapes"):
         TNMSEObjective([_layer(100), _layer(200)], PCMLikeNoiseModel(), strategy_space=space,
                        test_in_features=None, test_out_features=None)
     with pytest.raises(ValueError, match="strategy_space"):
