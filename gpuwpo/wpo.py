@@ -427,6 +427,10 @@ class WeightProgrammingOptimizer:
 
     def __init__(self, weights: Tensor, f_lst: list, rpu_config: Any, t_steps: Sequence[float],
                  g_converter_baseline: Any, symmetric: bool = True, **kwargs: Any) -> None:
+        if not (isinstance(rpu_config, InferenceConfig) or _is_reference_config(rpu_config)):
+            raise TypeError(f"rpu_config must be aihwkit's InferenceRPUConfig / "
+                            f"TorchInferenceRPUConfig or gpuwpo.wpo.InferenceConfig, got "
+                            f"{type(rpu_config).__name__}")
         self.f_lst = f_lst
         self.rpu_config = copy.deepcopy(rpu_config)
         self.mapping_saved = copy.deepcopy(self.rpu_config.mapping)
