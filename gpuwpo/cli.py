@@ -29,6 +29,7 @@ import torch
 
 from .io import default_physics, physics_from_settings
 from .physics import PHYSICS
+from .rng import make_generator
 from .simulate import DEFAULT_TIMES, tnmse_over_time
 
 __all__ = ["main", "build_parser", "parse_times", "parse_f_lst"]
@@ -189,7 +190,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     t_steps = args.times if args.times is not None else recorded["t_steps"]
     simulated = args.physics or recorded["physics"]
     sizes, base_rows, opt_rows = [], [], []
-    gen = torch.Generator().manual_seed(args.seed)
+    gen = make_generator(args.seed)
     layers = result.layers
     try:
         from tqdm.auto import tqdm

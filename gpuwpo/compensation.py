@@ -34,6 +34,8 @@ import math
 
 import torch
 
+from .registry import Serializable
+
 __all__ = ["GlobalDriftCompensation", "PerColumnDriftCompensation", "kernel_compensation",
            "AIHWKIT_OUT_NOISE", "AIHWKIT_OUT_BOUND", "AIHWKIT_OUT_RES", "AIHWKIT_INP_RES",
            "AIHWKIT_INP_BOUND"]
@@ -82,7 +84,7 @@ def _quantise(x: torch.Tensor, step: float) -> torch.Tensor:
     return torch.round(x / step) * step
 
 
-class GlobalDriftCompensation:
+class GlobalDriftCompensation(Serializable):
     """Global drift compensation with an optional non-ideal readout periphery.
 
     Args:
@@ -149,6 +151,12 @@ class GlobalDriftCompensation:
         return cls(AIHWKIT_OUT_NOISE, AIHWKIT_OUT_RES * 2 * AIHWKIT_OUT_BOUND, AIHWKIT_OUT_BOUND,
                    exact_reference=exact_reference,
                    input_step=AIHWKIT_INP_RES * 2 * AIHWKIT_INP_BOUND, bound_management=True)
+
+    def _params(self) -> dict:
+        return {"readout_noise": self.readout_noise, "readout_step": self.readout_step,
+                "readout_bound": self.readout_bound, "exact_reference": self.exact_reference,
+                "input_step": self.input_step, "bound_management": self.bound_management,
+                "max_bm_factor": self.max_bm_factor, "max_bm_res": self.max_bm_res}
 
     @property
     def is_ideal(self) -> bool:

@@ -37,6 +37,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .checks import check_weights
+from .registry import Serializable
+
 __all__ = [
     "SinglePairConductanceConverter",
     "DualPairConductanceConverter",
@@ -125,17 +128,8 @@ def _as_f_tensor(f_lst: Sequence[float] | Tensor) -> Tensor:
 
 
 def _check_weights(weights: Tensor) -> Tensor:
-    """Validate weights (a non-empty, finite tensor); integer tensors become floating."""
-    if not isinstance(weights, Tensor):
-        raise TypeError(f"weights must be a torch.Tensor, got {type(weights).__name__}")
-    if weights.numel() == 0:
-        raise ValueError(f"weights must not be empty, got shape {tuple(weights.shape)}")
-    if not weights.is_floating_point():
-        weights = weights.to(torch.get_default_dtype())
-    if not bool(torch.isfinite(weights).all()):
-        bad = weights[~torch.isfinite(weights)]
-        raise ValueError(f"weights must be finite, found {bad.numel()} NaN/inf: {_describe(bad)}")
-    return weights
+    """The weights to convert: real, finite, non-empty, at least 1-D (gpuwpo.checks)."""
+    return check_weights(weights)
 
 
 def _max_abs_weight(weights: Tensor) -> Tensor:
@@ -271,12 +265,17 @@ def _pairs_to_weights(conductances: Tensor, f: Tensor, scale: Tensor, weight_ndi
     return w_us / scale.to(diff).reshape(tuple(scale.shape) + trailing)
 
 
-class _PairConverter:
+class _PairConverter(Serializable):
     """Shared parts of the pair converters: f, range, batch shape, converting back."""
 
     f_lst: Tensor
     g_min: float
     g_max: float
+    _abstract = True
+
+    def _params(self) -> dict[str, Any]:
+        return {"f_lst": self.f_lst.detach().cpu().double().tolist(), "g_min": self.g_min,
+                "g_max": self.g_max}
 
     @property
     def num_pairs(self) -> int:
@@ -436,6 +435,9 @@ class SinglePairConductanceConverter(NPairConductanceConverter):
     def __init__(self, g_min: float = 0.0, g_max: float = 25.0) -> None:
         super().__init__((1.0,), g_min, g_max)
 
+    def _params(self) -> dict[str, Any]:
+        return {"g_min": self.g_min, "g_max": self.g_max}
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(g_min={self.g_min}, g_max={self.g_max})"
 
@@ -538,6 +540,9 @@ class CustomPairConductanceConverter(_PairConverter):
                     "curve that is not monotone, not linear, decreasing or all zero does not "
                     "convert back to the weights"
                 )
+
+    def _params(self) -> dict[str, Any]:
+        return {**super()._params(), "g_lst": self.g_lst.detach().cpu().double().tolist()}
 
     @property
     def batch_shape(self) -> torch.Size:
@@ -691,7 +696,7 @@ def _ols_slope(x: Tensor, y: Tensor) -> Tensor:
     return torch.where(flat, torch.zeros_like(sxy), sxy / torch.where(flat, 1.0, sxx))
 
 
-class FusionConductanceConverter:
+class FusionConductanceConverter(Serializable):
     """Fusion chip: one device per weight, per-row scaling (aihwkit's fusion converter).
 
     Each row (see below) is scaled so that its max |w| maps to g_max:
@@ -717,6 +722,9 @@ class FusionConductanceConverter:
         if not 10.0 <= value <= 40.0:
             raise ValueError(f"Fusion g_max must be within [10, 40] uS, got {g_max!r}")
         self.g_max = value
+
+    def _params(self) -> dict[str, Any]:
+        return {"g_max": self.g_max}
 
     def convert_to_conductances(self, weights: Tensor) -> tuple[Tensor, dict[str, Any]]:
         """One conductance per weight.

@@ -56,6 +56,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from .rng import make_generator
+
 __all__ = [
     "STRATEGIES",
     "DEResult",
@@ -235,18 +237,14 @@ def population_size(dim: int, popsize: int = 15, init: str = "latinhypercube") -
 
 
 def _make_generator(seed: int | torch.Generator | None, device: torch.device) -> torch.Generator:
-    generator = torch.Generator(device=device)
+    # A copy of a given generator (the search owns its state), else gpuwpo.rng's meaning of an
+    # int seed or None (fresh entropy).
     if isinstance(seed, torch.Generator):
-        if seed.device.type != generator.device.type:
-            raise ValueError(
-                f"seed generator is on {seed.device}, but the search runs on {device}"
-            )
-        generator.set_state(seed.get_state())
-    elif seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(int(seed))
-    return generator
+        generator = make_generator(seed, device)
+        copy = torch.Generator(device=device)
+        copy.set_state(generator.get_state())
+        return copy
+    return make_generator(seed, device)
 
 
 def _generator(state: DEState) -> torch.Generator:

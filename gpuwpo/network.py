@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from .checks import check_weights
 from .converters import CustomPairConductanceConverter
 from .objective import TNMSEObjective
 from .optimizer import DEFAULTS, WeightProgrammingOptimizer
@@ -379,27 +380,20 @@ def optimize_network(
     start = time.perf_counter()
     weights = select_weights(model_or_weights, include, exclude)
     names = list(weights)
-    layers = []
-    for name, w in weights.items():
-        if w.numel() == 0:
-            raise ValueError(f"layer {name!r} has no weights")
-        w = w if w.is_floating_point() else w.float()
-        if not bool(torch.isfinite(w).all()):
-            raise ValueError(f"layer {name!r} has NaN or inf weights")
-        if not bool((w != 0).any()):
-            raise ValueError(f"layer {name!r} is all zeros: there is nothing to program")
-        layers.append(w)
-    sizes = [w.numel() for w in layers]
+    sizes = [w.numel() for w in weights.values()]
     kwargs = dict(optimizer_kwargs)
     symmetric = kwargs.pop("symmetric", True)
     compensation = kwargs.pop("compensation", None)
 
     if per_layer:
-        # All layers in one search: the list becomes the optimizer's layer (batch) axis.
-        searched = layers
+        # All layers in one search: the mapping becomes the optimizer's layer (batch) axis (its
+        # test tiles check every layer, naming it).
+        searched = weights
     else:
         # The paper's global strategy: one distribution pooled from every layer normalised by
         # its own max|W|, so that no layer dominates through its scale.
+        layers = [check_weights(w, f"layer {name!r}", allow_all_zero=False)
+                  for name, w in weights.items()]
         searched = torch.cat([(w / w.abs().max()).reshape(-1).to("cpu", torch.float32)
                               for w in layers])
     opt = WeightProgrammingOptimizer(searched, f_lst, noise_model, t_steps, g_converter_baseline,
@@ -409,9 +403,9 @@ def optimize_network(
     res = opt.result
 
     if per_layer:
-        batched = len(layers) > 1
+        batched = len(names) > 1
         converters = [_one_program(res.converter, b if batched else None)
-                      for b in range(len(layers))]
+                      for b in range(len(names))]
         tnmse, base = res.tnmse.tolist(), res.baseline_tnmse.tolist()
         ci = [_interval(c) for c in res.tnmse_ci95]
         base_ci = [_interval(c) for c in res.baseline_ci95]
@@ -420,15 +414,15 @@ def optimize_network(
         # A CustomPair program lives on a grid scaled by the converted weights' own max|W|, so
         # the pooled search's program is every layer's program as it is.
         program = _one_program(res.converter, None)
-        converters = [program] * len(layers)
+        converters = [program] * len(names)
         o = opt.options
         per_layer_objective = TNMSEObjective(
-            layers, noise_model, opt.compensation, t_steps, opt.space,
+            weights, noise_model, opt.compensation, t_steps, opt.space,
             test_in_features=o["test_in_features"], test_out_features=o["test_out_features"],
             memory_budget=o["memory_budget"], kernel=o["kernel"], device=opt.device,
             seed=o["seed"], physics=opt.physics,
         )
-        x = res.x.reshape(1, -1).expand(len(layers), -1)
+        x = res.x.reshape(1, -1).expand(len(names), -1)
         # Same seeds as the optimizer's own validation (seed + 2) and baseline (seed + 1).
         val_mean, val_sem = per_layer_objective.validate(x, o["validation_repeats"],
                                                          o["seed"] + 2)
@@ -439,7 +433,7 @@ def optimize_network(
         ci = [(float(m - z * s), float(m + z * s)) for m, s in zip(tnmse, val_sem.tolist())]
         base_ci = [(float(m - z * s), float(m + z * s)) for m, s in zip(base, base_sem.tolist())]
         pooled_history = [float(v) for v in res.history[0].tolist()]
-        history = [list(pooled_history) for _ in layers]
+        history = [list(pooled_history) for _ in names]
 
     results = [
         LayerResult(name=name, shape=tuple(int(s) for s in weights[name].shape),

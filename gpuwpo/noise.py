@@ -41,6 +41,8 @@ from typing import Any, NamedTuple
 
 import torch
 
+from .registry import Serializable
+
 __all__ = ["DeviceModel", "PCMLikeNoiseModel", "CustomDriftPCMLikeNoiseModel", "PreparedTargets",
            "kernel_physics"]
 
@@ -123,7 +125,7 @@ def _normal(
     return torch.randn(shape, generator=generator, dtype=like.dtype, device=like.device)
 
 
-class DeviceModel:
+class DeviceModel(Serializable):
     """Interface of a device model: what programming, drift and reading do to a conductance.
 
     A subclass defines the three methods with the reference's names (below) and the attribute
@@ -140,6 +142,7 @@ class DeviceModel:
     """
 
     g_max: float
+    _abstract = True
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -281,6 +284,12 @@ class PCMLikeNoiseModel(DeviceModel):
             self.g_ref = _check_finite(
                 "prog_coeff_g_max_reference", prog_coeff_g_max_reference, positive=True
             )
+
+    def _params(self) -> dict[str, Any]:
+        return {"prog_coeff": list(self.prog_coeff), "g_max": self.g_max, "t_read": self.t_read,
+                "t_0": self.t_0, "prog_noise_scale": self.prog_noise_scale,
+                "read_noise_scale": self.read_noise_scale, "drift_scale": self.drift_scale,
+                "prog_coeff_g_max_reference": self.g_ref}
 
     # aihwkit spells the reference conductance this way; keep the alias for its users.
     @property
@@ -634,6 +643,10 @@ class CustomDriftPCMLikeNoiseModel(PCMLikeNoiseModel):
         if negative:
             raise ValueError(f"custom_drift_model['nu_std_lst'] must be >= 0, got {negative}")
         return tables
+
+    def _params(self) -> dict[str, Any]:
+        return {"custom_drift_model": {k: list(v) for k, v in self.custom_drift_model.items()},
+                **super()._params()}
 
     def __repr__(self) -> str:
         return (

@@ -12,69 +12,28 @@ from __future__ import annotations
 import functools
 import math
 import os
-import secrets
 import warnings
 from collections.abc import Sequence
 
 import torch
 
 from .compensation import GlobalDriftCompensation, kernel_compensation
-from .converters import grid_interpolation, interpolate_programs, program_scale
+from .converters import interpolate_programs
 from .noise import kernel_physics
 from .physics import ProgramTiles, check_physics, program_and_read
-from .sampling import downsample_weight_distribution
-from .simulate import DeviceNoise, as_time_tensor
+from .reduction import default_memory_budget, plan_chunks, weight_error
+from .rng import draw_seed, keyed_generator, make_generator
+from .simulate import NOISE_BLOCK, DeviceNoise, as_time_tensor, converter_errors, keyed_noise
+from .tiles import DEFAULT_TILE, TestTile
 
 #: Implementations of the objective (TNMSEObjective's ``kernel`` argument).
 KERNELS = ("auto", "triton", "torch", "compile")
 
-__all__ = ["KERNELS", "TNMSEObjective", "tnmse_from_programs", "program_scale", "make_generator",
-           "NOISE_BLOCK"]
-
-#: Candidates drawn from one noise stream when noise is independent per candidate. Chunks of the
-#: computation are multiples of it, which is what makes chunked and unchunked runs identical.
-NOISE_BLOCK = 8
+__all__ = ["KERNELS", "TNMSEObjective", "tnmse_from_programs", "NOISE_BLOCK"]
 
 # Live [2K, N] tensors per candidate in one chunk (targets, per-target noise parameters, programmed
 # and read conductances, temporaries); sets how many candidates fit a memory budget.
 _LIVE_TENSORS = 12
-# On the CPU the chunk is kept cache-sized: elementwise passes over data that stays in cache are
-# several times faster than passes over main memory. The size is a measured choice (see
-# bench/README.md, "memory budget"); torch.compile's fused loops prefer 8x larger chunks.
-_CPU_MEMORY_BUDGET = 2 * 2**20
-# The converter path (baselines) simulates whole repeats at a time; its budget bounds memory.
-_CONVERTER_MEMORY_BUDGET = 16 * 2**20
-
-
-def make_generator(
-    generator: torch.Generator | int | None, device: torch.device | str
-) -> torch.Generator:
-    """A torch.Generator on ``device``: given, seeded from an int, or freshly seeded at random."""
-    device = torch.device(device)
-    if isinstance(generator, torch.Generator):
-        if generator.device.type != device.type:
-            raise ValueError(
-                f"generator is on {generator.device} but the computation runs on {device}"
-            )
-        return generator
-    if generator is None:
-        # Fresh entropy, not the global RNG: nothing here reads or advances torch's global state.
-        generator = secrets.randbits(62)
-    if isinstance(generator, bool) or not isinstance(generator, int):
-        raise TypeError(f"generator must be a torch.Generator, an int seed or None, got "
-                        f"{type(generator).__name__}")
-    return torch.Generator(device=device).manual_seed(int(generator))
-
-
-def _draw_seed(generator: torch.Generator) -> int:
-    return int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
-
-
-def _block_generator(base_seed: int, block: int, device: torch.device, *,
-                     layer: int = 0) -> torch.Generator:
-    # Independent streams per (layer, block of candidates), derived from one seed per call.
-    seed = (base_seed + (block + 1) * 0x9E3779B97F4A7C15 + (layer + 1) * 0xC2B2AE3D27D4EB4F)
-    return torch.Generator(device=device).manual_seed(seed % (2**63 - 1))
 
 
 def _tnmse_chunk(f, g_lst, test_weights, idx, frac, max_abs_weight, t, noise_model,
@@ -95,7 +54,8 @@ def _tnmse_chunk(f, g_lst, test_weights, idx, frac, max_abs_weight, t, noise_mod
     # time steps: computed once per candidate.
     prepared = noise_model.prepare_targets(g_target)
     w = test_weights.reshape(test_weights.shape[0], 1, *tile_shape)
-    sq = []
+    m = max_abs_weight.reshape(-1, 1)
+    errors = []
     # Eagerly, a Python float takes the noise model's fused in-place path; under torch.compile
     # a 0-d tensor keeps the graph free of one specialisation (and recompilation) per time.
     times = t.tolist() if float_times else t.unbind(0)
@@ -105,10 +65,8 @@ def _tnmse_chunk(f, g_lst, test_weights, idx, frac, max_abs_weight, t, noise_mod
                                        noise.z_read[:, :, i])  # [B, p, out, in]
         z = None if readout_z is None else (readout_z[0][:, :, i], readout_z[1][:, :, i])
         alpha = compensation.alpha(w_prog, w_t, generator, tile_ndim=2, z=z, w_ideal=w)
-        sq.append((w_t.mul_(alpha).sub_(w)).square_().sum((-2, -1)))  # [B, p]
-    n = test_weights.shape[-1]
-    gain = (amp / max_abs_weight).square().reshape(-1, 1)
-    return gain * torch.stack(sq, -1).mean(-1) / n
+        errors.append(weight_error(w_t.mul_(alpha), w, m, amp, inplace=True))  # [B, p]
+    return torch.stack(errors, -1).mean(-1)
 
 
 @functools.cache
@@ -175,8 +133,9 @@ def tnmse_from_programs(
             used only for the readout periphery).
         readout_noise: explicit readout-periphery draws (reference, time t), each broadcastable
             to [B, P, T, N].
-        memory_budget: bytes the chunked computation may use at a time; defaults to half the
-            free memory on CUDA and a cache-sized 16 MiB on the CPU.
+        memory_budget: bytes the chunked computation may use at a time (default
+            :func:`gpuwpo.reduction.default_memory_budget`: half the free memory on CUDA,
+            cache-sized on the CPU).
         compiled: run each chunk through ``torch.compile`` (same formulas, fused passes).
         layer_ids: [B] ids that key each layer's noise streams (default 0..B-1), so that a
             subset of a network's layers is evaluated with exactly the noise it would get in
@@ -206,12 +165,7 @@ def tnmse_from_programs(
     noisy_readout = compensation.readout_noise > 0
 
     if memory_budget is None:
-        if device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(device)
-            memory_budget = free // 2
-        else:
-            # A fused (compiled) loop reads each input once, so larger chunks only save overhead.
-            memory_budget = _CPU_MEMORY_BUDGET * (8 if compiled else 1)
+        memory_budget = default_memory_budget(device, compiled=compiled)
     # Explicit draws may be any shape that broadcasts to [B, P, T, 2K, N] (readout: [B, P, T, N]);
     # the chunks below index the candidate and time axes by position, so give them all their
     # dimensions (views, nothing is copied).
@@ -221,14 +175,14 @@ def tnmse_from_programs(
         readout_noise = tuple(_with_axes(z, 4, T) for z in readout_noise)
     independent = noise is None and not common_random_numbers
     fresh_readout = noisy_readout and readout_noise is None and not common_random_numbers
-    layer_chunk, chunk = _plan_chunks(
-        B, P, bytes_per_pair=(_LIVE_TENSORS + (3 * T if independent else 0)) * R * N
+    layer_chunk, chunk = plan_chunks(
+        B, P, bytes_per_item=(_LIVE_TENSORS + (3 * T if independent else 0)) * R * N
         * g_lst.element_size(), memory_budget=int(memory_budget),
         align=NOISE_BLOCK if independent or fresh_readout else 1)
 
     crn_device = noise is None and common_random_numbers
     crn_readout = readout_noise is None and noisy_readout and common_random_numbers
-    base_seed = _draw_seed(gen) if independent or fresh_readout or crn_device or crn_readout \
+    base_seed = draw_seed(gen) if independent or fresh_readout or crn_device or crn_readout \
         else 0
     keys = list(range(B)) if layer_ids is None else [int(b) for b in layer_ids]
     if len(keys) != B:
@@ -236,9 +190,9 @@ def tnmse_from_programs(
     if crn_device or crn_readout:
         # One stream per layer (keyed by its id), shared by all of that layer's candidates: a
         # layer sees the same noise whichever other layers are evaluated with it.
-        shared = _fresh_noise(base_seed, keys, slice(0, 1), 1, (T, R, N), device=device,
-                              dtype=dtype, device_noise=crn_device, readout=crn_readout,
-                              block=-1)
+        shared = keyed_noise(base_seed, keys, slice(0, 1), 1, (T, R, N), device=device,
+                             dtype=dtype, device_noise=crn_device, readout=crn_readout,
+                             block=-1)
         if crn_device:
             noise = DeviceNoise(*shared[:3])
         if crn_readout:
@@ -257,9 +211,9 @@ def tnmse_from_programs(
         for start in range(0, P, chunk):
             cands = slice(start, min(P, start + chunk))
             if independent or fresh_readout:
-                drawn = _fresh_noise(base_seed, keys[layers], cands, P, (T, R, N),
-                                     device=device, dtype=dtype, device_noise=independent,
-                                     readout=fresh_readout)
+                drawn = keyed_noise(base_seed, keys[layers], cands, P, (T, R, N),
+                                    device=device, dtype=dtype, device_noise=independent,
+                                    readout=fresh_readout)
             chunk_noise = (DeviceNoise(*drawn[:3]) if independent else
                            DeviceNoise(*(_part(z, layers, cands, 1) for z in noise)))
             if fresh_readout:
@@ -275,64 +229,11 @@ def tnmse_from_programs(
                 test_weights[layers], idx[layers], frac[layers], max_abs_weight[layers], t,
                 noise_model, compensation, float(error_amplification), chunk_noise, chunk_ro,
                 tile_shape, physics,
-                _block_generator(base_seed ^ 0x5DEECE66D, cands.start, device, layer=keys[l0])
+                # The bound management's repeated readouts (rare) draw from the chunk's stream.
+                keyed_generator(base_seed, keys[l0], cands.start, 1, device=device)
                 if compensation.bound_management else None,
             )
     return out
-
-
-def _plan_chunks(B: int, P: int, *, bytes_per_pair: int, memory_budget: int,
-                 align: int) -> tuple[int, int]:
-    """(layers, candidates) per chunk so that layers * candidates * bytes_per_pair fits the
-    budget; candidate chunks are multiples of ``align`` (the noise block) and at least one
-    block, layer chunks shrink first only when a single block of every layer does not fit."""
-    min_cands = min(P, align)
-    layer_chunk = max(1, min(B, memory_budget // (bytes_per_pair * min_cands)))
-    chunk = max(min_cands, memory_budget // (bytes_per_pair * layer_chunk))
-    if align > 1:
-        chunk = max(align, chunk // align * align)
-    return layer_chunk, min(chunk, P)
-
-
-def _fresh_noise(base_seed: int, layers: Sequence[int], cands: slice, P: int, shape: tuple, *,
-                 device, dtype, device_noise: bool, readout: bool,
-                 block: int | None = None) -> tuple[torch.Tensor, ...]:
-    """Independent draws for candidates ``cands`` of the layers with ids ``layers``: one stream
-    per (layer, block of NOISE_BLOCK candidates), so any chunking over layers and candidates
-    sees the same numbers. ``block=-1`` draws one set shared by all candidates of a layer
-    (common random numbers; then ``cands`` is ``slice(0, 1)``).
-
-    Returns the device noises (3 x [l, p, T, 2K, N]) when ``device_noise``, then the readout
-    noises (2 x [l, p, T, N]) when ``readout``.
-    """
-    T, R, N = shape
-    fields: list[list[list[torch.Tensor]]] = [[] for _ in range(3 * device_noise + 2 * readout)]
-    for b in layers:
-        per_layer: list[list[torch.Tensor]] = [[] for _ in fields]
-        blocks = ([block] if block is not None else
-                  range(cands.start // NOISE_BLOCK, -(-cands.stop // NOISE_BLOCK)))
-        for blk in blocks:
-            n = 1 if blk < 0 else min(P, (blk + 1) * NOISE_BLOCK) - blk * NOISE_BLOCK
-            bgen = _block_generator(base_seed, blk, device, layer=b)
-            k = 0
-            if device_noise:
-                for _ in range(3):
-                    per_layer[k].append(torch.randn((n, T, R, N), generator=bgen, dtype=dtype,
-                                                    device=device))
-                    k += 1
-            if readout:
-                for _ in range(2):
-                    per_layer[k].append(torch.randn((n, T, N), generator=bgen, dtype=dtype,
-                                                    device=device))
-                    k += 1
-        for k, parts in enumerate(per_layer):
-            fields[k].append(_cat(parts, 0))
-    return tuple(_cat([z.unsqueeze(0) for z in per_field], 0) for per_field in fields)
-
-
-def _cat(parts, dim: int) -> torch.Tensor:
-    # One block (the usual chunk on a CPU) needs no copy; torch.cat would make one.
-    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
 
 
 def _with_axes(z: torch.Tensor, ndim: int, T: int) -> torch.Tensor:
@@ -345,31 +246,20 @@ def _with_axes(z: torch.Tensor, ndim: int, T: int) -> torch.Tensor:
     return z.expand(z.shape[0], z.shape[1], T, *z.shape[3:])
 
 
-def _as_layer_list(test_weights) -> list[torch.Tensor]:
-    if isinstance(test_weights, torch.Tensor):
-        if test_weights.ndim == 1:
-            return [test_weights]
-        if test_weights.ndim == 2:
-            return list(test_weights.unbind(0))
-        raise ValueError("test_weights must be [N], [B, N] or a sequence of per-layer tensors; "
-                         f"got shape {tuple(test_weights.shape)}")
-    if isinstance(test_weights, Sequence) and len(test_weights) > 0:
-        return [torch.as_tensor(w) for w in test_weights]
-    raise ValueError("test_weights must be [N], [B, N] or a non-empty sequence of tensors")
-
-
 class TNMSEObjective:
     """Time-averaged normalised mean squared weight error of candidate programs, batched.
 
-    Built once per search from the layers' weights, the device physics and the strategy space;
-    called with a population ``x`` [B, P, D] (or [P, D] for one layer) in the unit hypercube.
+    Built once per search from the layers' test tiles, the device physics and the strategy
+    space; called with a population ``x`` [B, P, D] (or [P, D] for one layer) in the unit
+    hypercube.
 
     Args:
-        test_weights: [N] (one layer), [B, N] (B layers) or a sequence of B tensors of any
-            shapes. Each layer is reduced to ``test_in_features * test_out_features`` test
-            weights by :func:`gpuwpo.downsample_weight_distribution` (sort, interpolate,
-            shuffle), so layers of different sizes share one batch axis.
-        noise_model: the PCM device model.
+        test_weights: the layers: [N] (one layer), [B, N] (B layers), a sequence of B tensors of
+            any shapes, or a ready :class:`gpuwpo.tiles.TestTile`. Each layer is reduced to a
+            test tile of ``test_out_features x test_in_features`` weights by
+            :func:`gpuwpo.downsample_weight_distribution` (sort, interpolate, shuffle), so
+            layers of different sizes share one batch axis.
+        noise_model: the device model.
         compensation: drift compensation (default ideal :class:`GlobalDriftCompensation`).
         t_steps: inference times [T] in seconds after programming.
         strategy_space: the :class:`gpuwpo.StrategySpace` that decodes ``x``.
@@ -384,8 +274,8 @@ class TNMSEObjective:
             :func:`tnmse_from_programs`).
         kernel: "auto" (the Triton kernel on CUDA when triton imports and the physics is one
             the kernel implements, else torch), "triton", "torch", or "compile": the torch path
-            through ``torch.compile``, which fuses its elementwise passes (about 5x faster on a
-            CPU, after a one-off compilation of some 20 s per process; needs a C++ compiler).
+            through ``torch.compile``, which fuses its elementwise passes (after a one-off
+            compilation per process; needs a C++ compiler; bench/README.md has its speed).
         device: where the computation runs (default: the test weights' device).
         dtype: float dtype of the computation (default float32).
         seed: seed of the test-weight shuffle.
@@ -403,8 +293,8 @@ class TNMSEObjective:
         strategy_space=None,
         *,
         error_amplification: float = 10.0,
-        test_in_features: int | None = 512,
-        test_out_features: int | None = 20,
+        test_in_features: int | None = DEFAULT_TILE[1],
+        test_out_features: int | None = DEFAULT_TILE[0],
         common_random_numbers: bool = True,
         memory_budget: int | None = None,
         kernel: str = "auto",
@@ -424,55 +314,28 @@ class TNMSEObjective:
         if memory_budget is not None and memory_budget <= 0:
             raise ValueError(f"memory_budget must be a positive number of bytes, got "
                              f"{memory_budget}")
-        layers = _as_layer_list(test_weights)
-        if device is None:
-            device = layers[0].device
-        self.device = torch.device(device)
-        self.dtype = dtype
-        for i, w in enumerate(layers):
-            if w.numel() == 0:
-                raise ValueError(f"layer {i} has no weights")
-            if not torch.isfinite(w).all():
-                raise ValueError(f"layer {i} has NaN or inf weights")
-            if not (w != 0).any():
-                raise ValueError(f"layer {i} is all zeros: there is nothing to program")
-        if (test_in_features is None) != (test_out_features is None):
-            raise ValueError("give both test_in_features and test_out_features, or neither")
-        gen = torch.Generator(device="cpu").manual_seed(int(seed))
-        if test_in_features is None:
-            shapes = {tuple(w.shape) for w in layers}
-            if len(shapes) != 1:
-                raise ValueError("layers of different shapes need a test size "
-                                 "(test_in_features, test_out_features)")
-            tests = [w.reshape(-1).to(device=self.device, dtype=dtype) for w in layers]
-            # A layer given as a matrix [out, in] is its own tile; a vector is one row.
-            shape = layers[0].shape
-            self.tile_shape = tuple(shape) if len(shape) == 2 else (1, tests[0].numel())
+        if isinstance(test_weights, TestTile):
+            tiles = test_weights
+            if tiles.grid_size != strategy_space.grid_size:
+                raise ValueError(f"the test tiles were made for a grid of {tiles.grid_size} "
+                                 f"points, the strategy space has {strategy_space.grid_size}")
         else:
-            if test_in_features < 1 or test_out_features < 1:
-                raise ValueError(f"test size must be positive, got {test_in_features} x "
-                                 f"{test_out_features}")
-            self.tile_shape = (int(test_out_features), int(test_in_features))
-            tests = [
-                downsample_weight_distribution(w.detach().to("cpu", torch.float32).reshape(-1),
-                                               (math.prod(self.tile_shape),), generator=gen)
-                .to(device=self.device, dtype=dtype)
-                for w in layers
-            ]
-        self.test_weights = torch.stack(tests)  # [B, N]
-        self.layer_ids = list(range(len(tests)))  # keys of the layers' noise streams
-        self.max_abs_weight = self.test_weights.abs().amax(-1)  # [B]
+            if (test_in_features is None) != (test_out_features is None):
+                raise ValueError("give both test_in_features and test_out_features, or neither")
+            shape = None if test_in_features is None else (test_out_features, test_in_features)
+            tiles = TestTile.from_layers(test_weights, strategy_space.grid_size, shape=shape,
+                                         seed=seed, device=device, dtype=dtype)
+        self.tiles = tiles
+        self.device = tiles.weights.device
+        self.dtype = tiles.weights.dtype
         self.noise_model = noise_model
         self.compensation = GlobalDriftCompensation() if compensation is None else compensation
-        self.t_steps = as_time_tensor(t_steps, dtype=dtype, device=self.device)
+        self.t_steps = as_time_tensor(t_steps, dtype=self.dtype, device=self.device)
         self.space = strategy_space
         self.error_amplification = float(error_amplification)
         self.common_random_numbers = bool(common_random_numbers)
         self.memory_budget = memory_budget
-        # The grid depends only on M, so every candidate shares these (docs/DESIGN.md section 3).
-        self.idx, self.frac = grid_interpolation(
-            self.test_weights, self.max_abs_weight, strategy_space.grid_size
-        )
+        self.seed = seed
         self.kernel_requested = kernel
         self.kernel = self._choose_kernel(kernel)
 
@@ -480,7 +343,7 @@ class TNMSEObjective:
     @property
     def num_layers(self) -> int:
         """B, the number of layers searched together."""
-        return self.test_weights.shape[0]
+        return self.tiles.num_layers
 
     @property
     def dim(self) -> int:
@@ -490,7 +353,27 @@ class TNMSEObjective:
     @property
     def num_test_weights(self) -> int:
         """N, the test weights per layer."""
-        return self.test_weights.shape[1]
+        return self.tiles.numel
+
+    @property
+    def test_weights(self) -> torch.Tensor:
+        """[B, N] the test weights (row-major tiles ``tile_shape``)."""
+        return self.tiles.weights
+
+    @property
+    def max_abs_weight(self) -> torch.Tensor:
+        """[B] max|W| of each layer's test tile."""
+        return self.tiles.max_abs_weight
+
+    @property
+    def tile_shape(self) -> tuple[int, int]:
+        """(out, in) of a test tile."""
+        return self.tiles.shape
+
+    @property
+    def layer_ids(self) -> tuple[int, ...]:
+        """Keys of the layers' noise streams."""
+        return self.tiles.layer_ids
 
     def _kernel_supported(self) -> str | None:
         """Why the Triton kernel cannot run this physics, or None when it can.
@@ -547,7 +430,10 @@ class TNMSEObjective:
 
     def __call__(self, x: torch.Tensor, generator: torch.Generator | int | None = None,
                  *, common_random_numbers: bool | None = None) -> torch.Tensor:
-        """TNMSE of every candidate: x [B, P, D] -> [B, P] (or [P, D] -> [P])."""
+        """TNMSE of every candidate: x [B, P, D] -> [B, P] (or [P, D] -> [P]).
+
+        ``generator``: a generator, an int seed, or None for fresh entropy (:mod:`gpuwpo.rng`).
+        """
         x, squeeze = self._as_population(x)
         f, g_lst, _ = self.space.decode(x, self.max_abs_weight.reshape(-1, 1))
         out = self.evaluate_programs(f, g_lst, generator,
@@ -566,7 +452,7 @@ class TNMSEObjective:
         if self.kernel == "triton" and noise is None:
             rng_state = gen.get_state()
             try:
-                return self._evaluate_kernel(f, g_lst, _draw_seed(gen), crn)
+                return self._evaluate_kernel(f, g_lst, draw_seed(gen), crn)
             except Exception as err:  # a kernel that cannot build must not stop an "auto" search
                 if self.kernel_requested != "auto":
                     raise
@@ -575,25 +461,26 @@ class TNMSEObjective:
                 warnings.warn(f"the Triton kernel failed ({type(err).__name__}: {err}); using "
                               "the torch path from now on", RuntimeWarning, stacklevel=2)
                 self.kernel = "torch"
+        t = self.tiles
         return tnmse_from_programs(
-            f, g_lst, self.test_weights, self.idx, self.frac, self.max_abs_weight, self.t_steps,
+            f, g_lst, t.weights, t.idx, t.frac, t.max_abs_weight, self.t_steps,
             self.noise_model, self.compensation, error_amplification=self.error_amplification,
-            generator=gen, common_random_numbers=crn, tile_shape=self.tile_shape, noise=noise,
+            generator=gen, common_random_numbers=crn, tile_shape=t.shape, noise=noise,
             memory_budget=self.memory_budget, compiled=self.kernel == "compile",
-            layer_ids=self.layer_ids, physics=self.physics,
+            layer_ids=t.layer_ids, physics=self.physics,
         )
 
     def _evaluate_kernel(self, f, g_lst, seed: int, crn: bool) -> torch.Tensor:
         from .kernels.tnmse import tnmse_triton
 
-        nm = self.noise_model
+        nm, t = self.noise_model, self.tiles
         return tnmse_triton(
-            f, g_lst, self.test_weights, self.idx, self.frac, self.max_abs_weight,
+            f, g_lst, t.weights, t.idx, t.frac, t.max_abs_weight,
             self.t_steps, g_max=nm.g_max, prog_coeff=nm.prog_coeff, g_ref=nm.g_ref,
             prog_noise_scale=nm.prog_noise_scale, drift_scale=nm.drift_scale,
             read_noise_scale=nm.read_noise_scale, t_0=nm.t_0, t_read=nm.t_read,
             error_amplification=self.error_amplification, seed=seed,
-            common_random_numbers=crn, layer_ids=torch.as_tensor(self.layer_ids),
+            common_random_numbers=crn, layer_ids=torch.as_tensor(t.layer_ids),
         ).to(self.dtype)
 
     def validate(self, x: torch.Tensor, repeats: int = 100,
@@ -604,6 +491,7 @@ class TNMSEObjective:
         Args:
             x: [B, D] (or [D] for one layer).
             repeats: independent programmings (>= 2).
+            generator: a generator, an int seed, or None for fresh entropy.
 
         Returns:
             (mean [B], standard error [B]) of the TNMSE over the repeats.
@@ -617,55 +505,49 @@ class TNMSEObjective:
         mean, sem = losses.mean(-1), losses.std(-1) / math.sqrt(repeats)
         return (mean.squeeze(0), sem.squeeze(0)) if squeeze else (mean, sem)
 
+    def converter_tnmse(self, converter, repeats: int = 100,
+                        generator: torch.Generator | int | None = None) -> torch.Tensor:
+        """TNMSE of a standard converter on each layer's test tile, per repeat: [B, repeats].
+
+        The converter path (:func:`gpuwpo.simulate.converter_errors`) in the objective's
+        physics; each layer's tile is converted with its own max|W|. One base seed for all
+        layers, each keyed by its id, so the layers of a subset get exactly the figures they get
+        in the whole.
+        """
+        if int(repeats) != repeats or repeats < 1:
+            raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
+        base_seed = draw_seed(make_generator(generator, self.device))
+        rows = []
+        for b in range(self.num_layers):
+            errors = converter_errors(
+                self.tiles.tile(b), converter, self.noise_model, self.t_steps,
+                compensation=self.compensation, physics=self.physics, repeats=int(repeats),
+                generator=base_seed, layer_id=self.tiles.layer_ids[b],
+                amplification=self.error_amplification, memory_budget=self.memory_budget)
+            rows.append(errors.mean(-1))
+        return torch.stack(rows)
+
     def evaluate_converter(self, converter, repeats: int = 100,
                            generator: torch.Generator | int | None = None
                            ) -> tuple[torch.Tensor, torch.Tensor]:
         """TNMSE of a standard converter (the baseline) through the same physics.
 
-        Each layer's test tile is converted with ``converter`` (its own max |W|), then
-        programmed, drifted, read and compensated ``repeats`` times with independent noise, in
-        the objective's physics.
-
         Returns:
-            (mean [B], standard error [B]) of the TNMSE over the repeats.
+            (mean [B], standard error [B]) over ``repeats`` (>= 2) independent programmings.
         """
-        from .simulate import simulate_weights
-
         if int(repeats) != repeats or repeats < 2:
             raise ValueError(f"repeats must be an integer >= 2, got {repeats!r}")
-        gen = make_generator(generator, self.device)
-        T, N = self.t_steps.shape[0], self.num_test_weights
-        per_repeat = _LIVE_TENSORS * T * 2 * getattr(converter, "num_devices", 2) * N * 4
-        budget = self.memory_budget or _CONVERTER_MEMORY_BUDGET
-        step = max(1, min(int(repeats), budget // per_repeat))
-        means, sems = [], []
-        for b in range(self.num_layers):
-            w = self.test_weights[b].reshape(self.tile_shape)
-            gain = (self.error_amplification / self.max_abs_weight[b]) ** 2
-            losses = []
-            for start in range(0, int(repeats), step):
-                n = min(step, int(repeats) - start)
-                eff = simulate_weights(w, converter, self.noise_model, self.t_steps,
-                                       self.compensation, repeats=n, generator=gen,
-                                       physics=self.physics)
-                losses.append(gain * (eff - w).square().mean((-2, -1)).mean(-1))
-            losses = torch.cat(losses)
-            means.append(losses.mean())
-            sems.append(losses.std() / math.sqrt(len(losses)))
-        return torch.stack(means), torch.stack(sems)
+        losses = self.converter_tnmse(converter, repeats, generator)
+        return losses.mean(-1), losses.std(-1) / math.sqrt(losses.shape[-1])
 
     def select_layers(self, layers: Sequence[int]) -> TNMSEObjective:
-        """A view of this objective restricted to some layers (tensors shared, not copied)."""
-        layers = list(layers)
-        if not layers or any(not 0 <= b < self.num_layers for b in layers):
-            raise ValueError(f"layers must be indices in [0, {self.num_layers}), got {layers}")
-        sub = object.__new__(TNMSEObjective)
-        sub.__dict__.update(self.__dict__)
-        index = torch.as_tensor(layers, device=self.device)
-        for name in ("test_weights", "max_abs_weight", "idx", "frac"):
-            setattr(sub, name, getattr(self, name).index_select(0, index))
-        sub.layer_ids = [self.layer_ids[b] for b in layers]
-        return sub
+        """The objective restricted to some layers (their tiles and noise keys; see TestTile)."""
+        kernel = self.kernel if self.kernel != "triton" else self.kernel_requested
+        return TNMSEObjective(
+            self.tiles.select(layers), self.noise_model, self.compensation, self.t_steps,
+            self.space, error_amplification=self.error_amplification,
+            common_random_numbers=self.common_random_numbers, memory_budget=self.memory_budget,
+            kernel=kernel, physics=self.physics)
 
     def __repr__(self) -> str:
         return (f"TNMSEObjective(layers={self.num_layers}, N={self.num_test_weights}, "

@@ -210,13 +210,8 @@ class WeightProgrammingOptimizer:
             g_err=opts["g_err"] * (g_max - g_min), f_min=opts["f_min"], f_max=opts["f_max"],
             use_max_kw=opts["use_max_kw"],
         )
-        layers = [weights] if isinstance(weights, torch.Tensor) else list(weights)
-        layers = [torch.as_tensor(w) for w in layers]
-        for i, w in enumerate(layers):
-            if not torch.is_floating_point(w):
-                layers[i] = w.float()
-            if not torch.isfinite(layers[i]).all():
-                raise ValueError(f"weights of layer {i} contain NaN or inf")
+        # One tensor is one layer (whatever its shape); the tiles check every layer once.
+        layers = [weights] if isinstance(weights, torch.Tensor) else weights
         self.objective = TNMSEObjective(
             layers, noise_model, self.compensation, t_steps, self.space,
             test_in_features=opts["test_in_features"], test_out_features=opts["test_out_features"],
@@ -271,9 +266,9 @@ class WeightProgrammingOptimizer:
     def get_loss_baseline(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Baseline TNMSE per layer: (mean [B], standard error [B]) over baseline_iterations."""
         if self._baseline is None:
-            gen = torch.Generator(device=self.device).manual_seed(self.options["seed"] + 1)
             self._baseline = self.objective.evaluate_converter(
-                self.g_converter_baseline, self.options["baseline_iterations"], gen)
+                self.g_converter_baseline, self.options["baseline_iterations"],
+                self.options["seed"] + 1)
         return self._baseline
 
     def baseline_point(self) -> torch.Tensor | None:

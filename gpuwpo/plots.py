@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .rng import make_generator
+
 if TYPE_CHECKING:  # imported lazily at run time: matplotlib is optional
     from matplotlib.figure import Figure
 
@@ -224,7 +226,7 @@ def weight_error_histograms(
     noise_model = PCMLikeNoiseModel(g_max=25.0) if noise_model is None else noise_model
     baseline = _default_baseline() if baseline is None else baseline
     t_steps = [float(t) for t in t_steps]
-    gen = torch.Generator().manual_seed(int(seed))
+    gen = make_generator(int(seed))
     rows, cols = len(converters), len(t_steps)
     fig, axes = plt.subplots(rows, cols, figsize=(2.8 * cols + 0.6, 2.5 * rows + 0.6),
                              squeeze=False, sharex="row")

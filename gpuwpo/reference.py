@@ -12,8 +12,9 @@ from __future__ import annotations
 import torch
 
 from .converters import CustomPairConductanceConverter
-from .objective import TNMSEObjective, make_generator
+from .objective import TNMSEObjective
 from .physics import ConverterTiles, program_and_read
+from .rng import make_generator
 from .simulate import DeviceNoise
 
 __all__ = ["reference_tnmse", "reference_objective"]

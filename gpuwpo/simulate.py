@@ -16,14 +16,25 @@ from typing import NamedTuple
 
 import torch
 
+from .checks import check_positive_int, check_weights
 from .compensation import GlobalDriftCompensation
 from .physics import ConverterTiles, check_physics, program_and_read
+from .reduction import default_memory_budget, plan_chunks, weight_error
+from .rng import draw_seed, keyed_generator, make_generator
 
-__all__ = ["DEFAULT_TIMES", "DeviceNoise", "sample_device_noise", "program_drift_read",
-           "simulate_weights", "as_time_tensor", "tnmse_over_time"]
+__all__ = ["DEFAULT_TIMES", "NOISE_BLOCK", "DeviceNoise", "sample_device_noise", "keyed_noise",
+           "program_drift_read", "simulate_weights", "converter_errors", "as_time_tensor",
+           "tnmse_over_time"]
 
 #: Inference times used when none are given: 1 s, 1 h, 1 day, 1 month (30 days), 1 year (365 d).
 DEFAULT_TIMES = (1.0, 3600.0, 86400.0, 2592000.0, 31536000.0)
+
+#: Items (candidates, repeats) drawn from one noise stream when noise is independent per item.
+#: Chunks of work are multiples of it, which is what makes chunked and unchunked runs identical.
+NOISE_BLOCK = 8
+
+# Live tensors of one item's [T, 2K, N] conductances while the converter path simulates it.
+_CONVERTER_LIVE = 12
 
 
 class DeviceNoise(NamedTuple):
@@ -54,6 +65,50 @@ def sample_device_noise(
     shape = tuple(int(s) for s in shape)
     kw = {"generator": generator, "dtype": dtype, "device": device}
     return DeviceNoise(torch.randn(shape, **kw), torch.randn(shape, **kw), torch.randn(shape, **kw))
+
+
+def keyed_noise(base_seed: int, layer_ids: Sequence[int], items: slice, total: int,
+                shape: tuple[int, int, int], *, device, dtype, device_noise: bool = True,
+                readout: bool = False, block: int | None = None) -> tuple[torch.Tensor, ...]:
+    """Independent draws for items ``items`` (candidates or repeats) of the layers ``layer_ids``.
+
+    One stream per (layer id, block of :data:`NOISE_BLOCK` items) (:func:`gpuwpo.rng.
+    keyed_generator`), so any chunking over layers and items sees the same numbers. ``block=-1``
+    draws one set shared by all items of a layer (common random numbers; then ``items`` is
+    ``slice(0, 1)``).
+
+    Args:
+        shape: ``(T, R, N)``: times, devices, weights.
+        total: the number of items of the whole evaluation (the last block may be short).
+
+    Returns:
+        The device noises (3 x ``[l, p, T, R, N]``) when ``device_noise``, then the readout
+        noises (2 x ``[l, p, T, N]``: reference and time-t readout) when ``readout``.
+    """
+    T, R, N = shape
+    fields: list[list[torch.Tensor]] = [[] for _ in range(3 * device_noise + 2 * readout)]
+    for b in layer_ids:
+        per_layer: list[list[torch.Tensor]] = [[] for _ in fields]
+        blocks = ([block] if block is not None else
+                  range(items.start // NOISE_BLOCK, -(-items.stop // NOISE_BLOCK)))
+        for blk in blocks:
+            n = 1 if blk < 0 else min(total, (blk + 1) * NOISE_BLOCK) - blk * NOISE_BLOCK
+            gen = keyed_generator(base_seed, int(b), int(blk), device=device)
+            draws = [(n, T, R, N)] * (3 * device_noise) + [(n, T, N)] * (2 * readout)
+            for k, size in enumerate(draws):
+                per_layer[k].append(torch.randn(size, generator=gen, dtype=dtype, device=device))
+        for k, parts in enumerate(per_layer):
+            z = _cat(parts)
+            if block is None:  # the blocks cover whole blocks: keep exactly the items asked for
+                first = items.start - (items.start // NOISE_BLOCK) * NOISE_BLOCK
+                z = z.narrow(0, first, items.stop - items.start)
+            fields[k].append(z)
+    return tuple(_cat([z.unsqueeze(0) for z in per_field]) for per_field in fields)
+
+
+def _cat(parts: list[torch.Tensor]) -> torch.Tensor:
+    # One block (the usual chunk on a CPU) needs no copy; torch.cat would make one.
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
 
 
 def as_time_tensor(
@@ -119,7 +174,7 @@ def simulate_weights(
     t_steps: float | Sequence[float] | torch.Tensor,
     compensation=None,
     repeats: int = 1,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | int | None = None,
     *,
     physics: str = "device",
 ) -> torch.Tensor:
@@ -137,7 +192,8 @@ def simulate_weights(
         t_steps: inference times in seconds, a float or a sequence [T].
         compensation: defaults to ideal :class:`GlobalDriftCompensation`.
         repeats: independent programmings to simulate (>= 1).
-        generator: source of all noise (device noise and readout-periphery noise).
+        generator: source of all noise (device noise and readout-periphery noise): a generator,
+            an int seed, or None for fresh entropy (:mod:`gpuwpo.rng`).
         physics: "device" (the programmed devices drift) or "aihwkit" (the reference
             toolkit's tile: the programmed weights are converted again before they drift).
 
@@ -145,29 +201,93 @@ def simulate_weights(
         Effective weights ``alpha_t * W_t`` of shape [repeats, T, *weights.shape].
     """
     check_physics(physics)
-    if not isinstance(weights, torch.Tensor):
-        weights = torch.as_tensor(weights, dtype=torch.float32)
-    if not torch.is_floating_point(weights):
-        weights = weights.float()
-    if int(repeats) != repeats or repeats < 1:
-        raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
-    if weights.numel() == 0:
-        raise ValueError("weights is empty")
+    weights = check_weights(weights)
+    repeats = check_positive_int(repeats, "repeats")
     compensation = GlobalDriftCompensation() if compensation is None else compensation
+    gen = make_generator(generator, weights.device)
     t = as_time_tensor(t_steps, dtype=weights.dtype, device=weights.device)
     tiles = ConverterTiles(g_converter, weights.shape)
     g, params = tiles.to_conductances(weights)  # [R, N]
-    if g.ndim != 2:
-        raise ValueError("simulate_weights takes a converter holding one program, not a batch")
     # Noise of the full shape; the targets broadcast over repeats and times, not copied.
-    noise = sample_device_noise((int(repeats), t.shape[0], *g.shape), generator=generator,
+    noise = sample_device_noise((repeats, t.shape[0], *g.shape), generator=gen,
                                 dtype=g.dtype, device=g.device)
     prepared = noise_model.prepare_targets(g)
     w_prog, w_t = program_and_read(physics, tiles, params, prepared, noise_model,
                                    t.reshape(-1, 1, 1), *noise)  # [repeats, T, *w]
-    alpha = compensation.alpha(w_prog, w_t, generator, tile_ndim=max(1, weights.ndim),
-                               w_ideal=weights)
+    alpha = compensation.alpha(w_prog, w_t, gen, tile_ndim=weights.ndim, w_ideal=weights)
     return alpha * w_t
+
+
+def converter_errors(
+    weights: torch.Tensor,
+    converter,
+    noise_model,
+    t_steps: float | Sequence[float] | torch.Tensor,
+    *,
+    compensation=None,
+    physics: str = "device",
+    repeats: int = 10,
+    generator: torch.Generator | int | None = None,
+    layer_id: int = 0,
+    amplification: float = 10.0,
+    memory_budget: int | None = None,
+) -> torch.Tensor:
+    """Weight error E_t of ``repeats`` independent programmings of a tile: the converter path.
+
+    The ruler of baselines, ``TNMSEObjective.evaluate_converter``, :func:`tnmse_over_time` and
+    ``gpuwpo evaluate``: every repeat programs the tile afresh at every time, in the chosen
+    physics, and ``E_t = mean_n (amplification (alpha_t W_t,n - W_n) / max|W|)^2``
+    (:func:`gpuwpo.reduction.weight_error`). Repeats are simulated a memory budget at a time,
+    with noise keyed by (layer id, block of repeats) (:func:`keyed_noise`), so the result does
+    not depend on the budget.
+
+    Args:
+        weights: the tile's ideal weights, any shape (``[out, in]`` for per-column
+            compensation and Fusion's rows).
+        converter: any converter holding one program.
+        noise_model, t_steps, compensation, physics: as for :func:`simulate_weights`.
+        repeats: independent programmings (>= 1).
+        generator: source of the base seed (a generator, an int, or None for fresh entropy).
+        layer_id: key of this tile's noise streams (a network's layers differ).
+        amplification: the factor 10 of the definition.
+        memory_budget: bytes at a time (default :func:`gpuwpo.reduction.default_memory_budget`).
+
+    Returns:
+        ``[repeats, T]`` E of each repeat at each time; the TNMSE of a repeat is its mean over T.
+    """
+    check_physics(physics)
+    weights = check_weights(weights)
+    repeats = check_positive_int(repeats, "repeats")
+    compensation = GlobalDriftCompensation() if compensation is None else compensation
+    device, dtype = weights.device, weights.dtype
+    t = as_time_tensor(t_steps, dtype=dtype, device=device)
+    T = t.shape[0]
+    tiles = ConverterTiles(converter, weights.shape)
+    g, params = tiles.to_conductances(weights)  # [R, N]
+    R, N = g.shape
+    prepared = noise_model.prepare_targets(g)
+    base_seed = draw_seed(make_generator(generator, device))
+    readout = compensation.readout_noise > 0
+    budget = default_memory_budget(device) if memory_budget is None else int(memory_budget)
+    _, chunk = plan_chunks(1, repeats, bytes_per_item=_CONVERTER_LIVE * T * R * N
+                           * g.element_size(), memory_budget=budget, align=NOISE_BLOCK)
+    m = weights.abs().amax()
+    out = torch.empty((repeats, T), dtype=dtype, device=device)
+    for start in range(0, repeats, chunk):
+        items = slice(start, min(repeats, start + chunk))
+        drawn = [z[0] for z in keyed_noise(base_seed, [layer_id], items, repeats, (T, R, N),
+                                           device=device, dtype=dtype, readout=readout)]
+        z_read = None if not readout else tuple(
+            z.reshape(*z.shape[:-1], *weights.shape) for z in drawn[3:])
+        w_prog, w_t = program_and_read(physics, tiles, params, prepared, noise_model,
+                                       t.reshape(-1, 1, 1), *drawn[:3])  # [n, T, *w]
+        # The bound management's repeated readouts (rare) draw from a stream of this chunk.
+        bm_gen = keyed_generator(base_seed, layer_id, start, 1, device=device)
+        alpha = compensation.alpha(w_prog, w_t, bm_gen, tile_ndim=weights.ndim, z=z_read,
+                                   w_ideal=weights)
+        out[items] = weight_error(w_t.mul_(alpha), weights, m, amplification,
+                                  tile_ndim=weights.ndim, inplace=True)
+    return out
 
 
 def tnmse_over_time(
@@ -178,45 +298,34 @@ def tnmse_over_time(
     *,
     repeats: int = 10,
     compensation=None,
-    generator: torch.Generator | None = None,
-    memory_budget: int = 1 << 29,
+    generator: torch.Generator | int | None = None,
+    memory_budget: int | None = None,
     physics: str = "device",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Weight error E_t of a whole layer at each time: mean and standard error over repeats.
 
-    ``E_t = mean_n (10 (alpha_t W_t,n - W_n) / max|W|)^2`` (docs/DESIGN.md section 5, on the layer's
-    own weights rather than a downsampled test tile); the TNMSE is its mean over the times.
+    :func:`converter_errors` on the layer's own weights (not a downsampled test tile); the
+    TNMSE is the mean of E_t over the times.
 
     Args:
         weights: the layer's weights, any shape.
         converter: one program (a baseline converter or a CustomPair strategy).
-        noise_model: the PCM device model.
+        noise_model: the device model.
         t_steps: inference times in seconds [T].
         repeats: independent programmings (>= 2 for a standard error).
         compensation: drift compensation (default ideal global).
-        generator: source of the noise.
-        memory_budget: bytes at a time: large layers are simulated a few repeats at a time.
+        generator: source of the noise (a generator, an int, or None for fresh entropy).
+        memory_budget: bytes at a time (large layers are simulated a few repeats at a time).
         physics: "device" or "aihwkit" (see :mod:`gpuwpo.physics`).
 
     Returns:
-        ``(mean [T], sem [T])``.
+        ``(mean [T], sem [T])``; the standard error is NaN with a single repeat (there is no
+        spread to estimate it from).
     """
-    w = weights.detach()
-    w = (w if w.is_floating_point() else w.float()).to("cpu", torch.float32)
-    gain = (10.0 / w.abs().max()) ** 2
-    # About a dozen live tensors of [repeats, 2K, N] float32 per time step during simulation.
-    devices = 2 * int(getattr(converter, "num_pairs", 2))
-    per_repeat = 12 * devices * w.numel() * 4
-    step = max(1, min(int(repeats), memory_budget // max(per_repeat, 1)))
-    rows = []
-    for t in t_steps:
-        errs = []
-        for start in range(0, int(repeats), step):
-            n = min(step, int(repeats) - start)
-            eff = simulate_weights(w, converter, noise_model, [float(t)], compensation,
-                                   repeats=n, generator=generator, physics=physics)[:, 0]
-            errs.append(gain * (eff - w).square().reshape(n, -1).mean(-1))
-        rows.append(torch.cat(errs))
-    err = torch.stack(rows)  # [T, repeats]
-    sem = err.std(-1) / math.sqrt(err.shape[-1]) if err.shape[-1] > 1 else torch.zeros(len(rows))
-    return err.mean(-1), sem
+    w = check_weights(weights, "the layer's weights").detach().to("cpu", torch.float32)
+    err = converter_errors(w, converter, noise_model, t_steps, compensation=compensation,
+                           physics=physics, repeats=repeats, generator=generator,
+                           memory_budget=memory_budget)  # [repeats, T]
+    n = err.shape[0]
+    sem = err.std(0) / math.sqrt(n) if n > 1 else torch.full((err.shape[1],), float("nan"))
+    return err.mean(0), sem

@@ -56,8 +56,8 @@ from .converters import (
     SinglePairConductanceConverter,
 )
 from .noise import PCMLikeNoiseModel
-from .objective import make_generator
 from .optimizer import WeightProgrammingOptimizer as _Optimizer
+from .rng import make_generator
 from .sampling import downsample_weight_distribution as _downsample
 from .sampling import shuffle_weights as _shuffle
 from .simulate import as_time_tensor, simulate_weights
@@ -470,7 +470,7 @@ class WeightProgrammingOptimizer:
         self.result = None
         w = torch.as_tensor(weights).detach()
         w = (w if w.is_floating_point() else w.float()).to("cpu").reshape(-1)
-        gen = torch.Generator().manual_seed(int(self.seed))
+        gen = make_generator(int(self.seed))
         self.weights_downsampled_unitless = downsample_weight_distribution(
             w, torch.Size([self.test_in_features, self.test_out_features]), gen)
         self.max_abs_weight_unitless = self.weights_downsampled_unitless.abs().max()

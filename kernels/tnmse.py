@@ -352,7 +352,7 @@ def tnmse_triton(
         raise ValueError(f"prog_coeff must be 3 floats (c0, c1, c2), got {prog_coeff!r}")
 
     # Per-candidate scale and per-time-step scalars: tiny, computed in float64 before the launch.
-    from gpuwpo.objective import program_scale  # the twin's definition, in float64
+    from gpuwpo.converters import program_scale  # the twin's definition, in float64
 
     scale = program_scale(f.to(torch.float64), g_lst.to(torch.float64),
                           max_abs_weight.to(torch.float64).unsqueeze(-1))  # [B, P]

@@ -145,7 +145,7 @@ def test_de_strategies_run_and_improve(strategy):
     out = search(sphere.problem(), algorithm="de", strategy=strategy, popsize=5, maxiter=25,
                  mutation=(0.5, 1.0), recombination=0.7, atol=0.0)
     assert out.nit == 25 and out.stop_reason == "maxiter"
-    assert bool((out.fun < 0.1 * sphere.first_best).all())
+    assert bool((out.fun < 0.2 * sphere.first_best).all())
 
 
 def test_de_converges_with_scipys_test_and_freezes_converged_layers():

@@ -189,3 +189,16 @@ def test_judge_quick(tmp_path, keep_threads):
         assert names[0].startswith("gpuwpo search") and names[1] == "DualPair f=[1, 1]"
         assert len(names) == 6 and r["rows"][1]["below_baseline"] == 0.0
         assert all(row["judged"]["n"] == 3 and row["judged"]["mean"] > 0 for row in r["rows"])
+
+
+def test_dropin_quick(tmp_path, keep_threads):
+    pytest.importorskip("aihwkit")
+    out = tmp_path / "dropin.json"
+    record = _load("dropin").main(["--quick", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps({"benchmark": "dropin",
+                                                                   **record}))
+    names = [r["strategy"] for r in record["rows"]]
+    assert names == ["DualPair f=[1, 1] (baseline)", "gpuwpo.wpo",
+                     "aihwkit.inference.converter.wpo"]
+    assert all(r["wall_s"] > 0 for r in record["rows"][1:])
+    assert isinstance(record["rows"][1]["success"], bool)

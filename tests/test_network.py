@@ -134,7 +134,7 @@ def test_per_layer_is_one_search_with_the_layers_as_batch(mlp_run):
     assert len(spy.instances) == 1, "layers must be searched together, not in a Python loop"
     opt = spy.instances[0]
     assert opt.num_layers == 3
-    shapes = [tuple(w.shape) for w in spy.weights[0]]
+    shapes = [tuple(w.shape) for w in spy.weights[0].values()]
     assert shapes == [(8, 16), (6, 8), (3, 6)]
     assert result.nit == opt.result.nit == TINY["maxiter"]
     assert result.nfev == opt.result.nfev

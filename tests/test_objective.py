@@ -195,7 +195,7 @@ def test_a_subset_of_layers_sees_the_noise_it_sees_in_the_full_evaluation(crn):
     x = _population(obj, 9, 3)
     full = obj(x, 21)
     sub = obj.select_layers([2, 0])
-    assert sub.layer_ids == [2, 0]
+    assert sub.layer_ids == (2, 0)
     torch.testing.assert_close(sub(x[[2, 0]], 21), full[[2, 0]], rtol=0, atol=0)
 
 
@@ -253,11 +253,11 @@ def test_bad_inputs_raise_clear_errors():
         TNMSEObjective([_layer()], PCMLikeNoiseModel())
     f, g = _decode(obj, torch.rand(2, 3, D))
     with pytest.raises(ValueError, match="rows"):
-        tnmse_from_programs(f[..., :1], g, obj.test_weights, obj.idx, obj.frac,
+        tnmse_from_programs(f[..., :1], g, obj.test_weights, obj.tiles.idx, obj.tiles.frac,
                             obj.max_abs_weight, obj.t_steps, obj.noise_model)
     with pytest.raises(ValueError, match="tile_shape"):
-        tnmse_from_programs(f, g, obj.test_weights, obj.idx, obj.frac, obj.max_abs_weight,
-                            obj.t_steps, obj.noise_model, tile_shape=(3, 7))
+        tnmse_from_programs(f, g, obj.test_weights, obj.tiles.idx, obj.tiles.frac,
+                            obj.max_abs_weight, obj.t_steps, obj.noise_model, tile_shape=(3, 7))
 
 
 # ------------------------------------------------------------------------------------------
@@ -265,20 +265,27 @@ def test_bad_inputs_raise_clear_errors():
 # ------------------------------------------------------------------------------------------
 
 
-def test_evaluate_converter_equals_simulate_weights():
+def test_evaluate_converter_is_the_converter_path_and_independent_of_chunking():
     obj = _objective(layers=[_layer(seed=0), _layer(1500, seed=4)], t_steps=(1.0, 86400.0))
     conv = DualPairConductanceConverter()
     mean, sem = obj.evaluate_converter(conv, repeats=30, generator=11)
     assert mean.shape == sem.shape == (2,)
-    # evaluate_converter draws every layer's repeats from one generator, one layer after the
-    # other; this small tile fits one simulate_weights call per layer.
-    gen = _gen(11)
-    for b in range(2):
-        w = obj.test_weights[b].reshape(OUT, IN)
-        eff = simulate_weights(w, conv, obj.noise_model, obj.t_steps, repeats=30, generator=gen)
-        losses = ((10 * (eff - w) / w.abs().max()) ** 2).mean((-2, -1)).mean(-1)
-        torch.testing.assert_close(mean[b], losses.mean(), rtol=1e-6, atol=0)
-        torch.testing.assert_close(sem[b], losses.std() / math.sqrt(30), rtol=1e-5, atol=0)
+    per_repeat = obj.converter_tnmse(conv, repeats=30, generator=11)  # [B, repeats]
+    torch.testing.assert_close(mean, per_repeat.mean(-1))
+    torch.testing.assert_close(sem, per_repeat.std(-1) / math.sqrt(30))
+    # The same figures whatever the memory budget (noise keyed by layer and block of repeats),
+    # and a layer on its own gets what it gets in the whole.
+    small = _objective(layers=[_layer(seed=0), _layer(1500, seed=4)], t_steps=(1.0, 86400.0),
+                       memory_budget=1)
+    assert torch.equal(small.converter_tnmse(conv, repeats=30, generator=11), per_repeat)
+    assert torch.equal(obj.select_layers([1]).converter_tnmse(conv, 30, 11)[0], per_repeat[1])
+    # In distribution it is simulate_weights' error.
+    w = obj.test_weights[0].reshape(OUT, IN)
+    eff = simulate_weights(w, conv, obj.noise_model, obj.t_steps, repeats=300, generator=12)
+    losses = ((10 * (eff - w) / w.abs().max()) ** 2).mean((-2, -1)).mean(-1)
+    big = obj.converter_tnmse(conv, repeats=300, generator=13)[0]
+    se = math.sqrt(losses.var() / 300 + big.var() / 300)
+    assert abs(float(losses.mean() - big.mean())) < 4 * se
     with pytest.raises(ValueError, match="repeats"):
         obj.evaluate_converter(conv, repeats=1)
 

@@ -1,0 +1,58 @@
+"""Input checks shared by every entry point, so that each is written (and worded) once."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = ["check_weights", "check_positive_int"]
+
+
+def _describe(t: Tensor) -> str:
+    t = t.detach()
+    if t.numel() <= 6:
+        return str(t.cpu().tolist())
+    return f"{t.numel()} values"
+
+
+def check_weights(weights: object, what: str = "weights", *,
+                  allow_all_zero: bool = True) -> Tensor:
+    """``weights`` as a real floating tensor, or a ValueError / TypeError naming ``what``.
+
+    Refused: anything that is not a tensor, complex and boolean tensors, a 0-d tensor (a scalar
+    is not a layer's weights), an empty tensor, NaN or infinite values, and (unless
+    ``allow_all_zero``) a tensor of zeros only, which has nothing to program. Integer tensors are
+    promoted to torch's default float dtype; floating tensors are returned as they are.
+    """
+    if not isinstance(weights, Tensor):
+        raise TypeError(f"{what} must be a torch.Tensor, got {type(weights).__name__}")
+    if weights.is_complex():
+        raise ValueError(f"{what} are complex ({weights.dtype}); weights must be real numbers")
+    if weights.dtype == torch.bool:
+        raise ValueError(f"{what} are booleans; weights must be real numbers")
+    if weights.ndim == 0:
+        raise ValueError(f"{what} is a scalar (a 0-d tensor); give the layer's weight tensor")
+    if weights.numel() == 0:
+        raise ValueError(f"{what} are empty (shape {tuple(weights.shape)})")
+    if not weights.is_floating_point():
+        weights = weights.to(torch.get_default_dtype())
+    finite = torch.isfinite(weights)
+    if not bool(finite.all()):
+        bad = weights[~finite]
+        raise ValueError(f"{what} have {bad.numel()} NaN or infinite values "
+                         f"({_describe(bad)})")
+    if not allow_all_zero and not bool((weights != 0).any()):
+        raise ValueError(f"{what} are all zeros: there is nothing to program")
+    return weights
+
+
+def check_positive_int(value: object, name: str, *, minimum: int = 1) -> int:
+    """``value`` as an int >= ``minimum``, or a ValueError naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+            isinstance(value, float) and (not math.isfinite(value) or value != int(value))):
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if int(value) < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)

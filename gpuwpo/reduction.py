@@ -1,0 +1,67 @@
+"""One ruler: the weight error of a tile, and how much work is done at a time.
+
+Both ways of measuring a strategy -- the batched hot path over a population of programs
+(:func:`gpuwpo.objective.tnmse_from_programs`) and the converter path over repeats of one
+converter (:func:`gpuwpo.simulate.converter_errors`, behind baselines, ``evaluate`` and
+``tnmse_over_time``) -- reduce with :func:`weight_error` and split their work with
+:func:`plan_chunks` under :func:`default_memory_budget`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["weight_error", "plan_chunks", "default_memory_budget", "CPU_MEMORY_BUDGET"]
+
+#: Bytes the CPU works on at a time. Chunks are kept cache-sized: elementwise passes over data
+#: that stays in cache are several times faster than passes over main memory. A measured choice
+#: (bench/README.md, "memory budget"); torch.compile's fused loops prefer 8x larger chunks.
+CPU_MEMORY_BUDGET = 2 * 2**20
+
+
+def weight_error(w_eff: Tensor, w: Tensor, max_abs_weight: Tensor | float,
+                 amplification: float = 10.0, *, tile_ndim: int = 2,
+                 inplace: bool = False) -> Tensor:
+    """``E = mean over the tile of (amplification (w_eff - w) / M)^2`` (docs/DESIGN.md 5).
+
+    Args:
+        w_eff: effective (compensated) weights ``[..., *tile]``.
+        w: the ideal weights, broadcastable to ``w_eff``.
+        max_abs_weight: M, broadcastable to ``[...]`` (the tile's own max|W|).
+        amplification: the factor 10 of the definition.
+        tile_ndim: how many trailing dimensions form the tile.
+        inplace: overwrite ``w_eff`` (the hot path's largest temporary).
+
+    Returns:
+        ``[...]``: E of every tile. The TNMSE is its mean over the time steps.
+    """
+    diff = w_eff.sub_(w) if inplace else w_eff - w
+    err = diff.square_().mean(dim=tuple(range(-tile_ndim, 0)))
+    gain = (amplification / torch.as_tensor(max_abs_weight, dtype=err.dtype,
+                                            device=err.device)).square()
+    return err.mul_(gain) if err.shape == torch.broadcast_shapes(err.shape, gain.shape) \
+        else err * gain
+
+
+def default_memory_budget(device: torch.device, *, compiled: bool = False) -> int:
+    """Bytes at a time: half the free memory on CUDA, cache-sized on the CPU."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free // 2
+    return CPU_MEMORY_BUDGET * (8 if compiled else 1)
+
+
+def plan_chunks(B: int, P: int, *, bytes_per_item: int, memory_budget: int,
+                align: int = 1) -> tuple[int, int]:
+    """(layers, items) per chunk so that layers * items * bytes_per_item fits the budget.
+
+    Item chunks are multiples of ``align`` (a noise block) and at least one block; layer chunks
+    shrink first only when a single block of every layer does not fit. At least one of each.
+    """
+    min_items = min(P, align)
+    layer_chunk = max(1, min(B, memory_budget // max(1, bytes_per_item * min_items)))
+    chunk = max(min_items, memory_budget // max(1, bytes_per_item * layer_chunk))
+    if align > 1:
+        chunk = max(align, chunk // align * align)
+    return layer_chunk, min(chunk, P)

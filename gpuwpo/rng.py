@@ -1,0 +1,91 @@
+"""Randomness: one meaning of ``generator=None``, and noise streams keyed by what they are for.
+
+Every public function of gpuwpo that draws random numbers takes ``generator``: a
+``torch.Generator``, an int seed, or ``None``. ``None`` means the same everywhere: a fresh
+generator seeded from the operating system's entropy (:func:`secrets.randbits`), so the result
+is not reproducible; torch's global generator is never read nor advanced. Pass an int or a
+generator for reproducible results.
+
+Seeds are used whole: an int seed of any size is reduced to 64 bits by a mixing hash, so seeds
+that differ in any bit (e.g. by 2**32) give different streams.
+
+Noise that must not depend on how work is chunked (over layers, candidates or repeats) comes from
+:func:`keyed_generator`: one stream per (base seed, key, ...), e.g. (layer id, block of
+candidates), derived by a 64-bit mixing function.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import torch
+
+__all__ = ["make_generator", "draw_seed", "keyed_generator", "mix64"]
+
+_MASK64 = (1 << 64) - 1
+
+
+def mix64(*values: int) -> int:
+    """A 64-bit hash of the integers ``values`` (splitmix64 steps), in [0, 2**64)."""
+    state = 0x9E3779B97F4A7C15
+    for v in values:
+        v = int(v)
+        # Fold an int of any size (negative too) into 64-bit words so no bit is dropped.
+        words = [v & _MASK64]
+        v >>= 64
+        while v not in (0, -1):
+            words.append(v & _MASK64)
+            v >>= 64
+        if v == -1:
+            words.append(_MASK64)
+        for w in words:
+            state = (state + w + 0x9E3779B97F4A7C15) & _MASK64
+            z = state
+            z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+            z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+            state = z ^ (z >> 31)
+    return state
+
+
+def _manual_seed(device: torch.device, seed: int) -> torch.Generator:
+    # torch takes seeds in [0, 2**64); keep 63 bits so every backend's generator accepts it.
+    return torch.Generator(device=device).manual_seed(seed & ((1 << 63) - 1))
+
+
+def make_generator(generator: torch.Generator | int | None,
+                   device: torch.device | str = "cpu") -> torch.Generator:
+    """A ``torch.Generator`` on ``device``: the given one, one seeded from an int, or fresh.
+
+    Args:
+        generator: a generator (returned as it is; it must live on ``device``'s type), an int
+            seed (any size, hashed to 64 bits), or None (seeded from OS entropy).
+        device: where the random numbers are drawn.
+
+    Raises:
+        ValueError: a generator on another device type.
+        TypeError: anything else.
+    """
+    device = torch.device(device)
+    if isinstance(generator, torch.Generator):
+        if generator.device.type != device.type:
+            raise ValueError(
+                f"generator is on {generator.device} but the computation runs on {device}"
+            )
+        return generator
+    if generator is None:
+        return _manual_seed(device, secrets.randbits(64))
+    if isinstance(generator, bool) or not isinstance(generator, int):
+        raise TypeError(f"generator must be a torch.Generator, an int seed or None, got "
+                        f"{type(generator).__name__}")
+    return _manual_seed(device, mix64(generator))
+
+
+def draw_seed(generator: torch.Generator) -> int:
+    """A 62-bit seed drawn from ``generator`` (advances it by one draw)."""
+    return int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item())
+
+
+def keyed_generator(base_seed: int, *key: int,
+                    device: torch.device | str = "cpu") -> torch.Generator:
+    """The generator of the stream ``(base_seed, *key)``: the same key, the same numbers."""
+    return _manual_seed(torch.device(device), mix64(base_seed, *key))
