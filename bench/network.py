@@ -51,7 +51,9 @@ from gpuwpo import (  # noqa: E402
     optimize_network,
     student_t_weights,
 )
-from gpuwpo.optimizer import DEFAULTS  # noqa: E402
+from gpuwpo.options import SearchOptions  # noqa: E402
+
+DEFAULTS = SearchOptions().as_dict()
 
 T_STEPS = (1.0, 3600.0, 86400.0, 30 * 86400.0, 365 * 86400.0)
 F_LST = (None, None)
@@ -146,7 +148,7 @@ def run(weights: dict[str, torch.Tensor], *, popsize: int, maxiter: int, device:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     wall = time.perf_counter() - start
-    margin = float(res.settings["optimizer_kwargs"].get("loss_margin", DEFAULTS["loss_margin"]))
+    margin = float(res.settings["options"].get("loss_margin", DEFAULTS["loss_margin"]))
     layers = [{
         "name": layer.name, "kind": _kind(layer.name), "shape": list(layer.shape),
         "tnmse": layer.tnmse, "tnmse_ci95": list(layer.tnmse_ci95),

@@ -42,7 +42,9 @@ from gpuwpo import (  # noqa: E402
     WeightProgrammingOptimizer,
     student_t_weights,
 )
-from gpuwpo.optimizer import DEFAULTS  # noqa: E402
+from gpuwpo.options import SearchOptions  # noqa: E402
+
+DEFAULTS = SearchOptions().as_dict()
 
 T_STEPS = (1.0, 3600.0, 86400.0, 30 * 86400.0, 365 * 86400.0)
 F_LST = (None, None)
@@ -147,7 +149,7 @@ def run_backend(backend: str, weights: torch.Tensor, *, popsize: int, maxiter: i
         "success": bool(res.success),
         "search_best_tnmse": float(res.search_best_tnmse[0]),
         "polished": bool(res.polished[0]),
-        "optimizer_options": {k: v for k, v in opt.options.items()
+        "optimizer_options": {k: v for k, v in opt.options.as_dict().items()
                               if isinstance(v, (int, float, str, bool, type(None)))},
     }
 

@@ -2,10 +2,14 @@
 
 A results file is one JSON object::
 
-    {"format": "gpuwpo-result", "version": 1, "settings": {...}, "total_tnmse": ...,
+    {"format": "gpuwpo-result", "version": 2, "settings": {...}, "total_tnmse": ...,
      "total_baseline_tnmse": ..., "nit": ..., "nfev": ..., "wall_time": ..., "stop_reason": ...,
      "layers": [{"name", "shape", "dtype", "f_lst", "g_lst", "g_min", "g_max", "tnmse",
                  "tnmse_ci95", "baseline_tnmse", "baseline_ci95", "history"}, ...]}
+
+``settings`` records everything that decides what the run finds (version 2: the options and
+which were given, the noise model, baseline and compensation as registry records, see
+:mod:`gpuwpo.registry`); version-1 files are read too.
 
 Floats are written by Python's json, which prints the shortest repr that reads back to the same
 float64; tensors are stored as nested lists of float64 values converted from the tensors' own
@@ -32,11 +36,15 @@ from .network import LayerResult, NetworkResult
 from .physics import PHYSICS
 from .simulate import DEFAULT_TIMES as _DEFAULT_TIMES
 
-__all__ = ["save_result", "load_result", "load_weights", "physics_from_settings", "default_physics",
+__all__ = ["save_result", "load_result", "load_weights", "physics_from_settings",
+           "optimize_kwargs_from_settings", "default_physics",
            "RESULT_FORMAT", "RESULT_VERSION"]
 
 RESULT_FORMAT = "gpuwpo-result"
-RESULT_VERSION = 1
+RESULT_VERSION = 2
+# Versions this gpuwpo reads: 1 recorded the physics as attribute snapshots, 2 as registry
+# records with every option of the run.
+_READABLE_VERSIONS = (1, 2)
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
            "float64": torch.float64}
@@ -193,11 +201,11 @@ def load_result(path: str | os.PathLike) -> NetworkResult:
         raise ValueError(f"{path}: not a gpuwpo results file (format {found!r}, expected "
                          f"{RESULT_FORMAT!r})")
     version = data.get("version")
-    if version != RESULT_VERSION:
+    if version not in _READABLE_VERSIONS:
         newer = isinstance(version, int) and version > RESULT_VERSION
         hint = " (written by a newer gpuwpo: upgrade to read it)" if newer else ""
         raise ValueError(f"{path}: results file version {version!r} is not supported; this "
-                         f"gpuwpo reads version {RESULT_VERSION}{hint}")
+                         f"gpuwpo reads versions {', '.join(map(str, _READABLE_VERSIONS))}{hint}")
     layers = _need(data, "layers", "the file", path)
     if not isinstance(layers, list):
         raise ValueError(f"{path}: 'layers' must be a list")
@@ -313,55 +321,110 @@ def default_physics() -> tuple[Any, Any]:
             DualPairConductanceConverter(f_lst=[1.0, 1.0], g_min=0.0, g_max=25.0))
 
 
-def physics_from_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+def _legacy_record(rec: Mapping[str, Any], kind: str) -> dict[str, Any]:
+    """A version-1 settings record (attribute snapshots) as a registry record."""
+    rec = dict(rec)
+    if kind == "noise_model" and "g_ref" in rec:
+        rec["prog_coeff_g_max_reference"] = rec.pop("g_ref")
+    if kind == "baseline" and rec.get("class") in ("SinglePairConductanceConverter",
+                                                   "FusionConductanceConverter"):
+        rec.pop("f_lst", None)
+    if kind == "baseline" and rec.get("class") == "FusionConductanceConverter":
+        rec.pop("g_min", None)
+    return rec
+
+
+def physics_from_settings(settings: Mapping[str, Any], *,
+                          path: str | os.PathLike | None = None) -> dict[str, Any]:
     """Rebuild what a results file's ``settings`` record: noise model, baseline, compensation.
 
     Returns a dict with ``noise_model``, ``baseline``, ``compensation``, ``t_steps`` and
     ``physics``; a part the settings do not record falls back to the defaults
     (PCMLikeNoiseModel(g_max=25), DualPair f=[1, 1] 0..25 uS, ideal global compensation,
-    :data:`_DEFAULT_TIMES`, ``"device"``).
+    :data:`_DEFAULT_TIMES`, ``"device"``). Classes are looked up in gpuwpo's registry only
+    (:mod:`gpuwpo.registry`): a file never names code to run.
 
     Raises:
-        ValueError: a recorded class this gpuwpo does not know.
+        ValueError: an unknown class or a malformed record, naming the file (when ``path`` is
+            given) and the field.
     """
-    from . import compensation as comp_mod
-    from . import converters as conv_mod
-    from . import noise as noise_mod
+    from .compensation import GlobalDriftCompensation
+    from .registry import from_dict
 
+    where = f"{path}: " if path is not None else ""
     noise_model, baseline = default_physics()
-    rec = settings.get("noise_model")
-    if isinstance(rec, Mapping):
-        cls = getattr(noise_mod, str(rec.get("class")), None)
-        if not isinstance(cls, type):
-            raise ValueError(f"results file records an unknown noise model {rec.get('class')!r}")
-        kwargs = {k: rec[k] for k in ("prog_coeff", "g_max", "t_read", "t_0", "prog_noise_scale",
-                                      "read_noise_scale", "drift_scale", "custom_drift_model")
-                  if k in rec}
-        if "g_ref" in rec:
-            kwargs["prog_coeff_g_max_reference"] = rec["g_ref"]
-        noise_model = cls(**kwargs)
-    rec = settings.get("baseline")
-    if isinstance(rec, Mapping):
-        cls = getattr(conv_mod, str(rec.get("class")), None)
-        if not isinstance(cls, type):
-            raise ValueError(f"results file records an unknown baseline {rec.get('class')!r}")
-        if cls is conv_mod.SinglePairConductanceConverter:
-            baseline = cls(rec.get("g_min", 0.0), rec.get("g_max", 25.0))
-        else:
-            baseline = cls(rec["f_lst"], rec.get("g_min", 0.0), rec.get("g_max", 25.0))
-    compensation = comp_mod.GlobalDriftCompensation()
-    rec = settings.get("compensation")
-    if isinstance(rec, Mapping):
-        cls = getattr(comp_mod, str(rec.get("class")), None)
-        if not isinstance(cls, type):
-            raise ValueError(f"results file records an unknown compensation {rec.get('class')!r}")
-        keys = ("readout_noise", "readout_step", "readout_bound", "exact_reference",
-                "input_step", "bound_management", "max_bm_factor", "max_bm_res")
-        compensation = cls(**{k: rec[k] for k in keys if k in rec})
-    t_steps = [float(t) for t in settings.get("t_steps", _DEFAULT_TIMES)]
+    built: dict[str, Any] = {"noise_model": noise_model, "baseline": baseline,
+                             "compensation": GlobalDriftCompensation()}
+    for kind in ("noise_model", "baseline", "compensation"):
+        rec = settings.get(kind)
+        if rec is None:
+            continue
+        if not isinstance(rec, Mapping):
+            raise ValueError(f"{where}settings.{kind} must be an object, got "
+                             f"{type(rec).__name__}")
+        try:
+            built[kind] = from_dict(_legacy_record(rec, kind), what=f"settings.{kind}")
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"{where}{err}") from None
+    t_steps = settings.get("t_steps", list(_DEFAULT_TIMES))
+    if not isinstance(t_steps, list) or not t_steps or not all(
+            isinstance(t, (int, float)) and not isinstance(t, bool) for t in t_steps):
+        raise ValueError(f"{where}settings.t_steps must be a non-empty list of seconds, got "
+                         f"{t_steps!r}")
     physics = settings.get("physics", "device")
     if physics not in PHYSICS:
-        raise ValueError(f"results file records an unknown physics {physics!r}; this gpuwpo "
-                         f"knows {', '.join(PHYSICS)}")
-    return {"noise_model": noise_model, "baseline": baseline, "compensation": compensation,
-            "t_steps": t_steps, "physics": physics}
+        raise ValueError(f"{where}results file records an unknown physics {physics!r}; this "
+                         f"gpuwpo knows {', '.join(PHYSICS)}")
+    return {**built, "t_steps": [float(t) for t in t_steps], "physics": physics}
+
+
+def optimize_kwargs_from_settings(settings: Mapping[str, Any], *,
+                                  path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Everything :func:`gpuwpo.optimize_network` needs to repeat the run a results file records.
+
+    Returns the keyword arguments (noise_model, t_steps, g_converter_baseline, f_lst, include,
+    exclude, per_layer, backend, physics, compensation, symmetric and ``options``: a
+    :class:`gpuwpo.options.SearchOptions` with the recorded values and the same options marked
+    as given). Only version-2 settings record all of it.
+
+    Raises:
+        ValueError: settings that do not record a run (naming the file and the field).
+    """
+    from .options import SearchOptions
+
+    where = f"{path}: " if path is not None else ""
+    if "options" not in settings:
+        raise ValueError(f"{where}the results file does not record its options (written by an "
+                         "older gpuwpo); it cannot be repeated exactly")
+    physics = physics_from_settings(settings, path=path)
+    recorded = settings["options"]
+    if not isinstance(recorded, Mapping):
+        raise ValueError(f"{where}settings.options must be an object")
+    explicit = settings.get("explicit", [])
+    if not isinstance(explicit, list) or not all(isinstance(k, str) for k in explicit):
+        raise ValueError(f"{where}settings.explicit must be a list of option names")
+    unknown = sorted(set(recorded) - set(SearchOptions.names()))
+    if unknown:
+        raise ValueError(f"{where}settings.options has unknown option(s) {', '.join(unknown)}")
+    values = {k: (tuple(v) if k == "mutation" and isinstance(v, list) else v)
+              for k, v in recorded.items()}
+    if isinstance(values.get("x0"), list):
+        values["x0"] = torch.tensor(values["x0"], dtype=torch.float64)
+    if isinstance(values.get("x_init"), list):
+        values["x_init"] = torch.tensor(values["x_init"], dtype=torch.float64)
+    try:
+        options = SearchOptions(**values, explicit=frozenset(explicit))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{where}settings.options: {err}") from None
+    f_lst = settings.get("f_lst")
+    if not isinstance(f_lst, list) or not f_lst:
+        raise ValueError(f"{where}settings.f_lst must be a list of significance factors")
+    return {
+        "noise_model": physics["noise_model"], "t_steps": physics["t_steps"],
+        "g_converter_baseline": physics["baseline"], "f_lst": f_lst,
+        "include": settings.get("include"), "exclude": settings.get("exclude"),
+        "per_layer": bool(settings.get("per_layer", True)),
+        "backend": settings.get("backend", "torch"), "physics": physics["physics"],
+        "compensation": physics["compensation"],
+        "symmetric": bool(settings.get("symmetric", True)), "options": options,
+    }

@@ -34,8 +34,10 @@ from torch import Tensor, nn
 from .checks import check_weights
 from .converters import CustomPairConductanceConverter
 from .objective import TNMSEObjective
-from .optimizer import DEFAULTS, WeightProgrammingOptimizer
+from .optimizer import WeightProgrammingOptimizer
+from .options import SearchOptions
 from .physics import check_physics
+from .registry import to_dict
 from .simulate import as_time_tensor, simulate_weights
 
 __all__ = ["LayerResult", "NetworkResult", "optimize_network", "program_model", "select_weights"]
@@ -122,9 +124,10 @@ class NetworkResult:
 
     Attributes:
         layers: one :class:`LayerResult` per selected layer, in the model's order.
-        settings: JSON-able record of how the result was made (f_lst, t_steps, backend,
-            per_layer, include/exclude, JSON-able optimizer keywords, noise model, baseline
-            converter, compensation, g_min, g_max, nbins, symmetric, device, physics).
+        settings: JSON-able record of everything that decides what the run finds (f_lst,
+            t_steps, backend, per_layer, include/exclude, the options and which were given,
+            the noise model, baseline and compensation as registry records, symmetric, g_min,
+            g_max, nbins, device, physics).
         total_tnmse, total_baseline_tnmse: the layers' TNMSE weighted by their sizes.
         nit: generations of the search; nfev: candidates evaluated, all layers together (a
             generation of B layers with population S counts B * S, or 2 B S when parents are
@@ -265,32 +268,18 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, allow_nan=False))
 
 
-def _object_params(obj: Any, names: Sequence[str]) -> dict:
-    out: dict[str, Any] = {"class": type(obj).__name__}
-    for name in names:
-        if hasattr(obj, name):
-            try:
-                out[name] = _jsonable(getattr(obj, name))
-            except (TypeError, ValueError):
-                out[name] = repr(getattr(obj, name))
-    return out
+#: Options that do not decide what a run finds (where it saves, what it prints, hooks).
+_UNRECORDED = ("callback", "checkpoint", "resume", "disp")
 
 
-_NOISE_PARAMS = ("prog_coeff", "g_max", "t_read", "t_0", "prog_noise_scale", "read_noise_scale",
-                 "drift_scale", "g_ref", "custom_drift_model")
-_CONVERTER_PARAMS = ("f_lst", "g_min", "g_max")
-_COMPENSATION_PARAMS = ("readout_noise", "readout_step", "readout_bound", "exact_reference",
-                        "input_step", "bound_management", "max_bm_factor", "max_bm_res")
-
-
-def _settings(*, f_lst, t_steps, backend, per_layer, include, exclude, optimizer_kwargs,
+def _settings(*, f_lst, t_steps, backend, per_layer, include, exclude, options: SearchOptions,
               noise_model, baseline, compensation, space, device, physics) -> dict:
-    kwargs = {}
-    for key, value in optimizer_kwargs.items():
-        try:
-            kwargs[key] = _jsonable(value)
-        except (TypeError, ValueError):
-            pass  # callbacks, tensors of warm starts etc. are not part of the record
+    """The JSON record of everything that decides what a run finds (results files' settings).
+
+    Read back by :func:`gpuwpo.io.physics_from_settings` and
+    :func:`gpuwpo.io.optimize_kwargs_from_settings` (``gpuwpo optimize --config``)."""
+    recorded = {name: _jsonable(value) for name, value in options.as_dict().items()
+                if name not in _UNRECORDED}
     return _jsonable({
         "f_lst": [None if f is None else float(f) for f in f_lst],
         "t_steps": as_time_tensor(t_steps, dtype=torch.float64).tolist(),
@@ -298,14 +287,15 @@ def _settings(*, f_lst, t_steps, backend, per_layer, include, exclude, optimizer
         "per_layer": bool(per_layer),
         "include": include if include is None or isinstance(include, str) else list(include),
         "exclude": exclude if exclude is None or isinstance(exclude, str) else list(exclude),
-        "optimizer_kwargs": kwargs,
-        "noise_model": _object_params(noise_model, _NOISE_PARAMS),
-        "baseline": _object_params(baseline, _CONVERTER_PARAMS),
-        "compensation": _object_params(compensation, _COMPENSATION_PARAMS),
+        "options": recorded,
+        "explicit": sorted(options.explicit - set(_UNRECORDED)),
+        "noise_model": to_dict(noise_model),
+        "baseline": to_dict(baseline),
+        "compensation": to_dict(compensation),
+        "symmetric": space.symmetric,
         "g_min": space.g_min,
         "g_max": space.g_max,
         "nbins": space.nbins,
-        "symmetric": space.symmetric,
         "device": str(device),
         "physics": physics,
     })
@@ -418,16 +408,15 @@ def optimize_network(
         o = opt.options
         per_layer_objective = TNMSEObjective(
             weights, noise_model, opt.compensation, t_steps, opt.space,
-            test_in_features=o["test_in_features"], test_out_features=o["test_out_features"],
-            memory_budget=o["memory_budget"], kernel=o["kernel"], device=opt.device,
-            seed=o["seed"], physics=opt.physics,
+            test_in_features=o.test_in_features, test_out_features=o.test_out_features,
+            memory_budget=o.memory_budget, kernel=o.kernel, device=opt.device,
+            seed=o.seed, physics=opt.physics,
         )
         x = res.x.reshape(1, -1).expand(len(names), -1)
         # Same seeds as the optimizer's own validation (seed + 2) and baseline (seed + 1).
-        val_mean, val_sem = per_layer_objective.validate(x, o["validation_repeats"],
-                                                         o["seed"] + 2)
+        val_mean, val_sem = per_layer_objective.validate(x, o.validation_repeats, o.seed + 2)
         base_mean, base_sem = per_layer_objective.evaluate_converter(
-            g_converter_baseline, o["baseline_iterations"], o["seed"] + 1)
+            g_converter_baseline, o.baseline_iterations, o.seed + 1)
         z = 1.959963984540054
         tnmse, base = val_mean.tolist(), base_mean.tolist()
         ci = [(float(m - z * s), float(m + z * s)) for m, s in zip(tnmse, val_sem.tolist())]
@@ -444,7 +433,7 @@ def optimize_network(
     ]
     settings = _settings(
         f_lst=f_lst, t_steps=t_steps, backend=backend, per_layer=per_layer, include=include,
-        exclude=exclude, optimizer_kwargs={**DEFAULTS, **kwargs}, noise_model=noise_model,
+        exclude=exclude, options=opt.options, noise_model=noise_model,
         baseline=g_converter_baseline, compensation=opt.compensation, space=opt.space,
         device=opt.device, physics=opt.physics,
     )

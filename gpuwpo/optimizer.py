@@ -15,50 +15,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .backends import BACKENDS, SearchProblem, run_search
+from .backends import BACKENDS, SearchProblem, backend_module, run_search
 from .compensation import GlobalDriftCompensation
 from .converters import CustomPairConductanceConverter
 from .objective import TNMSEObjective
+from .options import SearchOptions, refuse_unsupported
+from .rng import mix64
 from .strategy import StrategySpace
 
-__all__ = ["WeightProgrammingOptimizer", "OptimizationResult", "DEFAULTS"]
-
-#: Keyword arguments with the reference's names and defaults (plus gpuwpo's own, below them).
-DEFAULTS = {
-    "nbins": 6,
-    "test_in_features": 512,
-    "test_out_features": 20,
-    "g_err": 0.0,
-    "f_min": 0.1,
-    "f_max": 5.0,
-    "use_max_kw": False,
-    "loss_margin": 0.125,
-    "baseline_iterations": 100,
-    "callback": None,
-    "disp": True,
-    "strategy": "best1bin",
-    "popsize": 100,
-    "maxiter": 200,
-    "tol": 0.0,
-    "atol": 0.02,
-    "mutation": 0.1,
-    "recombination": 0.3,
-    "polish": True,
-    "seed": 100,
-    "x_init": "latinhypercube",
-    # gpuwpo's own
-    "validation_repeats": 100,
-    "x0": None,
-    "warm_start_baseline": False,
-    "noise_robust": True,
-    "checkpoint": None,
-    "checkpoint_every": 10,
-    "resume": None,
-    "algorithm": "de",
-    "kernel": "auto",
-    "memory_budget": None,
-    "polish_maxiter": 50,
-}
+__all__ = ["WeightProgrammingOptimizer", "OptimizationResult"]
 
 _Z95 = 1.959963984540054
 
@@ -149,26 +114,17 @@ class WeightProgrammingOptimizer:
         physics: "device" (default; the programmed devices drift and are read, as on a chip) or
             "aihwkit" (the reference toolkit's inference tile, whose figures most users report):
             see :mod:`gpuwpo.physics`. The search, the baseline and the validation all use it.
-        **kwargs: see :data:`DEFAULTS`: the reference's names and defaults (nbins=6,
-            test_in_features=512, test_out_features=20, g_err=0.0 (a fraction of
-            g_max - g_min), f_min=0.1, f_max=5.0, use_max_kw=False, loss_margin=0.125,
-            baseline_iterations=100, callback=None, disp=True, strategy="best1bin",
-            popsize=100 (times D), maxiter=200, tol=0.0, atol=0.02, mutation=0.1,
-            recombination=0.3, polish=True, seed=100, x_init="latinhypercube"), plus
-            validation_repeats=100, x0 (warm start, [D] or [B, D] in the unit cube),
-            warm_start_baseline=False (without x0, put the baseline's own program in the initial
-            population when the space can express it: an NPair-type baseline with as many pairs
-            and the same conductance range. Off by default: with "best1bin" every mutant is
-            then built around the baseline and the search stays near it; measured on Student-t
-            weights, 40 generations: -0.8 % with it, 41 % better than the baseline without),
-            noise_robust=True (parents re-evaluated with their trials under the same noise),
-            checkpoint=PATH and checkpoint_every=N, resume=PATH, algorithm (evotorch: "de",
-            "cmaes", "snes", "ga"), kernel ("auto", "triton", "torch"), memory_budget (bytes),
-            polish_maxiter.
+        options: a ready :class:`gpuwpo.options.SearchOptions` (keywords then change it).
+        **kwargs: the options of :class:`gpuwpo.options.SearchOptions`, where each one's
+            default and meaning is documented once (the strategy space's nbins, g_err as a
+            fraction of g_max - g_min, f_min, f_max, use_max_kw; the test tile; the margin, the
+            baseline's and the validation's repeats, the polish; the search's strategy,
+            popsize (times D), maxiter, tol, atol, mutation, recombination, seed, x_init, x0,
+            noise_robust, algorithm, checkpoint, resume, callback; disp).
 
     Raises:
         TypeError: an unknown keyword (named in the message).
-        ValueError: a bad value (named in the message).
+        ValueError: a bad value, or an option the backend cannot honour (named).
     """
 
     def __init__(
@@ -183,16 +139,21 @@ class WeightProgrammingOptimizer:
         device: torch.device | str | None = None,
         compensation=None,
         physics: str = "device",
+        options: SearchOptions | None = None,
         **kwargs,
     ) -> None:
-        unknown = sorted(set(kwargs) - set(DEFAULTS))
-        if unknown:
-            raise TypeError(f"WeightProgrammingOptimizer got unexpected keyword argument(s): "
-                            f"{', '.join(unknown)}")
-        opts = {**DEFAULTS, **kwargs}
+        if options is None:
+            opts = SearchOptions.from_kwargs(kwargs)
+        else:
+            if not isinstance(options, SearchOptions):
+                raise TypeError(f"options must be a gpuwpo.options.SearchOptions, got "
+                                f"{type(options).__name__}")
+            SearchOptions.from_kwargs(kwargs)  # names the unknown ones
+            opts = options.replace(**kwargs) if kwargs else options
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-        self._validate(opts)
+        # An option the backend cannot honour is refused before any work.
+        refuse_unsupported(opts, backend, backend_module(backend).accepts(opts))
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
@@ -203,56 +164,22 @@ class WeightProgrammingOptimizer:
         self.compensation = GlobalDriftCompensation() if compensation is None else compensation
         g_min = float(getattr(g_converter_baseline, "g_min", 0.0))
         g_max = float(getattr(g_converter_baseline, "g_max", noise_model.g_max))
-        if not 0.0 <= opts["g_err"] < 1.0:
-            raise ValueError(f"g_err is a fraction of g_max - g_min in [0, 1), got {opts['g_err']}")
         self.space = StrategySpace(
-            list(f_lst), g_min, g_max, nbins=opts["nbins"], symmetric=symmetric,
-            g_err=opts["g_err"] * (g_max - g_min), f_min=opts["f_min"], f_max=opts["f_max"],
-            use_max_kw=opts["use_max_kw"],
+            list(f_lst), g_min, g_max, nbins=opts.nbins, symmetric=symmetric,
+            g_err=opts.g_err * (g_max - g_min), f_min=opts.f_min, f_max=opts.f_max,
+            use_max_kw=opts.use_max_kw,
         )
         # One tensor is one layer (whatever its shape); the tiles check every layer once.
         layers = [weights] if isinstance(weights, torch.Tensor) else weights
         self.objective = TNMSEObjective(
             layers, noise_model, self.compensation, t_steps, self.space,
-            test_in_features=opts["test_in_features"], test_out_features=opts["test_out_features"],
-            common_random_numbers=True, memory_budget=opts["memory_budget"],
-            kernel=opts["kernel"], device=self.device, seed=opts["seed"], physics=physics,
+            test_in_features=opts.test_in_features, test_out_features=opts.test_out_features,
+            common_random_numbers=True, memory_budget=opts.memory_budget,
+            kernel=opts.kernel, device=self.device, seed=opts.seed, physics=physics,
         )
         self.physics = self.objective.physics
         self._baseline: tuple[torch.Tensor, torch.Tensor] | None = None
         self.result: OptimizationResult | None = None
-
-    @staticmethod
-    def _validate(o: dict) -> None:
-        def positive_int(name):
-            v = o[name]
-            if isinstance(v, bool) or int(v) != v or v < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-
-        for name in ("popsize", "maxiter", "baseline_iterations", "nbins", "checkpoint_every",
-                     "polish_maxiter"):
-            positive_int(name)
-        if o["validation_repeats"] < 2 or o["baseline_iterations"] < 2:
-            raise ValueError("validation_repeats and baseline_iterations must be >= 2 "
-                             "(a standard error needs two samples)")
-        if not o["loss_margin"] >= 0:
-            raise ValueError(f"loss_margin must be >= 0, got {o['loss_margin']!r}")
-        m = o["mutation"]
-        pair = m if isinstance(m, (tuple, list)) else (m, m)
-        if len(pair) != 2 or not all(0 <= float(v) < 2 for v in pair) or pair[0] > pair[1]:
-            raise ValueError(f"mutation must be in [0, 2) or a (low, high) pair in [0, 2), "
-                             f"got {m!r}")
-        if not 0 <= o["recombination"] <= 1:
-            raise ValueError(f"recombination must be in [0, 1], got {o['recombination']!r}")
-        if o["tol"] < 0 or o["atol"] < 0:
-            raise ValueError(f"tol and atol must be >= 0, got {o['tol']!r}, {o['atol']!r}")
-        from .de import STRATEGIES
-
-        if o["strategy"] not in STRATEGIES:
-            raise ValueError(f"unknown strategy {o['strategy']!r}; choose one of "
-                             f"{', '.join(STRATEGIES)}")
-        if o["callback"] is not None and not callable(o["callback"]):
-            raise ValueError("callback must be callable")
 
     # -- the reference's API ---------------------------------------------------------------
     def generate_bounds(self) -> list[tuple[float, float]]:
@@ -267,8 +194,8 @@ class WeightProgrammingOptimizer:
         """Baseline TNMSE per layer: (mean [B], standard error [B]) over baseline_iterations."""
         if self._baseline is None:
             self._baseline = self.objective.evaluate_converter(
-                self.g_converter_baseline, self.options["baseline_iterations"],
-                self.options["seed"] + 1)
+                self.g_converter_baseline, self.options.baseline_iterations,
+                self.options.seed + 1)
         return self._baseline
 
     def baseline_point(self) -> torch.Tensor | None:
@@ -292,10 +219,10 @@ class WeightProgrammingOptimizer:
 
     def _noise_seed(self, call: int) -> int:
         # Different from the baseline and validation seeds, reproducible per evaluation.
-        return (self.options["seed"] * 1_000_003 + 7919 * (call + 1)) % (2**62)
+        return mix64(self.options.seed, 0x5EA4C4, call)
 
     def _search_problem(self, baseline: torch.Tensor) -> SearchProblem:
-        margin = float(self.options["loss_margin"])
+        margin = float(self.options.loss_margin)
         base = baseline.reshape(-1, 1)
 
         def loss(x: torch.Tensor, call: int, layers: torch.Tensor | None = None) -> torch.Tensor:
@@ -316,42 +243,32 @@ class WeightProgrammingOptimizer:
         start = time.perf_counter()
         base_mean, base_sem = self.get_loss_baseline()
         problem = self._search_problem(base_mean)
-        x0 = o["x0"]
-        if x0 is None and o["warm_start_baseline"]:
+        x0 = o.x0
+        if x0 is None and o.warm_start_baseline:
             x0 = self.baseline_point()
         x0 = None if x0 is None else torch.as_tensor(x0, dtype=self.objective.dtype)
         if x0 is not None:
             x0 = x0.reshape(-1, self.space.dim).expand(self.num_layers, -1)
             if ((x0 < 0) | (x0 > 1)).any():
                 raise ValueError("x0 must lie in the unit hypercube [0, 1]^D")
-        bar = self._progress_bar() if o["disp"] else None
-        options = dict(strategy=o["strategy"], popsize=o["popsize"], maxiter=o["maxiter"],
-                       tol=o["tol"], atol=o["atol"], mutation=o["mutation"],
-                       recombination=o["recombination"], seed=o["seed"], init=o["x_init"],
-                       x0=x0, callback=o["callback"], progress=bar)
-        if self.backend == "torch":
-            options.update(noise_robust=o["noise_robust"], checkpoint=o["checkpoint"],
-                           checkpoint_every=o["checkpoint_every"], resume=o["resume"])
-        elif self.backend == "scipy":
-            options.update(scipy_polish=o["polish"])
-        else:
-            options.update(algorithm=o["algorithm"], noise_robust=o["noise_robust"])
+        bar = self._progress_bar() if o.disp else None
+        search_options = o if x0 is None else o.replace(x0=x0)
         try:
-            outcome = run_search(self.backend, problem, **options)
+            outcome = run_search(self.backend, problem, search_options, progress=bar)
         finally:
             if bar is not None:
                 bar.close()
         x = outcome.x.to(self.device, self.objective.dtype)
-        val_gen = o["seed"] + 2
-        val_mean, val_sem = self.objective.validate(x, o["validation_repeats"], val_gen)
+        val_gen = o.seed + 2
+        val_mean, val_sem = self.objective.validate(x, o.validation_repeats, val_gen)
         polished = torch.zeros(self.num_layers, dtype=torch.bool)
-        if o["polish"] and self.backend != "scipy":
+        if o.polish:
             x, val_mean, val_sem, polished = self._polish(x, val_mean, val_sem, val_gen)
         f, g_lst, _ = self.space.decode(x, self.objective.max_abs_weight.reshape(-1))
         if self.num_layers == 1:
             f, g_lst = f[0], g_lst[0]
         converter = CustomPairConductanceConverter(f, g_lst, self.space.g_min, self.space.g_max)
-        margin = float(o["loss_margin"])
+        margin = float(o.loss_margin)
         layer_success = (val_mean - base_mean) / base_mean + margin < 0
         to_tnmse = base_mean.reshape(-1, 1)
         history = (outcome.history.to(base_mean) - margin) * to_tnmse + to_tnmse
@@ -373,13 +290,13 @@ class WeightProgrammingOptimizer:
     def _progress_bar(self):
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=self.options["maxiter"], desc=f"gpuwpo[{self.backend}]", unit="gen",
+        bar = tqdm(total=self.options.maxiter, desc=f"gpuwpo[{self.backend}]", unit="gen",
                    leave=False)
 
         class _Bar:
             def __call__(self, info):
                 bar.n = info.generation
-                best = float(info.best.min())
+                best = float(info.fun.min())
                 bar.set_postfix_str(f"best loss {best:+.4f}")
                 bar.refresh()
 
@@ -414,9 +331,9 @@ class WeightProgrammingOptimizer:
 
             res = minimize(fun_and_grad, x[b].double().cpu().numpy(), jac=True,
                            method="L-BFGS-B", bounds=[(0.0, 1.0)] * D,
-                           options={"maxiter": self.options["polish_maxiter"]})
+                           options={"maxiter": self.options.polish_maxiter})
             new_x[b] = torch.as_tensor(res.x, dtype=x.dtype, device=x.device).clamp(0, 1)
-        cand_mean, cand_sem = self.objective.validate(new_x, self.options["validation_repeats"],
+        cand_mean, cand_sem = self.objective.validate(new_x, self.options.validation_repeats,
                                                       val_gen)
         better = (cand_mean < val_mean).cpu()
         keep = better.to(x.device)

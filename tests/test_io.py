@@ -76,7 +76,7 @@ def test_result_file_is_plain_json_with_format_and_version(tmp_path):
     save_result(_result(), path)
     data = json.loads(path.read_text())
     assert data["format"] == RESULT_FORMAT == "gpuwpo-result"
-    assert data["version"] == RESULT_VERSION == 1
+    assert data["version"] == RESULT_VERSION == 2
     layer = data["layers"][0]
     for key in ("name", "shape", "f_lst", "g_lst", "g_min", "g_max", "tnmse", "tnmse_ci95",
                 "baseline_tnmse", "baseline_ci95", "history"):
@@ -116,8 +116,8 @@ def test_load_result_checks_format_and_version(tmp_path):
     def write(obj) -> None:
         path.write_text(json.dumps(obj))
 
-    write({**data, "version": 2})
-    with pytest.raises(ValueError, match=r"version 2 .*newer"):
+    write({**data, "version": 3})
+    with pytest.raises(ValueError, match=r"version 3 .*newer"):
         load_result(path)
     write({**data, "version": None})
     with pytest.raises(ValueError, match="version None"):
@@ -283,7 +283,7 @@ def test_physics_from_settings_rebuilds_what_was_recorded():
     assert physics["baseline"].f_lst.tolist() == [1.0, 3.0] and physics["baseline"].g_max == 30.0
     assert physics["compensation"].readout_noise == 0.06
     assert physics["t_steps"] == [1.0, 60.0]
-    with pytest.raises(ValueError, match="unknown noise model"):
+    with pytest.raises(ValueError, match="settings.noise_model names an unknown class 'os.system'"):
         physics_from_settings({"noise_model": {"class": "os.system"}})
     # nothing recorded: the documented defaults
     defaults = physics_from_settings({})

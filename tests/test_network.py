@@ -180,7 +180,9 @@ def test_settings_are_json_and_record_the_run(mlp_run):
     assert s["f_lst"] == [None, None] and s["t_steps"] == T_STEPS
     assert s["backend"] == "torch" and s["per_layer"] is True and s["device"] == "cpu"
     assert s["include"] is None and s["exclude"] is None
-    assert s["optimizer_kwargs"]["popsize"] == 2 and s["optimizer_kwargs"]["seed"] == 3
+    assert s["options"]["popsize"] == 2 and s["options"]["seed"] == 3
+    assert "popsize" in s["explicit"] and "strategy" not in s["explicit"]
+    assert "callback" not in s["options"] and "disp" not in s["options"]
     assert s["noise_model"]["class"] == "PCMLikeNoiseModel"
     assert s["noise_model"]["prog_coeff"] == list(gpuwpo.PCMLikeNoiseModel().prog_coeff)
     assert s["baseline"] == {"class": "DualPairConductanceConverter", "f_lst": [1.0, 1.0],

@@ -9,7 +9,8 @@ import torch
 
 import gpuwpo
 from gpuwpo.backends.torch_backend import load_checkpoint
-from gpuwpo.optimizer import DEFAULTS, OptimizationResult
+from gpuwpo.optimizer import OptimizationResult
+from gpuwpo.options import SearchOptions
 
 T_STEPS = [1.0, 3600.0, 86400.0, 30 * 86400.0, 365 * 86400.0]
 # A small test tile and budget: the suite runs on 2 CPU cores.
@@ -35,11 +36,11 @@ def _optimizer(weights, f_lst=(None, None), backend="torch", **kwargs):
 
 def test_defaults_follow_the_reference(heavy_tailed):
     opt = _optimizer(heavy_tailed)
-    assert opt.options["popsize"] == 100 and opt.options["maxiter"] == 200
-    assert opt.options["mutation"] == 0.1 and opt.options["recombination"] == 0.3
-    assert opt.options["loss_margin"] == 0.125 and opt.options["atol"] == 0.02
-    assert opt.options["seed"] == 100 and opt.options["strategy"] == "best1bin"
-    assert DEFAULTS["nbins"] == 6 and DEFAULTS["validation_repeats"] == 100
+    assert opt.options.popsize == 100 and opt.options.maxiter == 200
+    assert opt.options.mutation == 0.1 and opt.options.recombination == 0.3
+    assert opt.options.loss_margin == 0.125 and opt.options.atol == 0.02
+    assert opt.options.seed == 100 and opt.options.strategy == "best1bin"
+    assert SearchOptions().nbins == 6 and SearchOptions().validation_repeats == 100
     # D = n (2K - 1) + free f + x_kw = 6 * 3 + 2 + 1
     assert opt.space.dim == 21
     assert opt.generate_bounds() == [(0.0, 1.0)] * 21
@@ -157,7 +158,7 @@ def test_x0_warm_start_is_in_the_initial_population(heavy_tailed, monkeypatch):
 
 def test_callback_stops_the_run(heavy_tailed):
     opt = _optimizer(heavy_tailed, popsize=2, maxiter=10, polish=False,
-                     callback=lambda result: result.nit >= 2)
+                     callback=lambda result: result.generation >= 2)
     opt.run_optimizer()
     assert opt.result.stop_reason == "callback" and opt.result.nit == 2
 
@@ -182,7 +183,7 @@ def test_checkpoint_resume_is_identical_to_an_uninterrupted_run(heavy_tailed, tm
     full.run_optimizer()
 
     def stop_at_3(result):
-        return result.nit >= 3
+        return result.generation >= 3
 
     ckpt = tmp_path / "ckpt"
     first = _optimizer(heavy_tailed, checkpoint=str(ckpt), checkpoint_every=1,
@@ -277,9 +278,8 @@ def test_skipping_converged_layers_changes_nothing_but_the_work(heavy_tailed, mo
     for skip in (True, False):
         original = tb.search
         monkeypatch.setattr(tb, "search",
-                            lambda problem, _o=original, _s=skip, **kw: _o(problem,
-                                                                          skip_converged=_s,
-                                                                          **kw))
+                            lambda problem, options, _o=original, _s=skip, **kw: _o(
+                                problem, options, skip_converged=_s, **kw))
         opt = _optimizer(layers, **common)
         opt.objective = spy = _Spy(opt.objective)
         opt.run_optimizer()

@@ -1,34 +1,58 @@
 """Search backends: one objective, three interchangeable searches chosen by one flag.
 
 Every backend takes a :class:`SearchProblem` (a batched loss over the unit hypercube, the layers
-on the leftmost axis) and returns a :class:`SearchOutcome`. Backends know nothing of the physics;
-the objective knows nothing of the search.
+on the leftmost axis) and :class:`gpuwpo.options.SearchOptions`, calls the callback with an
+:class:`IntermediateResult` after every generation, and returns a :class:`SearchOutcome`.
+Backends know nothing of the physics; the objective knows nothing of the search. Each declares
+in ``ACCEPTS`` the options it honours; :func:`run_search` refuses one given explicitly that it
+cannot honour.
 
 * ``"torch"`` (default): differential evolution in torch (:mod:`gpuwpo.de`), all layers in one
   tensor program on the objective's device, noise-robust selection, checkpoint and resume.
 * ``"scipy"``: :func:`scipy.optimize.differential_evolution` (vectorized, deferred updating),
   layers one after another; the reference the torch engine is tested against.
-* ``"evotorch"``: the objective as an EvoTorch vectorized ``Problem``, searched by a DE written as
-  an EvoTorch ``SearchAlgorithm`` or by EvoTorch's CMA-ES, SNES or GA (imported lazily).
+* ``"evotorch"``: EvoTorch's CMA-ES, SNES or GA, or a DE written as an EvoTorch
+  ``SearchAlgorithm`` (imported lazily), one searcher per layer.
 """
 
 from __future__ import annotations
 
-from .base import SearchOutcome, SearchProblem
+from collections.abc import Callable
+
+from ..options import SearchOptions, refuse_unsupported
+from .base import IntermediateResult, SearchOutcome, SearchProblem
 
 BACKENDS = ("torch", "evotorch", "scipy")
 
-__all__ = ["BACKENDS", "SearchOutcome", "SearchProblem", "run_search"]
+__all__ = ["BACKENDS", "IntermediateResult", "SearchOutcome", "SearchProblem", "run_search",
+           "backend_module"]
 
 
-def run_search(backend: str, problem: SearchProblem, **options) -> SearchOutcome:
-    """Run the search ``backend`` ("torch", "evotorch" or "scipy") on ``problem``."""
+def backend_module(backend: str):
+    """The module of ``backend`` (its ``search`` and ``ACCEPTS``)."""
     if backend == "torch":
-        from .torch_backend import search
+        from . import torch_backend as module
     elif backend == "scipy":
-        from .scipy_backend import search
+        from . import scipy_backend as module
     elif backend == "evotorch":
-        from .evotorch_backend import search
+        from . import evotorch_backend as module
     else:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    return search(problem, **options)
+    return module
+
+
+def run_search(backend: str, problem: SearchProblem, options: SearchOptions | None = None, *,
+               progress: Callable[[IntermediateResult], None] | None = None,
+               **kwargs) -> SearchOutcome:
+    """Run the search ``backend`` ("torch", "evotorch" or "scipy") on ``problem``.
+
+    ``options`` (or keyword arguments building them) are checked against what the backend
+    honours first.
+    """
+    module = backend_module(backend)
+    if options is None:
+        options = SearchOptions.from_kwargs(kwargs, what=f"the {backend} backend")
+    elif kwargs:
+        options = options.replace(**kwargs)
+    refuse_unsupported(options, backend, module.accepts(options))
+    return module.search(problem, options, progress=progress)

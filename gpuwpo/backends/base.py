@@ -1,4 +1,4 @@
-"""What every search backend receives and returns."""
+"""What every search backend receives and returns, and what its callback sees."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-__all__ = ["SearchProblem", "SearchOutcome", "ProgressInfo"]
+__all__ = ["SearchProblem", "SearchOutcome", "IntermediateResult", "notify"]
 
 
 @dataclass(frozen=True)
@@ -39,12 +39,42 @@ class SearchProblem:
 
 
 @dataclass(frozen=True)
-class ProgressInfo:
-    """Handed to the progress hook after every generation."""
+class IntermediateResult:
+    """What every backend's callback (and progress hook) receives after every generation.
+
+    The same meaning for every backend: ``x`` and ``fun`` are what the backend would return if
+    it stopped now (its current answer) and ``history`` is ``fun`` after each generation.
+
+    Attributes:
+        generation: generations completed.
+        x: [B, D] each layer's current answer (unit cube).
+        fun: [B] its in-search loss (normalised: (TNMSE - baseline) / baseline + margin;
+            optimistic: a noisy evaluation).
+        history: [B, generation] ``fun`` after each generation.
+        nfev: candidates evaluated so far, all layers together.
+        converged: [B] bool, the backend's own convergence test (False where it has none).
+    """
 
     generation: int
-    best: Tensor  # [B] best loss of each layer so far
+    x: Tensor
+    fun: Tensor
+    history: Tensor
     nfev: int
+    converged: Tensor
+
+
+def notify(callback: Callable | None, progress: Callable | None,
+           info: IntermediateResult) -> bool:
+    """Hand ``info`` to the progress hook and the callback; True when the callback stops the
+    run (by returning True or raising StopIteration)."""
+    if progress is not None:
+        progress(info)
+    if callback is None:
+        return False
+    try:
+        return bool(callback(info))
+    except StopIteration:
+        return True
 
 
 @dataclass
@@ -52,14 +82,14 @@ class SearchOutcome:
     """What a backend found and how.
 
     Attributes:
-        x: [B, D] best candidate per layer (unit cube).
-        fun: [B] its in-search loss (optimistic: the minimum over noisy evaluations).
+        x: [B, D] each layer's answer (unit cube).
+        fun: [B] its in-search loss (optimistic: a noisy evaluation).
         nit: generations run.
         nfev: candidates evaluated (all layers together).
         converged: [B] bool, the backend's own convergence test.
-        stop_reason: "converged", "maxiter", "callback" or the backend's message.
+        stop_reason: "converged", "maxiter" or "callback".
         message: human-readable.
-        history: [B, nit] best loss of each layer after each generation.
+        history: [B, nit] ``fun`` after each generation (as the callback saw it).
         extra: backend-specific details (e.g. scipy's result objects).
     """
 

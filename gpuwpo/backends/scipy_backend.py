@@ -2,6 +2,9 @@
 
 Vectorized (x arrives as [D, S]) with deferred updating; layers are searched one after another.
 It is the reference the torch engine is tested against, and slow on purpose of being scipy.
+It has no parent re-evaluation (``noise_robust``), no checkpoints and no other algorithm: given
+explicitly, those options are refused (:data:`accepts`). scipy's own polish is off; the
+optimizer's polish and validation apply to every backend alike.
 """
 
 from __future__ import annotations
@@ -11,62 +14,49 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from .base import ProgressInfo, SearchOutcome, SearchProblem
+from ..options import SearchOptions
+from .base import IntermediateResult, SearchOutcome, SearchProblem, notify
 
-__all__ = ["search"]
+__all__ = ["search", "accepts"]
+
+_ACCEPTS = frozenset({"strategy", "popsize", "maxiter", "tol", "atol", "mutation",
+                      "recombination", "seed", "x_init", "x0", "callback"})
 
 
-def _make_callback(history: list, progress, callback):
-    # scipy passes the OptimizeResult only to a callable whose one parameter is named
-    # intermediate_result, so the closure must not take extra (default) arguments.
-    def cb(intermediate_result):
-        history.append(float(intermediate_result.fun))
-        if progress is not None:
-            progress(ProgressInfo(len(history), torch.tensor([min(history)]), 0))
-        return bool(callback(intermediate_result)) if callback is not None else False
-
-    return cb
+def accepts(options: SearchOptions) -> frozenset[str]:
+    """The search options this backend honours (its algorithm is differential evolution)."""
+    return _ACCEPTS | ({"algorithm"} if options.algorithm == "de" else set())
 
 
 def search(
     problem: SearchProblem,
+    options: SearchOptions,
     *,
-    strategy: str = "best1bin",
-    popsize: int = 100,
-    maxiter: int = 200,
-    tol: float = 0.0,
-    atol: float = 0.02,
-    mutation: float | tuple[float, float] = 0.1,
-    recombination: float = 0.3,
-    seed: int = 100,
-    init: str | torch.Tensor = "latinhypercube",
-    x0: torch.Tensor | None = None,
-    callback: Callable | None = None,
-    progress: Callable[[ProgressInfo], None] | None = None,
-    scipy_polish: bool = True,
-    **unused,
+    progress: Callable[[IntermediateResult], None] | None = None,
 ) -> SearchOutcome:
     """scipy's differential evolution, one layer after another.
 
-    ``callback(intermediate_result)`` is scipy's (an OptimizeResult per generation) and may stop
-    the run by returning True or raising StopIteration. ``scipy_polish`` is scipy's own
-    L-BFGS-B polish on the (noisy) loss.
+    The callback receives an :class:`IntermediateResult` after every generation of the layer
+    being searched: layers already searched hold their answer, layers not yet started hold NaN
+    and an infinite loss. Returning True or raising StopIteration stops the whole run.
     """
     from scipy.optimize import differential_evolution
 
-    if unused:
-        raise TypeError(f"the scipy backend does not take {', '.join(sorted(unused))}")
+    o = options
     B, D = problem.num_layers, problem.dim
-    xs, funs, histories, converged = [], [], [], []
-    nit_total, nfev, messages = 0, 0, []
-    results = []
-    calls_base = 0
+    init = o.x_init
     if isinstance(init, torch.Tensor):
         init = init.detach().cpu().double().numpy()
-    x0_np = None if x0 is None else torch.as_tensor(x0).detach().cpu().double().numpy()
+    x0_np = None if o.x0 is None else torch.as_tensor(o.x0).detach().cpu().double().numpy()
+    answer_x = torch.full((B, D), float("nan"), dtype=torch.float64)
+    answer_f = torch.full((B,), float("inf"), dtype=torch.float64)
+    converged = torch.zeros(B, dtype=torch.bool)
+    histories: list[list[float]] = [[] for _ in range(B)]
+    nit_total, nfev, messages, results = 0, 0, [], []
+    calls_base = 0
+    stopped = False
     for b in range(B):
-        calls = [0, 0]  # calls, candidates
-        history: list[float] = []
+        calls = [0, 0]  # loss calls, candidates
 
         def func(x: np.ndarray, b=b, calls=calls, base=calls_base) -> np.ndarray:
             # scipy hands [D, S]; the loss wants [B, P, D]: evaluate this layer's row only.
@@ -80,37 +70,62 @@ def search(
             calls[1] += cand.shape[0]
             return out.detach().double().cpu().numpy()
 
-        cb = _make_callback(history, progress, callback)
+        def make_callback(b: int, calls: list[int], before: int):
+            # scipy passes the OptimizeResult only to a callable whose one parameter is named
+            # intermediate_result: no extra (default) arguments, hence the factory.
+            def cb(intermediate_result) -> bool:
+                nonlocal stopped
+                histories[b].append(float(intermediate_result.fun))
+                answer_x[b] = torch.as_tensor(intermediate_result.x)
+                answer_f[b] = float(intermediate_result.fun)
+                g = len(histories[b])
+                info = IntermediateResult(g, answer_x.clone(), answer_f.clone(),
+                                          _history(histories, g), before + calls[1],
+                                          converged.clone())
+                stopped = notify(o.callback, progress, info)
+                return stopped
+
+            return cb
 
         layer_init = init if isinstance(init, str) or init.ndim == 2 else init[b]
         layer_x0 = None if x0_np is None else (x0_np if x0_np.ndim == 1 else x0_np[b])
         res = differential_evolution(
-            func, [(0.0, 1.0)] * D, strategy=strategy, maxiter=maxiter, popsize=popsize,
-            tol=tol, atol=atol, mutation=mutation, recombination=recombination,
-            rng=np.random.default_rng(seed + b), polish=scipy_polish, init=layer_init,
-            x0=layer_x0, callback=cb, vectorized=True, updating="deferred",
+            func, [(0.0, 1.0)] * D, strategy=o.strategy, maxiter=o.maxiter, popsize=o.popsize,
+            tol=o.tol, atol=o.atol, mutation=o.mutation, recombination=o.recombination,
+            rng=np.random.default_rng(o.seed + b), polish=False, init=layer_init,
+            x0=layer_x0, callback=make_callback(b, calls, nfev), vectorized=True,
+            updating="deferred",
         )
         calls_base += calls[0]
         results.append(res)
-        xs.append(torch.as_tensor(res.x))
-        funs.append(float(res.fun))
-        histories.append(history)
-        converged.append(bool(res.success))
+        answer_x[b] = torch.as_tensor(res.x)
+        answer_f[b] = float(res.fun)
+        converged[b] = bool(res.success) and not stopped
         nit_total = max(nit_total, int(res.nit))
         nfev += calls[1]  # candidates, whatever scipy counts in vectorized mode
         messages.append(str(res.message))
-    width = max(len(h) for h in histories)
-    hist = torch.full((B, width), float("nan"), dtype=torch.float64)
+        if stopped:
+            break
+    width = max(1, max(len(h) for h in histories))
+    # Layers never searched (the callback stopped the run first) answer the cube's centre.
+    answer_x = torch.nan_to_num(answer_x, nan=0.5)
+    stop = "callback" if stopped else ("converged" if bool(converged.all()) else "maxiter")
+    return SearchOutcome(
+        x=answer_x.to(device=problem.device, dtype=problem.dtype),
+        fun=answer_f.to(device=problem.device, dtype=problem.dtype),
+        nit=nit_total, nfev=nfev, converged=converged, stop_reason=stop,
+        message="; ".join(messages), history=_history(histories, width),
+        extra={"scipy_results": results},
+    )
+
+
+def _history(histories: list[list[float]], width: int) -> torch.Tensor:
+    """[B, width] of the layers' per-generation values: a finished layer's last value carried
+    on, a layer not yet started infinite."""
+    out = torch.full((len(histories), width), float("inf"), dtype=torch.float64)
     for b, h in enumerate(histories):
         if h:
-            hist[b, : len(h)] = torch.as_tensor(h)
-            hist[b, len(h):] = h[-1]
-    stop = "converged" if all(converged) else "maxiter"
-    if any("callback" in m.lower() for m in messages):
-        stop = "callback"
-    return SearchOutcome(
-        x=torch.stack(xs).to(device=problem.device, dtype=problem.dtype),
-        fun=torch.tensor(funs, dtype=problem.dtype, device=problem.device),
-        nit=nit_total, nfev=nfev, converged=torch.tensor(converged), stop_reason=stop,
-        message="; ".join(messages), history=hist, extra={"scipy_results": results},
-    )
+            k = min(len(h), width)
+            out[b, :k] = torch.as_tensor(h[:k])
+            out[b, k:] = h[k - 1]
+    return out

@@ -15,9 +15,10 @@ from pathlib import Path
 import torch
 
 from ..de import DEResult, de_init, de_minimize, state_from_dict, state_to_dict
-from .base import ProgressInfo, SearchOutcome, SearchProblem
+from ..options import SearchOptions
+from .base import IntermediateResult, SearchOutcome, SearchProblem, notify
 
-__all__ = ["search", "save_checkpoint", "load_checkpoint"]
+__all__ = ["search", "accepts", "save_checkpoint", "load_checkpoint"]
 
 _STATE_FILE = "de_state.safetensors"
 _META_FILE = "de_state.json"
@@ -54,55 +55,48 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | str | None =
     return state_from_dict(tensors, meta["meta"], device=device), meta.get("extra", {})
 
 
+_ACCEPTS = frozenset({"strategy", "popsize", "maxiter", "tol", "atol", "mutation",
+                      "recombination", "seed", "x_init", "x0", "noise_robust", "checkpoint",
+                      "checkpoint_every", "resume", "callback"})
+
+
+def accepts(options: SearchOptions) -> frozenset[str]:
+    """The search options this backend honours (its algorithm is differential evolution)."""
+    return _ACCEPTS | ({"algorithm"} if options.algorithm == "de" else set())
+
+
 def search(
     problem: SearchProblem,
+    options: SearchOptions,
     *,
-    strategy: str = "best1bin",
-    popsize: int = 100,
-    maxiter: int = 200,
-    tol: float = 0.0,
-    atol: float = 0.02,
-    mutation: float | tuple[float, float] = 0.1,
-    recombination: float = 0.3,
-    seed: int = 100,
-    init: str | torch.Tensor = "latinhypercube",
-    x0: torch.Tensor | None = None,
-    callback: Callable | None = None,
-    progress: Callable[[ProgressInfo], None] | None = None,
-    noise_robust: bool = True,
-    checkpoint: str | os.PathLike | None = None,
-    checkpoint_every: int = 10,
-    resume: str | os.PathLike | None = None,
+    progress: Callable[[IntermediateResult], None] | None = None,
     skip_converged: bool = True,
-    **unused,
 ) -> SearchOutcome:
     """Differential evolution in torch over all layers at once.
 
-    ``callback(result)`` receives a :class:`gpuwpo.de.DEResult` after every generation and may
+    The options' callback receives an :class:`IntermediateResult` after every generation and may
     stop the run by returning True or raising StopIteration. With ``checkpoint`` the state is
     saved every ``checkpoint_every`` generations and at the end; ``resume`` continues a saved
     state (the other search settings are taken from it). ``skip_converged`` evaluates only
     the layers still searching (converged layers are frozen, their energies unused); the result
     is identical either way because every layer's noise is keyed by its index.
     """
-    if unused:
-        raise TypeError(f"the torch backend does not take {', '.join(sorted(unused))}")
-    if checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
-    if resume is not None:
-        state, _ = load_checkpoint(resume, device=problem.device)
+    o = options
+    if o.resume is not None:
+        state, _ = load_checkpoint(o.resume, device=problem.device)
         if tuple(state.population.shape[::2]) != (problem.num_layers, problem.dim):
-            raise ValueError(f"checkpoint {resume} holds a search of shape "
+            raise ValueError(f"checkpoint {o.resume} holds a search of shape "
                              f"{tuple(state.population.shape)}, not B={problem.num_layers}, "
                              f"D={problem.dim}")
     else:
+        init = o.x_init
         if isinstance(init, torch.Tensor):
             init = init.to(device=problem.device, dtype=problem.dtype)
-        if x0 is not None:
-            x0 = torch.as_tensor(x0).to(device=problem.device, dtype=problem.dtype)
-        state = de_init(dim=problem.dim, num_layers=problem.num_layers, popsize=popsize,
-                        init=init, x0=x0, strategy=strategy, mutation=mutation,
-                        recombination=recombination, tol=tol, atol=atol, seed=seed,
+        x0 = None if o.x0 is None else torch.as_tensor(o.x0).to(device=problem.device,
+                                                              dtype=problem.dtype)
+        state = de_init(dim=problem.dim, num_layers=problem.num_layers, popsize=o.popsize,
+                        init=init, x0=x0, strategy=o.strategy, mutation=o.mutation,
+                        recombination=o.recombination, tol=o.tol, atol=o.atol, seed=o.seed,
                         device=problem.device, dtype=problem.dtype)
 
     # Evaluation number -> noise seed: the initial population is call 0, generation g is call g,
@@ -125,16 +119,16 @@ def search(
 
     def on_generation(result: DEResult) -> bool:
         frozen[0] = result.converged.clone()
-        if checkpoint is not None and result.nit % checkpoint_every == 0:
-            save_checkpoint(checkpoint, result.state)
-        if progress is not None:
-            progress(ProgressInfo(result.nit, result.history[:, -1], int(result.nfev.sum())))
-        return bool(callback(result)) if callback is not None else False
+        if o.checkpoint is not None and result.nit % o.checkpoint_every == 0:
+            save_checkpoint(o.checkpoint, result.state)
+        info = IntermediateResult(result.nit, result.x, result.fun, result.history,
+                                  int(result.nfev.sum()), result.converged)
+        return notify(o.callback, progress, info)
 
-    result = de_minimize(fn, maxiter=maxiter, callback=on_generation,
-                         reevaluate_parents=noise_robust, state=state)
-    if checkpoint is not None:
-        save_checkpoint(checkpoint, result.state)
+    result = de_minimize(fn, maxiter=o.maxiter, callback=on_generation,
+                         reevaluate_parents=o.noise_robust, state=state)
+    if o.checkpoint is not None:
+        save_checkpoint(o.checkpoint, result.state)
     return SearchOutcome(
         x=result.x, fun=result.fun, nit=result.nit,
         nfev=int(result.nfev.sum()), converged=result.converged,
