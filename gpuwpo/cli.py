@@ -1,15 +1,23 @@
 """The ``gpuwpo`` command line: optimise, evaluate and plot weight-programming strategies.
 
-    gpuwpo optimize WEIGHTS [--include REGEX] [--exclude REGEX] [--global] [--backend B]
-                    [--device D] [--popsize N] [--maxiter N] [--seed N] [--out results.json]
-                    [--plots DIR] [--f-lst None,None] [--times 1,3600,...] ...
-    gpuwpo evaluate RESULTS WEIGHTS [--times ...] [--repeats N]
-    gpuwpo plot RESULTS --out DIR [--weights WEIGHTS]
-    gpuwpo example [--quick] [--out DIR]
+    gpuwpo optimize WEIGHTS [--config FILE] [--include REGEX] [--exclude REGEX] [--global]
+                    [--backend B] [--popsize N] [--maxiter N] [--seed N] [--f-lst None,None]
+                    [--times 1,3600,...] [PHYSICS] [--out results.json] [--plots DIR] ...
+    gpuwpo evaluate RESULTS WEIGHTS [--times ...] [--repeats N] [PHYSICS]
+    gpuwpo plot RESULTS --out DIR [--weights WEIGHTS] [PHYSICS]
+    gpuwpo example [--quick] [--out DIR] [PHYSICS]
+
+    PHYSICS: [--physics device|aihwkit] [--baseline SPEC] [--g-range MIN,MAX]
+             [--readout ideal|aihwkit] [--compensation global|exact-reference|per-column]
+             [--device cpu|cuda]
 
 WEIGHTS is a .safetensors, .pt/.pth (a state_dict, read with weights_only=True), .npy or .npz
-file. The baseline everything is compared with is a DualPair converter f=[1, 1], 0..25 uS, under
-the PCM noise model with g_max = 25 uS (unless a results file records otherwise).
+file. The baseline everything is compared with is, by default, a DualPair converter f=[1, 1],
+0..25 uS, under the PCM noise model with g_max the top of the conductance range, read through an
+ideal periphery in the device physics; evaluate and plot use what the results file records,
+and every PHYSICS flag given overrides it. ``--config`` reads a TOML file of settings (the
+flags' names with underscores, and any option of :class:`gpuwpo.options.SearchOptions`) or a
+results file, whose run ``optimize`` then repeats exactly; flags given override it.
 
 Bad input (a missing or unreadable file, no matching layer, NaN weights, a bad option) prints
 one line ``gpuwpo: error: ...`` to stderr and exits with status 2; a results file is written
@@ -27,12 +35,15 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from .checks import check_weights
 from .io import default_physics, physics_from_settings
 from .physics import PHYSICS
+from .registry import from_dict, to_dict
 from .rng import make_generator
 from .simulate import DEFAULT_TIMES, tnmse_over_time
 
-__all__ = ["main", "build_parser", "parse_times", "parse_f_lst"]
+__all__ = ["main", "build_parser", "parse_times", "parse_f_lst", "parse_g_range",
+           "parse_baseline", "make_compensation"]
 
 _UNITS = {"s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0, "day": 86400.0, "days": 86400.0,
           "w": 604800.0, "mo": 2592000.0, "month": 2592000.0, "y": 31536000.0,
@@ -112,6 +123,170 @@ def _positive_int(text: str) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# Physics from flags: baseline spec, conductance range, readout, compensation
+# --------------------------------------------------------------------------------------------
+
+READOUTS = ("ideal", "aihwkit")
+COMPENSATIONS = ("global", "exact-reference", "per-column")
+
+
+def parse_g_range(text: str) -> tuple[float, float]:
+    """``MIN,MAX`` in micro-Siemens, e.g. ``0,25``."""
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        low, high = (float(p) for p in parts)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(
+            f"cannot read the conductance range {text!r}: give MIN,MAX in uS, e.g. 0,25") from err
+    if not (math.isfinite(low) and math.isfinite(high) and 0.0 <= low < high):
+        raise argparse.ArgumentTypeError(f"the conductance range {text!r} must have "
+                                         "0 <= MIN < MAX")
+    return low, high
+
+
+def parse_baseline(spec: str, g_range: tuple[float, float] = (0.0, 25.0)):
+    """A baseline converter from a spec and a conductance range (uS).
+
+    Specs: ``dualpair`` (f = 1, 1) or ``dualpair:F0,F1``; ``single``; ``npair:F0,F1,...``;
+    ``fusion`` (one device per weight; its g_max is the top of the range).
+    """
+    from . import converters
+
+    kind, _, args = str(spec).strip().partition(":")
+    kind = kind.lower()
+    g_min, g_max = g_range
+
+    def factors() -> list[float]:
+        try:
+            f = [float(v) for v in args.split(",")] if args else []
+        except ValueError as err:
+            raise ValueError(f"baseline {spec!r}: significance factors must be numbers") from err
+        return f
+
+    if kind == "single" and not args:
+        return converters.SinglePairConductanceConverter(g_min, g_max)
+    if kind == "dualpair":
+        return converters.DualPairConductanceConverter(factors() or [1.0, 1.0], g_min, g_max)
+    if kind == "npair" and args:
+        return converters.NPairConductanceConverter(factors(), g_min, g_max)
+    if kind == "fusion" and not args:
+        return converters.FusionConductanceConverter(g_max)
+    raise ValueError(f"unknown baseline {spec!r}; use dualpair[:F0,F1], single, "
+                     "npair:F0,F1,... or fusion")
+
+
+def make_compensation(kind: str = "global", readout: str = "ideal"):
+    """The drift compensation ``kind`` read through the ``readout`` periphery."""
+    from .compensation import GlobalDriftCompensation, PerColumnDriftCompensation
+
+    if kind not in COMPENSATIONS:
+        raise ValueError(f"unknown compensation {kind!r}; choose one of {', '.join(COMPENSATIONS)}")
+    if readout not in READOUTS:
+        raise ValueError(f"unknown readout {readout!r}; choose one of {', '.join(READOUTS)}")
+    cls = PerColumnDriftCompensation if kind == "per-column" else GlobalDriftCompensation
+    exact = kind == "exact-reference"
+    return cls.aihwkit_default(exact_reference=exact) if readout == "aihwkit" \
+        else cls(exact_reference=exact)
+
+
+def _physics(args: argparse.Namespace, recorded: Mapping | None = None) -> dict:
+    """Noise model, baseline, compensation and physics: flags given, else recorded, else defaults.
+
+    ``recorded``: what a results file records (:func:`gpuwpo.io.physics_from_settings`).
+    """
+    from .noise import PCMLikeNoiseModel
+
+    given = vars(args)
+    noise_model, baseline = default_physics()
+    out = {"noise_model": noise_model, "baseline": baseline,
+           "compensation": make_compensation(), "physics": "device"}
+    if recorded is not None:
+        out.update({k: recorded[k] for k in out if k in recorded})
+    current = out["baseline"]
+    g_range = given.get("g_range") or (float(current.g_min), float(current.g_max))
+    if "baseline" in given:
+        out["baseline"] = parse_baseline(given["baseline"], g_range)
+    elif "g_range" in given:
+        # The same kind of baseline on the new range (its record with the range replaced).
+        rec = to_dict(current)
+        rec.update({k: v for k, v in zip(("g_min", "g_max"), g_range) if k in rec})
+        out["baseline"] = from_dict(rec, what="the baseline")
+    if "g_range" in given:
+        # The devices' range: the noise model's g_max is its top (as aihwkit derives it).
+        out["noise_model"] = PCMLikeNoiseModel(g_max=g_range[1])
+    if "readout" in given or "compensation" in given:
+        current = out["compensation"]
+        kind = given.get("compensation") or (
+            "per-column" if type(current).__name__ == "PerColumnDriftCompensation"
+            else "exact-reference" if current.exact_reference else "global")
+        readout = given.get("readout") or ("ideal" if current.is_ideal else "aihwkit")
+        out["compensation"] = make_compensation(kind, readout)
+    if "physics" in given:
+        out["physics"] = given["physics"]
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# --config: a TOML file of settings or a results file
+# --------------------------------------------------------------------------------------------
+
+#: Config keys that are not SearchOptions (flags' names with underscores).
+_CONFIG_FLAGS = ("times", "f_lst", "include", "exclude", "global_strategy", "backend", "device",
+                 "physics", "baseline", "g_range", "readout", "compensation", "test_size",
+                 "noise_model", "symmetric")
+# Config keys that may also be a table: a registry record of the object itself (any class of
+# gpuwpo.registry, e.g. a CustomDriftPCMLikeNoiseModel with its drift table).
+_RECORD_KEYS = ("noise_model", "baseline", "compensation")
+
+
+def _read_config(path: str) -> tuple[str, dict]:
+    """("results", optimize kwargs) for a results file, ("toml", values) for a TOML file."""
+    from .io import load_result, optimize_kwargs_from_settings
+
+    if str(path).lower().endswith(".json"):
+        result = load_result(path)
+        return "results", optimize_kwargs_from_settings(result.settings, path=path)
+    try:
+        import tomllib
+    except ImportError:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no config file at {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path}: not a TOML config: {err}") from None
+    from .options import SearchOptions
+
+    known = set(_CONFIG_FLAGS) | set(SearchOptions.names()) | {"global"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{path}: unknown setting(s) {', '.join(unknown)}; known: "
+                         f"{', '.join(sorted(known))}")
+    values = dict(data)
+    if "global" in values:
+        values["global_strategy"] = values.pop("global")
+    for key in _RECORD_KEYS:
+        if isinstance(values.get(key), dict):
+            values[key] = from_dict(values[key], what=f"{path}: setting {key}")
+        elif key == "noise_model" and key in values:
+            raise ValueError(f"{path}: setting noise_model must be a table with a 'class'")
+    converters = {"times": lambda v: parse_times(v) if isinstance(v, str) else v,
+                  "f_lst": lambda v: parse_f_lst(v) if isinstance(v, str) else v,
+                  "g_range": lambda v: parse_g_range(v if isinstance(v, str)
+                                                     else ",".join(map(str, v))),
+                  "mutation": lambda v: tuple(v) if isinstance(v, list) else v}
+    for key, convert in converters.items():
+        if key in values:
+            try:
+                values[key] = convert(values[key])
+            except (argparse.ArgumentTypeError, TypeError, ValueError) as err:
+                raise ValueError(f"{path}: setting {key}: {err}") from None
+    return "toml", values
+
+
+# --------------------------------------------------------------------------------------------
 # Commands
 # --------------------------------------------------------------------------------------------
 
@@ -141,42 +316,99 @@ def _check_out_dir(path: str | None, what: str) -> None:
         raise ValueError(f"--plots {path} exists and is not a directory")
 
 
+#: optimize's flags that are SearchOptions, and their option names.
+_OPTION_FLAGS = {"popsize": "popsize", "maxiter": "maxiter", "seed": "seed",
+                 "baseline_iterations": "baseline_iterations",
+                 "validation_repeats": "validation_repeats", "kernel": "kernel"}
+
+
+def _optimize_settings(args: argparse.Namespace) -> dict:
+    """Everything optimize runs with: config first, then the flags given (which win)."""
+    from .options import SearchOptions
+
+    given = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
+    base: dict = {}
+    options = SearchOptions()
+    recorded = None
+    if "config" in given:
+        kind, values = _read_config(given.pop("config"))
+        if kind == "results":
+            options = values.pop("options")
+            recorded = {"noise_model": values.pop("noise_model"),
+                        "baseline": values.pop("g_converter_baseline"),
+                        "compensation": values.pop("compensation"),
+                        "physics": values.pop("physics")}
+            values["times"] = values.pop("t_steps")
+            values["global_strategy"] = not values.pop("per_layer")
+            base = values
+        else:
+            option_values = {k: values.pop(k) for k in list(values)
+                             if k in SearchOptions.names()}
+            if "test_size" in values:
+                option_values["test_in_features"], option_values["test_out_features"] = \
+                    values.pop("test_size")
+            options = SearchOptions.from_kwargs(option_values, what="the config")
+            base = values
+    # Flags given on the command line win over the config.
+    changes = {name: given.pop(flag) for flag, name in _OPTION_FLAGS.items() if flag in given}
+    if "test_size" in given:
+        changes["test_in_features"], changes["test_out_features"] = given.pop("test_size")
+    if "quiet" in given:
+        changes["disp"] = not given["quiet"]
+    options = options.replace(**changes) if changes else options
+    base.update(given)
+    # The physics: recorded (results config), objects from the TOML's tables, then specs/flags.
+    objects = {k: base.pop(k) for k in _RECORD_KEYS
+               if k in base and not isinstance(base[k], str)}
+    if objects:
+        recorded = {**(recorded or {}), **objects}
+        if "baseline" in objects:
+            recorded["baseline"] = objects["baseline"]
+    phys_args = argparse.Namespace(**{k: base[k] for k in ("physics", "baseline", "g_range",
+                                                            "readout", "compensation")
+                                      if k in base})
+    return {"options": options, "physics": _physics(phys_args, recorded),
+            "times": base.get("times", list(DEFAULT_TIMES)),
+            "f_lst": base.get("f_lst", [None, None]), "include": base.get("include"),
+            "exclude": base.get("exclude"),
+            "per_layer": not base.get("global_strategy", False),
+            "backend": base.get("backend", "torch"), "symmetric": base.get("symmetric", True),
+            "device": base.get("device")}
+
+
 def _cmd_optimize(args: argparse.Namespace) -> int:
     from .backends import BACKENDS
     from .io import load_weights, save_result
     from .network import optimize_network, select_weights
 
-    if args.backend not in BACKENDS:
-        raise ValueError(f"unknown backend {args.backend!r}; choose one of {', '.join(BACKENDS)}")
-    device = _check_device(args.device)
-    _check_out_dir(args.out, "file")
-    _check_out_dir(args.plots, "dir")
+    run = _optimize_settings(args)
+    if run["backend"] not in BACKENDS:
+        raise ValueError(f"unknown backend {run['backend']!r}; choose one of "
+                         f"{', '.join(BACKENDS)}")
+    device = _check_device(run["device"])
+    _check_out_dir(getattr(args, "out", None), "file")
+    _check_out_dir(getattr(args, "plots", None), "dir")
     weights = load_weights(args.weights)
-    # Select (and check) here so that a typo in --include fails at once, naming the layers.
-    selected = select_weights(weights, args.include, args.exclude)
-    for name, w in selected.items():
-        w = w if w.is_floating_point() else w.float()
-        if not bool(torch.isfinite(w).all()):
-            raise ValueError(f"{args.weights}: layer {name!r} has NaN or inf weights")
-    noise_model, baseline = default_physics()
-    if not args.quiet:
+    # Select here so that a typo in --include fails at once, naming the layers.
+    selected = select_weights(weights, run["include"], run["exclude"])
+    phys = run["physics"]
+    if not getattr(args, "quiet", False):
         total = sum(w.numel() for w in selected.values())
         _say(args, f"{len(selected)} layer(s), {total} weights: {', '.join(selected)}")
     result = optimize_network(
-        weights, noise_model, args.times, baseline, args.f_lst,
-        include=args.include, exclude=args.exclude, per_layer=not args.global_strategy,
-        backend=args.backend, device=device, popsize=args.popsize, maxiter=args.maxiter,
-        seed=args.seed, baseline_iterations=args.baseline_iterations,
-        validation_repeats=args.validation_repeats, test_in_features=args.test_size[0],
-        test_out_features=args.test_size[1], disp=not args.quiet, kernel=args.kernel,
-        physics=args.physics,
+        weights, phys["noise_model"], run["times"], phys["baseline"], run["f_lst"],
+        include=run["include"], exclude=run["exclude"], per_layer=run["per_layer"],
+        backend=run["backend"], device=device, physics=phys["physics"],
+        compensation=phys["compensation"], symmetric=run["symmetric"], options=run["options"],
     )
     print(result.summary())
-    if args.out:
-        save_result(result, args.out)
-        _say(args, f"wrote {args.out}")
-    if args.plots:
-        for path in _write_plots(result, args.plots, selected, repeats=2, seed=args.seed):
+    out = getattr(args, "out", None)
+    if out:
+        save_result(result, out)
+        _say(args, f"wrote {out}")
+    if getattr(args, "plots", None):
+        for path in _write_plots(result, args.plots, selected, repeats=2,
+                                 seed=run["options"].seed):
             _say(args, f"wrote {path}")
     return 0
 
@@ -186,9 +418,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     result = load_result(args.results)
     weights = load_weights(args.weights)
-    recorded = physics_from_settings(result.settings)
-    t_steps = args.times if args.times is not None else recorded["t_steps"]
-    simulated = args.physics or recorded["physics"]
+    recorded = physics_from_settings(result.settings, path=args.results)
+    phys = _physics(args, recorded)
+    t_steps = args.times if getattr(args, "times", None) is not None else recorded["t_steps"]
+    _check_device(getattr(args, "device", None))
+    device = getattr(args, "device", None) or "cpu"
     sizes, base_rows, opt_rows = [], [], []
     gen = make_generator(args.seed)
     layers = result.layers
@@ -207,12 +441,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         if tuple(w.shape) != tuple(layer.shape):
             raise ValueError(f"{args.weights}: {layer.name!r} has shape {tuple(w.shape)}, the "
                              f"results file was made for {tuple(layer.shape)}")
-        if not bool(torch.isfinite(w.float()).all()):
-            raise ValueError(f"{args.weights}: layer {layer.name!r} has NaN or inf weights")
-        kw = dict(repeats=args.repeats, compensation=recorded["compensation"], generator=gen,
-                  physics=simulated)
-        base = tnmse_over_time(w, recorded["baseline"], recorded["noise_model"], t_steps, **kw)
-        opt = tnmse_over_time(w, layer.converter, recorded["noise_model"], t_steps, **kw)
+        w = check_weights(w, f"{args.weights}: layer {layer.name!r}").to(device)
+        kw = dict(repeats=args.repeats, compensation=phys["compensation"], generator=gen,
+                  physics=phys["physics"])
+        base = tnmse_over_time(w, phys["baseline"], phys["noise_model"], t_steps, **kw)
+        opt = tnmse_over_time(w, layer.converter, phys["noise_model"], t_steps, **kw)
         sizes.append(w.numel())
         base_rows.append(base)
         opt_rows.append(opt)
@@ -227,8 +460,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     overall = _table("overall (weighted by layer size)", t_steps, combine(base_rows),
                      combine(opt_rows))
-    print(f"TNMSE over time in physics={simulated!r}, {args.repeats} programmings per layer "
-          f"and time (mean +- standard error; lower is better)")
+    print(f"TNMSE over time in physics={phys['physics']!r}, {args.repeats} programmings per "
+          f"layer and time (mean +- standard error; lower is better)")
     print("\n\n".join([*lines, overall]))
     return 0
 
@@ -252,18 +485,19 @@ def _table(title: str, t_steps: Sequence[float], base, opt) -> str:
 
 
 def _write_plots(result, out_dir: str, weights: Mapping[str, torch.Tensor] | None, *,
-                 repeats: int = 2, seed: int = 0, physics: str | None = None) -> list[str]:
+                 repeats: int = 2, seed: int = 0, phys: Mapping | None = None) -> list[str]:
     """The figures of a result into ``out_dir``; returns the paths written.
 
-    ``physics``: the physics of the weight-error figure (default: the result's own).
+    ``phys``: the physics of the weight-error figure (default: what the result records).
     """
     from . import plots
 
     recorded = physics_from_settings(result.settings)
+    phys = recorded if phys is None else phys
     os.makedirs(out_dir, exist_ok=True)
     written = []
     path = os.path.join(out_dir, "programming_curves.png")
-    plots.programming_curves(result, recorded["baseline"], path=path)
+    plots.programming_curves(result, phys["baseline"], path=path)
     written.append(path)
     path = os.path.join(out_dir, "convergence.png")
     plots.convergence(result, path=path)
@@ -271,11 +505,10 @@ def _write_plots(result, out_dir: str, weights: Mapping[str, torch.Tensor] | Non
     if weights is not None:
         path = os.path.join(out_dir, "weight_errors.png")
         plots.weight_error_histograms(result, weights, recorded["t_steps"],
-                                      noise_model=recorded["noise_model"],
-                                      baseline=recorded["baseline"],
-                                      compensation=recorded["compensation"],
-                                      physics=physics or recorded["physics"],
-                                      repeats=repeats, seed=seed, path=path)
+                                      noise_model=phys["noise_model"], baseline=phys["baseline"],
+                                      compensation=phys["compensation"],
+                                      physics=phys["physics"], repeats=repeats, seed=seed,
+                                      path=path)
         written.append(path)
     plots._pyplot().close("all")  # a long-lived process must not keep every figure alive
     return written
@@ -284,10 +517,12 @@ def _write_plots(result, out_dir: str, weights: Mapping[str, torch.Tensor] | Non
 def _cmd_plot(args: argparse.Namespace) -> int:
     from .io import load_result, load_weights
 
+    _check_device(getattr(args, "device", None))
     result = load_result(args.results)
-    weights = load_weights(args.weights) if args.weights else None
+    weights = load_weights(args.weights) if getattr(args, "weights", None) else None
+    phys = _physics(args, physics_from_settings(result.settings, path=args.results))
     for path in _write_plots(result, args.out, weights, repeats=args.repeats, seed=args.seed,
-                             physics=args.physics):
+                             phys=phys):
         print(f"wrote {path}")
     return 0
 
@@ -295,9 +530,12 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 def _cmd_example(args: argparse.Namespace) -> int:
     from .example import run_example
 
-    run_example(quick=args.quick, out_dir=args.out, seed=args.seed, repeats=args.repeats,
-                backend=args.backend, device=_check_device(args.device), progress=not args.quiet,
-                physics=args.physics)
+    phys = _physics(args)
+    run_example(quick=args.quick, out_dir=getattr(args, "out", None), seed=args.seed,
+                repeats=getattr(args, "repeats", None), backend=args.backend,
+                device=_check_device(getattr(args, "device", None)), progress=not args.quiet,
+                physics=phys["physics"], noise_model=phys["noise_model"],
+                baseline=phys["baseline"], compensation=phys["compensation"])
     return 0
 
 
@@ -306,66 +544,94 @@ def _cmd_example(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------
 
 
+def _add_physics_flags(p: argparse.ArgumentParser, recorded: bool) -> None:
+    """The PHYSICS flags; absent unless given (so a config or results file can supply them)."""
+    where = "the results file's" if recorded else "device"
+    p.add_argument("--physics", choices=PHYSICS, default=argparse.SUPPRESS,
+                   help=f"what is simulated (default {where}): device = the programmed devices "
+                        "drift and are read, as on a chip; aihwkit = the reference toolkit's "
+                        "inference tile (the programmed weights are converted again before "
+                        "they drift)")
+    p.add_argument("--baseline", metavar="SPEC", default=argparse.SUPPRESS,
+                   help="the converter to beat: dualpair[:F0,F1] (default dualpair:1,1), single, "
+                        "npair:F0,F1,... or fusion" + (" (default: the results file's)"
+                                                       if recorded else ""))
+    p.add_argument("--g-range", type=parse_g_range, metavar="MIN,MAX", default=argparse.SUPPRESS,
+                   help="the devices' conductance range in uS (default 0,25); also the PCM "
+                        "model's g_max")
+    p.add_argument("--readout", choices=READOUTS, default=argparse.SUPPRESS,
+                   help="the drift compensation's readout: ideal (default) or aihwkit (the "
+                        "reference's default forward periphery: noise, quantisation, bounds)")
+    p.add_argument("--compensation", choices=COMPENSATIONS, default=argparse.SUPPRESS,
+                   help="drift compensation (default global)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=argparse.SUPPRESS,
+                   help="where to compute (default: cuda when available for optimize, else cpu)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``gpuwpo`` command (sub-commands optimize, evaluate, plot,
     example)."""
+    from . import __version__
+    from .options import SearchOptions
+
+    defaults = SearchOptions()
     parser = _OneLineParser(
         prog="gpuwpo",
         description="Find, evaluate and plot weight-programming strategies for PCM analogue "
                     "in-memory computing hardware.",
     )
-    from . import __version__
-
     parser.add_argument("--version", action="version", version=f"gpuwpo {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     times_help = ("inference times, comma separated, in seconds or with a unit (s, min, h, d, "
                   "w, mo, y); default 1,3600,86400,2592000,31536000 (1 s .. 1 year)")
-    physics_help = ("device: the programmed devices drift and are read, as on a chip; aihwkit: "
-                    "the reference toolkit's inference tile (the programmed weights are converted "
-                    "again before they drift)")
+    quiet = dict(action="store_true", help="no progress bar or messages")
+    keep = argparse.SUPPRESS
 
     p = sub.add_parser("optimize", help="find strategies for the layers in a weights file",
                        description="Find a weight-programming strategy per layer (or one global "
-                                   "strategy) that beats the DualPair f=[1, 1], 0..25 uS "
-                                   "baseline, and print the per-layer summary.")
+                                   "strategy) that beats the baseline converter, and print the "
+                                   "per-layer summary.")
     p.add_argument("weights", metavar="WEIGHTS",
                    help="weights file: .safetensors, .pt/.pth (state_dict), .npy or .npz")
-    p.add_argument("--include", action="append", metavar="REGEX",
+    p.add_argument("--config", metavar="FILE", default=keep,
+                   help="settings from a TOML file, or a results file whose run is repeated "
+                        "exactly; flags given override it")
+    p.add_argument("--include", action="append", metavar="REGEX", default=keep,
                    help="program only layers whose name matches (repeatable)")
-    p.add_argument("--exclude", action="append", metavar="REGEX",
+    p.add_argument("--exclude", action="append", metavar="REGEX", default=keep,
                    help="skip layers whose name matches (repeatable)")
-    p.add_argument("--global", dest="global_strategy", action="store_true",
+    p.add_argument("--global", dest="global_strategy", action="store_true", default=keep,
                    help="one strategy for all layers (the paper's setting) instead of one each")
-    p.add_argument("--backend", default="torch", metavar="NAME",
-                   help="search backend: torch (default), "
-                   "evotorch or scipy")
-    p.add_argument("--device", choices=("cpu", "cuda"), default=None,
-                   help="where to evaluate (default: cuda when available)")
-    p.add_argument("--kernel", choices=("auto", "torch", "compile", "triton"), default="auto",
+    p.add_argument("--backend", metavar="NAME", default=keep,
+                   help="search backend: torch (default), evotorch or scipy")
+    p.add_argument("--kernel", choices=("auto", "torch", "compile", "triton"), default=keep,
                    help="objective implementation: auto (Triton on CUDA, else torch), torch, "
-                        "compile (torch.compile: ~5x faster on a CPU after ~20 s compiling), "
+                        "compile (torch.compile: fused passes after a one-off compilation), "
                         "triton")
-    p.add_argument("--popsize", type=_positive_int, default=100, metavar="N",
-                   help="population size multiplier (population = popsize x D; default 100)")
-    p.add_argument("--maxiter", type=_positive_int, default=200, metavar="N",
-                   help="generations (default 200)")
-    p.add_argument("--seed", type=int, default=100, metavar="N",
-                   help="random seed (default 100)")
-    p.add_argument("--f-lst", type=parse_f_lst, default=[None, None], metavar="F,F",
+    p.add_argument("--popsize", type=_positive_int, metavar="N", default=keep,
+                   help=f"population size multiplier (population = popsize x D; default "
+                        f"{defaults.popsize})")
+    p.add_argument("--maxiter", type=_positive_int, metavar="N", default=keep,
+                   help=f"generations (default {defaults.maxiter})")
+    p.add_argument("--seed", type=int, metavar="N", default=keep,
+                   help=f"random seed (default {defaults.seed})")
+    p.add_argument("--f-lst", type=parse_f_lst, metavar="F,F", default=keep,
                    help="significance factors, numbers or None to optimise (default None,None)")
-    p.add_argument("--times", type=parse_times, default=list(DEFAULT_TIMES), metavar="T,T",
-                   help=times_help)
-    p.add_argument("--baseline-iterations", type=_positive_int, default=100, metavar="N",
-                   help="programmings averaged for the baseline's TNMSE (default 100)")
-    p.add_argument("--validation-repeats", type=_positive_int, default=100, metavar="N",
-                   help="programmings to validate the answer with fresh noise (default 100)")
-    p.add_argument("--test-size", type=_positive_int, nargs=2, default=(512, 20),
-                   metavar=("IN", "OUT"), help="test tile per layer (default 512 20)")
-    p.add_argument("--physics", choices=PHYSICS, default="device",
-                   help=f"what is simulated (default device). {physics_help}")
+    p.add_argument("--times", type=parse_times, metavar="T,T", default=keep, help=times_help)
+    p.add_argument("--baseline-iterations", type=_positive_int, metavar="N", default=keep,
+                   help=f"programmings averaged for the baseline's TNMSE (default "
+                        f"{defaults.baseline_iterations})")
+    p.add_argument("--validation-repeats", type=_positive_int, metavar="N", default=keep,
+                   help=f"programmings to validate the answer with fresh noise (default "
+                        f"{defaults.validation_repeats})")
+    p.add_argument("--test-size", type=_positive_int, nargs=2, metavar=("IN", "OUT"),
+                   default=keep,
+                   help=f"test tile per layer (default {defaults.test_in_features} "
+                        f"{defaults.test_out_features})")
+    _add_physics_flags(p, recorded=False)
     p.add_argument("--out", metavar="FILE", help="write the results (JSON, atomically)")
     p.add_argument("--plots", metavar="DIR", help="write the figures (PNG) into DIR")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
+    p.add_argument("--quiet", **quiet)
     p.set_defaults(func=_cmd_optimize)
 
     p = sub.add_parser("evaluate", help="TNMSE over time: baseline vs optimised",
@@ -379,10 +645,9 @@ def build_parser() -> argparse.ArgumentParser:
                                            "year)", "default: the results file's times"))
     p.add_argument("--repeats", type=_positive_int, metavar="N", default=10,
                    help="programmings per layer and time (default 10)")
-    p.add_argument("--physics", choices=PHYSICS, default=None,
-                   help=f"what is simulated (default: the results file's). {physics_help}")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_physics_flags(p, recorded=True)
+    p.add_argument("--quiet", **quiet)
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("plot", help="figures of a results file (PNG)",
@@ -393,9 +658,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", metavar="WEIGHTS", help="the weights file (for weight errors)")
     p.add_argument("--repeats", type=_positive_int, metavar="N", default=3,
                    help="programmings pooled in each weight-error histogram (default 3)")
-    p.add_argument("--physics", choices=PHYSICS, default=None,
-                   help="physics of the weight-error figure (default: the results file's)")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
+    _add_physics_flags(p, recorded=True)
     p.set_defaults(func=_cmd_plot)
 
     p = sub.add_parser("example", help="train a small MLP on digits and run the whole flow",
@@ -408,9 +672,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="noise repeats per time and strategy (default 10, quick 3)")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
     p.add_argument("--backend", default="torch", help="search backend (default torch)")
-    p.add_argument("--physics", choices=PHYSICS, default="device",
-                   help=f"what is simulated (default device). {physics_help}")
-    p.add_argument("--device", choices=("cpu", "cuda"), default=None)
+    _add_physics_flags(p, recorded=False)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_example)
     return parser

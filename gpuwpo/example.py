@@ -23,6 +23,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from .rng import make_generator
+
 __all__ = ["TIMES", "BUDGETS", "load_digits_data", "make_mlp", "train_mlp", "accuracy",
            "accuracy_over_time", "run_example", "format_table"]
 
@@ -81,7 +83,7 @@ def make_mlp(sizes: tuple[int, ...] = (64, 64, 32, 10), seed: int = 0) -> nn.Seq
 def train_mlp(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int = 40,
               batch_size: int = 64, lr: float = 3e-3, seed: int = 0) -> nn.Module:
     """Train ``model`` in place with Adam and cross-entropy; returns it (in eval mode)."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = make_generator(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = nn.CrossEntropyLoss()
     model.train()
@@ -111,7 +113,7 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 def accuracy_over_time(model: nn.Module, strategy, noise_model, x: torch.Tensor,
                        y: torch.Tensor, t_steps: list[float], *, repeats: int = 10,
                        seed: int = 0, progress: Callable | None = None,
-                       physics: str = "device") -> torch.Tensor:
+                       physics: str = "device", compensation=None) -> torch.Tensor:
     """Test accuracy of ``model`` programmed with ``strategy`` at each time, [repeats, T].
 
     Each repeat is an independent programming of the whole network with its own generator
@@ -123,15 +125,16 @@ def accuracy_over_time(model: nn.Module, strategy, noise_model, x: torch.Tensor,
             Linear weight (e.g. the baseline).
         progress: called once after each (repeat, time) evaluation (a progress bar's update).
         physics: "device" or "aihwkit" (see :mod:`gpuwpo.physics`).
+        compensation: drift compensation (default ideal global).
     """
     from .network import program_model
 
     acc = torch.empty(repeats, len(t_steps), dtype=torch.float64)
     for r in range(repeats):
-        gen = torch.Generator().manual_seed(seed + r)
+        gen = make_generator(seed + r)
         for i, t in enumerate(t_steps):
             programmed = program_model(model, strategy, noise_model, t, generator=gen,
-                                       physics=physics)
+                                       compensation=compensation, physics=physics)
             acc[r, i] = accuracy(programmed, x, y)
             if progress is not None:
                 progress()
@@ -154,7 +157,8 @@ def format_table(report: dict) -> str:
 def run_example(*, quick: bool = False, out_dir: str | os.PathLike | None = None, seed: int = 0,
                 repeats: int | None = None, backend: str = "torch",
                 device: str | None = None, verbose: bool = True,
-                progress: bool | None = None, physics: str = "device") -> dict:
+                progress: bool | None = None, physics: str = "device", noise_model=None,
+                baseline=None, compensation=None) -> dict:
     """Train, optimise, program and measure; print the accuracy table; return the numbers.
 
     Args:
@@ -169,6 +173,9 @@ def run_example(*, quick: bool = False, out_dir: str | os.PathLike | None = None
         verbose: print the summary, the table and what was written.
         progress: show progress bars (default: as ``verbose``).
         physics: "device" or "aihwkit" (see :mod:`gpuwpo.physics`): searched and measured in it.
+        noise_model, baseline, compensation: the device model (default PCM, g_max 25 uS), the
+            converter to beat (default DualPair f=[1, 1], 0..25 uS) and the drift compensation
+            (default ideal global).
 
     Returns:
         ``{"times": {name: seconds}, "repeats", "digital_accuracy", "baseline": {"mean": [T],
@@ -193,13 +200,15 @@ def run_example(*, quick: bool = False, out_dir: str | os.PathLike | None = None
     say(f"trained MLP 64-64-32-10 on digits ({x_tr.shape[0]} train / {x_te.shape[0]} test) in "
         f"{t_train:.1f}s: digital test accuracy {100 * digital:.2f}%")
 
-    noise_model = PCMLikeNoiseModel(g_max=25.0)
-    baseline = DualPairConductanceConverter(f_lst=[1.0, 1.0], g_min=0.0, g_max=25.0)
+    if noise_model is None:
+        noise_model = PCMLikeNoiseModel(g_max=25.0)
+    if baseline is None:
+        baseline = DualPairConductanceConverter(f_lst=[1.0, 1.0], g_min=0.0, g_max=25.0)
     budget = BUDGETS["quick" if quick else "default"]
     t0 = time.perf_counter()
     result = optimize_network(model, noise_model, t_steps, baseline, [None, None],
                               backend=backend, device=device, seed=seed, disp=progress,
-                              physics=physics, **budget)
+                              physics=physics, compensation=compensation, **budget)
     t_opt = time.perf_counter() - t0
     say(result.summary())
 
@@ -215,7 +224,7 @@ def run_example(*, quick: bool = False, out_dir: str | os.PathLike | None = None
         acc[name] = accuracy_over_time(model, strategy, noise_model, x_te, y_te, t_steps,
                                        repeats=repeats, seed=1000 * (seed + 1),
                                        progress=None if bar is None else bar.update,
-                                       physics=physics)
+                                       physics=physics, compensation=compensation)
     if bar is not None:
         bar.close()
     t_eval = time.perf_counter() - t0

@@ -104,6 +104,12 @@ def _curves(converter, points: int = 401) -> tuple[torch.Tensor, torch.Tensor, l
     """Conductances [2K, points] of ``converter`` on w/max|W| = linspace(-1, 1, points)."""
     w = torch.linspace(-1.0, 1.0, points, dtype=torch.float64)
     g, params = converter.convert_to_conductances(w)
+    if g.shape[0] == 1:
+        # One device per weight, the sign kept digitally (Fusion): drawn as the pair it stands
+        # for, the device on the side of the weight's sign.
+        zero = torch.zeros_like(g[0])
+        sides = (torch.where(w > 0, g[0], zero), torch.where(w < 0, g[0], zero))
+        return w, torch.stack(sides), [1.0]
     return w, g, [float(v) for v in params["f"].reshape(-1)]
 
 
