@@ -21,8 +21,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["RESULTS_DIR", "machine_info", "markdown_table", "write_results",
-           "pretrained_transformer_weights", "PRETRAINED_PACKAGE"]
+from gpuwpo.options import SearchOptions
+
+__all__ = ["RESULTS_DIR", "DEFAULTS", "machine_info", "markdown_table", "write_results",
+           "save_record", "add_run_arguments", "run_device", "pretrained_transformer_weights",
+           "PRETRAINED_PACKAGE"]
+
+#: gpuwpo's search options and their defaults (gpuwpo.options.SearchOptions), by name.
+DEFAULTS = SearchOptions().as_dict()
 
 #: Where the recorded results live (absolute, so the scripts work from any directory).
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -179,6 +185,36 @@ def write_results(name: str, payload: Mapping[str, Any],
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def add_run_arguments(parser) -> None:
+    """The flags every search benchmark takes: seeds, device, threads, warm-up."""
+    parser.add_argument("--seed", type=int, default=100, help="optimizer seed")
+    parser.add_argument("--weight-seed", type=int, default=0)
+    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads on the CPU (default 1: on a small shared "
+                             "machine a descheduled second thread stalls every op; 0 keeps "
+                             "torch's default)")
+    parser.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up")
+
+
+def run_device(args) -> torch.device:
+    """The device of a benchmark run (and, on the CPU, its thread count set)."""
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cpu" and args.threads > 0:
+        torch.set_num_threads(args.threads)
+    return device
+
+
+def save_record(name: str, record: Mapping[str, Any], out: str | os.PathLike | None) -> Path:
+    """Write a benchmark's record: to ``out`` when given, else :func:`write_results`."""
+    if out is None:
+        return write_results(name, record)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"benchmark": name, **record}, indent=2) + "\n", encoding="utf-8")
+    return out
 
 
 def _cell(value: Any) -> str:

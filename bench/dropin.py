@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import math
 import sys
 import time
@@ -30,7 +29,7 @@ import torch
 if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import machine_info, markdown_table, write_results  # noqa: E402
+from bench.common import machine_info, markdown_table, save_record  # noqa: E402
 from bench.judge import pooled_weights  # noqa: E402
 from gpuwpo.aihwkit_interop import require_aihwkit  # noqa: E402
 
@@ -134,12 +133,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                          settings.items() if k != "callback"}, "repeats": args.repeats,
                          "workers": "reference default (-1: all cores)"},
               "rows": rows}
-    if args.out is None:
-        out = write_results("dropin", record)
-    else:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"benchmark": "dropin", **record}, indent=2) + "\n")
-        out = args.out
+    out = save_record("dropin", record, args.out)
     table = [{"strategy": r["strategy"],
               "wall": "" if "wall_s" not in r else f"{r['wall_s']:.1f}",
               "tnmse": f"{r['judged']['mean']:.5f} +- {r['judged']['sem']:.5f}",

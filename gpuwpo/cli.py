@@ -568,6 +568,12 @@ def _add_physics_flags(p: argparse.ArgumentParser, recorded: bool) -> None:
                    help="where to compute (default: cuda when available for optimize, else cpu)")
 
 
+def _add_repeats_and_seed(p: argparse.ArgumentParser, repeats: int | None, what: str) -> None:
+    p.add_argument("--repeats", type=_positive_int, metavar="N", default=repeats,
+                   help=what + ("" if repeats is None else f" (default {repeats})"))
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``gpuwpo`` command (sub-commands optimize, evaluate, plot,
     example)."""
@@ -643,9 +649,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--times", type=parse_times, default=None, metavar="T,T",
                    help=times_help.replace("default 1,3600,86400,2592000,31536000 (1 s .. 1 "
                                            "year)", "default: the results file's times"))
-    p.add_argument("--repeats", type=_positive_int, metavar="N", default=10,
-                   help="programmings per layer and time (default 10)")
-    p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
+    _add_repeats_and_seed(p, 10, "programmings per layer and time")
     _add_physics_flags(p, recorded=True)
     p.add_argument("--quiet", **quiet)
     p.set_defaults(func=_cmd_evaluate)
@@ -656,9 +660,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results", metavar="RESULTS", help="results file of 'gpuwpo optimize'")
     p.add_argument("--out", required=True, metavar="DIR", help="directory for the PNG files")
     p.add_argument("--weights", metavar="WEIGHTS", help="the weights file (for weight errors)")
-    p.add_argument("--repeats", type=_positive_int, metavar="N", default=3,
-                   help="programmings pooled in each weight-error histogram (default 3)")
-    p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
+    _add_repeats_and_seed(p, 3, "programmings pooled in each weight-error histogram")
     _add_physics_flags(p, recorded=True)
     p.set_defaults(func=_cmd_plot)
 
@@ -668,9 +670,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "1 year for the baseline and the optimised strategies.")
     p.add_argument("--quick", action="store_true", help="a tiny budget (seconds; for tests)")
     p.add_argument("--out", metavar="DIR", help="write the results and figures into DIR")
-    p.add_argument("--repeats", type=_positive_int, metavar="N", default=None,
-                   help="noise repeats per time and strategy (default 10, quick 3)")
-    p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
+    _add_repeats_and_seed(p, None, "noise repeats per time and strategy (default 10, quick 3)")
     p.add_argument("--backend", default="torch", help="search backend (default torch)")
     _add_physics_flags(p, recorded=False)
     p.add_argument("--quiet", action="store_true", help="no progress bars")

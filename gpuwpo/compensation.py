@@ -251,15 +251,14 @@ class GlobalDriftCompensation(Serializable):
         return result
 
     # -- the compensation factor ----------------------------------------------------------
-    def _reduce_dims(self, ndim_prog: int, ndim_t: int, tile_ndim: int) -> tuple[int, ...]:
+    def _mean_dims(self, ndim: int, tile_ndim: int) -> tuple[tuple[int, ...], int]:
+        """(dimensions the readouts are averaged over, dimensions of one tile)."""
         if isinstance(tile_ndim, bool) or not isinstance(tile_ndim, int) or tile_ndim < 1:
             raise ValueError(f"tile_ndim must be an int >= 1, got {tile_ndim!r}")
-        if tile_ndim > min(ndim_prog, ndim_t):
-            raise ValueError(
-                f"tile_ndim={tile_ndim} exceeds the dimensions of the inputs "
-                f"(w_programmed has {ndim_prog}, w_t has {ndim_t})"
-            )
-        return tuple(range(-tile_ndim, 0))
+        if tile_ndim > ndim:
+            raise ValueError(f"tile_ndim={tile_ndim} exceeds the dimensions of the inputs "
+                             f"({ndim})")
+        return tuple(range(-tile_ndim, 0)), tile_ndim
 
     def alpha(
         self,
@@ -271,7 +270,7 @@ class GlobalDriftCompensation(Serializable):
         z: tuple[torch.Tensor, torch.Tensor] | None = None,
         w_ideal: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Compensation factor ``alpha_t`` per tile.
+        """Compensation factor ``alpha_t`` per tile (per column of it for per-column).
 
         Args:
             w_programmed: weights right after programming (no drift, no read noise), shape
@@ -280,29 +279,18 @@ class GlobalDriftCompensation(Serializable):
             w_t: weights at inference time t, shape broadcastable with ``w_programmed``
                 (e.g. ``[T, ..., *tile]``).
             generator: source of the readout noise (unused for an ideal periphery).
-            tile_ndim: how many trailing dimensions form one tile.
+            tile_ndim: how many trailing dimensions form one tile (per-column: at least 2; the
+                bound management tests whole tiles).
             z: explicit standard normals (reference readout, time-t readout), broadcastable
                 with the inputs, replacing the random draws of the readout noise.
             w_ideal: the ideal target weights ``[..., *tile]``; required with
                 ``exact_reference`` (the reference is then ``mean|w_ideal|``, exact).
 
         Returns:
-            alpha (unitless), the broadcast shape of the inputs with the tile dimensions kept
-            as size 1, so ``alpha * w_t`` is the compensated tile.
+            alpha (unitless), the broadcast shape of the inputs with the averaged dimensions
+            kept as size 1, so ``alpha * w_t`` is the compensated tile.
         """
-        dims = self._reduce_dims(w_programmed.ndim, w_t.ndim, tile_ndim)
-        return self._alpha(w_programmed, w_t, generator, dims, z, w_ideal, tile_ndim)
-
-    def _alpha(
-        self,
-        w_programmed: torch.Tensor,
-        w_t: torch.Tensor,
-        generator: torch.Generator | None,
-        dims: tuple[int, ...],
-        z: tuple[torch.Tensor, torch.Tensor] | None = None,
-        w_ideal: torch.Tensor | None = None,
-        tile_ndim: int = 1,
-    ) -> torch.Tensor:
+        dims, tile_ndim = self._mean_dims(min(w_programmed.ndim, w_t.ndim), tile_ndim)
         # Reduce before broadcasting: the reference readout of a tile shared by several times
         # is one readout (one noise draw) and costs one pass, not T.
         z_ref, z_t = (None, None) if z is None else z
@@ -322,38 +310,13 @@ class PerColumnDriftCompensation(GlobalDriftCompensation):
     """Drift compensation with one alpha per crossbar column (per output of ``[out, in]``).
 
     Same arguments and periphery as :class:`GlobalDriftCompensation`; :meth:`alpha` averages
-    over the last dimension only and needs inputs of at least 2 dimensions.
+    over the last dimension only and needs weight matrices ``[..., out_features, in_features]``
+    (alpha ``[..., out_features, 1]``).
     """
 
-    def alpha(
-        self,
-        w_programmed: torch.Tensor,
-        w_t: torch.Tensor,
-        generator: torch.Generator | None = None,
-        *,
-        tile_ndim: int = 2,
-        z: tuple[torch.Tensor, torch.Tensor] | None = None,
-        w_ideal: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Compensation factor per column.
-
-        Args:
-            w_programmed: programmed weights, shape ``[..., out_features, in_features]``.
-            w_t: weights at time t, broadcastable with ``w_programmed``.
-            generator: source of the readout noise.
-            tile_ndim: dimensions of one tile (>= 2); the bound management tests whole tiles,
-                the mean is always over the last dimension.
-            z: explicit readout-noise draws, as for :meth:`GlobalDriftCompensation.alpha`.
-            w_ideal: the ideal weights (for ``exact_reference``).
-
-        Returns:
-            alpha of the broadcast shape with the last dimension of size 1
-            (``[..., out_features, 1]``).
-        """
-        if w_programmed.ndim < 2 or w_t.ndim < 2:
-            raise ValueError(
-                "PerColumnDriftCompensation needs weight matrices [..., out_features, "
-                f"in_features], got shapes {tuple(w_programmed.shape)} and {tuple(w_t.shape)}"
-            )
-        self._reduce_dims(w_programmed.ndim, w_t.ndim, max(2, tile_ndim))
-        return self._alpha(w_programmed, w_t, generator, (-1,), z, w_ideal, max(2, tile_ndim))
+    def _mean_dims(self, ndim: int, tile_ndim: int) -> tuple[tuple[int, ...], int]:
+        if ndim < 2:
+            raise ValueError("PerColumnDriftCompensation needs weight matrices [..., "
+                             f"out_features, in_features], got {ndim}-D inputs")
+        _, tile_ndim = super()._mean_dims(ndim, max(2, tile_ndim))
+        return (-1,), tile_ndim

@@ -355,6 +355,9 @@ class NPairConductanceConverter(_PairConverter):
         g_max: maximum conductance (uS), > g_min.
     """
 
+    #: A subclass with a fixed number of pairs (DualPair: 2) says so here.
+    num_pairs_required: int | None = None
+
     def __init__(
         self,
         f_lst: Sequence[float] | Tensor = (1.0, 1.0),
@@ -363,6 +366,12 @@ class NPairConductanceConverter(_PairConverter):
     ) -> None:
         self.g_min, self.g_max = _check_conductance_range(g_min, g_max)
         self.f_lst = _as_f_tensor(f_lst)
+        need = self.num_pairs_required
+        if need is not None and self.f_lst.shape[-1] != need:
+            words = {1: "one", 2: "two", 3: "three"}
+            raise ValueError(f"{type(self).__name__} needs exactly {words.get(need, need)} "
+                             f"significance factors, "
+                             f"got f_lst={_describe(self.f_lst)}")
 
     def convert_to_conductances(self, weights: Tensor) -> tuple[Tensor, dict[str, Any]]:
         """Conductances of every device for every weight.
@@ -405,18 +414,7 @@ class DualPairConductanceConverter(NPairConductanceConverter):
         g_max: maximum conductance (uS).
     """
 
-    def __init__(
-        self,
-        f_lst: Sequence[float] | Tensor = (1.0, 1.0),
-        g_min: float = 0.0,
-        g_max: float = 25.0,
-    ) -> None:
-        super().__init__(f_lst, g_min, g_max)
-        if self.f_lst.shape[-1] != 2:
-            raise ValueError(
-                f"DualPairConductanceConverter needs exactly two significance factors, "
-                f"got f_lst={_describe(self.f_lst)}"
-            )
+    num_pairs_required = 2
 
 
 class SinglePairConductanceConverter(NPairConductanceConverter):

@@ -697,23 +697,11 @@ def _evaluate(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
 def de_minimize(
     fn: Callable[[Tensor], Tensor],
     *,
-    dim: int | None = None,
-    num_layers: int | None = None,
-    popsize: int = 15,
-    init: str | Tensor = "latinhypercube",
-    x0: Tensor | None = None,
-    strategy: str = "best1bin",
-    mutation: float | tuple[float, float] = (0.5, 1.0),
-    recombination: float = 0.7,
-    tol: float = 0.01,
-    atol: float = 0.0,
     maxiter: int = 1000,
-    seed: int | torch.Generator | None = None,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
     callback: Callable[[DEResult], bool | None] | None = None,
     reevaluate_parents: bool = False,
     state: DEState | None = None,
+    **init: Any,
 ) -> DEResult:
     """Minimise ``B`` independent objectives over [0, 1]^D by differential evolution.
 
@@ -721,8 +709,6 @@ def de_minimize(
         fn: energies [B, S'] = fn(x [B, S', D]); layer b of x belongs to objective b. It is
             called with every layer, converged ones included (their energies are ignored). It
             draws its own noise, if any.
-        dim, num_layers, popsize, init, x0, strategy, mutation, recombination, tol, atol, seed,
-            device, dtype: see :func:`de_init` (ignored when ``state`` is given).
         maxiter: stop after this many generations in total (counting those already in
             ``state``), as scipy's ``maxiter``.
         callback: called after every generation with a :class:`DEResult` (``stop_reason`` "in
@@ -732,6 +718,8 @@ def de_minimize(
             values (see :func:`de_tell`). False: plain scipy DE, ``fn`` on the trials only.
         state: continue this state (e.g. one restored with :func:`state_from_dict`) instead of
             starting a new one.
+        **init: the keywords of :func:`de_init` (dim, num_layers, popsize, init, x0, strategy,
+            mutation, recombination, tol, atol, seed, device, dtype) when no ``state`` is given.
 
     Returns:
         A :class:`DEResult`; ``result.state`` can be saved and continued.
@@ -739,11 +727,10 @@ def de_minimize(
     if isinstance(maxiter, bool) or not isinstance(maxiter, int) or maxiter < 1:
         raise ValueError(f"maxiter must be an integer >= 1, got {maxiter!r}")
     if state is None:
-        state = de_init(
-            dim=dim, num_layers=num_layers, popsize=popsize, init=init, x0=x0, strategy=strategy,
-            mutation=mutation, recombination=recombination, tol=tol, atol=atol, seed=seed,
-            device=device, dtype=dtype,
-        )
+        state = de_init(**init)
+    elif init:
+        raise TypeError(f"de_minimize takes a state or de_init's keywords, not both: "
+                        f"{', '.join(sorted(init))}")
     if not state.evaluated:
         x, state = de_ask(state)
         state = de_tell(state, x, _evaluate(fn, x))

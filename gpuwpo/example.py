@@ -36,8 +36,7 @@ TIMES = {"1 s": 1.0, "1 h": 3600.0, "1 day": 86400.0, "1 month": 2592000.0,
 #: (1,280 weights) samples their distributions well and keeps a generation cheap on a CPU.
 BUDGETS = {
     # Dithered mutation and recombination 0.7 (scipy's defaults) instead of the reference's
-    # 0.1 / 0.3: at this budget 13-16 % lower TNMSE per layer than the baseline, against 9-12 %
-    # with 0.1 / 0.3 (which converge sooner; measured on this project's CPU).
+    # 0.1 / 0.3, which converge sooner and end worse at this budget (README.md, "Defaults").
     "default": dict(popsize=10, maxiter=100, test_in_features=64, test_out_features=20,
                     baseline_iterations=30, validation_repeats=30, polish_maxiter=15,
                     mutation=(0.5, 1.0), recombination=0.7),
@@ -87,8 +86,8 @@ def train_mlp(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     loss_fn = nn.CrossEntropyLoss()
     model.train()
-    # Batches of 64 x 64 are far too small for intra-op threads: one thread is ~5x faster on
-    # a busy CPU than two. Restored afterwards, as it is process-wide.
+    # Batches of 64 x 64 are far too small for intra-op threads: one thread beats two on a
+    # busy CPU. Restored afterwards, as it is process-wide.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -74,7 +74,7 @@ def _compiled_chunk():
     """``_tnmse_chunk`` through torch.compile, built once per process (shapes are dynamic).
 
     Each inference time stays a Python float, so the compiler specialises one fused loop per
-    time step (measured ~1.7x faster on a CPU than passing times as 0-d tensors); that is T
+    time step (faster on a CPU than passing times as 0-d tensors, bench/objective.py); that is T
     graphs, or 2T with independent noise, more than dynamo's default limit of 8 recompilations.
     """
     compiled = torch.compile(_tnmse_chunk, dynamic=True)

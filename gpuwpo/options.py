@@ -17,7 +17,7 @@ from typing import Any
 
 from .checks import check_positive_int
 
-__all__ = ["SearchOptions", "SEARCH_FIELDS", "refuse_unsupported"]
+__all__ = ["SearchOptions", "SEARCH_FIELDS", "DE_FIELDS", "de_accepts", "refuse_unsupported"]
 
 #: Options that steer the search itself (the rest shape the strategy space, the objective and the
 #: choice of the answer, which every backend shares).
@@ -26,6 +26,16 @@ SEARCH_FIELDS = frozenset({
     "x_init", "x0", "noise_robust", "algorithm", "checkpoint", "checkpoint_every", "resume",
     "callback",
 })
+
+
+#: What every differential-evolution backend honours.
+DE_FIELDS = frozenset({"strategy", "popsize", "maxiter", "tol", "atol", "mutation",
+                       "recombination", "seed", "x_init", "x0", "callback"})
+
+
+def de_accepts(options: SearchOptions, extra: frozenset[str] = frozenset()) -> frozenset[str]:
+    """A DE backend's options: :data:`DE_FIELDS`, ``extra``, and ``algorithm`` when it is "de"."""
+    return DE_FIELDS | extra | ({"algorithm"} if options.algorithm == "de" else frozenset())
 
 
 def _number(o: SearchOptions, name: str, *, low: float, high: float | None = None,

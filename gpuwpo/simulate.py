@@ -167,6 +167,28 @@ def program_drift_read(
     return noise_model.program_drift_read_step(prepared, t, *noise)
 
 
+class _TileRun:
+    """A tile's weights converted once, with what every repeat of its simulation shares."""
+
+    def __init__(self, weights, converter, noise_model, t_steps, compensation, physics: str,
+                 repeats) -> None:
+        self.physics = check_physics(physics)
+        self.weights = check_weights(weights)
+        self.repeats = check_positive_int(repeats, "repeats")
+        self.compensation = GlobalDriftCompensation() if compensation is None else compensation
+        self.noise_model = noise_model
+        self.t = as_time_tensor(t_steps, dtype=self.weights.dtype, device=self.weights.device)
+        self.tiles = ConverterTiles(converter, self.weights.shape)
+        self.g, self.params = self.tiles.to_conductances(self.weights)  # [R, N]
+        self.prepared = noise_model.prepare_targets(self.g)
+
+    def program_and_read(self, z_prog, z_drift, z_read) -> tuple[torch.Tensor, torch.Tensor]:
+        """(w_prog, w_t) ``[n, T, *w]`` for draws ``[n, T, R, N]``."""
+        return program_and_read(self.physics, self.tiles, self.params, self.prepared,
+                                self.noise_model, self.t.reshape(-1, 1, 1), z_prog, z_drift,
+                                z_read)
+
+
 def simulate_weights(
     weights: torch.Tensor,
     g_converter,
@@ -200,20 +222,13 @@ def simulate_weights(
     Returns:
         Effective weights ``alpha_t * W_t`` of shape [repeats, T, *weights.shape].
     """
-    check_physics(physics)
-    weights = check_weights(weights)
-    repeats = check_positive_int(repeats, "repeats")
-    compensation = GlobalDriftCompensation() if compensation is None else compensation
+    tile = _TileRun(weights, g_converter, noise_model, t_steps, compensation, physics, repeats)
+    weights, compensation = tile.weights, tile.compensation
     gen = make_generator(generator, weights.device)
-    t = as_time_tensor(t_steps, dtype=weights.dtype, device=weights.device)
-    tiles = ConverterTiles(g_converter, weights.shape)
-    g, params = tiles.to_conductances(weights)  # [R, N]
     # Noise of the full shape; the targets broadcast over repeats and times, not copied.
-    noise = sample_device_noise((repeats, t.shape[0], *g.shape), generator=gen,
-                                dtype=g.dtype, device=g.device)
-    prepared = noise_model.prepare_targets(g)
-    w_prog, w_t = program_and_read(physics, tiles, params, prepared, noise_model,
-                                   t.reshape(-1, 1, 1), *noise)  # [repeats, T, *w]
+    noise = sample_device_noise((tile.repeats, tile.t.shape[0], *tile.g.shape), generator=gen,
+                                dtype=tile.g.dtype, device=tile.g.device)
+    w_prog, w_t = tile.program_and_read(*noise)  # [repeats, T, *w]
     alpha = compensation.alpha(w_prog, w_t, gen, tile_ndim=weights.ndim, w_ideal=weights)
     return alpha * w_t
 
@@ -255,22 +270,15 @@ def converter_errors(
     Returns:
         ``[repeats, T]`` E of each repeat at each time; the TNMSE of a repeat is its mean over T.
     """
-    check_physics(physics)
-    weights = check_weights(weights)
-    repeats = check_positive_int(repeats, "repeats")
-    compensation = GlobalDriftCompensation() if compensation is None else compensation
+    tile = _TileRun(weights, converter, noise_model, t_steps, compensation, physics, repeats)
+    weights, compensation, repeats = tile.weights, tile.compensation, tile.repeats
     device, dtype = weights.device, weights.dtype
-    t = as_time_tensor(t_steps, dtype=dtype, device=device)
-    T = t.shape[0]
-    tiles = ConverterTiles(converter, weights.shape)
-    g, params = tiles.to_conductances(weights)  # [R, N]
-    R, N = g.shape
-    prepared = noise_model.prepare_targets(g)
+    T, (R, N) = tile.t.shape[0], tile.g.shape
     base_seed = draw_seed(make_generator(generator, device))
     readout = compensation.readout_noise > 0
     budget = default_memory_budget(device) if memory_budget is None else int(memory_budget)
     _, chunk = plan_chunks(1, repeats, bytes_per_item=_CONVERTER_LIVE * T * R * N
-                           * g.element_size(), memory_budget=budget, align=NOISE_BLOCK)
+                           * tile.g.element_size(), memory_budget=budget, align=NOISE_BLOCK)
     m = weights.abs().amax()
     out = torch.empty((repeats, T), dtype=dtype, device=device)
     for start in range(0, repeats, chunk):
@@ -279,8 +287,7 @@ def converter_errors(
                                            device=device, dtype=dtype, readout=readout)]
         z_read = None if not readout else tuple(
             z.reshape(*z.shape[:-1], *weights.shape) for z in drawn[3:])
-        w_prog, w_t = program_and_read(physics, tiles, params, prepared, noise_model,
-                                       t.reshape(-1, 1, 1), *drawn[:3])  # [n, T, *w]
+        w_prog, w_t = tile.program_and_read(*drawn[:3])  # [n, T, *w]
         # The bound management's repeated readouts (rare) draw from a stream of this chunk.
         bm_gen = keyed_generator(base_seed, layer_id, start, 1, device=device)
         alpha = compensation.alpha(w_prog, w_t, bm_gen, tile_ndim=weights.ndim, z=z_read,

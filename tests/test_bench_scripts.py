@@ -96,12 +96,17 @@ def test_markdown_table_shape_alignment_and_cells():
     assert lines[3] == "| z | 2.5 | - |"
 
 
-def test_search_benchmark_quick(tmp_path, capsys, keep_threads):
-    search = _load("search")
-    record = search.main(["--quick", "--out-dir", str(tmp_path)])
-    written = _read_single_json(tmp_path, "search")
-    assert written == json.loads(json.dumps({"benchmark": "search", **record}))
+def _run_quick(name: str, tmp_path: Path) -> dict:
+    """Run a benchmark's main with --quick into tmp_path; the record it wrote, checked."""
+    record = _load(name).main(["--quick", "--out-dir", str(tmp_path)])
+    written = _read_single_json(tmp_path, name)
+    assert written == json.loads(json.dumps({"benchmark": name, **record}))
     assert written["quick"] is True and "REDUCED" in written["budget_note"]
+    return written
+
+
+def test_search_benchmark_quick(tmp_path, capsys, keep_threads):
+    written = _run_quick("search", tmp_path)
     assert written["config"]["shape"] == [64, 64]
     assert written["config"]["t_steps_s"] == [1.0, 3600.0, 86400.0, 2592000.0, 31536000.0]
     results = written["results"]
@@ -127,11 +132,7 @@ def test_search_benchmark_quick(tmp_path, capsys, keep_threads):
 
 
 def test_network_benchmark_quick(tmp_path, capsys, keep_threads):
-    network = _load("network")
-    record = network.main(["--quick", "--out-dir", str(tmp_path)])
-    written = _read_single_json(tmp_path, "network")
-    assert written == json.loads(json.dumps({"benchmark": "network", **record}))
-    assert written["quick"] is True and "REDUCED" in written["budget_note"]
+    written = _run_quick("network", tmp_path)
     r = written["result"]
     assert r["num_layers"] == 3 and len(r["layers"]) == 3
     assert [layer["kind"] for layer in r["layers"]] == ["query", "key", "value"]

@@ -127,15 +127,20 @@ CONVERTERS = [
 
 @pytest.mark.parametrize("conv", CONVERTERS, ids=repr)
 def test_pair_converters_equal_the_reference(conv):
+    _assert_converts_like_the_reference(conv, torch.randn(OUT, IN, generator=_gen(8)) * 0.2,
+                                        rtol=1e-6, atol=1e-5, back_rtol=1e-5)
+
+
+def _assert_converts_like_the_reference(conv, w, *, rtol, atol, back_rtol):
+    """Conductances and (noisy) conductances back to weights, ours against aihwkit's."""
     ref = reference_converter(conv)
-    w = torch.randn(OUT, IN, generator=_gen(8)) * 0.2
     g_ref, p_ref = ref.convert_to_conductances(w)
     g, params = conv.convert_to_conductances(w)
-    torch.testing.assert_close(g, torch.stack(g_ref), rtol=1e-6, atol=1e-5)
-    noisy = g + torch.rand(g.shape, generator=_gen(9))
+    torch.testing.assert_close(g, torch.stack(g_ref), rtol=rtol, atol=atol)
+    noisy = (g + torch.rand(g.shape, generator=_gen(9))).clamp(min=0.0)
     torch.testing.assert_close(conv.convert_back_to_weights(noisy, params),
-                               ref.convert_back_to_weights(list(noisy), p_ref),
-                               rtol=1e-5, atol=1e-6)
+                               ref.convert_back_to_weights(list(noisy.clone()), p_ref),
+                               rtol=back_rtol, atol=1e-6)
 
 
 def _decoded_program(f_lst, symmetric, seed, m=0.7):
@@ -152,23 +157,9 @@ def test_custom_pair_and_fusion_equal_the_reference():
     w = torch.randn(OUT, IN, generator=_gen(10)) * 0.2
     for conv in (_decoded_program([None, None], True, 1), _decoded_program([1.0, 3.0], False, 2),
                  _decoded_program([None, None, None], True, 3)):
-        ref = reference_converter(conv)
-        g_ref, p_ref = ref.convert_to_conductances(w)
-        g, params = conv.convert_to_conductances(w)
-        torch.testing.assert_close(g, torch.stack(g_ref), rtol=1e-5, atol=1e-4)
-        noisy = g + torch.rand(g.shape, generator=_gen(11))
-        torch.testing.assert_close(conv.convert_back_to_weights(noisy, params),
-                                   ref.convert_back_to_weights(list(noisy), p_ref),
-                                   rtol=1e-4, atol=1e-6)
-    conv = gpuwpo.FusionConductanceConverter(30.0)
-    ref = reference_converter(conv)
-    g_ref, p_ref = ref.convert_to_conductances(w)
-    g, params = conv.convert_to_conductances(w)
-    torch.testing.assert_close(g, torch.stack(g_ref), rtol=1e-6, atol=1e-5)
-    noisy = (g + torch.rand(g.shape, generator=_gen(12))).clamp(min=0.0)
-    torch.testing.assert_close(conv.convert_back_to_weights(noisy, params),
-                               ref.convert_back_to_weights(list(noisy.clone()), p_ref),
-                               rtol=1e-4, atol=1e-6)
+        _assert_converts_like_the_reference(conv, w, rtol=1e-5, atol=1e-4, back_rtol=1e-4)
+    _assert_converts_like_the_reference(gpuwpo.FusionConductanceConverter(30.0), w, rtol=1e-6,
+                                        atol=1e-5, back_rtol=1e-4)
 
 
 @pytest.mark.parametrize("f_lst, symmetric, use_max_kw, g_err", [

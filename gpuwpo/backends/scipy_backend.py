@@ -14,26 +14,18 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from ..options import SearchOptions
+from ..options import SearchOptions, de_accepts
 from .base import IntermediateResult, SearchOutcome, SearchProblem, notify
 
 __all__ = ["search", "accepts"]
 
-_ACCEPTS = frozenset({"strategy", "popsize", "maxiter", "tol", "atol", "mutation",
-                      "recombination", "seed", "x_init", "x0", "callback"})
-
-
 def accepts(options: SearchOptions) -> frozenset[str]:
-    """The search options this backend honours (its algorithm is differential evolution)."""
-    return _ACCEPTS | ({"algorithm"} if options.algorithm == "de" else set())
+    """The search options this backend honours: the DE's, nothing more."""
+    return de_accepts(options)
 
 
-def search(
-    problem: SearchProblem,
-    options: SearchOptions,
-    *,
-    progress: Callable[[IntermediateResult], None] | None = None,
-) -> SearchOutcome:
+def search(problem: SearchProblem, options: SearchOptions, *,
+           progress: Callable[[IntermediateResult], None] | None = None) -> SearchOutcome:
     """scipy's differential evolution, one layer after another.
 
     The callback receives an :class:`IntermediateResult` after every generation of the layer

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ..de import DEResult, de_init, de_minimize, state_from_dict, state_to_dict
-from ..options import SearchOptions
+from ..options import SearchOptions, de_accepts
 from .base import IntermediateResult, SearchOutcome, SearchProblem, notify
 
 __all__ = ["search", "accepts", "save_checkpoint", "load_checkpoint"]
@@ -55,14 +55,10 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | str | None =
     return state_from_dict(tensors, meta["meta"], device=device), meta.get("extra", {})
 
 
-_ACCEPTS = frozenset({"strategy", "popsize", "maxiter", "tol", "atol", "mutation",
-                      "recombination", "seed", "x_init", "x0", "noise_robust", "checkpoint",
-                      "checkpoint_every", "resume", "callback"})
-
-
 def accepts(options: SearchOptions) -> frozenset[str]:
-    """The search options this backend honours (its algorithm is differential evolution)."""
-    return _ACCEPTS | ({"algorithm"} if options.algorithm == "de" else set())
+    """The search options this backend honours: the DE's, parent re-evaluation, checkpoints."""
+    return de_accepts(options, frozenset({"noise_robust", "checkpoint", "checkpoint_every",
+                                          "resume"}))
 
 
 def search(
