@@ -166,6 +166,7 @@ def test_bert_shaped_weights_full_layout_and_determinism():
     assert kinds.count("attention output") == 12 and kinds.count("pooler") == 1
 
 
+@pytest.mark.slow
 def test_scripts_run_as_module_and_as_file_help():
     # Both invocation styles must at least import and parse (--help exits 0).
     import subprocess
@@ -192,6 +193,7 @@ def test_judge_quick(tmp_path, keep_threads):
         assert all(row["judged"]["n"] == 3 and row["judged"]["mean"] > 0 for row in r["rows"])
 
 
+@pytest.mark.slow
 def test_dropin_quick(tmp_path, keep_threads):
     pytest.importorskip("aihwkit")
     out = tmp_path / "dropin.json"

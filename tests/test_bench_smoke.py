@@ -24,6 +24,7 @@ def _load_bench():
     return module
 
 
+@pytest.mark.slow
 def test_objective_benchmark_quick(tmp_path, capsys):
     bench = _load_bench()
     threads = torch.get_num_threads()

@@ -9,9 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_kernels_import_from_a_plain_checkout(tmp_path):
     for name in ("gpuwpo", "kernels"):
         shutil.copytree(REPO / name, tmp_path / name,

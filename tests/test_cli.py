@@ -67,6 +67,7 @@ def _assert_one_line_error(stderr: str, *fragments: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_optimize_evaluate_plot(files):
     d = files["dir"]
     out, plots_dir = d / "res.json", d / "plots"
@@ -107,6 +108,7 @@ def test_optimize_evaluate_plot(files):
         "convergence.png", "programming_curves.png", "weight_errors.png"]
 
 
+@pytest.mark.slow
 def test_example_quick():
     proc = _run("example", "--quick", "--quiet", "--repeats", "2", timeout=180)
     assert proc.returncode == 0, proc.stderr
@@ -119,6 +121,7 @@ def test_example_quick():
         assert len(means) == 5 and all(0 <= m <= 100 for m in means)
 
 
+@pytest.mark.slow
 def test_bad_input_in_a_subprocess_is_one_line_and_status_2(files):
     # The real entry point, not just main(): no traceback reaches the user.
     proc = _run("optimize", files["dir"] / "missing.safetensors", *TINY)

@@ -68,6 +68,7 @@ def test_noise_costs_accuracy_and_varies_between_repeats(trained):
     assert acc.std() > 0  # each repeat is an independent programming
 
 
+@pytest.mark.slow
 def test_quick_run_returns_accuracies_for_every_time_and_strategy(tmp_path):
     report = run_example(quick=True, repeats=2, out_dir=tmp_path, verbose=False)
     assert report["times"] == TIMES

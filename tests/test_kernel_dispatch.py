@@ -91,6 +91,7 @@ def test_triton_through_the_objective_on_the_interpreter():
     assert bool(((a / ref) > 0.5).all() and ((a / ref) < 2.0).all())
 
 
+@pytest.mark.slow
 def test_compiled_torch_path_equals_the_eager_one():
     """kernel="compile" fuses the same formulas: equal losses for the same seed (float32)."""
     eager, compiled = _objective("torch"), _objective("compile")

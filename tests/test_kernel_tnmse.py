@@ -347,6 +347,7 @@ def kernel_samples(noise):
     return problem, t_steps, physics, out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("noise", list(NOISE_SWITCHES))
 def test_kernel_matches_reference_in_distribution(noise):
     problem, t_steps, physics, out = kernel_samples(noise)

@@ -89,6 +89,7 @@ def test_baseline_is_evaluated_once_with_uncertainty(heavy_tailed):
     assert opt.get_loss_baseline()[0] is mean  # cached: the same figure for the whole run
 
 
+@pytest.mark.slow
 def test_torch_backend_beats_the_dualpair_baseline(heavy_tailed):
     """The issue's acceptance test: success with the default loss_margin on a small budget."""
     opt = _optimizer(heavy_tailed, popsize=4, maxiter=40, mutation=(0.5, 1.0), recombination=0.7)
@@ -264,6 +265,7 @@ def test_no_baseline_point_for_converters_the_space_cannot_express(heavy_tailed)
     assert single.baseline_point() is not None
 
 
+@pytest.mark.slow
 def test_skipping_converged_layers_changes_nothing_but_the_work(heavy_tailed, monkeypatch):
     """Converged layers are frozen; not evaluating them gives exactly the same search."""
     import gpuwpo.backends.torch_backend as tb

@@ -97,6 +97,7 @@ def test_errors(weights, shape, err, match):
         downsample_weight_distribution(weights, shape)
 
 
+@pytest.mark.slow
 def test_hundred_million_elements():
     # Sorted order known in advance (a monotone ramp, scrambled by a transpose), so the
     # answer can be checked without a second 100M-element sort.
