@@ -317,7 +317,8 @@ def de_init(
         init: ``"latinhypercube"``, ``"random"``, ``"sobol"``, or a population [S, D] (the same
             for every layer) or [B, S, D] in the unit cube, S >= 5.
         x0: [D] or [B, D] warm start in the unit cube; replaces member 0 of the initial
-            population (also when ``init`` is a tensor, as in scipy).
+            population (also when ``init`` is a tensor, as in scipy). [B, W, D]: W warm starts
+            per layer (W <= S), replacing members 0 .. W-1 (a search's seeds).
         strategy: one of :data:`STRATEGIES`.
         mutation: constant in [0, 2), or ``(low, high)`` to dither once per generation.
         recombination: crossover probability in [0, 1].
@@ -334,7 +335,7 @@ def de_init(
     _check_common(strategy=strategy, recombination=recombination, tol=tol, atol=atol)
     mutation_low, mutation_high, dither = _check_mutation(mutation)
     population_size(1, popsize)  # validates popsize whatever the init
-    if num_layers is None and isinstance(x0, Tensor) and x0.dim() == 2:
+    if num_layers is None and isinstance(x0, Tensor) and x0.dim() >= 2:
         num_layers = int(x0.shape[0])
     ref = init if isinstance(init, Tensor) else x0
     if device is None:
@@ -381,13 +382,21 @@ def de_init(
 
     if x0 is not None:
         x0 = torch.as_tensor(x0).to(device=device, dtype=dtype)
-        if x0.shape not in ((dim,), (num_layers, dim)):
+        ok = x0.shape in ((dim,), (num_layers, dim)) or (
+            x0.dim() == 3 and x0.shape[0] == num_layers and x0.shape[2] == dim
+            and 1 <= x0.shape[1] <= size)
+        if not ok:
             raise ValueError(
-                f"x0 must have shape [{dim}] or [{num_layers}, {dim}], got {tuple(x0.shape)}"
+                f"x0 must have shape [{dim}], [{num_layers}, {dim}] or [{num_layers}, W, {dim}] "
+                f"with 1 <= W <= {size} (the population), got {tuple(x0.shape)}"
             )
         if not bool(((x0 >= 0) & (x0 <= 1)).all()):
-            raise ValueError(f"x0 must lie in the unit cube [0, 1], got {x0.tolist()}")
-        population[:, 0] = x0
+            raise ValueError(f"x0 must lie in the unit cube [0, 1], got values in "
+                             f"[{x0.min().item()}, {x0.max().item()}]")
+        if x0.dim() == 3:
+            population[:, : x0.shape[1]] = x0
+        else:
+            population[:, 0] = x0
 
     return DEState(
         population=population,

@@ -4,12 +4,17 @@ A results file is one JSON object::
 
     {"format": "gpuwpo-result", "version": 2, "settings": {...}, "total_tnmse": ...,
      "total_baseline_tnmse": ..., "nit": ..., "nfev": ..., "wall_time": ..., "stop_reason": ...,
-     "layers": [{"name", "shape", "dtype", "f_lst", "g_lst", "g_min", "g_max", "tnmse",
-                 "tnmse_ci95", "baseline_tnmse", "baseline_ci95", "history"}, ...]}
+     "layers": [{"name", "shape", "f_dtype", "g_dtype", "f_lst", "g_lst", "g_min", "g_max",
+                 "tnmse", "tnmse_ci95", "baseline_tnmse", "baseline_ci95", "history",
+                 "chosen", "success"}, ...]}
 
-``settings`` records everything that decides what the run finds (version 2: the options and
-which were given, the noise model, baseline and compensation as registry records, see
-:mod:`gpuwpo.registry`); version-1 files are read too.
+A layer that keeps the baseline converter holds ``"converter": {registry record}`` instead of
+the CustomPair program's f_lst/g_lst/g_min/g_max.
+
+``settings`` records everything that decides what the run finds (the options and which were
+given, the noise model, baseline and compensation as registry records, see
+:mod:`gpuwpo.registry`). Version 3 adds each layer's validated choice; versions 1 and 2 are
+read too (their layers are strategies, "search").
 
 Floats are written by Python's json, which prints the shortest repr that reads back to the same
 float64; tensors are stored as nested lists of float64 values converted from the tensors' own
@@ -34,6 +39,7 @@ from torch import Tensor
 from .converters import CustomPairConductanceConverter
 from .network import LayerResult, NetworkResult
 from .physics import PHYSICS
+from .registry import from_dict, to_dict
 from .simulate import DEFAULT_TIMES as _DEFAULT_TIMES
 
 __all__ = ["save_result", "load_result", "load_weights", "physics_from_settings",
@@ -41,10 +47,13 @@ __all__ = ["save_result", "load_result", "load_weights", "physics_from_settings"
            "RESULT_FORMAT", "RESULT_VERSION"]
 
 RESULT_FORMAT = "gpuwpo-result"
-RESULT_VERSION = 2
+RESULT_VERSION = 3
 # Versions this gpuwpo reads: 1 recorded the physics as attribute snapshots, 2 as registry
-# records with every option of the run.
-_READABLE_VERSIONS = (1, 2)
+# records with every option of the run, 3 each layer's validated choice (a layer may hold the
+# baseline converter itself).
+_READABLE_VERSIONS = (1, 2, 3)
+# Options earlier versions recorded that no longer exist (the seeds replaced the warm start).
+_RETIRED_OPTIONS = ("warm_start_baseline",)
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
            "float64": torch.float64}
@@ -61,6 +70,18 @@ def _dtype_name(t: Tensor) -> str:
 
 def _layer_to_json(layer: LayerResult) -> dict[str, Any]:
     conv = layer.converter
+    figures = {
+        "tnmse": float(layer.tnmse),
+        "tnmse_ci95": [float(v) for v in layer.tnmse_ci95],
+        "baseline_tnmse": float(layer.baseline_tnmse),
+        "baseline_ci95": [float(v) for v in layer.baseline_ci95],
+        "history": [float(v) for v in layer.history],
+        "chosen": str(layer.chosen),
+        "success": bool(layer.success),
+    }
+    if not isinstance(conv, CustomPairConductanceConverter):
+        return {"name": layer.name, "shape": [int(s) for s in layer.shape],
+                "converter": to_dict(conv), **figures}
     if conv.f_lst.ndim != 1 or conv.g_lst.ndim != 2:
         raise ValueError(f"layer {layer.name!r}: a results file holds one program per layer, got "
                          f"a batched converter (batch shape {tuple(conv.batch_shape)})")
@@ -75,11 +96,7 @@ def _layer_to_json(layer: LayerResult) -> dict[str, Any]:
         "g_lst": conv.g_lst.detach().cpu().double().tolist(),
         "g_min": float(conv.g_min),
         "g_max": float(conv.g_max),
-        "tnmse": float(layer.tnmse),
-        "tnmse_ci95": [float(v) for v in layer.tnmse_ci95],
-        "baseline_tnmse": float(layer.baseline_tnmse),
-        "baseline_ci95": [float(v) for v in layer.baseline_ci95],
-        "history": [float(v) for v in layer.history],
+        **figures,
     }
 
 
@@ -157,16 +174,18 @@ def _layer_from_json(obj: Any, i: int, path: Path) -> LayerResult:
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path}: {where} must be an object")
     name = _need(obj, "name", where, path)
-    f = _tensor(_need(obj, "f_lst", where, path), obj.get("f_dtype", "float64"),
-                f"{where}.f_lst", path)
-    g = _tensor(_need(obj, "g_lst", where, path), obj.get("g_dtype", "float64"),
-                f"{where}.g_lst", path)
-    try:
-        # The check is cheap and catches a hand-edited or corrupted table.
-        conv = CustomPairConductanceConverter(f, g, float(_need(obj, "g_min", where, path)),
-                                              float(_need(obj, "g_max", where, path)))
-    except ValueError as err:
-        raise ValueError(f"{path}: {where} ({name!r}) holds an invalid program: {err}") from err
+    if "converter" in obj:
+        try:
+            conv = from_dict(obj["converter"], what=f"{where}.converter")
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{path}: {where}.converter ({name!r}): {err}") from err
+    else:
+        conv = _program_from_json(obj, name, where, path)
+    chosen = obj.get("chosen", "search")
+    success = obj.get("success", True)
+    if not isinstance(chosen, str) or not isinstance(success, bool):
+        raise ValueError(f"{path}: {where}: 'chosen' must be a string and 'success' true or "
+                         f"false, got {chosen!r} and {success!r}")
     return LayerResult(
         name=str(name),
         shape=tuple(int(s) for s in _need(obj, "shape", where, path)),
@@ -177,7 +196,23 @@ def _layer_from_json(obj: Any, i: int, path: Path) -> LayerResult:
         baseline_ci95=_pair(_need(obj, "baseline_ci95", where, path),
                             f"{where}.baseline_ci95", path),
         history=[float(v) for v in _need(obj, "history", where, path)],
+        chosen=chosen, success=success,
     )
+
+
+def _program_from_json(obj: Mapping, name: Any, where: str, path: Path
+                       ) -> CustomPairConductanceConverter:
+    f = _tensor(_need(obj, "f_lst", where, path), obj.get("f_dtype", "float64"),
+                f"{where}.f_lst", path)
+    g = _tensor(_need(obj, "g_lst", where, path), obj.get("g_dtype", "float64"),
+                f"{where}.g_lst", path)
+    try:
+        # The check is cheap and catches a hand-edited or corrupted table.
+        conv = CustomPairConductanceConverter(f, g, float(_need(obj, "g_min", where, path)),
+                                              float(_need(obj, "g_max", where, path)))
+    except ValueError as err:
+        raise ValueError(f"{path}: {where} ({name!r}) holds an invalid program: {err}") from err
+    return conv
 
 
 def load_result(path: str | os.PathLike) -> NetworkResult:
@@ -349,7 +384,6 @@ def physics_from_settings(settings: Mapping[str, Any], *,
             given) and the field.
     """
     from .compensation import GlobalDriftCompensation
-    from .registry import from_dict
 
     where = f"{path}: " if path is not None else ""
     noise_model, baseline = default_physics()
@@ -383,7 +417,7 @@ def optimize_kwargs_from_settings(settings: Mapping[str, Any], *,
     """Everything :func:`gpuwpo.optimize_network` needs to repeat the run a results file records.
 
     Returns the keyword arguments (noise_model, t_steps, g_converter_baseline, f_lst, include,
-    exclude, per_layer, backend, physics, compensation, symmetric and ``options``: a
+    exclude, per_layer, hierarchical, backend, physics, compensation, symmetric and ``options``: a
     :class:`gpuwpo.options.SearchOptions` with the recorded values and the same options marked
     as given). Only version-2 settings record all of it.
 
@@ -403,6 +437,11 @@ def optimize_kwargs_from_settings(settings: Mapping[str, Any], *,
     explicit = settings.get("explicit", [])
     if not isinstance(explicit, list) or not all(isinstance(k, str) for k in explicit):
         raise ValueError(f"{where}settings.explicit must be a list of option names")
+    recorded = {k: v for k, v in recorded.items() if k not in _RETIRED_OPTIONS}
+    explicit = [k for k in explicit if k not in _RETIRED_OPTIONS]
+    if "seeds" not in recorded:
+        # Written before the search was seeded: repeat it unseeded.
+        recorded["seeds"] = False
     unknown = sorted(set(recorded) - set(SearchOptions.names()))
     if unknown:
         raise ValueError(f"{where}settings.options has unknown option(s) {', '.join(unknown)}")
@@ -424,6 +463,7 @@ def optimize_kwargs_from_settings(settings: Mapping[str, Any], *,
         "g_converter_baseline": physics["baseline"], "f_lst": f_lst,
         "include": settings.get("include"), "exclude": settings.get("exclude"),
         "per_layer": bool(settings.get("per_layer", True)),
+        "hierarchical": bool(settings.get("hierarchical", False)),
         "backend": settings.get("backend", "torch"), "physics": physics["physics"],
         "compensation": physics["compensation"],
         "symmetric": bool(settings.get("symmetric", True)), "options": options,

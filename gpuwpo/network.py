@@ -38,6 +38,7 @@ from .optimizer import WeightProgrammingOptimizer
 from .options import SearchOptions
 from .physics import check_physics
 from .registry import to_dict
+from .selection import BASELINE, choose_per_layer
 from .simulate import as_time_tensor, simulate_weights
 
 __all__ = ["LayerResult", "NetworkResult", "optimize_network", "program_model", "select_weights"]
@@ -51,8 +52,12 @@ PROGRAMMABLE_MODULES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 # --------------------------------------------------------------------------------------------
 
 
-def _same_converter(a: CustomPairConductanceConverter, b: CustomPairConductanceConverter) -> bool:
-    # Bit-exact comparison (dtype included): what "round-trips exactly" means for a program.
+def _same_converter(a, b) -> bool:
+    # Bit-exact comparison (dtype included): what "round-trips exactly" means for a program; a
+    # standard converter compares by its registry record.
+    if not isinstance(a, CustomPairConductanceConverter) or not isinstance(
+            b, CustomPairConductanceConverter):
+        return type(a) is type(b) and to_dict(a) == to_dict(b)
     return (
         type(a) is type(b)
         and a.g_min == b.g_min
@@ -71,15 +76,21 @@ class LayerResult:
     Attributes:
         name: the parameter's name in the model / mapping (e.g. ``"0.weight"``).
         shape: the weight's shape.
-        converter: a single (unbatched) :class:`CustomPairConductanceConverter`: f ``[K]``,
-            g_lst ``[2K, L]`` in uS on the grid linspace(-max|W|, max|W|, L) of the weights it
-            converts; tensors on the CPU.
+        converter: the layer's answer: a single (unbatched)
+            :class:`CustomPairConductanceConverter` (f ``[K]``, g_lst ``[2K, L]`` in uS on the
+            grid linspace(-max|W|, max|W|, L) of the weights it converts; tensors on the CPU),
+            or, where no strategy beat it with confidence, the baseline converter itself.
         tnmse: validated TNMSE (fresh noise, ``validation_repeats`` programmings), unitless.
         tnmse_ci95: its 95% interval (mean +- 1.96 standard errors).
-        baseline_tnmse, baseline_ci95: the baseline converter on the same test weights, evaluated
-            the same way.
+        baseline_tnmse, baseline_ci95: the baseline converter on the same test weights, on the
+            same noise.
         history: best TNMSE after each generation of the search (with ``per_layer=False`` the
             pooled search's history, the same list for every layer).
+        chosen: which contender won the validated choice (:mod:`gpuwpo.selection`):
+            ``"search"``, ``"polish"``, ``"seed: ..."``, ``"global"``, ``"x0"`` or
+            ``"baseline"`` (the layer keeps the baseline's own program).
+        success: the answer is a strategy that beats the baseline by the loss margin (False
+            where the baseline is kept).
 
     Two LayerResults are equal when every field is equal, the converters' tensors bit for bit.
     """
@@ -92,6 +103,13 @@ class LayerResult:
     baseline_tnmse: float
     baseline_ci95: tuple[float, float]
     history: list[float] = field(default_factory=list)
+    chosen: str = "search"
+    success: bool = True
+
+    @property
+    def kept_baseline(self) -> bool:
+        """Whether the layer keeps the baseline converter (no strategy beat it)."""
+        return self.chosen == BASELINE
 
     @property
     def numel(self) -> int:
@@ -115,6 +133,8 @@ class LayerResult:
             and self.baseline_tnmse == other.baseline_tnmse
             and tuple(self.baseline_ci95) == tuple(other.baseline_ci95)
             and list(self.history) == list(other.history)
+            and self.chosen == other.chosen
+            and self.success == other.success
         )
 
 
@@ -159,7 +179,7 @@ class NetworkResult:
             f"device={self.settings.get('device')} generations={self.nit} candidates={self.nfev} "
             f"wall={self.wall_time:.1f}s stop={self.stop_reason}",
             f"{'layer':<{width}} {'shape':>18} {'TNMSE (95% CI)':>30} "
-            f"{'baseline (95% CI)':>30} {'gain':>7}",
+            f"{'baseline (95% CI)':>30} {'gain':>7}  chosen",
         ]
         for layer in self.layers:
             lo, hi = layer.tnmse_ci95
@@ -168,11 +188,15 @@ class NetworkResult:
                 f"{layer.name:<{width}} {str(tuple(layer.shape)):>18} "
                 f"{layer.tnmse:9.5f} [{lo:8.5f}, {hi:8.5f}] "
                 f"{layer.baseline_tnmse:9.5f} [{blo:8.5f}, {bhi:8.5f}] "
-                f"{100 * layer.improvement:6.1f}%"
+                f"{100 * layer.improvement:6.1f}%  {layer.chosen}"
             )
         gain = 1.0 - self.total_tnmse / self.total_baseline_tnmse
         lines.append(f"{'total':<{width}} {'':>18} {self.total_tnmse:9.5f} {'':>20} "
                      f"{self.total_baseline_tnmse:9.5f} {'':>20} {100 * gain:6.1f}%")
+        kept = sum(layer.kept_baseline for layer in self.layers)
+        if kept:
+            lines.append(f"{kept} of {len(self.layers)} layer(s) keep the baseline converter: no "
+                         f"strategy beat it with confidence")
         return "\n".join(lines)
 
 
@@ -273,7 +297,8 @@ _UNRECORDED = ("callback", "checkpoint", "resume", "disp")
 
 
 def _settings(*, f_lst, t_steps, backend, per_layer, include, exclude, options: SearchOptions,
-              noise_model, baseline, compensation, space, device, physics) -> dict:
+              noise_model, baseline, compensation, space, device, physics,
+              hierarchical: bool = False) -> dict:
     """The JSON record of everything that decides what a run finds (results files' settings).
 
     Read back by :func:`gpuwpo.io.physics_from_settings` and
@@ -285,6 +310,7 @@ def _settings(*, f_lst, t_steps, backend, per_layer, include, exclude, options: 
         "t_steps": as_time_tensor(t_steps, dtype=torch.float64).tolist(),
         "backend": backend,
         "per_layer": bool(per_layer),
+        "hierarchical": bool(hierarchical),
         "include": include if include is None or isinstance(include, str) else list(include),
         "exclude": exclude if exclude is None or isinstance(exclude, str) else list(exclude),
         "options": recorded,
@@ -306,9 +332,11 @@ def _settings(*, f_lst, t_steps, backend, per_layer, include, exclude, options: 
 # --------------------------------------------------------------------------------------------
 
 
-def _one_program(converter: CustomPairConductanceConverter, b: int | None
-                 ) -> CustomPairConductanceConverter:
-    """Program ``b`` of a batched converter (``None``: it is already one), on the CPU."""
+def _one_program(converter, b: int | None = None):
+    """Program ``b`` of a batched CustomPair (``None``: it is already one), on the CPU; a
+    standard converter (a kept baseline) as it is."""
+    if not isinstance(converter, CustomPairConductanceConverter):
+        return converter
     f, g = converter.f_lst, converter.g_lst
     if b is not None:
         f, g = f[b], g[b]
@@ -327,6 +355,24 @@ def _weighted(values: Sequence[float], sizes: Sequence[int]) -> float:
     return float(sum(v * n for v, n in zip(values, sizes)) / sum(sizes))
 
 
+def _pooled(weights: Mapping[str, Tensor]) -> Tensor:
+    """The layers' weights, each normalised by its own max|W|, as one distribution [N]."""
+    layers = [check_weights(w, f"layer {name!r}", allow_all_zero=False)
+              for name, w in weights.items()]
+    return torch.cat([(w / w.abs().max()).reshape(-1).to("cpu", torch.float32) for w in layers])
+
+
+def _global_point(res) -> Tensor:
+    """The pooled search's strategy [D]: its chosen point, or the search's own best where the
+    pooled tile kept the baseline (still the best place to start a layer's search from)."""
+    x = res.x[0]
+    return res.search_x[0] if not bool(torch.isfinite(x).all()) else x
+
+
+#: Default of ``hierarchical`` in :func:`optimize_network` (README.md, "Defaults").
+HIERARCHICAL_DEFAULT = False
+
+
 def optimize_network(
     model_or_weights: nn.Module | Mapping[str, Tensor],
     noise_model,
@@ -339,9 +385,15 @@ def optimize_network(
     backend: str = "torch",
     device: torch.device | str | None = None,
     physics: str = "device",
+    hierarchical: bool | None = None,
     **optimizer_kwargs,
 ) -> NetworkResult:
     """Find programming strategies for the layers of a network in one search.
+
+    Every layer's answer is chosen by validated TNMSE among the search's contenders and the
+    baseline converter itself (:mod:`gpuwpo.selection`): a layer gets a strategy only where it
+    beats the baseline with confidence, and otherwise keeps the baseline's own program
+    (``LayerResult.chosen == "baseline"``, ``success`` False; the summary says so).
 
     Args:
         model_or_weights: an ``nn.Module``, a state_dict or a mapping name -> tensor; the
@@ -353,10 +405,16 @@ def optimize_network(
             ``[None, None]``.
         include, exclude: regular expressions on the layer names (``re.search``).
         per_layer: True: one strategy per layer, all layers in one batched search; False: one
-            global strategy from the pooled, per-layer-normalised weight distribution.
+            global strategy from the pooled, per-layer-normalised weight distribution, which
+            each layer then takes or leaves for its baseline.
         backend: "torch", "evotorch" or "scipy".
         device: where the objective runs (None: CUDA when available).
         physics: "device" or "aihwkit" (see :mod:`gpuwpo.physics`); recorded in the settings.
+        hierarchical: with ``per_layer`` and several layers, first search one global strategy
+            on the pooled distribution (``maxiter`` generations of one layer), then start every
+            layer's search from it (beside the seeds) with ``maxiter - ceil(maxiter / B)``
+            generations, so that the total number of candidates stays that of a plain per-layer
+            search. None: :data:`HIERARCHICAL_DEFAULT`.
         **optimizer_kwargs: passed to :class:`gpuwpo.WeightProgrammingOptimizer` (popsize,
             maxiter, seed, validation_repeats, symmetric, compensation, ...).
 
@@ -374,37 +432,43 @@ def optimize_network(
     kwargs = dict(optimizer_kwargs)
     symmetric = kwargs.pop("symmetric", True)
     compensation = kwargs.pop("compensation", None)
+    hierarchical = HIERARCHICAL_DEFAULT if hierarchical is None else hierarchical
+    if not isinstance(hierarchical, bool):
+        raise ValueError(f"hierarchical must be True, False or None, got {hierarchical!r}")
 
+    def optimizer(searched, **changes):
+        return WeightProgrammingOptimizer(
+            searched, f_lst, noise_model, t_steps, g_converter_baseline, symmetric=symmetric,
+            backend=backend, device=device, compensation=compensation, physics=physics,
+            **{**kwargs, **changes})
+
+    extra_nfev, warm = 0, None
     if per_layer:
         # All layers in one search: the mapping becomes the optimizer's layer (batch) axis (its
         # test tiles check every layer, naming it).
-        searched = weights
-    else:
-        # The paper's global strategy: one distribution pooled from every layer normalised by
-        # its own max|W|, so that no layer dominates through its scale.
-        layers = [check_weights(w, f"layer {name!r}", allow_all_zero=False)
-                  for name, w in weights.items()]
-        searched = torch.cat([(w / w.abs().max()).reshape(-1).to("cpu", torch.float32)
-                              for w in layers])
-    opt = WeightProgrammingOptimizer(searched, f_lst, noise_model, t_steps, g_converter_baseline,
-                                     symmetric=symmetric, backend=backend, device=device,
-                                     compensation=compensation, physics=physics, **kwargs)
-    opt.run_optimizer()
-    res = opt.result
-
-    if per_layer:
-        batched = len(names) > 1
-        converters = [_one_program(res.converter, b if batched else None)
-                      for b in range(len(names))]
+        opt = optimizer(weights)
+        if hierarchical and len(names) > 1:
+            maxiter = opt.options.maxiter
+            pooled = optimizer(_pooled(weights))
+            pooled.run_optimizer()
+            extra_nfev = pooled.result.nfev
+            warm = {"global": _global_point(pooled.result)}
+            opt = optimizer(weights, maxiter=max(1, maxiter - math.ceil(maxiter / len(names))))
+        opt.run_optimizer(warm)
+        res = opt.result
+        converters = [_one_program(conv) for conv in res.converters]
+        chosen = list(res.chosen)
         tnmse, base = res.tnmse.tolist(), res.baseline_tnmse.tolist()
         ci = [_interval(c) for c in res.tnmse_ci95]
         base_ci = [_interval(c) for c in res.baseline_ci95]
+        success = [bool(v) for v in res.layer_success]
         history = [[float(v) for v in h] for h in res.history.tolist()]
     else:
-        # A CustomPair program lives on a grid scaled by the converted weights' own max|W|, so
-        # the pooled search's program is every layer's program as it is.
-        program = _one_program(res.converter, None)
-        converters = [program] * len(names)
+        # The paper's global strategy: one distribution pooled from every layer normalised by
+        # its own max|W|, so that no layer dominates through its scale.
+        opt = optimizer(_pooled(weights))
+        opt.run_optimizer()
+        res = opt.result
         o = opt.options
         per_layer_objective = TNMSEObjective(
             weights, noise_model, opt.compensation, t_steps, opt.space,
@@ -412,35 +476,45 @@ def optimize_network(
             memory_budget=o.memory_budget, kernel=o.kernel, device=opt.device,
             seed=o.seed, physics=opt.physics,
         )
-        x = res.x.reshape(1, -1).expand(len(names), -1)
-        # Same seeds as the optimizer's own validation (seed + 2) and baseline (seed + 1).
-        val_mean, val_sem = per_layer_objective.validate(x, o.validation_repeats, o.seed + 2)
-        base_mean, base_sem = per_layer_objective.evaluate_converter(
-            g_converter_baseline, o.baseline_iterations, o.seed + 1)
+        # A CustomPair program lives on a grid scaled by the converted weights' own max|W|, so
+        # the pooled strategy is every layer's program as it is; each layer takes it or keeps
+        # its baseline.
+        program = None if res.kept_baseline[0] else _one_program(res.converters[0])
+        contenders = [[] if program is None else [("global", program)] for _ in names]
+        choices = choose_per_layer(per_layer_objective, contenders, g_converter_baseline,
+                                   repeats=o.validation_repeats, generator=o.seed + 2)
         z = 1.959963984540054
-        tnmse, base = val_mean.tolist(), base_mean.tolist()
-        ci = [(float(m - z * s), float(m + z * s)) for m, s in zip(tnmse, val_sem.tolist())]
-        base_ci = [(float(m - z * s), float(m + z * s)) for m, s in zip(base, base_sem.tolist())]
+        converters = [g_converter_baseline if c.kept_baseline else program for c in choices]
+        chosen = [c.label for c in choices]
+        tnmse = [c.tnmse for c in choices]
+        base = [c.baseline_tnmse for c in choices]
+        ci = [(c.tnmse - z * c.tnmse_sem, c.tnmse + z * c.tnmse_sem) for c in choices]
+        base_ci = [(c.baseline_tnmse - z * c.baseline_sem, c.baseline_tnmse + z * c.baseline_sem)
+                   for c in choices]
+        margin = float(o.loss_margin)
+        success = [not c.kept_baseline and c.tnmse < c.baseline_tnmse * (1 - margin)
+                   for c in choices]
         pooled_history = [float(v) for v in res.history[0].tolist()]
         history = [list(pooled_history) for _ in names]
 
     results = [
         LayerResult(name=name, shape=tuple(int(s) for s in weights[name].shape),
                     converter=conv, tnmse=float(t), tnmse_ci95=c, baseline_tnmse=float(bt),
-                    baseline_ci95=bc, history=h)
-        for name, conv, t, c, bt, bc, h in zip(names, converters, tnmse, ci, base, base_ci,
-                                               history)
+                    baseline_ci95=bc, history=h, chosen=ch, success=ok)
+        for name, conv, t, c, bt, bc, h, ch, ok in zip(names, converters, tnmse, ci, base,
+                                                       base_ci, history, chosen, success)
     ]
     settings = _settings(
         f_lst=f_lst, t_steps=t_steps, backend=backend, per_layer=per_layer, include=include,
         exclude=exclude, options=opt.options, noise_model=noise_model,
         baseline=g_converter_baseline, compensation=opt.compensation, space=opt.space,
-        device=opt.device, physics=opt.physics,
+        device=opt.device, physics=opt.physics, hierarchical=bool(per_layer and hierarchical),
     )
     return NetworkResult(
         layers=results, settings=settings, total_tnmse=_weighted(tnmse, sizes),
-        total_baseline_tnmse=_weighted(base, sizes), nit=int(res.nit), nfev=int(res.nfev),
-        wall_time=time.perf_counter() - start, stop_reason=str(res.stop_reason),
+        total_baseline_tnmse=_weighted(base, sizes), nit=int(res.nit),
+        nfev=int(res.nfev) + extra_nfev, wall_time=time.perf_counter() - start,
+        stop_reason=str(res.stop_reason),
     )
 
 

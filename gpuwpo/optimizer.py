@@ -17,10 +17,11 @@ import torch
 
 from .backends import BACKENDS, SearchProblem, backend_module, run_search
 from .compensation import GlobalDriftCompensation
-from .converters import CustomPairConductanceConverter
+from .de import population_size
 from .objective import TNMSEObjective
 from .options import SearchOptions, refuse_unsupported
 from .rng import mix64
+from .selection import choose_per_layer
 from .strategy import StrategySpace
 
 __all__ = ["WeightProgrammingOptimizer", "OptimizationResult"]
@@ -32,28 +33,44 @@ _Z95 = 1.959963984540054
 class OptimizationResult:
     """What a run found and how (per layer where a field has a layer axis B).
 
+    Each layer's answer is chosen by validated TNMSE among the search's best, its polish, the
+    best seed, any warm start, and the baseline converter itself (:mod:`gpuwpo.selection`): a
+    strategy is returned only where it beats the baseline with confidence, otherwise the layer
+    keeps the baseline's own program.
+
     Attributes:
-        x: [B, D] the chosen strategy of each layer in the unit hypercube.
-        converter: the :class:`CustomPairConductanceConverter` (batch shape [B], or a single
-            program when B = 1).
-        tnmse: [B] validated TNMSE (fresh noise, ``validation_repeats`` programmings).
+        x: [B, D] the chosen strategy of each layer in the unit hypercube; NaN rows where the
+            layer keeps the baseline.
+        converters: per layer the chosen converter: a single-program
+            :class:`CustomPairConductanceConverter`, or the baseline converter itself.
+        converter: the chosen converter when B = 1; for several layers the list ``converters``.
+        chosen: per layer the winner's label: ``"search"``, ``"polish"``, ``"seed: <which>"``,
+            a warm start's label (``"x0"``, ``"global"``) or ``"baseline"``.
+        kept_baseline: [B] bool, the layers that keep the baseline's program.
+        tnmse: [B] validated TNMSE of the answer (fresh noise, ``validation_repeats``
+            programmings, the same noise for every contender).
         tnmse_ci95: [B, 2] its 95% interval (normal approximation, mean +- 1.96 SE).
-        baseline_tnmse, baseline_ci95: the baseline converter evaluated the same way.
-        improvement: [B] 1 - tnmse / baseline_tnmse.
-        success: True when every layer's validated TNMSE beats its baseline by ``loss_margin``
-            (tnmse < baseline * (1 - loss_margin)).
-        layer_success: [B] the same per layer.
+        baseline_tnmse, baseline_ci95: the baseline converter on the same noise.
+        improvement: [B] 1 - tnmse / baseline_tnmse (0 where the baseline is kept).
+        success: True when every layer's answer is a strategy that beats its baseline by
+            ``loss_margin`` (tnmse < baseline * (1 - loss_margin)).
+        layer_success: [B] the same per layer (False where the baseline is kept).
+        search_x: [B, D] the search's own best point of each layer.
         search_best_loss: [B] the in-search best normalised loss (optimistic: noisy minimum).
         search_best_tnmse: [B] the same in TNMSE units.
-        nit: generations; nfev: candidates evaluated; wall_time: seconds.
+        nit: generations; nfev: candidates evaluated (the seeds' ranking included);
+            wall_time: seconds.
         stop_reason, message: why the search stopped.
         history: [B, nit] best TNMSE of each layer after each generation.
-        polished: [B] bool, whether the local polish improved (and replaced) the strategy.
+        polished: [B] bool, whether the polish won the choice.
+        choices: per layer the :class:`gpuwpo.selection.Choice` (every contender's figures).
         backend: the backend used; device: where it ran; physics: the physics simulated.
     """
 
     x: torch.Tensor
-    converter: CustomPairConductanceConverter
+    converters: list
+    chosen: list[str]
+    kept_baseline: torch.Tensor
     tnmse: torch.Tensor
     tnmse_ci95: torch.Tensor
     baseline_tnmse: torch.Tensor
@@ -61,6 +78,7 @@ class OptimizationResult:
     improvement: torch.Tensor
     success: bool
     layer_success: torch.Tensor
+    search_x: torch.Tensor
     search_best_loss: torch.Tensor
     search_best_tnmse: torch.Tensor
     nit: int
@@ -70,23 +88,34 @@ class OptimizationResult:
     message: str
     history: torch.Tensor
     polished: torch.Tensor
-    backend: str
-    device: str
+    choices: list = field(default_factory=list, repr=False)
+    backend: str = "torch"
+    device: str = "cpu"
     physics: str = "device"
     extra: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def converter(self):
+        """The chosen converter (B = 1), or the list of them (several layers)."""
+        return self.converters[0] if len(self.converters) == 1 else list(self.converters)
 
     def summary(self) -> str:
         """A short human-readable table, one line per layer."""
         lines = [f"backend={self.backend} device={self.device} physics={self.physics} "
                  f"generations={self.nit} "
                  f"candidates={self.nfev} wall={self.wall_time:.1f}s stop={self.stop_reason}",
-                 f"{'layer':>5} {'TNMSE (95% CI)':>28} {'baseline (95% CI)':>28} {'gain':>7}"]
+                 f"{'layer':>5} {'TNMSE (95% CI)':>28} {'baseline (95% CI)':>28} {'gain':>7}  "
+                 f"chosen"]
         for b in range(self.tnmse.shape[0]):
             lo, hi = self.tnmse_ci95[b].tolist()
             blo, bhi = self.baseline_ci95[b].tolist()
             lines.append(f"{b:>5} {self.tnmse[b]:9.5f} [{lo:8.5f}, {hi:8.5f}] "
                          f"{self.baseline_tnmse[b]:9.5f} [{blo:8.5f}, {bhi:8.5f}] "
-                         f"{100 * self.improvement[b]:6.1f}%")
+                         f"{100 * self.improvement[b]:6.1f}%  {self.chosen[b]}")
+        kept = int(self.kept_baseline.sum())
+        if kept:
+            lines.append(f"{kept} of {len(self.chosen)} layer(s) keep the baseline: no strategy "
+                         f"beat it with confidence")
         return "\n".join(lines)
 
 
@@ -237,54 +266,160 @@ class WeightProgrammingOptimizer:
                              device=self.device, dtype=self.objective.dtype,
                              supports_layers=True)
 
-    def run_optimizer(self) -> tuple[CustomPairConductanceConverter, bool]:
-        """Search, polish, validate. Returns (converter, success); details in ``self.result``."""
+    def seeds(self) -> tuple[torch.Tensor, list[str]]:
+        """The search's seeds: the standard converters the space can express, as points.
+
+        The baseline's own program first (when the space can express it,
+        :meth:`baseline_point`), then the N-pair programs over a grid of significance ratios
+        and range fractions (:meth:`StrategySpace.standard_seeds`). ``seeds=False`` gives none.
+
+        Returns:
+            ``(x [W, D], labels)`` in the objective's dtype.
+        """
+        points, labels = [], []
+        if self.options.seeds:
+            base = self.baseline_point()
+            if base is not None:
+                points.append(base)
+                labels.append("baseline program")
+            grid, grid_labels = self.space.standard_seeds()
+            for x, label in zip(grid, grid_labels):
+                if not any(torch.equal(x, p) for p in points):
+                    points.append(x)
+                    labels.append(label)
+        if not points:
+            return torch.zeros((0, self.space.dim), dtype=self.objective.dtype), []
+        return torch.stack(points).to(self.objective.dtype), labels
+
+    def _warm_starts(self, warm_starts) -> dict[str, torch.Tensor]:
+        """Label -> [B, D] warm starts, in the objective's dtype and device, checked."""
+        out: dict[str, torch.Tensor] = {}
+        B, D = self.num_layers, self.space.dim
+        for label, x in (warm_starts or {}).items():
+            x = torch.as_tensor(x).to(self.device, self.objective.dtype)
+            if x.shape not in ((D,), (B, D)):
+                raise ValueError(f"warm start {label!r} must have shape [{D}] or [{B}, {D}], "
+                                 f"got {tuple(x.shape)}")
+            if not bool(((x >= 0) & (x <= 1)).all()):
+                raise ValueError(f"warm start {label!r} must lie in the unit hypercube [0, 1]^D")
+            out[label] = x.reshape(-1, D).expand(B, -1)
+        return out
+
+    def _rank_seeds(self, seeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Seeds [W, D] ranked per layer by one evaluation on common noise: ([B, W, D], [B, W])."""
+        x = seeds.to(self.device).unsqueeze(0).expand(self.num_layers, -1, -1)
+        loss = self.objective(x, self._noise_seed(-3))  # [B, W]
+        order = loss.argsort(dim=-1)
+        ranked = torch.gather(x, 1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+        return ranked, order
+
+    def run_optimizer(self, warm_starts: dict[str, torch.Tensor] | None = None
+                      ) -> tuple[object, bool]:
+        """Seed, search, polish, choose. Returns (converter, success); details in ``self.result``.
+
+        Args:
+            warm_starts: label -> a point [D] or one per layer [B, D] (e.g. a network's global
+                strategy, label ``"global"``): put into the initial population and among the
+                contenders of the final choice. The option ``x0`` is the warm start ``"x0"``.
+
+        Returns:
+            ``(converter, success)``: the chosen converter (the list of them for several layers)
+            and whether every layer's answer beats its baseline by ``loss_margin``.
+        """
         o = self.options
         start = time.perf_counter()
-        base_mean, base_sem = self.get_loss_baseline()
+        base_mean, _ = self.get_loss_baseline()
         problem = self._search_problem(base_mean)
-        x0 = o.x0
-        if x0 is None and o.warm_start_baseline:
-            x0 = self.baseline_point()
-        x0 = None if x0 is None else torch.as_tensor(x0, dtype=self.objective.dtype)
-        if x0 is not None:
-            x0 = x0.reshape(-1, self.space.dim).expand(self.num_layers, -1)
-            if ((x0 < 0) | (x0 > 1)).any():
-                raise ValueError("x0 must lie in the unit hypercube [0, 1]^D")
+        starts = {}
+        if o.x0 is not None:
+            starts["x0"] = o.x0
+        starts.update(warm_starts or {})
+        starts = self._warm_starts(starts)
+        seeds, seed_labels = self.seeds()
+        nfev_seeds = 0
+        best_seed: torch.Tensor | None = None
+        best_seed_label: list[str] = []
+        if seeds.shape[0]:
+            ranked, order = self._rank_seeds(seeds)
+            nfev_seeds = int(ranked.shape[0] * ranked.shape[1])
+            best_seed = ranked[:, 0]
+            best_seed_label = [f"seed: {seed_labels[int(i)]}" for i in order[:, 0].tolist()]
+        rows = [x.unsqueeze(1) for x in starts.values()]
+        if best_seed is not None:
+            rows.append(ranked)
+        search_options = o
+        if rows:
+            # Warm starts first, then the seeds best first, as many as the population holds.
+            x0 = torch.cat(rows, dim=1)[:, : self._population_size()]
+            search_options = o.replace(x0=x0)
         bar = self._progress_bar() if o.disp else None
-        search_options = o if x0 is None else o.replace(x0=x0)
         try:
             outcome = run_search(self.backend, problem, search_options, progress=bar)
         finally:
             if bar is not None:
                 bar.close()
-        x = outcome.x.to(self.device, self.objective.dtype)
-        val_gen = o.seed + 2
-        val_mean, val_sem = self.objective.validate(x, o.validation_repeats, val_gen)
-        polished = torch.zeros(self.num_layers, dtype=torch.bool)
-        if o.polish:
-            x, val_mean, val_sem, polished = self._polish(x, val_mean, val_sem, val_gen)
-        f, g_lst, _ = self.space.decode(x, self.objective.max_abs_weight.reshape(-1))
-        if self.num_layers == 1:
-            f, g_lst = f[0], g_lst[0]
-        converter = CustomPairConductanceConverter(f, g_lst, self.space.g_min, self.space.g_max)
+        search_x = outcome.x.to(self.device, self.objective.dtype)
+        polished_x = self._polish(search_x) if o.polish else None
+
+        # The answer: validated among the contenders and the baseline, on the same noise.
+        # Starting points first: a search that ends where it started is labelled by its start.
+        candidates: list[tuple[str, torch.Tensor | None]] = list(starts.items())
+        candidates += [("search", search_x), ("polish", polished_x)]
+        m = self.objective.max_abs_weight.reshape(-1)
+        contenders: list[list[tuple[str, object]]] = []
+        points: list[dict[str, torch.Tensor]] = []
+        for b in range(self.num_layers):
+            layer = [(label, x[b]) for label, x in candidates if x is not None]
+            if best_seed is not None:
+                layer.insert(len(starts), (best_seed_label[b], best_seed[b]))
+            unique: dict[str, torch.Tensor] = {}
+            for label, x in layer:
+                if not torch.isfinite(x).all() or any(torch.equal(x, v) for v in unique.values()):
+                    continue
+                unique[label] = x
+            convs = [(label, self.space.to_converter(x, m[b], invertibility_test=False))
+                     for label, x in unique.items()]
+            # A program that does not convert weights back to themselves is no answer.
+            convs = [(label, conv) for label, conv in convs if bool(conv.check_invertibility())]
+            contenders.append(convs)
+            points.append(unique)
+        choices = choose_per_layer(self.objective, contenders, self.g_converter_baseline,
+                                   repeats=o.validation_repeats, generator=o.seed + 2)
+        kept = torch.tensor([c.kept_baseline for c in choices])
+        x = torch.stack([torch.full((self.space.dim,), float("nan"), dtype=search_x.dtype,
+                                    device=search_x.device) if c.kept_baseline
+                         else points[b][c.label] for b, c in enumerate(choices)])
+        converters = [self.g_converter_baseline if c.kept_baseline
+                      else contenders[b][c.index][1] for b, c in enumerate(choices)]
+        val_mean = torch.tensor([c.tnmse for c in choices], dtype=torch.float64)
+        val_sem = torch.tensor([c.tnmse_sem for c in choices], dtype=torch.float64)
+        b_mean = torch.tensor([c.baseline_tnmse for c in choices], dtype=torch.float64)
+        b_sem = torch.tensor([c.baseline_sem for c in choices], dtype=torch.float64)
         margin = float(o.loss_margin)
-        layer_success = (val_mean - base_mean) / base_mean + margin < 0
+        layer_success = ~kept & ((val_mean - b_mean) / b_mean + margin < 0)
         to_tnmse = base_mean.reshape(-1, 1)
         history = (outcome.history.to(base_mean) - margin) * to_tnmse + to_tnmse
         self.result = OptimizationResult(
-            x=x, converter=converter, tnmse=val_mean, tnmse_ci95=_ci(val_mean, val_sem),
-            baseline_tnmse=base_mean, baseline_ci95=_ci(base_mean, base_sem),
-            improvement=1 - val_mean / base_mean, success=bool(layer_success.all()),
-            layer_success=layer_success.cpu(), search_best_loss=outcome.fun,
+            x=x, converters=converters, chosen=[c.label for c in choices], kept_baseline=kept,
+            tnmse=val_mean, tnmse_ci95=_ci(val_mean, val_sem),
+            baseline_tnmse=b_mean, baseline_ci95=_ci(b_mean, b_sem),
+            improvement=1 - val_mean / b_mean, success=bool(layer_success.all()),
+            layer_success=layer_success, search_x=search_x, search_best_loss=outcome.fun,
             search_best_tnmse=(outcome.fun.to(base_mean) - margin) * base_mean + base_mean,
-            nit=outcome.nit, nfev=outcome.nfev, wall_time=time.perf_counter() - start,
+            nit=outcome.nit, nfev=outcome.nfev + nfev_seeds,
+            wall_time=time.perf_counter() - start,
             stop_reason=outcome.stop_reason, message=outcome.message, history=history,
-            polished=polished, backend=self.backend, device=str(self.device),
-            physics=self.physics,
-            extra={"outcome": outcome, "validation_sem": val_sem, "baseline_sem": base_sem},
+            polished=torch.tensor([c.label == "polish" for c in choices]), choices=choices,
+            backend=self.backend, device=str(self.device), physics=self.physics,
+            extra={"outcome": outcome, "polished_x": polished_x},
         )
-        return converter, self.result.success
+        return self.result.converter, self.result.success
+
+    def _population_size(self) -> int:
+        init = self.options.x_init
+        if isinstance(init, torch.Tensor):
+            return int(init.shape[-2])
+        return population_size(self.space.dim, self.options.popsize, init)
 
     # -- pieces ----------------------------------------------------------------------------
     def _progress_bar(self):
@@ -305,11 +440,12 @@ class WeightProgrammingOptimizer:
 
         return _Bar()
 
-    def _polish(self, x, val_mean, val_sem, val_gen):
-        """L-BFGS-B from each layer's best on frozen noise; kept where validation improves.
+    def _polish(self, x: torch.Tensor) -> torch.Tensor:
+        """L-BFGS-B from each layer's point on frozen noise: the polished points [B, D].
 
         The frozen-noise loss (fixed seed, common random numbers) is a deterministic function
         of x; its gradient is taken by forward differences, all D + 1 points in one batched call.
+        Whether the polish helped is for the final choice to say.
         """
         from scipy.optimize import minimize
 
@@ -333,11 +469,4 @@ class WeightProgrammingOptimizer:
                            method="L-BFGS-B", bounds=[(0.0, 1.0)] * D,
                            options={"maxiter": self.options.polish_maxiter})
             new_x[b] = torch.as_tensor(res.x, dtype=x.dtype, device=x.device).clamp(0, 1)
-        cand_mean, cand_sem = self.objective.validate(new_x, self.options.validation_repeats,
-                                                      val_gen)
-        better = (cand_mean < val_mean).cpu()
-        keep = better.to(x.device)
-        x = torch.where(keep.unsqueeze(-1), new_x, x)
-        return (x, torch.where(keep, cand_mean, val_mean), torch.where(keep, cand_sem, val_sem),
-                better)
-
+        return new_x

@@ -63,8 +63,9 @@ class SearchOptions:
     The answer: ``loss_margin`` the margin to beat the baseline by (0.125),
     ``baseline_iterations`` programmings of the baseline (100), ``validation_repeats`` fresh
     programmings of the answer (100), ``polish`` a local L-BFGS-B step on frozen noise (True)
-    with ``polish_maxiter`` iterations (50), ``warm_start_baseline`` the baseline's own program in
-    the initial population (False).
+    with ``polish_maxiter`` iterations (50), ``seeds`` the standard converters the strategy space
+    can express (the baseline's program, N-pair programs over a grid of F and k_w) in the initial
+    population and among the contenders of the final choice (True).
 
     The search (backends honour what they declare): ``strategy`` ("best1bin"), ``popsize`` (100,
     times D), ``maxiter`` (200), ``tol`` (0), ``atol`` (0.02), ``mutation`` (0.1, or a (low, high)
@@ -95,7 +96,7 @@ class SearchOptions:
     validation_repeats: int = 100
     polish: bool = True
     polish_maxiter: int = 50
-    warm_start_baseline: bool = False
+    seeds: bool = True
     strategy: str = "best1bin"
     popsize: int = 100
     maxiter: int = 200
@@ -178,7 +179,7 @@ class SearchOptions:
             check_positive_int(self.test_out_features, "test_out_features")
         if self.memory_budget is not None:
             check_positive_int(self.memory_budget, "memory_budget")
-        for name in ("use_max_kw", "polish", "warm_start_baseline", "noise_robust", "disp"):
+        for name in ("use_max_kw", "polish", "seeds", "noise_robust", "disp"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
 

@@ -249,17 +249,23 @@ def converter_errors(
 ) -> torch.Tensor:
     """Weight error E_t of ``repeats`` independent programmings of a tile: the converter path.
 
-    The ruler of baselines, ``TNMSEObjective.evaluate_converter``, :func:`tnmse_over_time` and
-    ``gpuwpo evaluate``: every repeat programs the tile afresh at every time, in the chosen
-    physics, and ``E_t = mean_n (amplification (alpha_t W_t,n - W_n) / max|W|)^2``
+    The ruler of baselines, ``TNMSEObjective.evaluate_converter``, :func:`tnmse_over_time`,
+    the choice of each layer's answer (:mod:`gpuwpo.selection`) and ``gpuwpo evaluate``: every
+    repeat programs the tile afresh at every time, in the chosen physics, and
+    ``E_t = mean_n (amplification (alpha_t W_t,n - W_n) / max|W|)^2``
     (:func:`gpuwpo.reduction.weight_error`). Repeats are simulated a memory budget at a time,
     with noise keyed by (layer id, block of repeats) (:func:`keyed_noise`), so the result does
     not depend on the budget.
 
+    Given a list of converters, every one of them is programmed with the same noise, repeat by
+    repeat (converters with the same number of devices per weight see the very same draws):
+    their errors are paired, and a difference between two of them has far less spread than
+    either alone.
+
     Args:
         weights: the tile's ideal weights, any shape (``[out, in]`` for per-column
             compensation and Fusion's rows).
-        converter: any converter holding one program.
+        converter: any converter holding one program, or a list of them.
         noise_model, t_steps, compensation, physics: as for :func:`simulate_weights`.
         repeats: independent programmings (>= 1).
         generator: source of the base seed (a generator, an int, or None for fresh entropy).
@@ -268,33 +274,47 @@ def converter_errors(
         memory_budget: bytes at a time (default :func:`gpuwpo.reduction.default_memory_budget`).
 
     Returns:
-        ``[repeats, T]`` E of each repeat at each time; the TNMSE of a repeat is its mean over T.
+        ``[repeats, T]`` E of each repeat at each time (``[C, repeats, T]`` for a list of C
+        converters); the TNMSE of a repeat is its mean over T.
     """
-    tile = _TileRun(weights, converter, noise_model, t_steps, compensation, physics, repeats)
-    weights, compensation, repeats = tile.weights, tile.compensation, tile.repeats
+    many = isinstance(converter, (list, tuple))
+    converters = list(converter) if many else [converter]
+    if not converters:
+        raise ValueError("converter_errors needs at least one converter, got an empty list")
+    runs = [_TileRun(weights, conv, noise_model, t_steps, compensation, physics, repeats)
+            for conv in converters]
+    first = runs[0]
+    weights, compensation, repeats = first.weights, first.compensation, first.repeats
     device, dtype = weights.device, weights.dtype
-    T, (R, N) = tile.t.shape[0], tile.g.shape
+    T = first.t.shape[0]
+    R_max, N = max(run.g.shape[0] for run in runs), first.g.shape[1]
     base_seed = draw_seed(make_generator(generator, device))
     readout = compensation.readout_noise > 0
     budget = default_memory_budget(device) if memory_budget is None else int(memory_budget)
-    _, chunk = plan_chunks(1, repeats, bytes_per_item=_CONVERTER_LIVE * T * R * N
-                           * tile.g.element_size(), memory_budget=budget, align=NOISE_BLOCK)
+    _, chunk = plan_chunks(1, repeats, bytes_per_item=_CONVERTER_LIVE * T * R_max * N
+                           * first.g.element_size(), memory_budget=budget, align=NOISE_BLOCK)
     m = weights.abs().amax()
-    out = torch.empty((repeats, T), dtype=dtype, device=device)
+    out = torch.empty((len(runs), repeats, T), dtype=dtype, device=device)
     for start in range(0, repeats, chunk):
         items = slice(start, min(repeats, start + chunk))
-        drawn = [z[0] for z in keyed_noise(base_seed, [layer_id], items, repeats, (T, R, N),
-                                           device=device, dtype=dtype, readout=readout)]
-        z_read = None if not readout else tuple(
-            z.reshape(*z.shape[:-1], *weights.shape) for z in drawn[3:])
-        w_prog, w_t = tile.program_and_read(*drawn[:3])  # [n, T, *w]
-        # The bound management's repeated readouts (rare) draw from a stream of this chunk.
-        bm_gen = keyed_generator(base_seed, layer_id, start, 1, device=device)
-        alpha = compensation.alpha(w_prog, w_t, bm_gen, tile_ndim=weights.ndim, z=z_read,
-                                   w_ideal=weights)
-        out[items] = weight_error(w_t.mul_(alpha), weights, m, amplification,
-                                  tile_ndim=weights.ndim, inplace=True)
-    return out
+        by_rows: dict[int, list[torch.Tensor]] = {}  # one draw per number of devices per weight
+        for c, run in enumerate(runs):
+            R = run.g.shape[0]
+            if R not in by_rows:
+                by_rows[R] = [z[0] for z in keyed_noise(
+                    base_seed, [layer_id], items, repeats, (T, R, N), device=device,
+                    dtype=dtype, readout=readout)]
+            drawn = by_rows[R]
+            z_read = None if not readout else tuple(
+                z.reshape(*z.shape[:-1], *weights.shape) for z in drawn[3:])
+            w_prog, w_t = run.program_and_read(*drawn[:3])  # [n, T, *w]
+            # The bound management's repeated readouts (rare) draw from a stream of this chunk.
+            bm_gen = keyed_generator(base_seed, layer_id, start, 1, device=device)
+            alpha = compensation.alpha(w_prog, w_t, bm_gen, tile_ndim=weights.ndim, z=z_read,
+                                       w_ideal=weights)
+            out[c, items] = weight_error(w_t.mul_(alpha), weights, m, amplification,
+                                         tile_ndim=weights.ndim, inplace=True)
+    return out if many else out[0]
 
 
 def tnmse_over_time(

@@ -32,7 +32,12 @@ import torch
 if TYPE_CHECKING:  # the converters module imports nothing from here; keep the import lazy
     from gpuwpo.converters import CustomPairConductanceConverter
 
-__all__ = ["StrategySpace"]
+__all__ = ["StrategySpace", "SEED_RATIOS", "SEED_FRACTIONS"]
+
+#: Ratios F of the significance factors of the seeded N-pair programs (f_k = F**k).
+SEED_RATIOS = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0)
+#: Shares of the full conductance range given to the largest weight in the seeded programs.
+SEED_FRACTIONS = (1.0, 0.8, 0.6)
 
 
 def _finite_float(name: str, value: float) -> float:
@@ -354,7 +359,8 @@ class StrategySpace:
         f = torch.stack(f_cols, dim=-1)
         return f, g_lst, k_w
 
-    def encode_npair(self, f_lst: Sequence[float] | None = None) -> torch.Tensor:
+    def encode_npair(self, f_lst: Sequence[float] | None = None,
+                     fraction: float = 1.0) -> torch.Tensor:
         """The point of the hypercube whose program is the N-pair converter's (lower pairs first).
 
         The standard converters (SinglePair, DualPair, NPair with the same K) fill pair 0 first,
@@ -368,6 +374,9 @@ class StrategySpace:
         Args:
             f_lst: significance factors, one per pair; must equal the fixed ones and lie within
                 [f_min, f_max] for the free ones. Default: the fixed ones and 1.0 for free ones.
+            fraction: the share of the full range ``sum_k f_k (g_max - g_min)`` that the largest
+                weight gets, in [0.05, 1] (the x_kw coordinate; 1 for the standard converters,
+                and the only value when ``use_max_kw``).
 
         Returns:
             x [D] (float64) in the unit hypercube.
@@ -376,6 +385,12 @@ class StrategySpace:
             [float(v) for v in f_lst]
         if len(f) != self.num_pairs:
             raise ValueError(f"f_lst needs {self.num_pairs} values, got {list(f)}")
+        fraction = _finite_float("fraction", fraction)
+        if not 0.05 <= fraction <= 1.0:
+            raise ValueError(f"fraction must lie in [0.05, 1], got {fraction!r}")
+        if self.use_max_kw and fraction != 1.0:
+            raise ValueError("with use_max_kw the largest weight always uses the full range; "
+                             f"fraction must be 1, got {fraction!r}")
         x: list[float] = []
         for k, fixed in enumerate(self.f_lst):
             if fixed is None:
@@ -386,12 +401,12 @@ class StrategySpace:
             elif f[k] != fixed:
                 raise ValueError(f"f_lst[{k}] = {f[k]} differs from the space's fixed {fixed}")
         if not self.use_max_kw:
-            x.append(1.0)
+            x.append((fraction - 0.05) / 0.95)
         spans = [fk * (self.g_max - self.g_min) for fk in f]
         w_grid = self._grid(torch.ones((), dtype=torch.float64))[: self.num_points].tolist()
         blocks = [[0.0] * self.num_points for _ in range(2 * self.num_pairs - 1)]
         for i, w in enumerate(w_grid):
-            target = sum(spans) * w
+            target = sum(spans) * fraction * w
             for j in range(self.num_pairs - 1):
                 rest = sum(spans[j + 1:])
                 lo, hi = max(target - rest, -spans[j]), min(target + rest, spans[j])
@@ -400,6 +415,46 @@ class StrategySpace:
                 target -= lo + blocks[2 * j + 1][i] * (hi - lo)
         x.extend(v for block in blocks for v in block)
         return torch.tensor(x, dtype=torch.float64).clamp(0.0, 1.0)
+
+    def standard_seeds(
+        self,
+        ratios: Sequence[float] = SEED_RATIOS,
+        fractions: Sequence[float] = SEED_FRACTIONS,
+    ) -> tuple[torch.Tensor, list[str]]:
+        """The standard converters this space can express, as points: a search's seeds.
+
+        N-pair programs (:meth:`encode_npair`) with significance factors ``f_k = F**k`` over a
+        grid of ratios F (fixed factors keep their value; combinations outside [f_min, f_max]
+        are left out) and, for each, the largest weight at a grid of fractions of the full range
+        (the k_w coordinate; only 1 with ``use_max_kw``). Duplicates are dropped; the order is
+        the grids' (ratios outer, fractions inner).
+
+        Args:
+            ratios: F values (> 0); 1 gives f = [1, 1, ...], the DualPair f=[1, 1] for K = 2.
+            fractions: shares of the full range in [0.05, 1].
+
+        Returns:
+            ``(x [S, D] float64, labels)``, e.g. label ``"NPair f=[1, 3] range=0.75"``.
+        """
+        points: list[torch.Tensor] = []
+        labels: list[str] = []
+        fractions = [1.0] if self.use_max_kw else list(fractions)
+        for ratio in ratios:
+            f = [float(ratio) ** k if fixed is None else fixed
+                 for k, fixed in enumerate(self.f_lst)]
+            if any(fixed is None and not self.f_min <= fk <= self.f_max
+                   for fk, fixed in zip(f, self.f_lst)):
+                continue
+            for fraction in fractions:
+                x = self.encode_npair(f, fraction)
+                if any(torch.equal(x, p) for p in points):
+                    continue
+                points.append(x)
+                labels.append(f"NPair f=[{', '.join(f'{v:g}' for v in f)}] "
+                              f"range={float(fraction):g}")
+        if not points:
+            return torch.zeros((0, self.dim), dtype=torch.float64), []
+        return torch.stack(points), labels
 
     def to_converter(
         self,

@@ -71,12 +71,36 @@ def test_result_round_trips_exactly(tmp_path):
         result.wall_time, result.stop_reason)
 
 
+def test_a_layer_that_keeps_its_baseline_round_trips_with_its_choice(tmp_path):
+    result = _result()
+    baseline = gpuwpo.DualPairConductanceConverter([1.0, 3.0], 0.0, 25.0)
+    result.layers[1].converter = baseline
+    result.layers[1].chosen, result.layers[1].success = "baseline", False
+    result.layers[0].chosen = "seed: NPair f=[1, 3] range=1"
+    path = tmp_path / "result.json"
+    save_result(result, path)
+    record = json.loads(path.read_text())["layers"][1]
+    assert record["converter"] == {"class": "DualPairConductanceConverter",
+                                   "f_lst": [1.0, 3.0], "g_min": 0.0, "g_max": 25.0}
+    assert "g_lst" not in record and record["chosen"] == "baseline"
+    loaded = load_result(path)
+    assert loaded == result
+    assert loaded.layers[1].kept_baseline and not loaded.layers[1].success
+    assert loaded.layers[0].chosen == "seed: NPair f=[1, 3] range=1"
+    # A broken record is named.
+    data = json.loads(path.read_text())
+    data["layers"][1]["converter"] = {"class": "NoSuchConverter"}
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"layers\[1\]\.converter"):
+        load_result(path)
+
+
 def test_result_file_is_plain_json_with_format_and_version(tmp_path):
     path = tmp_path / "result.json"
     save_result(_result(), path)
     data = json.loads(path.read_text())
     assert data["format"] == RESULT_FORMAT == "gpuwpo-result"
-    assert data["version"] == RESULT_VERSION == 2
+    assert data["version"] == RESULT_VERSION == 3
     layer = data["layers"][0]
     for key in ("name", "shape", "f_lst", "g_lst", "g_min", "g_max", "tnmse", "tnmse_ci95",
                 "baseline_tnmse", "baseline_ci95", "history"):
@@ -116,8 +140,8 @@ def test_load_result_checks_format_and_version(tmp_path):
     def write(obj) -> None:
         path.write_text(json.dumps(obj))
 
-    write({**data, "version": 3})
-    with pytest.raises(ValueError, match=r"version 3 .*newer"):
+    write({**data, "version": 4})
+    with pytest.raises(ValueError, match=r"version 4 .*newer"):
         load_result(path)
     write({**data, "version": None})
     with pytest.raises(ValueError, match="version None"):

@@ -149,12 +149,19 @@ def test_per_layer_results_are_the_optimizer_results_layer_by_layer(mlp_run):
     for b, layer in enumerate(result.layers):
         assert isinstance(layer, LayerResult)
         assert layer.converter.batch_shape == torch.Size([]), "one program per layer"
-        assert torch.equal(layer.converter.f_lst, res.converter.f_lst[b].cpu())
-        assert torch.equal(layer.converter.g_lst, res.converter.g_lst[b].cpu())
+        assert layer.chosen == res.chosen[b]
+        assert layer.success == bool(res.layer_success[b])
+        if layer.kept_baseline:
+            assert layer.converter is spy.instances[0].g_converter_baseline
+            assert layer.tnmse == layer.baseline_tnmse and not layer.success
+        else:
+            assert torch.equal(layer.converter.f_lst, res.converters[b].f_lst.cpu())
+            assert torch.equal(layer.converter.g_lst, res.converters[b].g_lst.cpu())
         assert layer.tnmse == pytest.approx(float(res.tnmse[b]), rel=0, abs=0)
         assert layer.tnmse_ci95 == tuple(res.tnmse_ci95[b].tolist())
         assert layer.baseline_tnmse == float(res.baseline_tnmse[b])
         assert layer.tnmse_ci95[0] < layer.tnmse < layer.tnmse_ci95[1]
+        assert layer.tnmse <= layer.baseline_tnmse
         assert layer.baseline_ci95[0] < layer.baseline_tnmse < layer.baseline_ci95[1]
         assert layer.history == res.history[b].tolist()
         assert len(layer.history) == result.nit
@@ -223,12 +230,17 @@ def test_global_strategy_pools_normalised_layers_in_one_search(global_run):
 
 def test_global_strategy_applies_the_same_program_to_every_layer(global_run):
     _, result, spy = global_run
-    first = result.layers[0].converter
+    pooled = spy.instances[0]
+    program = pooled.result.converters[0]
     for layer in result.layers:
-        assert torch.equal(layer.converter.f_lst, first.f_lst)
-        assert torch.equal(layer.converter.g_lst, first.g_lst)
+        # Each layer takes the pooled program or keeps its baseline.
+        assert layer.chosen in ("global", "baseline")
+        if layer.kept_baseline:
+            assert layer.converter is pooled.g_converter_baseline
+        else:
+            assert torch.equal(layer.converter.f_lst, program.f_lst)
+            assert torch.equal(layer.converter.g_lst, program.g_lst)
         assert len(layer.history) == result.nit
-    assert torch.equal(first.g_lst, spy.instances[0].result.converter.g_lst.cpu())
 
 
 def test_global_strategy_is_validated_per_layer_like_the_per_layer_run(mlp_run, global_run):
@@ -241,6 +253,7 @@ def test_global_strategy_is_validated_per_layer_like_the_per_layer_run(mlp_run, 
     assert len({layer.baseline_tnmse for layer in glob.layers}) == 3
     for layer in glob.layers:
         assert layer.tnmse_ci95[0] < layer.tnmse < layer.tnmse_ci95[1]
+        assert layer.tnmse <= layer.baseline_tnmse
 
 
 # -- program_model ---------------------------------------------------------------------------

@@ -274,10 +274,12 @@ def search(
         population_size(D, o.popsize, init)  # validates popsize and init
     if x0 is not None:
         x0 = torch.as_tensor(x0).to(device=problem.device, dtype=problem.dtype)
-        if x0.shape not in ((D,), (B, D)):
-            raise ValueError(f"x0 must have shape [{D}] or [{B}, {D}], got {tuple(x0.shape)}")
+        if x0.shape not in ((D,), (B, D)) and not (
+                x0.dim() == 3 and x0.shape[0] == B and x0.shape[2] == D):
+            raise ValueError(f"x0 must have shape [{D}], [{B}, {D}] or [{B}, W, {D}], got "
+                             f"{tuple(x0.shape)}")
         if not bool(((x0 >= 0) & (x0 <= 1)).all()):
-            raise ValueError(f"x0 must lie in the unit cube [0, 1], got {x0.tolist()}")
+            raise ValueError("x0 must lie in the unit cube [0, 1]")
 
     _import_evotorch()
     from evotorch.algorithms import CMAES, SNES, GeneticAlgorithm
@@ -288,7 +290,8 @@ def search(
     def layer_state(b: int):
         # de_init validates init/x0 and draws the initial population from the layer's seed
         layer_init = init if isinstance(init, str) or init.dim() == 2 else init[b]
-        layer_x0 = None if x0 is None else (x0 if x0.dim() == 1 else x0[b])
+        layer_x0 = None if x0 is None else (
+            x0 if x0.dim() == 1 else x0[b] if x0.dim() == 2 else x0[b].unsqueeze(0))
         return de_init(
             dim=D, num_layers=1, popsize=o.popsize, init=layer_init, x0=layer_x0,
             strategy=o.strategy, mutation=o.mutation, recombination=o.recombination, tol=o.tol,
@@ -313,7 +316,8 @@ def search(
             return ga
         centre = torch.full((D,), 0.5, device=problem.device, dtype=problem.dtype)
         if x0 is not None:
-            centre = x0 if x0.dim() == 1 else x0[b]
+            # The first warm start (a search's best seed) centres the distribution.
+            centre = x0 if x0.dim() == 1 else (x0[b] if x0.dim() == 2 else x0[b, 0])
         searcher_class = CMAES if algorithm == "cmaes" else SNES
         with warnings.catch_warnings():
             # EvoTorch's CMAES copy-constructs a tensor with torch.tensor(); not ours to fix

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from ..de import de_init
 from ..options import SearchOptions, de_accepts
 from .base import IntermediateResult, SearchOutcome, SearchProblem, notify
 
@@ -81,6 +82,15 @@ def search(problem: SearchProblem, options: SearchOptions, *,
 
         layer_init = init if isinstance(init, str) or init.ndim == 2 else init[b]
         layer_x0 = None if x0_np is None else (x0_np if x0_np.ndim == 1 else x0_np[b])
+        if layer_x0 is not None and layer_x0.ndim == 2:
+            # Several warm starts (seeds): scipy takes one x0, so they go into the initial
+            # population, drawn as the torch backend draws it, replacing its first members.
+            first = de_init(dim=D, num_layers=1, popsize=o.popsize,
+                            init=layer_init if isinstance(layer_init, str)
+                            else torch.as_tensor(layer_init),
+                            x0=torch.as_tensor(layer_x0).unsqueeze(0), seed=o.seed + b,
+                            dtype=torch.float64)
+            layer_init, layer_x0 = first.population[0].numpy(), None
         res = differential_evolution(
             func, [(0.0, 1.0)] * D, strategy=o.strategy, maxiter=o.maxiter, popsize=o.popsize,
             tol=o.tol, atol=o.atol, mutation=o.mutation, recombination=o.recombination,
