@@ -1,0 +1,311 @@
+"""Benchmark: test accuracy of small trained networks over a year of drift, baseline vs optimised.
+
+Does a lower weight error show in a network's accuracy? For each network (bench/models.py:
+trained in-process from scikit-learn's bundled digits; default the digits CNN, which loses
+several points after a year under the baseline, and the digits MLP, which loses about half a
+point) and each physics (``device``, ``aihwkit``):
+
+1. search one strategy per layer with :func:`gpuwpo.optimize_network` (``per_layer=True``,
+   f_lst = [None, None], against the baseline DualPair f=[1, 1], 0..25 uS; default PCM noise
+   model, g_max 25 uS; ideal global drift compensation; inference times 1 s, 1 h, 1 day,
+   30 days, 1 year) with the budget given on the command line;
+2. program the network ``--repeats`` times with the baseline converter and with the result
+   (:func:`gpuwpo.program_model`: programming noise, drift, read noise, compensation; biases stay
+   digital) and measure test accuracy (450 held-out images) at each time. Repeat r uses a fresh
+   ``torch.Generator().manual_seed(noise_seed + r)`` at every time and for both strategies, so
+   the baseline and the optimised accuracies are paired (the same seeds) and the repeat is one
+   programming observed at every time.
+
+Reported per network and physics: digital accuracy; baseline and optimised accuracy (mean +- std
+over the repeats) at each time; the paired difference optimised - baseline with its standard
+error (std of the per-repeat differences / sqrt(repeats)); the per-layer TNMSE figures of the
+result (validated with fresh noise, 95 % intervals, against the baseline's) and which converter
+each layer got; the search's wall time, generations and candidates.
+
+Budget: popsize ``--popsize`` x D, ``--maxiter`` generations, with the digits example's CPU
+settings (a 64 x 20 test tile per layer, 30 validation and baseline repeats, polish of 15
+iterations, dithered mutation 0.5-1, recombination 0.7), a REDUCED budget against the
+reference's default (popsize 100 x D, 200 generations, a 512 x 20 tile). The default (popsize
+10 x D, 100 generations, the digits example's) finishes the whole script (two networks x two
+physics) in a few minutes on this project's 2-core CPU; ``--quick`` is a smoke run (seconds).
+
+Run:  python bench/accuracy.py [--models digits_cnn digits_mlp] [--physics device aihwkit]
+                               [--popsize P] [--maxiter G] [--repeats R] [--quick]
+      python -m bench.accuracy ...
+Writes bench/results/accuracy-<machine>.json (``--out-dir`` elsewhere) and prints markdown
+tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+if __package__ in (None, ""):  # run as a script: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import gpuwpo  # noqa: E402
+from bench import common, models  # noqa: E402
+
+#: Inference times, name -> seconds after programming.
+TIMES = {"1 s": 1.0, "1 h": 3600.0, "1 day": 86400.0, "1 month": 2592000.0,
+         "1 year": 31536000.0}
+F_LST = (None, None)
+PHYSICS = ("device", "aihwkit")
+DEFAULT_MODELS = ("digits_cnn", "digits_mlp")
+#: The reference's default budget (population multiplier, generations).
+FULL_BUDGET = (int(common.DEFAULTS["popsize"]), int(common.DEFAULTS["maxiter"]))
+#: The default here, the digits example's: 100 generations of the CNN's four layers took 45 s in
+#: the aihwkit physics on this project's 2-core CPU, so both networks in both physics take about
+#: 3-5 minutes (more when the machine is shared).
+DEFAULT_BUDGET = (10, 100)
+#: The digits example's CPU settings (gpuwpo.example.BUDGETS["default"]): the networks' layers
+#: hold 72 to 6,464 weights, which a 64 x 20 tile samples well.
+OPTIONS = {"test_in_features": 64, "test_out_features": 20, "baseline_iterations": 30,
+           "validation_repeats": 30, "polish_maxiter": 15, "mutation": (0.5, 1.0),
+           "recombination": 0.7}
+QUICK_BUDGET = (2, 2)
+QUICK_OPTIONS = {"test_in_features": 16, "test_out_features": 8, "baseline_iterations": 4,
+                 "validation_repeats": 4, "polish": False}
+QUICK_REPEATS = 2
+
+
+def _baseline() -> gpuwpo.DualPairConductanceConverter:
+    return gpuwpo.DualPairConductanceConverter([1.0, 1.0], 0.0, 25.0)
+
+
+def _noise_model() -> gpuwpo.PCMLikeNoiseModel:
+    return gpuwpo.PCMLikeNoiseModel()
+
+
+def accuracy_table(trained: models.TrainedModel, strategy, noise_model, t_steps: Sequence[float],
+                   *, repeats: int, physics: str, noise_seed: int = 0) -> torch.Tensor:
+    """Test accuracy in percent of ``trained`` programmed with ``strategy``, ``[repeats, T]``.
+
+    Repeat r, time i: :func:`gpuwpo.program_model` with a fresh
+    ``torch.Generator().manual_seed(noise_seed + r)`` (the seed depends on the repeat only, so
+    two strategies measured with the same ``noise_seed`` are paired repeat by repeat).
+    """
+    acc = torch.empty(repeats, len(t_steps), dtype=torch.float64)
+    for r in range(repeats):
+        for i, t in enumerate(t_steps):
+            gen = torch.Generator().manual_seed(noise_seed + r)
+            programmed = gpuwpo.program_model(trained.model, strategy, noise_model, t,
+                                              generator=gen, physics=physics)
+            acc[r, i] = trained.accuracy(programmed)
+    return acc
+
+
+def _stats(acc: torch.Tensor) -> dict[str, Any]:
+    n = acc.shape[0]
+    std = acc.std(0) if n > 1 else torch.zeros(acc.shape[1], dtype=acc.dtype)
+    return {"mean": acc.mean(0).tolist(), "std": std.tolist(),
+            "sem": (std / math.sqrt(n)).tolist(), "accuracies": acc.tolist()}
+
+
+def run_one(trained: models.TrainedModel, physics: str, *, popsize: int, maxiter: int,
+            options: dict[str, Any], repeats: int, seed: int, noise_seed: int,
+            device: torch.device) -> dict[str, Any]:
+    """Search, program and measure one network in one physics; its figures as a dict."""
+    noise, baseline = _noise_model(), _baseline()
+    t_steps = list(TIMES.values())
+    start = time.perf_counter()
+    result = gpuwpo.optimize_network(trained.model, noise, t_steps, baseline, list(F_LST),
+                                     per_layer=True, physics=physics, seed=seed, disp=False,
+                                     device=device, popsize=popsize, maxiter=maxiter, **options)
+    optimise_s = time.perf_counter() - start
+    start = time.perf_counter()
+    acc = {name: accuracy_table(trained, strategy, noise, t_steps, repeats=repeats,
+                                physics=physics, noise_seed=noise_seed)
+           for name, strategy in (("baseline", baseline), ("optimised", result))}
+    evaluate_s = time.perf_counter() - start
+    layers = [{
+        "name": layer.name, "shape": list(layer.shape), "numel": math.prod(layer.shape),
+        # A CustomPair program from the search, or (a selection's choice) a standard converter.
+        "converter": type(layer.converter).__name__,
+        "tnmse": layer.tnmse, "tnmse_ci95": list(layer.tnmse_ci95),
+        "baseline_tnmse": layer.baseline_tnmse, "baseline_ci95": list(layer.baseline_ci95),
+        "improvement": 1.0 - layer.tnmse / layer.baseline_tnmse,
+    } for layer in result.layers]
+    return {
+        "physics": physics,
+        "optimise_s": optimise_s,
+        "evaluate_s": evaluate_s,
+        "generations": int(result.nit),
+        "candidates": int(result.nfev),
+        "stop_reason": result.stop_reason,
+        "total_tnmse": result.total_tnmse,
+        "total_baseline_tnmse": result.total_baseline_tnmse,
+        "total_improvement": 1.0 - result.total_tnmse / result.total_baseline_tnmse,
+        "layers": layers,
+        "baseline": _stats(acc["baseline"]),
+        "optimised": _stats(acc["optimised"]),
+        # Paired by seed: the standard error of the difference is that of the per-repeat
+        # differences, smaller than either spread when the two move together.
+        "difference": _stats(acc["optimised"] - acc["baseline"]),
+        "settings": result.settings,
+    }
+
+
+def _pm(mean: float, spread: float, signed: bool = False) -> str:
+    return f"{mean:+.2f} ± {spread:.2f}" if signed else f"{mean:.2f} ± {spread:.2f}"
+
+
+def tables(record: dict[str, Any]) -> str:
+    """A summary table, then per network and physics the accuracy table and the layer table."""
+    names = list(record["config"]["times"])
+    summary, parts = [], []
+    for m in record["models"]:
+        for run in m["runs"]:
+            summary.append({
+                "model": m["name"], "physics": run["physics"],
+                "digital": f"{m['digital_accuracy']:.2f}",
+                "baseline": _pm(run["baseline"]["mean"][-1], run["baseline"]["std"][-1]),
+                "optimised": _pm(run["optimised"]["mean"][-1], run["optimised"]["std"][-1]),
+                "diff": _pm(run["difference"]["mean"][-1], run["difference"]["sem"][-1], True),
+                "tnmse": f"{run['total_tnmse']:.4f} / {run['total_baseline_tnmse']:.4f}",
+                "gain": f"{100 * run['total_improvement']:.1f} %",
+                "optimise_s": f"{run['optimise_s']:.1f}",
+            })
+            rows = [{"strategy": "digital",
+                     **{n: f"{m['digital_accuracy']:.2f}" for n in names}}]
+            for key in ("baseline", "optimised"):
+                rows.append({"strategy": key, **{n: _pm(mu, sd) for n, mu, sd in zip(
+                    names, run[key]["mean"], run[key]["std"])}})
+            d = run["difference"]
+            rows.append({"strategy": "optimised - baseline (paired, ± SE)",
+                         **{n: _pm(mu, se, True) for n, mu, se in zip(names, d["mean"],
+                                                                      d["sem"])}})
+            acc = common.markdown_table(rows, ["strategy", *names])
+            layers = common.markdown_table([{
+                "layer": layer["name"], "shape": "x".join(map(str, layer["shape"])),
+                "converter": layer["converter"],
+                "tnmse": f"{layer['tnmse']:.4f} [{layer['tnmse_ci95'][0]:.4f}, "
+                         f"{layer['tnmse_ci95'][1]:.4f}]",
+                "baseline": f"{layer['baseline_tnmse']:.4f} [{layer['baseline_ci95'][0]:.4f}, "
+                            f"{layer['baseline_ci95'][1]:.4f}]",
+                "gain": f"{100 * layer['improvement']:.1f} %",
+            } for layer in run["layers"]], ["layer", "shape", "converter",
+                                             ("tnmse", "TNMSE [95% CI]"),
+                                             ("baseline", "baseline [95% CI]"), "gain"])
+            parts.append(f"### {m['name']}, physics={run['physics']}\n\n"
+                         f"Test accuracy (%), mean ± std over {record['config']['repeats']} "
+                         f"programmings:\n\n{acc}\n\nPer layer (validated TNMSE):\n\n{layers}")
+    head = common.markdown_table(summary, [
+        "model", "physics", ("digital", "digital %"), ("baseline", "baseline 1 y %"),
+        ("optimised", "optimised 1 y %"), ("diff", "difference 1 y (± SE)"),
+        ("tnmse", "total TNMSE opt / base"), ("gain", "TNMSE gain"),
+        ("optimise_s", "search s"),
+    ])
+    return head + "\n\n" + "\n\n".join(parts)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Command line entry point; returns the record (also written as JSON)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", choices=sorted(models.MODELS),
+                        default=list(DEFAULT_MODELS))
+    parser.add_argument("--physics", nargs="+", choices=PHYSICS, default=list(PHYSICS))
+    parser.add_argument("--popsize", type=int, default=None,
+                        help=f"population multiplier (P = popsize x D); default "
+                             f"{DEFAULT_BUDGET[0]}")
+    parser.add_argument("--maxiter", type=int, default=None,
+                        help=f"generations; default {DEFAULT_BUDGET[1]}")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help=f"programmings per strategy and time (default 10, --quick "
+                             f"{QUICK_REPEATS})")
+    parser.add_argument("--noise-seed", type=int, default=0,
+                        help="repeat r is programmed with the seed noise_seed + r")
+    common.add_run_arguments(parser)  # --weight-seed: the networks' training seed
+    parser.add_argument("--quick", action="store_true",
+                        help=f"smoke run: popsize {QUICK_BUDGET[0]}, {QUICK_BUDGET[1]} "
+                             f"generations, a 16 x 8 test tile, 4 validation and baseline "
+                             f"repeats, no polish, {QUICK_REPEATS} repeats")
+    parser.add_argument("--out-dir", type=Path, default=common.RESULTS_DIR)
+    args = parser.parse_args(argv)
+
+    device = common.run_device(args)
+    if args.quick:
+        (popsize, maxiter), options = QUICK_BUDGET, dict(QUICK_OPTIONS)
+        repeats = QUICK_REPEATS
+    else:
+        (popsize, maxiter), options = DEFAULT_BUDGET, dict(OPTIONS)
+        repeats = 10
+    popsize, maxiter = args.popsize or popsize, args.maxiter or maxiter
+    repeats = args.repeats or repeats
+    note = (f"REDUCED budget: popsize {popsize} x D, {maxiter} generations, "
+            f"{options.get('test_in_features')} x {options.get('test_out_features')} test tile "
+            f"(the reference's default is popsize {FULL_BUDGET[0]} x D, {FULL_BUDGET[1]} "
+            f"generations, a 512 x 20 tile)")
+    machine = common.machine_info()
+    print(f"accuracy benchmark on {machine['name']} ({device}): {note}", file=sys.stderr)
+
+    warmup = not (args.no_warmup or args.quick)
+    out_models = []
+    for name in args.models:
+        start = time.perf_counter()
+        trained = models.MODELS[name](seed=args.weight_seed)
+        train_s = time.perf_counter() - start
+        digital = trained.accuracy()
+        print(f"  {name}: trained in {train_s:.1f} s, digital accuracy {digital:.2f} %",
+              file=sys.stderr, flush=True)
+        if warmup:
+            # Untimed: lazy imports, first-call costs (and CUDA context where there is one).
+            first = next(iter(gpuwpo.select_weights(trained.model).items()))
+            gpuwpo.optimize_network(dict([first]), _noise_model(), list(TIMES.values()),
+                                    _baseline(), list(F_LST), disp=False, device=device,
+                                    popsize=1, maxiter=1, validation_repeats=2,
+                                    baseline_iterations=2, polish=False,
+                                    test_in_features=16, test_out_features=8)
+            warmup = False
+        runs = []
+        for physics in args.physics:
+            run = run_one(trained, physics, popsize=popsize, maxiter=maxiter, options=options,
+                          repeats=repeats, seed=args.seed, noise_seed=args.noise_seed,
+                          device=device)
+            print(f"  {name} {physics}: search {run['optimise_s']:.1f} s, accuracy "
+                  f"{run['evaluate_s']:.1f} s; 1 year: baseline "
+                  f"{run['baseline']['mean'][-1]:.2f}, optimised "
+                  f"{run['optimised']['mean'][-1]:.2f} %", file=sys.stderr, flush=True)
+            runs.append(run)
+        out_models.append({
+            "name": name, "description": trained.description,
+            "num_weights": trained.num_weights, "train_s": train_s,
+            "test_size": int(trained.y_test.numel()), "digital_accuracy": digital,
+            "runs": runs,
+        })
+
+    record = {
+        "machine": machine,
+        "budget_note": note,
+        "quick": bool(args.quick),
+        "config": {
+            "models": list(args.models), "physics": list(args.physics),
+            "times": dict(TIMES), "repeats": repeats, "popsize": popsize, "maxiter": maxiter,
+            "optimizer_options": options, "f_lst": list(F_LST), "per_layer": True,
+            "noise_model": "gpuwpo.PCMLikeNoiseModel() defaults (g_max 25 uS)",
+            "compensation": "ideal global (compensation=None)",
+            "baseline": "gpuwpo.DualPairConductanceConverter([1, 1], 0.0, 25.0)",
+            "seed": args.seed, "weight_seed": args.weight_seed, "noise_seed": args.noise_seed,
+            "accuracy_unit": "percent of the test set",
+            "torch_threads": torch.get_num_threads(), "device": str(device),
+        },
+        "models": out_models,
+    }
+    path = common.write_results("accuracy", record, args.out_dir)
+    print(f"Accuracy over a year of PCM drift, {machine['name']}, {note}.\n")
+    print(tables(record))
+    print(f"\nwritten {path}", file=sys.stderr)
+    return record
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,195 @@
+"""Tests of bench/models.py (networks trained in-process) and a smoke run of bench/accuracy.py.
+
+The MLP trains in 1-2 s and the CNN in 3-5 s on one thread, so the fast tests use the MLP and
+the registry; everything that trains the CNN is marked slow. Each model is trained once per
+module (fixtures). No timing is asserted.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _load(name: str):
+    # By path, as tests/test_bench_scripts.py does; the scripts put the repository root on
+    # sys.path themselves (they import bench.common). Registered under its name while it runs:
+    # dataclasses look their module up in sys.modules.
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[spec.name]
+        raise
+    return module
+
+
+@pytest.fixture(scope="module")
+def models():
+    return _load("models")
+
+
+@pytest.fixture(scope="module")
+def mlp(models):
+    return models.digits_mlp(seed=0)
+
+
+@pytest.fixture(scope="module")
+def cnn(models):
+    return models.digits_cnn(seed=0)
+
+
+@pytest.fixture
+def keep_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_registry_and_unknown_names(models):
+    assert set(models.MODELS) == {"digits_mlp", "digits_cnn"}
+    with pytest.raises(ValueError, match="unknown model.*digits_cnn"):
+        models.trained_models(["nope"])
+
+
+def test_digits_mlp_is_the_example_network_and_deterministic(models, mlp):
+    from gpuwpo import example
+
+    assert mlp.name == "digits_mlp"
+    assert mlp.x_test.shape == (450, 64) and mlp.y_test.shape == (450,)
+    assert mlp.y_test.dtype == torch.int64 and set(mlp.y_test.tolist()) == set(range(10))
+    assert mlp.num_weights == 64 * 64 + 32 * 64 + 10 * 32
+    # Digital accuracy in percent; the example reports 97.56 % for seed 0.
+    assert 95.0 < mlp.accuracy() <= 100.0
+    assert mlp.accuracy() == pytest.approx(100 * example.accuracy(mlp.model, mlp.x_test,
+                                                                  mlp.y_test))
+    global_state = torch.random.get_rng_state()
+    again = models.trained_models("digits_mlp")["digits_mlp"]
+    assert torch.equal(torch.random.get_rng_state(), global_state), "global RNG touched"
+    assert _same_weights(mlp.model, again.model)
+    assert torch.equal(mlp.x_test, again.x_test) and torch.equal(mlp.y_test, again.y_test)
+
+
+def test_accuracy_of_another_model(mlp):
+    # A model that predicts class 0 for everything: the share of zeros in the test set.
+    class Zero(torch.nn.Module):
+        def forward(self, x):
+            out = torch.zeros(x.shape[0], 10)
+            out[:, 0] = 1.0
+            return out
+
+    expected = 100.0 * float((mlp.y_test == 0).float().mean())
+    assert mlp.accuracy(Zero()) == pytest.approx(expected)
+    assert mlp.accuracy(mlp.model) == mlp.accuracy()
+
+
+def test_make_cnn_layout_and_seed(models):
+    net = models.make_cnn(seed=3)
+    from gpuwpo import select_weights
+
+    shapes = {k: tuple(v.shape) for k, v in select_weights(net).items()}
+    assert shapes == {"0.weight": (8, 1, 3, 3), "2.weight": (16, 8, 3, 3),
+                      "5.weight": (16, 16, 3, 3), "9.weight": (10, 16)}
+    assert net(torch.zeros(5, 1, 8, 8)).shape == (5, 10)
+    assert _same_weights(net, models.make_cnn(seed=3))
+    assert not _same_weights(net, models.make_cnn(seed=4))
+    with pytest.raises(ValueError, match="three positive"):
+        models.make_cnn((4, 8))
+
+
+@pytest.mark.slow
+def test_digits_cnn_trains_deterministically(models, cnn):
+    assert cnn.name == "digits_cnn"
+    assert cnn.x_test.shape == (450, 1, 8, 8) and cnn.num_weights == 3688
+    assert 94.0 < cnn.accuracy() <= 100.0
+    again = models.digits_cnn(seed=0)
+    assert _same_weights(cnn.model, again.model)
+    assert cnn.accuracy() == again.accuracy()
+
+
+@pytest.mark.slow
+def test_digits_cnn_loses_points_under_the_baseline(cnn):
+    # The reason the CNN is in bench/models.py: after a year of drift under DualPair f=[1, 1]
+    # it loses several points (about 6-7 at seed 0 over 20 programmings; measured in
+    # bench/README.md). Asserted loosely over 10 programmings, in the device physics.
+    import gpuwpo
+
+    base = gpuwpo.DualPairConductanceConverter([1, 1], 0.0, 25.0)
+    noise = gpuwpo.PCMLikeNoiseModel()
+    accs = [cnn.accuracy(gpuwpo.program_model(cnn.model, base, noise, 31536000.0,
+                                              generator=torch.Generator().manual_seed(k)))
+            for k in range(10)]
+    assert cnn.accuracy() - sum(accs) / len(accs) > 2.0
+
+
+def _check_record(written: dict, model_names: list[str], physics: list[str]) -> None:
+    assert written["quick"] is True and "REDUCED" in written["budget_note"]
+    config = written["config"]
+    assert config["times"] == {"1 s": 1.0, "1 h": 3600.0, "1 day": 86400.0,
+                               "1 month": 2592000.0, "1 year": 31536000.0}
+    assert config["repeats"] == 2 and config["popsize"] == 2 and config["maxiter"] == 2
+    assert [m["name"] for m in written["models"]] == model_names
+    for m in written["models"]:
+        assert 90.0 < m["digital_accuracy"] <= 100.0 and m["test_size"] == 450
+        assert [r["physics"] for r in m["runs"]] == physics
+        for run in m["runs"]:
+            assert run["settings"]["physics"] == run["physics"]
+            for key in ("baseline", "optimised"):
+                acc = torch.tensor(run[key]["accuracies"], dtype=torch.float64)
+                assert acc.shape == (2, 5) and ((acc >= 0) & (acc <= 100)).all()
+                assert run[key]["mean"] == pytest.approx(acc.mean(0).tolist(), abs=1e-9)
+            diff = (torch.tensor(run["optimised"]["accuracies"], dtype=torch.float64)
+                    - torch.tensor(run["baseline"]["accuracies"], dtype=torch.float64))
+            assert run["difference"]["mean"] == pytest.approx(diff.mean(0).tolist(), abs=1e-9)
+            assert len(run["layers"]) >= 1
+            for layer in run["layers"]:
+                lo, hi = layer["tnmse_ci95"]
+                assert lo <= layer["tnmse"] <= hi and layer["baseline_tnmse"] > 0
+                assert isinstance(layer["converter"], str)
+
+
+def test_accuracy_benchmark_quick(tmp_path, capsys, keep_threads):
+    accuracy = _load("accuracy")
+    record = accuracy.main(["--quick", "--models", "digits_mlp", "--physics", "device",
+                            "--out-dir", str(tmp_path)])
+    files = sorted(tmp_path.glob("accuracy-*.json"))
+    assert len(files) == 1 and not list(tmp_path.glob(".*.tmp"))
+    written = json.loads(files[0].read_text(encoding="utf-8"))
+    assert written == json.loads(json.dumps({"benchmark": "accuracy", **record}))
+    _check_record(written, ["digits_mlp"], ["device"])
+    out = capsys.readouterr().out
+    assert "### digits_mlp, physics=device" in out and "optimised - baseline" in out
+
+
+@pytest.mark.slow
+def test_accuracy_benchmark_quick_defaults(tmp_path, keep_threads):
+    # Both networks, both physics: what `python bench/accuracy.py --quick` runs.
+    record = _load("accuracy").main(["--quick", "--out-dir", str(tmp_path)])
+    written = json.loads(json.dumps({"benchmark": "accuracy", **record}))
+    _check_record(written, ["digits_cnn", "digits_mlp"], ["device", "aihwkit"])
+
+
+@pytest.mark.slow
+def test_accuracy_script_runs_as_module_and_as_file_help():
+    import subprocess
+
+    root = BENCH.parent
+    for args in (["-m", "bench.accuracy", "--help"], [str(BENCH / "accuracy.py"), "--help"]):
+        done = subprocess.run([sys.executable, *args], cwd=root, capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert "--repeats" in done.stdout and "--out-dir" in done.stdout
