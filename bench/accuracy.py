@@ -62,9 +62,9 @@ PHYSICS = ("device", "aihwkit")
 DEFAULT_MODELS = ("digits_cnn", "digits_mlp")
 #: The reference's default budget (population multiplier, generations).
 FULL_BUDGET = (int(common.DEFAULTS["popsize"]), int(common.DEFAULTS["maxiter"]))
-#: The default here, the digits example's: 100 generations of the CNN's four layers took 45 s in
-#: the aihwkit physics on this project's 2-core CPU, so both networks in both physics take about
-#: 3-5 minutes (more when the machine is shared).
+#: The default here, the digits example's: a search of the CNN's four layers took 45 s (aihwkit
+#: physics, quiet machine) to 74 s (device physics, machine under load) on this project's 2-core
+#: CPU, so both networks in both physics take about 4-7 minutes.
 DEFAULT_BUDGET = (10, 100)
 #: The digits example's CPU settings (gpuwpo.example.BUDGETS["default"]): the networks' layers
 #: hold 72 to 6,464 weights, which a 64 x 20 tile samples well.
