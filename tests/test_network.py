@@ -214,6 +214,34 @@ def test_mapping_input_with_a_conv_layer_and_include():
     assert result.settings["include"] == [r"^0\.", r"^4\."]
 
 
+# -- hierarchical: a global strategy first, then every layer starts from it -------------------
+
+
+def test_hierarchical_search_starts_every_layer_from_the_pooled_strategy():
+    model = _mlp()
+    tiny = {**TINY, "maxiter": 6}
+    with pytest.MonkeyPatch.context() as mp:
+        spy = _Spy(mp)
+        result = optimize_network(model, _noise(), T_STEPS, _baseline(), F_LST,
+                                  hierarchical=True, **tiny)
+    # The plain per-layer optimizer (built first, then replaced), the pooled one, the staged one.
+    pooled, staged = spy.instances[-2], spy.instances[-1]
+    assert isinstance(spy.weights[-2], torch.Tensor) and spy.weights[-2].ndim == 1
+    assert pooled.options.maxiter == 6 and pooled.num_layers == 1
+    # Same total candidates as a plain per-layer search: the layers give up ceil(6 / 3) = 2
+    # generations for the pooled one.
+    assert staged.num_layers == 3 and staged.options.maxiter == 4
+    assert result.nfev == staged.result.nfev + pooled.result.nfev
+    assert result.settings["hierarchical"] is True
+    for choice in staged.result.choices:
+        assert "global" in choice.figures  # a contender of every layer
+    plain = optimize_network(model, _noise(), T_STEPS, _baseline(), F_LST, **tiny)
+    assert plain.settings["hierarchical"] is False
+    with pytest.raises(ValueError, match="hierarchical"):
+        optimize_network(model, _noise(), T_STEPS, _baseline(), F_LST, hierarchical="yes",
+                         **tiny)
+
+
 # -- one global strategy (the paper's setting) ------------------------------------------------
 
 

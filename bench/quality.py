@@ -1,0 +1,317 @@
+"""Benchmark: how much each search gains over the baseline, against the candidates it spends.
+
+Reduction-versus-candidates curves, the data gpuwpo's defaults are chosen from (README.md,
+"Defaults"). For each problem, physics and search method, one per-layer search runs over all of
+the problem's layers; after every generation the search's best point of every layer is recorded,
+and afterwards each recorded point is judged on the converter path
+(:func:`gpuwpo.simulate.converter_errors`) against the baseline on the same noise (paired),
+``--repeats`` programmings of each layer's test tile. The figure plotted is the size-weighted
+total reduction of TNMSE below the baseline, 1 - sum_l n_l TNMSE_l / sum_l n_l baseline_l, with
+the standard error of the paired difference, against the candidates evaluated per layer (the
+seeds' ranking included). The search's own best is judged, before the final choice: this
+measures the search, not the never-worse guard.
+
+Problems:
+- ``synthetic``: four heavy-tailed layers (Student-t, 3 and 5 dof; 256 x 256 to 512 x 128, scales
+  0.02 to 0.1), as trained networks' weights are.
+- ``digits_mlp`` and ``digits_cnn``: networks trained in-process on scikit-learn's digits
+  (:mod:`bench.models`).
+
+Methods (:data:`METHODS`): the torch DE with the reference toolkit's settings (best1bin, mutation
+0.1, recombination 0.3, popsize 100 x D), with and without seeds; the torch DE with tuned
+settings, with and without seeds; scipy's DE at scipy's own defaults (best1bin, mutation
+(0.5, 1), recombination 0.7, popsize 15 x D); EvoTorch's CMA-ES (population D, centred on the
+best seed); and sweep variants used to pick the tuned settings. Every run goes to its budget
+(tol = atol = 0, no early stop; no polish).
+
+Setup: f_lst = [None, None] (D = 21), inference times 1 s, 1 h, 1 day, 30 days, 1 year, default
+PCM noise, ideal global compensation, baseline DualPair f = [1, 1], 0..25 uS, the default
+512 x 20 test tile.
+
+Run:  python bench/quality.py [--problems synthetic digits_mlp] [--physics device aihwkit]
+                              [--methods reference tuned ...] [--budget 20000]
+      python -m bench.quality ...
+Writes bench/results/quality-<machine>.json and a PNG of the curves beside it (``--out-dir``
+elsewhere), and prints a markdown table of the reduction at each budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+if __package__ in (None, ""):  # run as a script: make `bench` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import gpuwpo  # noqa: E402
+from bench import common  # noqa: E402
+from gpuwpo.de import population_size  # noqa: E402
+from gpuwpo.physics import PHYSICS  # noqa: E402
+from gpuwpo.simulate import converter_errors  # noqa: E402
+
+T_STEPS = gpuwpo.simulate.DEFAULT_TIMES
+F_LST = (None, None)
+
+_REFERENCE = dict(backend="torch", strategy="best1bin", mutation=0.1, recombination=0.3,
+                  popsize=100)
+_TUNED = dict(backend="torch", strategy="rand1bin", mutation=(0.5, 1.0), recombination=0.9,
+              popsize=5)
+
+#: name -> (description, optimizer keywords). ``backend`` picks the backend.
+METHODS: dict[str, tuple[str, dict[str, Any]]] = {
+    "reference": ("torch DE, the reference's settings, seeded", {**_REFERENCE, "seeds": True}),
+    "reference-unseeded": ("torch DE, the reference's settings, no seeds",
+                           {**_REFERENCE, "seeds": False}),
+    "tuned": ("torch DE, tuned settings, seeded", {**_TUNED, "seeds": True}),
+    "tuned-unseeded": ("torch DE, tuned settings, no seeds", {**_TUNED, "seeds": False}),
+    "scipy": ("scipy DE at scipy's defaults, seeded",
+              dict(backend="scipy", strategy="best1bin", mutation=(0.5, 1.0), recombination=0.7,
+                   popsize=15, seeds=True)),
+    "cmaes": ("EvoTorch CMA-ES, population D, centred on the best seed",
+              dict(backend="evotorch", algorithm="cmaes", popsize=1, seeds=True)),
+    # The sweep the tuned settings were picked from (seeded torch DE).
+    "sweep-best1bin-p10-r0.7": ("best1bin, (0.5, 1), 0.7, popsize 10",
+                                dict(backend="torch", strategy="best1bin", mutation=(0.5, 1.0),
+                                     recombination=0.7, popsize=10, seeds=True)),
+    "sweep-rand1bin-p10-r0.7": ("rand1bin, (0.5, 1), 0.7, popsize 10",
+                                dict(backend="torch", strategy="rand1bin", mutation=(0.5, 1.0),
+                                     recombination=0.7, popsize=10, seeds=True)),
+    "sweep-rand1bin-p5-r0.9": ("rand1bin, (0.5, 1), 0.9, popsize 5",
+                               dict(backend="torch", strategy="rand1bin", mutation=(0.5, 1.0),
+                                    recombination=0.9, popsize=5, seeds=True)),
+    "sweep-best1bin-p5-r0.9": ("best1bin, (0.5, 1), 0.9, popsize 5",
+                               dict(backend="torch", strategy="best1bin", mutation=(0.5, 1.0),
+                                    recombination=0.9, popsize=5, seeds=True)),
+    "sweep-currenttobest1bin-p5-r0.9": (
+        "currenttobest1bin, (0.5, 1), 0.9, popsize 5",
+        dict(backend="torch", strategy="currenttobest1bin", mutation=(0.5, 1.0),
+             recombination=0.9, popsize=5, seeds=True)),
+    "sweep-reference-p5": ("best1bin, 0.1, 0.3, popsize 5 (the reference's operators)",
+                           dict(backend="torch", strategy="best1bin", mutation=0.1,
+                                recombination=0.3, popsize=5, seeds=True)),
+}
+DEFAULT_METHODS = ("reference", "reference-unseeded", "tuned", "tuned-unseeded", "scipy",
+                   "cmaes")
+PROBLEMS = ("synthetic", "digits_mlp", "digits_cnn")
+#: Candidates per layer at which the table reports the curves.
+CHECKPOINTS = (500, 1000, 2000, 5000, 10000, 20000, 50000, 100000)
+
+
+def synthetic_layers(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Four heavy-tailed layers of different shapes, tails and scales (deterministic)."""
+    gen = torch.Generator().manual_seed(seed)
+    specs = [("a.weight", (256, 256), 0.05, 3), ("b.weight", (512, 128), 0.02, 3),
+             ("c.weight", (128, 512), 0.1, 5), ("d.weight", (384, 256), 0.04, 3)]
+    return {name: gpuwpo.student_t_weights(shape, df=df, scale=scale, generator=gen)
+            for name, shape, scale, df in specs}
+
+
+def problem_layers(name: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The named problem's layers, name -> weights."""
+    if name == "synthetic":
+        return synthetic_layers(seed)
+    from bench import models
+
+    trained = models.trained_models([name], seed=seed)[name]
+    return gpuwpo.select_weights(trained.model)
+
+
+def _per_generation(options: Mapping[str, Any], dim: int) -> int:
+    """Candidates one generation costs per layer."""
+    size = population_size(dim, int(options["popsize"]))
+    if options["backend"] == "torch":
+        return 2 * size  # parents re-evaluated with their trials (noise_robust)
+    return size
+
+
+def run_curve(layers: Mapping[str, torch.Tensor], method: str, physics: str, *, budget: int,
+              repeats: int, seed: int, judge_seed: int, overrides: Mapping[str, Any] = ()
+              ) -> dict[str, Any]:
+    """One method's search on ``layers`` to ``budget`` candidates per layer; its judged curve."""
+    description, spec = METHODS[method]
+    options = {**spec, **dict(overrides)}
+    backend = options.pop("backend")
+    baseline = gpuwpo.DualPairConductanceConverter([1.0, 1.0], 0.0, 25.0)
+    space_dim = gpuwpo.StrategySpace(list(F_LST)).dim
+    maxiter = max(1, math.ceil(budget / _per_generation({**options, "backend": backend},
+                                                       space_dim)))
+    snapshots: list[tuple[int, torch.Tensor]] = []
+    names = list(layers)
+
+    def record(info) -> None:
+        snapshots.append((int(info.nfev), info.x.detach().clone().cpu()))
+
+    opt = gpuwpo.WeightProgrammingOptimizer(
+        [layers[n] for n in names], list(F_LST), gpuwpo.PCMLikeNoiseModel(), T_STEPS, baseline,
+        backend=backend, device="cpu", physics=physics, seed=seed, maxiter=maxiter,
+        **({} if options.get("algorithm") == "cmaes" else {"tol": 0.0, "atol": 0.0}),
+        polish=False, validation_repeats=4, baseline_iterations=32, disp=False,
+        callback=record, **options)
+    start = time.perf_counter()
+    opt.run_optimizer()
+    search_wall = time.perf_counter() - start
+    seeds = opt.seeds()[0].shape[0]
+    B = len(names)
+    sizes = torch.tensor([float(layers[n].numel()) for n in names], dtype=torch.float64)
+    m = opt.objective.max_abs_weight.reshape(-1)
+    if backend == "scipy":
+        # Layers one after another: a snapshot's nfev counts the earlier layers' candidates too;
+        # each layer's own generation g is at g * S + S candidates of its own.
+        per_layer_points = _scipy_points(snapshots, B, population_size(space_dim,
+                                                                       options["popsize"]))
+    else:
+        per_layer_points = [(nfev // B, x) for nfev, x in snapshots]
+    # Judge the best point at each checkpoint (and the last), all on the same noise.
+    wanted = sorted({c for c in CHECKPOINTS if c <= budget} | {per_layer_points[-1][0]})
+    curve = []
+    for target in wanted:
+        below = [p for p in per_layer_points if p[0] <= target]
+        if not below:
+            continue
+        nfev, x = below[-1]
+        diffs, bases = [], []
+        for b in range(B):
+            conv = opt.space.to_converter(x[b].to(opt.objective.dtype), m[b],
+                                          invertibility_test=False)
+            err = converter_errors(opt.objective.tiles.tile(b), [baseline, conv],
+                                   opt.noise_model, opt.objective.t_steps, physics=physics,
+                                   repeats=repeats, generator=judge_seed,
+                                   layer_id=b).double().mean(-1)  # [2, repeats]
+            diffs.append(err[1] - err[0])
+            bases.append(err[0].mean())
+        diff = (torch.stack(diffs) * sizes[:, None]).sum(0)  # [repeats]
+        base_total = float((torch.stack(bases) * sizes).sum())
+        reduction = -diff / base_total
+        curve.append({"candidates": int(nfev) + seeds, "at": int(target),
+                      "reduction": float(reduction.mean()),
+                      "se": float(reduction.std() / math.sqrt(repeats))})
+    return {"method": method, "description": description, "physics": physics,
+            "backend": backend, "options": {k: (list(v) if isinstance(v, tuple) else v)
+                                            for k, v in options.items()},
+            "maxiter": maxiter, "search_wall_s": search_wall, "curve": curve}
+
+
+def _scipy_points(snapshots, num_layers: int, size: int) -> list[tuple[int, torch.Tensor]]:
+    """Per-layer candidate counts of the scipy backend's sequential snapshots."""
+    gens = [0] * num_layers
+    out, last = [], None
+    current = None
+    for _, x in snapshots:
+        finite = torch.isfinite(x).all(-1)
+        if last is not None:
+            changed = [b for b in range(num_layers) if bool(finite[b]) and (
+                not bool(torch.isfinite(last[b]).all()) or not torch.equal(x[b], last[b]))]
+            current = changed[-1] if changed else current
+        else:
+            current = int(finite.nonzero()[-1]) if bool(finite.any()) else 0
+        gens[current] += 1
+        if all(g > 0 for g in gens) or bool(finite.all()):
+            out.append((min(gens) * size + size, x))
+        last = x
+    # Only points where every layer has an answer are comparable with the batched backends.
+    return out or [(size, snapshots[-1][1])]
+
+
+def plot_curves(records: Sequence[Mapping[str, Any]], path: Path) -> None:
+    """Reduction vs candidates, one panel per (problem, physics), one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = sorted({(r["problem"], r["physics"]) for r in records})
+    cols = len({p for _, p in panels})
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.6 * rows), squeeze=False)
+    for ax, (problem, physics) in zip(axes.flat, panels):
+        for r in records:
+            if (r["problem"], r["physics"]) != (problem, physics):
+                continue
+            xs = [p["candidates"] for p in r["curve"]]
+            ys = [100 * p["reduction"] for p in r["curve"]]
+            es = [196 * p["se"] for p in r["curve"]]
+            style = "--" if "unseeded" in r["method"] else "-"
+            ax.errorbar(xs, ys, yerr=es, fmt=style, marker="o", ms=3, capsize=2,
+                        label=r["method"])
+        ax.set_xscale("log")
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_title(f"{problem}, physics={physics}")
+        ax.set_xlabel("candidates per layer")
+        ax.set_ylabel("TNMSE reduction vs DualPair [1,1] (%)")
+        ax.grid(alpha=0.3)
+    axes.flat[0].legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _table_rows(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for r in records:
+        row = {"problem": r["problem"], "physics": r["physics"], "method": r["method"]}
+        for p in r["curve"]:
+            row[f"{p['at']}"] = f"{100 * p['reduction']:.1f} ± {196 * p['se']:.1f}"
+        rows.append(row)
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=PROBLEMS)
+    parser.add_argument("--physics", nargs="+", default=list(PHYSICS),
+                        choices=PHYSICS)
+    parser.add_argument("--methods", nargs="+", default=list(DEFAULT_METHODS),
+                        choices=list(METHODS))
+    parser.add_argument("--budget", type=int, default=20000,
+                        help="candidates per layer (default 20000)")
+    parser.add_argument("--repeats", type=int, default=32,
+                        help="programmings of each judged point (default 32)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run: tiny test tile and budget")
+    parser.add_argument("--out-dir", type=Path, default=None)
+    parser.add_argument("--name", default="quality", help="results file stem")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    overrides: dict[str, Any] = {}
+    if args.quick:
+        overrides = dict(test_in_features=16, test_out_features=8, popsize=1)
+        args.budget, args.repeats = min(args.budget, 200), min(args.repeats, 4)
+    records = []
+    for problem in args.problems:
+        layers = problem_layers(problem, args.seed)
+        for physics in args.physics:
+            for method in args.methods:
+                record = run_curve(layers, method, physics, budget=args.budget,
+                                   repeats=args.repeats, seed=100 + args.seed,
+                                   judge_seed=9000 + args.seed, overrides=overrides)
+                record["problem"] = problem
+                records.append(record)
+                last = record["curve"][-1]
+                print(f"{problem:>11} {physics:>7} {method:>32}: "
+                      f"{100 * last['reduction']:6.1f} % at {last['candidates']} candidates "
+                      f"({record['search_wall_s']:.0f} s)", flush=True)
+    payload = {"budget": args.budget, "repeats": args.repeats, "quick": args.quick,
+               "t_steps": list(T_STEPS), "f_lst": list(F_LST), "records": records}
+    path = common.write_results(args.name, payload, out_dir=args.out_dir or common.RESULTS_DIR)
+    png = path.with_suffix(".png")
+    plot_curves(records, png)
+    rows = _table_rows(records)
+    ats = sorted({int(k) for row in rows for k in row if k.isdigit()})
+    print(common.markdown_table(rows, ["problem", "physics", "method",
+                                       *((str(a), f"{a} cand.") for a in ats)]))
+    print(f"wrote {path} and {png}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()
