@@ -41,6 +41,10 @@ Differences from scipy, all deliberate:
 * optional noise-robust selection (``parent_energies`` in :func:`de_tell`,
   ``reevaluate_parents`` in :func:`de_minimize`): parents are re-evaluated in the same call (same
   noise) as their trials and compared with them (common random numbers);
+* every layer draws its randomness from its own generator, seeded from ``(seed, layer id)``
+  (:func:`gpuwpo.rng.mix64`), and a frozen layer draws nothing: a layer's search is the same
+  whichever other layers run beside it, so a network's layers may be split over processes or
+  machines (:mod:`gpuwpo.distributed`) and give bit for bit the results of one search;
 * arguments out of range raise instead of being sorted or clipped (``mutation=(high, low)``, an
   ``init`` population outside the unit cube);
 * no polishing, constraints, integrality or ``maxfun``.
@@ -49,6 +53,7 @@ Differences from scipy, all deliberate:
 from __future__ import annotations
 
 import math
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -56,7 +61,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from .rng import make_generator
+from .rng import draw_seed, keyed_generator
 
 __all__ = [
     "STRATEGIES",
@@ -106,8 +111,11 @@ class DEState(NamedTuple):
             scipy's ``nit`` of that layer).
         nfev: [B] int64, candidates evaluated for each layer while it was not frozen.
         history: [B, nit] best energy of each layer after each generation.
-        rng_state: uint8 tensor, ``torch.Generator.get_state()`` of the generator (on the device
-            of ``population``) from which all randomness is drawn.
+        rng_state: [B, R] uint8, row b the ``torch.Generator.get_state()`` of layer b's
+            generator (on the device of ``population``), from which all of layer b's randomness
+            is drawn.
+        layer_ids: [B] int64, the layers' ids (their index in the whole network), the keys of
+            their generators' seeds.
         nit: generations run so far (all layers together).
         evaluated: whether the initial population has energies yet.
         strategy: one of :data:`STRATEGIES`.
@@ -125,6 +133,7 @@ class DEState(NamedTuple):
     nfev: Tensor
     history: Tensor
     rng_state: Tensor
+    layer_ids: Tensor
     nit: int
     evaluated: bool
     strategy: str
@@ -218,6 +227,20 @@ def _check_common(
         raise ValueError(f"atol must be >= 0, got {atol!r}")
 
 
+def _check_layer_ids(layer_ids, num_layers: int) -> Tensor:
+    """[B] int64 on the CPU: the given ids (distinct integers), or 0 .. B-1."""
+    if layer_ids is None:
+        return torch.arange(num_layers, dtype=torch.int64)
+    ids = torch.as_tensor(layer_ids).detach().cpu().reshape(-1)
+    if ids.is_floating_point() or ids.dtype == torch.bool or ids.numel() != num_layers:
+        raise ValueError(f"layer_ids must be {num_layers} integers (one per layer), got "
+                         f"{layer_ids!r}")
+    ids = ids.to(torch.int64)
+    if ids.unique().numel() != num_layers:
+        raise ValueError(f"layer_ids must be distinct, got {ids.tolist()}")
+    return ids
+
+
 def population_size(dim: int, popsize: int = 15, init: str = "latinhypercube") -> int:
     """Population size scipy uses for a string ``init``: ``max(5, popsize * dim)``.
 
@@ -236,28 +259,58 @@ def population_size(dim: int, popsize: int = 15, init: str = "latinhypercube") -
 # randomness
 
 
-def _make_generator(seed: int | torch.Generator | None, device: torch.device) -> torch.Generator:
-    # A copy of a given generator (the search owns its state), else gpuwpo.rng's meaning of an
-    # int seed or None (fresh entropy).
+#: Key of the DE's random streams (beside the seed and the layer id).
+_STREAM_KEY = 0xDE5EED
+
+
+def _base_seed(seed: int | torch.Generator | None) -> int:
+    # gpuwpo.rng's meanings: an int is used whole, a generator gives one draw (from a copy: the
+    # caller's generator is not advanced), None is fresh entropy.
     if isinstance(seed, torch.Generator):
-        generator = make_generator(seed, device)
-        copy = torch.Generator(device=device)
-        copy.set_state(generator.get_state())
-        return copy
-    return make_generator(seed, device)
+        copy = torch.Generator(device=seed.device)
+        copy.set_state(seed.get_state())
+        return draw_seed(copy)
+    if seed is None:
+        return secrets.randbits(64)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, a torch.Generator or None, got "
+                        f"{type(seed).__name__}")
+    return seed
 
 
-def _generator(state: DEState) -> torch.Generator:
-    """The generator a state's randomness comes from (a fresh object at the stored state)."""
-    generator = torch.Generator(device=state.population.device)
-    generator.set_state(state.rng_state)
-    return generator
+def _layer_states(seed: int | torch.Generator | None, layer_ids: Sequence[int],
+                  device: torch.device) -> Tensor:
+    """[B, R] uint8: the initial state of each layer's generator, keyed by (seed, layer id)."""
+    base = _base_seed(seed)
+    return torch.stack([keyed_generator(base, _STREAM_KEY, int(i), device=device).get_state()
+                        for i in layer_ids])
 
 
-def _rand(generator: torch.Generator, shape: Sequence[int], like: Tensor) -> Tensor:
-    return torch.rand(
-        tuple(shape), generator=generator, device=like.device, dtype=like.dtype
-    )
+def _draw(rng_state: Tensor, rows: Sequence[int], n: int, device: torch.device
+          ) -> tuple[Tensor, Tensor]:
+    """n uniforms in [0, 1) (float64) per layer in ``rows`` from its own generator.
+
+    Returns ``(u [B, n], rng_state)``: rows not drawn are zeros and keep their generator state,
+    so a layer's stream advances by the same amount whichever layers draw beside it. One draw
+    per layer: on a GPU that is B small launches per generation, against an objective that
+    evaluates [B, S, T, 2K, N].
+    """
+    u = torch.zeros((rng_state.shape[0], n), device=device, dtype=torch.float64)
+    if not rows:
+        return u, rng_state
+    rng_state = rng_state.clone()
+    generator = torch.Generator(device=device)
+    for b in rows:
+        # a copy: torch reads a generator state from the start of its storage, not the view's
+        generator.set_state(rng_state[b].clone())
+        u[b].uniform_(generator=generator)
+        rng_state[b] = generator.get_state()
+    return u, rng_state
+
+
+def _index(u: Tensor, high: int) -> Tensor:
+    """Integers uniform in [0, high) from uniforms u in [0, 1) (float64)."""
+    return (u * high).floor().to(torch.int64).clamp_(max=high - 1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -265,29 +318,32 @@ def _rand(generator: torch.Generator, shape: Sequence[int], like: Tensor) -> Ten
 
 
 def _init_population(
-    kind: str, num_layers: int, size: int, dim: int, generator: torch.Generator,
-    device: torch.device, dtype: torch.dtype,
-) -> Tensor:
-    like = torch.empty((), device=device, dtype=dtype)
+    kind: str, size: int, dim: int, rng_state: Tensor, device: torch.device, dtype: torch.dtype,
+) -> tuple[Tensor, Tensor]:
+    """The initial population [B, S, D] of a string ``init``, each layer from its own stream;
+    returns it with the advanced generator states."""
+    rows = list(range(rng_state.shape[0]))
     if kind == "random":
-        return _rand(generator, (num_layers, size, dim), like)
+        u, rng_state = _draw(rng_state, rows, size * dim, device)
+        return u.reshape(-1, size, dim).to(dtype), rng_state
     if kind == "latinhypercube":
         # one uniform draw in each of S equal segments per coordinate, then an independent random
         # permutation of the segments per coordinate (scipy's init_population_lhs)
+        u, rng_state = _draw(rng_state, rows, 2 * size * dim, device)
+        u = u.reshape(-1, 2, size, dim)
         segments = torch.arange(size, device=device, dtype=dtype) / size
-        samples = _rand(generator, (num_layers, size, dim), like) / size + segments[:, None]
-        order = torch.argsort(_rand(generator, (num_layers, size, dim), like), dim=1)
-        return torch.gather(samples, 1, order)
+        samples = u[:, 0].to(dtype) / size + segments[:, None]
+        order = torch.argsort(u[:, 1], dim=1)
+        return torch.gather(samples, 1, order), rng_state
     # sobol: one scrambled engine per layer (layers are independent searches); the scrambling
-    # seed comes from the generator so that the run stays reproducible from `seed`
-    seeds = torch.randint(
-        0, 2**62, (num_layers,), generator=generator, device=device, dtype=torch.int64
-    ).tolist()
+    # seed comes from the layer's stream so that the run stays reproducible from `seed`
+    u, rng_state = _draw(rng_state, rows, 1, device)
+    seeds = (u[:, 0] * 2**53).to(torch.int64).tolist()
     draws = [
         torch.quasirandom.SobolEngine(dim, scramble=True, seed=s).draw(size, dtype=torch.float64)
         for s in seeds
     ]
-    return torch.stack(draws).to(device=device, dtype=dtype)
+    return torch.stack(draws).to(device=device, dtype=dtype), rng_state
 
 
 def de_init(
@@ -305,6 +361,7 @@ def de_init(
     seed: int | torch.Generator | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    layer_ids: Sequence[int] | Tensor | None = None,
 ) -> DEState:
     """Make the initial state of ``num_layers`` independent searches in [0, 1]^dim.
 
@@ -323,10 +380,14 @@ def de_init(
         mutation: constant in [0, 2), or ``(low, high)`` to dither once per generation.
         recombination: crossover probability in [0, 1].
         tol, atol: a layer converges when ``std(E) <= atol + tol * |mean(E)|``.
-        seed: int, a ``torch.Generator`` (its state is copied) or ``None`` (fresh entropy). The
-            generator lives on ``device``.
+        seed: int, a ``torch.Generator`` (one seed is drawn from a copy of it) or ``None``
+            (fresh entropy). Layer b's randomness comes from its own generator (on ``device``),
+            seeded from ``(seed, layer_ids[b])``.
         device, dtype: default to those of ``init``/``x0`` when tensors, else CPU and torch's
             default dtype.
+        layer_ids: [B] distinct ids of the layers (default 0 .. B-1): a search over some of a
+            network's layers, given their ids in the whole network, runs each of them exactly
+            as the search over all of them does.
 
     Returns:
         A state whose energies are ``+inf`` and ``evaluated`` is False: the first
@@ -337,6 +398,8 @@ def de_init(
     population_size(1, popsize)  # validates popsize whatever the init
     if num_layers is None and isinstance(x0, Tensor) and x0.dim() >= 2:
         num_layers = int(x0.shape[0])
+    if num_layers is None and layer_ids is not None:
+        num_layers = int(torch.as_tensor(layer_ids).numel())
     ref = init if isinstance(init, Tensor) else x0
     if device is None:
         device = ref.device if isinstance(ref, Tensor) else torch.device("cpu")
@@ -344,7 +407,6 @@ def de_init(
     if dtype is None:
         dtype = ref.dtype if isinstance(ref, Tensor) and ref.is_floating_point() else None
         dtype = dtype or torch.get_default_dtype()
-    generator = _make_generator(seed, device)
 
     if isinstance(init, str):
         if init not in _INITS:
@@ -357,7 +419,9 @@ def de_init(
         if dim < 1 or num_layers < 1:
             raise ValueError(f"dim and num_layers must be >= 1, got {dim} and {num_layers}")
         size = population_size(dim, popsize, init)
-        population = _init_population(init, num_layers, size, dim, generator, device, dtype)
+        layer_ids = _check_layer_ids(layer_ids, num_layers)
+        rng_state = _layer_states(seed, layer_ids.tolist(), device)
+        population, rng_state = _init_population(init, size, dim, rng_state, device, dtype)
     else:
         population = torch.as_tensor(init).to(device=device, dtype=dtype)
         ok_shape = population.dim() in (2, 3) and population.shape[-2] >= 5
@@ -379,6 +443,8 @@ def de_init(
             population = population.expand(num_layers or 1, -1, -1)
         population = population.clone()
         num_layers, size, dim = population.shape
+        layer_ids = _check_layer_ids(layer_ids, num_layers)
+        rng_state = _layer_states(seed, layer_ids.tolist(), device)
 
     if x0 is not None:
         x0 = torch.as_tensor(x0).to(device=device, dtype=dtype)
@@ -405,7 +471,8 @@ def de_init(
         nit_layer=torch.zeros(num_layers, dtype=torch.int64, device=device),
         nfev=torch.zeros(num_layers, dtype=torch.int64, device=device),
         history=torch.empty((num_layers, 0), device=device, dtype=dtype),
-        rng_state=generator.get_state(),
+        rng_state=rng_state,
+        layer_ids=layer_ids.to(device),
         nit=0,
         evaluated=False,
         strategy=strategy,
@@ -422,27 +489,25 @@ def de_init(
 # ask
 
 
-def _select_samples(
-    num_layers: int, size: int, count: int, generator: torch.Generator, device: torch.device
-) -> Tensor:
-    """[B, S, count] member indices, distinct from each other and from the candidate (its row).
+def _select_samples(u: Tensor) -> Tensor:
+    """[B, S, count] member indices, distinct from each other and from the candidate (its row),
+    from uniforms u [B, S, count] in [0, 1) (float64).
 
     Equivalent in distribution to scipy's shuffle-and-drop-the-candidate: sample k is uniform
-    over the S - 1 - k indices not yet taken. An index u drawn from [0, S - 1 - k) is mapped to
+    over the S - 1 - k indices not yet taken. An index drawn from [0, S - 1 - k) is mapped to
     the u-th index not taken by stepping over the taken ones in ascending order. This costs
     O(B S count^2), not O(B S^2) as a full permutation per candidate would.
     """
-    candidate = torch.arange(size, device=device).expand(num_layers, size)
+    num_layers, size, count = u.shape
+    candidate = torch.arange(size, device=u.device).expand(num_layers, size)
     taken = candidate[..., None]  # [B, S, k + 1], kept sorted ascending
     samples = []
     for k in range(count):
-        u = torch.randint(
-            0, size - 1 - k, (num_layers, size), generator=generator, device=device
-        )
+        index = _index(u[..., k], size - 1 - k)
         for j in range(k + 1):
-            u = u + (u >= taken[..., j]).to(u.dtype)
-        samples.append(u)
-        taken = torch.sort(torch.cat([taken, u[..., None]], dim=-1), dim=-1).values
+            index = index + (index >= taken[..., j]).to(index.dtype)
+        samples.append(index)
+        taken = torch.sort(torch.cat([taken, index[..., None]], dim=-1), dim=-1).values
     return torch.stack(samples, dim=-1)
 
 
@@ -473,15 +538,14 @@ def _mutant(strategy: str, population: Tensor, samples: Tensor, scale: Tensor) -
     raise AssertionError(strategy)
 
 
-def _crossover_mask(
-    binomial: bool, recombination: float, shape: tuple[int, int, int],
-    generator: torch.Generator, like: Tensor,
-) -> Tensor:
-    """[B, S, D] bool: which coordinates of each trial come from the mutant."""
-    num_layers, size, dim = shape
-    fill_point = torch.randint(0, dim, (num_layers, size), generator=generator, device=like.device)
-    crossovers = _rand(generator, shape, like) < recombination
-    coordinate = torch.arange(dim, device=like.device)
+def _crossover_mask(binomial: bool, recombination: float, u_fill: Tensor, u_cross: Tensor
+                    ) -> Tensor:
+    """[B, S, D] bool: which coordinates of each trial come from the mutant, from uniforms
+    u_fill [B, S] (the fill point) and u_cross [B, S, D] in [0, 1) (float64)."""
+    dim = u_cross.shape[-1]
+    fill_point = _index(u_fill, dim)
+    crossovers = u_cross < recombination
+    coordinate = torch.arange(dim, device=u_cross.device)
     if binomial:
         # the fill point guarantees at least one coordinate from the mutant
         return crossovers | (coordinate == fill_point[..., None])
@@ -512,26 +576,34 @@ def de_ask(state: DEState) -> tuple[Tensor, DEState]:
         return state.population, state
     population = state.population
     num_layers, size, dim = population.shape
-    generator = _generator(state)
-    like = population
+    base = state.strategy[:-3]
+    count = _NUM_SAMPLES[base]
+    # One draw per searching layer from its own stream, laid out as: the mutation constant's
+    # dither (1), the samples (S x count), the fill points (S), the crossover draws (S x D) and
+    # the re-sampled coordinates (S x D). Frozen layers draw nothing.
+    rows = (~state.converged).nonzero().squeeze(1).tolist()
+    u, rng_state = _draw(state.rng_state, rows, 1 + size * (count + 1 + 2 * dim),
+                         population.device)
+    u_dither, u_samples, u_fill, u_cross, u_out = u.split(
+        [1, size * count, size, size * dim, size * dim], dim=1)
+    dtype = population.dtype
     if state.dither:
         # one mutation constant per generation (and per layer: layers are independent runs)
-        u = _rand(generator, (num_layers,), like)
-        scale = state.mutation_low + (state.mutation_high - state.mutation_low) * u
+        scale = state.mutation_low + (state.mutation_high - state.mutation_low) * \
+            u_dither[:, 0].to(dtype)
     else:
-        scale = torch.full((num_layers,), state.mutation_low, device=like.device, dtype=like.dtype)
-    base = state.strategy[:-3]
-    samples = _select_samples(num_layers, size, _NUM_SAMPLES[base], generator, like.device)
+        scale = torch.full((num_layers,), state.mutation_low, device=population.device,
+                           dtype=dtype)
+    samples = _select_samples(u_samples.reshape(num_layers, size, count))
     bprime = _mutant(base, population, samples, scale)
-    mask = _crossover_mask(
-        state.strategy.endswith("bin"), state.recombination, population.shape, generator, like
-    )
+    mask = _crossover_mask(state.strategy.endswith("bin"), state.recombination, u_fill,
+                           u_cross.reshape(num_layers, size, dim))
     trials = torch.where(mask, bprime, population)
     # scipy re-samples escaped coordinates instead of clipping: clipping would pile mass on the
     # faces of the cube
     outside = (trials < 0) | (trials > 1)
-    trials = torch.where(outside, _rand(generator, trials.shape, like), trials)
-    return trials, state._replace(rng_state=generator.get_state())
+    trials = torch.where(outside, u_out.reshape(num_layers, size, dim).to(dtype), trials)
+    return trials, state._replace(rng_state=rng_state)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -631,14 +703,16 @@ def de_tell(
 
 
 _TENSOR_FIELDS = (
-    "population", "energies", "converged", "nit_layer", "nfev", "history", "rng_state"
+    "population", "energies", "converged", "nit_layer", "nfev", "history", "rng_state",
+    "layer_ids",
 )
 
 
 def state_to_dict(state: DEState) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Split a state into tensors (for torch.save / safetensors) and JSON-able metadata.
 
-    The generator's state is one of the tensors, so a restored state continues the exact same run.
+    The layers' generator states ([B, R] uint8) and ids are among the tensors, so a restored
+    state continues the exact same run.
     """
     tensors = {name: getattr(state, name) for name in _TENSOR_FIELDS}
     meta = {
@@ -653,7 +727,16 @@ def state_from_dict(
 ) -> DEState:
     """Inverse of :func:`state_to_dict`; ``device`` moves the tensors (generator states are
     device-type specific, so a state saved on CUDA continues only on CUDA)."""
+    rng = tensors.get("rng_state")
+    if "layer_ids" not in tensors or rng is None or rng.dim() != 2:
+        raise ValueError("this search state was saved by an older gpuwpo, whose DE drew every "
+                         "layer's randomness from one generator; it cannot be continued")
     fields = {name: tensors[name] for name in _TENSOR_FIELDS}
+    if not (fields["rng_state"].shape[0] == fields["layer_ids"].shape[0]
+            == fields["population"].shape[0]):
+        raise ValueError(f"inconsistent search state: {fields['population'].shape[0]} layers, "
+                         f"{fields['layer_ids'].shape[0]} ids, {fields['rng_state'].shape[0]} "
+                         f"generator states")
     if device is not None:
         device = torch.device(device)
         fields = {

@@ -108,6 +108,12 @@ def test_every_strategy_improves_a_sphere(strategy):
     assert bool((sphere(res.x) == res.fun).all())
 
 
+def _uniforms(*shapes, seed: int = 0) -> list[torch.Tensor]:
+    """Uniforms in [0, 1) (float64) of the given shapes, what the DE's helpers take."""
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.rand(shape, generator=generator, dtype=torch.float64) for shape in shapes]
+
+
 def _is_cyclic_run(rows: torch.Tensor) -> torch.Tensor:
     """[N] whether the True entries of each bool row [N, D] form one run, cyclically."""
     starts = rows & ~torch.roll(rows, 1, dims=-1)
@@ -115,10 +121,8 @@ def _is_cyclic_run(rows: torch.Tensor) -> torch.Tensor:
 
 
 def test_exponential_crossover_copies_one_cyclic_run_with_geometric_length():
-    generator = torch.Generator().manual_seed(0)
-    like = torch.empty((), dtype=torch.float64)
     cr, dim = 0.6, 6
-    mask = _crossover_mask(False, cr, (200, 100, dim), generator, like)
+    mask = _crossover_mask(False, cr, *_uniforms((200, 100), (200, 100, dim)))
     rows = mask.reshape(-1, dim)
     assert bool(_is_cyclic_run(rows).all())
     # the run starts anywhere, uniformly (wrap-around runs exist) ...
@@ -131,22 +135,20 @@ def test_exponential_crossover_copies_one_cyclic_run_with_geometric_length():
 
 
 def test_binomial_crossover_takes_at_least_one_coordinate_and_each_with_probability_cr():
-    generator = torch.Generator().manual_seed(0)
-    like = torch.empty((), dtype=torch.float64)
     cr, dim = 0.3, 4
-    mask = _crossover_mask(True, cr, (50, 40, dim), generator, like)
+    mask = _crossover_mask(True, cr, *_uniforms((50, 40), (50, 40, dim)))
     assert bool(mask.any(-1).all())
     # each coordinate: cr, plus the fill point (1/D) when the draw failed
     expected = cr + (1 - cr) / dim
     assert float(mask.double().mean()) == pytest.approx(expected, abs=0.01)
-    cr0 = _crossover_mask(True, 0.0, (50, 40, dim), generator, like)
+    cr0 = _crossover_mask(True, 0.0, *_uniforms((50, 40), (50, 40, dim), seed=1))
     assert bool((cr0.sum(-1) == 1).all())
 
 
 def test_samples_are_distinct_not_the_candidate_and_uniform():
-    generator = torch.Generator().manual_seed(0)
     layers, size, count = 2000, 7, 5
-    samples = _select_samples(layers, size, count, generator, torch.device("cpu"))
+    (u,) = _uniforms((layers, size, count))
+    samples = _select_samples(u)
     assert samples.shape == (layers, size, count)
     candidate = torch.arange(size)[None, :, None]
     assert bool((samples != candidate).all())
@@ -431,3 +433,62 @@ def test_runs_on_cuda_and_checkpoints():
     a, _ = de_ask(res.state)
     b, _ = de_ask(restored)
     assert torch.equal(a, b)
+
+
+# ----------------------------------------------------------------------------------------------
+# per-layer randomness: a layer's search does not depend on the layers beside it
+
+
+def _layer_objective(ids):
+    """Rosenbrock shifted per layer id: each layer its own function, keyed by its id."""
+    shift = 0.05 * torch.as_tensor(ids, dtype=torch.float64)[:, None, None]
+    return lambda u: rosen_unit((u + shift).clamp(0, 1))
+
+
+@pytest.mark.parametrize("init", ["latinhypercube", "random", "sobol"])
+def test_a_subset_of_layers_runs_exactly_as_in_the_whole(init):
+    kwargs = dict(dim=3, popsize=5, init=init, seed=7, maxiter=60, tol=0.01,
+                  mutation=(0.5, 1.0), dtype=torch.float64, reevaluate_parents=True)
+    whole = de_minimize(_layer_objective(range(5)), num_layers=5, **kwargs)
+    assert 1 < int(whole.nit_layer.min()) < whole.nit  # layers converge at different times
+    for subset in ([0, 2], [4, 1, 3], [3]):
+        part = de_minimize(_layer_objective(subset), num_layers=len(subset), layer_ids=subset,
+                           **kwargs)
+        assert part.state.layer_ids.tolist() == subset
+        rows = torch.tensor(subset)
+        for name in ("x", "fun", "nit_layer", "nfev", "converged", "population",
+                     "population_energies"):
+            assert torch.equal(getattr(part, name), getattr(whole, name)[rows]), name
+        # the part stops when its own layers have converged; the whole's history goes on with
+        # their frozen best, and their generators did not move after they froze
+        assert torch.equal(part.history, whole.history[rows, : part.nit])
+        assert bool((whole.history[rows, part.nit - 1:] == part.history[:, -1:]).all())
+        assert part.nit == int(whole.nit_layer[rows].max())
+        assert torch.equal(part.state.rng_state, whole.state.rng_state[rows])
+
+
+def test_layer_ids_key_the_streams_and_are_checked():
+    a = de_init(dim=2, num_layers=3, seed=1, popsize=5)
+    b = de_init(dim=2, seed=1, popsize=5, layer_ids=[2, 0])  # B from the ids
+    assert torch.equal(b.population, a.population[[2, 0]])
+    assert not torch.equal(de_init(dim=2, num_layers=3, seed=2, popsize=5).population,
+                           a.population)
+    g = torch.Generator().manual_seed(3)
+    before = g.get_state()
+    c = de_init(dim=2, num_layers=3, seed=g, popsize=5)
+    assert torch.equal(g.get_state(), before)  # the caller's generator is not advanced
+    assert torch.equal(de_init(dim=2, num_layers=3, seed=g, popsize=5).population, c.population)
+    with pytest.raises(ValueError, match="distinct"):
+        de_init(dim=2, num_layers=2, seed=0, layer_ids=[1, 1])
+    with pytest.raises(ValueError, match="one per layer"):
+        de_init(dim=2, num_layers=2, seed=0, layer_ids=[0, 1, 2])
+    with pytest.raises(ValueError, match="one per layer"):
+        de_init(dim=2, num_layers=2, seed=0, layer_ids=[0.0, 1.0])
+
+
+def test_a_state_of_the_one_generator_format_is_refused():
+    tensors, meta = state_to_dict(de_init(dim=2, num_layers=2, seed=0))
+    old = {k: v for k, v in tensors.items() if k != "layer_ids"}
+    old["rng_state"] = torch.Generator().manual_seed(0).get_state()
+    with pytest.raises(ValueError, match="older gpuwpo"):
+        state_from_dict(old, meta)
