@@ -293,7 +293,7 @@ def _jsonable(value: Any) -> Any:
 
 
 #: Options that do not decide what a run finds (where it saves, what it prints, hooks).
-_UNRECORDED = ("callback", "checkpoint", "resume", "disp")
+_UNRECORDED = ("callback", "checkpoint", "checkpoint_every", "resume", "disp")
 
 
 def _settings(*, f_lst, t_steps, backend, per_layer, include, exclude, options: SearchOptions,
@@ -442,19 +442,35 @@ def optimize_network(
             backend=backend, device=device, compensation=compensation, physics=physics,
             **{**kwargs, **changes})
 
+    def checkpointing(first: WeightProgrammingOptimizer):
+        # One checkpoint for the whole run (both searches of a hierarchical one), fingerprinted
+        # by the selected weights and the settings record; checked before any work.
+        from .checkpoint import Checkpointing, digest, fingerprint_from_settings
+
+        o = first.options
+        if o.checkpoint is None and o.resume is None:
+            return None
+        settings = _settings(
+            f_lst=f_lst, t_steps=t_steps, backend=backend, per_layer=per_layer, include=include,
+            exclude=exclude, options=o, noise_model=noise_model, baseline=g_converter_baseline,
+            compensation=first.compensation, space=first.space, device=first.device,
+            physics=first.physics, hierarchical=bool(per_layer and hierarchical))
+        return Checkpointing.from_options(o, fingerprint_from_settings(settings, digest(weights)))
+
     extra_nfev, warm = 0, None
     if per_layer:
         # All layers in one search: the mapping becomes the optimizer's layer (batch) axis (its
         # test tiles check every layer, naming it).
         opt = optimizer(weights)
+        run = checkpointing(opt)
         if hierarchical and len(names) > 1:
             maxiter = opt.options.maxiter
             pooled = optimizer(_pooled(weights))
-            pooled.run_optimizer()
+            pooled.run_optimizer(checkpoint=run, stage="global")
             extra_nfev = pooled.result.nfev
             warm = {"global": _global_point(pooled.result)}
             opt = optimizer(weights, maxiter=max(1, maxiter - math.ceil(maxiter / len(names))))
-        opt.run_optimizer(warm)
+        opt.run_optimizer(warm, checkpoint=run, stage="layers")
         res = opt.result
         converters = [_one_program(conv) for conv in res.converters]
         chosen = list(res.chosen)
@@ -467,7 +483,7 @@ def optimize_network(
         # The paper's global strategy: one distribution pooled from every layer normalised by
         # its own max|W|, so that no layer dominates through its scale.
         opt = optimizer(_pooled(weights))
-        opt.run_optimizer()
+        opt.run_optimizer(checkpoint=checkpointing(opt), stage="global")
         res = opt.result
         o = opt.options
         per_layer_objective = TNMSEObjective(

@@ -10,7 +10,7 @@ uncertainty next to the baseline evaluated the same way.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -207,6 +207,10 @@ class WeightProgrammingOptimizer:
             kernel=opts.kernel, device=self.device, seed=opts.seed, physics=physics,
         )
         self.physics = self.objective.physics
+        # What a checkpoint's fingerprint records (only kept when the run saves or resumes).
+        self._record = {"f_lst": list(f_lst), "t_steps": t_steps, "symmetric": symmetric,
+                        "weights": weights if opts.checkpoint is not None
+                        or opts.resume is not None else None}
         self._baseline: tuple[torch.Tensor, torch.Tensor] | None = None
         self.result: OptimizationResult | None = None
 
@@ -245,6 +249,30 @@ class WeightProgrammingOptimizer:
             return self.space.encode_npair(conv.f_lst.tolist())
         except ValueError:  # fixed f that differ, or f outside [f_min, f_max]
             return None
+
+    def checkpoint_fingerprint(self) -> dict:
+        """What this optimizer's run is, for its checkpoints (:mod:`gpuwpo.checkpoint`): a
+        digest of the weights, the physics, the settings (the results file's record) and the
+        seed."""
+        from .checkpoint import digest, fingerprint_from_settings
+        from .network import _settings
+
+        weights = self._record["weights"]
+        if weights is None:
+            raise ValueError("this optimizer neither saves nor resumes checkpoints")
+        if isinstance(weights, torch.Tensor):
+            named = {"0": weights}
+        elif isinstance(weights, Mapping):
+            named = dict(weights)
+        else:
+            named = {str(i): w for i, w in enumerate(weights)}
+        settings = _settings(
+            f_lst=self._record["f_lst"], t_steps=self._record["t_steps"], backend=self.backend,
+            per_layer=True, include=None, exclude=None, options=self.options,
+            noise_model=self.noise_model, baseline=self.g_converter_baseline,
+            compensation=self.compensation, space=self.space, device=self.device,
+            physics=self.physics)
+        return fingerprint_from_settings(settings, digest(named))
 
     def _noise_seed(self, call: int) -> int:
         # Different from the baseline and validation seeds, reproducible per evaluation.
@@ -313,14 +341,20 @@ class WeightProgrammingOptimizer:
         ranked = torch.gather(x, 1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
         return ranked, order
 
-    def run_optimizer(self, warm_starts: dict[str, torch.Tensor] | None = None
-                      ) -> tuple[object, bool]:
+    def run_optimizer(self, warm_starts: dict[str, torch.Tensor] | None = None, *,
+                      checkpoint=None, stage: str = "search") -> tuple[object, bool]:
         """Seed, search, polish, choose. Returns (converter, success); details in ``self.result``.
 
         Args:
             warm_starts: label -> a point [D] or one per layer [B, D] (e.g. a network's global
                 strategy, label ``"global"``): put into the initial population and among the
                 contenders of the final choice. The option ``x0`` is the warm start ``"x0"``.
+            checkpoint, stage: a :class:`gpuwpo.checkpoint.Checkpointing` run of which this
+                search is the stage ``stage`` (what :func:`gpuwpo.optimize_network` passes).
+                Without it the options ``checkpoint``/``resume`` make a run of one stage
+                fingerprinted by :meth:`checkpoint_fingerprint`. Everything before and after
+                the search is a deterministic function of the settings, so a resumed run ends
+                exactly as an uninterrupted one.
 
         Returns:
             ``(converter, success)``: the chosen converter (the list of them for several layers)
@@ -328,6 +362,11 @@ class WeightProgrammingOptimizer:
         """
         o = self.options
         start = time.perf_counter()
+        if checkpoint is None and (o.checkpoint is not None or o.resume is not None):
+            from .checkpoint import Checkpointing
+
+            # Checked (and the checkpoint to resume read) before any work.
+            checkpoint = Checkpointing.from_options(o, self.checkpoint_fingerprint())
         base_mean, _ = self.get_loss_baseline()
         problem = self._search_problem(base_mean)
         starts = {}
@@ -352,9 +391,17 @@ class WeightProgrammingOptimizer:
             # Warm starts first, then the seeds best first, as many as the population holds.
             x0 = torch.cat(rows, dim=1)[:, : self._population_size()]
             search_options = o.replace(x0=x0)
+        search_stage = None
+        if checkpoint is not None:
+            from .checkpoint import digest
+
+            # The warm starts are part of what this stage searches (the seeds follow from the
+            # settings).
+            search_stage = checkpoint.stage(stage, {"warm_starts": digest(starts)})
         bar = self._progress_bar() if o.disp else None
         try:
-            outcome = run_search(self.backend, problem, search_options, progress=bar)
+            outcome = run_search(self.backend, problem, search_options, progress=bar,
+                                 checkpoint=search_stage)
         finally:
             if bar is not None:
                 bar.close()

@@ -205,12 +205,17 @@ def test_checkpoint_resume_is_identical_to_an_uninterrupted_run(heavy_tailed, tm
     assert a.nfev == b.nfev
 
 
-def test_checkpoint_holds_no_pickle(heavy_tailed, tmp_path):
-    ckpt = tmp_path / "ckpt"
+def test_checkpoint_is_one_safetensors_file_without_pickle(heavy_tailed, tmp_path):
+    from safetensors import safe_open
+
+    ckpt = tmp_path / "run.ckpt"
     opt = _optimizer(heavy_tailed, popsize=2, maxiter=2, polish=False, checkpoint=str(ckpt))
     opt.run_optimizer()
-    names = sorted(p.name for p in ckpt.iterdir())
-    assert names == ["de_state.json", "de_state.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.ckpt"]  # no temporary left
+    with safe_open(str(ckpt), "pt") as fh:  # a plain safetensors file: tensors and JSON
+        assert "search/population" in fh.keys() and "gpuwpo_checkpoint" in fh.metadata()
+    state, checkpoint = load_checkpoint(ckpt)
+    assert state.nit == 2 and checkpoint.fingerprint["seed"] == 100
     with pytest.raises(FileNotFoundError):
         load_checkpoint(tmp_path / "nowhere")
 

@@ -43,16 +43,22 @@ def backend_module(backend: str):
 
 def run_search(backend: str, problem: SearchProblem, options: SearchOptions | None = None, *,
                progress: Callable[[IntermediateResult], None] | None = None,
-               **kwargs) -> SearchOutcome:
+               checkpoint=None, **kwargs) -> SearchOutcome:
     """Run the search ``backend`` ("torch", "evotorch" or "scipy") on ``problem``.
 
     ``options`` (or keyword arguments building them) are checked against what the backend
-    honours first.
+    honours first. ``checkpoint``: a :class:`gpuwpo.checkpoint.Stage` of a run that saves or
+    resumes (for a backend that checkpoints).
     """
     module = backend_module(backend)
     if options is None:
         options = SearchOptions.from_kwargs(kwargs, what=f"the {backend} backend")
     elif kwargs:
         options = options.replace(**kwargs)
-    refuse_unsupported(options, backend, module.accepts(options))
-    return module.search(problem, options, progress=progress)
+    accepts = module.accepts(options)
+    refuse_unsupported(options, backend, accepts)
+    if checkpoint is None:
+        return module.search(problem, options, progress=progress)
+    if "checkpoint" not in accepts:
+        raise ValueError(f"the {backend} backend cannot checkpoint or resume a search")
+    return module.search(problem, options, progress=progress, checkpoint=checkpoint)

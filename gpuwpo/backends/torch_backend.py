@@ -1,58 +1,106 @@
 """The torch differential-evolution backend: all layers in one tensor program.
 
 Runs :func:`gpuwpo.de.de_minimize` on the problem's device with noise-robust selection (parents
-re-evaluated with their trials under common random numbers) and saves its state as tensors plus
-JSON (no pickle) for checkpoint and resume.
+re-evaluated with their trials under common random numbers) and saves its state into one
+checkpoint file (:mod:`gpuwpo.checkpoint`: tensors and JSON, no pickle) to resume from.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
-from ..de import DEResult, de_init, de_minimize, state_from_dict, state_to_dict
+from ..checkpoint import (
+    CHANGEABLE_OPTIONS,
+    Checkpoint,
+    Checkpointing,
+    Stage,
+    digest,
+    read_checkpoint,
+    write_checkpoint,
+)
+from ..de import DEResult, DEState, de_init, de_minimize, state_from_dict, state_to_dict
 from ..options import SearchOptions, de_accepts
 from .base import IntermediateResult, SearchOutcome, SearchProblem, notify
 
 __all__ = ["search", "accepts", "save_checkpoint", "load_checkpoint"]
 
-_STATE_FILE = "de_state.safetensors"
-_META_FILE = "de_state.json"
+#: What a stage of this backend holds (its meta's ``kind``).
+_KIND = "torch-de"
 
 
-def save_checkpoint(path: str | os.PathLike, state, extra: dict | None = None) -> None:
-    """Save a :class:`gpuwpo.de.DEState` into the directory ``path`` (tensors + JSON)."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
+def _record(state: DEState) -> tuple[dict[str, torch.Tensor], dict]:
     tensors, meta = state_to_dict(state)
-    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    meta = {"format": "gpuwpo-de-checkpoint", "version": 1, "meta": meta, "extra": extra or {}}
-    tmp_t, tmp_m = path / (_STATE_FILE + ".tmp"), path / (_META_FILE + ".tmp")
-    save_file(tensors, str(tmp_t))
-    tmp_m.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp_t, path / _STATE_FILE)
-    os.replace(tmp_m, path / _META_FILE)
+    return tensors, {"kind": _KIND, "state": meta}
 
 
-def load_checkpoint(path: str | os.PathLike, device: torch.device | str | None = None):
-    """Load a state saved by :func:`save_checkpoint`: returns (DEState, extra dict)."""
-    from safetensors.torch import load_file
+def _restore(path, stage: str, tensors: dict, meta: dict,
+             device: torch.device | str | None = None) -> DEState:
+    """The DEState of a stage read from ``path``; a ValueError naming ``path`` otherwise."""
+    if meta.get("kind") != _KIND or not isinstance(meta.get("state"), dict):
+        raise ValueError(f"checkpoint {path}: stage {stage!r} holds no torch DE state (kind "
+                         f"{meta.get('kind')!r})")
+    try:
+        state = state_from_dict(tensors, meta["state"], device=device)
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"checkpoint {path}: stage {stage!r} is incomplete ({err})") from None
+    except ValueError as err:
+        raise ValueError(f"checkpoint {path}: {err}") from None
+    B, S, D = state.population.shape if state.population.dim() == 3 else (0, 0, 0)
+    shapes = {"energies": (B, S), "converged": (B,), "nit_layer": (B,), "nfev": (B,),
+              "history": (B, state.nit)}
+    if not B or any(tuple(getattr(state, k).shape) != v for k, v in shapes.items()):
+        raise ValueError(f"checkpoint {path}: stage {stage!r} holds a DE state of inconsistent "
+                         f"shapes")
+    return state
 
-    path = Path(path)
-    if not (path / _STATE_FILE).is_file() or not (path / _META_FILE).is_file():
-        raise FileNotFoundError(f"no gpuwpo checkpoint in {path} (expected {_STATE_FILE} and "
-                                f"{_META_FILE})")
-    meta = json.loads((path / _META_FILE).read_text())
-    if meta.get("format") != "gpuwpo-de-checkpoint":
-        raise ValueError(f"{path / _META_FILE} is not a gpuwpo checkpoint")
-    tensors = load_file(str(path / _STATE_FILE))
-    return state_from_dict(tensors, meta["meta"], device=device), meta.get("extra", {})
+
+def save_checkpoint(path: str | os.PathLike, state: DEState, fingerprint: dict | None = None,
+                    stage: str = "search") -> None:
+    """Save a :class:`gpuwpo.de.DEState` alone as a one-stage checkpoint file ``path``
+    (:mod:`gpuwpo.checkpoint`: one safetensors file, written atomically, no pickle)."""
+    write_checkpoint(path, Checkpoint(dict(fingerprint or {}), {stage: _record(state)}))
+
+
+def load_checkpoint(path: str | os.PathLike, device: torch.device | str | None = None,
+                    stage: str | None = None) -> tuple[DEState, Checkpoint]:
+    """The DEState of ``stage`` (default: the last one saved) of the checkpoint file ``path``,
+    and the whole :class:`gpuwpo.checkpoint.Checkpoint`.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: not a checkpoint, a torn or corrupted one, or no such stage (naming it).
+    """
+    checkpoint = read_checkpoint(path)
+    if not checkpoint.stages:
+        raise ValueError(f"checkpoint {path} holds no search state")
+    name = list(checkpoint.stages)[-1] if stage is None else stage
+    if name not in checkpoint.stages:
+        raise ValueError(f"checkpoint {path} has no stage {name!r}; it has "
+                         f"{', '.join(checkpoint.stages)}")
+    tensors, meta = checkpoint.stages[name]
+    return _restore(path, name, tensors, meta, device), checkpoint
+
+
+def _fingerprint(problem: SearchProblem, options: SearchOptions) -> dict:
+    """What a search run through :func:`search` alone is: the problem's shape and the options
+    (the loss itself is a function and cannot be fingerprinted; the optimizer fingerprints the
+    weights and the physics behind it)."""
+    from .. import __version__
+
+    opts = {}
+    for name, value in options.as_dict().items():
+        if name in CHANGEABLE_OPTIONS or name == "seed":
+            continue
+        if name in ("x0", "x_init") and value is not None and not isinstance(value, str):
+            value = digest({name: torch.as_tensor(value)})
+        opts[name] = list(value) if isinstance(value, tuple) else value
+    return {"gpuwpo_version": __version__,
+            "problem": {"num_layers": problem.num_layers, "dim": problem.dim,
+                        "dtype": str(problem.dtype), "device": str(problem.device)},
+            "settings": {"backend": "torch", "options": opts}, "seed": options.seed}
 
 
 def accepts(options: SearchOptions) -> frozenset[str]:
@@ -67,23 +115,38 @@ def search(
     *,
     progress: Callable[[IntermediateResult], None] | None = None,
     skip_converged: bool = True,
+    checkpoint: Stage | None = None,
 ) -> SearchOutcome:
     """Differential evolution in torch over all layers at once.
 
     The options' callback receives an :class:`IntermediateResult` after every generation and may
-    stop the run by returning True or raising StopIteration. With ``checkpoint`` the state is
-    saved every ``checkpoint_every`` generations and at the end; ``resume`` continues a saved
-    state (the other search settings are taken from it). ``skip_converged`` evaluates only
+    stop the run by returning True or raising StopIteration. ``skip_converged`` evaluates only
     the layers still searching (converged layers are frozen, their energies unused); the result
     is identical either way because every layer's noise is keyed by its index.
+
+    Checkpoints (:mod:`gpuwpo.checkpoint`): ``checkpoint`` is the stage of a run whose
+    fingerprint the caller made (the optimizer's: weights, physics, settings, seed); without
+    it, the options ``checkpoint``/``resume`` make a run of one stage fingerprinted by the
+    problem's shape and the options alone. The state is saved every ``checkpoint_every``
+    generations, at the end, and when a KeyboardInterrupt stops the search (the last complete
+    generation); a resumed search continues the saved state and ends exactly as the
+    uninterrupted one would.
     """
     o = options
-    if o.resume is not None:
-        state, _ = load_checkpoint(o.resume, device=problem.device)
+    if checkpoint is None:
+        run = Checkpointing.from_options(o, _fingerprint(problem, o))
+        checkpoint = None if run is None else run.stage("search")
+    saved = None if checkpoint is None else checkpoint.resumed()
+    if saved is not None:
+        source = checkpoint.source
+        state = _restore(source, checkpoint.name, *saved, device=problem.device)
         if tuple(state.population.shape[::2]) != (problem.num_layers, problem.dim):
-            raise ValueError(f"checkpoint {o.resume} holds a search of shape "
+            raise ValueError(f"checkpoint {source} holds a search of shape "
                              f"{tuple(state.population.shape)}, not B={problem.num_layers}, "
                              f"D={problem.dim}")
+        if state.nit > o.maxiter:
+            raise ValueError(f"checkpoint {source} is at generation {state.nit}, past "
+                             f"maxiter={o.maxiter}; resume with maxiter >= {state.nit}")
     else:
         init = o.x_init
         if isinstance(init, torch.Tensor):
@@ -113,18 +176,28 @@ def search(
         calls[0] += 1
         return out
 
+    saves = checkpoint is not None and checkpoint.saves
+    latest = [state]
+
     def on_generation(result: DEResult) -> bool:
         frozen[0] = result.converged.clone()
-        if o.checkpoint is not None and result.nit % o.checkpoint_every == 0:
-            save_checkpoint(o.checkpoint, result.state)
+        latest[0] = result.state
+        if saves and result.nit % checkpoint.every == 0:
+            checkpoint.save(*_record(result.state))
         info = IntermediateResult(result.nit, result.x, result.fun, result.history,
                                   int(result.nfev.sum()), result.converged)
         return notify(o.callback, progress, info)
 
-    result = de_minimize(fn, maxiter=o.maxiter, callback=on_generation,
-                         reevaluate_parents=o.noise_robust, state=state)
-    if o.checkpoint is not None:
-        save_checkpoint(o.checkpoint, result.state)
+    try:
+        result = de_minimize(fn, maxiter=o.maxiter, callback=on_generation,
+                             reevaluate_parents=o.noise_robust, state=state)
+    except KeyboardInterrupt:
+        # Nothing lost: the last complete generation is where a resumed run continues.
+        if saves and latest[0].evaluated and latest[0].nit > 0:
+            checkpoint.save(*_record(latest[0]))
+        raise
+    if saves:
+        checkpoint.save(*_record(result.state))
     return SearchOutcome(
         x=result.x, fun=result.fun, nit=result.nit,
         nfev=int(result.nfev.sum()), converged=result.converged,
