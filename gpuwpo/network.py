@@ -416,7 +416,10 @@ def optimize_network(
             generations, so that the total number of candidates stays that of a plain per-layer
             search. None: :data:`HIERARCHICAL_DEFAULT`.
         **optimizer_kwargs: passed to :class:`gpuwpo.WeightProgrammingOptimizer` (popsize,
-            maxiter, seed, validation_repeats, symmetric, compensation, ...).
+            maxiter, seed, validation_repeats, symmetric, compensation, ...). ``checkpoint``,
+            ``checkpoint_every`` and ``resume`` save and continue the whole run in one file
+            (both searches of a hierarchical run; :mod:`gpuwpo.checkpoint`), fingerprinted by
+            the selected weights and the settings record.
 
     Returns:
         A :class:`NetworkResult`, one :class:`LayerResult` per layer in the model's order.
@@ -462,6 +465,7 @@ def optimize_network(
         # All layers in one search: the mapping becomes the optimizer's layer (batch) axis (its
         # test tiles check every layer, naming it).
         opt = optimizer(weights)
+        requested = opt.options  # what the settings record (the stages derive from it)
         run = checkpointing(opt)
         if hierarchical and len(names) > 1:
             maxiter = opt.options.maxiter
@@ -483,6 +487,7 @@ def optimize_network(
         # The paper's global strategy: one distribution pooled from every layer normalised by
         # its own max|W|, so that no layer dominates through its scale.
         opt = optimizer(_pooled(weights))
+        requested = opt.options
         opt.run_optimizer(checkpoint=checkpointing(opt), stage="global")
         res = opt.result
         o = opt.options
@@ -522,7 +527,7 @@ def optimize_network(
     ]
     settings = _settings(
         f_lst=f_lst, t_steps=t_steps, backend=backend, per_layer=per_layer, include=include,
-        exclude=exclude, options=opt.options, noise_model=noise_model,
+        exclude=exclude, options=requested, noise_model=noise_model,
         baseline=g_converter_baseline, compensation=opt.compensation, space=opt.space,
         device=opt.device, physics=opt.physics, hierarchical=bool(per_layer and hierarchical),
     )

@@ -1,0 +1,46 @@
+"""optimize's search flags: --no-seeds and --hierarchical, recorded and repeated by --config."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gpuwpo.cli import main
+from gpuwpo.io import load_result
+
+TINY = ["--popsize", "2", "--maxiter", "2", "--test-size", "16", "4",
+        "--baseline-iterations", "2", "--validation-repeats", "2", "--times", "1,1d", "--quiet",
+        "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    d = tmp_path_factory.mktemp("w")
+    gen = torch.Generator().manual_seed(0)
+    path = d / "net.pt"
+    torch.save({"fc1.weight": torch.randn(8, 16, generator=gen) * 0.3,
+                "fc2.weight": torch.randn(4, 8, generator=gen) * 0.3}, path)
+    return path
+
+
+def test_defaults_seed_the_search_and_search_layers_directly(weights, tmp_path):
+    out = tmp_path / "r.json"
+    assert main(["optimize", str(weights), *TINY, "--out", str(out)]) == 0
+    s = load_result(out).settings
+    assert s["options"]["seeds"] is True and s["hierarchical"] is False
+
+
+def test_no_seeds_and_hierarchical_are_recorded_and_repeated(weights, tmp_path):
+    out, again = tmp_path / "r.json", tmp_path / "again.json"
+    assert main(["optimize", str(weights), *TINY, "--no-seeds", "--hierarchical",
+                 "--out", str(out)]) == 0
+    first = load_result(out)
+    assert first.settings["options"]["seeds"] is False and "seeds" in first.settings["explicit"]
+    assert first.settings["hierarchical"] is True
+    assert first.settings["options"]["maxiter"] == 2  # as asked, not the staged search's 1
+    assert all(not layer.chosen.startswith("seed") for layer in first.layers)
+    assert main(["optimize", str(weights), "--config", str(out), "--quiet",
+                 "--out", str(again)]) == 0
+    second = load_result(again)
+    assert second.settings == first.settings
+    assert second.layers == first.layers
