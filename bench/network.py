@@ -116,7 +116,7 @@ def _kind(name: str) -> str:
 
 def run(weights: dict[str, torch.Tensor], *, popsize: int, maxiter: int, device: torch.device,
         backend: str = "torch", seed: int = 100, warmup: bool = True,
-        options: dict[str, Any] | None = None) -> dict[str, Any]:
+        options: dict[str, Any] | None = None, hierarchical: bool = False) -> dict[str, Any]:
     """Optimise every layer of ``weights`` in one :func:`gpuwpo.optimize_network` call."""
     options = dict(options or {})
     noise = gpuwpo.PCMLikeNoiseModel(g_max=25.0)
@@ -124,7 +124,7 @@ def run(weights: dict[str, torch.Tensor], *, popsize: int, maxiter: int, device:
 
     def call(ws, **kw):
         return gpuwpo.optimize_network(ws, noise, T_STEPS, baseline, list(F_LST), per_layer=True,
-                                backend=backend, device=device,
+                                backend=backend, device=device, hierarchical=hierarchical,
                                 **{"seed": seed, "disp": False, **options, **kw})
 
     if warmup:
@@ -147,6 +147,11 @@ def run(weights: dict[str, torch.Tensor], *, popsize: int, maxiter: int, device:
         "baseline_tnmse": layer.baseline_tnmse, "baseline_ci95": list(layer.baseline_ci95),
         "improvement": layer.improvement,
         "success": layer.tnmse < layer.baseline_tnmse * (1 - margin),
+        "chosen": layer.chosen,
+        # Worse than the baseline with confidence: the layer's answer and its baseline are
+        # evaluated on the same noise, so their intervals overlap far more than their
+        # difference's; a layer that keeps its baseline is equal to it.
+        "worse": layer.tnmse_ci95[0] > layer.baseline_tnmse,
     } for layer in res.layers]
     return {
         "backend": backend,
@@ -171,6 +176,10 @@ def run(weights: dict[str, torch.Tensor], *, popsize: int, maxiter: int, device:
         "loss_margin": margin,
         "layers_success": sum(r["success"] for r in layers),
         "layers_improved": sum(r["tnmse"] < r["baseline_tnmse"] for r in layers),
+        "layers_kept_baseline": sum(r["chosen"] == "baseline" for r in layers),
+        "layers_worse": sum(r["worse"] for r in layers),
+        "min_improvement": min(r["improvement"] for r in layers),
+        "hierarchical": hierarchical,
         "layers": layers,
         "settings": res.settings,
     }
@@ -190,10 +199,17 @@ def tables(record: dict[str, Any]) -> str:
         "wall": f"{r['wall_time_s']:.1f}", "memory": memory,
         "tnmse": f"{r['total_tnmse']:.5f}", "baseline": f"{r['total_baseline_tnmse']:.5f}",
         "success": f"{r['layers_success']} / {r['num_layers']}",
-    }], ["device", "backend", "budget", "layers", "weights", "generations",
+        "gain": f"{100 * r['total_improvement']:.1f} %",
+        "kept": r.get("layers_kept_baseline", "-"),
+        "worse": r.get("layers_worse", "-"),
+        "hier": "yes" if r.get("hierarchical") else "no",
+    }], ["device", "backend", "budget", ("hier", "hierarchical"), "layers", "weights",
+         "generations",
          ("candidates", "candidates (all layers)"), ("wall", "wall s"), ("memory", "peak memory"),
          ("tnmse", "total TNMSE"), ("baseline", "total baseline"),
-         ("success", "layers beating baseline by margin")])
+         ("gain", "total below baseline"),
+         ("success", "layers beating baseline by margin"), ("kept", "layers keeping baseline"),
+         ("worse", "layers worse")])
     kinds: dict[str, list[dict]] = {}
     for layer in r["layers"]:
         kinds.setdefault(layer["kind"], []).append(layer)
@@ -226,6 +242,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         help="default: the optimizer's (100) on CUDA, 20 on the CPU")
     parser.add_argument("--polish", choices=("on", "off"), default=None,
                         help="local polish (default: on on CUDA, off on the CPU)")
+    parser.add_argument("--weights", choices=("bert-shaped", "minilm"), default="bert-shaped",
+                        help="bert-shaped: the synthetic BERT-base-shaped network (default); "
+                             "minilm: the 37 linear layers of the pretrained all-MiniLM-L6-v2 "
+                             f"(needs the package {common.PRETRAINED_PACKAGE})")
+    parser.add_argument("--name", default=None,
+                        help="results file stem (default network, network-minilm, with "
+                             "-hierarchical)")
+    parser.add_argument("--hierarchical", action="store_true",
+                        help="a pooled global search first, every layer starting from it")
     parser.add_argument("--hidden", type=int, default=768)
     parser.add_argument("--intermediate", type=int, default=None, help="default 4 x hidden")
     parser.add_argument("--blocks", type=int, default=12)
@@ -265,25 +290,38 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(f"network benchmark on {machine['name']} ({device}): {note}", file=sys.stderr)
 
     t0 = time.perf_counter()
-    weights = bert_shaped_weights(hidden=hidden, intermediate=args.intermediate or 4 * hidden,
-                                  blocks=blocks, max_layers=max_layers, seed=args.weight_seed)
+    if args.weights == "minilm":
+        weights = common.pretrained_transformer_weights()
+        if max_layers:
+            weights = dict(list(weights.items())[:max_layers])
+        network = (f"all-MiniLM-L6-v2 (pretrained, package {common.PRETRAINED_PACKAGE}): "
+                   f"{len(weights)} linear layers")
+        weight_note = "pretrained"
+    else:
+        weights = bert_shaped_weights(hidden=hidden,
+                                      intermediate=args.intermediate or 4 * hidden,
+                                      blocks=blocks, max_layers=max_layers,
+                                      seed=args.weight_seed)
+        network = (f"BERT-base-shaped: hidden {hidden}, intermediate "
+                   f"{args.intermediate or 4 * hidden}, {blocks} blocks + pooler"
+                   + (f", first {max_layers} layers" if max_layers else ""))
+        weight_note = (f"Student-t, 3 dof, scale 0.05 x U(0.8, 1.2) per layer, "
+                       f"seed {args.weight_seed}")
     generation_s = time.perf_counter() - t0
     rss_weights = _rss_mib()
     print(f"  {len(weights)} layers, {sum(w.numel() for w in weights.values()) / 1e6:.1f} M "
           f"weights generated in {generation_s:.1f} s; optimising ...", file=sys.stderr,
           flush=True)
     result = run(weights, popsize=popsize, maxiter=maxiter, device=device, backend=args.backend,
-                 seed=args.seed, warmup=not (args.no_warmup or args.quick), options=options)
+                 seed=args.seed, warmup=not (args.no_warmup or args.quick), options=options,
+                 hierarchical=args.hierarchical)
     record = {
         "machine": machine,
         "budget_note": note,
         "quick": bool(args.quick),
         "config": {
-            "network": f"BERT-base-shaped: hidden {hidden}, intermediate "
-                       f"{args.intermediate or 4 * hidden}, {blocks} blocks + pooler"
-                       + (f", first {max_layers} layers" if max_layers else ""),
-            "weights": f"Student-t, 3 dof, scale 0.05 x U(0.8, 1.2) per layer, "
-                       f"seed {args.weight_seed}",
+            "network": network,
+            "weights": weight_note,
             "f_lst": list(F_LST), "t_steps_s": list(T_STEPS),
             "noise_model": "gpuwpo.PCMLikeNoiseModel(g_max=25) defaults",
             "compensation": "ideal global",
@@ -296,7 +334,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "rss_after_weights_mib": rss_weights,
         "result": result,
     }
-    path = common.write_results("network", record, args.out_dir)
+    name = args.name or ("network" if args.weights == "bert-shaped" else "network-minilm") + (
+        "-hierarchical" if args.hierarchical else "")
+    path = common.write_results(name, record, args.out_dir)
     print(f"{record['config']['network']}, {machine['name']}, {note}.\n")
     print(tables(record))
     print(f"\nwritten {path}", file=sys.stderr)
