@@ -292,7 +292,7 @@ class WeightProgrammingOptimizer:
 
         return SearchProblem(loss=loss, num_layers=self.num_layers, dim=self.space.dim,
                              device=self.device, dtype=self.objective.dtype,
-                             supports_layers=True)
+                             supports_layers=True, layer_ids=self.objective.layer_ids)
 
     def seeds(self) -> tuple[torch.Tensor, list[str]]:
         """The search's seeds: the standard converters the space can express, as points.
@@ -337,7 +337,7 @@ class WeightProgrammingOptimizer:
         """Seeds [W, D] ranked per layer by one evaluation on common noise: ([B, W, D], [B, W])."""
         x = seeds.to(self.device).unsqueeze(0).expand(self.num_layers, -1, -1)
         loss = self.objective(x, self._noise_seed(-3))  # [B, W]
-        order = loss.argsort(dim=-1)
+        order = loss.argsort(dim=-1, stable=True)  # ties in seed order, whatever the batch
         ranked = torch.gather(x, 1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
         return ranked, order
 

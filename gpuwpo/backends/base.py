@@ -28,6 +28,9 @@ class SearchProblem:
         dim: D.
         device, dtype: where and in what precision the loss computes.
         supports_layers: whether ``loss`` takes ``layers``.
+        layer_ids: [B] the layers' ids in the whole network (None: 0 .. B-1), which key the
+            searches' own randomness (:func:`gpuwpo.de.de_init`) as they key the loss's noise, so
+            that a search over some of a network's layers runs each as the whole search does.
     """
 
     loss: Callable[[Tensor, int], Tensor]
@@ -36,6 +39,7 @@ class SearchProblem:
     device: torch.device
     dtype: torch.dtype = torch.float32
     supports_layers: bool = False
+    layer_ids: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)

@@ -156,7 +156,7 @@ def search(
         state = de_init(dim=problem.dim, num_layers=problem.num_layers, popsize=o.popsize,
                         init=init, x0=x0, strategy=o.strategy, mutation=o.mutation,
                         recombination=o.recombination, tol=o.tol, atol=o.atol, seed=o.seed,
-                        device=problem.device, dtype=problem.dtype)
+                        device=problem.device, dtype=problem.dtype, layer_ids=problem.layer_ids)
 
     # Evaluation number -> noise seed: the initial population is call 0, generation g is call g,
     # so a resumed run draws exactly the noise the uninterrupted run would have drawn.
