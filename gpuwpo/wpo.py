@@ -24,6 +24,10 @@ Differences from the reference, on purpose:
 * ``success`` is always a bool: whether the answer, re-evaluated with fresh noise, beats the
   baseline by ``loss_margin`` (the reference returns True, or the in-search loss as a float).
   ``best_loss`` is that validated TNMSE; the whole report is in ``self.result``.
+* Never worse: the answer is chosen, on the same fresh noise, among the search's best, its
+  polish and the baseline (:mod:`gpuwpo.selection`); where no strategy beats the baseline with
+  confidence, ``run_optimizer`` returns the baseline's own program as a CustomPair (its exact
+  encoding at the grid points) and success False.
 * Randomness is seeded: the test weights are shuffled with ``seed`` (the reference shuffles with
   numpy's unseeded global generator), and the module functions take an optional ``generator``.
 * ``workers`` is accepted and has no effect (the population is one batched evaluation), and
@@ -31,8 +35,10 @@ Differences from the reference, on purpose:
 * :func:`loss_fxn` also takes a population ``x`` [P, D] and returns [P].
 
 This module keeps the reference's search defaults (population 100 x D, 200 generations,
-best1bin, mutation 0.1, recombination 0.3), which :class:`gpuwpo.WeightProgrammingOptimizer`
-does not have to: see its docstring for gpuwpo's own, and why.
+best1bin, mutation 0.1, recombination 0.3, a population without the standard converters as
+seeds), which :class:`gpuwpo.WeightProgrammingOptimizer` does not have to: gpuwpo's own are in
+:class:`gpuwpo.options.SearchOptions`, chosen from measured curves (README.md, "Defaults";
+``bench/quality.py``).
 """
 
 from __future__ import annotations
@@ -516,7 +522,7 @@ class WeightProgrammingOptimizer:
             disp=self.disp, strategy=self.strategy, popsize=self.popsize, maxiter=self.maxiter,
             tol=self.tol, atol=self.atol, mutation=self.mutation,
             recombination=self.recombination, polish=self.polish, seed=self.seed,
-            x_init=self.x_init)
+            x_init=self.x_init, seeds=False)
 
     # -- the reference's methods ---------------------------------------------------------
     def generate_hop_bounds(self) -> tuple[tuple[float, float], ...]:
@@ -542,9 +548,17 @@ class WeightProgrammingOptimizer:
             print(f"\t\thypercube dimensions = {len(self.generate_hop_bounds())} \n")
         opt = self._optimizer()
         converter, success = opt.run_optimizer()
-        self.result = opt.result
-        self.loss_baseline = float(opt.result.baseline_tnmse[0])
-        self.best_loss = float(opt.result.tnmse[0])
+        self.result = r = opt.result
+        self.loss_baseline = float(r.baseline_tnmse[0])
+        self.best_loss = float(r.tnmse[0])
+        if bool(r.kept_baseline[0]):
+            # No strategy beat the baseline with confidence: hand back the baseline's own program
+            # as the CustomPair this API returns (its encoding in the strategy space), or, where
+            # the space cannot express it, the search's best as the reference would.
+            point = opt.baseline_point()
+            x = r.search_x[0] if point is None else point
+            converter = opt.space.to_converter(x.to(opt.objective.dtype),
+                                               opt.objective.max_abs_weight.reshape(-1)[0])
         f = converter.f_lst.reshape(-1).tolist()
         g = converter.g_lst.reshape(2 * len(f), -1).tolist()
         return _program_converter(f, g, self.g_min, self.g_max, self._reference), bool(success)

@@ -56,6 +56,22 @@ def test_native_config_runs_and_returns_gpuwpo_types():
     assert opt.loss_baseline == pytest.approx(float(opt.result.baseline_tnmse[0]))
 
 
+def test_a_kept_baseline_comes_back_as_its_own_program_and_no_success():
+    base = gpuwpo.DualPairConductanceConverter([1.0, 1.0], 0.0, 25.0)
+    opt = wpo.WeightProgrammingOptimizer(_weights(), [None, None], _native_config(), T_STEPS,
+                                         base, test_out_features=4, **{**TINY, "polish": False})
+    conv, success = opt.run_optimizer()
+    # The reference's search at this budget does not beat the baseline: the layer keeps it.
+    assert opt.result.chosen == ["baseline"] and success is False
+    assert isinstance(conv, gpuwpo.CustomPairConductanceConverter)
+    core = opt._optimizer()
+    expected = core.space.to_converter(core.baseline_point().to(core.objective.dtype),
+                                       core.objective.max_abs_weight.reshape(-1)[0])
+    assert torch.equal(conv.g_lst, expected.g_lst) and torch.equal(conv.f_lst, expected.f_lst)
+    # No seeds in the drop-in: the reference's search.
+    assert core.options.seeds is False
+
+
 def test_reference_defaults_and_unknown_keywords():
     cfg = _native_config()
     opt = wpo.WeightProgrammingOptimizer(_weights(), [None, None], cfg, T_STEPS,
