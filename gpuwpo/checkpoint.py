@@ -343,6 +343,9 @@ class Checkpointing:
         self.every = int(every)
         self.resume = None if resume is None else Path(resume)
         self.stages: dict[str, tuple[dict[str, Tensor], dict]] = {}
+        if self.path is not None:
+            # A write killed half-way left this; the file itself is whole (old or new).
+            _temporary(self.path).unlink(missing_ok=True)
         if self.resume is not None:
             saved = read_checkpoint(self.resume)
             _refuse_difference(self.resume, saved.fingerprint, self.fingerprint)

@@ -2,7 +2,8 @@
 
     gpuwpo optimize WEIGHTS [--config FILE] [--include REGEX] [--exclude REGEX] [--global]
                     [--backend B] [--popsize N] [--maxiter N] [--seed N] [--f-lst None,None]
-                    [--times 1,3600,...] [PHYSICS] [--out results.json] [--plots DIR] ...
+                    [--times 1,3600,...] [PHYSICS] [--out results.json] [--plots DIR]
+                    [--checkpoint FILE [--checkpoint-every N]] [--resume FILE] ...
     gpuwpo evaluate RESULTS WEIGHTS [--times ...] [--repeats N] [PHYSICS]
     gpuwpo plot RESULTS --out DIR [--weights WEIGHTS] [PHYSICS]
     gpuwpo example [--quick] [--out DIR] [PHYSICS]
@@ -351,6 +352,11 @@ def _optimize_settings(args: argparse.Namespace) -> dict:
             base = values
     # Flags given on the command line win over the config.
     changes = {name: given.pop(flag) for flag, name in _OPTION_FLAGS.items() if flag in given}
+    changes.update({name: given.pop(name) for name in ("checkpoint", "checkpoint_every", "resume")
+                    if name in given})
+    if "resume" in changes and "checkpoint" not in changes and options.checkpoint is None:
+        # A resumed run keeps saving where it was saved: interrupted again, it loses nothing.
+        changes["checkpoint"] = changes["resume"]
     if "test_size" in given:
         changes["test_in_features"], changes["test_out_features"] = given.pop("test_size")
     if "quiet" in given:
@@ -376,6 +382,18 @@ def _optimize_settings(args: argparse.Namespace) -> dict:
             "device": base.get("device")}
 
 
+def _check_checkpoint(options, out: str | None) -> None:
+    """Before any work: the checkpoint to resume is whole, the one to save can be written."""
+    from .checkpoint import check_target, read_checkpoint
+
+    if options.resume is not None:
+        read_checkpoint(options.resume)
+    if options.checkpoint is not None:
+        check_target(options.checkpoint, resume=options.resume)
+        if out and os.path.abspath(out) == os.path.abspath(options.checkpoint):
+            raise ValueError(f"--out and --checkpoint both name {out}; give two files")
+
+
 def _cmd_optimize(args: argparse.Namespace) -> int:
     from .backends import BACKENDS
     from .io import load_weights, save_result
@@ -388,6 +406,7 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     device = _check_device(run["device"])
     _check_out_dir(getattr(args, "out", None), "file")
     _check_out_dir(getattr(args, "plots", None), "dir")
+    _check_checkpoint(run["options"], getattr(args, "out", None))
     weights = load_weights(args.weights)
     # Select here so that a typo in --include fails at once, naming the layers.
     selected = select_weights(weights, run["include"], run["exclude"])
@@ -637,6 +656,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_physics_flags(p, recorded=False)
     p.add_argument("--out", metavar="FILE", help="write the results (JSON, atomically)")
     p.add_argument("--plots", metavar="DIR", help="write the figures (PNG) into DIR")
+    p.add_argument("--checkpoint", metavar="FILE", default=keep,
+                   help="save the search's state into FILE (one file, replaced atomically) every "
+                        "--checkpoint-every generations, at the end of each search and on "
+                        "Ctrl-C")
+    p.add_argument("--checkpoint-every", type=_positive_int, metavar="N", default=keep,
+                   help=f"generations between checkpoints (default {defaults.checkpoint_every})")
+    p.add_argument("--resume", metavar="FILE", default=keep,
+                   help="continue the run saved in FILE, given the same weights and settings "
+                        "(anything else is refused, naming it), and keep saving into FILE "
+                        "unless --checkpoint names another; it ends exactly as the "
+                        "uninterrupted run")
     p.add_argument("--quiet", **quiet)
     p.set_defaults(func=_cmd_optimize)
 

@@ -401,7 +401,7 @@ class WeightProgrammingOptimizer:
         bar = self._progress_bar() if o.disp else None
         try:
             outcome = run_search(self.backend, problem, search_options, progress=bar,
-                                 checkpoint=search_stage)
+                                 stage=search_stage)
         finally:
             if bar is not None:
                 bar.close()

@@ -72,7 +72,8 @@ class SearchOptions:
     dithering range), ``recombination`` (0.3), ``seed`` (100), ``x_init`` ("latinhypercube" or
     a population tensor), ``x0`` (a warm start [D] or [B, D]), ``noise_robust`` (parents
     re-evaluated with their trials, True), ``algorithm`` (the evotorch backend's: "de"),
-    ``checkpoint``/``checkpoint_every``/``resume``, ``callback`` (called with an
+    ``checkpoint``/``checkpoint_every`` (10)/``resume`` (one file, :mod:`gpuwpo.checkpoint`;
+    the torch backend's), ``callback`` (called with an
     :class:`gpuwpo.backends.IntermediateResult` after every generation; True or StopIteration
     stops the run).
 

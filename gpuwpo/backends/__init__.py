@@ -43,11 +43,11 @@ def backend_module(backend: str):
 
 def run_search(backend: str, problem: SearchProblem, options: SearchOptions | None = None, *,
                progress: Callable[[IntermediateResult], None] | None = None,
-               checkpoint=None, **kwargs) -> SearchOutcome:
+               stage=None, **kwargs) -> SearchOutcome:
     """Run the search ``backend`` ("torch", "evotorch" or "scipy") on ``problem``.
 
     ``options`` (or keyword arguments building them) are checked against what the backend
-    honours first. ``checkpoint``: a :class:`gpuwpo.checkpoint.Stage` of a run that saves or
+    honours first. ``stage``: a :class:`gpuwpo.checkpoint.Stage` of a run that saves or
     resumes (for a backend that checkpoints).
     """
     module = backend_module(backend)
@@ -57,8 +57,8 @@ def run_search(backend: str, problem: SearchProblem, options: SearchOptions | No
         options = options.replace(**kwargs)
     accepts = module.accepts(options)
     refuse_unsupported(options, backend, accepts)
-    if checkpoint is None:
+    if stage is None:
         return module.search(problem, options, progress=progress)
     if "checkpoint" not in accepts:
         raise ValueError(f"the {backend} backend cannot checkpoint or resume a search")
-    return module.search(problem, options, progress=progress, checkpoint=checkpoint)
+    return module.search(problem, options, progress=progress, stage=stage)

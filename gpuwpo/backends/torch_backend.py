@@ -115,7 +115,7 @@ def search(
     *,
     progress: Callable[[IntermediateResult], None] | None = None,
     skip_converged: bool = True,
-    checkpoint: Stage | None = None,
+    stage: Stage | None = None,
 ) -> SearchOutcome:
     """Differential evolution in torch over all layers at once.
 
@@ -124,7 +124,7 @@ def search(
     the layers still searching (converged layers are frozen, their energies unused); the result
     is identical either way because every layer's noise is keyed by its index.
 
-    Checkpoints (:mod:`gpuwpo.checkpoint`): ``checkpoint`` is the stage of a run whose
+    Checkpoints (:mod:`gpuwpo.checkpoint`): ``stage`` is the stage of a run whose
     fingerprint the caller made (the optimizer's: weights, physics, settings, seed); without
     it, the options ``checkpoint``/``resume`` make a run of one stage fingerprinted by the
     problem's shape and the options alone. The state is saved every ``checkpoint_every``
@@ -133,6 +133,7 @@ def search(
     uninterrupted one would.
     """
     o = options
+    checkpoint = stage
     if checkpoint is None:
         run = Checkpointing.from_options(o, _fingerprint(problem, o))
         checkpoint = None if run is None else run.stage("search")
