@@ -3,12 +3,19 @@
 Right after programming, the tile reads out an identity input (every one-hot vector, so each
 weight once); at inference time t it does so again, and
 
-    alpha_t = max(mean|read(W_prog)|, 1e-4) / max(mean|read(W_t)|, 1e-4)
+    alpha_t = max(mean|read(W_prog)|, eps) / max(mean|read(W_t)|, eps),   eps = 1e-4 M
 
 so that ``alpha_t * W_t`` is the compensated weight (docs/DESIGN.md section 2). With
 ``exact_reference=True`` the reference is taken from the ideal target weights instead, exactly
 and without the periphery (the reference toolkit's ``GlobalDriftCompensationWithExactReference``):
-``alpha_t = max(mean|W|, 1e-4) / max(mean|read(W_t)|, 1e-4)``.
+``alpha_t = max(mean|W|, eps) / max(mean|read(W_t)|, eps)``.
+
+The floor ``eps`` only keeps an all-zero readout from dividing by zero. It is relative to the
+tile's scale M (max|W| of the ideal weights of the tile, or of the programmed weights when the
+ideal ones are not given), so that alpha, and the weight error, do not depend on the units of
+the weights: the reference toolkit's floor is an absolute 1e-4, the same as gpuwpo's for weights
+of max|W| = 1 (the normalisation its converters and this project's tests use). An all-zero
+tile (M = 0) gets the dtype's smallest normal number as the floor (alpha = 1).
 
 ``read`` is the tile's forward pass of a one-hot input through its periphery, in the reference
 toolkit's order (``aihwkit.simulator.tiles.analog_mvm``): the input 1 is divided by the bound
@@ -40,7 +47,9 @@ __all__ = ["GlobalDriftCompensation", "PerColumnDriftCompensation", "kernel_comp
            "AIHWKIT_OUT_NOISE", "AIHWKIT_OUT_BOUND", "AIHWKIT_OUT_RES", "AIHWKIT_INP_RES",
            "AIHWKIT_INP_BOUND"]
 
-# Floor of the mean absolute readout: an all-zero tile must not divide by zero.
+# Floor of the mean absolute readout, relative to the tile's max|W|: an all-zero readout must
+# not divide by zero, and the floor must not depend on the weights' units (the reference's is
+# an absolute 1e-4, which equals this one at max|W| = 1).
 _MEAN_ABS_FLOOR = 1e-4
 
 #: The reference toolkit's default forward periphery (aihwkit 1.1.0 ``IOParameters``): output
@@ -77,6 +86,12 @@ def _nonneg(name: str, value: object) -> float:
     if not (math.isfinite(v) and v >= 0.0):
         raise ValueError(f"{name} must be finite and >= 0, got {value!r}")
     return v
+
+
+def _mean_abs_floor(w: torch.Tensor, tile_ndim: int, dtype: torch.dtype) -> torch.Tensor:
+    """``1e-4 max|w|`` over each tile (dims kept), at least the dtype's smallest normal."""
+    scale = w.detach().abs().amax(dim=tuple(range(-tile_ndim, 0)), keepdim=True).to(dtype)
+    return (scale * _MEAN_ABS_FLOOR).clamp_(min=torch.finfo(dtype).tiny)
 
 
 def _quantise(x: torch.Tensor, step: float) -> torch.Tensor:
@@ -284,7 +299,8 @@ class GlobalDriftCompensation(Serializable):
             z: explicit standard normals (reference readout, time-t readout), broadcastable
                 with the inputs, replacing the random draws of the readout noise.
             w_ideal: the ideal target weights ``[..., *tile]``; required with
-                ``exact_reference`` (the reference is then ``mean|w_ideal|``, exact).
+                ``exact_reference`` (the reference is then ``mean|w_ideal|``, exact). Their
+                max|W| per tile sets the scale of the floor (else ``w_programmed``'s does).
 
         Returns:
             alpha (unitless), the broadcast shape of the inputs with the averaged dimensions
@@ -303,7 +319,9 @@ class GlobalDriftCompensation(Serializable):
             ref = ref.abs().mean(dim=dims, keepdim=True)
         now = self.readout(w_t, generator, z=z_t, tile_ndim=tile_ndim)
         now = now.abs().mean(dim=dims, keepdim=True)
-        return torch.clamp(ref, min=_MEAN_ABS_FLOOR) / torch.clamp(now, min=_MEAN_ABS_FLOOR)
+        floor = _mean_abs_floor(w_programmed if w_ideal is None else w_ideal, tile_ndim,
+                                now.dtype)
+        return torch.maximum(ref, floor) / torch.maximum(now, floor)
 
 
 class PerColumnDriftCompensation(GlobalDriftCompensation):

@@ -54,10 +54,12 @@ __all__ = [
     "program_scale",
 ]
 
-# Lower bound on max|W| before dividing by it (aihwkit's _ZERO_CLIP), so that an all-zero weight
-# tensor converts to all-g_min conductances instead of NaN.
-_ZERO_CLIP = 1e-7
-# aihwkit's fusion converter uses a smaller clip for its per-row maxima.
+# aihwkit clips max|W| at an absolute 1e-7 (its _ZERO_CLIP) before dividing by it, so that an
+# all-zero tensor converts to all-g_min conductances instead of NaN. gpuwpo takes max|W| = 1 for
+# an all-zero tensor instead (the same conductances) and divides by the true max|W| otherwise:
+# the conversion then does not depend on the weights' units (the same for W and 1e-9 W).
+# aihwkit's fusion converter clips its per-row maxima at 1e-10; gpuwpo at 1e-10 of the tensor's
+# max|W| (the same at max|W| = 1).
 _FUSION_ZERO_CLIP = 1e-10
 # Tolerance (in unitless weight, on test weights spanning [-1, 1]) of the invertibility check;
 # aihwkit's invertibility_test uses the same absolute tolerance.
@@ -133,8 +135,16 @@ def _check_weights(weights: Tensor) -> Tensor:
 
 
 def _max_abs_weight(weights: Tensor) -> Tensor:
-    """max|W| over the whole tensor, clipped away from zero; 0-dim, weights' dtype/device."""
-    return weights.detach().abs().amax().clamp(min=_ZERO_CLIP)
+    """max|W| over the whole tensor (1 for an all-zero tensor); 0-dim, weights' dtype/device."""
+    return nonzero_max_abs(weights.detach().abs().amax())
+
+
+def nonzero_max_abs(m: Tensor) -> Tensor:
+    """``m`` (maxima of |W|) with zeros replaced by 1: what an all-zero tile is divided by.
+
+    Scale-free (unlike a floor such as aihwkit's 1e-7): weights of any units convert alike.
+    """
+    return torch.where(m > 0, m, torch.ones((), dtype=m.dtype, device=m.device))
 
 
 # --------------------------------------------------------------------------------------------
@@ -740,7 +750,9 @@ class FusionConductanceConverter(Serializable):
         if weights.ndim == 0:
             raise ValueError("FusionConductanceConverter needs weights with at least 1 dimension")
         rows = _as_rows(weights, weights.shape)  # [R, C]
-        scale = self.g_max / rows.abs().amax(-1).clamp(min=_FUSION_ZERO_CLIP)  # [R]
+        row_max = rows.abs().amax(-1)  # [R]; the floor is relative to the tensor's max|W|
+        floor = _FUSION_ZERO_CLIP * nonzero_max_abs(row_max.amax())
+        scale = self.g_max / torch.maximum(row_max, floor)  # [R]
         cond = (rows.abs() * scale.unsqueeze(-1)).clamp(0.0, self.g_max).reshape(weights.shape)
         params = {
             "sign": torch.sign(weights),

@@ -21,7 +21,7 @@ from .compensation import GlobalDriftCompensation, kernel_compensation
 from .converters import interpolate_programs
 from .noise import kernel_physics
 from .physics import ProgramTiles, check_physics, program_and_read
-from .reduction import default_memory_budget, plan_chunks, weight_error
+from .reduction import default_memory_budget, error_gain, plan_chunks, scaled_weight_error
 from .rng import draw_seed, keyed_generator, make_generator
 from .simulate import NOISE_BLOCK, DeviceNoise, as_time_tensor, converter_errors, keyed_noise
 from .tiles import DEFAULT_TILE, TestTile
@@ -54,7 +54,10 @@ def _tnmse_chunk(f, g_lst, test_weights, idx, frac, max_abs_weight, t, noise_mod
     # time steps: computed once per candidate.
     prepared = noise_model.prepare_targets(g_target)
     w = test_weights.reshape(test_weights.shape[0], 1, *tile_shape)
-    m = max_abs_weight.reshape(-1, 1)
+    # The error's gain amp / M, applied before squaring (scale-free, docs/DESIGN.md section 5)
+    # and folded into the compensation's multiplication: alpha gain W_t - gain W.
+    gain = error_gain(max_abs_weight.reshape(-1, 1), amp, 2, like=w)  # [B, 1, 1, 1]
+    w_scaled = w * gain
     errors = []
     # Eagerly, a Python float takes the noise model's fused in-place path; under torch.compile
     # a 0-d tensor keeps the graph free of one specialisation (and recompilation) per time.
@@ -65,7 +68,8 @@ def _tnmse_chunk(f, g_lst, test_weights, idx, frac, max_abs_weight, t, noise_mod
                                        noise.z_read[:, :, i])  # [B, p, out, in]
         z = None if readout_z is None else (readout_z[0][:, :, i], readout_z[1][:, :, i])
         alpha = compensation.alpha(w_prog, w_t, generator, tile_ndim=2, z=z, w_ideal=w)
-        errors.append(weight_error(w_t.mul_(alpha), w, m, amp, inplace=True))  # [B, p]
+        errors.append(scaled_weight_error(w_t.mul_(alpha * gain), w_scaled,
+                                          inplace=True))  # [B, p]
     return torch.stack(errors, -1).mean(-1)
 
 

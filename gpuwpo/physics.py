@@ -35,16 +35,13 @@ from typing import Any, Protocol
 
 import torch
 
-from .converters import grid_position, lerp_tables, net_weight_max
+from .converters import grid_position, lerp_tables, net_weight_max, nonzero_max_abs
 
 __all__ = ["PHYSICS", "check_physics", "program_and_read", "TileConversion", "ProgramTiles",
            "ConverterTiles"]
 
 #: The physics gpuwpo offers (see the module docstring).
 PHYSICS = ("device", "aihwkit")
-
-# Floor of max|W| before dividing by it (the reference's _ZERO_CLIP).
-_ZERO_CLIP = 1e-7
 
 
 def check_physics(physics: object) -> str:
@@ -145,7 +142,9 @@ class ProgramTiles:
         """Conductances ``[B, P, 2K, N]`` of tiles ``w`` ``[B, P, *tile]``, each with its own
         grid ``linspace(-max|w|, max|w|, L)``."""
         flat = w.flatten(-2)  # [B, P, N]
-        m = flat.abs().amax(-1, keepdim=True).clamp_(min=_ZERO_CLIP)  # [B, P, 1]
+        # max|W| as it is (1 for an all-zero tile): no absolute floor such as the reference's
+        # 1e-7, so that the conversion does not depend on the weights' units.
+        m = nonzero_max_abs(flat.abs().amax(-1, keepdim=True))  # [B, P, 1]
         L = self.g_lst.shape[-1]
         idx, frac = grid_position(flat, (0.5 * (L - 1)) / m, L)
         return lerp_tables(self._lower, self._upper, idx, frac), self.coefficients(m[..., 0])

@@ -3,7 +3,8 @@
 Both ways of measuring a strategy -- the batched hot path over a population of programs
 (:func:`gpuwpo.objective.tnmse_from_programs`) and the converter path over repeats of one
 converter (:func:`gpuwpo.simulate.converter_errors`, behind baselines, ``evaluate`` and
-``tnmse_over_time``) -- reduce with :func:`weight_error` and split their work with
+``tnmse_over_time``) -- reduce with :func:`weight_error` (the hot path with its fused form,
+:func:`scaled_weight_error`) and split their work with
 :func:`plan_chunks` under :func:`default_memory_budget`.
 """
 
@@ -12,7 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["weight_error", "plan_chunks", "default_memory_budget", "CPU_MEMORY_BUDGET"]
+__all__ = ["weight_error", "error_gain", "scaled_weight_error", "plan_chunks",
+           "default_memory_budget", "CPU_MEMORY_BUDGET"]
 
 #: Bytes the CPU works on at a time. Chunks are kept cache-sized: elementwise passes over data
 #: that stays in cache are several times faster than passes over main memory. A measured choice
@@ -37,11 +39,32 @@ def weight_error(w_eff: Tensor, w: Tensor, max_abs_weight: Tensor | float,
         ``[...]``: E of every tile. The TNMSE is its mean over the time steps.
     """
     diff = w_eff.sub_(w) if inplace else w_eff - w
-    err = diff.square_().mean(dim=tuple(range(-tile_ndim, 0)))
-    gain = (amplification / torch.as_tensor(max_abs_weight, dtype=err.dtype,
-                                            device=err.device)).square()
-    return err.mul_(gain) if err.shape == torch.broadcast_shapes(err.shape, gain.shape) \
-        else err * gain
+    # Scaled by amplification / M before squaring: the squares stay O(1) whatever the weights'
+    # units (squaring first overflows float32 for weights ~1e20 and underflows for ~1e-20).
+    gain = error_gain(max_abs_weight, amplification, tile_ndim, like=diff)
+    if diff.shape == torch.broadcast_shapes(diff.shape, gain.shape):
+        diff.mul_(gain)
+    else:
+        diff = diff * gain
+    return scaled_weight_error(diff, 0.0, tile_ndim=tile_ndim, inplace=True)
+
+
+def error_gain(max_abs_weight: Tensor | float, amplification: float, tile_ndim: int, *,
+               like: Tensor) -> Tensor:
+    """``amplification / M`` shaped ``[..., 1 x tile_ndim]`` to multiply tiles by."""
+    gain = amplification / torch.as_tensor(max_abs_weight, dtype=like.dtype, device=like.device)
+    return gain.reshape(*gain.shape, *([1] * tile_ndim))
+
+
+def scaled_weight_error(w_eff_scaled: Tensor, w_scaled: Tensor | float, *, tile_ndim: int = 2,
+                        inplace: bool = False) -> Tensor:
+    """:func:`weight_error` of tiles already multiplied by :func:`error_gain` (both of them).
+
+    The hot path folds the gain into the compensation's multiplication (``w_t * (alpha *
+    gain)``), so that scaling before squaring costs no extra pass over the tiles.
+    """
+    diff = w_eff_scaled.sub_(w_scaled) if inplace else w_eff_scaled - w_scaled
+    return diff.square_().mean(dim=tuple(range(-tile_ndim, 0)))
 
 
 def default_memory_budget(device: torch.device, *, compiled: bool = False) -> int:

@@ -223,14 +223,18 @@ def reduce_tnmse_partials(
     """Float64 epilogue: partial sums [B, P, T, C, 6] -> TNMSE [B, P] (float64).
 
     ``partials[..., c, :]`` holds chunk c's (A0, A_t, S_tt, S_tD, S_DD, a_ref) with
-    ``D = a_ref W_t - W``; ``max_abs_weight`` is [B]. alpha_t = max(A0/N, 1e-4) /
-    max(A_t/N, 1e-4) and ``sum (alpha W_t - W)^2 = sum_c (da^2 S_tt + 2 da S_tD + S_DD)`` with
+    ``D = a_ref W_t - W``; ``max_abs_weight`` is [B]. alpha_t = max(A0/N, eps) /
+    max(A_t/N, eps) with eps = 1e-4 M (relative to the layer's max|W|, as in
+    :mod:`gpuwpo.compensation`; a_ref is only the expansion point, any value is exact) and
+    ``sum (alpha W_t - W)^2 = sum_c (da^2 S_tt + 2 da S_tD + S_DD)`` with
     ``da = alpha_t - a_ref``.
     """
     p = partials.to(torch.float64)
     a0, a_t, s_tt, s_td, s_dd, a_ref = p.unbind(-1)
     n = float(num_weights)
-    alpha = (a0.sum(-1) / n).clamp_min(1e-4) / (a_t.sum(-1) / n).clamp_min(1e-4)  # [B, P, T]
+    eps = (1e-4 * max_abs_weight.to(torch.float64)).clamp_min(
+        torch.finfo(torch.float64).tiny).reshape(-1, 1, 1)  # [B, 1, 1]
+    alpha = torch.maximum(a0.sum(-1) / n, eps) / torch.maximum(a_t.sum(-1) / n, eps)  # [B, P, T]
     da = alpha.unsqueeze(-1) - a_ref
     err = (da * da * s_tt + 2.0 * da * s_td + s_dd).sum(-1)  # [B, P, T]
     amp = error_amplification / max_abs_weight.to(torch.float64)  # [B]

@@ -11,9 +11,10 @@ import torch
 from gpuwpo.compensation import GlobalDriftCompensation, PerColumnDriftCompensation
 
 
-def ref_alpha(w_prog, w_t):
-    """alpha = max(mean|W_prog|, 1e-4) / max(mean|W_t|, 1e-4), plain numpy."""
-    return max(np.abs(w_prog).mean(), 1e-4) / max(np.abs(w_t).mean(), 1e-4)
+def ref_alpha(w_prog, w_t, scale=None):
+    """alpha = max(mean|W_prog|, eps) / max(mean|W_t|, eps), eps = 1e-4 max|W|, plain numpy."""
+    eps = 1e-4 * (np.abs(w_prog).max() if scale is None else scale)
+    return max(np.abs(w_prog).mean(), eps) / max(np.abs(w_t).mean(), eps)
 
 
 def _weights(*shape, seed=0):
@@ -33,10 +34,31 @@ def test_ideal_alpha_equals_formula():
 def test_floor_protects_an_empty_tile():
     comp = GlobalDriftCompensation()
     w_prog = torch.full((10,), 0.5, dtype=torch.float64)
+    # The floor is 1e-4 of the tile's max|W| (of the programmed weights when no ideal ones).
     assert comp.alpha(w_prog, torch.zeros(10, dtype=torch.float64)).item() == pytest.approx(
-        0.5 / 1e-4
+        0.5 / (0.5e-4)
     )
-    assert comp.alpha(torch.zeros(10), torch.full((10,), 2e-5)).item() == pytest.approx(1.0)
+    w_ideal = torch.full((10,), 2.0, dtype=torch.float64)
+    assert comp.alpha(w_prog, torch.zeros(10, dtype=torch.float64),
+                      w_ideal=w_ideal).item() == pytest.approx(0.5 / 2e-4)
+    # An all-zero tile: alpha 1, never NaN.
+    assert comp.alpha(torch.zeros(10), torch.zeros(10)).item() == 1.0
+    assert comp.alpha(torch.zeros(10), torch.full((10,), 2e-5)).item() == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("comp", [GlobalDriftCompensation(),
+                                  GlobalDriftCompensation(exact_reference=True),
+                                  PerColumnDriftCompensation()],
+                         ids=["global", "exact-reference", "per-column"])
+def test_alpha_does_not_depend_on_the_weights_units(comp):
+    # A nearly empty readout (below the reference's absolute 1e-4) in weights of any scale.
+    w = _weights(6, 40, seed=11)
+    w_t = w * 1e-7  # a readout whose mean is below the floor: the floor decides alpha
+    want = comp.alpha(w, w_t, tile_ndim=2, w_ideal=w)
+    assert float(want.max()) < 1e6  # floored (without the floor alpha would be 1e7)
+    for scale in (1e-30, 1e-12, 1e-8, 1e-4, 1e4, 1e8, 1e30):
+        got = comp.alpha(w * scale, w_t * scale, tile_ndim=2, w_ideal=w * scale)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
 
 
 def test_batched_equals_looped():

@@ -79,8 +79,9 @@ def reference_tnmse(f, g_lst, w, idx, frac, m, t_steps, z1, z2, z3, *, g_max, pr
         return net / scale[:, :, None, None]
 
     w_prog, w_t = weights(g_p), weights(g_t)
-    alpha = (w_prog.abs().mean(-1, keepdim=True).clamp(min=1e-4)
-             / w_t.abs().mean(-1, keepdim=True).clamp(min=1e-4))
+    eps = 1e-4 * m[:, None, None, None]  # the floor is relative to the layer's max|W|
+    alpha = (torch.maximum(w_prog.abs().mean(-1, keepdim=True), eps)
+             / torch.maximum(w_t.abs().mean(-1, keepdim=True), eps))
     amp = error_amplification / m[:, None, None, None]
     err = (amp * (alpha * w_t - w[:, None, None, :])) ** 2
     return err.sum(-1).mean(-1) / w.shape[-1]

@@ -225,7 +225,8 @@ def _numpy_dual_pair_tnmse(w: np.ndarray, t: float, repeats: int, seed: int) -> 
         gt = np.maximum(0, gd + np.abs(gd) * s_read * rng.standard_normal(g.shape))
         w_prog = ((gp[0] - gp[1]) + (gp[2] - gp[3])) / scale
         w_t = ((gt[0] - gt[1]) + (gt[2] - gt[3])) / scale
-        alpha = max(np.abs(w_prog).mean(), 1e-4) / max(np.abs(w_t).mean(), 1e-4)
+        eps = 1e-4 * m  # the floor is relative to max|W|
+        alpha = max(np.abs(w_prog).mean(), eps) / max(np.abs(w_t).mean(), eps)
         losses[r] = np.mean((10 * (alpha * w_t - w) / m) ** 2)
     return losses
 
