@@ -45,6 +45,7 @@ __all__ = [
     "Stage",
     "digest",
     "fingerprint_from_settings",
+    "search_fingerprint",
     "read_checkpoint",
     "write_checkpoint",
     "check_target",
@@ -112,6 +113,28 @@ def fingerprint_from_settings(settings: Mapping[str, Any], weights_digest: str) 
     physics = {k: record.pop(k) for k in _PHYSICS if k in record}
     return {"gpuwpo_version": __version__, "weights": weights_digest, "physics": physics,
             "settings": {**record, "options": options}, "seed": seed}
+
+
+def search_fingerprint(problem, options, backend: str) -> dict:
+    """What a search run by a backend alone is (``run_search`` with the options ``checkpoint`` or
+    ``resume``): the problem's shape, the backend and the options. The loss itself is a function
+    and cannot be fingerprinted; :class:`gpuwpo.WeightProgrammingOptimizer` fingerprints the
+    weights and the physics behind it."""
+    from . import __version__
+
+    opts = {}
+    for name, value in options.as_dict().items():
+        if name in CHANGEABLE_OPTIONS or name == "seed":
+            continue
+        if name in ("x0", "x_init") and value is not None and not isinstance(value, str):
+            value = digest({name: torch.as_tensor(value)})
+        opts[name] = list(value) if isinstance(value, tuple) else value
+    layer_ids = getattr(problem, "layer_ids", None)
+    return {"gpuwpo_version": __version__,
+            "problem": {"num_layers": problem.num_layers, "dim": problem.dim,
+                        "dtype": str(problem.dtype), "device": str(problem.device),
+                        "layer_ids": None if layer_ids is None else list(layer_ids)},
+            "settings": {"backend": backend, "options": opts}, "seed": options.seed}
 
 
 def _short(value: Any, limit: int = 80) -> str:

@@ -2,9 +2,10 @@
 
 An interrupted run resumed from its checkpoint ends exactly as the uninterrupted run (the whole
 NetworkResult but its wall time); another run's checkpoint is refused naming the field that
-differs; a torn, corrupted or foreign file is refused naming its path; the backends that cannot
-checkpoint say so. The command line is tested end to end, killed by SIGINT and by SIGKILL.
-Budgets are tiny (population 2 x D, a few generations, a 16 x 4 test tile, no polish).
+differs; a torn, corrupted or foreign file is refused naming its path; the searches that cannot
+checkpoint (scipy's; EvoTorch's CMA-ES, SNES, GA) say so, and the EvoTorch DE resumes exactly.
+The command line is tested end to end, killed by SIGINT and by SIGKILL. Budgets are tiny
+(population 2 x D, a few generations, a 16 x 4 test tile, no polish).
 """
 
 from __future__ import annotations
@@ -234,14 +235,30 @@ def test_digest_sees_names_dtypes_shapes_and_values():
 # Backends
 
 
-@pytest.mark.parametrize("backend", ["scipy", "evotorch"])
+@pytest.mark.parametrize("backend, algorithm", [("scipy", "de"), ("evotorch", "cmaes"),
+                                                ("evotorch", "snes"), ("evotorch", "ga")])
 @pytest.mark.parametrize("option", ["checkpoint", "resume"])
-def test_backends_without_checkpoints_refuse_them_by_name(tmp_path, backend, option):
-    if backend == "evotorch":
-        pytest.importorskip("evotorch")
+def test_searches_without_checkpoints_refuse_them_by_name(tmp_path, backend, algorithm, option):
+    kwargs = {option: tmp_path / "run.ckpt"}
+    if algorithm != "de":
+        kwargs["algorithm"] = algorithm
     with pytest.raises(ValueError, match=f"the {backend} backend cannot honour {option}="):
-        _run(backend=backend, **{option: tmp_path / "run.ckpt"})
+        _run(backend=backend, **kwargs)
     assert not (tmp_path / "run.ckpt").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("hierarchical, interrupt", [(False, 2), (True, 6)])
+def test_the_evotorch_de_resumes_exactly(tmp_path, hierarchical, interrupt):
+    pytest.importorskip("evotorch")
+    kwargs = dict(backend="evotorch", hierarchical=hierarchical)
+    path = tmp_path / "run.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        _run(checkpoint=path, checkpoint_every=100, callback=_interrupt_at(interrupt), **kwargs)
+    assert read_checkpoint(path).stages["layers" if not hierarchical else "global"]
+    assert _same(_run(resume=path, **kwargs), _run(**kwargs))
+    with pytest.raises(ValueError, match="settings.backend differs"):
+        _run(resume=path, hierarchical=hierarchical)
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ cannot honour.
 * ``"scipy"``: :func:`scipy.optimize.differential_evolution` (vectorized, deferred updating),
   layers one after another; the reference the torch engine is tested against.
 * ``"evotorch"``: EvoTorch's CMA-ES, SNES or GA, or a DE written as an EvoTorch
-  ``SearchAlgorithm`` (imported lazily), one searcher per layer.
+  ``SearchAlgorithm`` (imported lazily), one searcher per layer; the DE checkpoints and resumes.
 """
 
 from __future__ import annotations

@@ -36,7 +36,10 @@ evaluated in the whole run and its loss (the optimistic figure: with a noisy los
 draw; validate with fresh noise). ``history[b, g]`` is layer b's answer after generation g. Only
 the DE has a convergence test (``converged``; a converged layer stops searching and the run ends
 when all have); CMA-ES, SNES and the GA run ``maxiter`` generations unless the callback stops
-them. EvoTorch's algorithms keep their state in objects: checkpoints are the torch backend's.
+them. Checkpoints (:mod:`gpuwpo.checkpoint`): the DE's state (each layer's DE state, its
+``Problem``'s count of evaluations and best so far) is saved as the torch backend's is, and a
+resumed DE ends exactly as the uninterrupted one; CMA-ES, SNES and the GA keep their state in
+EvoTorch's objects and refuse ``checkpoint`` and ``resume``.
 
 EvoTorch is imported lazily: the rest of gpuwpo works without it.
 """
@@ -52,6 +55,7 @@ from functools import cache
 import torch
 from torch import Tensor
 
+from ..checkpoint import Checkpointing, Stage, search_fingerprint
 from ..de import (
     MESSAGES,
     _check_common,
@@ -60,6 +64,8 @@ from ..de import (
     de_init,
     de_tell,
     population_size,
+    state_from_dict,
+    state_to_dict,
 )
 from ..options import SearchOptions
 from .base import IntermediateResult, SearchOutcome, SearchProblem, notify
@@ -228,9 +234,65 @@ _PER_ALGORITHM = {
 STDEV_INIT = 0.25
 
 
+#: What the DE alone honours: its state is tensors, saved and continued exactly.
+_CHECKPOINTS = frozenset({"checkpoint", "checkpoint_every", "resume"})
+
+#: What a stage of this backend holds (its meta's ``kind``).
+_KIND = "evotorch-de"
+
+
 def accepts(options: SearchOptions) -> frozenset[str]:
     """The search options this backend honours with ``options.algorithm``."""
-    return _COMMON | _PER_ALGORITHM.get(options.algorithm, frozenset())
+    return (_COMMON | _PER_ALGORITHM.get(options.algorithm, frozenset())
+            | (_CHECKPOINTS if options.algorithm == "de" else frozenset()))
+
+
+def _record(snapshot: dict) -> tuple[dict[str, Tensor], dict]:
+    """A DE run's state at the end of a generation as a checkpoint stage's tensors and meta."""
+    tensors: dict[str, Tensor] = {}
+    metas = []
+    for b, state in enumerate(snapshot["states"]):
+        t, meta = state_to_dict(state)
+        tensors.update({f"{b}.{name}": value for name, value in t.items()})
+        metas.append(meta)
+    tensors.update({
+        "calls": torch.tensor(snapshot["calls"], dtype=torch.int64),
+        "nfev": torch.tensor(snapshot["nfev"], dtype=torch.int64),
+        "best_x": torch.stack(snapshot["best_x"]), "best_f": torch.stack(snapshot["best_f"]),
+        "history": torch.stack(snapshot["history"], dim=1), "converged": snapshot["converged"],
+    })
+    return tensors, {"kind": _KIND, "nit": snapshot["nit"], "states": metas}
+
+
+def _restore(path, stage: str, tensors: dict, meta: dict, problem: SearchProblem) -> dict:
+    """The snapshot :func:`_record` saved, on the problem's device; a ValueError naming ``path``
+    when it is not one of this problem."""
+    B, D = problem.num_layers, problem.dim
+    where = f"checkpoint {path}: stage {stage!r}"
+    if meta.get("kind") != _KIND:
+        raise ValueError(f"{where} holds no evotorch DE state (kind {meta.get('kind')!r})")
+    try:
+        metas, nit = meta["states"], int(meta["nit"])
+        states = []
+        for b in range(B):
+            prefix = f"{b}."
+            layer = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            states.append(state_from_dict(layer, metas[b], device=problem.device))
+        dev = problem.device
+        snapshot = {
+            "states": states, "calls": [int(v) for v in tensors["calls"]],
+            "nfev": [int(v) for v in tensors["nfev"]],
+            "best_x": list(tensors["best_x"].to(dev)), "best_f": list(tensors["best_f"].to(dev)),
+            "history": list(tensors["history"].to(dev).unbind(1)),
+            "converged": tensors["converged"].to(dev), "nit": nit,
+        }
+    except (KeyError, IndexError, TypeError, ValueError) as err:
+        raise ValueError(f"{where} is not a DE state of this search ({err})") from None
+    if (len(metas) != B or tuple(tensors["best_x"].shape) != (B, D)
+            or tuple(tensors["history"].shape) != (B, nit)
+            or any(s.population.shape[::2] != (1, D) for s in states)):
+        raise ValueError(f"{where} holds a search of another shape, not B={B}, D={D}")
+    return snapshot
 
 
 def search(
@@ -238,6 +300,7 @@ def search(
     options: SearchOptions,
     *,
     progress: Callable[[IntermediateResult], None] | None = None,
+    stage: Stage | None = None,
 ) -> SearchOutcome:
     """Search every layer of ``problem`` with an EvoTorch algorithm, one searcher per layer.
 
@@ -250,7 +313,9 @@ def search(
     ``atol``; the GA's Gaussian mutation standard deviation is the middle of ``mutation``;
     ``noise_robust`` (DE: parents re-evaluated with their trials; GA: EvoTorch's
     ``re_evaluate``); ``callback`` (an :class:`IntermediateResult` after every generation;
-    True or StopIteration stops the run).
+    True or StopIteration stops the run); the DE's ``checkpoint``, ``checkpoint_every`` and
+    ``resume`` (or ``stage``, a stage of a checkpointed run, as in the torch backend): saved
+    every ``checkpoint_every`` generations, at the end and on KeyboardInterrupt.
 
     Returns:
         A :class:`SearchOutcome` (``extra["searchers"]``: the B EvoTorch algorithms).
@@ -281,6 +346,19 @@ def search(
         if not bool(((x0 >= 0) & (x0 <= 1)).all()):
             raise ValueError("x0 must lie in the unit cube [0, 1]")
 
+    checkpoint = stage
+    if checkpoint is None and algorithm == "de":
+        run = Checkpointing.from_options(o, search_fingerprint(problem, o, "evotorch"))
+        checkpoint = None if run is None else run.stage("search")
+    saved = None if checkpoint is None else checkpoint.resumed()
+    restored = None
+    if saved is not None:
+        restored = _restore(checkpoint.source, checkpoint.name, *saved, problem)
+        if restored["nit"] > o.maxiter:
+            raise ValueError(f"checkpoint {checkpoint.source} is at generation "
+                             f"{restored['nit']}, past maxiter={o.maxiter}; resume with "
+                             f"maxiter >= {restored['nit']}")
+
     _import_evotorch()
     from evotorch.algorithms import CMAES, SNES, GeneticAlgorithm
     from evotorch.operators import GaussianMutation, SimulatedBinaryCrossOver
@@ -300,8 +378,8 @@ def search(
 
     def make_searcher(evo_problem, b: int):
         if algorithm == "de":
-            return DifferentialEvolution(evo_problem, state=layer_state(b),
-                                         noise_robust=o.noise_robust)
+            state = layer_state(b) if restored is None else restored["states"][b]
+            return DifferentialEvolution(evo_problem, state=state, noise_robust=o.noise_robust)
         if algorithm == "ga":
             start = layer_state(b).population[0]
             ga = GeneticAlgorithm(
@@ -333,28 +411,60 @@ def search(
     converged = torch.zeros(B, dtype=torch.bool, device=problem.device)
     stop_reason = "maxiter"
     nit = 0
+    if restored is not None:
+        for p, calls, nfev, best_x, best_f in zip(layer_problems, restored["calls"],
+                                                  restored["nfev"], restored["best_x"],
+                                                  restored["best_f"]):
+            p.calls, p.nfev, p.best_x, p.best_f = calls, nfev, best_x, best_f
+        history, converged, nit = restored["history"], restored["converged"], restored["nit"]
+        if bool(converged.all()):
+            stop_reason = "converged"  # as the run that saved it stopped
 
     def answers() -> tuple[Tensor, Tensor]:
         return (torch.stack([p.best_x for p in layer_problems]),
                 torch.stack([p.best_f for p in layer_problems]))
 
-    while nit < o.maxiter:
-        for b in range(B):
-            if not bool(converged[b]):
-                searchers[b].step()
-        nit += 1
-        x, fun = answers()
-        history.append(fun)
-        if algorithm == "de":
-            converged = torch.cat([s.state.converged for s in searchers])
-        info = IntermediateResult(nit, x, fun, torch.stack(history, dim=1),
-                                  sum(p.nfev for p in layer_problems), converged.clone())
-        if notify(o.callback, progress, info):
-            stop_reason = "callback"
-            break
-        if bool(converged.all()):
-            stop_reason = "converged"
-            break
+    def snapshot() -> dict:
+        # The state at the end of a generation (DE states and best points are never mutated in
+        # place: references suffice).
+        return {"states": [s.state for s in searchers],
+                "calls": [p.calls for p in layer_problems],
+                "nfev": [p.nfev for p in layer_problems],
+                "best_x": [p.best_x for p in layer_problems],
+                "best_f": [p.best_f for p in layer_problems],
+                "history": list(history), "converged": converged.clone(), "nit": nit}
+
+    saves = checkpoint is not None and checkpoint.saves
+    latest = None
+    try:
+        while nit < o.maxiter and stop_reason != "converged":
+            for b in range(B):
+                if not bool(converged[b]):
+                    searchers[b].step()
+            nit += 1
+            x, fun = answers()
+            history.append(fun)
+            if algorithm == "de":
+                converged = torch.cat([s.state.converged for s in searchers])
+            if saves:
+                latest = snapshot()
+                if nit % checkpoint.every == 0:
+                    checkpoint.save(*_record(latest))
+            info = IntermediateResult(nit, x, fun, torch.stack(history, dim=1),
+                                      sum(p.nfev for p in layer_problems), converged.clone())
+            if notify(o.callback, progress, info):
+                stop_reason = "callback"
+                break
+            if bool(converged.all()):
+                stop_reason = "converged"
+                break
+    except KeyboardInterrupt:
+        # Nothing lost: the last complete generation is where a resumed run continues.
+        if latest is not None:
+            checkpoint.save(*_record(latest))
+        raise
+    if saves and nit:
+        checkpoint.save(*_record(snapshot()))
 
     x, fun = answers()
     return SearchOutcome(

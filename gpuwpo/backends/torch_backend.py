@@ -13,12 +13,11 @@ from collections.abc import Callable
 import torch
 
 from ..checkpoint import (
-    CHANGEABLE_OPTIONS,
     Checkpoint,
     Checkpointing,
     Stage,
-    digest,
     read_checkpoint,
+    search_fingerprint,
     write_checkpoint,
 )
 from ..de import DEResult, DEState, de_init, de_minimize, state_from_dict, state_to_dict
@@ -84,25 +83,6 @@ def load_checkpoint(path: str | os.PathLike, device: torch.device | str | None =
     return _restore(path, name, tensors, meta, device), checkpoint
 
 
-def _fingerprint(problem: SearchProblem, options: SearchOptions) -> dict:
-    """What a search run through :func:`search` alone is: the problem's shape and the options
-    (the loss itself is a function and cannot be fingerprinted; the optimizer fingerprints the
-    weights and the physics behind it)."""
-    from .. import __version__
-
-    opts = {}
-    for name, value in options.as_dict().items():
-        if name in CHANGEABLE_OPTIONS or name == "seed":
-            continue
-        if name in ("x0", "x_init") and value is not None and not isinstance(value, str):
-            value = digest({name: torch.as_tensor(value)})
-        opts[name] = list(value) if isinstance(value, tuple) else value
-    return {"gpuwpo_version": __version__,
-            "problem": {"num_layers": problem.num_layers, "dim": problem.dim,
-                        "dtype": str(problem.dtype), "device": str(problem.device)},
-            "settings": {"backend": "torch", "options": opts}, "seed": options.seed}
-
-
 def accepts(options: SearchOptions) -> frozenset[str]:
     """The search options this backend honours: the DE's, parent re-evaluation, checkpoints."""
     return de_accepts(options, frozenset({"noise_robust", "checkpoint", "checkpoint_every",
@@ -135,7 +115,7 @@ def search(
     o = options
     checkpoint = stage
     if checkpoint is None:
-        run = Checkpointing.from_options(o, _fingerprint(problem, o))
+        run = Checkpointing.from_options(o, search_fingerprint(problem, o, "torch"))
         checkpoint = None if run is None else run.stage("search")
     saved = None if checkpoint is None else checkpoint.resumed()
     if saved is not None:
