@@ -361,6 +361,9 @@ class Checkpointing:
 
     def __init__(self, path: str | os.PathLike | None, every: int,
                  resume: str | os.PathLike | None, fingerprint: Mapping[str, Any]) -> None:
+        for name, value in (("checkpoint", path), ("resume", resume)):
+            if value is not None and not isinstance(value, (str, os.PathLike)):
+                raise ValueError(f"{name} must be a file path, got {value!r}")
         self.fingerprint = _plain(dict(fingerprint))
         self.path = None if path is None else check_target(path, resume=resume)
         self.every = int(every)

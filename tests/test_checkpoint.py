@@ -220,6 +220,8 @@ def test_a_checkpoint_never_overwrites_another_file(tmp_path):
         check_target(tmp_path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         check_target(tmp_path / "no" / "run.ckpt")
+    with pytest.raises(ValueError, match="checkpoint must be a file path, got 3"):
+        _run(checkpoint=3)
 
 
 def test_digest_sees_names_dtypes_shapes_and_values():
