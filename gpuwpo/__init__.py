@@ -14,6 +14,7 @@ from .converters import (
     NPairConductanceConverter,
     SinglePairConductanceConverter,
 )
+from .distributed import RayCluster
 from .io import load_result, load_weights, save_result
 from .network import LayerResult, NetworkResult, optimize_network, program_model, select_weights
 from .noise import CustomDriftPCMLikeNoiseModel, PCMLikeNoiseModel
@@ -38,6 +39,7 @@ __all__ = [
     "OptimizationResult",
     "PCMLikeNoiseModel",
     "PerColumnDriftCompensation",
+    "RayCluster",
     "SinglePairConductanceConverter",
     "StrategySpace",
     "TNMSEObjective",

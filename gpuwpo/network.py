@@ -386,6 +386,7 @@ def optimize_network(
     device: torch.device | str | None = None,
     physics: str = "device",
     hierarchical: bool | None = None,
+    distributed=None,
     **optimizer_kwargs,
 ) -> NetworkResult:
     """Find programming strategies for the layers of a network in one search.
@@ -415,6 +416,9 @@ def optimize_network(
             layer's search from it (beside the seeds) with ``maxiter - ceil(maxiter / B)``
             generations, so that the total number of candidates stays that of a plain per-layer
             search. None: :data:`HIERARCHICAL_DEFAULT`.
+        distributed: a :class:`gpuwpo.RayCluster`: the layers are sharded over its workers
+            (:mod:`gpuwpo.distributed`), with the same result as this single-process run
+            (``wall_time`` aside).
         **optimizer_kwargs: passed to :class:`gpuwpo.WeightProgrammingOptimizer` (popsize,
             maxiter, seed, validation_repeats, symmetric, compensation, ...). ``checkpoint``,
             ``checkpoint_every`` and ``resume`` save and continue the whole run in one file
@@ -428,6 +432,13 @@ def optimize_network(
         ValueError: no layer matches, a layer has NaN/inf or all-zero weights, or a bad
             optimizer argument (named in the message).
     """
+    if distributed is not None:
+        from .distributed import optimize_network_distributed
+
+        return optimize_network_distributed(
+            distributed, model_or_weights, noise_model, t_steps, g_converter_baseline, f_lst,
+            include=include, exclude=exclude, per_layer=per_layer, backend=backend,
+            device=device, physics=physics, hierarchical=hierarchical, **optimizer_kwargs)
     start = time.perf_counter()
     weights = select_weights(model_or_weights, include, exclude)
     names = list(weights)

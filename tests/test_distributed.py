@@ -1,0 +1,168 @@
+"""Layer-sharded search (gpuwpo.distributed): a network's layers run in parts equal, bit for bit,
+the single-process run; on a local Ray cluster too, with a worker killed mid-run."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import gpuwpo
+from gpuwpo.distributed import RayCluster, _InProcess
+
+T_STEPS = [1.0, 3600.0, 86400.0]
+# Small tiles and budgets, chosen so that the layers converge at different generations (19, 19,
+# 21, 25 of 25: a part whose layers have all converged stops before the whole does) and the
+# validated choice goes both ways (polish and baseline win).
+OPTIONS = dict(popsize=2, maxiter=25, atol=0.3, test_in_features=64, test_out_features=8,
+               validation_repeats=8, baseline_iterations=8, polish_maxiter=2, disp=False,
+               seed=5, seeds=False, checkpoint_every=3)
+
+
+def _network(layers: int = 4) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(0)
+    return {f"l{i}.weight": gpuwpo.student_t_weights((24 + 8 * i, 16), generator=gen)
+            for i in range(layers)}
+
+
+def _run(weights, **kwargs) -> gpuwpo.NetworkResult:
+    return gpuwpo.optimize_network(
+        weights, gpuwpo.PCMLikeNoiseModel(g_max=25.0), T_STEPS,
+        gpuwpo.DualPairConductanceConverter([1.0, 1.0], 0.0, 25.0), [None, None],
+        **{**OPTIONS, **kwargs})
+
+
+def _assert_same(whole: gpuwpo.NetworkResult, part: gpuwpo.NetworkResult) -> None:
+    """Every field equal (LayerResult compares converters bit for bit), wall_time aside."""
+    for f in dataclasses.fields(whole):
+        if f.name != "wall_time":
+            assert getattr(part, f.name) == getattr(whole, f.name), f.name
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize(("hierarchical", "seeds", "tasks"), [
+    (False, True, [[0, 2], [1, 3]]),  # with the seeds' ranking, keyed per layer
+    pytest.param(False, False, [[3], [2, 0], [1]], marks=pytest.mark.slow),
+    pytest.param(True, False, [[0, 2], [1, 3]], marks=pytest.mark.slow),
+])
+def test_a_network_run_in_parts_equals_the_whole_run_bit_for_bit(hierarchical, seeds, tasks):
+    weights = _network()
+    whole = _run(weights, hierarchical=hierarchical, seeds=seeds)
+    part = _run(weights, hierarchical=hierarchical, seeds=seeds, distributed=_InProcess(tasks))
+    _assert_same(whole, part)
+
+
+def test_per_layer_warm_starts_are_cut_to_each_part():
+    weights = _network(3)
+    x0 = torch.rand(3, gpuwpo.StrategySpace([None, None], 0.0, 25.0).dim,
+                    generator=torch.Generator().manual_seed(1))
+    whole = _run(weights, x0=x0, maxiter=6)
+    _assert_same(whole, _run(weights, x0=x0, maxiter=6, distributed=_InProcess([[2], [0, 1]])))
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"per_layer": False}, "per_layer=False"),
+    ({"backend": "scipy"}, "torch engine"),
+    ({"callback": print}, "callback"),
+    ({"checkpoint": "run.ckpt"}, "checkpoint"),
+    ({"resume": "run.ckpt"}, "resume"),
+])
+def test_what_a_distributed_run_cannot_honour_is_refused_before_any_work(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        _run(_network(2), distributed=RayCluster(workers=2), **kwargs)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"workers": 0}, "workers"), ({"gpus_per_worker": 2}, "gpus_per_worker"),
+    ({"cpus_per_worker": 0}, "cpus_per_worker"), ({"layers_per_task": 0}, "layers_per_task"),
+    ({"max_retries": -1}, "max_retries"), ({"address": 6379}, "address"),
+])
+def test_bad_cluster_settings_are_refused(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        RayCluster(**kwargs)
+
+
+def test_tasks_are_more_than_workers_so_that_freed_workers_take_queued_work():
+    assert RayCluster(workers=2).plan(72)[:2] == [list(range(9)), list(range(9, 18))]
+    assert len(RayCluster(workers=2).plan(72)) == 8
+    assert RayCluster(workers=2, layers_per_task=1).plan(3) == [[0], [1], [2]]
+    assert RayCluster(workers=4).plan(3) == [[0], [1], [2]]
+
+
+def test_importing_gpuwpo_does_not_import_ray():
+    code = "import sys, gpuwpo; gpuwpo.RayCluster(workers=1); assert 'ray' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+# ----------------------------------------------------------------------------------------------
+# on a local Ray cluster
+
+
+@pytest.fixture
+def ray_stopped():
+    """Ray is shut down after the test, whatever happened in it."""
+    ray = pytest.importorskip("ray")
+    yield ray
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.mark.slow
+def test_on_ray_a_killed_worker_costs_its_progress_since_its_checkpoint_only(ray_stopped):
+    ray = ray_stopped
+    weights = _network()
+    whole = _run(weights)
+    hierarchical_whole = _run(weights, hierarchical=True)
+
+    events = []
+
+    def on_event(event):
+        events.append(event)
+        # Kill the worker of task 0 after its first checkpoint (once).
+        if (event.kind == "checkpoint" and event.task == 0 and event.attempt == 0
+                and event.stage == "layers" and not any(e.kind == "retry" for e in events)):
+            os.kill(event.pid, signal.SIGKILL)
+
+    with RayCluster(workers=2, layers_per_task=1, on_event=on_event) as cluster:
+        part = _run(weights, distributed=cluster)
+        assert ray.is_initialized()  # the context keeps the cluster for the next run
+        hierarchical_part = _run(weights, hierarchical=True, distributed=cluster)
+    assert not ray.is_initialized()
+    assert cluster.startup_s > 0
+
+    _assert_same(whole, part)
+    _assert_same(hierarchical_whole, hierarchical_part)
+    layers = [e for e in events if e.stage == "layers"]
+    retry = [e for e in layers if e.kind == "retry"]
+    assert len(retry) == 1 and retry[0].task == 0 and retry[0].generation == 3
+    # the task ran again from its checkpoint (generation 3), not from the start
+    again = [e for e in layers if e.kind == "start" and e.task == 0 and e.attempt == 1]
+    assert len(again) == 1 and again[0].generation == 3 and again[0].pid != retry[0].pid
+    first = [e.generation for e in layers if e.kind == "checkpoint" and e.task == 0][:2]
+    assert first == [3, 6]
+    # both workers took tasks (a queue, not one worker doing all), every task ended once per run
+    assert len({e.pid for e in layers if e.kind == "start" and e.attempt == 0}) >= 2
+    assert sorted(e.task for e in layers if e.kind == "done") == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert [e.kind for e in events if e.stage == "global"][-1] == "done"
+
+
+@pytest.mark.slow
+def test_on_ray_a_local_cluster_is_started_and_stopped_by_the_run(ray_stopped):
+    ray = ray_stopped
+    weights = _network(2)
+    cluster = RayCluster(workers=2)
+    part = _run(weights, maxiter=3, distributed=cluster)
+    assert not ray.is_initialized()
+    _assert_same(_run(weights, maxiter=3), part)
