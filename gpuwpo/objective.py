@@ -179,8 +179,12 @@ def tnmse_from_programs(
         readout_noise = tuple(_with_axes(z, 4, T) for z in readout_noise)
     independent = noise is None and not common_random_numbers
     fresh_readout = noisy_readout and readout_noise is None and not common_random_numbers
+    # The bound management's repeated readouts (rare) draw from one stream per chunk, keyed by
+    # its first layer and candidate: with it, one layer per chunk, sized as for that layer
+    # alone, so that a layer's draws do not depend on the layers evaluated beside it.
     layer_chunk, chunk = plan_chunks(
-        B, P, bytes_per_item=(_LIVE_TENSORS + (3 * T if independent else 0)) * R * N
+        1 if compensation.bound_management else B, P,
+        bytes_per_item=(_LIVE_TENSORS + (3 * T if independent else 0)) * R * N
         * g_lst.element_size(), memory_budget=int(memory_budget),
         align=NOISE_BLOCK if independent or fresh_readout else 1)
 

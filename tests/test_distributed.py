@@ -64,6 +64,24 @@ def test_a_network_run_in_parts_equals_the_whole_run_bit_for_bit(hierarchical, s
     _assert_same(whole, part)
 
 
+@pytest.mark.parametrize("budget", [None, 2**22])
+def test_a_layers_objective_does_not_depend_on_the_layers_beside_it(budget):
+    # The reference's periphery with bound management, on tiles whose readouts clip (weights
+    # with a mean): the repeated readouts' draws too are the layer's own.
+    gen = torch.Generator().manual_seed(0)
+    layers = [gpuwpo.student_t_weights((64, 64), generator=gen) + 0.6 for _ in range(4)]
+    space = gpuwpo.StrategySpace([None, None], 0.0, 25.0)
+    obj = gpuwpo.TNMSEObjective(layers, gpuwpo.PCMLikeNoiseModel(g_max=25.0),
+                                gpuwpo.GlobalDriftCompensation.aihwkit_default(), [1.0, 86400.0],
+                                space, memory_budget=budget, physics="aihwkit")
+    x = torch.rand(4, 30, space.dim, generator=gen)
+    whole = obj(x, 123)
+    for subset in ([0, 2], [1, 3], [1]):
+        part = obj.select_layers(subset)
+        assert part.layer_ids == tuple(subset)
+        assert torch.equal(part(x[subset], 123), whole[subset])
+
+
 def test_per_layer_warm_starts_are_cut_to_each_part():
     weights = _network(3)
     x0 = torch.rand(3, gpuwpo.StrategySpace([None, None], 0.0, 25.0).dim,
