@@ -286,16 +286,16 @@ def _layer_states(seed: int | torch.Generator | None, layer_ids: Sequence[int],
                         for i in layer_ids])
 
 
-def _draw(rng_state: Tensor, rows: Sequence[int], n: int, device: torch.device
-          ) -> tuple[Tensor, Tensor]:
-    """n uniforms in [0, 1) (float64) per layer in ``rows`` from its own generator.
+def _draw(rng_state: Tensor, rows: Sequence[int], n: int, device: torch.device,
+          dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor]:
+    """n uniforms in [0, 1) per layer in ``rows`` from its own generator.
 
     Returns ``(u [B, n], rng_state)``: rows not drawn are zeros and keep their generator state,
     so a layer's stream advances by the same amount whichever layers draw beside it. One draw
     per layer: on a GPU that is B small launches per generation, against an objective that
     evaluates [B, S, T, 2K, N].
     """
-    u = torch.zeros((rng_state.shape[0], n), device=device, dtype=torch.float64)
+    u = torch.zeros((rng_state.shape[0], n), device=device, dtype=dtype)
     if not rows:
         return u, rng_state
     rng_state = rng_state.clone()
@@ -308,8 +308,15 @@ def _draw(rng_state: Tensor, rows: Sequence[int], n: int, device: torch.device
     return u, rng_state
 
 
+def _uniform_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The precision of a search's uniforms: float64 for a float64 search, else float32 (the
+    population's own precision; half the generator's work)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def _index(u: Tensor, high: int) -> Tensor:
-    """Integers uniform in [0, high) from uniforms u in [0, 1) (float64)."""
+    """Integers uniform in [0, high) from uniforms u in [0, 1) (rounding up to ``high`` in
+    float32 is clamped away)."""
     return (u * high).floor().to(torch.int64).clamp_(max=high - 1)
 
 
@@ -323,17 +330,18 @@ def _init_population(
     """The initial population [B, S, D] of a string ``init``, each layer from its own stream;
     returns it with the advanced generator states."""
     rows = list(range(rng_state.shape[0]))
+    precision = _uniform_dtype(dtype)
     if kind == "random":
-        u, rng_state = _draw(rng_state, rows, size * dim, device)
+        u, rng_state = _draw(rng_state, rows, size * dim, device, precision)
         return u.reshape(-1, size, dim).to(dtype), rng_state
     if kind == "latinhypercube":
         # one uniform draw in each of S equal segments per coordinate, then an independent random
         # permutation of the segments per coordinate (scipy's init_population_lhs)
-        u, rng_state = _draw(rng_state, rows, 2 * size * dim, device)
+        u, rng_state = _draw(rng_state, rows, 2 * size * dim, device, precision)
         u = u.reshape(-1, 2, size, dim)
         segments = torch.arange(size, device=device, dtype=dtype) / size
         samples = u[:, 0].to(dtype) / size + segments[:, None]
-        order = torch.argsort(u[:, 1], dim=1)
+        order = torch.argsort(u[:, 1], dim=1, stable=True)
         return torch.gather(samples, 1, order), rng_state
     # sobol: one scrambled engine per layer (layers are independent searches); the scrambling
     # seed comes from the layer's stream so that the run stays reproducible from `seed`
@@ -491,7 +499,7 @@ def de_init(
 
 def _select_samples(u: Tensor) -> Tensor:
     """[B, S, count] member indices, distinct from each other and from the candidate (its row),
-    from uniforms u [B, S, count] in [0, 1) (float64).
+    from uniforms u [B, S, count] in [0, 1).
 
     Equivalent in distribution to scipy's shuffle-and-drop-the-candidate: sample k is uniform
     over the S - 1 - k indices not yet taken. An index drawn from [0, S - 1 - k) is mapped to
@@ -541,7 +549,7 @@ def _mutant(strategy: str, population: Tensor, samples: Tensor, scale: Tensor) -
 def _crossover_mask(binomial: bool, recombination: float, u_fill: Tensor, u_cross: Tensor
                     ) -> Tensor:
     """[B, S, D] bool: which coordinates of each trial come from the mutant, from uniforms
-    u_fill [B, S] (the fill point) and u_cross [B, S, D] in [0, 1) (float64)."""
+    u_fill [B, S] (the fill point) and u_cross [B, S, D] in [0, 1)."""
     dim = u_cross.shape[-1]
     fill_point = _index(u_fill, dim)
     crossovers = u_cross < recombination
@@ -583,7 +591,7 @@ def de_ask(state: DEState) -> tuple[Tensor, DEState]:
     # the re-sampled coordinates (S x D). Frozen layers draw nothing.
     rows = (~state.converged).nonzero().squeeze(1).tolist()
     u, rng_state = _draw(state.rng_state, rows, 1 + size * (count + 1 + 2 * dim),
-                         population.device)
+                         population.device, _uniform_dtype(population.dtype))
     u_dither, u_samples, u_fill, u_cross, u_out = u.split(
         [1, size * count, size, size * dim, size * dim], dim=1)
     dtype = population.dtype
