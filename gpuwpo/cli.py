@@ -394,6 +394,20 @@ def _check_checkpoint(options, out: str | None) -> None:
             raise ValueError(f"--out and --checkpoint both name {out}; give two files")
 
 
+def _ray_cluster(args: argparse.Namespace):
+    """The RayCluster of ``--ray [ADDRESS] --workers N --gpus-per-worker G``, or None."""
+    address = getattr(args, "ray", None)
+    workers, gpus = getattr(args, "workers", None), getattr(args, "gpus_per_worker", None)
+    if address is None:
+        if workers is not None or gpus is not None:
+            raise ValueError("--workers and --gpus-per-worker shard the layers over Ray "
+                             "workers: give --ray too")
+        return None
+    from .distributed import RayCluster
+
+    return RayCluster(address=address or None, workers=workers, gpus_per_worker=gpus or 0)
+
+
 def _cmd_optimize(args: argparse.Namespace) -> int:
     from .backends import BACKENDS
     from .io import load_weights, save_result
@@ -414,12 +428,17 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     if not getattr(args, "quiet", False):
         total = sum(w.numel() for w in selected.values())
         _say(args, f"{len(selected)} layer(s), {total} weights: {', '.join(selected)}")
+    cluster = _ray_cluster(args)
     result = optimize_network(
         weights, phys["noise_model"], run["times"], phys["baseline"], run["f_lst"],
         include=run["include"], exclude=run["exclude"], per_layer=run["per_layer"],
         backend=run["backend"], device=device, physics=phys["physics"],
         compensation=phys["compensation"], symmetric=run["symmetric"], options=run["options"],
+        distributed=cluster,
     )
+    if cluster is not None:
+        _say(args, f"ray: {cluster.num_workers} worker(s); the cluster took "
+                   f"{cluster.startup_s:.1f} s to start or connect")
     print(result.summary())
     out = getattr(args, "out", None)
     if out:
@@ -667,6 +686,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "(anything else is refused, naming it), and keep saving into FILE "
                         "unless --checkpoint names another; it ends exactly as the "
                         "uninterrupted run")
+    p.add_argument("--ray", nargs="?", const="", metavar="ADDRESS",
+                   help="shard the layers over Ray workers (the same result as one process); "
+                        "without ADDRESS a local cluster is started and stopped (put --ray "
+                        "after WEIGHTS, or write --ray=ADDRESS)")
+    p.add_argument("--workers", type=_positive_int, metavar="N",
+                   help="with --ray: workers running at once (default: one per GPU with "
+                        "--gpus-per-worker 1, else one per CPU)")
+    p.add_argument("--gpus-per-worker", type=int, choices=(0, 1), metavar="G",
+                   help="with --ray: 1 runs each worker on a GPU of its own, 0 (default) on CPUs")
     p.add_argument("--quiet", **quiet)
     p.set_defaults(func=_cmd_optimize)
 

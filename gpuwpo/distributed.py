@@ -564,9 +564,19 @@ def optimize_network_distributed(
     kwargs = dict(optimizer_kwargs)
     symmetric = kwargs.pop("symmetric", True)
     compensation = kwargs.pop("compensation", None)
+    given = kwargs.pop("options", None)
+    if given is None:
+        options = SearchOptions.from_kwargs(kwargs)
+    elif not isinstance(given, SearchOptions):
+        raise TypeError(f"options must be a gpuwpo.options.SearchOptions, got "
+                        f"{type(given).__name__}")
+    else:
+        SearchOptions.from_kwargs(kwargs)  # names the unknown ones
+        options = given.replace(**kwargs) if kwargs else given
     for name, why in _REFUSED.items():
-        if kwargs.get(name) is not None:
-            raise ValueError(f"a distributed run cannot honour {name}={kwargs[name]!r}: {why}")
+        if getattr(options, name) is not None:
+            raise ValueError(f"a distributed run cannot honour {name}={getattr(options, name)!r}"
+                             f": {why}")
     hierarchical = HIERARCHICAL_DEFAULT if hierarchical is None else hierarchical
     if not isinstance(hierarchical, bool):
         raise ValueError(f"hierarchical must be True, False or None, got {hierarchical!r}")
@@ -574,7 +584,6 @@ def optimize_network_distributed(
     names = list(weights)
     sizes = [w.numel() for w in weights.values()]
     num_layers = len(names)
-    options = SearchOptions.from_kwargs(kwargs)
 
     def driver_optimizer(searched, opts):
         # On the driver only the test tiles (made on the CPU, as every run makes them) and the

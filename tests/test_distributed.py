@@ -176,11 +176,36 @@ def test_on_ray_a_killed_worker_costs_its_progress_since_its_checkpoint_only(ray
     assert [e.kind for e in events if e.stage == "global"][-1] == "done"
 
 
+def _weights_file(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "net.safetensors"
+    save_file(_network(3), str(path))
+    return path
+
+
+TINY = ["--popsize", "2", "--maxiter", "4", "--test-size", "16", "8", "--baseline-iterations",
+        "2", "--validation-repeats", "2", "--times", "1,1h,1y", "--quiet"]
+
+
+def test_cli_workers_without_ray_is_refused(tmp_path, capsys):
+    from gpuwpo.cli import main
+
+    assert main(["optimize", str(_weights_file(tmp_path)), "--workers", "2", *TINY]) == 2
+    assert "give --ray too" in capsys.readouterr().err
+
+
 @pytest.mark.slow
-def test_on_ray_a_local_cluster_is_started_and_stopped_by_the_run(ray_stopped):
+def test_cli_ray_starts_and_stops_a_local_cluster_with_the_same_result(ray_stopped, tmp_path,
+                                                                       capsys):
+    from gpuwpo.cli import main
+    from gpuwpo.io import load_result
+
     ray = ray_stopped
-    weights = _network(2)
-    cluster = RayCluster(workers=2)
-    part = _run(weights, maxiter=3, distributed=cluster)
+    path = _weights_file(tmp_path)
+    one, sharded = tmp_path / "one.json", tmp_path / "sharded.json"
+    assert main(["optimize", str(path), *TINY, "--out", str(one)]) == 0
+    assert main(["optimize", str(path), *TINY, "--ray", "--workers", "2",
+                 "--out", str(sharded)]) == 0, capsys.readouterr().err
     assert not ray.is_initialized()
-    _assert_same(_run(weights, maxiter=3), part)
+    _assert_same(load_result(one), load_result(sharded))
