@@ -209,3 +209,28 @@ def test_cli_ray_starts_and_stops_a_local_cluster_with_the_same_result(ray_stopp
                  "--out", str(sharded)]) == 0, capsys.readouterr().err
     assert not ray.is_initialized()
     _assert_same(load_result(one), load_result(sharded))
+
+
+@pytest.mark.slow
+def test_distributed_benchmark_quick(ray_stopped, tmp_path, capsys):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "bench" / "distributed.py"
+    spec = importlib.util.spec_from_file_location("bench_distributed", bench)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    record = module.main(["--quick", "--out-dir", str(tmp_path)])
+    (path,) = tmp_path.glob("distributed-*.json")
+    written = json.loads(path.read_text())
+    assert written == json.loads(json.dumps({"benchmark": "distributed", **record}))
+    assert written["quick"] is True and "REDUCED" in written["budget_note"]
+    r = written["result"]
+    assert [row["workers"] for row in r["runs"]] == [0, 1, 2]
+    assert r["identical"] is True and r["ray_startup_s"] > 0 and r["ray_warmup_s"] > 0
+    for row in r["runs"]:
+        assert row["wall_time_s"] > 0 and row["generations"] == 2 and row["candidates"] > 0
+    assert r["runs"][1]["speedup_vs_one_worker"] == 1.0
+    assert not ray_stopped.is_initialized()
+    assert "speed-up vs 1 worker" in capsys.readouterr().out
