@@ -5,6 +5,8 @@ the GPU (or the CPU), with programming noise, conductance drift and read noise s
 the batch, and all layers of a network are optimised in one call.
 """
 
+# First: Ctrl-C while the command line imports torch exits 130 with one line (gpuwpo._startup).
+from . import _startup  # noqa: F401, I001  (only in the gpuwpo command's own process)
 from . import _checkout  # noqa: F401  (registers kernels/ as gpuwpo.kernels in a checkout)
 from .compensation import GlobalDriftCompensation, PerColumnDriftCompensation
 from .converters import (

@@ -20,9 +20,12 @@ and every PHYSICS flag given overrides it. ``--config`` reads a TOML file of set
 flags' names with underscores, and any option of :class:`gpuwpo.options.SearchOptions`) or a
 results file, whose run ``optimize`` then repeats exactly; flags given override it.
 
-Bad input (a missing or unreadable file, no matching layer, NaN weights, a bad option) prints
-one line ``gpuwpo: error: ...`` to stderr and exits with status 2; a results file is written
-atomically (a temporary file moved into place), never half a file.
+Bad input (a missing or unreadable file, no matching layer, NaN weights, a bad option, an
+output that cannot or must not be written) prints one line ``gpuwpo: error: ...`` to stderr and
+exits with status 2, before any work is done where it can be known then; Ctrl-C at any moment
+prints ``gpuwpo: interrupted`` and exits with status 130. A results file is written atomically
+(never half a file, no temporary file left behind), only over a results file, never over an
+input (README "Errors and safety").
 """
 
 from __future__ import annotations
@@ -113,13 +116,38 @@ def parse_f_lst(text: str) -> list[float | None]:
     return out
 
 
-def _positive_int(text: str) -> int:
+def _positive_int(text: str, minimum: int = 1) -> int:
     try:
         value = int(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from err
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 1")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= {minimum}")
+    return value
+
+
+def _at_least_two(text: str) -> int:
+    """A number of repeats that has a standard error (one repeat has no spread)."""
+    try:
+        return _positive_int(text, 2)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r} must be an integer >= 2 (a standard error "
+                                         "needs at least two repeats)") from None
+
+
+#: Seeds are 64-bit: used whole (gpuwpo.rng hashes them), never truncated.
+SEED_MAX = 2**64 - 1
+
+
+def parse_seed(text: str) -> int:
+    """A random seed: an integer from 0 to 2**64 - 1, used whole (decimal, or 0x... hex)."""
+    try:
+        value = int(str(text).strip(), 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seed {text!r} is not an integer") from None
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"seed {text!r} is out of range: seeds are 64-bit "
+                                         f"integers from 0 to {SEED_MAX}")
     return value
 
 
@@ -304,17 +332,54 @@ def _check_device(device: str | None) -> str | None:
     return device
 
 
-def _check_out_dir(path: str | None, what: str) -> None:
-    """Fail before a long search, not after it, when an output cannot be written."""
+#: The figures a plots directory receives (``_write_plots``).
+_FIGURES = ("programming_curves.png", "convergence.png", "weight_errors.png")
+#: What ``gpuwpo example --out DIR`` writes into DIR (gpuwpo.example).
+_EXAMPLE_FILES = ("digits_result.json", "digits_mlp.pt", "accuracy_over_time.png", *_FIGURES)
+
+
+def _same_path(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _check_out_file(path: str | None, inputs: Sequence[str | None], what: str = "--out"
+                    ) -> None:
+    """Fail before any work, not after it, when a results file cannot or must not be written."""
+    from .io import check_output_file
+
+    if path is not None:
+        check_output_file(path, inputs=[p for p in inputs if p], what=what)
+
+
+def _check_out_dir(path: str | None, inputs: Sequence[str | None], what: str,
+                   files: Sequence[str]) -> None:
+    """Fail before any work when the directory ``path`` cannot receive ``files``.
+
+    It is a directory or can be made one (its nearest existing ancestor is a directory in which
+    files can be created), and none of the files it will receive is an input or a directory.
+    """
+    from ._files import check_writable_dir
+
     if path is None:
         return
-    directory = os.path.dirname(os.path.abspath(path)) if what == "file" else path
-    if what == "file" and os.path.isdir(path):
-        raise ValueError(f"--out {path} is a directory; give a file name such as results.json")
-    if what == "file" and not os.path.isdir(directory):
-        raise FileNotFoundError(f"--out {path}: the directory {directory} does not exist")
-    if what == "dir" and os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"--plots {path} exists and is not a directory")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{what} {path} exists and is not a directory")
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    check_writable_dir(existing, f"{what} {path}")
+    for name in files:
+        target = os.path.join(path, name)
+        if os.path.isdir(target):
+            raise ValueError(f"{what} {path}: {target} is a directory; it would be replaced by "
+                             f"a file")
+        for given in inputs:
+            if given and _same_path(target, given):
+                raise ValueError(f"{what} {path} would overwrite {target}, an input of this "
+                                 f"run; choose another directory")
 
 
 #: optimize's flags that are SearchOptions, and their option names.
@@ -418,8 +483,11 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         raise ValueError(f"unknown backend {run['backend']!r}; choose one of "
                          f"{', '.join(BACKENDS)}")
     device = _check_device(run["device"])
-    _check_out_dir(getattr(args, "out", None), "file")
-    _check_out_dir(getattr(args, "plots", None), "dir")
+    _check_test_size(run["options"])
+    out, plots = getattr(args, "out", None), getattr(args, "plots", None)
+    inputs = [args.weights, getattr(args, "config", None), run["options"].resume]
+    _check_out_file(out, inputs)
+    _check_out_dir(plots, [*inputs, out], "--plots", _FIGURES)
     _check_checkpoint(run["options"], getattr(args, "out", None))
     weights = load_weights(args.weights)
     # Select here so that a typo in --include fails at once, naming the layers.
@@ -440,15 +508,23 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
         _say(args, f"ray: {cluster.num_workers} worker(s); the cluster took "
                    f"{cluster.startup_s:.1f} s to start or connect")
     print(result.summary())
-    out = getattr(args, "out", None)
     if out:
         save_result(result, out)
         _say(args, f"wrote {out}")
-    if getattr(args, "plots", None):
-        for path in _write_plots(result, args.plots, selected, repeats=2,
-                                 seed=run["options"].seed):
+    if plots:
+        for path in _write_plots(result, plots, selected, repeats=2, seed=run["options"].seed):
             _say(args, f"wrote {path}")
     return 0
+
+
+def _check_test_size(options) -> None:
+    """A test tile too large to allocate is refused before any work (gpuwpo.tiles)."""
+    from .tiles import MAX_TEST_WEIGHTS
+
+    size_in, size_out = options.test_in_features, options.test_out_features
+    if size_in is not None and size_in * size_out > MAX_TEST_WEIGHTS:
+        raise ValueError(f"--test-size {size_in} {size_out}: {size_in * size_out} test weights "
+                         f"per layer, more than the {MAX_TEST_WEIGHTS} gpuwpo allows")
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -479,7 +555,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         if tuple(w.shape) != tuple(layer.shape):
             raise ValueError(f"{args.weights}: {layer.name!r} has shape {tuple(w.shape)}, the "
                              f"results file was made for {tuple(layer.shape)}")
-        w = check_weights(w, f"{args.weights}: layer {layer.name!r}").to(device)
+        w = check_weights(w, f"{args.weights}: layer {layer.name!r}",
+                          allow_all_zero=False).to(device)
         kw = dict(repeats=args.repeats, compensation=phys["compensation"], generator=gen,
                   physics=phys["physics"])
         base = tnmse_over_time(w, phys["baseline"], phys["noise_model"], t_steps, **kw)
@@ -508,29 +585,35 @@ def _table(title: str, t_steps: Sequence[float], base, opt) -> str:
     from .plots import time_label
 
     (bm, bs), (om, osem) = base, opt
+
+    def gain(b: float, o: float) -> str:
+        return f"{100 * (1 - o / b):6.1f}%" if b > 0 else f"{'n/a':>7}"
+
     rows = [title, f"  {'time':>10} {'baseline':>20} {'optimised':>20} {'gain':>7}"]
     for i, t in enumerate(t_steps):
         rows.append(f"  {time_label(t):>10} {float(bm[i]):10.5f} +- {float(bs[i]):<7.5f}"
                     f"{float(om[i]):10.5f} +- {float(osem[i]):<7.5f}"
-                    f"{100 * (1 - float(om[i]) / float(bm[i])):6.1f}%")
+                    f"{gain(float(bm[i]), float(om[i]))}")
     n = len(t_steps)
     b_all, o_all = float(bm.mean()), float(om.mean())
     b_se = float((bs.double() ** 2).sum().sqrt()) / n
     o_se = float((osem.double() ** 2).sum().sqrt()) / n
     rows.append(f"  {'TNMSE':>10} {b_all:10.5f} +- {b_se:<7.5f}{o_all:10.5f} +- {o_se:<7.5f}"
-                f"{100 * (1 - o_all / b_all):6.1f}%")
+                f"{gain(b_all, o_all)}")
     return "\n".join(rows)
 
 
 def _write_plots(result, out_dir: str, weights: Mapping[str, torch.Tensor] | None, *,
-                 repeats: int = 2, seed: int = 0, phys: Mapping | None = None) -> list[str]:
+                 repeats: int = 2, seed: int = 0, phys: Mapping | None = None,
+                 source: str | None = None) -> list[str]:
     """The figures of a result into ``out_dir``; returns the paths written.
 
-    ``phys``: the physics of the weight-error figure (default: what the result records).
+    ``phys``: the physics of the weight-error figure (default: what the result records);
+    ``source``: the results file the result was read from (named in errors).
     """
     from . import plots
 
-    recorded = physics_from_settings(result.settings)
+    recorded = physics_from_settings(result.settings, path=source)
     phys = recorded if phys is None else phys
     os.makedirs(out_dir, exist_ok=True)
     written = []
@@ -556,11 +639,12 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     from .io import load_result, load_weights
 
     _check_device(getattr(args, "device", None))
+    _check_out_dir(args.out, [args.results, getattr(args, "weights", None)], "--out", _FIGURES)
     result = load_result(args.results)
     weights = load_weights(args.weights) if getattr(args, "weights", None) else None
     phys = _physics(args, physics_from_settings(result.settings, path=args.results))
     for path in _write_plots(result, args.out, weights, repeats=args.repeats, seed=args.seed,
-                             phys=phys):
+                             phys=phys, source=args.results):
         print(f"wrote {path}")
     return 0
 
@@ -569,7 +653,11 @@ def _cmd_example(args: argparse.Namespace) -> int:
     from .example import run_example
 
     phys = _physics(args)
-    run_example(quick=args.quick, out_dir=getattr(args, "out", None), seed=args.seed,
+    out = getattr(args, "out", None)
+    _check_out_dir(out, [], "--out", _EXAMPLE_FILES)
+    if out is not None:
+        _check_out_file(os.path.join(out, "digits_result.json"), [], "--out")
+    run_example(quick=args.quick, out_dir=out, seed=args.seed,
                 repeats=getattr(args, "repeats", None), backend=args.backend,
                 device=_check_device(getattr(args, "device", None)), progress=not args.quiet,
                 physics=phys["physics"], noise_model=phys["noise_model"],
@@ -606,10 +694,13 @@ def _add_physics_flags(p: argparse.ArgumentParser, recorded: bool) -> None:
                    help="where to compute (default: cuda when available for optimize, else cpu)")
 
 
-def _add_repeats_and_seed(p: argparse.ArgumentParser, repeats: int | None, what: str) -> None:
-    p.add_argument("--repeats", type=_positive_int, metavar="N", default=repeats,
+def _add_repeats_and_seed(p: argparse.ArgumentParser, repeats: int | None, what: str, *,
+                          at_least_two: bool = False) -> None:
+    p.add_argument("--repeats", type=_at_least_two if at_least_two else _positive_int,
+                   metavar="N", default=repeats,
                    help=what + ("" if repeats is None else f" (default {repeats})"))
-    p.add_argument("--seed", type=int, default=0, metavar="N", help="random seed (default 0)")
+    p.add_argument("--seed", type=parse_seed, default=0, metavar="N",
+                   help="random seed, 0 .. 2**64 - 1 (default 0)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -657,8 +748,8 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{defaults.popsize})")
     p.add_argument("--maxiter", type=_positive_int, metavar="N", default=keep,
                    help=f"generations (default {defaults.maxiter})")
-    p.add_argument("--seed", type=int, metavar="N", default=keep,
-                   help=f"random seed (default {defaults.seed})")
+    p.add_argument("--seed", type=parse_seed, metavar="N", default=keep,
+                   help=f"random seed, 0 .. 2**64 - 1 (default {defaults.seed})")
     p.add_argument("--f-lst", type=parse_f_lst, metavar="F,F", default=keep,
                    help="significance factors, numbers or None to optimise (default None,None)")
     p.add_argument("--times", type=parse_times, metavar="T,T", default=keep, help=times_help)
@@ -707,7 +798,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--times", type=parse_times, default=None, metavar="T,T",
                    help=times_help.replace("default 1,3600,86400,2592000,31536000 (1 s .. 1 "
                                            "year)", "default: the results file's times"))
-    _add_repeats_and_seed(p, 10, "programmings per layer and time")
+    _add_repeats_and_seed(p, 10, "programmings per layer and time (>= 2: the table gives "
+                               "standard errors)", at_least_two=True)
     _add_physics_flags(p, recorded=True)
     p.add_argument("--quiet", **quiet)
     p.set_defaults(func=_cmd_evaluate)
@@ -733,6 +825,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_physics_flags(p, recorded=False)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_example)
+    parser.commands = sub.choices  # name -> sub-parser: main() points errors to its --help
     return parser
 
 
@@ -744,20 +837,43 @@ def _one_line(err: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``gpuwpo`` command line; returns the exit status (0 ok, 2 bad input).
+    """Run the ``gpuwpo`` command line; returns the exit status (0 ok, 2 bad input, 130 Ctrl-C).
 
     Bad input (the library's ValueError, TypeError, ImportError, FileNotFoundError and other
-    OSErrors) prints one line ``gpuwpo: error: ...`` to stderr, without a traceback.
+    OSErrors) prints one line ``gpuwpo: error: ...`` to stderr, without a traceback; Ctrl-C at
+    any moment prints ``gpuwpo: interrupted`` (while the command starts too: gpuwpo._startup).
     """
-    args = build_parser().parse_args(argv)
+    from . import _startup
+
     try:
+        _startup.uninstall()  # from here on Ctrl-C is a KeyboardInterrupt, handled below
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # pointed to the sub-command's --help, where its flags are listed
+            parser.commands.get(args.command, parser).error(
+                f"unrecognized arguments: {' '.join(extra)}")
         return int(args.func(args))
     except _USER_ERRORS as err:
         sys.stderr.write(f"gpuwpo: error: {_one_line(err)}\n")
         return 2
     except KeyboardInterrupt:
+        return _interrupted()
+
+
+def _interrupted() -> int:
+    """One line for Ctrl-C, with a second Ctrl-C ignored while it is written."""
+    import signal
+    import threading
+
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
+    try:
         sys.stderr.write("gpuwpo: interrupted\n")
-        return 130
+        sys.stderr.flush()
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
+    return 130
 
 
 if __name__ == "__main__":

@@ -45,6 +45,16 @@ BUDGETS = {
 }
 
 
+def _seed_bits(seed: int, bits: int) -> int:
+    """``seed`` for a generator that takes ``bits``-bit seeds: itself when it fits (so the
+    familiar seeds keep their results), else a hash of all of it (seeds are used whole,
+    never truncated: seeds that differ by 2**32 must not give the same run)."""
+    from .rng import mix64
+
+    seed = int(seed)
+    return seed if 0 <= seed < 2**bits else mix64(seed) & ((1 << bits) - 1)
+
+
 def load_digits_data(seed: int = 0, test_fraction: float = 0.25
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Digits as float32 tensors ``(x_train [n, 64], y_train [n], x_test, y_test)``.
@@ -57,7 +67,8 @@ def load_digits_data(seed: int = 0, test_fraction: float = 0.25
 
     data = load_digits()
     x_tr, x_te, y_tr, y_te = train_test_split(data.data, data.target, test_size=test_fraction,
-                                              random_state=seed, stratify=data.target)
+                                              random_state=_seed_bits(seed, 32),
+                                              stratify=data.target)
     x_tr = torch.as_tensor(x_tr, dtype=torch.float32)
     x_te = torch.as_tensor(x_te, dtype=torch.float32)
     mean, std = x_tr.mean(0), x_tr.std(0)
@@ -71,7 +82,7 @@ def make_mlp(sizes: tuple[int, ...] = (64, 64, 32, 10), seed: int = 0) -> nn.Seq
     layers: list[nn.Module] = []
     # nn.Linear initialises from the global RNG: fork it so the caller's state is untouched.
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.manual_seed(_seed_bits(seed, 64))
         for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
             layers.append(nn.Linear(n_in, n_out))
             if i < len(sizes) - 2:
@@ -251,7 +262,10 @@ def run_example(*, quick: bool = False, out_dir: str | os.PathLike | None = None
 
 def _write_outputs(report: dict, model: nn.Module, out_dir, seed: int, say: Callable) -> None:
     """The example's files: the strategies, the trained weights and the figures."""
+    import io
+
     from . import plots
+    from ._files import atomic_write
     from .io import save_result
     from .network import select_weights
 
@@ -261,7 +275,9 @@ def _write_outputs(report: dict, model: nn.Module, out_dir, seed: int, say: Call
         "digits_result.json", "digits_mlp.pt", "accuracy_over_time.png",
         "programming_curves.png", "convergence.png", "weight_errors.png")}
     save_result(result, paths["digits_result.json"])
-    torch.save(model.state_dict(), paths["digits_mlp.pt"])
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    atomic_write(paths["digits_mlp.pt"], buffer.getvalue())  # never half a file
     plots.accuracy_over_time(
         list(report["times"].values()),
         {k: report[k]["accuracies"] for k in ("baseline", "optimised")},

@@ -24,11 +24,13 @@ Files are written atomically: a temporary file in the same directory, then ``os.
 
 from __future__ import annotations
 
+import ast
 import json
+import math
 import os
-import tempfile
+import re
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +45,9 @@ from .registry import from_dict, to_dict
 from .simulate import DEFAULT_TIMES as _DEFAULT_TIMES
 
 __all__ = ["save_result", "load_result", "load_weights", "physics_from_settings",
-           "optimize_kwargs_from_settings", "default_physics",
-           "RESULT_FORMAT", "RESULT_VERSION"]
+           "optimize_kwargs_from_settings", "default_physics", "is_results_file",
+           "check_output_file", "result_to_json_bytes", "RESULT_FORMAT", "RESULT_VERSION",
+           "MAX_RESULT_BYTES"]
 
 RESULT_FORMAT = "gpuwpo-result"
 RESULT_VERSION = 3
@@ -115,108 +118,305 @@ def _result_to_json(result: NetworkResult) -> dict[str, Any]:
     }
 
 
-def save_result(result: NetworkResult, path: str | os.PathLike) -> None:
-    """Write ``result`` to ``path`` as JSON, atomically (the old file, if any, stays whole).
+def _first_non_finite(value: Any, where: str) -> str | None:
+    """The JSON path of the first NaN or infinite number in ``value``, or None."""
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{where} is {value!r}"
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            found = _first_non_finite(v, f"{where}.{k}" if where else str(k))
+            if found:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            found = _first_non_finite(v, f"{where}[{i}]")
+            if found:
+                return found
+    return None
 
-    The JSON is written to a temporary file in the same directory (same file system), flushed to
-    disk, then moved over ``path`` with ``os.replace``: readers see the old file or the new
-    one, never half a file, even if the process dies mid-write.
+
+def result_to_json_bytes(result: NetworkResult) -> bytes:
+    """The bytes :func:`save_result` writes (UTF-8 JSON), checked: finite numbers only.
 
     Raises:
         TypeError: ``result`` is not a :class:`NetworkResult`.
-        ValueError: a layer holds a batched converter, or a value JSON cannot write.
+        ValueError: a layer holds a batched converter, or a NaN or infinite number (naming the
+            field), or a value JSON cannot hold.
     """
     if not isinstance(result, NetworkResult):
         raise TypeError(f"save_result takes a NetworkResult, got {type(result).__name__}")
+    data = _result_to_json(result)
+    bad = _first_non_finite(data, "")
+    if bad:
+        raise ValueError(f"the result cannot be saved: {bad}; a results file holds only finite "
+                         f"numbers (NaN or infinity would be silently wrong, and is not JSON)")
+    try:
+        text = json.dumps(data, indent=1, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"the result cannot be saved as JSON: {_one_line(err)}") from None
+    return (text + "\n").encode("utf-8")
+
+
+def save_result(result: NetworkResult, path: str | os.PathLike) -> None:
+    """Write ``result`` to ``path`` as JSON, atomically (the old file, if any, stays whole).
+
+    Nothing but a results file is ever replaced: an existing file at ``path`` that is not a
+    gpuwpo results file, a directory or anything that is not a regular file is refused. The
+    result is checked (and turned into JSON) before the disk is touched: NaN or infinite
+    figures are refused, never written. The file is written by :func:`gpuwpo._files.
+    atomic_write`: readers see the old file or the new one, never half a file, even if the
+    process dies mid-write, no temporary file is left behind, and a replaced file keeps its
+    permissions.
+
+    Raises:
+        TypeError: ``result`` is not a :class:`NetworkResult`.
+        ValueError: a layer holds a batched converter, a value is not finite or JSON cannot
+            write it, or ``path`` is something other than a results file.
+        OSError: the directory does not exist or cannot be written.
+    """
+    from ._files import atomic_write
+
+    data = result_to_json_bytes(result)  # built first: a bad result fails before the disk
     path = Path(path)
-    data = _result_to_json(result)  # built first: a bad result fails before touching the disk
-    directory = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory; give a file name such as "
+                         f"{path / 'results.json'}")
+    if os.path.lexists(path) and not is_results_file(path):
+        raise ValueError(f"{path} exists and is not a gpuwpo results file; refusing to "
+                         f"overwrite it (remove it or choose another name)")
+    atomic_write(path, data)
 
 
-def _need(obj: Mapping, key: str, where: str, path: Path) -> Any:
-    if key not in obj:
-        raise ValueError(f"{path}: not a valid gpuwpo results file: {where} has no {key!r}")
-    return obj[key]
+#: The largest results file read (a results file holds a few numbers per layer: even a network
+#: of thousands of layers stays far below; anything larger is refused before it is read).
+MAX_RESULT_BYTES = 256 * 2**20
 
 
-def _tensor(values: Any, dtype_name: str, what: str, path: Path) -> Tensor:
-    if dtype_name not in _DTYPES:
-        raise ValueError(f"{path}: {what} has unknown dtype {dtype_name!r}")
-    try:
-        t = torch.tensor(values, dtype=torch.float64)
-    except (TypeError, ValueError, RuntimeError) as err:
-        raise ValueError(f"{path}: {what} is not a numeric array: {err}") from err
-    return t.to(_DTYPES[dtype_name])
+class _Fields:
+    """Reads the fields of a results file, each checked, every error naming file and field."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fail(self, where: str, problem: str) -> ValueError:
+        return ValueError(f"{self.path}: {where} {problem}")
+
+    def need(self, obj: Mapping, key: str, where: str) -> Any:
+        if key not in obj:
+            raise ValueError(f"{self.path}: not a valid gpuwpo results file: {where} has no "
+                             f"{key!r}")
+        return obj[key]
+
+    def number(self, value: Any, what: str, *, minimum: float | None = None,
+               positive: bool = False) -> float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and \
+            math.isfinite(value)
+        ok = ok and (minimum is None or value >= minimum) and (not positive or value > 0)
+        if not ok:
+            need = "a finite number" + (" > 0" if positive else "") + (
+                f" >= {minimum:g}" if minimum is not None else "")
+            raise self.fail(what, f"must be {need}, got {_show(value)}")
+        return float(value)
+
+    def integer(self, value: Any, what: str, *, minimum: int = 0) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self.fail(what, f"must be an integer >= {minimum}, got {_show(value)}")
+        return int(value)
+
+    def string(self, value: Any, what: str) -> str:
+        if not isinstance(value, str):
+            raise self.fail(what, f"must be a string, got {_show(value)}")
+        return value
+
+    def boolean(self, value: Any, what: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(what, f"must be true or false, got {_show(value)}")
+        return value
+
+    def pair(self, value: Any, what: str) -> tuple[float, float]:
+        if not isinstance(value, list) or len(value) != 2:
+            raise self.fail(what, f"must be a list of two numbers, got {_show(value)}")
+        lo, hi = (self.number(v, f"{what}[{i}]") for i, v in enumerate(value))
+        if lo > hi:
+            raise self.fail(what, f"must be an interval [low, high], got {_show(value)}")
+        return lo, hi
+
+    def numbers(self, value: Any, what: str, *, minimum: float | None = None) -> list[float]:
+        if not isinstance(value, list):
+            raise self.fail(what, f"must be a list of numbers, got {_show(value)}")
+        return [self.number(v, f"{what}[{i}]", minimum=minimum) for i, v in enumerate(value)]
+
+    def shape(self, value: Any, what: str) -> tuple[int, ...]:
+        if not isinstance(value, list) or not value:
+            raise self.fail(what, f"must be a non-empty list of sizes, got {_show(value)}")
+        return tuple(self.integer(v, f"{what}[{i}]", minimum=1) for i, v in enumerate(value))
+
+    def tensor(self, values: Any, dtype_name: Any, what: str, ndim: int) -> Tensor:
+        if not isinstance(dtype_name, str) or dtype_name not in _DTYPES:
+            raise self.fail(what, f"has unknown dtype {_show(dtype_name)} (known: "
+                                  f"{', '.join(_DTYPES)})")
+        rows = values if ndim == 2 else [values]
+        if not isinstance(values, list) or not values or not all(
+                isinstance(r, list) and r and len(r) == len(rows[0]) for r in rows):
+            shape = "a non-empty list of numbers" if ndim == 1 else \
+                "a non-empty list of equally long, non-empty lists of numbers"
+            raise self.fail(what, f"must be {shape}")
+        for i, row in enumerate(rows):
+            for j, v in enumerate(row):
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or \
+                        not math.isfinite(v):
+                    at = f"[{j}]" if ndim == 1 else f"[{i}][{j}]"
+                    raise self.fail(f"{what}{at}", f"must be a finite number, got {_show(v)}")
+        t = torch.tensor(values, dtype=torch.float64).to(_DTYPES[dtype_name])
+        if not bool(torch.isfinite(t).all()):
+            raise self.fail(what, f"has values out of the range of {dtype_name}")
+        return t
 
 
-def _pair(values: Any, what: str, path: Path) -> tuple[float, float]:
-    if not isinstance(values, list) or len(values) != 2:
-        raise ValueError(f"{path}: {what} must be a list of two numbers, got {values!r}")
-    return float(values[0]), float(values[1])
+def _show(value: Any) -> str:
+    """A short repr of a value from a file (never a whole nested list)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _layer_from_json(obj: Any, i: int, path: Path) -> LayerResult:
+def _layer_from_json(obj: Any, i: int, read: _Fields, version: int) -> LayerResult:
     where = f"layers[{i}]"
     if not isinstance(obj, Mapping):
-        raise ValueError(f"{path}: {where} must be an object")
-    name = _need(obj, "name", where, path)
+        raise read.fail(where, f"must be an object, got {_show(obj)}")
+    name = read.string(read.need(obj, "name", where), f"{where}.name")
+    if not name:
+        raise read.fail(f"{where}.name", "is empty")
+    shape = read.shape(read.need(obj, "shape", where), f"{where}.shape")
     if "converter" in obj:
-        try:
-            conv = from_dict(obj["converter"], what=f"{where}.converter")
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{path}: {where}.converter ({name!r}): {err}") from err
+        conv = _record(obj["converter"], f"{where}.converter", read, strict=version >= 3)
+        if not hasattr(conv, "convert_to_conductances"):
+            raise read.fail(f"{where}.converter", f"is a {type(conv).__name__}, not a converter")
     else:
-        conv = _program_from_json(obj, name, where, path)
-    chosen = obj.get("chosen", "search")
-    success = obj.get("success", True)
-    if not isinstance(chosen, str) or not isinstance(success, bool):
-        raise ValueError(f"{path}: {where}: 'chosen' must be a string and 'success' true or "
-                         f"false, got {chosen!r} and {success!r}")
+        conv = _program_from_json(obj, name, where, read)
+    chosen = read.string(obj.get("chosen", "search"), f"{where}.chosen")
+    success = read.boolean(obj.get("success", True), f"{where}.success")
     return LayerResult(
-        name=str(name),
-        shape=tuple(int(s) for s in _need(obj, "shape", where, path)),
-        converter=conv,
-        tnmse=float(_need(obj, "tnmse", where, path)),
-        tnmse_ci95=_pair(_need(obj, "tnmse_ci95", where, path), f"{where}.tnmse_ci95", path),
-        baseline_tnmse=float(_need(obj, "baseline_tnmse", where, path)),
-        baseline_ci95=_pair(_need(obj, "baseline_ci95", where, path),
-                            f"{where}.baseline_ci95", path),
-        history=[float(v) for v in _need(obj, "history", where, path)],
+        name=name, shape=shape, converter=conv,
+        tnmse=read.number(read.need(obj, "tnmse", where), f"{where}.tnmse", minimum=0.0),
+        tnmse_ci95=read.pair(read.need(obj, "tnmse_ci95", where), f"{where}.tnmse_ci95"),
+        baseline_tnmse=read.number(read.need(obj, "baseline_tnmse", where),
+                                   f"{where}.baseline_tnmse", positive=True),
+        baseline_ci95=read.pair(read.need(obj, "baseline_ci95", where),
+                                f"{where}.baseline_ci95"),
+        history=read.numbers(read.need(obj, "history", where), f"{where}.history", minimum=0.0),
         chosen=chosen, success=success,
     )
 
 
-def _program_from_json(obj: Mapping, name: Any, where: str, path: Path
+def _program_from_json(obj: Mapping, name: str, where: str, read: _Fields
                        ) -> CustomPairConductanceConverter:
-    f = _tensor(_need(obj, "f_lst", where, path), obj.get("f_dtype", "float64"),
-                f"{where}.f_lst", path)
-    g = _tensor(_need(obj, "g_lst", where, path), obj.get("g_dtype", "float64"),
-                f"{where}.g_lst", path)
+    f = read.tensor(read.need(obj, "f_lst", where), obj.get("f_dtype", "float64"),
+                    f"{where}.f_lst", 1)
+    g = read.tensor(read.need(obj, "g_lst", where), obj.get("g_dtype", "float64"),
+                    f"{where}.g_lst", 2)
+    g_min = read.number(read.need(obj, "g_min", where), f"{where}.g_min")
+    g_max = read.number(read.need(obj, "g_max", where), f"{where}.g_max")
     try:
         # The check is cheap and catches a hand-edited or corrupted table.
-        conv = CustomPairConductanceConverter(f, g, float(_need(obj, "g_min", where, path)),
-                                              float(_need(obj, "g_max", where, path)))
-    except ValueError as err:
-        raise ValueError(f"{path}: {where} ({name!r}) holds an invalid program: {err}") from err
-    return conv
+        return CustomPairConductanceConverter(f, g, g_min, g_max)
+    except (ValueError, TypeError, RuntimeError) as err:
+        raise read.fail(where, f"({name!r}) holds an invalid program: {_one_line(err)}") \
+            from None
+
+
+def _record(rec: Any, what: str, read: _Fields, *, strict: bool, kind: str | None = None):
+    """The object a registry record in the file describes; ``strict``: every field present."""
+    if not isinstance(rec, Mapping):
+        raise read.fail(what, f"must be an object with a 'class', got {_show(rec)}")
+    if kind is not None:
+        rec = _legacy_record(rec, kind)
+    try:
+        obj = from_dict(rec, what=what)
+        missing = [k for k in to_dict(obj) if k not in rec] if strict else []
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, RuntimeError,
+            OverflowError) as err:
+        raise ValueError(f"{read.path}: {_one_line(err)}") from None
+    if missing:
+        raise read.fail(what, f"({rec['class']}) has no {missing[0]!r}: a results file "
+                              f"records every field")
+    return obj
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _check_settings(settings: Mapping, read: _Fields, version: int) -> None:
+    """The types of what ``settings`` records (absent fields are allowed: older files)."""
+    if "t_steps" in settings:
+        times = read.numbers(settings["t_steps"], "settings.t_steps", minimum=0.0)
+        if not times:
+            raise read.fail("settings.t_steps", "is empty: a run has at least one time")
+    if "f_lst" in settings:
+        f = settings["f_lst"]
+        if not isinstance(f, list) or not f or not all(
+                v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)
+                              and math.isfinite(v) and v > 0) for v in f):
+            raise read.fail("settings.f_lst", f"must be a non-empty list of significance "
+                                              f"factors (> 0) or nulls, got {_show(f)}")
+    if "physics" in settings and settings["physics"] not in PHYSICS:
+        raise read.fail("settings.physics", f"is {_show(settings['physics'])}; this gpuwpo "
+                                            f"knows {', '.join(PHYSICS)}")
+    for key in ("per_layer", "hierarchical", "symmetric"):
+        if key in settings and settings[key] is not None:
+            read.boolean(settings[key], f"settings.{key}")
+    for key in ("backend", "device"):
+        if settings.get(key) is not None:
+            read.string(settings[key], f"settings.{key}")
+    for key in ("include", "exclude"):
+        v = settings.get(key)
+        if v is not None and not isinstance(v, str) and not (
+                isinstance(v, list) and all(isinstance(p, str) for p in v)):
+            raise read.fail(f"settings.{key}", f"must be a pattern or a list of them, got "
+                                               f"{_show(v)}")
+    for kind in ("noise_model", "baseline", "compensation"):
+        if settings.get(kind) is not None:
+            _record(settings[kind], f"settings.{kind}", read, strict=version >= 2, kind=kind)
+    if "explicit" in settings and not (isinstance(settings["explicit"], list) and all(
+            isinstance(k, str) for k in settings["explicit"])):
+        raise read.fail("settings.explicit", "must be a list of option names")
+    if "options" in settings:
+        _options_from_settings(settings, f"{read.path}: ")
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"holds {name}, which is not a number (JSON has no {name})")
+
+
+def _read_json(path: Path, what: str) -> Any:
+    """The JSON document in ``path``, or a ValueError in gpuwpo's words naming the file."""
+    size = path.stat().st_size
+    if size > MAX_RESULT_BYTES:
+        raise ValueError(f"{path}: not a gpuwpo {what} ({size} bytes; a {what} is at most "
+                         f"{MAX_RESULT_BYTES} bytes)")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a gpuwpo {what} (not UTF-8 text)") from None
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not a gpuwpo {what} (not valid JSON: {err.msg} at line "
+                         f"{err.lineno} column {err.colno})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: not a gpuwpo {what} (JSON nested too deeply)") from None
+    except ValueError as err:  # NaN/Infinity tokens, integers too long to read
+        raise ValueError(f"{path}: not a valid gpuwpo {what}: it {_one_line(err)}") from None
 
 
 def load_result(path: str | os.PathLike) -> NetworkResult:
     """Read a results file written by :func:`save_result` (exactly the saved values).
+
+    The file is checked against the format before anything is built from it: every field has
+    its type and range (finite numbers, figures >= 0, integers where counts are, strings, lists
+    of the right lengths), programs and registry records are rebuilt and checked, and NaN or
+    infinite values are refused.
 
     Raises:
         FileNotFoundError: no such file.
@@ -224,39 +424,114 @@ def load_result(path: str | os.PathLike) -> NetworkResult:
             a missing/malformed field (the message names the file and the field).
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not a results file")
     if not path.is_file():
         raise FileNotFoundError(f"no results file at {path}")
-    try:
-        with path.open(encoding="utf-8") as fh:
-            data = json.load(fh)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path}: not a gpuwpo results file (not valid JSON: {err})") from err
+    data = _read_json(path, "results file")
     if not isinstance(data, Mapping) or data.get("format") != RESULT_FORMAT:
         found = data.get("format") if isinstance(data, Mapping) else type(data).__name__
-        raise ValueError(f"{path}: not a gpuwpo results file (format {found!r}, expected "
+        raise ValueError(f"{path}: not a gpuwpo results file (format {_show(found)}, expected "
                          f"{RESULT_FORMAT!r})")
     version = data.get("version")
-    if version not in _READABLE_VERSIONS:
-        newer = isinstance(version, int) and version > RESULT_VERSION
+    if isinstance(version, bool) or version not in _READABLE_VERSIONS:
+        newer = isinstance(version, int) and not isinstance(version, bool) and \
+            version > RESULT_VERSION
         hint = " (written by a newer gpuwpo: upgrade to read it)" if newer else ""
-        raise ValueError(f"{path}: results file version {version!r} is not supported; this "
+        raise ValueError(f"{path}: results file version {_show(version)} is not supported; this "
                          f"gpuwpo reads versions {', '.join(map(str, _READABLE_VERSIONS))}{hint}")
-    layers = _need(data, "layers", "the file", path)
+    read = _Fields(path)
+    layers = read.need(data, "layers", "the file")
     if not isinstance(layers, list):
-        raise ValueError(f"{path}: 'layers' must be a list")
-    settings = _need(data, "settings", "the file", path)
+        raise read.fail("layers", "must be a list")
+    if not layers:
+        raise read.fail("layers", "is empty: a results file holds at least one layer")
+    settings = read.need(data, "settings", "the file")
     if not isinstance(settings, dict):
-        raise ValueError(f"{path}: 'settings' must be an object")
+        raise read.fail("settings", "must be an object")
+    _check_settings(settings, read, version)
+    parsed = [_layer_from_json(obj, i, read, version) for i, obj in enumerate(layers)]
+    seen: dict[str, int] = {}
+    for i, layer in enumerate(parsed):
+        if layer.name in seen:
+            raise read.fail(f"layers[{i}].name", f"{layer.name!r} repeats layers"
+                                                 f"[{seen[layer.name]}]'s")
+        seen[layer.name] = i
     return NetworkResult(
-        layers=[_layer_from_json(obj, i, path) for i, obj in enumerate(layers)],
+        layers=parsed,
         settings=settings,
-        total_tnmse=float(_need(data, "total_tnmse", "the file", path)),
-        total_baseline_tnmse=float(_need(data, "total_baseline_tnmse", "the file", path)),
-        nit=int(_need(data, "nit", "the file", path)),
-        nfev=int(_need(data, "nfev", "the file", path)),
-        wall_time=float(_need(data, "wall_time", "the file", path)),
-        stop_reason=str(_need(data, "stop_reason", "the file", path)),
+        total_tnmse=read.number(read.need(data, "total_tnmse", "the file"), "total_tnmse",
+                                minimum=0.0),
+        total_baseline_tnmse=read.number(read.need(data, "total_baseline_tnmse", "the file"),
+                                         "total_baseline_tnmse", positive=True),
+        nit=read.integer(read.need(data, "nit", "the file"), "nit"),
+        nfev=read.integer(read.need(data, "nfev", "the file"), "nfev"),
+        wall_time=read.number(read.need(data, "wall_time", "the file"), "wall_time",
+                              minimum=0.0),
+        stop_reason=read.string(read.need(data, "stop_reason", "the file"), "stop_reason"),
     )
+
+
+def is_results_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a regular file holding a gpuwpo results file (of any version).
+
+    Only the format tag is looked at (a file this gpuwpo cannot fully read is still one, and
+    may be replaced by a new one); a file larger than :data:`MAX_RESULT_BYTES`, not UTF-8 JSON
+    or without the tag is not.
+    """
+    path = Path(path)
+    try:
+        if not path.is_file() or path.stat().st_size > MAX_RESULT_BYTES:
+            return False
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(data, Mapping) and data.get("format") == RESULT_FORMAT
+
+
+def check_output_file(path: str | os.PathLike, *, inputs: Sequence[str | os.PathLike] = (),
+                      what: str = "--out") -> Path:
+    """Where a results file will be written, checked before any work is done.
+
+    Refused (``what`` names the flag or argument in the message): a path that names a
+    directory (an existing one, or one written with a trailing separator: give the file's
+    name, e.g. ``dir/results.json``), a directory that does not exist or in which no file can be
+    created, an existing file that is not a gpuwpo results file (nothing else is ever
+    overwritten), and any of ``inputs`` (the files the run reads).
+
+    Returns:
+        The path.
+
+    Raises:
+        ValueError, FileNotFoundError, PermissionError: naming ``what`` and the path.
+    """
+    from ._files import check_writable_dir
+
+    text = os.fspath(path)
+    if text.endswith(os.sep) or (os.altsep and text.endswith(os.altsep)) or os.path.isdir(text):
+        raise ValueError(f"{what} {text} names a directory; give a file name such as "
+                         f"{os.path.join(text, 'results.json')}")
+    path = Path(text)
+    for given in inputs:
+        if given is not None and _same_file(path, Path(os.fspath(given))):
+            raise ValueError(f"{what} {text} is also an input of this run ({os.fspath(given)}); "
+                             f"refusing to overwrite it")
+    check_writable_dir(path.parent if str(path.parent) else Path("."), f"{what} {text}")
+    if os.path.lexists(path):
+        if not path.is_file():
+            raise ValueError(f"{what} {text} exists and is not a regular file; refusing to "
+                             f"replace it")
+        if not is_results_file(path):
+            raise ValueError(f"{what} {text} exists and is not a gpuwpo results file; refusing "
+                             f"to overwrite it (remove it or choose another name)")
+    return path
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
 
 
 # --------------------------------------------------------------------------------------------
@@ -264,18 +539,217 @@ def load_result(path: str | os.PathLike) -> NetworkResult:
 # --------------------------------------------------------------------------------------------
 
 
+#: Deflate compresses by at most 1032:1; a zip member that claims more than this many bytes per
+#: compressed byte is lying, and is refused before anything is allocated for it.
+_DEFLATE_MAX_RATIO = 1032
+#: The largest .npy header read (numpy writes a few hundred bytes).
+_NPY_MAX_HEADER = 1 << 16
+#: The largest .safetensors header read (the safetensors library's own limit).
+_SAFETENSORS_MAX_HEADER = 100_000_000
+_SAFETENSORS_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2,
+                         "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1,
+                         "F8_E4M3": 1, "F8_E5M2": 1, "C64": 8}
+
+
+class _Malformed(ValueError):
+    """A weights file that is not what its extension says (message in gpuwpo's words)."""
+
+
 def _numeric_tensor(value: Any, name: str, path: Path) -> Tensor:
     if isinstance(value, np.ndarray):
         if value.dtype.kind not in "iuf":
             raise ValueError(f"{path}: array {name!r} is not numeric (dtype {value.dtype})")
+        if not value.dtype.isnative:
+            value = value.astype(value.dtype.newbyteorder("="))
         return torch.from_numpy(np.ascontiguousarray(value))
     if isinstance(value, Tensor):
         if value.is_complex() or value.dtype == torch.bool:
             raise ValueError(f"{path}: tensor {name!r} is not a real number tensor "
-                             f"(dtype {value.dtype})")
+                             f"(dtype {str(value.dtype).removeprefix('torch.')})")
+        if value.layout != torch.strided:
+            raise ValueError(f"{path}: tensor {name!r} is a {value.layout} tensor; save dense "
+                             f"tensors")
         return value
     raise ValueError(f"{path}: entry {name!r} is a {type(value).__name__}, not a tensor; a "
                      f"weights file must hold only named numeric tensors")
+
+
+def _check_zip(path: Path, what: str) -> zipfile.ZipFile:
+    """The zip archive at ``path``, its members' sizes checked against the file's size."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError,
+            NotImplementedError):
+        raise _Malformed(f"{path}: not a readable {what} (not a zip archive, or a damaged "
+                         f"one)") from None
+    size = path.stat().st_size
+    try:
+        for info in archive.infolist():
+            if info.compress_type == zipfile.ZIP_STORED:
+                limit = info.compress_size
+            elif info.compress_type == zipfile.ZIP_DEFLATED:
+                limit = info.compress_size * _DEFLATE_MAX_RATIO + 1024
+            else:
+                raise _Malformed(f"{path}: not a readable {what}: member {info.filename!r} uses "
+                                 f"a compression ({info.compress_type}) gpuwpo does not read")
+            if info.file_size > limit or info.compress_size > size:
+                raise _Malformed(f"{path}: not a readable {what}: member {info.filename!r} "
+                                 f"claims {info.file_size} bytes, more than the file can hold "
+                                 f"(damaged or crafted)")
+    except BaseException:
+        archive.close()
+        raise
+    return archive
+
+
+def _read_exact(fh, n: int, path: Path, what: str) -> bytes:
+    data = fh.read(n)
+    if len(data) != n:
+        raise _Malformed(f"{path}: {what} is truncated")
+    return data
+
+
+def _npy_header(fh, path: Path, what: str) -> tuple[np.dtype, tuple[int, ...], bool]:
+    """(dtype, shape, fortran order) from a .npy header, checked; ``fh`` then at the data."""
+    magic = fh.read(8)
+    if len(magic) != 8 or magic[:6] != b"\x93NUMPY" or magic[6] not in (1, 2, 3):
+        raise _Malformed(f"{path}: {what} is not a .npy array (no .npy signature)")
+    length_size = 2 if magic[6] == 1 else 4
+    length = int.from_bytes(_read_exact(fh, length_size, path, what), "little")
+    if length > _NPY_MAX_HEADER:
+        raise _Malformed(f"{path}: {what} has a .npy header of {length} bytes; damaged")
+    raw = _read_exact(fh, length, path, what)
+    try:
+        header = ast.literal_eval(raw.decode("utf-8" if magic[6] == 3 else "latin1"))
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError, UnicodeDecodeError):
+        raise _Malformed(f"{path}: {what} has an unreadable .npy header") from None
+    if not isinstance(header, dict) or set(header) != {"descr", "fortran_order", "shape"}:
+        raise _Malformed(f"{path}: {what} has an unreadable .npy header")
+    shape, fortran = header["shape"], header["fortran_order"]
+    if not isinstance(shape, tuple) or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape) \
+            or not isinstance(fortran, bool):
+        raise _Malformed(f"{path}: {what} has an unreadable .npy header")
+    try:
+        dtype = np.lib.format.descr_to_dtype(header["descr"])
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError):
+        raise _Malformed(f"{path}: {what} has an unknown dtype {_show(header['descr'])}") \
+            from None
+    if dtype.hasobject or dtype.kind not in "iuf":
+        raise _Malformed(f"{path}: {what} is not numeric (dtype {dtype}); weights are real "
+                         f"numbers")
+    return dtype, shape, fortran
+
+
+def _read_npy(fh, available: int, path: Path, what: str) -> np.ndarray:
+    """A .npy array from ``fh`` (``available`` bytes in all), its size checked before reading."""
+    dtype, shape, fortran = _npy_header(fh, path, what)
+    count = math.prod(shape)
+    nbytes = count * dtype.itemsize
+    data_bytes = available - fh.tell()
+    if nbytes > data_bytes:
+        raise _Malformed(f"{path}: {what} is truncated or its header is wrong: it claims "
+                         f"{nbytes} bytes of {dtype} data, the file holds {max(data_bytes, 0)}")
+    buf = bytearray(nbytes)
+    if fh.readinto(buf) != nbytes:
+        raise _Malformed(f"{path}: {what} is truncated")
+    array = np.frombuffer(buf, dtype=dtype, count=count)
+    return array.reshape(shape, order="F" if fortran else "C")
+
+
+def _load_npy(path: Path) -> dict[str, Any]:
+    with path.open("rb") as fh:
+        array = _read_npy(fh, path.stat().st_size, path, "the file")
+    if array.ndim == 0:
+        raise _Malformed(f"{path}: holds a single number (a 0-d array), not a weight tensor")
+    return {"weight": array}
+
+
+def _load_npz(path: Path) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    with _check_zip(path, ".npz file") as archive:
+        for info in archive.infolist():
+            if info.is_dir():
+                continue
+            name = info.filename.removesuffix(".npy")
+            if not info.filename.endswith(".npy"):
+                raise _Malformed(f"{path}: member {info.filename!r} is not a .npy array; an "
+                                 f".npz file holds only arrays")
+            with archive.open(info) as member:
+                out[name] = _read_npy(member, info.file_size, path, f"array {name!r}")
+    return out
+
+
+def _safetensors_header(path: Path) -> None:
+    """Check a .safetensors header (its tensors fit the file) before the library allocates."""
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        head = fh.read(8)
+        if len(head) != 8:
+            raise _Malformed(f"{path}: not a readable .safetensors file (too short)")
+        n = int.from_bytes(head, "little")
+        if n > min(size - 8, _SAFETENSORS_MAX_HEADER):
+            raise _Malformed(f"{path}: not a readable .safetensors file (its header length "
+                             f"{n} exceeds the file)")
+        raw = fh.read(n)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError):
+        raise _Malformed(f"{path}: not a readable .safetensors file (its header is not "
+                         f"JSON)") from None
+    if not isinstance(header, dict):
+        raise _Malformed(f"{path}: not a readable .safetensors file (its header is not a JSON "
+                         f"object)")
+    data_size = size - 8 - n
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        ok = isinstance(entry, dict) and isinstance(entry.get("dtype"), str) and isinstance(
+            entry.get("shape"), list) and isinstance(entry.get("data_offsets"), list)
+        if not ok:
+            raise _Malformed(f"{path}: not a readable .safetensors file (entry {_show(name)} "
+                             f"is malformed)")
+        shape, offsets, dtype = entry["shape"], entry["data_offsets"], entry["dtype"]
+        if dtype not in _SAFETENSORS_ITEMSIZE:
+            raise _Malformed(f"{path}: tensor {name!r} has a dtype gpuwpo does not read "
+                             f"({_show(dtype)})")
+        ints = all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                   for v in (*shape, *offsets))
+        if not ints or len(offsets) != 2 or offsets[0] > offsets[1] or offsets[1] > data_size \
+                or offsets[1] - offsets[0] != math.prod(shape) * _SAFETENSORS_ITEMSIZE[dtype]:
+            raise _Malformed(f"{path}: not a readable .safetensors file (tensor {name!r} does "
+                             f"not fit the file: truncated or damaged)")
+
+
+def _load_safetensors(path: Path) -> Mapping[str, Any]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    _safetensors_header(path)
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, TypeError, KeyError, RuntimeError):
+        raise _Malformed(f"{path}: not a readable .safetensors file (damaged)") from None
+
+
+def _load_pt(path: Path) -> Mapping[str, Any]:
+    with _check_zip(path, ".pt/.pth state_dict (a zip archive written by torch.save)"):
+        pass
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - unpickling errors come in many types
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if found or "Unsupported" in str(err):
+            what = f" ({found.group(1)})" if found else ""
+            raise _Malformed(f"{path}: holds Python objects{what}, not only tensors; gpuwpo "
+                             f"never unpickles arbitrary objects: save model.state_dict(), not "
+                             f"the model") from None
+        raise _Malformed(f"{path}: not a readable .pt/.pth state_dict (damaged, or not written "
+                         f"by torch.save)") from None
+    if not isinstance(raw, Mapping):
+        raise _Malformed(f"{path}: holds a {type(raw).__name__}, not a state_dict (a dict "
+                         f"name -> tensor); save model.state_dict()")
+    return raw
 
 
 def load_weights(path: str | os.PathLike) -> dict[str, Tensor]:
@@ -284,65 +758,50 @@ def load_weights(path: str | os.PathLike) -> dict[str, Tensor]:
     Formats, by extension:
 
     * ``.safetensors``: every tensor in the file.
-    * ``.pt`` / ``.pth``: a state_dict (a dict name -> tensor) read with
+    * ``.pt`` / ``.pth``: a state_dict (a dict name -> tensor) saved by ``torch.save`` (a zip
+      archive; torch's legacy pre-1.6 format is not read), read with
       ``torch.load(..., weights_only=True)``: never arbitrary unpickling, so a file holding a
       pickled model or other objects is refused.
     * ``.npy``: one array, returned as ``{"weight": tensor}``.
     * ``.npz``: every array, by its name (read without pickle).
+
+    Sizes are checked against the file's size before anything is allocated: a header (or a zip
+    member) that claims more data than the file holds is refused, however much it claims.
 
     Returns:
         name -> tensor (real-valued: float or integer dtypes).
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: an unknown extension, an unreadable file, or content that is not named
-            numeric tensors (the message names the file).
+        ValueError: an unknown extension, an unreadable, truncated or damaged file, or content
+            that is not named numeric tensors (one line naming the file, in gpuwpo's words).
     """
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not a weights file")
     if not path.is_file():
         raise FileNotFoundError(f"no weights file at {path}")
     ext = path.suffix.lower()
-    if ext == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            raw: Mapping[str, Any] = load_file(str(path), device="cpu")
-        except (SafetensorError, OSError, ValueError) as err:
-            raise ValueError(f"{path}: not a readable .safetensors file: {err}") from err
-    elif ext in (".pt", ".pth"):
-        try:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - unpickling errors come in many types
-            raise ValueError(
-                f"{path}: cannot be read as a state_dict with torch.load(weights_only=True) "
-                f"(only tensors and plain containers are allowed, never arbitrary objects; save "
-                f"model.state_dict(), not the model): {err}"
-            ) from err
-        if not isinstance(raw, Mapping):
-            raise ValueError(f"{path}: holds a {type(raw).__name__}, not a state_dict (a dict "
-                             f"name -> tensor); save model.state_dict()")
-    elif ext == ".npy":
-        try:
-            array = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as err:
-            raise ValueError(f"{path}: not a readable numeric .npy file: {err}") from err
-        raw = {"weight": array}
-    elif ext == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as archive:
-                raw = {name: archive[name] for name in archive.files}
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
-            raise ValueError(f"{path}: not a readable numeric .npz file: {err}") from err
-    else:
+    loaders = {".safetensors": _load_safetensors, ".pt": _load_pt, ".pth": _load_pt,
+               ".npy": _load_npy, ".npz": _load_npz}
+    if ext not in loaders:
         raise ValueError(f"{path}: unknown weights file extension {ext!r}; use .safetensors, "
                          f".pt, .pth, .npy or .npz")
+    try:
+        raw = loaders[ext](path)
+    except _Malformed:
+        raise
+    except MemoryError:
+        raise ValueError(f"{path}: too large to load into memory") from None
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, RuntimeError, KeyError,
+            IndexError, OverflowError):
+        raise ValueError(f"{path}: not a readable {ext} file (damaged or truncated)") from None
     if not raw:
         raise ValueError(f"{path}: holds no tensors")
     out = {}
     for name, value in raw.items():
         if not isinstance(name, str):
-            raise ValueError(f"{path}: tensor names must be strings, got {name!r}")
+            raise ValueError(f"{path}: tensor names must be strings, got {_show(name)}")
         out[name] = _numeric_tensor(value, name, path)
     return out
 
@@ -412,25 +871,10 @@ def physics_from_settings(settings: Mapping[str, Any], *,
     return {**built, "t_steps": [float(t) for t in t_steps], "physics": physics}
 
 
-def optimize_kwargs_from_settings(settings: Mapping[str, Any], *,
-                                  path: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Everything :func:`gpuwpo.optimize_network` needs to repeat the run a results file records.
-
-    Returns the keyword arguments (noise_model, t_steps, g_converter_baseline, f_lst, include,
-    exclude, per_layer, hierarchical, backend, physics, compensation, symmetric and ``options``: a
-    :class:`gpuwpo.options.SearchOptions` with the recorded values and the same options marked
-    as given). Only version-2 settings record all of it.
-
-    Raises:
-        ValueError: settings that do not record a run (naming the file and the field).
-    """
+def _options_from_settings(settings: Mapping[str, Any], where: str):
+    """The :class:`gpuwpo.options.SearchOptions` that ``settings["options"]`` records."""
     from .options import SearchOptions
 
-    where = f"{path}: " if path is not None else ""
-    if "options" not in settings:
-        raise ValueError(f"{where}the results file does not record its options (written by an "
-                         "older gpuwpo); it cannot be repeated exactly")
-    physics = physics_from_settings(settings, path=path)
     recorded = settings["options"]
     if not isinstance(recorded, Mapping):
         raise ValueError(f"{where}settings.options must be an object")
@@ -447,14 +891,40 @@ def optimize_kwargs_from_settings(settings: Mapping[str, Any], *,
         raise ValueError(f"{where}settings.options has unknown option(s) {', '.join(unknown)}")
     values = {k: (tuple(v) if k == "mutation" and isinstance(v, list) else v)
               for k, v in recorded.items()}
-    if isinstance(values.get("x0"), list):
-        values["x0"] = torch.tensor(values["x0"], dtype=torch.float64)
-    if isinstance(values.get("x_init"), list):
-        values["x_init"] = torch.tensor(values["x_init"], dtype=torch.float64)
+    for key in ("x0", "x_init"):
+        if isinstance(values.get(key), list):
+            try:
+                values[key] = torch.tensor(values[key], dtype=torch.float64)
+            except (TypeError, ValueError, RuntimeError):
+                raise ValueError(f"{where}settings.options.{key} must be a list of numbers (or "
+                                 f"of equally long lists of them)") from None
+            if not bool(torch.isfinite(values[key]).all()):
+                raise ValueError(f"{where}settings.options.{key} holds numbers that are not "
+                                 f"finite")
     try:
-        options = SearchOptions(**values, explicit=frozenset(explicit))
+        return SearchOptions(**values, explicit=frozenset(explicit))
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{where}settings.options: {err}") from None
+        raise ValueError(f"{where}settings.options: {_one_line(err)}") from None
+
+
+def optimize_kwargs_from_settings(settings: Mapping[str, Any], *,
+                                  path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Everything :func:`gpuwpo.optimize_network` needs to repeat the run a results file records.
+
+    Returns the keyword arguments (noise_model, t_steps, g_converter_baseline, f_lst, include,
+    exclude, per_layer, hierarchical, backend, physics, compensation, symmetric and ``options``: a
+    :class:`gpuwpo.options.SearchOptions` with the recorded values and the same options marked
+    as given). Only version-2 settings record all of it.
+
+    Raises:
+        ValueError: settings that do not record a run (naming the file and the field).
+    """
+    where = f"{path}: " if path is not None else ""
+    if "options" not in settings:
+        raise ValueError(f"{where}the results file does not record its options (written by an "
+                         "older gpuwpo); it cannot be repeated exactly")
+    physics = physics_from_settings(settings, path=path)
+    options = _options_from_settings(settings, where)
     f_lst = settings.get("f_lst")
     if not isinstance(f_lst, list) or not f_lst:
         raise ValueError(f"{where}settings.f_lst must be a list of significance factors")

@@ -589,10 +589,14 @@ def program_model(
         ValueError: a named layer that the model does not have, a batched converter, or a bad
             ``t_inference``.
     """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"program_model takes an nn.Module, got {type(model).__name__}")
     t = float(t_inference)
     as_time_tensor([t])  # validates: finite, >= 0 seconds
     check_physics(physics)
+    shapes: dict[str, tuple[int, ...]] = {}
     if isinstance(result_or_converters, NetworkResult):
+        shapes = {layer.name: tuple(layer.shape) for layer in result_or_converters.layers}
         converters = result_or_converters.converters()
     elif isinstance(result_or_converters, Mapping):
         converters = dict(result_or_converters)
@@ -608,6 +612,10 @@ def program_model(
     if missing:
         raise ValueError(f"the model has no parameter(s) {missing}; it has "
                          f"{list(params)[:10]}{' ...' if len(params) > 10 else ''}")
+    for name, shape in shapes.items():  # a result made for another network is refused
+        if tuple(params[name].shape) != shape:
+            raise ValueError(f"the model's {name!r} has shape {tuple(params[name].shape)}, the "
+                             f"result was made for {shape}")
     with torch.no_grad():
         for name, conv in converters.items():
             param = params[name]

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from .checks import check_weights
 from .rng import make_generator
 
 if TYPE_CHECKING:  # imported lazily at run time: matplotlib is optional
@@ -54,11 +55,19 @@ def _pyplot():
 
 
 def _save(fig: Figure, path: str | os.PathLike | None) -> Figure:
+    """Save ``fig`` to ``path`` (format from the extension, PNG without one), atomically."""
     if path is not None:
+        import io
+
+        from ._files import atomic_write
+
         directory = os.path.dirname(os.fspath(path))
         if directory:
             os.makedirs(directory, exist_ok=True)
-        fig.savefig(path, dpi=150, bbox_inches="tight")
+        ext = os.path.splitext(os.fspath(path))[1].lstrip(".").lower() or "png"
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format=ext, dpi=150, bbox_inches="tight")
+        atomic_write(path, buffer.getvalue())
     return fig
 
 
@@ -177,7 +186,7 @@ def _normalised_errors(weights: torch.Tensor, converter, noise_model, t_steps, r
     """(alpha_t W_t - W) / max|W| of every weight, [T, repeats * N]."""
     from .simulate import simulate_weights
 
-    w = weights.detach().to("cpu", torch.float32)
+    w = weights.detach().to("cpu", torch.float32)  # checked by weight_error_histograms
     eff = simulate_weights(w, converter, noise_model, t_steps, compensation, repeats=repeats,
                            generator=generator, physics=physics)  # [R, T, *w]
     err = (eff - w) / w.abs().max()
@@ -229,6 +238,13 @@ def weight_error_histograms(
     if missing:
         raise ValueError(f"no weights for layer(s) {missing}; the weights hold "
                          f"{list(weights)[:10]}")
+    shapes = {layer.name: tuple(layer.shape) for layer in getattr(result_or_converters,
+                                                                    "layers", [])}
+    for name in converters:
+        w = check_weights(weights[name], f"layer {name!r}")
+        if name in shapes and tuple(w.shape) != shapes[name]:
+            raise ValueError(f"layer {name!r} has shape {tuple(w.shape)}, the result was made "
+                             f"for {shapes[name]}")
     noise_model = PCMLikeNoiseModel(g_max=25.0) if noise_model is None else noise_model
     baseline = _default_baseline() if baseline is None else baseline
     t_steps = [float(t) for t in t_steps]

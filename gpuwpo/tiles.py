@@ -23,10 +23,14 @@ from .converters import grid_interpolation
 from .rng import make_generator
 from .sampling import downsample_weight_distribution
 
-__all__ = ["TestTile", "DEFAULT_TILE"]
+__all__ = ["TestTile", "DEFAULT_TILE", "MAX_TEST_WEIGHTS"]
 
 #: The default test tile (out_features, in_features): 20 x 512 = 10,240 test weights.
 DEFAULT_TILE = (20, 512)
+#: The most test weights a tile may have (2**24, 1638 times the default): a test tile samples
+#: a layer's distribution, and the search holds a population's worth of them; anything larger
+#: is refused before it is allocated.
+MAX_TEST_WEIGHTS = 2**24
 
 
 @dataclass(frozen=True, eq=False)
@@ -90,6 +94,10 @@ class TestTile:
             if len(tile) != 2 or min(tile) < 1:
                 raise ValueError(f"the test tile must be (out_features, in_features) >= 1, got "
                                  f"{tuple(shape)}")
+            if math.prod(tile) > MAX_TEST_WEIGHTS:
+                raise ValueError(f"the test tile {tile[0]} x {tile[1]} has {math.prod(tile)} "
+                                 f"weights, more than the {MAX_TEST_WEIGHTS} gpuwpo allows "
+                                 f"(default {DEFAULT_TILE[0]} x {DEFAULT_TILE[1]})")
             gen = make_generator(int(seed), "cpu")
             tests = [downsample_weight_distribution(
                 w.detach().to("cpu", torch.float32).reshape(-1), (math.prod(tile),),

@@ -38,8 +38,9 @@ def _result() -> NetworkResult:
     settings = {"f_lst": [None, None], "t_steps": [1.0, 3600.0, 86400.0 * 365.25],
                 "backend": "torch", "per_layer": True, "include": [r"^features\."],
                 "exclude": None, "optimizer_kwargs": {"popsize": 4, "mutation": [0.5, 1.0]},
-                "noise_model": {"class": "PCMLikeNoiseModel", "prog_coeff": [0.26348, 1.965,
-                                                                             -1.1731]},
+                # A results file records every field of a record (load_result refuses less).
+                "noise_model": gpuwpo.registry.to_dict(gpuwpo.PCMLikeNoiseModel(
+                    prog_coeff=[0.26348, 1.965, -1.1731])),
                 "g_min": 0.0, "g_max": 25.0, "nbins": 6, "symmetric": True, "device": "cpu"}
     return NetworkResult(layers, settings, total_tnmse=third, total_baseline_tnmse=2 * third,
                          nit=2, nfev=1234, wall_time=0.1 * 3, stop_reason="maxiter")
@@ -113,22 +114,27 @@ def test_save_is_atomic_when_writing_fails_midway(tmp_path, monkeypatch):
     path = tmp_path / "result.json"
     save_result(_result(), path)
     old = path.read_bytes()
-    real_dump = json.dump
+    import gpuwpo._files as files
 
-    def broken_dump(obj, fh, **kwargs):
-        fh.write('{"format": "gpuwpo-result", "version": 1, "layers": [')  # half a file
+    real_write = files._write_all
+
+    def broken_write(fd, data, mode):
+        os.write(fd, data[: len(data) // 2])  # half a file
         raise OSError("disk full")
 
-    monkeypatch.setattr(json, "dump", broken_dump)
+    monkeypatch.setattr(files, "_write_all", broken_write)
     changed = _result()
     changed.stop_reason = "something else"
-    with pytest.raises(OSError, match="disk full"):
-        save_result(changed, path)
-    with pytest.raises(OSError, match="disk full"):
-        save_result(changed, tmp_path / "new.json")
-    assert path.read_bytes() == old, "the old file must stay whole"
-    assert sorted(os.listdir(tmp_path)) == ["result.json"], "no half file, no leftover temp"
-    monkeypatch.setattr(json, "dump", real_dump)
+    for unnamed in (True, False):  # O_TMPFILE, and the named temporary file where it is not
+        if not unnamed:
+            monkeypatch.setattr(files, "_open_unnamed", lambda directory: None)
+        with pytest.raises(OSError, match="disk full"):
+            save_result(changed, path)
+        with pytest.raises(OSError, match="disk full"):
+            save_result(changed, tmp_path / "new.json")
+        assert path.read_bytes() == old, "the old file must stay whole"
+        assert sorted(os.listdir(tmp_path)) == ["result.json"], "no half file, no leftover temp"
+    monkeypatch.setattr(files, "_write_all", real_write)
     assert load_result(path) == _result()
 
 
@@ -231,8 +237,10 @@ def test_load_weights_bad_inputs(tmp_path):
     with pytest.raises(ValueError, match=r"list\.pt.*not a state_dict"):
         load_weights(tmp_path / "list.pt")
     torch.save(nn.Linear(2, 2), tmp_path / "model.pt")  # a pickled module: never unpickled
-    with pytest.raises(ValueError, match=r"model\.pt.*weights_only"):
+    with pytest.raises(ValueError, match=r"model\.pt: holds Python objects .*Linear.*state_dict"
+                       ) as err:
         load_weights(tmp_path / "model.pt")
+    assert "weights_only=False" not in str(err.value)  # never torch's advice to unpickle
     torch.save({"w": torch.ones(2, 2), "epoch": 3}, tmp_path / "ckpt.pt")
     with pytest.raises(ValueError, match=r"ckpt\.pt.*'epoch'"):
         load_weights(tmp_path / "ckpt.pt")
