@@ -248,10 +248,10 @@ class RayCluster:
     """Where a distributed :func:`gpuwpo.optimize_network` runs: workers of a Ray cluster.
 
     Args:
-        address: a running cluster's address (``"auto"``, ``"ray://host:10001"``,
-            ``"host:6379"``); None starts a local cluster on this machine for the run and stops
-            it afterwards. When Ray is already initialised in this process, that cluster is
-            used (and left running).
+        address: a running cluster's address (``"auto"``, or its head's ``"host:6379"``, from
+            a machine of the cluster); None starts a local cluster on this machine for the run
+            and stops it afterwards. When Ray is already initialised in this process, that
+            cluster is used (and left running).
         workers: tasks running at once (None: one per GPU when ``gpus_per_worker`` > 0, else
             one per ``cpus_per_worker`` CPUs of the cluster).
         gpus_per_worker: GPUs per worker, 0 (CPU workers) or 1 (one GPU each; the search runs
