@@ -308,8 +308,8 @@ class RayCluster:
     # -- lifecycle -----------------------------------------------------------------------------
     def start(self) -> RayCluster:
         """Start (or connect to) the cluster; a no-op when this object already did."""
-        self._depth += 1
-        if self._depth > 1:
+        if self._depth:
+            self._depth += 1
             return self
         import ray
 
@@ -327,6 +327,7 @@ class RayCluster:
                 ray.init(address=self.address, **kwargs)
             self._owned = True
         self.startup_s = time.perf_counter() - t0
+        self._depth = 1
         try:
             self._check_resources(ray.cluster_resources())
         except BaseException:
@@ -413,7 +414,7 @@ class RayCluster:
         common_ref = ray.put(common)
         queue = deque(range(len(tasks)))
         running: dict[Any, int] = {}
-        latest: dict[int, tuple[int, Any]] = {}  # task -> (generation, checkpoint ref)
+        latest: dict[int, tuple[int, bytes]] = {}  # task -> (generation, checkpoint)
         attempts = [0] * len(tasks)
         results: list[dict | None] = [None] * len(tasks)
         pids: dict[int, int | None] = {}
@@ -451,8 +452,8 @@ class RayCluster:
                     pids[i] = message["pid"]
                     event("start", i, generation=latest[i][0] if i in latest else None)
                 elif kind == "checkpoint":
-                    # Keep the latest checkpoint's object only (the driver owns it).
-                    latest[i] = (message["generation"], ray.put(message["data"]))
+                    # The latest checkpoint only: what the task resumes from if its worker dies.
+                    latest[i] = (message["generation"], message["data"])
                     event("checkpoint", i, generation=message["generation"])
                 elif kind == "done":
                     results[i] = message["result"]
