@@ -29,7 +29,10 @@ import json
 import math
 import os
 import re
+import struct
+import warnings
 import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -579,7 +582,7 @@ def _check_zip(path: Path, what: str) -> zipfile.ZipFile:
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError,
-            NotImplementedError):
+            NotImplementedError, RuntimeError, struct.error, zlib.error):
         raise _Malformed(f"{path}: not a readable {what} (not a zip archive, or a damaged "
                          f"one)") from None
     size = path.stat().st_size
@@ -736,7 +739,9 @@ def _load_pt(path: Path) -> Mapping[str, Any]:
     with _check_zip(path, ".pt/.pth state_dict (a zip archive written by torch.save)"):
         pass
     try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's warnings about a damaged file: ours is one line
+            warnings.simplefilter("ignore")
+            raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - unpickling errors come in many types
         found = re.search(r"GLOBAL ([\w.]+)", str(err))
         if found or "Unsupported" in str(err):
@@ -794,7 +799,7 @@ def load_weights(path: str | os.PathLike) -> dict[str, Tensor]:
     except MemoryError:
         raise ValueError(f"{path}: too large to load into memory") from None
     except (OSError, EOFError, ValueError, zipfile.BadZipFile, RuntimeError, KeyError,
-            IndexError, OverflowError):
+            IndexError, OverflowError, NotImplementedError, struct.error, zlib.error):
         raise ValueError(f"{path}: not a readable {ext} file (damaged or truncated)") from None
     if not raw:
         raise ValueError(f"{path}: holds no tensors")
