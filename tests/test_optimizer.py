@@ -180,7 +180,8 @@ def test_other_backends_return_the_same_result_type(heavy_tailed, backend):
 
 
 def test_checkpoint_resume_is_identical_to_an_uninterrupted_run(heavy_tailed, tmp_path):
-    common = dict(popsize=2, maxiter=8, polish=False, mutation=(0.5, 1.0), recombination=0.7)
+    common = dict(popsize=2, maxiter=8, polish=False, mutation=(0.5, 1.0), recombination=0.7,
+                  test_in_features=32, test_out_features=8)  # the API's checkpoint, cheaply
     full = _optimizer(heavy_tailed, **common)
     full.run_optimizer()
 
