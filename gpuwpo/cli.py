@@ -301,8 +301,10 @@ def _read_config(path: str) -> tuple[str, dict]:
             values[key] = from_dict(values[key], what=f"{path}: setting {key}")
         elif key == "noise_model" and key in values:
             raise ValueError(f"{path}: setting noise_model must be a table with a 'class'")
-    converters = {"times": lambda v: parse_times(v) if isinstance(v, str) else v,
-                  "f_lst": lambda v: parse_f_lst(v) if isinstance(v, str) else v,
+    converters = {"times": lambda v: parse_times(v if isinstance(v, str)
+                                                 else ",".join(map(str, _listed(v)))),
+                  "f_lst": lambda v: parse_f_lst(v if isinstance(v, str)
+                                                 else ",".join(map(str, _listed(v)))),
                   "g_range": lambda v: parse_g_range(v if isinstance(v, str)
                                                      else ",".join(map(str, v))),
                   "mutation": lambda v: tuple(v) if isinstance(v, list) else v}
@@ -312,7 +314,53 @@ def _read_config(path: str) -> tuple[str, dict]:
                 values[key] = convert(values[key])
             except (argparse.ArgumentTypeError, TypeError, ValueError) as err:
                 raise ValueError(f"{path}: setting {key}: {err}") from None
+    _check_config_types(path, values)
     return "toml", values
+
+
+def _listed(value) -> list:
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"give a non-empty list or a comma-separated string, got {value!r}")
+    return value
+
+
+def _check_config_types(path: str, values: dict) -> None:
+    """The type of every TOML setting that is not a SearchOptions (those check themselves),
+    before any work: ``symmetric = "no"`` must not read as true."""
+    def need(key: str, what: str) -> None:
+        name = "global" if key == "global_strategy" else key
+        raise ValueError(f"{path}: setting {name} must be {what}, got {values[key]!r}")
+
+    for key in ("global_strategy", "symmetric"):
+        if key in values and not isinstance(values[key], bool):
+            need(key, "true or false")
+    for key in ("include", "exclude"):
+        v = values.get(key)
+        if key in values and not (isinstance(v, str) or (
+                isinstance(v, list) and all(isinstance(p, str) for p in v))):
+            need(key, "a regular expression or a list of them")
+    for key, choices in (("physics", PHYSICS), ("readout", READOUTS), ("device", ("cpu", "cuda"))):
+        if key in values and values[key] not in choices:
+            need(key, f"one of {', '.join(choices)}")
+    if "backend" in values and not isinstance(values["backend"], str):
+        need("backend", "the name of a backend")
+    if "baseline" in values and not (isinstance(values["baseline"], str)
+                                     or hasattr(values["baseline"], "convert_to_conductances")):
+        need("baseline", "a spec such as dualpair:1,3 or a table of a converter")
+    if "compensation" in values and isinstance(values["compensation"], str) and \
+            values["compensation"] not in COMPENSATIONS:
+        need("compensation", f"one of {', '.join(COMPENSATIONS)} or a table")
+    elif "compensation" in values and not isinstance(values["compensation"], str) and \
+            not hasattr(values["compensation"], "alpha"):
+        need("compensation", f"one of {', '.join(COMPENSATIONS)} or a table")
+    size = values.get("test_size")
+    if "test_size" in values and not (isinstance(size, list) and len(size) == 2 and all(
+            isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in size)):
+        need("test_size", "two integers >= 1, [IN, OUT]")
+    seed = values.get("seed")
+    if "seed" in values and (isinstance(seed, bool) or not isinstance(seed, int)
+                             or not 0 <= seed <= SEED_MAX):
+        need("seed", f"an integer from 0 to {SEED_MAX}")
 
 
 # --------------------------------------------------------------------------------------------

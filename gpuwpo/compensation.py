@@ -81,6 +81,13 @@ def _check_scalar(name: str, value: object) -> float:
     return float(value)
 
 
+def _check_bool(name: str, value: object) -> bool:
+    # bool("false") is True: a flag read from a file must be a real bool, never coerced.
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
 def _nonneg(name: str, value: object) -> float:
     v = _check_scalar(name, value)
     if not (math.isfinite(v) and v >= 0.0):
@@ -143,9 +150,9 @@ class GlobalDriftCompensation(Serializable):
                 raise ValueError(f"readout_bound must be > 0 or None, got {readout_bound!r}")
             readout_bound = bound
         self.readout_bound = readout_bound
-        self.exact_reference = bool(exact_reference)
+        self.exact_reference = _check_bool("exact_reference", exact_reference)
         self.input_step = _nonneg("input_step", input_step)
-        self.bound_management = bool(bound_management)
+        self.bound_management = _check_bool("bound_management", bound_management)
         if self.bound_management and (readout_bound is None or math.isinf(readout_bound)):
             raise ValueError("bound_management needs a finite readout_bound to test against")
         self.max_bm_factor = _check_scalar("max_bm_factor", max_bm_factor)

@@ -583,3 +583,25 @@ def test_ctrl_c_during_the_search_exits_130_and_keeps_the_old_results(files, tmp
     assert err.strip().splitlines()[-1] == "gpuwpo: interrupted" and "Traceback" not in err
     assert out.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ('symmetric = "no"', "setting symmetric must be true or false"),
+    ('global = "yes"', "setting global must be true or false"),
+    ("baseline = 5", "setting baseline"),
+    ("test_size = 5", "setting test_size"),
+    ("seed = -1", "setting seed"),
+    ("physics = 2", "setting physics"),
+    ("f_lst = 3", "setting f_lst"),
+    ("times = [-1]", "setting times"),
+    ('compensation = {class = "GlobalDriftCompensation", exact_reference = "false"}',
+     "exact_reference must be True or False"),
+])
+def test_config_settings_of_the_wrong_type_are_refused_up_front(files, tmp_path, capsys, text,
+                                                                 fragment):
+    config = tmp_path / "c.toml"
+    config.write_text(text + "\n")
+    assert main(["optimize", str(files["pt"]), "--config", str(config)]) == 2
+    captured = capsys.readouterr()
+    _one_line(captured.err, "c.toml", fragment)
+    assert captured.out == ""
