@@ -690,6 +690,14 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     _check_out_dir(args.out, [args.results, getattr(args, "weights", None)], "--out", _FIGURES)
     result = load_result(args.results)
     weights = load_weights(args.weights) if getattr(args, "weights", None) else None
+    for layer in result.layers if weights is not None else []:
+        if layer.name not in weights:
+            raise ValueError(f"{args.weights} has no tensor {layer.name!r} (a layer of "
+                             f"{args.results}); it holds {list(weights)[:10]}")
+        if tuple(weights[layer.name].shape) != tuple(layer.shape):
+            raise ValueError(f"{args.weights}: {layer.name!r} has shape "
+                             f"{tuple(weights[layer.name].shape)}, {args.results} was made for "
+                             f"{tuple(layer.shape)}")
     phys = _physics(args, physics_from_settings(result.settings, path=args.results))
     for path in _write_plots(result, args.out, weights, repeats=args.repeats, seed=args.seed,
                              phys=phys, source=args.results):

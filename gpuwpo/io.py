@@ -429,6 +429,9 @@ def load_result(path: str | os.PathLike) -> NetworkResult:
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path} is a directory, not a results file")
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{path} is not a regular file (a device or a pipe?), not a results "
+                         f"file")
     if not path.is_file():
         raise FileNotFoundError(f"no results file at {path}")
     data = _read_json(path, "results file")
@@ -784,6 +787,9 @@ def load_weights(path: str | os.PathLike) -> dict[str, Tensor]:
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path} is a directory, not a weights file")
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{path} is not a regular file (a device or a pipe?), not a weights "
+                         f"file")
     if not path.is_file():
         raise FileNotFoundError(f"no weights file at {path}")
     ext = path.suffix.lower()

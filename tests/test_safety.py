@@ -605,3 +605,19 @@ def test_config_settings_of_the_wrong_type_are_refused_up_front(files, tmp_path,
     captured = capsys.readouterr()
     _one_line(captured.err, "c.toml", fragment)
     assert captured.out == ""
+
+
+def test_plot_names_the_weights_file_of_another_network(files, tmp_path, capsys):
+    weights = tmp_path / "other.pt"
+    torch.save({**_state(), "fc2.weight": torch.randn(4, 4)}, weights)
+    assert main(["plot", str(files["results"]), "--out", str(tmp_path / "figs"), "--weights",
+                 str(weights)]) == 2
+    _one_line(capsys.readouterr().err, "other.pt", "'fc2.weight' has shape (4, 4)", "(4, 8)")
+    assert not (tmp_path / "figs").exists()
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/null"), reason="needs /dev/null")
+def test_a_device_is_not_read_as_a_file(capsys):
+    for argv in (["optimize", "/dev/null"], ["evaluate", "/dev/null", "/dev/null"]):
+        assert main(argv) == 2
+        _one_line(capsys.readouterr().err, "/dev/null", "not a regular file")
