@@ -540,6 +540,8 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     weights = load_weights(args.weights)
     # Select here so that a typo in --include fails at once, naming the layers.
     selected = select_weights(weights, run["include"], run["exclude"])
+    for name, w in selected.items():  # NaN, complex, all zeros: named with the file, at once
+        check_weights(w, f"{args.weights}: the weights of layer {name!r}", allow_all_zero=False)
     phys = run["physics"]
     if not getattr(args, "quiet", False):
         total = sum(w.numel() for w in selected.values())
@@ -603,7 +605,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         if tuple(w.shape) != tuple(layer.shape):
             raise ValueError(f"{args.weights}: {layer.name!r} has shape {tuple(w.shape)}, the "
                              f"results file was made for {tuple(layer.shape)}")
-        w = check_weights(w, f"{args.weights}: layer {layer.name!r}",
+        w = check_weights(w, f"{args.weights}: the weights of layer {layer.name!r}",
                           allow_all_zero=False).to(device)
         kw = dict(repeats=args.repeats, compensation=phys["compensation"], generator=gen,
                   physics=phys["physics"])
@@ -698,6 +700,8 @@ def _cmd_plot(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.weights}: {layer.name!r} has shape "
                              f"{tuple(weights[layer.name].shape)}, {args.results} was made for "
                              f"{tuple(layer.shape)}")
+        check_weights(weights[layer.name], f"{args.weights}: the weights of layer {layer.name!r}",
+                      allow_all_zero=False)
     phys = _physics(args, physics_from_settings(result.settings, path=args.results))
     for path in _write_plots(result, args.out, weights, repeats=args.repeats, seed=args.seed,
                              phys=phys, source=args.results):

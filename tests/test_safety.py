@@ -621,3 +621,15 @@ def test_a_device_is_not_read_as_a_file(capsys):
     for argv in (["optimize", "/dev/null"], ["evaluate", "/dev/null", "/dev/null"]):
         assert main(argv) == 2
         _one_line(capsys.readouterr().err, "/dev/null", "not a regular file")
+
+
+def test_bad_weights_are_named_with_their_file_before_any_work(tmp_path, capsys):
+    bad = {k: v.numpy().copy() for k, v in _state().items()}
+    bad["fc2.weight"][1, 2] = np.nan
+    np.savez(tmp_path / "nan.npz", **bad)
+    np.savez(tmp_path / "zeros.npz", **{"z.weight": np.zeros((3, 3), np.float32)})
+    for name, fragment in (("nan.npz", "'fc2.weight' have 1 NaN"), ("zeros.npz", "all zeros")):
+        assert main(["optimize", str(tmp_path / name), *TINY]) == 2
+        captured = capsys.readouterr()
+        _one_line(captured.err, name, fragment)
+        assert "layer(s)" not in captured.out  # before the search announces itself
