@@ -7,7 +7,14 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["check_weights", "check_positive_int"]
+__all__ = ["check_weights", "check_positive_int", "MAX_ABS_WEIGHT", "MIN_ABS_WEIGHT"]
+
+#: The range of max|W| gpuwpo simulates (in float32, whose range is about 1e-38 .. 3e38: sums
+#: over a layer and products with conductances need room). The weight error does not depend on
+#: the weights' scale (docs/DESIGN.md section 2), so weights outside it lose nothing by being
+#: rescaled; they are refused with a message that says so, never simulated into NaN.
+MAX_ABS_WEIGHT = 1e32
+MIN_ABS_WEIGHT = 1e-32
 
 
 def _describe(t: Tensor) -> str:
@@ -22,7 +29,8 @@ def check_weights(weights: object, what: str = "weights", *,
     """``weights`` as a real floating tensor, or a ValueError / TypeError naming ``what``.
 
     Refused: anything that is not a tensor, complex and boolean tensors, a 0-d tensor (a scalar
-    is not a layer's weights), an empty tensor, NaN or infinite values, and (unless
+    is not a layer's weights), an empty tensor, NaN or infinite values, a largest magnitude
+    outside :data:`MIN_ABS_WEIGHT` .. :data:`MAX_ABS_WEIGHT` (zeros aside), and (unless
     ``allow_all_zero``) a tensor of zeros only, which has nothing to program. Integer tensors are
     promoted to torch's default float dtype; floating tensors are returned as they are.
     """
@@ -45,6 +53,11 @@ def check_weights(weights: object, what: str = "weights", *,
                          f"({_describe(bad)})")
     if not allow_all_zero and not bool((weights != 0).any()):
         raise ValueError(f"{what} are all zeros: there is nothing to program")
+    top = float(weights.detach().abs().amax())
+    if top > MAX_ABS_WEIGHT or 0 < top < MIN_ABS_WEIGHT:
+        raise ValueError(f"{what} reach |W| = {top:.3g}, outside the {MIN_ABS_WEIGHT:g} .. "
+                         f"{MAX_ABS_WEIGHT:g} gpuwpo simulates (in float32); rescale them: the "
+                         f"weight error does not depend on the weights' scale")
     return weights
 
 

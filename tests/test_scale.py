@@ -103,3 +103,11 @@ def test_an_all_zero_layer_gives_a_finite_figure():
     eff = gpuwpo.simulate_weights(torch.zeros(4, 3), conv, NOISE, TIMES, repeats=2, generator=1)
     assert torch.isfinite(eff).all()
     assert math.isfinite(float(eff.abs().max()))
+
+
+def test_weights_beyond_what_float32_holds_are_refused_not_simulated_into_nan():
+    w = _weights().double()
+    conv = gpuwpo.DualPairConductanceConverter([1.0, 1.0], 0.0, 25.0)
+    for scale in (1e40, 1e300, 1e-40):
+        with pytest.raises(ValueError, match="outside the 1e-32 .. 1e.32.*rescale"):
+            tnmse_over_time(w * scale, conv, NOISE, TIMES, repeats=2, generator=1)
