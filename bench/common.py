@@ -23,12 +23,15 @@ import torch
 
 from gpuwpo.options import SearchOptions
 
-__all__ = ["RESULTS_DIR", "DEFAULTS", "machine_info", "markdown_table", "write_results",
-           "save_record", "add_run_arguments", "run_device", "pretrained_transformer_weights",
-           "PRETRAINED_PACKAGE"]
+__all__ = ["RESULTS_DIR", "DEFAULTS", "REFERENCE_BUDGET", "machine_info", "markdown_table",
+           "write_results", "save_record", "add_run_arguments", "run_device",
+           "pretrained_transformer_weights", "PRETRAINED_PACKAGE"]
 
 #: gpuwpo's search options and their defaults (gpuwpo.options.SearchOptions), by name.
 DEFAULTS = SearchOptions().as_dict()
+
+#: The reference toolkit's default budget (popsize x D, generations), what the GPU runs measure.
+REFERENCE_BUDGET = (100, 200)
 
 #: Where the recorded results live (absolute, so the scripts work from any directory).
 RESULTS_DIR = Path(__file__).resolve().parent / "results"

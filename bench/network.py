@@ -31,6 +31,7 @@ Writes bench/results/network-<machine>.json (``--out-dir`` elsewhere) and prints
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import resource
 import sys
@@ -49,7 +50,7 @@ from bench import common  # noqa: E402
 
 T_STEPS = gpuwpo.simulate.DEFAULT_TIMES
 F_LST = (None, None)
-FULL_BUDGET = (int(common.DEFAULTS["popsize"]), int(common.DEFAULTS["maxiter"]))
+FULL_BUDGET = common.REFERENCE_BUDGET
 #: The CPU default: 73 layers x P = 42 candidates x 5 time steps per call; a few minutes.
 CPU_BUDGET = (2, 3)
 CPU_OPTIONS = {"validation_repeats": 20, "baseline_iterations": 20, "polish": False}
@@ -251,6 +252,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                              "-hierarchical)")
     parser.add_argument("--hierarchical", action="store_true",
                         help="a pooled global search first, every layer starting from it")
+    parser.add_argument("--set", action="append", default=[], metavar="OPTION=JSON",
+                        help="any search option, e.g. --set strategy='\"rand1bin\"' "
+                             "--set mutation=[0.5,1] (repeatable)")
     parser.add_argument("--hidden", type=int, default=768)
     parser.add_argument("--intermediate", type=int, default=None, help="default 4 x hidden")
     parser.add_argument("--blocks", type=int, default=12)
@@ -279,6 +283,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         options["baseline_iterations"] = args.baseline_iterations
     if args.polish is not None:
         options["polish"] = args.polish == "on"
+    for item in args.set:
+        key, _, value = item.partition("=")
+        value = json.loads(value)
+        options[key] = tuple(value) if isinstance(value, list) else value
     # Overrides equal to the optimizer's defaults do not make the budget a reduced one.
     options_changed = {k: v for k, v in options.items() if common.DEFAULTS.get(k) != v}
     full = (popsize, maxiter) == FULL_BUDGET and not options_changed

@@ -42,7 +42,7 @@ T_STEPS = gpuwpo.simulate.DEFAULT_TIMES
 F_LST = (None, None)
 BACKENDS = ("torch", "evotorch", "scipy")
 #: The reference's default budget (population multiplier, generations).
-FULL_BUDGET = (int(common.DEFAULTS["popsize"]), int(common.DEFAULTS["maxiter"]))
+FULL_BUDGET = common.REFERENCE_BUDGET
 #: The CPU default: a few minutes for all three backends on a 2-core machine.
 CPU_BUDGET = (10, 20)
 #: --quick: a smoke run (seconds), for the tests.
