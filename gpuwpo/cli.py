@@ -426,8 +426,8 @@ def _check_out_dir(path: str | None, inputs: Sequence[str | None], what: str,
                              f"a file")
         for given in inputs:
             if given and _same_path(target, given):
-                raise ValueError(f"{what} {path} would overwrite {target}, an input of this "
-                                 f"run; choose another directory")
+                raise ValueError(f"{what} {path} would overwrite {target}, which this run "
+                                 f"also reads or writes; choose another directory")
 
 
 #: optimize's flags that are SearchOptions, and their option names.

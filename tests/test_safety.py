@@ -220,6 +220,7 @@ def test_nan_never_reaches_a_results_file(files, tmp_path):
     assert "NaN" not in text and "Infinity" not in text
 
 
+@pytest.mark.slow
 def test_huge_weights_give_finite_figures_through_the_command_line(files, tmp_path, capsys):
     weights = tmp_path / "huge.npz"
     np.savez(weights, **{k: (v * 1e30).numpy() for k, v in _state().items()})
