@@ -715,7 +715,8 @@ def _cmd_example(args: argparse.Namespace) -> int:
     phys = _physics(args)
     out = getattr(args, "out", None)
     _check_out_dir(out, [], "--out", _EXAMPLE_FILES)
-    if out is not None:
+    if out is not None and os.path.lexists(os.path.join(out, "digits_result.json")):
+        # An earlier example's results are replaced; anything else of that name is refused.
         _check_out_file(os.path.join(out, "digits_result.json"), [], "--out")
     run_example(quick=args.quick, out_dir=out, seed=args.seed,
                 repeats=getattr(args, "repeats", None), backend=args.backend,

@@ -634,3 +634,20 @@ def test_bad_weights_are_named_with_their_file_before_any_work(tmp_path, capsys)
         captured = capsys.readouterr()
         _one_line(captured.err, name, fragment)
         assert "layer(s)" not in captured.out  # before the search announces itself
+
+
+def test_example_out_may_be_a_new_directory_but_not_over_foreign_files(tmp_path, capsys,
+                                                                       monkeypatch):
+    import gpuwpo.example
+
+    calls = []
+    monkeypatch.setattr(gpuwpo.example, "run_example", lambda **kw: calls.append(kw))
+    new = tmp_path / "new" / "dir"
+    assert main(["example", "--quick", "--out", str(new)]) == 0  # made by the example itself
+    assert calls and calls[0]["out_dir"] == str(new)
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "digits_result.json").write_text("my own file\n")
+    assert main(["example", "--quick", "--out", str(taken)]) == 2
+    _one_line(capsys.readouterr().err, "digits_result.json", "not a gpuwpo results file")
+    assert len(calls) == 1
