@@ -261,7 +261,11 @@ def _table_rows(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     for r in records:
         row = {"problem": r["problem"], "physics": r["physics"], "method": r["method"]}
         for p in r["curve"]:
-            row[f"{p['at']}"] = f"{100 * p['reduction']:.1f} ± {196 * p['se']:.1f}"
+            if p["at"] in CHECKPOINTS:
+                row[str(p["at"])] = f"{100 * p['reduction']:.1f} ± {196 * p['se']:.1f}"
+        last = r["curve"][-1]
+        row["final"] = (f"{100 * last['reduction']:.1f} ± {196 * last['se']:.1f} "
+                        f"({last['candidates']})")
         rows.append(row)
     return rows
 
@@ -283,6 +287,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--set", action="append", default=[], metavar="OPTION=JSON",
                         help="override a search option for every method, e.g. --set "
                              "seeds=false (repeatable)")
+    parser.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",
+                        help="run nothing: merge the records of earlier runs (e.g. one per "
+                             "physics, run in parallel) into one results file and figure")
     parser.add_argument("--out-dir", type=Path, default=None)
     parser.add_argument("--name", default="quality", help="results file stem")
     args = parser.parse_args(argv)
@@ -295,6 +302,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         key, _, value = item.partition("=")
         value = json.loads(value)
         overrides[key] = tuple(value) if isinstance(value, list) else value
+    if args.merge:
+        runs = [json.loads(path.read_text()) for path in args.merge]
+        merged = {key: runs[0][key] for key in ("budget", "repeats", "quick", "t_steps", "f_lst",
+                                                "overrides") if key in runs[0]}
+        merged.update({"machine": runs[0]["machine"], "merged_from": [p.name for p in args.merge],
+                       "records": [r for run in runs for r in run["records"]]})
+        return _write(args, merged)
     records = []
     for problem in args.problems:
         layers = problem_layers(problem, args.seed)
@@ -313,13 +327,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                "overrides": {k: (list(v) if isinstance(v, tuple) else v)
                              for k, v in overrides.items()},
                "t_steps": list(T_STEPS), "f_lst": list(F_LST), "records": records}
+    return _write(args, payload)
+
+
+def _write(args, payload: dict[str, Any]) -> dict[str, Any]:
+    records = payload["records"]
     path = common.write_results(args.name, payload, out_dir=args.out_dir or common.RESULTS_DIR)
     png = path.with_suffix(".png")
     plot_curves(records, png)
     rows = _table_rows(records)
     ats = sorted({int(k) for row in rows for k in row if k.isdigit()})
     print(common.markdown_table(rows, ["problem", "physics", "method",
-                                       *((str(a), f"{a} cand.") for a in ats)]))
+                                       *((str(a), f"{a} cand.") for a in ats),
+                                       ("final", "final (candidates)")]))
     print(f"wrote {path} and {png}")
     return payload
 
