@@ -433,7 +433,8 @@ def _check_out_dir(path: str | None, inputs: Sequence[str | None], what: str,
 #: optimize's flags that are SearchOptions, and their option names.
 _OPTION_FLAGS = {"popsize": "popsize", "maxiter": "maxiter", "seed": "seed",
                  "baseline_iterations": "baseline_iterations",
-                 "validation_repeats": "validation_repeats", "kernel": "kernel"}
+                 "validation_repeats": "validation_repeats", "kernel": "kernel",
+                 "seeds": "seeds"}
 
 
 def _optimize_settings(args: argparse.Namespace) -> dict:
@@ -491,6 +492,7 @@ def _optimize_settings(args: argparse.Namespace) -> dict:
             "f_lst": base.get("f_lst", [None, None]), "include": base.get("include"),
             "exclude": base.get("exclude"),
             "per_layer": not base.get("global_strategy", False),
+            "hierarchical": base.get("hierarchical"),
             "backend": base.get("backend", "torch"), "symmetric": base.get("symmetric", True),
             "device": base.get("device")}
 
@@ -550,7 +552,8 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
     result = optimize_network(
         weights, phys["noise_model"], run["times"], phys["baseline"], run["f_lst"],
         include=run["include"], exclude=run["exclude"], per_layer=run["per_layer"],
-        backend=run["backend"], device=device, physics=phys["physics"],
+        hierarchical=run["hierarchical"], backend=run["backend"], device=device,
+        physics=phys["physics"],
         compensation=phys["compensation"], symmetric=run["symmetric"], options=run["options"],
         distributed=cluster,
     )
@@ -798,6 +801,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip layers whose name matches (repeatable)")
     p.add_argument("--global", dest="global_strategy", action="store_true", default=keep,
                    help="one strategy for all layers (the paper's setting) instead of one each")
+    p.add_argument("--hierarchical", action=argparse.BooleanOptionalAction, default=keep,
+                   help="per layer: search one pooled global strategy first and start every "
+                        "layer from it (default: off; README 'Defaults')")
+    p.add_argument("--no-seeds", dest="seeds", action="store_false", default=keep,
+                   help="do not seed the search with the standard converters (README "
+                        "'Defaults')")
     p.add_argument("--backend", metavar="NAME", default=keep,
                    help="search backend: torch (default), evotorch or scipy")
     p.add_argument("--kernel", choices=("auto", "torch", "compile", "triton"), default=keep,
