@@ -68,6 +68,7 @@ from ..de import (
     state_to_dict,
 )
 from ..options import SearchOptions
+from ..rng import mix64
 from .base import IntermediateResult, SearchOutcome, SearchProblem, notify
 
 __all__ = ["ALGORITHMS", "accepts", "reflect_unit", "search"]
@@ -306,16 +307,17 @@ def search(
 
     Options used: ``algorithm`` ("de", "cmaes", "snes" or "ga"); ``popsize`` (P = ``max(5,
     popsize * D)`` for every algorithm); ``maxiter``; ``seed`` (layer b's searcher and its
-    ``Problem`` are seeded with ``seed + b``); ``x_init`` (initial population of the DE and the
-    GA; CMA-ES and SNES start from a distribution and refuse a tensor); ``x0`` ([D] or [B, D]:
-    member 0 of the DE's/GA's population, the centre of CMA-ES's/SNES's distribution, default
-    the cube's centre); the DE's ``strategy``, ``mutation``, ``recombination``, ``tol``,
-    ``atol``; the GA's Gaussian mutation standard deviation is the middle of ``mutation``;
-    ``noise_robust`` (DE: parents re-evaluated with their trials; GA: EvoTorch's
-    ``re_evaluate``); ``callback`` (an :class:`IntermediateResult` after every generation;
-    True or StopIteration stops the run); the DE's ``checkpoint``, ``checkpoint_every`` and
-    ``resume`` (or ``stage``, a stage of a checkpointed run, as in the torch backend): saved
-    every ``checkpoint_every`` generations, at the end and on KeyboardInterrupt.
+    ``Problem`` are seeded with ``mix64(seed, b)``, any 64-bit seed whole); ``x_init`` (initial
+    population of the DE and the GA; CMA-ES and SNES start from a distribution and refuse a
+    tensor); ``x0`` ([D] or [B, D]: member 0 of the DE's/GA's population, the centre of
+    CMA-ES's/SNES's distribution, default the cube's centre); the DE's ``strategy``,
+    ``mutation``, ``recombination``, ``tol``, ``atol``; the GA's Gaussian mutation standard
+    deviation is the middle of ``mutation``; ``noise_robust`` (DE: parents re-evaluated with
+    their trials; GA: EvoTorch's ``re_evaluate``); ``callback`` (an :class:`IntermediateResult`
+    after every generation; True or StopIteration stops the run); the DE's ``checkpoint``,
+    ``checkpoint_every`` and ``resume`` (or ``stage``, a stage of a checkpointed run, as in the
+    torch backend): saved every ``checkpoint_every`` generations, at the end and on
+    KeyboardInterrupt.
 
     Returns:
         A :class:`SearchOutcome` (``extra["searchers"]``: the B EvoTorch algorithms).
@@ -373,7 +375,7 @@ def search(
         return de_init(
             dim=D, num_layers=1, popsize=o.popsize, init=layer_init, x0=layer_x0,
             strategy=o.strategy, mutation=o.mutation, recombination=o.recombination, tol=o.tol,
-            atol=o.atol, seed=o.seed + b, device=problem.device, dtype=problem.dtype,
+            atol=o.atol, seed=mix64(o.seed, b), device=problem.device, dtype=problem.dtype,
         )
 
     def make_searcher(evo_problem, b: int):
@@ -405,7 +407,7 @@ def search(
                                   center_init=centre.tolist())
 
     with _quiet_problem_setup():
-        layer_problems = [LayerProblem(problem, b, o.seed + b) for b in range(B)]
+        layer_problems = [LayerProblem(problem, b, mix64(o.seed, b)) for b in range(B)]
         searchers = [make_searcher(layer_problems[b], b) for b in range(B)]
     history: list[Tensor] = []
     converged = torch.zeros(B, dtype=torch.bool, device=problem.device)

@@ -16,6 +16,7 @@ import torch
 
 from ..de import de_init
 from ..options import SearchOptions, de_accepts
+from ..rng import mix64
 from .base import IntermediateResult, SearchOutcome, SearchProblem, notify
 
 __all__ = ["search", "accepts"]
@@ -88,13 +89,13 @@ def search(problem: SearchProblem, options: SearchOptions, *,
             first = de_init(dim=D, num_layers=1, popsize=o.popsize,
                             init=layer_init if isinstance(layer_init, str)
                             else torch.as_tensor(layer_init),
-                            x0=torch.as_tensor(layer_x0).unsqueeze(0), seed=o.seed + b,
+                            x0=torch.as_tensor(layer_x0).unsqueeze(0), seed=mix64(o.seed, b),
                             dtype=torch.float64)
             layer_init, layer_x0 = first.population[0].numpy(), None
         res = differential_evolution(
             func, [(0.0, 1.0)] * D, strategy=o.strategy, maxiter=o.maxiter, popsize=o.popsize,
             tol=o.tol, atol=o.atol, mutation=o.mutation, recombination=o.recombination,
-            rng=np.random.default_rng(o.seed + b), polish=False, init=layer_init,
+            rng=np.random.default_rng(mix64(o.seed, b)), polish=False, init=layer_init,
             x0=layer_x0, callback=make_callback(b, calls, nfev), vectorized=True,
             updating="deferred",
         )
