@@ -36,6 +36,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ._files import atomic_write
+
 __all__ = [
     "FORMAT",
     "VERSION",
@@ -185,16 +187,10 @@ class Checkpoint:
 
 
 def _document_digest(document: Mapping, tensors: Mapping[str, Tensor]) -> str:
-    h = hashlib.sha256(json.dumps(document, sort_keys=True).encode())
+    h = hashlib.sha256(json.dumps(document, sort_keys=True, allow_nan=False).encode())
     for name in sorted(tensors):
         _update(h, name, tensors[name])
     return h.hexdigest()
-
-
-def _temporary(path: Path) -> Path:
-    # One fixed name beside the file: a write killed half-way leaves at most this one file, which
-    # the next write replaces.
-    return path.with_name(f".{path.name}.tmp")
 
 
 def write_checkpoint(path: str | os.PathLike, checkpoint: Checkpoint) -> None:
@@ -213,31 +209,11 @@ def write_checkpoint(path: str | os.PathLike, checkpoint: Checkpoint) -> None:
         stages[stage] = {"meta": meta, "tensors": sorted(stage_tensors)}
     document = _plain({"format": FORMAT, "version": VERSION,
                        "fingerprint": checkpoint.fingerprint, "stages": stages})
-    metadata = {_KEY: json.dumps(document), _DIGEST: _document_digest(document, tensors)}
-    data = save(tensors, metadata)
-    tmp = _temporary(path)
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:  # the rename itself on disk (POSIX; best effort elsewhere)
-        fd = os.open(path.parent if str(path.parent) else ".", os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    metadata = {_KEY: json.dumps(document, allow_nan=False),
+                _DIGEST: _document_digest(document, tensors)}
+    # An unnamed temporary file renamed into place (gpuwpo._files): a kill at any moment leaves
+    # the old checkpoint whole and no stray file behind.
+    atomic_write(path, save(tensors, metadata))
 
 
 def _header(raw: bytes) -> dict | None:
@@ -301,7 +277,7 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     try:
         tensors = load(raw)
     except Exception as err:  # safetensors' own error type; never a traceback for a bad file
-        raise ValueError(f"{torn}: {' '.join(str(err).split())}") from None
+        raise ValueError(f"{torn}: its tensors cannot be read ({type(err).__name__})") from None
     if meta.get(_DIGEST) != _document_digest(document, tensors):
         raise ValueError(f"{torn}: its content does not match its SHA-256 digest")
     fingerprint, stages = document.get("fingerprint"), document.get("stages")
@@ -369,9 +345,6 @@ class Checkpointing:
         self.every = int(every)
         self.resume = None if resume is None else Path(resume)
         self.stages: dict[str, tuple[dict[str, Tensor], dict]] = {}
-        if self.path is not None:
-            # A write killed half-way left this; the file itself is whole (old or new).
-            _temporary(self.path).unlink(missing_ok=True)
         if self.resume is not None:
             saved = read_checkpoint(self.resume)
             _refuse_difference(self.resume, saved.fingerprint, self.fingerprint)
