@@ -8,10 +8,10 @@ each backend (torch DE, EvoTorch with algorithm "de", scipy's DE) the script tim
 and records the validated TNMSE with its 95% interval next to the baseline's.
 
 Budget: the reference's default (popsize 100 x D, 200 generations, every other optimizer
-keyword at its default) on CUDA. On the CPU a full default search is ~420,000 candidates, hours
-on a small machine, so the default there is a REDUCED budget (popsize 10 x D, 20 generations)
-that finishes in a few minutes; the JSON and the table say which budget was used. ``--popsize``,
-``--maxiter`` (all backends) and ``--scipy-popsize``, ``--scipy-maxiter`` (scipy only) override.
+keyword at its default) on CUDA. On the CPU the default is gpuwpo's own default budget (popsize
+5 x D, 50 generations; README.md, "Defaults"); the JSON and the table say which budget was used.
+``--popsize``, ``--maxiter`` (all backends) and ``--scipy-popsize``, ``--scipy-maxiter`` (scipy
+only) override.
 
 A warm-up search (popsize 1, 1 generation, not timed) runs first for every backend, so that
 one-off costs (lazy imports, CUDA context, Triton compilation) are not in the figures.
@@ -43,8 +43,8 @@ F_LST = (None, None)
 BACKENDS = ("torch", "evotorch", "scipy")
 #: The reference's default budget (population multiplier, generations).
 FULL_BUDGET = common.REFERENCE_BUDGET
-#: The CPU default: a few minutes for all three backends on a 2-core machine.
-CPU_BUDGET = (10, 20)
+#: The CPU default: gpuwpo's own default budget (README.md, "Defaults").
+CPU_BUDGET = (int(common.DEFAULTS["popsize"]), int(common.DEFAULTS["maxiter"]))
 #: --quick: a smoke run (seconds), for the tests.
 QUICK_BUDGET = (2, 2)
 QUICK_OPTIONS = {"test_in_features": 32, "test_out_features": 4, "validation_repeats": 4,
@@ -57,8 +57,10 @@ def _sync(device: torch.device) -> None:
 
 
 def budget_label(popsize: int, maxiter: int) -> str:
-    """``"100xD, 200 gen (default)"`` or ``"10xD, 20 gen (reduced)"``."""
-    kind = "default" if (popsize, maxiter) == FULL_BUDGET else "reduced"
+    """``"100xD, 200 gen (reference default)"``, ``"5xD, 50 gen (gpuwpo default)"`` or
+    ``"10xD, 20 gen (reduced)"``."""
+    kind = ("reference default" if (popsize, maxiter) == FULL_BUDGET else
+            "gpuwpo default" if (popsize, maxiter) == CPU_BUDGET else "reduced")
     return f"{popsize}xD, {maxiter} gen ({kind})"
 
 
