@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -489,6 +490,16 @@ class WeightProgrammingOptimizer:
         return {k: v for k, v in self.__dict__.items() if not k.startswith("_")
                 and k not in ("result",)}
 
+    def _flag(self, name: str) -> bool:
+        """Setting ``name`` as a bool: the reference tests these for truth, and its own examples
+        pass 0 and 1 (``use_max_kw=1``), so integers 0 and 1 are accepted as well as bools."""
+        value = getattr(self, name)
+        if isinstance(value, (bool, np.bool_)):
+            return bool(value)
+        if isinstance(value, (int, np.integer)) and int(value) in (0, 1):
+            return bool(value)
+        raise ValueError(f"{name} must be True or False (or 1 or 0), got {value!r}")
+
     def _optimizer(self) -> _Optimizer:
         """gpuwpo's optimiser for the current settings (kept while they do not change, so that
         the baseline is measured once for get_loss_baseline and the search)."""
@@ -517,11 +528,11 @@ class WeightProgrammingOptimizer:
             symmetric=self.symmetric, device=self.device, compensation=self._compensation,
             physics="aihwkit", nbins=self.nbins, test_in_features=None, test_out_features=None,
             g_err=self.g_err / (self.g_max - self.g_min), f_min=self.f_min, f_max=self.f_max,
-            use_max_kw=self.use_max_kw, loss_margin=self.loss_margin,
+            use_max_kw=self._flag("use_max_kw"), loss_margin=self.loss_margin,
             baseline_iterations=self.baseline_iterations, callback=on_generation,
-            disp=self.disp, strategy=self.strategy, popsize=self.popsize, maxiter=self.maxiter,
-            tol=self.tol, atol=self.atol, mutation=self.mutation,
-            recombination=self.recombination, polish=self.polish, seed=self.seed,
+            disp=self._flag("disp"), strategy=self.strategy, popsize=self.popsize,
+            maxiter=self.maxiter, tol=self.tol, atol=self.atol, mutation=self.mutation,
+            recombination=self.recombination, polish=self._flag("polish"), seed=self.seed,
             x_init=self.x_init, seeds=False)
 
     # -- the reference's methods ---------------------------------------------------------
@@ -529,7 +540,7 @@ class WeightProgrammingOptimizer:
         """The search bounds: ``((0.0, 1.0),) * D``, D the strategy space's dimension."""
         space = StrategySpace(list(self.f_lst), self.g_min, self.g_max, nbins=self.nbins,
                               symmetric=self.symmetric, f_min=self.f_min, f_max=self.f_max,
-                              use_max_kw=self.use_max_kw)
+                              use_max_kw=self._flag("use_max_kw"))
         return ((0.0, 1.0),) * space.dim
 
     def get_loss_baseline(self) -> float:

@@ -56,6 +56,21 @@ def test_native_config_runs_and_returns_gpuwpo_types():
     assert opt.loss_baseline == pytest.approx(float(opt.result.baseline_tnmse[0]))
 
 
+def test_flags_take_the_references_zero_and_one_and_refuse_other_values():
+    # aihwkit's own example passes use_max_kw=1: truthy integers 0 and 1 are the reference's.
+    base = gpuwpo.DualPairConductanceConverter([1.0, 1.0], 0.0, 25.0)
+    opt = wpo.WeightProgrammingOptimizer(_weights(), [None, None], _native_config(), T_STEPS,
+                                         base, test_out_features=4,
+                                         **{**TINY, "use_max_kw": 1, "polish": 0})
+    assert len(opt.generate_hop_bounds()) == 6 * 3 + 2
+    assert opt._optimizer().options.use_max_kw is True
+    opt = wpo.WeightProgrammingOptimizer(_weights(), [None, None], _native_config(), T_STEPS,
+                                         base, test_out_features=4,
+                                         **{**TINY, "use_max_kw": "yes"})
+    with pytest.raises(ValueError, match="use_max_kw must be True or False"):
+        opt.generate_hop_bounds()
+
+
 def test_a_kept_baseline_comes_back_as_its_own_program_and_no_success():
     base = gpuwpo.DualPairConductanceConverter([1.0, 1.0], 0.0, 25.0)
     opt = wpo.WeightProgrammingOptimizer(_weights(), [None, None], _native_config(), T_STEPS,
