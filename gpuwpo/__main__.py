@@ -1,5 +1,5 @@
 """``python -m gpuwpo``: the same command line as the ``gpuwpo`` console script."""
 
-from .cli import main
+from .cli import run
 
-raise SystemExit(main())
+run()

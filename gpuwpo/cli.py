@@ -930,6 +930,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _interrupted()
 
 
+def run() -> None:
+    """The console script and ``python -m gpuwpo``: :func:`main`, then exit with its status.
+
+    After Ctrl-C the status is 130 every time. Python's own exit would, at random, turn it into
+    death by SIGINT instead: when the interrupt lands inside a module being imported lazily
+    mid-search, CPython records it as unhandled even though :func:`main` caught it, and kills
+    itself with SIGINT on the way out. By then everything is written and closed (results files
+    atomically, checkpoints, a local Ray cluster in its ``finally``), so the process flushes its
+    streams and leaves at once.
+    """
+    status = main()
+    if status == 130:
+        import os
+
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(130)
+    raise SystemExit(status)
+
+
 def _interrupted() -> int:
     """One line for Ctrl-C, with a second Ctrl-C ignored while it is written."""
     import signal
@@ -947,4 +970,4 @@ def _interrupted() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run()
