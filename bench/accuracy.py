@@ -22,12 +22,10 @@ error (std of the per-repeat differences / sqrt(repeats)); the per-layer TNMSE f
 result (validated with fresh noise, 95 % intervals, against the baseline's) and which converter
 each layer got; the search's wall time, generations and candidates.
 
-Budget: popsize ``--popsize`` x D, ``--maxiter`` generations, with the digits example's CPU
-settings (a 64 x 20 test tile per layer, 30 validation and baseline repeats, polish of 15
-iterations, dithered mutation 0.5-1, recombination 0.7), a REDUCED budget against the
-reference's default (popsize 100 x D, 200 generations, a 512 x 20 tile). The default (popsize
-10 x D, 100 generations, the digits example's) finishes the whole script (two networks x two
-physics) in a few minutes on this project's 2-core CPU; ``--quick`` is a smoke run (seconds).
+Budget: popsize ``--popsize`` x D, ``--maxiter`` generations, by default gpuwpo's own search
+defaults, with the digits example's CPU settings (a 64 x 20 test tile per layer, 30 validation
+and baseline repeats, polish of 15 iterations): a REDUCED budget against the reference's
+default (popsize 100 x D, 200 generations, a 512 x 20 tile). ``--quick`` is a smoke run.
 
 Run:  python bench/accuracy.py [--models digits_cnn digits_mlp] [--physics device aihwkit]
                                [--popsize P] [--maxiter G] [--repeats R] [--quick]
@@ -61,16 +59,13 @@ F_LST = (None, None)
 PHYSICS = ("device", "aihwkit")
 DEFAULT_MODELS = ("digits_cnn", "digits_mlp")
 #: The reference's default budget (population multiplier, generations).
-FULL_BUDGET = (int(common.DEFAULTS["popsize"]), int(common.DEFAULTS["maxiter"]))
-#: The default here, the digits example's: a search of the CNN's four layers took 45 s (aihwkit
-#: physics, quiet machine) to 74 s (device physics, machine under load) on this project's 2-core
-#: CPU, so both networks in both physics take about 4-7 minutes.
-DEFAULT_BUDGET = (10, 100)
+FULL_BUDGET = common.REFERENCE_BUDGET
+#: The default here: gpuwpo's own search defaults (README.md, "Defaults").
+DEFAULT_BUDGET = (int(common.DEFAULTS["popsize"]), int(common.DEFAULTS["maxiter"]))
 #: The digits example's CPU settings (gpuwpo.example.BUDGETS["default"]): the networks' layers
 #: hold 72 to 6,464 weights, which a 64 x 20 tile samples well.
 OPTIONS = {"test_in_features": 64, "test_out_features": 20, "baseline_iterations": 30,
-           "validation_repeats": 30, "polish_maxiter": 15, "mutation": (0.5, 1.0),
-           "recombination": 0.7}
+           "validation_repeats": 30, "polish_maxiter": 15}
 QUICK_BUDGET = (2, 2)
 QUICK_OPTIONS = {"test_in_features": 16, "test_out_features": 8, "baseline_iterations": 4,
                  "validation_repeats": 4, "polish": False}
