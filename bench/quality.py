@@ -66,6 +66,25 @@ _REFERENCE = dict(backend="torch", strategy="best1bin", mutation=0.1, recombinat
 # greedy operators with a population of 5 x D instead of 100 x D.
 _TUNED = dict(backend="torch", strategy="best1bin", mutation=0.1, recombination=0.3, popsize=5)
 
+#: The operator sweep: name -> (strategy, mutation, recombination, popsize).
+_SWEEP = {
+    "best1bin-p10-r0.7": ("best1bin", (0.5, 1.0), 0.7, 10),
+    "rand1bin-p10-r0.7": ("rand1bin", (0.5, 1.0), 0.7, 10),
+    "rand1bin-p5-r0.9": ("rand1bin", (0.5, 1.0), 0.9, 5),
+    "best1bin-p5-r0.9": ("best1bin", (0.5, 1.0), 0.9, 5),
+    "currenttobest1bin-p5-r0.9": ("currenttobest1bin", (0.5, 1.0), 0.9, 5),
+    "reference-p5": ("best1bin", 0.1, 0.3, 5),
+}
+
+
+def _sweep(strategy: str, mutation: float | tuple[float, float], recombination: float,
+           popsize: int) -> tuple[str, dict[str, Any]]:
+    """One method of the operator sweep: (description, optimizer keywords)."""
+    return (f"{strategy}, mutation {mutation}, recombination {recombination}, popsize {popsize}",
+            dict(backend="torch", strategy=strategy, mutation=mutation,
+                 recombination=recombination, popsize=popsize, seeds=True))
+
+
 #: name -> (description, optimizer keywords). ``backend`` picks the backend.
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
     "reference": ("torch DE, the reference's settings, seeded", {**_REFERENCE, "seeds": True}),
@@ -78,26 +97,8 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
                    popsize=15, seeds=True)),
     "cmaes": ("EvoTorch CMA-ES, population D, centred on the best seed",
               dict(backend="evotorch", algorithm="cmaes", popsize=1, seeds=True)),
-    # The sweep the tuned settings were picked from (seeded torch DE).
-    "sweep-best1bin-p10-r0.7": ("best1bin, (0.5, 1), 0.7, popsize 10",
-                                dict(backend="torch", strategy="best1bin", mutation=(0.5, 1.0),
-                                     recombination=0.7, popsize=10, seeds=True)),
-    "sweep-rand1bin-p10-r0.7": ("rand1bin, (0.5, 1), 0.7, popsize 10",
-                                dict(backend="torch", strategy="rand1bin", mutation=(0.5, 1.0),
-                                     recombination=0.7, popsize=10, seeds=True)),
-    "sweep-rand1bin-p5-r0.9": ("rand1bin, (0.5, 1), 0.9, popsize 5",
-                               dict(backend="torch", strategy="rand1bin", mutation=(0.5, 1.0),
-                                    recombination=0.9, popsize=5, seeds=True)),
-    "sweep-best1bin-p5-r0.9": ("best1bin, (0.5, 1), 0.9, popsize 5",
-                               dict(backend="torch", strategy="best1bin", mutation=(0.5, 1.0),
-                                    recombination=0.9, popsize=5, seeds=True)),
-    "sweep-currenttobest1bin-p5-r0.9": (
-        "currenttobest1bin, (0.5, 1), 0.9, popsize 5",
-        dict(backend="torch", strategy="currenttobest1bin", mutation=(0.5, 1.0),
-             recombination=0.9, popsize=5, seeds=True)),
-    "sweep-reference-p5": ("best1bin, 0.1, 0.3, popsize 5 (the reference's operators)",
-                           dict(backend="torch", strategy="best1bin", mutation=0.1,
-                                recombination=0.3, popsize=5, seeds=True)),
+    # The sweep the tuned settings were picked from (torch DE; run with --set seeds=false).
+    **{f"sweep-{name}": _sweep(*args) for name, args in _SWEEP.items()},
 }
 DEFAULT_METHODS = ("reference", "reference-unseeded", "tuned", "tuned-unseeded", "scipy",
                    "cmaes")

@@ -23,7 +23,6 @@ Writes bench/results/search-<machine>.json (``--out-dir`` elsewhere) and prints 
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections.abc import Sequence
@@ -178,24 +177,17 @@ def table(record: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Command line entry point; returns the record (also written as JSON)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = common.budget_parser(
+        __doc__, f"{FULL_BUDGET[0]} on CUDA, {CPU_BUDGET[0]} on the CPU",
+        f"{FULL_BUDGET[1]} on CUDA, {CPU_BUDGET[1]} on the CPU")
     parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
-    parser.add_argument("--popsize", type=int, default=None,
-                        help="population multiplier (P = popsize x D); default 100 on CUDA, "
-                             f"{CPU_BUDGET[0]} on the CPU")
-    parser.add_argument("--maxiter", type=int, default=None,
-                        help=f"generations; default 200 on CUDA, {CPU_BUDGET[1]} on the CPU")
     parser.add_argument("--scipy-popsize", type=int, default=None,
                         help="popsize for the scipy backend only (default: --popsize)")
     parser.add_argument("--scipy-maxiter", type=int, default=None,
                         help="maxiter for the scipy backend only (default: --maxiter)")
     parser.add_argument("--shape", type=int, nargs=2, default=(512, 512), metavar=("OUT", "IN"))
-    common.add_run_arguments(parser)
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 64 x 64 weights, popsize 2, 2 generations, a 32 x 4 "
-                             "test tile, 4 validation and baseline repeats")
-    parser.add_argument("--out-dir", type=Path, default=common.RESULTS_DIR)
+    common.add_tail_arguments(parser, "smoke run: 64 x 64 weights, popsize 2, 2 generations, a "
+                                      "32 x 4 test tile, 4 validation and baseline repeats")
     args = parser.parse_args(argv)
 
     device = common.run_device(args)
@@ -227,26 +219,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
               f"(baseline {row['baseline_tnmse']:.5f})", file=sys.stderr, flush=True)
         results.append(row)
 
-    record = {
-        "machine": machine,
-        "budget_note": note,
-        "quick": bool(args.quick),
-        "config": {
-            "weights": f"Student-t, 3 dof, scale 0.05, seed {args.weight_seed}",
-            "shape": list(shape), "f_lst": list(F_LST), "t_steps_s": list(T_STEPS),
-            "noise_model": "gpuwpo.PCMLikeNoiseModel(g_max=25) defaults",
-            "compensation": "ideal global",
-            "baseline": "gpuwpo.DualPairConductanceConverter([1, 1], g_min=0, g_max=25)",
-            "seed": args.seed, "warmup": not (args.no_warmup or args.quick),
-            "torch_threads": torch.get_num_threads(), "optimizer_overrides": options,
-        },
-        "results": results,
+    config = {
+        "weights": f"Student-t, 3 dof, scale 0.05, seed {args.weight_seed}",
+        "shape": list(shape), "f_lst": list(F_LST), "t_steps_s": list(T_STEPS),
+        "noise_model": "gpuwpo.PCMLikeNoiseModel(g_max=25) defaults",
+        "compensation": "ideal global",
+        "baseline": "gpuwpo.DualPairConductanceConverter([1, 1], g_min=0, g_max=25)",
+        "seed": args.seed, "warmup": not (args.no_warmup or args.quick),
+        "torch_threads": torch.get_num_threads(), "optimizer_overrides": options,
     }
-    path = common.write_results("search", record, args.out_dir)
-    print(f"One layer {shape[0]} x {shape[1]}, {machine['name']}, {note}.\n")
-    print(table(record))
-    print(f"\nwritten {path}", file=sys.stderr)
-    return record
+    record = common.new_record(machine, note, args.quick, results=results, config=config)
+    heading = f"One layer {shape[0]} x {shape[1]}, {machine['name']}, {note}."
+    return common.finish("search", record, heading, table, out_dir=args.out_dir)
 
 
 if __name__ == "__main__":

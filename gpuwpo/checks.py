@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-__all__ = ["check_weights", "check_positive_int", "MAX_ABS_WEIGHT", "MIN_ABS_WEIGHT"]
+__all__ = ["check_weights", "check_positive_int", "describe_values", "MAX_ABS_WEIGHT",
+           "MIN_ABS_WEIGHT"]
 
 #: The range of max|W| gpuwpo simulates (in float32, whose range is about 1e-38 .. 3e38: sums
 #: over a layer and products with conductances need room). The weight error does not depend on
@@ -17,11 +19,14 @@ MAX_ABS_WEIGHT = 1e32
 MIN_ABS_WEIGHT = 1e-32
 
 
-def _describe(t: Tensor) -> str:
+def describe_values(t: Tensor, max_listed: int = 6,
+                    summary: Callable[[Tensor], str] | None = None) -> str:
+    """Short text of ``t`` for an error message: its values when it has at most ``max_listed``,
+    else ``summary(t)`` (by default how many values it has)."""
     t = t.detach()
-    if t.numel() <= 6:
+    if t.numel() <= max_listed:
         return str(t.cpu().tolist())
-    return f"{t.numel()} values"
+    return f"{t.numel()} values" if summary is None else summary(t)
 
 
 def check_weights(weights: object, what: str = "weights", *,
@@ -50,7 +55,7 @@ def check_weights(weights: object, what: str = "weights", *,
     if not bool(finite.all()):
         bad = weights[~finite]
         raise ValueError(f"{what} have {bad.numel()} NaN or infinite values "
-                         f"({_describe(bad)})")
+                         f"({describe_values(bad)})")
     if not allow_all_zero and not bool((weights != 0).any()):
         raise ValueError(f"{what} are all zeros: there is nothing to program")
     top = float(weights.detach().abs().amax())

@@ -767,6 +767,25 @@ def _add_repeats_and_seed(p: argparse.ArgumentParser, repeats: int | None, what:
                    help="random seed, 0 .. 2**64 - 1 (default 0)")
 
 
+#: sub-command -> (handler, one-line help, description), in the order ``gpuwpo --help`` lists them
+_COMMANDS = {
+    "optimize": (_cmd_optimize, "find strategies for the layers in a weights file",
+                 "Find a weight-programming strategy per layer (or one global strategy) that "
+                 "beats the baseline converter, and print the per-layer summary."),
+    "evaluate": (_cmd_evaluate, "TNMSE over time: baseline vs optimised",
+                 "Simulate every layer of WEIGHTS programmed with the baseline and with the "
+                 "strategies of RESULTS, and print the weight error (TNMSE) at each time, per "
+                 "layer and overall."),
+    "plot": (_cmd_plot, "figures of a results file (PNG)",
+             "Programming curves and convergence of RESULTS; with --weights also the "
+             "weight-error distributions over time."),
+    "example": (_cmd_example, "train a small MLP on digits and run the whole flow",
+                "Train a 64-64-32-10 MLP on scikit-learn's digits, optimise its layers' "
+                "programming, and print test accuracy at 1 s .. 1 year for the baseline and "
+                "the optimised strategies."),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``gpuwpo`` command (sub-commands optimize, evaluate, plot,
     example)."""
@@ -785,11 +804,12 @@ def build_parser() -> argparse.ArgumentParser:
                   "w, mo, y); default 1,3600,86400,2592000,31536000 (1 s .. 1 year)")
     quiet = dict(action="store_true", help="no progress bar or messages")
     keep = argparse.SUPPRESS
+    commands = {}
+    for name, (func, summary, description) in _COMMANDS.items():
+        commands[name] = sub.add_parser(name, help=summary, description=description)
+        commands[name].set_defaults(func=func)
 
-    p = sub.add_parser("optimize", help="find strategies for the layers in a weights file",
-                       description="Find a weight-programming strategy per layer (or one global "
-                                   "strategy) that beats the baseline converter, and print the "
-                                   "per-layer summary.")
+    p = commands["optimize"]
     p.add_argument("weights", metavar="WEIGHTS",
                    help="weights file: .safetensors, .pt/.pth (state_dict), .npy or .npz")
     p.add_argument("--config", metavar="FILE", default=keep,
@@ -857,12 +877,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-worker", type=int, choices=(0, 1), metavar="G",
                    help="with --ray: 1 runs each worker on a GPU of its own, 0 (default) on CPUs")
     p.add_argument("--quiet", **quiet)
-    p.set_defaults(func=_cmd_optimize)
 
-    p = sub.add_parser("evaluate", help="TNMSE over time: baseline vs optimised",
-                       description="Simulate every layer of WEIGHTS programmed with the baseline "
-                                   "and with the strategies of RESULTS, and print the weight "
-                                   "error (TNMSE) at each time, per layer and overall.")
+    p = commands["evaluate"]
     p.add_argument("results", metavar="RESULTS", help="results file of 'gpuwpo optimize'")
     p.add_argument("weights", metavar="WEIGHTS", help="the weights file it was made for")
     p.add_argument("--times", type=parse_times, default=None, metavar="T,T",
@@ -872,30 +888,22 @@ def build_parser() -> argparse.ArgumentParser:
                                "standard errors)", at_least_two=True)
     _add_physics_flags(p, recorded=True)
     p.add_argument("--quiet", **quiet)
-    p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("plot", help="figures of a results file (PNG)",
-                       description="Programming curves and convergence of RESULTS; with "
-                                   "--weights also the weight-error distributions over time.")
+    p = commands["plot"]
     p.add_argument("results", metavar="RESULTS", help="results file of 'gpuwpo optimize'")
     p.add_argument("--out", required=True, metavar="DIR", help="directory for the PNG files")
     p.add_argument("--weights", metavar="WEIGHTS", help="the weights file (for weight errors)")
     _add_repeats_and_seed(p, 3, "programmings pooled in each weight-error histogram")
     _add_physics_flags(p, recorded=True)
-    p.set_defaults(func=_cmd_plot)
 
-    p = sub.add_parser("example", help="train a small MLP on digits and run the whole flow",
-                       description="Train a 64-64-32-10 MLP on scikit-learn's digits, optimise "
-                                   "its layers' programming, and print test accuracy at 1 s .. "
-                                   "1 year for the baseline and the optimised strategies.")
+    p = commands["example"]
     p.add_argument("--quick", action="store_true", help="a tiny budget (seconds; for tests)")
     p.add_argument("--out", metavar="DIR", help="write the results and figures into DIR")
     _add_repeats_and_seed(p, None, "noise repeats per time and strategy (default 10, quick 3)")
     p.add_argument("--backend", default="torch", help="search backend (default torch)")
     _add_physics_flags(p, recorded=False)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=_cmd_example)
-    parser.commands = sub.choices  # name -> sub-parser: main() points errors to its --help
+    parser.commands = commands  # name -> sub-parser: main() points errors to its --help
     return parser
 
 

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .checks import check_weights
+from .checks import check_weights, describe_values
 from .registry import Serializable
 
 __all__ = [
@@ -71,12 +71,14 @@ _INVERTIBILITY_ATOL = 1e-4
 # --------------------------------------------------------------------------------------------
 
 
+def _shape_and_range(t: Tensor) -> str:
+    """A large tensor in an error message: its shape, min and max."""
+    return f"tensor of shape {tuple(t.shape)} with min {t.min().item()} and max {t.max().item()}"
+
+
 def _describe(t: Tensor) -> str:
     """Short text for an error message: the values of a small tensor, or its range."""
-    t = t.detach()
-    if t.numel() <= 8:
-        return str(t.cpu().tolist())
-    return f"tensor of shape {tuple(t.shape)} with min {t.min().item()} and max {t.max().item()}"
+    return describe_values(t, 8, _shape_and_range)
 
 
 def _check_conductance_range(g_min: float, g_max: float) -> tuple[float, float]:

@@ -391,6 +391,24 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"holds {name}, which is not a number (JSON has no {name})")
 
 
+def _existing_file(path: str | os.PathLike, what: str) -> Path:
+    """``path`` as a :class:`Path` once it names an existing regular file (``what``: "results
+    file", "weights file", used in the messages).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: a directory, or not a regular file (a device or a pipe).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory, not a {what}")
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{path} is not a regular file (a device or a pipe?), not a {what}")
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} at {path}")
+    return path
+
+
 def _read_json(path: Path, what: str) -> Any:
     """The JSON document in ``path``, or a ValueError in gpuwpo's words naming the file."""
     size = path.stat().st_size
@@ -426,14 +444,7 @@ def load_result(path: str | os.PathLike) -> NetworkResult:
         ValueError: not JSON, not a gpuwpo results file, a version this gpuwpo cannot read, or
             a missing/malformed field (the message names the file and the field).
     """
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{path} is a directory, not a results file")
-    if path.exists() and not path.is_file():
-        raise ValueError(f"{path} is not a regular file (a device or a pipe?), not a results "
-                         f"file")
-    if not path.is_file():
-        raise FileNotFoundError(f"no results file at {path}")
+    path = _existing_file(path, "results file")
     data = _read_json(path, "results file")
     if not isinstance(data, Mapping) or data.get("format") != RESULT_FORMAT:
         found = data.get("format") if isinstance(data, Mapping) else type(data).__name__
@@ -784,14 +795,7 @@ def load_weights(path: str | os.PathLike) -> dict[str, Tensor]:
         ValueError: an unknown extension, an unreadable, truncated or damaged file, or content
             that is not named numeric tensors (one line naming the file, in gpuwpo's words).
     """
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{path} is a directory, not a weights file")
-    if path.exists() and not path.is_file():
-        raise ValueError(f"{path} is not a regular file (a device or a pipe?), not a weights "
-                         f"file")
-    if not path.is_file():
-        raise FileNotFoundError(f"no weights file at {path}")
+    path = _existing_file(path, "weights file")
     ext = path.suffix.lower()
     loaders = {".safetensors": _load_safetensors, ".pt": _load_pt, ".pth": _load_pt,
                ".npy": _load_npy, ".npz": _load_npz}

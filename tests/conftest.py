@@ -16,3 +16,11 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip_cuda)
+
+
+@pytest.fixture
+def keep_threads():
+    # The bench scripts set torch's thread count; restore it for the tests that follow.
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

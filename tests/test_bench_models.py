@@ -7,35 +7,17 @@ module (fixtures). No timing is asserted.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-
-
-def _load(name: str):
-    # By path, as tests/test_bench_scripts.py does; the scripts put the repository root on
-    # sys.path themselves (they import bench.common). Registered under its name while it runs:
-    # dataclasses look their module up in sys.modules.
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[spec.name]
-        raise
-    return module
+from tests._bench import BENCH, load_script, script_help
 
 
 @pytest.fixture(scope="module")
 def models():
-    return _load("models")
+    return load_script("models")
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +28,6 @@ def mlp(models):
 @pytest.fixture(scope="module")
 def cnn(models):
     return models.digits_cnn(seed=0)
-
-
-@pytest.fixture
-def keep_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -163,7 +138,7 @@ def _check_record(written: dict, model_names: list[str], physics: list[str]) -> 
 
 
 def test_accuracy_benchmark_quick(tmp_path, capsys, keep_threads):
-    accuracy = _load("accuracy")
+    accuracy = load_script("accuracy")
     record = accuracy.main(["--quick", "--models", "digits_mlp", "--physics", "device",
                             "--out-dir", str(tmp_path)])
     files = sorted(tmp_path.glob("accuracy-*.json"))
@@ -178,18 +153,13 @@ def test_accuracy_benchmark_quick(tmp_path, capsys, keep_threads):
 @pytest.mark.slow
 def test_accuracy_benchmark_quick_defaults(tmp_path, keep_threads):
     # Both networks, both physics: what `python bench/accuracy.py --quick` runs.
-    record = _load("accuracy").main(["--quick", "--out-dir", str(tmp_path)])
+    record = load_script("accuracy").main(["--quick", "--out-dir", str(tmp_path)])
     written = json.loads(json.dumps({"benchmark": "accuracy", **record}))
     _check_record(written, ["digits_cnn", "digits_mlp"], ["device", "aihwkit"])
 
 
 @pytest.mark.slow
-def test_accuracy_script_runs_as_module_and_as_file_help():
-    import subprocess
-
-    root = BENCH.parent
-    for args in (["-m", "bench.accuracy", "--help"], [str(BENCH / "accuracy.py"), "--help"]):
-        done = subprocess.run([sys.executable, *args], cwd=root, capture_output=True,
-                              text=True, timeout=120)
-        assert done.returncode == 0, done.stderr
-        assert "--repeats" in done.stdout and "--out-dir" in done.stdout
+@pytest.mark.parametrize("args", [("-m", "bench.accuracy"), (str(BENCH / "accuracy.py"),)])
+def test_accuracy_script_runs_as_module_and_as_file_help(args):
+    text = script_help(*args)
+    assert "--repeats" in text and "--out-dir" in text

@@ -7,32 +7,13 @@ used. No timing is asserted: timing belongs in bench/, and this machine is share
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-
-
-def _load(name: str):
-    # By path: the repository root need not be on sys.path when pytest runs. The scripts put
-    # it there themselves (they import bench.common).
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture
-def keep_threads():
-    # The scripts set torch's thread count; restore it for the tests that follow.
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
+from tests._bench import BENCH, load_script, script_help
 
 
 def _read_single_json(directory: Path, prefix: str) -> dict:
@@ -47,7 +28,7 @@ MACHINE_KEYS = {"name", "cpu_model", "cpu_cores", "ram_gib", "gpu", "gpu_memory_
 
 
 def test_machine_info_has_no_hostname_and_a_file_safe_name():
-    common = _load("common")
+    common = load_script("common")
     info = common.machine_info()
     assert MACHINE_KEYS <= set(info)
     assert {"torch", "triton", "scipy", "evotorch", "gpuwpo"} <= set(info["versions"])
@@ -61,7 +42,7 @@ def test_machine_info_has_no_hostname_and_a_file_safe_name():
 
 
 def test_short_name_keeps_vendor_and_family():
-    common = _load("common")
+    common = load_script("common")
     assert common._short_name("x", 8, "NVIDIA H100 80GB HBM3") == "nvidia-h100"
     assert common._short_name("x", 8, "NVIDIA H200") == "nvidia-h200"
     assert common._short_name("AMD EPYC 7B13 64-Core Processor", 2, None) == "cpu-2core-amd-epyc"
@@ -70,7 +51,7 @@ def test_short_name_keeps_vendor_and_family():
 
 
 def test_write_results_embeds_machine_and_replaces_atomically(tmp_path):
-    common = _load("common")
+    common = load_script("common")
     path = common.write_results("demo", {"value": 1}, tmp_path)
     assert path.parent == tmp_path and path.name.startswith("demo-")
     first = json.loads(path.read_text())
@@ -85,7 +66,7 @@ def test_write_results_embeds_machine_and_replaces_atomically(tmp_path):
 
 
 def test_markdown_table_shape_alignment_and_cells():
-    common = _load("common")
+    common = load_script("common")
     text = common.markdown_table(
         [{"a": "x|y", "b": 1.234567, "c": True}, {"a": "z", "b": "2.5", "c": None}],
         ["a", ("b", "B value"), "c"])
@@ -98,7 +79,7 @@ def test_markdown_table_shape_alignment_and_cells():
 
 def _run_quick(name: str, tmp_path: Path) -> dict:
     """Run a benchmark's main with --quick into tmp_path; the record it wrote, checked."""
-    record = _load(name).main(["--quick", "--out-dir", str(tmp_path)])
+    record = load_script(name).main(["--quick", "--out-dir", str(tmp_path)])
     written = _read_single_json(tmp_path, name)
     assert written == json.loads(json.dumps({"benchmark": name, **record}))
     assert written["quick"] is True and "REDUCED" in written["budget_note"]
@@ -150,7 +131,7 @@ def test_network_benchmark_quick(tmp_path, capsys, keep_threads):
 
 
 def test_bert_shaped_weights_full_layout_and_determinism():
-    network = _load("network")
+    network = load_script("network")
     # Shapes only (small hidden size), but the full BERT-base layout: 12 blocks x 6 + pooler.
     ws = network.bert_shaped_weights(hidden=8, intermediate=32, seed=3)
     assert len(ws) == 73
@@ -167,22 +148,16 @@ def test_bert_shaped_weights_full_layout_and_determinism():
 
 
 @pytest.mark.slow
-def test_scripts_run_as_module_and_as_file_help():
+@pytest.mark.parametrize("args", [("-m", "bench.search"), (str(BENCH / "network.py"),)])
+def test_scripts_run_as_module_and_as_file_help(args):
     # Both invocation styles must at least import and parse (--help exits 0).
-    import subprocess
-
-    root = BENCH.parent
-    for args in (["-m", "bench.search", "--help"], [str(BENCH / "network.py"), "--help"]):
-        done = subprocess.run([sys.executable, *args], cwd=root, capture_output=True,
-                              text=True, timeout=120)
-        assert done.returncode == 0, done.stderr
-        assert "--out-dir" in done.stdout
+    assert "--out-dir" in script_help(*args)
 
 
 def test_judge_quick(tmp_path, keep_threads):
     pytest.importorskip("aihwkit")
     out = tmp_path / "judge.json"
-    record = _load("judge").main(["--quick", "--out", str(out)])
+    record = load_script("judge").main(["--quick", "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps({"benchmark": "judge",
                                                                    **record}))
     assert [r["readout"] for r in record["runs"]] == ["ideal", "default"]
@@ -197,7 +172,7 @@ def test_judge_quick(tmp_path, keep_threads):
 def test_dropin_quick(tmp_path, keep_threads):
     pytest.importorskip("aihwkit")
     out = tmp_path / "dropin.json"
-    record = _load("dropin").main(["--quick", "--out", str(out)])
+    record = load_script("dropin").main(["--quick", "--out", str(out)])
     assert json.loads(out.read_text()) == json.loads(json.dumps({"benchmark": "dropin",
                                                                    **record}))
     names = [r["strategy"] for r in record["rows"]]

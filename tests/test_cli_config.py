@@ -6,16 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 import gpuwpo
 from gpuwpo.cli import main, make_compensation, parse_baseline, parse_g_range
 from gpuwpo.io import load_result, physics_from_settings
 from gpuwpo.registry import from_dict, registered, to_dict
-
-TINY = ["--popsize", "2", "--maxiter", "2", "--test-size", "16", "4",
-        "--baseline-iterations", "2", "--validation-repeats", "2", "--times", "1,1d", "--quiet",
-        "--device", "cpu"]
+from tests._cli import TINY, write_two_layer_weights
 
 TABLE = {"g_lst": [0.0, 5.0, 12.0, 30.0], "nu_mean_lst": [0.1, 0.07, 0.05, 0.04],
          "nu_std_lst": [0.03, 0.02, 0.02, 0.01]}
@@ -37,12 +33,7 @@ EVERY_CLASS = [
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-    d = tmp_path_factory.mktemp("w")
-    gen = torch.Generator().manual_seed(0)
-    path = d / "net.pt"
-    torch.save({"fc1.weight": torch.randn(8, 16, generator=gen) * 0.3,
-                "fc2.weight": torch.randn(4, 8, generator=gen) * 0.3}, path)
-    return path
+    return write_two_layer_weights(tmp_path_factory.mktemp("w"))
 
 
 # ------------------------------------------------------------------------------------------

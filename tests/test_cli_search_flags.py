@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from gpuwpo.cli import main
 from gpuwpo.io import load_result
-
-TINY = ["--popsize", "2", "--maxiter", "2", "--test-size", "16", "4",
-        "--baseline-iterations", "2", "--validation-repeats", "2", "--times", "1,1d", "--quiet",
-        "--device", "cpu"]
+from tests._cli import TINY, write_two_layer_weights
 
 
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
-    d = tmp_path_factory.mktemp("w")
-    gen = torch.Generator().manual_seed(0)
-    path = d / "net.pt"
-    torch.save({"fc1.weight": torch.randn(8, 16, generator=gen) * 0.3,
-                "fc2.weight": torch.randn(4, 8, generator=gen) * 0.3}, path)
-    return path
+    return write_two_layer_weights(tmp_path_factory.mktemp("w"))
 
 
 def test_defaults_seed_the_search_and_search_layers_directly(weights, tmp_path):

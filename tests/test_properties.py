@@ -209,6 +209,32 @@ def _write(workdir: Path, name: str, data: bytes) -> Path:
     return path
 
 
+def _load_or_refuse(loader, path: Path, name: str):
+    """What ``loader`` reads from ``path``, or None when it refuses the file with the clean
+    error; the outcome is counted under ``name``."""
+    try:
+        loaded = loader(path)
+    except Exception as err:  # noqa: BLE001 - the property: only the clean error
+        _clean_error(err, path)
+        _count(name, "refused")
+        return None
+    _count(name, "loaded")
+    return loaded
+
+
+#: optimize arguments that select no layer: nothing is searched, nothing written
+NO_LAYER = ["--include", "^no such layer$"]
+
+
+def _optimize_small_with(flag: str, path: Path, workdir: Path, originals) -> None:
+    """``optimize small.pt FLAG PATH`` (--config, --resume) exits 2 with one line and leaves
+    small.pt as it was."""
+    weights = workdir / "small.pt"
+    weights.write_bytes(originals["small.pt"])
+    _one_line_exit_2(["optimize", str(weights), flag, str(path), *NO_LAYER], path)
+    assert weights.read_bytes() == originals["small.pt"]
+
+
 WEIGHT_FILES = ["w.npy", "w.npz", "z.npz", "w.pt", "w.safetensors"]
 
 
@@ -218,19 +244,14 @@ def test_damaged_weight_files_load_or_are_refused_cleanly(originals, workdir, na
     @given(data=byte_mutations(originals[name]))
     def check(data):
         path = _write(workdir, f"mutated-{name}", data)
-        try:
-            weights = load_weights(path)
-        except Exception as err:  # noqa: BLE001 - the property: only the clean error
-            _clean_error(err, path)
-            _count(name, "refused")
-        else:
-            _count(name, "loaded")
+        weights = _load_or_refuse(load_weights, path, name)
+        if weights is not None:
             assert weights and all(isinstance(t, torch.Tensor) and not t.is_complex()
                                    and t.dtype != torch.bool for t in weights.values())
         assert path.read_bytes() == data, "the loader changed its input"
         # Through the command line: exit 2, one line, whether it loads (then nothing matches
         # the pattern) or not; nothing is searched, nothing written.
-        _one_line_exit_2(["optimize", str(path), "--include", "^no such layer$"], path)
+        _one_line_exit_2(["optimize", str(path), *NO_LAYER], path)
         assert path.read_bytes() == data
 
     check()
@@ -243,13 +264,8 @@ def test_damaged_results_files_load_or_are_refused_cleanly(originals, workdir):
     @given(data=st.one_of(json_mutations(document), byte_mutations(originals["r.json"])))
     def check(data):
         path = _write(workdir, "mutated.json", data)
-        try:
-            result = load_result(path)
-        except Exception as err:  # noqa: BLE001
-            _clean_error(err, path)
-            _count("r.json", "refused")
-        else:
-            _count("r.json", "loaded")
+        result = _load_or_refuse(load_result, path, "r.json")
+        if result is not None:
             # What loads is usable: it summarises, its settings rebuild or are refused
             # cleanly, and it saves again (finite numbers only).
             assert result.summary()
@@ -261,11 +277,8 @@ def test_damaged_results_files_load_or_are_refused_cleanly(originals, workdir):
                 except Exception as err:  # noqa: BLE001
                     _clean_error(err, path)
         assert path.read_bytes() == data
-        weights = workdir / "small.pt"
-        weights.write_bytes(originals["small.pt"])
-        _one_line_exit_2(["optimize", str(weights), "--config", str(path), "--include",
-                          "^no such layer$"], path)
-        assert path.read_bytes() == data and weights.read_bytes() == originals["small.pt"]
+        _optimize_small_with("--config", path, workdir, originals)
+        assert path.read_bytes() == data
 
     check()
 
@@ -275,19 +288,11 @@ def test_damaged_checkpoints_load_or_are_refused_cleanly(originals, workdir):
     @given(data=byte_mutations(originals["run.ckpt"]))
     def check(data):
         path = _write(workdir, "mutated.ckpt", data)
-        try:
-            checkpoint = read_checkpoint(path)
-        except Exception as err:  # noqa: BLE001
-            _clean_error(err, path)
-            _count("run.ckpt", "refused")
-        else:
-            _count("run.ckpt", "loaded")
+        checkpoint = _load_or_refuse(read_checkpoint, path, "run.ckpt")
+        if checkpoint is not None:
             assert isinstance(checkpoint.fingerprint, dict) and checkpoint.stages
         assert path.read_bytes() == data
-        weights = workdir / "small.pt"
-        weights.write_bytes(originals["small.pt"])
-        _one_line_exit_2(["optimize", str(weights), "--resume", str(path), "--include",
-                          "^no such layer$"], path)
+        _optimize_small_with("--resume", path, workdir, originals)
         assert path.read_bytes() == data
 
     check()
