@@ -4,9 +4,11 @@ Importing gpuwpo imports torch, which takes seconds; a Ctrl-C in that time would
 the traceback of whatever import it interrupted. When (and only when) this process is the
 ``gpuwpo`` command (the console script, or ``python -m gpuwpo``), the first thing gpuwpo's
 ``__init__`` does is to install a SIGINT handler that prints ``gpuwpo: interrupted`` and exits
-with status 130 at once (nothing has been written yet). :func:`gpuwpo.cli.main` puts Python's
-own handler back once everything is imported, and from then on handles KeyboardInterrupt
-itself. A library user's process is never touched.
+with status 130 at once (nothing has been written yet). :func:`gpuwpo.cli.main` replaces it,
+once everything is imported, with a handler that raises KeyboardInterrupt as Python's does and
+records that it did, and from then on handles KeyboardInterrupt itself (and any error that an
+interrupt turned into, such as an interrupted import's). A library user's process is never
+touched.
 """
 
 from __future__ import annotations
@@ -48,11 +50,26 @@ def install() -> None:
         signal.signal(signal.SIGINT, _interrupted)
 
 
+#: True once Ctrl-C has reached the command line after start-up (:func:`uninstall`).
+interrupted = False
+
+
+def _raise_and_record(signum, frame) -> None:  # noqa: ARG001 - the signal handler's signature
+    global interrupted
+    interrupted = True
+    raise KeyboardInterrupt
+
+
 def uninstall() -> None:
-    """Python's own SIGINT handler (KeyboardInterrupt) again, if :func:`install` replaced it."""
+    """After start-up, if :func:`install` replaced Python's SIGINT handler: a handler that raises
+    KeyboardInterrupt as Python's does and records in :data:`interrupted` that it did.
+
+    Ctrl-C that lands while an extension module initialises (a lazy import mid-search) can come
+    out as another error (``ImportError: initialization failed``); the command line reads the
+    record to report it as the interruption it was."""
     if threading.current_thread() is threading.main_thread() and \
             signal.getsignal(signal.SIGINT) is _interrupted:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGINT, _raise_and_record)
 
 
 install()

@@ -931,11 +931,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.commands.get(args.command, parser).error(
                 f"unrecognized arguments: {' '.join(extra)}")
         return int(args.func(args))
-    except _USER_ERRORS as err:
-        sys.stderr.write(f"gpuwpo: error: {_one_line(err)}\n")
-        return 2
     except KeyboardInterrupt:
         return _interrupted()
+    except _USER_ERRORS as err:
+        if _startup.interrupted:  # Ctrl-C that surfaced as another error (gpuwpo._startup)
+            return _interrupted()
+        sys.stderr.write(f"gpuwpo: error: {_one_line(err)}\n")
+        return 2
+    except Exception:
+        if _startup.interrupted:
+            return _interrupted()
+        raise
 
 
 def run() -> None:

@@ -568,6 +568,20 @@ def test_ctrl_c_while_starting_exits_130_with_one_line(files):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("interrupted, status", [(True, 130), (False, 2)])
+def test_an_error_after_ctrl_c_is_reported_as_the_interruption(monkeypatch, tmp_path, capsys,
+                                                               interrupted, status):
+    # Ctrl-C landing in an extension module's initialisation can surface as ImportError
+    # ("initialization failed"): once the handler has recorded the interrupt, any error is it.
+    from gpuwpo import _startup, cli
+
+    monkeypatch.setattr(_startup, "interrupted", interrupted)
+    assert cli.main(["optimize", str(tmp_path / "missing.pt")]) == status
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "gpuwpo: interrupted" if interrupted else err[-1].startswith(
+        "gpuwpo: error:")
+
+
 def test_ctrl_c_during_the_search_exits_130_and_keeps_the_old_results(files, tmp_path):
     out = tmp_path / "r.json"
     out.write_bytes(files["results"].read_bytes())
