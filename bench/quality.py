@@ -32,7 +32,9 @@ Run:  python bench/quality.py [--problems synthetic digits_mlp] [--physics devic
                               [--methods reference tuned ...] [--budget 20000]
       python -m bench.quality ...
 Writes bench/results/quality-<machine>.json and a PNG of the curves beside it (``--out-dir``
-elsewhere), and prints a markdown table of the reduction at each budget.
+elsewhere), and prints a markdown table of the reduction at each budget. While it runs, every
+finished curve is also kept in quality.partial-<machine>.json (removed at the end), so that a
+run stopped midway keeps what it finished (``--merge`` reads it).
 """
 
 from __future__ import annotations
@@ -311,6 +313,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                        "records": [r for run in runs for r in run["records"]]})
         return _write(args, merged)
     records = []
+    out_dir = args.out_dir or common.RESULTS_DIR
+    partial = None
     for problem in args.problems:
         layers = problem_layers(problem, args.seed)
         for physics in args.physics:
@@ -324,11 +328,23 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 print(f"{problem:>11} {physics:>7} {method:>32}: "
                       f"{100 * last['reduction']:6.1f} % at {last['candidates']} candidates "
                       f"({record['search_wall_s']:.0f} s)", flush=True)
-    payload = {"budget": args.budget, "repeats": args.repeats, "quick": args.quick,
-               "overrides": {k: (list(v) if isinstance(v, tuple) else v)
-                             for k, v in overrides.items()},
-               "t_steps": list(T_STEPS), "f_lst": list(F_LST), "records": records}
-    return _write(args, payload)
+                # Every finished curve is kept at once: a run stopped later loses only the
+                # curve it was drawing (the partial file can be --merge'd like a whole one).
+                partial = common.write_results(f"{args.name}.partial",
+                                               _payload(args, overrides, records), out_dir)
+    payload = _payload(args, overrides, records)
+    written = _write(args, payload)
+    if partial is not None:
+        partial.unlink(missing_ok=True)
+    return written
+
+
+def _payload(args, overrides: dict[str, Any], records: list[dict]) -> dict[str, Any]:
+    """The results file's content: the run's settings and its curves so far."""
+    return {"budget": args.budget, "repeats": args.repeats, "quick": args.quick,
+            "overrides": {k: (list(v) if isinstance(v, tuple) else v)
+                          for k, v in overrides.items()},
+            "t_steps": list(T_STEPS), "f_lst": list(F_LST), "records": records}
 
 
 def _write(args, payload: dict[str, Any]) -> dict[str, Any]:

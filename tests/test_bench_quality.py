@@ -31,3 +31,22 @@ def test_quality_curves_quick(tmp_path, capsys):
     unseeded = payload["records"][1]["curve"][0]["reduction"]
     assert seeded > unseeded
     assert "| synthetic | device | tuned |" in capsys.readouterr().out
+    assert not list(tmp_path.glob("*.partial-*"))  # a finished run leaves only its results
+
+
+def test_finished_curves_survive_an_interrupted_run(tmp_path, monkeypatch):
+    def one_curve_then_interrupted(layers, method, physics, **kwargs):
+        if done:
+            raise KeyboardInterrupt
+        done.append(method)
+        return {"method": method, "physics": physics, "search_wall_s": 0.0,
+                "curve": [{"candidates": 10, "at": 10, "reduction": 0.1, "se": 0.0}]}
+
+    done: list[str] = []
+    monkeypatch.setattr(quality, "run_curve", one_curve_then_interrupted)
+    monkeypatch.setattr(quality, "problem_layers", lambda problem, seed: {})
+    with pytest.raises(KeyboardInterrupt):
+        quality.main(["--problems", "synthetic", "--physics", "device", "--methods", "tuned",
+                      "scipy", "--out-dir", str(tmp_path)])
+    [partial] = tmp_path.glob("quality.partial-*.json")
+    assert [r["method"] for r in json.loads(partial.read_text())["records"]] == ["tuned"]
