@@ -107,6 +107,8 @@ DEFAULT_METHODS = ("reference", "reference-unseeded", "tuned", "tuned-unseeded",
 PROBLEMS = ("synthetic", "digits_mlp", "digits_cnn")
 #: Candidates per layer at which the table reports the curves.
 CHECKPOINTS = (500, 1000, 2000, 5000, 10000, 20000, 50000, 100000)
+#: A run with at most this many generations has each of them judged, not only the checkpoints.
+MAX_JUDGED_GENERATIONS = 12
 
 
 def synthetic_layers(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -173,8 +175,12 @@ def run_curve(layers: Mapping[str, torch.Tensor], method: str, physics: str, *, 
                                                                        options["popsize"]))
     else:
         per_layer_points = [(nfev // B, x) for nfev, x in snapshots]
-    # Judge the best point at each checkpoint (and the last), all on the same noise.
-    wanted = sorted({c for c in CHECKPOINTS if c <= budget} | {per_layer_points[-1][0]})
+    # Judge the best point at each checkpoint (and the last), all on the same noise; a run of
+    # few, large generations (a 100 x D population) has every generation judged instead.
+    wanted = {c for c in CHECKPOINTS if c <= budget} | {per_layer_points[-1][0]}
+    if len(per_layer_points) <= MAX_JUDGED_GENERATIONS:
+        wanted |= {p[0] for p in per_layer_points}
+    wanted = sorted(wanted)
     curve = []
     for target in wanted:
         below = [p for p in per_layer_points if p[0] <= target]
