@@ -35,9 +35,8 @@ writes and tests its kernel.
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -216,21 +215,6 @@ class DeviceModel(Serializable):
         g_prog = self.program(prepared, z_prog, generator)
         nu = self.drift_coefficients(prepared, z_drift, generator)
         return g_prog, self.drift_and_read(g_prog, nu, t_inference, z_read, generator)
-
-
-def _fused_form_of(generic: Callable) -> Callable:
-    """Decorator of a hot-path method of a model with a fused hot path: the decorated method is
-    the fused form of ``generic`` (:class:`DeviceModel`'s method of the same name), and runs
-    only while ``self._fast_path()`` holds; otherwise ``generic`` runs with the same arguments.
-    """
-    def decorate(fused: Callable) -> Callable:
-        @functools.wraps(fused)
-        def method(self, *args, **kwargs):
-            if not self._fast_path():
-                return generic(self, *args, **kwargs)
-            return fused(self, *args, **kwargs)
-        return method
-    return decorate
 
 
 class PCMLikeNoiseModel(DeviceModel):
@@ -465,25 +449,28 @@ class PCMLikeNoiseModel(DeviceModel):
             _FAST_PATH_CACHE[cls] = ok
         return ok
 
-    @_fused_form_of(DeviceModel.prepare_targets)
     def prepare_targets(self, g_target: torch.Tensor) -> PreparedTargets:
         """Per-target quantities for all time steps: targets, programming std, drift mu/sigma."""
+        if not self._fast_path():
+            return DeviceModel.prepare_targets(self, g_target)
         g = _as_float_tensor(g_target)
         mu, sigma = self.drift_mean_std(g)
         return PreparedTargets(g, self.prog_noise_scale * self.programming_noise_std(g), mu, sigma)
 
-    @_fused_form_of(DeviceModel.program)
     def program(self, prepared: PreparedTargets, z: torch.Tensor | None = None,
                 generator: torch.Generator | None = None) -> torch.Tensor:
         """``g_p = max(0, g + prog_noise_scale * sigma_prog(g) * z)``, fused."""
+        if not self._fast_path():
+            return DeviceModel.program(self, prepared, z, generator)
         g = prepared.g_target
         z = _normal(g.shape, g, generator, z)
         return torch.addcmul(g, prepared.prog_std, z).clamp_(min=0.0)
 
-    @_fused_form_of(DeviceModel.drift_coefficients)
     def drift_coefficients(self, prepared: PreparedTargets, z: torch.Tensor | None = None,
                            generator: torch.Generator | None = None) -> torch.Tensor:
         """``nu = |mu(g) + sigma(g) z| * drift_scale``, fused."""
+        if not self._fast_path():
+            return DeviceModel.drift_coefficients(self, prepared, z, generator)
         g = prepared.g_target
         z = _normal(g.shape, g, generator, z)
         nu = torch.addcmul(prepared.drift_mu, prepared.drift_sigma, z).abs_()
