@@ -509,8 +509,13 @@ class PCMLikeNoiseModel(DeviceModel):
         # c = 0.0088 g_max^0.65: where the floor 1e-3 engages, 0.0088 / 1e-3 = 8.8 is capped at
         # 0.2 anyway. g_t = max(0, g_d + |g_d| s Q z) = max(0, g_d (1 + s c q z)) as g_d >= 0.
         c = 0.0088 * self.g_max**0.65
-        # exp(-0.65 ln g) is faster than pow on the CPU; g = 0 gives inf, capped.
-        q = _into(torch.log(g).mul_(-0.65).exp_().clamp_(max=_Q_MAX / c), z, shape)
+        # exp(-0.65 ln g) is faster than pow on the CPU. Below g_cap = (c / 0.2)^(1 / 0.65) the
+        # cap engages, so g is floored at half of it first: the same q everywhere, and no
+        # log(0) = -inf or exp(inf), which the CPU's vector log and exp take a slow path for
+        # (many programmed conductances are exactly 0).
+        g_floor = 0.5 * (c / _Q_MAX) ** (1.0 / 0.65)
+        q = _into(torch.clamp(g, min=g_floor).log_().mul_(-0.65).exp_().clamp_(max=_Q_MAX / c),
+                  z, shape)
         g_t = q.mul_(read_factor * (self.read_noise_scale * c)).add_(1.0)
         return _into(g_t, g_d, shape).clamp_(min=0.0)
 

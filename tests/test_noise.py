@@ -106,10 +106,14 @@ def test_drift_coefficients_match_formula(kwargs, coeff, g_max, g_ref):
 def test_drift_and_read_noise_match_formula(kwargs, coeff, g_max, g_ref, t):
     model = PCMLikeNoiseModel(**kwargs)
     rng = np.random.default_rng(3)
-    g_p = np.array(G_VALUES + [g_max])
+    # Around g_cap = g_max (0.044)^(1/0.65), below which Q is capped (the fused path floors
+    # g at half of it before its logarithm): on both sides of the cap and of the floor.
+    g_cap = g_max * 0.044 ** (1 / 0.65)
+    g_p = np.array(G_VALUES + [g_max] + [g_cap * k for k in (0.3, 0.49, 0.51, 0.9, 0.999,
+                                                              1.001, 1.1, 2.0)])
     nu = rng.uniform(0.0, 0.6, g_p.size)  # large nu: Q from g_p and from g_d would differ
     z = rng.standard_normal(g_p.size)
-    z[-2] = -200.0  # drive one conductance below zero: the final clamp must engage
+    z[len(G_VALUES) - 1] = -200.0  # drive one conductance below zero: the final clamp must engage
     expected = [
         ref_drift(gi, ni, t, zi, g_max, model.t_0, model.t_read, model.read_noise_scale)
         for gi, ni, zi in zip(g_p, nu, z)
@@ -248,6 +252,11 @@ def test_prepared_step_equals_the_three_methods():
     ):
         gen = torch.Generator().manual_seed(9)
         g = torch.rand(2, 4, 16, generator=gen, dtype=torch.float64) * 30.0
+        # Zeros, and both sides of g_cap (below it Q is capped; the fused path floors g at
+        # half of it before its logarithm) and of that floor.
+        g_cap = model.g_max * 0.044 ** (1 / 0.65)
+        g.view(-1)[:10] = torch.tensor([0.0, 0.0, 1e-9, 0.3 * g_cap, 0.49 * g_cap, 0.51 * g_cap,
+                                        0.9 * g_cap, 0.999 * g_cap, 1.001 * g_cap, 2 * g_cap])
         z1, z2, z3 = (torch.randn(2, 4, 16, generator=gen, dtype=torch.float64) for _ in range(3))
         prepared = model.prepare_targets(g)
         for t in (0.0, 3600.0):
