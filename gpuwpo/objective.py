@@ -21,7 +21,7 @@ from .compensation import GlobalDriftCompensation, kernel_compensation
 from .converters import interpolate_programs
 from .noise import kernel_physics
 from .physics import ProgramTiles, check_physics, program_and_read
-from .reduction import default_memory_budget, error_gain, plan_chunks, scaled_weight_error
+from .reduction import chunk_budgets, error_gain, plan_chunks, scaled_weight_error
 from .rng import draw_seed, keyed_generator, make_generator
 from .simulate import NOISE_BLOCK, DeviceNoise, as_time_tensor, converter_errors, keyed_noise
 from .tiles import DEFAULT_TILE, TestTile
@@ -138,8 +138,8 @@ def tnmse_from_programs(
         readout_noise: explicit readout-periphery draws (reference, time t), each broadcastable
             to [B, P, T, N].
         memory_budget: bytes the chunked computation may use at a time (default
-            :func:`gpuwpo.reduction.default_memory_budget`: half the free memory on CUDA,
-            cache-sized on the CPU).
+            :func:`gpuwpo.reduction.chunk_budgets`: half the free memory on CUDA; on the CPU
+            a cache-sized part per layer, several layers stacked in one chunk).
         compiled: run each chunk through ``torch.compile`` (same formulas, fused passes).
         layer_ids: [B] ids that key each layer's noise streams (default 0..B-1), so that a
             subset of a network's layers is evaluated with exactly the noise it would get in
@@ -168,8 +168,7 @@ def tnmse_from_programs(
     gen = make_generator(generator, device)
     noisy_readout = compensation.readout_noise > 0
 
-    if memory_budget is None:
-        memory_budget = default_memory_budget(device, compiled=compiled)
+    memory_budget, item_budget = chunk_budgets(device, memory_budget, compiled=compiled)
     # Explicit draws may be any shape that broadcasts to [B, P, T, 2K, N] (readout: [B, P, T, N]);
     # the chunks below index the candidate and time axes by position, so give them all their
     # dimensions (views, nothing is copied).
@@ -185,7 +184,7 @@ def tnmse_from_programs(
     layer_chunk, chunk = plan_chunks(
         1 if compensation.bound_management else B, P,
         bytes_per_item=(_LIVE_TENSORS + (3 * T if independent else 0)) * R * N
-        * g_lst.element_size(), memory_budget=int(memory_budget),
+        * g_lst.element_size(), memory_budget=memory_budget, item_budget=item_budget,
         align=NOISE_BLOCK if independent or fresh_readout else 1)
 
     crn_device = noise is None and common_random_numbers

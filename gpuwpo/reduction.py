@@ -14,12 +14,18 @@ import torch
 from torch import Tensor
 
 __all__ = ["weight_error", "error_gain", "scaled_weight_error", "plan_chunks",
-           "default_memory_budget", "CPU_MEMORY_BUDGET"]
+           "default_memory_budget", "chunk_budgets", "CPU_MEMORY_BUDGET",
+           "CPU_LAYERS_BUDGET"]
 
-#: Bytes the CPU works on at a time. Chunks are kept cache-sized: elementwise passes over data
-#: that stays in cache are several times faster than passes over main memory. A measured choice
-#: (bench/README.md, "memory budget"); torch.compile's fused loops prefer 8x larger chunks.
+#: Bytes of one layer's candidates the CPU works on at a time. Kept cache-sized: elementwise
+#: passes over data that stays in cache are several times faster than passes over main memory.
+#: A measured choice (bench/README.md, "memory budget"); torch.compile's fused loops prefer 8x
+#: larger chunks.
 CPU_MEMORY_BUDGET = 2 * 2**20
+#: Bytes of a whole chunk on the CPU when it spans several layers (a network's search): each
+#: layer's part stays within :data:`CPU_MEMORY_BUDGET`, and stacking layers in one chunk spends
+#: the per-call overhead once for all of them (bench/README.md, "memory budget").
+CPU_LAYERS_BUDGET = 8 * CPU_MEMORY_BUDGET
 
 
 def weight_error(w_eff: Tensor, w: Tensor, max_abs_weight: Tensor | float,
@@ -68,23 +74,48 @@ def scaled_weight_error(w_eff_scaled: Tensor, w_scaled: Tensor | float, *, tile_
 
 
 def default_memory_budget(device: torch.device, *, compiled: bool = False) -> int:
-    """Bytes at a time: half the free memory on CUDA, cache-sized on the CPU."""
+    """Bytes at a time: half the free memory on CUDA, cache-sized on the CPU.
+
+    On the CPU the eager path's figure is one layer's cache-sized working set; a chunk that
+    stacks several layers may take :data:`CPU_LAYERS_BUDGET` (see :func:`chunk_budgets`).
+    """
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return free // 2
     return CPU_MEMORY_BUDGET * (8 if compiled else 1)
 
 
+def chunk_budgets(device: torch.device, memory_budget: int | None = None, *,
+                        compiled: bool = False) -> tuple[int, int]:
+    """(chunk budget, per-layer item budget) in bytes for the hot path over layers x items.
+
+    The eager CPU path keeps each layer's items within :data:`CPU_MEMORY_BUDGET` (measured:
+    more candidates of one layer per pass is slower there) but stacks layers up to
+    :data:`CPU_LAYERS_BUDGET`, which spends the per-chunk overhead once for several layers.
+    Elsewhere (CUDA, torch.compile) both are :func:`default_memory_budget`. A budget given by
+    the caller caps both.
+    """
+    default = default_memory_budget(device, compiled=compiled)
+    if memory_budget is not None:
+        return int(memory_budget), min(int(memory_budget), default)
+    if device.type == "cuda" or compiled:
+        return default, default
+    return CPU_LAYERS_BUDGET, default
+
+
 def plan_chunks(B: int, P: int, *, bytes_per_item: int, memory_budget: int,
-                align: int = 1) -> tuple[int, int]:
+                align: int = 1, item_budget: int | None = None) -> tuple[int, int]:
     """(layers, items) per chunk so that layers * items * bytes_per_item fits the budget.
 
     Item chunks are multiples of ``align`` (a noise block) and at least one block; layer chunks
     shrink first only when a single block of every layer does not fit. At least one of each.
+    ``item_budget`` (default ``memory_budget``) also caps one layer's items * bytes_per_item.
     """
     min_items = min(P, align)
     layer_chunk = max(1, min(B, memory_budget // max(1, bytes_per_item * min_items)))
     chunk = max(min_items, memory_budget // max(1, bytes_per_item * layer_chunk))
+    if item_budget is not None:
+        chunk = min(chunk, max(min_items, int(item_budget) // max(1, bytes_per_item)))
     if align > 1:
         chunk = max(align, chunk // align * align)
     return layer_chunk, min(chunk, P)

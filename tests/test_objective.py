@@ -23,9 +23,10 @@ from gpuwpo import (
     TNMSEObjective,
     simulate_weights,
 )
-from gpuwpo.objective import tnmse_from_programs
+from gpuwpo.objective import _LIVE_TENSORS, tnmse_from_programs
+from gpuwpo.reduction import CPU_LAYERS_BUDGET, CPU_MEMORY_BUDGET, chunk_budgets, plan_chunks
 from gpuwpo.reference import reference_objective, reference_tnmse
-from gpuwpo.simulate import DeviceNoise, sample_device_noise
+from gpuwpo.simulate import NOISE_BLOCK, DeviceNoise, sample_device_noise
 
 T_STEPS = (1.0, 3600.0, 86400.0 * 30)
 IN, OUT = 64, 4  # a small test tile keeps the tests fast: N = 256
@@ -161,13 +162,37 @@ def test_chunked_equals_unchunked(crn, readout):
     comp = GlobalDriftCompensation(readout_noise=readout)
     layers = [_layer(seed=0), _layer(2000, seed=5)]
     results = []
-    for budget in (1, 300_000, 1 << 40):  # one noise block, a few candidates, everything
+    # One noise block, a few candidates, the default (layers stacked, cache-sized per layer),
+    # everything.
+    for budget in (1, 300_000, None, 1 << 40):
         obj = _objective(f_lst=(None, None), layers=layers, compensation=comp,
                          common_random_numbers=crn, memory_budget=budget)
         results.append(obj(_population(obj, 11, 9), 3))
     assert results[0].shape == (2, 11)
     for other in results[1:]:
         assert torch.equal(results[0], other)
+
+
+def test_cpu_chunks_stack_layers_but_keep_each_layer_cache_sized():
+    """On the eager CPU path a chunk holds several layers, each within the cache-sized budget
+    (one layer's candidates one at a time for a 10,240-weight tile); elsewhere one budget."""
+    cpu = torch.device("cpu")
+    assert chunk_budgets(cpu) == (CPU_LAYERS_BUDGET, CPU_MEMORY_BUDGET)
+    assert chunk_budgets(cpu, compiled=True) == (8 * CPU_MEMORY_BUDGET,) * 2
+    assert chunk_budgets(cpu, 1 << 30) == (1 << 30, CPU_MEMORY_BUDGET)  # a given budget caps
+    assert chunk_budgets(cpu, 1000) == (1000, 1000)
+    item = _LIVE_TENSORS * 4 * 10_240 * 4  # float32 [2K = 4, N] tensors of one candidate
+    budget, per_layer = chunk_budgets(cpu)
+    assert plan_chunks(73, 105, bytes_per_item=item, memory_budget=budget,
+                       item_budget=per_layer) == (CPU_LAYERS_BUDGET // item, 1)
+    assert plan_chunks(1, 840, bytes_per_item=item, memory_budget=budget,
+                       item_budget=per_layer) == (1, 1)
+    # Without a per-layer cap a single layer's candidates fill the whole chunk.
+    assert plan_chunks(1, 840, bytes_per_item=item, memory_budget=budget) == (
+        1, CPU_LAYERS_BUDGET // item)
+    # Noise blocks stay whole: one block of one layer already fills the chunk.
+    assert plan_chunks(4, 64, bytes_per_item=item, memory_budget=budget, item_budget=per_layer,
+                       align=NOISE_BLOCK) == (1, NOISE_BLOCK)
 
 
 def test_explicit_device_noise_with_fresh_readout_noise_is_chunk_invariant():
