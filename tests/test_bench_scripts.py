@@ -180,3 +180,20 @@ def test_dropin_quick(tmp_path, keep_threads):
                      "aihwkit.inference.converter.wpo"]
     assert all(r["wall_s"] > 0 for r in record["rows"][1:])
     assert isinstance(record["rows"][1]["success"], bool)
+
+
+def test_noise_floor_quick(tmp_path, keep_threads):
+    out = tmp_path / "noise_floor.json"
+    record = load_script("noise_floor").main(["--quick", "--out", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps({"benchmark": "noise_floor",
+                                                                   **record}))
+    (run,) = record["runs"]
+    assert run["weights"] == "bert-shaped" and len(run["rows"]) == 2 * 3  # layers x models
+    for row in run["rows"]:
+        assert row["reduction"]["1"] == 0.0 and row["reduction_se"]["1"] == 0.0  # the baseline
+        assert set(row["reduction"]) == {"1", "1.5", "2", "3", "4", "5"}
+        assert row["baseline_tnmse"] > 0 and row["max_over_std"] > 1
+    # Without programming noise the baseline's error can only fall.
+    by_model = {(r["layer"], r["model"]): r["baseline_tnmse"] for r in run["rows"]}
+    for layer in {r["layer"] for r in run["rows"]}:
+        assert by_model[layer, "no programming noise"] < by_model[layer, "default"]
