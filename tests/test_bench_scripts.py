@@ -188,11 +188,20 @@ def test_noise_floor_quick(tmp_path, keep_threads):
     assert json.loads(out.read_text()) == json.loads(json.dumps({"benchmark": "noise_floor",
                                                                    **record}))
     (run,) = record["runs"]
-    assert run["weights"] == "bert-shaped" and len(run["rows"]) == 2 * 3  # layers x models
+    # Per layer: three device models, then the default model at three clip fractions.
+    assert run["weights"] == "bert-shaped" and len(run["rows"]) == 2 * (3 + 3)
     for row in run["rows"]:
-        assert row["reduction"]["1"] == 0.0 and row["reduction_se"]["1"] == 0.0  # the baseline
         assert set(row["reduction"]) == {"1", "1.5", "2", "3", "4", "5"}
         assert row["baseline_tnmse"] > 0 and row["max_over_std"] > 1
+        if "clip_fraction" not in row:  # F = 1 unclipped is the baseline itself
+            assert row["reduction"]["1"] == 0.0 and row["reduction_se"]["1"] == 0.0
+    clipped = [r for r in run["rows"] if "clip_fraction" in r]
+    assert sorted({r["clip_fraction"] for r in clipped}) == [0.3, 0.5, 0.7]
+    # These small layers are light-tailed (max/std about 10): clipping at 0.3 max|W| costs far
+    # more than it gains, and the less clipped the better.
+    for layer in {r["layer"] for r in clipped}:
+        f1 = {r["clip_fraction"]: r["reduction"]["1"] for r in clipped if r["layer"] == layer}
+        assert f1[0.3] < f1[0.5] < f1[0.7] < 0
     # Without programming noise the baseline's error can only fall.
     by_model = {(r["layer"], r["model"]): r["baseline_tnmse"] for r in run["rows"]}
     for layer in {r["layer"] for r in run["rows"]}:
