@@ -586,9 +586,13 @@ def test_ctrl_c_during_the_search_exits_130_and_keeps_the_old_results(files, tmp
     out = tmp_path / "r.json"
     out.write_bytes(files["results"].read_bytes())
     before = out.read_bytes()
+    # No convergence stop: on this tiny tile the search converges within a second otherwise,
+    # and would end by itself before the interrupt arrives.
+    config = tmp_path / "never-converge.toml"
+    config.write_text("tol = 0.0\natol = 0.0\n", encoding="utf-8")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gpuwpo", "optimize", str(files["pt"]), "--popsize", "4",
-         "--maxiter", "100000", "--test-size", "16", "8", "--out", str(out)],
+        [sys.executable, "-m", "gpuwpo", "optimize", str(files["pt"]), "--config", str(config),
+         "--popsize", "4", "--maxiter", "100000", "--test-size", "16", "8", "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert "layer(s)" in proc.stdout.readline()  # the weights are loaded: the search starts
     time.sleep(1.0)
@@ -597,7 +601,7 @@ def test_ctrl_c_during_the_search_exits_130_and_keeps_the_old_results(files, tmp
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1] == "gpuwpo: interrupted" and "Traceback" not in err
     assert out.read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["never-converge.toml", "r.json"]
 
 
 @pytest.mark.parametrize("text, fragment", [
