@@ -116,6 +116,16 @@ def parse_f_lst(text: str) -> list[float | None]:
     return out
 
 
+def _clip_fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0.0 < value <= 1.0:  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
+    return value
+
+
 def _positive_int(text: str, minimum: int = 1) -> int:
     try:
         value = int(text)
@@ -434,7 +444,7 @@ def _check_out_dir(path: str | None, inputs: Sequence[str | None], what: str,
 _OPTION_FLAGS = {"popsize": "popsize", "maxiter": "maxiter", "seed": "seed",
                  "baseline_iterations": "baseline_iterations",
                  "validation_repeats": "validation_repeats", "kernel": "kernel",
-                 "seeds": "seeds"}
+                 "seeds": "seeds", "clip": "clip"}
 
 
 def _optimize_settings(args: argparse.Namespace) -> dict:
@@ -849,6 +859,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--validation-repeats", type=_positive_int, metavar="N", default=keep,
                    help=f"programmings to validate the answer with fresh noise (default "
                         f"{defaults.validation_repeats})")
+    p.add_argument("--clip", type=_clip_fraction, metavar="FRACTION", default=keep,
+                   help="program the weights clipped at FRACTION x max|W| (0 < FRACTION <= 1; "
+                        "default 1, no clipping, the reference's converters): a gpuwpo "
+                        "extension for heavy-tailed layers, README 'Clipping'")
     p.add_argument("--test-size", type=_positive_int, nargs=2, metavar=("IN", "OUT"),
                    default=keep,
                    help=f"test tile per layer (default {defaults.test_in_features} "

@@ -93,6 +93,15 @@ def _check_conductance_range(g_min: float, g_max: float) -> tuple[float, float]:
     return g_min, g_max
 
 
+def check_clip(clip: Any) -> float:
+    """A clip fraction of max|W|: a real number in (0, 1] (1: no clipping)."""
+    if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not math.isfinite(clip) \
+            or not 0.0 < float(clip) <= 1.0:
+        raise ValueError(f"clip must be a number in (0, 1] (a fraction of max|W|; 1 = no "
+                         f"clipping), got {clip!r}")
+    return float(clip)
+
+
 def _as_float(value: Any, name: str) -> float:
     """A finite real number as float (bools and non-numbers are rejected)."""
     if isinstance(value, bool | str):
@@ -488,6 +497,11 @@ class CustomPairConductanceConverter(_PairConverter):
     (their batch shapes broadcast), so a population of programs converts one weight tensor in
     one call, without a Python loop over programs.
 
+    ``clip < 1`` (a gpuwpo extension; the reference's converter is ``clip = 1``) puts the grid
+    on ``linspace(-c, c, L)`` with ``c = clip * max|W|``: the weights beyond ``+-c`` are
+    programmed as ``+-c`` (np.interp clamps at the ends), and ``scale = max_grid |...| / c``.
+    It is the reference's converter applied to the weights clipped at ``c`` first.
+
     Args:
         f_lst: K positive significance factors, or a tensor ``[..., K]``.
         g_lst: 2K lists of L conductances (uS, >= 0, no NaN), or a tensor ``[..., 2K, L]``.
@@ -495,6 +509,8 @@ class CustomPairConductanceConverter(_PairConverter):
         g_max: maximum conductance (uS); informational, the table sets the conductances.
         invertibility_test: run :meth:`check_invertibility` and raise ValueError naming the
             non-invertible programs.
+        clip: fraction of max|W| the grid spans, in (0, 1]; 1 (the default) is the reference's
+            converter.
 
     The program tensors keep their own device (and dtype when given as tensors; float64 when
     given as lists); conversions cast them to the weights' dtype and device.
@@ -507,8 +523,10 @@ class CustomPairConductanceConverter(_PairConverter):
         g_min: float = 0.0,
         g_max: float = 25.0,
         invertibility_test: bool = True,
+        clip: float = 1.0,
     ) -> None:
         self.g_min, self.g_max = _check_conductance_range(g_min, g_max)
+        self.clip = check_clip(clip)
         f = _as_f_tensor(f_lst)
         g = _as_float_tensor(g_lst, "g_lst must be 2K lists of L numbers each (all rows of the "
                                     "same length) or a tensor [..., 2K, L]")
@@ -552,7 +570,10 @@ class CustomPairConductanceConverter(_PairConverter):
                 )
 
     def _params(self) -> dict[str, Any]:
-        return {**super()._params(), "g_lst": self.g_lst.detach().cpu().double().tolist()}
+        params = {**super()._params(), "g_lst": self.g_lst.detach().cpu().double().tolist()}
+        if self.clip != 1.0:  # the reference's converter has no clip: records without it
+            params["clip"] = self.clip
+        return params
 
     @property
     def batch_shape(self) -> torch.Size:
@@ -573,18 +594,21 @@ class CustomPairConductanceConverter(_PairConverter):
 
         Args:
             weights: unitless weights, any shape ``w`` (finite, not empty); ``M = max|W|``
-                over the whole tensor sets the grid.
+                over the whole tensor sets the grid (``clip * M`` with a clip).
 
         Returns:
             ``(G, params)``: ``G`` ``[*batch, 2K, *w]`` in uS; ``params`` holds ``"scale"``
             ``[*batch]`` (uS per unit weight), ``"f"`` ``[*batch, K]``, ``"max_abs_weight"``
-            (0-dim M) and ``"weight_shape"``.
+            (0-dim, the grid's half-width: M, or ``clip * M``) and ``"weight_shape"``.
         """
+        return self._convert(weights, self.clip)
+
+    def _convert(self, weights: Tensor, clip: float) -> tuple[Tensor, dict[str, Any]]:
         weights = _check_weights(weights)
         g = self.g_lst.to(dtype=weights.dtype, device=weights.device)
         f = self.f_lst.to(dtype=weights.dtype, device=weights.device)
         batch = self.batch_shape
-        m = _max_abs_weight(weights)
+        m = _max_abs_weight(weights) * clip
         idx, frac = grid_interpolation(weights.reshape(-1), m, g.shape[-1])
         cond = interpolate_programs(g, idx, frac)  # [*gbatch, 2K, N]
         cond = cond.expand(*batch, *cond.shape[-2:]).reshape(*batch, -1, *weights.shape)
@@ -605,12 +629,13 @@ class CustomPairConductanceConverter(_PairConverter):
         (aihwkit's). The net weight curve is piecewise linear between grid points, so agreement
         at the grid points is agreement everywhere (the midpoints are a cheap second look, and
         include aihwkit's own test weights -1, -0.5, 0, 0.5, 1 when L is odd). An all-zero curve
-        (scale 0) fails.
+        (scale 0) fails. The table is what is tested: a clip, which maps the weights beyond its
+        grid onto the grid's ends on purpose, is left out.
         """
         test = torch.linspace(
             -1.0, 1.0, 2 * self.num_grid_points - 1, dtype=torch.float64, device=self.g_lst.device
         )
-        cond, params = self.convert_to_conductances(test)
+        cond, params = self._convert(test, 1.0)
         back = self.convert_back_to_weights(cond, params)  # [*batch, 2L - 1]
         close = ((back - test).abs() <= _INVERTIBILITY_ATOL).all(-1)  # NaN compares False
         return close & (params["scale"] > 0)
@@ -629,9 +654,18 @@ class CustomPairConductanceConverter(_PairConverter):
             ``aihwkit.inference.converter.conductance.CustomPairConductanceConverter``.
 
         Raises:
-            ValueError: the converter is batched (aihwkit's holds exactly one program).
+            ValueError: the converter is batched (aihwkit's holds exactly one program), or it
+                clips (aihwkit's converter has no clip: clip the weights at ``clip * max|W|``
+                yourself and export ``without_clip()``).
             ImportError: aihwkit is not installed.
         """
+        if self.clip != 1.0:
+            raise ValueError(
+                f"aihwkit's CustomPairConductanceConverter has no clip; this program clips the "
+                f"weights at {self.clip:g} x max|W|: clip them yourself "
+                f"(w.clamp(-c, c), c = {self.clip:g} * w.abs().max()) and export "
+                f"converter.without_clip().to_aihwkit()"
+            )
         if len(self.batch_shape) != 0:
             raise ValueError(
                 f"to_aihwkit needs a single program, this converter has batch shape "
@@ -653,10 +687,19 @@ class CustomPairConductanceConverter(_PairConverter):
             invertibility_test=invertibility_test,
         )
 
+    def without_clip(self) -> CustomPairConductanceConverter:
+        """The same program tables on the reference's grid ``linspace(-max|W|, max|W|, L)``:
+        for weights that were already clipped at ``clip * max|W|`` it converts them exactly as
+        this converter converts the unclipped weights."""
+        return CustomPairConductanceConverter(self.f_lst, self.g_lst, self.g_min, self.g_max,
+                                              invertibility_test=False)
+
     def __repr__(self) -> str:
+        clip = f", clip={self.clip:g}" if self.clip != 1.0 else ""
         return (
             f"{type(self).__name__}(K={self.num_pairs}, L={self.num_grid_points}, "
-            f"batch_shape={tuple(self.batch_shape)}, g_min={self.g_min}, g_max={self.g_max})"
+            f"batch_shape={tuple(self.batch_shape)}, g_min={self.g_min}, g_max={self.g_max}"
+            f"{clip})"
         )
 
 

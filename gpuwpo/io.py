@@ -5,7 +5,7 @@ A results file is one JSON object::
     {"format": "gpuwpo-result", "version": 2, "settings": {...}, "total_tnmse": ...,
      "total_baseline_tnmse": ..., "nit": ..., "nfev": ..., "wall_time": ..., "stop_reason": ...,
      "layers": [{"name", "shape", "f_dtype", "g_dtype", "f_lst", "g_lst", "g_min", "g_max",
-                 "tnmse", "tnmse_ci95", "baseline_tnmse", "baseline_ci95", "history",
+                 ["clip",] "tnmse", "tnmse_ci95", "baseline_tnmse", "baseline_ci95", "history",
                  "chosen", "success"}, ...]}
 
 A layer that keeps the baseline converter holds ``"converter": {registry record}`` instead of
@@ -102,6 +102,8 @@ def _layer_to_json(layer: LayerResult) -> dict[str, Any]:
         "g_lst": conv.g_lst.detach().cpu().double().tolist(),
         "g_min": float(conv.g_min),
         "g_max": float(conv.g_max),
+        # Only a program that clips says so: files of programs on the full grid are unchanged.
+        **({"clip": float(conv.clip)} if conv.clip != 1.0 else {}),
         **figures,
     }
 
@@ -319,9 +321,10 @@ def _program_from_json(obj: Mapping, name: str, where: str, read: _Fields
                     f"{where}.g_lst", 2)
     g_min = read.number(read.need(obj, "g_min", where), f"{where}.g_min")
     g_max = read.number(read.need(obj, "g_max", where), f"{where}.g_max")
+    clip = read.number(obj.get("clip", 1.0), f"{where}.clip")
     try:
         # The check is cheap and catches a hand-edited or corrupted table.
-        return CustomPairConductanceConverter(f, g, g_min, g_max)
+        return CustomPairConductanceConverter(f, g, g_min, g_max, clip=clip)
     except (ValueError, TypeError, RuntimeError) as err:
         raise read.fail(where, f"({name!r}) holds an invalid program: {_one_line(err)}") \
             from None

@@ -343,7 +343,7 @@ def _one_program(converter, b: int | None = None):
     # Already checked for invertibility when the batch was built.
     return CustomPairConductanceConverter(f.detach().cpu().clone(), g.detach().cpu().clone(),
                                           converter.g_min, converter.g_max,
-                                          invertibility_test=False)
+                                          invertibility_test=False, clip=converter.clip)
 
 
 def _interval(ci: Tensor) -> tuple[float, float]:

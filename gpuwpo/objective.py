@@ -36,7 +36,7 @@ __all__ = ["KERNELS", "TNMSEObjective", "tnmse_from_programs", "NOISE_BLOCK"]
 _LIVE_TENSORS = 12
 
 
-def _tnmse_chunk(f, g_lst, test_weights, idx, frac, max_abs_weight, t, noise_model,
+def _tnmse_chunk(f, g_lst, test_weights, idx, frac, max_abs_weight, grid_max, t, noise_model,
                  compensation, amp, noise, readout_z, tile_shape, physics, generator=None,
                  float_times=True):
     """TNMSE of one chunk of candidates: f [B, p, K], g_lst [B, p, 2K, L] -> [B, p].
@@ -49,7 +49,8 @@ def _tnmse_chunk(f, g_lst, test_weights, idx, frac, max_abs_weight, t, noise_mod
     tiles = ProgramTiles(f, g_lst, tile_shape)
     # The test weights' grid position is shared by every candidate (computed once per layer).
     g_target = interpolate_programs(g_lst, idx.unsqueeze(1), frac.unsqueeze(1))  # [B, p, 2K, N]
-    coef = tiles.coefficients(max_abs_weight.reshape(-1, 1))  # [B, p, 1, 2K]
+    # The read-back scale follows the grid (clip * M with a clip); the error's gain follows M.
+    coef = tiles.coefficients(grid_max.reshape(-1, 1))  # [B, p, 1, 2K]
     # Per-target quantities (programming-noise std, drift mean and spread) are shared by all
     # time steps: computed once per candidate.
     prepared = noise_model.prepare_targets(g_target)
@@ -112,6 +113,7 @@ def tnmse_from_programs(
     compiled: bool = False,
     layer_ids: Sequence[int] | None = None,
     physics: str = "device",
+    grid_max_abs_weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """TNMSE of every candidate program of every layer: the objective's hot path.
 
@@ -145,6 +147,9 @@ def tnmse_from_programs(
             subset of a network's layers is evaluated with exactly the noise it would get in
             the full evaluation.
         physics: "device" or "aihwkit" (:mod:`gpuwpo.physics`).
+        grid_max_abs_weight: [B] half-width of the programs' grid (default ``max_abs_weight``;
+            ``clip * M`` for programs that clip, with ``idx``/``frac`` on that grid): it sets
+            the read-back scale, while the error stays against ``test_weights`` and M.
 
     Returns:
         tnmse [B, P] (float, the dtype of ``g_lst``).
@@ -165,6 +170,11 @@ def tnmse_from_programs(
     t = t_steps.to(dtype=dtype, device=device)
     T = t.shape[0]
     check_physics(physics)
+    grid_max = max_abs_weight if grid_max_abs_weight is None else grid_max_abs_weight
+    if physics == "aihwkit" and grid_max is not max_abs_weight \
+            and not torch.equal(grid_max, max_abs_weight):
+        raise ValueError("programs that clip (a grid narrower than max|W|) are not defined in "
+                         "physics='aihwkit', which converts the programmed weights again")
     gen = make_generator(generator, device)
     noisy_readout = compensation.readout_noise > 0
 
@@ -233,7 +243,8 @@ def tnmse_from_programs(
                 chunk_ro = tuple(z.reshape(*z.shape[:-1], *tile_shape) for z in chunk_ro)
             out[layers, cands] = fn(
                 f[layers, cands], g_lst[layers, cands],
-                test_weights[layers], idx[layers], frac[layers], max_abs_weight[layers], t,
+                test_weights[layers], idx[layers], frac[layers], max_abs_weight[layers],
+                grid_max[layers], t,
                 noise_model, compensation, float(error_amplification), chunk_noise, chunk_ro,
                 tile_shape, physics,
                 # The bound management's repeated readouts (rare) draw from the chunk's stream.
@@ -326,12 +337,19 @@ class TNMSEObjective:
             if tiles.grid_size != strategy_space.grid_size:
                 raise ValueError(f"the test tiles were made for a grid of {tiles.grid_size} "
                                  f"points, the strategy space has {strategy_space.grid_size}")
+            if tiles.clip != strategy_space.clip:
+                raise ValueError(f"the test tiles were made for clip={tiles.clip:g}, the "
+                                 f"strategy space has clip={strategy_space.clip:g}")
         else:
             if (test_in_features is None) != (test_out_features is None):
                 raise ValueError("give both test_in_features and test_out_features, or neither")
             shape = None if test_in_features is None else (test_out_features, test_in_features)
             tiles = TestTile.from_layers(test_weights, strategy_space.grid_size, shape=shape,
-                                         seed=seed, device=device, dtype=dtype)
+                                         seed=seed, device=device, dtype=dtype,
+                                         clip=strategy_space.clip)
+        if tiles.clip != 1.0 and self.physics == "aihwkit":
+            raise ValueError("clip < 1 is not available in physics='aihwkit': the reference's "
+                             "tile converts the programmed weights again, with no clip")
         self.tiles = tiles
         self.device = tiles.weights.device
         self.dtype = tiles.weights.dtype
@@ -392,6 +410,8 @@ class TNMSEObjective:
         """
         if self.physics != "device":
             return f"the kernel implements physics='device', not {self.physics!r}"
+        if self.tiles.clip != 1.0:
+            return "the kernel implements programs on the full grid (clip = 1)"
         if kernel_physics(self.noise_model) != "pcm":
             return (f"the kernel implements PCMLikeNoiseModel's formulas, not "
                     f"{type(self.noise_model).__name__}'s")
@@ -474,7 +494,7 @@ class TNMSEObjective:
             self.noise_model, self.compensation, error_amplification=self.error_amplification,
             generator=gen, common_random_numbers=crn, tile_shape=t.shape, noise=noise,
             memory_budget=self.memory_budget, compiled=self.kernel == "compile",
-            layer_ids=t.layer_ids, physics=self.physics,
+            layer_ids=t.layer_ids, physics=self.physics, grid_max_abs_weight=t.grid_max,
         )
 
     def _evaluate_kernel(self, f, g_lst, seed: int, crn: bool) -> torch.Tensor:

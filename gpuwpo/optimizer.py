@@ -196,7 +196,7 @@ class WeightProgrammingOptimizer:
         self.space = StrategySpace(
             list(f_lst), g_min, g_max, nbins=opts.nbins, symmetric=symmetric,
             g_err=opts.g_err * (g_max - g_min), f_min=opts.f_min, f_max=opts.f_max,
-            use_max_kw=opts.use_max_kw,
+            use_max_kw=opts.use_max_kw, clip=opts.clip,
         )
         # One tensor is one layer (whatever its shape); the tiles check every layer once.
         layers = [weights] if isinstance(weights, torch.Tensor) else weights

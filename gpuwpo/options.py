@@ -55,7 +55,9 @@ class SearchOptions:
 
     Strategy space (docs/DESIGN.md section 4): ``nbins`` grid points per half (6), ``g_err``
     over/under-programming allowance as a fraction of g_max - g_min (0), ``f_min``/``f_max`` range
-    of free significance factors (0.1, 5), ``use_max_kw`` (False).
+    of free significance factors (0.1, 5), ``use_max_kw`` (False), ``clip`` (1: the reference's
+    grid over max|W|; below 1 the programs clip the weights at ``clip * max|W|``, a gpuwpo
+    extension for heavy-tailed layers, README "Clipping").
 
     Objective: ``test_in_features``/``test_out_features`` the test tile (512 x 20),
     ``kernel`` ("auto"), ``memory_budget`` (None: the device's default).
@@ -91,6 +93,7 @@ class SearchOptions:
     f_min: float = 0.1
     f_max: float = 5.0
     use_max_kw: bool = False
+    clip: float = 1.0
     test_in_features: int | None = 512
     test_out_features: int | None = 20
     kernel: str = "auto"
@@ -161,6 +164,7 @@ class SearchOptions:
         _number(self, "f_max", low=0.0, low_open=True)
         if not self.f_min < self.f_max:
             raise ValueError(f"f_min must be < f_max, got {self.f_min!r} and {self.f_max!r}")
+        _number(self, "clip", low=0.0, high=1.0, low_open=True)
         _number(self, "tol", low=0.0)
         _number(self, "atol", low=0.0)
         _number(self, "recombination", low=0.0, high=1.0)

@@ -38,7 +38,7 @@ def reference_tnmse(
     m = objective.max_abs_weight[layer]
     f, g_lst, _ = space.decode(x.to(objective.device, objective.dtype), m)
     converter = CustomPairConductanceConverter(f, g_lst, space.g_min, space.g_max,
-                                               invertibility_test=True)
+                                               invertibility_test=True, clip=space.clip)
     tile = w.reshape(objective.tile_shape)
     tiles = ConverterTiles(converter, tile.shape)
     g, params = tiles.to_conductances(tile)  # [2K, N]

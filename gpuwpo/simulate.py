@@ -173,6 +173,10 @@ class _TileRun:
     def __init__(self, weights, converter, noise_model, t_steps, compensation, physics: str,
                  repeats) -> None:
         self.physics = check_physics(physics)
+        if self.physics == "aihwkit" and getattr(converter, "clip", 1.0) != 1.0:
+            raise ValueError("a program that clips (clip < 1) is not defined in "
+                             "physics='aihwkit': the reference's tile converts the programmed "
+                             "weights again, with no clip; use physics='device'")
         self.weights = check_weights(weights)
         self.repeats = check_positive_int(repeats, "repeats")
         self.compensation = GlobalDriftCompensation() if compensation is None else compensation

@@ -68,6 +68,11 @@ class StrategySpace:
         f_min, f_max: range of the free significance factors.
         use_max_kw: if True the largest weight always uses the full conductance range of all
             pairs and the x_kw coordinate is dropped.
+        clip: the programs' grid spans ``clip * max|W|`` (a gpuwpo extension, in (0, 1]; 1,
+            the default, is the reference's space): the weights beyond it are programmed as
+            if clipped there (:class:`gpuwpo.CustomPairConductanceConverter`'s ``clip``). The
+            programs themselves do not depend on it; the converters and the objective's test
+            tiles do.
 
     Raises:
         ValueError: for an empty ``f_lst``, a fixed f that is not a positive finite number,
@@ -86,7 +91,11 @@ class StrategySpace:
         f_min: float = 0.1,
         f_max: float = 5.0,
         use_max_kw: bool = False,
+        clip: float = 1.0,
     ) -> None:
+        from gpuwpo.converters import check_clip
+
+        self.clip = check_clip(clip)
         if isinstance(f_lst, (str, bytes)) or not isinstance(f_lst, Sequence):
             raise ValueError(f"f_lst must be a sequence of numbers or None, got {f_lst!r}")
         if len(f_lst) == 0:
@@ -175,7 +184,9 @@ class StrategySpace:
         return (f"StrategySpace(f_lst={self.f_lst!r}, g_min={self.g_min!r}, "
                 f"g_max={self.g_max!r}, nbins={self.nbins!r}, symmetric={self.symmetric!r}, "
                 f"g_err={self.g_err!r}, f_min={self.f_min!r}, f_max={self.f_max!r}, "
-                f"use_max_kw={self.use_max_kw!r}) with dim={self.dim}")
+                f"use_max_kw={self.use_max_kw!r}"
+                + (f", clip={self.clip!r}" if self.clip != 1.0 else "")
+                + f") with dim={self.dim}")
 
     # ------------------------------------------------------------------ grid
     def grid(
@@ -477,5 +488,6 @@ class StrategySpace:
 
         f, g_lst, _ = self.decode(x, max_abs_weight)
         return CustomPairConductanceConverter(
-            f, g_lst, g_min=self.g_min, g_max=self.g_max, invertibility_test=invertibility_test
+            f, g_lst, g_min=self.g_min, g_max=self.g_max, invertibility_test=invertibility_test,
+            clip=self.clip,
         )

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from .checks import check_weights
-from .converters import grid_interpolation
+from .converters import check_clip, grid_interpolation
 from .rng import make_generator
 from .sampling import downsample_weight_distribution
 
@@ -44,6 +44,9 @@ class TestTile:
         grid_size: L.
         layer_ids: ``(B,)`` keys of the layers' noise streams.
         shape: ``(out, in)`` of one tile.
+        clip: the programs' grid spans ``clip * M`` (1: the reference's grid); ``idx`` and
+            ``frac`` are the positions on that grid (clamped at its ends), while the error
+            stays measured against ``weights`` and normalised by M.
     """
 
     __test__ = False  # not a pytest test class, whatever its name
@@ -55,12 +58,18 @@ class TestTile:
     grid_size: int
     layer_ids: tuple[int, ...]
     shape: tuple[int, int]
+    clip: float = 1.0
+
+    @property
+    def grid_max(self) -> Tensor:
+        """``[B]`` the half-width of each layer's program grid, ``clip * M``."""
+        return self.max_abs_weight * self.clip
 
     @classmethod
     def from_layers(cls, layers: Tensor | Sequence[Tensor] | Mapping[str, Tensor],
                     grid_size: int, *, shape: Sequence[int] | None = DEFAULT_TILE,
                     seed: int = 0, device: torch.device | str | None = None,
-                    dtype: torch.dtype = torch.float32) -> TestTile:
+                    dtype: torch.dtype = torch.float32, clip: float = 1.0) -> TestTile:
         """Test tiles from layers' weights, each checked once here.
 
         Args:
@@ -72,6 +81,7 @@ class TestTile:
                 tile [1, N], matrices [out, in] are their own tile).
             seed: seed of the resampling's shuffle.
             device, dtype: of the tiles (device default: the first layer's).
+            clip: the grid's half-width as a fraction of M, in (0, 1] (see the class).
 
         Raises:
             ValueError / TypeError: a layer that is not real, finite, non-empty weights with a
@@ -104,8 +114,9 @@ class TestTile:
                 generator=gen).to(device=device, dtype=dtype) for w in layers]
         weights = torch.stack(tests)
         m = weights.abs().amax(-1)
-        idx, frac = grid_interpolation(weights, m, int(grid_size))
-        return cls(weights, m, idx, frac, int(grid_size), tuple(range(len(tests))), tile)
+        clip = check_clip(clip)
+        idx, frac = grid_interpolation(weights, m * clip, int(grid_size))
+        return cls(weights, m, idx, frac, int(grid_size), tuple(range(len(tests))), tile, clip)
 
     @property
     def num_layers(self) -> int:
@@ -130,7 +141,7 @@ class TestTile:
         pick = lambda t: t.index_select(0, index)  # noqa: E731
         return TestTile(pick(self.weights), pick(self.max_abs_weight), pick(self.idx),
                         pick(self.frac), self.grid_size,
-                        tuple(self.layer_ids[b] for b in layers), self.shape)
+                        tuple(self.layer_ids[b] for b in layers), self.shape, self.clip)
 
 
 def _as_layer_list(layers) -> tuple[list[str], list]:

@@ -35,3 +35,23 @@ def test_no_seeds_and_hierarchical_are_recorded_and_repeated(weights, tmp_path):
     second = load_result(again)
     assert second.settings == first.settings
     assert second.layers == first.layers
+
+
+def test_clip_is_recorded_carried_by_the_programs_and_repeated(weights, tmp_path):
+    out, again = tmp_path / "r.json", tmp_path / "again.json"
+    assert main(["optimize", str(weights), *TINY, "--clip", "0.5", "--out", str(out)]) == 0
+    first = load_result(out)
+    assert first.settings["options"]["clip"] == 0.5 and "clip" in first.settings["explicit"]
+    assert all(layer.converter.clip == 0.5 for layer in first.layers
+               if layer.chosen != "baseline")
+    assert main(["optimize", str(weights), "--config", str(out), "--quiet",
+                 "--out", str(again)]) == 0
+    assert load_result(again).layers == first.layers
+
+
+@pytest.mark.parametrize("bad", ["0", "-0.1", "1.5", "nan", "half"])
+def test_a_bad_clip_is_a_usage_error(weights, bad, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["optimize", str(weights), "--clip", bad])
+    assert exc.value.code == 2
+    assert "(0, 1]" in capsys.readouterr().err
