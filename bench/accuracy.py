@@ -36,6 +36,7 @@ tables.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import time
@@ -217,6 +218,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         help=f"smoke run: popsize {QUICK_BUDGET[0]}, {QUICK_BUDGET[1]} "
                              f"generations, a 16 x 8 test tile, 4 validation and baseline "
                              f"repeats, no polish, {QUICK_REPEATS} repeats")
+    parser.add_argument("--set", action="append", default=[], metavar="OPTION=JSON",
+                        help="any search option, e.g. --set clip=0.5 (repeatable)")
+    parser.add_argument("--name", default="accuracy",
+                        help="results file stem (default accuracy)")
     parser.add_argument("--out-dir", type=Path, default=common.RESULTS_DIR)
     args = parser.parse_args(argv)
 
@@ -229,6 +234,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         repeats = 10
     popsize, maxiter = args.popsize or popsize, args.maxiter or maxiter
     repeats = args.repeats or repeats
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set takes OPTION=JSON, got {item!r}")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError as err:
+            parser.error(f"--set {key}: {value!r} is not JSON ({err})")
     note = (f"REDUCED budget: popsize {popsize} x D, {maxiter} generations, "
             f"{options.get('test_in_features')} x {options.get('test_out_features')} test tile "
             f"(the reference's default is popsize {FULL_BUDGET[0]} x D, {FULL_BUDGET[1]} "
@@ -284,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     }
     record = common.new_record(machine, note, args.quick, models=out_models, config=config)
     heading = f"Accuracy over a year of PCM drift, {machine['name']}, {note}."
-    return common.finish("accuracy", record, heading, tables, out_dir=args.out_dir)
+    return common.finish(args.name, record, heading, tables, out_dir=args.out_dir)
 
 
 if __name__ == "__main__":
