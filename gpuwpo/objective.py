@@ -171,7 +171,7 @@ def tnmse_from_programs(
     T = t.shape[0]
     check_physics(physics)
     grid_max = max_abs_weight if grid_max_abs_weight is None else grid_max_abs_weight
-    if physics == "aihwkit" and grid_max is not max_abs_weight \
+    if physics == "aihwkit" and grid_max_abs_weight is not None \
             and not torch.equal(grid_max, max_abs_weight):
         raise ValueError("programs that clip (a grid narrower than max|W|) are not defined in "
                          "physics='aihwkit', which converts the programmed weights again")
@@ -494,7 +494,8 @@ class TNMSEObjective:
             self.noise_model, self.compensation, error_amplification=self.error_amplification,
             generator=gen, common_random_numbers=crn, tile_shape=t.shape, noise=noise,
             memory_budget=self.memory_budget, compiled=self.kernel == "compile",
-            layer_ids=t.layer_ids, physics=self.physics, grid_max_abs_weight=t.grid_max,
+            layer_ids=t.layer_ids, physics=self.physics,
+            grid_max_abs_weight=t.grid_max if t.clip != 1.0 else None,
         )
 
     def _evaluate_kernel(self, f, g_lst, seed: int, crn: bool) -> torch.Tensor:

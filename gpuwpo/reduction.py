@@ -86,7 +86,7 @@ def default_memory_budget(device: torch.device, *, compiled: bool = False) -> in
 
 
 def chunk_budgets(device: torch.device, memory_budget: int | None = None, *,
-                        compiled: bool = False) -> tuple[int, int]:
+                  compiled: bool = False) -> tuple[int, int]:
     """(chunk budget, per-layer item budget) in bytes for the hot path over layers x items.
 
     The eager CPU path keeps each layer's items within :data:`CPU_MEMORY_BUDGET` (measured:
