@@ -8,8 +8,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["check_weights", "check_positive_int", "describe_values", "MAX_ABS_WEIGHT",
-           "MIN_ABS_WEIGHT"]
+__all__ = ["check_weights", "check_positive_int", "check_clip", "describe_values",
+           "MAX_ABS_WEIGHT", "MIN_ABS_WEIGHT"]
 
 #: The range of max|W| gpuwpo simulates (in float32, whose range is about 1e-38 .. 3e38: sums
 #: over a layer and products with conductances need room). The weight error does not depend on
@@ -17,6 +17,15 @@ __all__ = ["check_weights", "check_positive_int", "describe_values", "MAX_ABS_WE
 #: rescaled; they are refused with a message that says so, never simulated into NaN.
 MAX_ABS_WEIGHT = 1e32
 MIN_ABS_WEIGHT = 1e-32
+
+
+def check_clip(clip: object) -> float:
+    """A clip fraction of max|W|: a real number in (0, 1] (1: no clipping)."""
+    if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not math.isfinite(clip) \
+            or not 0.0 < float(clip) <= 1.0:
+        raise ValueError(f"clip must be a number in (0, 1] (a fraction of max|W|; 1 = no "
+                         f"clipping), got {clip!r}")
+    return float(clip)
 
 
 def describe_values(t: Tensor, max_listed: int = 6,

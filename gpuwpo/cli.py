@@ -117,13 +117,12 @@ def parse_f_lst(text: str) -> list[float | None]:
 
 
 def _clip_fraction(text: str) -> float:
+    from .checks import check_clip
+
     try:
-        value = float(text)
+        return check_clip(float(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
-    if not 0.0 < value <= 1.0:  # NaN fails this too
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}")
-    return value
 
 
 def _positive_int(text: str, minimum: int = 1) -> int:

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .checks import check_weights, describe_values
+from .checks import check_clip, check_weights, describe_values
 from .registry import Serializable
 
 __all__ = [
@@ -91,15 +91,6 @@ def _check_conductance_range(g_min: float, g_max: float) -> tuple[float, float]:
     if g_min >= g_max:
         raise ValueError(f"g_min must be smaller than g_max, got g_min={g_min!r}, g_max={g_max!r}")
     return g_min, g_max
-
-
-def check_clip(clip: Any) -> float:
-    """A clip fraction of max|W|: a real number in (0, 1] (1: no clipping)."""
-    if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not math.isfinite(clip) \
-            or not 0.0 < float(clip) <= 1.0:
-        raise ValueError(f"clip must be a number in (0, 1] (a fraction of max|W|; 1 = no "
-                         f"clipping), got {clip!r}")
-    return float(clip)
 
 
 def _as_float(value: Any, name: str) -> float:

@@ -20,7 +20,7 @@ import torch
 from .compensation import GlobalDriftCompensation, kernel_compensation
 from .converters import interpolate_programs
 from .noise import kernel_physics
-from .physics import ProgramTiles, check_physics, program_and_read
+from .physics import ProgramTiles, check_physics, program_and_read, refuse_clip
 from .reduction import chunk_budgets, error_gain, plan_chunks, scaled_weight_error
 from .rng import draw_seed, keyed_generator, make_generator
 from .simulate import NOISE_BLOCK, DeviceNoise, as_time_tensor, converter_errors, keyed_noise
@@ -171,10 +171,8 @@ def tnmse_from_programs(
     T = t.shape[0]
     check_physics(physics)
     grid_max = max_abs_weight if grid_max_abs_weight is None else grid_max_abs_weight
-    if physics == "aihwkit" and grid_max_abs_weight is not None \
-            and not torch.equal(grid_max, max_abs_weight):
-        raise ValueError("programs that clip (a grid narrower than max|W|) are not defined in "
-                         "physics='aihwkit', which converts the programmed weights again")
+    if physics == "aihwkit" and grid_max_abs_weight is not None:
+        refuse_clip(physics, float((grid_max / max_abs_weight).min()))
     gen = make_generator(generator, device)
     noisy_readout = compensation.readout_noise > 0
 
@@ -347,9 +345,7 @@ class TNMSEObjective:
             tiles = TestTile.from_layers(test_weights, strategy_space.grid_size, shape=shape,
                                          seed=seed, device=device, dtype=dtype,
                                          clip=strategy_space.clip)
-        if tiles.clip != 1.0 and self.physics == "aihwkit":
-            raise ValueError("clip < 1 is not available in physics='aihwkit': the reference's "
-                             "tile converts the programmed weights again, with no clip")
+        refuse_clip(self.physics, tiles.clip)
         self.tiles = tiles
         self.device = tiles.weights.device
         self.dtype = tiles.weights.dtype

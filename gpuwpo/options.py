@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .checks import check_positive_int
+from .checks import check_clip, check_positive_int
 
 __all__ = ["SearchOptions", "SEARCH_FIELDS", "DE_FIELDS", "de_accepts", "refuse_unsupported"]
 
@@ -164,7 +164,7 @@ class SearchOptions:
         _number(self, "f_max", low=0.0, low_open=True)
         if not self.f_min < self.f_max:
             raise ValueError(f"f_min must be < f_max, got {self.f_min!r} and {self.f_max!r}")
-        _number(self, "clip", low=0.0, high=1.0, low_open=True)
+        check_clip(self.clip)
         _number(self, "tol", low=0.0)
         _number(self, "atol", low=0.0)
         _number(self, "recombination", low=0.0, high=1.0)

@@ -37,8 +37,8 @@ import torch
 
 from .converters import grid_position, lerp_tables, net_weight_max, nonzero_max_abs
 
-__all__ = ["PHYSICS", "check_physics", "program_and_read", "TileConversion", "ProgramTiles",
-           "ConverterTiles"]
+__all__ = ["PHYSICS", "check_physics", "refuse_clip", "program_and_read", "TileConversion",
+           "ProgramTiles", "ConverterTiles"]
 
 #: The physics gpuwpo offers (see the module docstring).
 PHYSICS = ("device", "aihwkit")
@@ -50,6 +50,15 @@ def check_physics(physics: object) -> str:
         raise ValueError(f"physics must be one of {', '.join(map(repr, PHYSICS))}, got "
                          f"{physics!r}")
     return str(physics)
+
+
+def refuse_clip(physics: str, clip: float) -> None:
+    """A program that clips (``clip < 1``) is only defined in the device physics: the reference's
+    tile converts the programmed weights again, with no clip."""
+    if physics == "aihwkit" and clip != 1.0:
+        raise ValueError(f"clip={clip:g} is not available in physics='aihwkit': the reference's "
+                         "tile converts the programmed weights again, with no clip; use "
+                         "physics='device'")
 
 
 class TileConversion(Protocol):

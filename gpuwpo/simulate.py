@@ -18,7 +18,7 @@ import torch
 
 from .checks import check_positive_int, check_weights
 from .compensation import GlobalDriftCompensation
-from .physics import ConverterTiles, check_physics, program_and_read
+from .physics import ConverterTiles, check_physics, program_and_read, refuse_clip
 from .reduction import default_memory_budget, plan_chunks, weight_error
 from .rng import draw_seed, keyed_generator, make_generator
 
@@ -173,10 +173,7 @@ class _TileRun:
     def __init__(self, weights, converter, noise_model, t_steps, compensation, physics: str,
                  repeats) -> None:
         self.physics = check_physics(physics)
-        if self.physics == "aihwkit" and getattr(converter, "clip", 1.0) != 1.0:
-            raise ValueError("a program that clips (clip < 1) is not defined in "
-                             "physics='aihwkit': the reference's tile converts the programmed "
-                             "weights again, with no clip; use physics='device'")
+        refuse_clip(self.physics, getattr(converter, "clip", 1.0))
         self.weights = check_weights(weights)
         self.repeats = check_positive_int(repeats, "repeats")
         self.compensation = GlobalDriftCompensation() if compensation is None else compensation

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .checks import check_clip
+
 if TYPE_CHECKING:  # the converters module imports nothing from here; keep the import lazy
     from gpuwpo.converters import CustomPairConductanceConverter
 
@@ -93,8 +95,6 @@ class StrategySpace:
         use_max_kw: bool = False,
         clip: float = 1.0,
     ) -> None:
-        from gpuwpo.converters import check_clip
-
         self.clip = check_clip(clip)
         if isinstance(f_lst, (str, bytes)) or not isinstance(f_lst, Sequence):
             raise ValueError(f"f_lst must be a sequence of numbers or None, got {f_lst!r}")

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .checks import check_weights
-from .converters import check_clip, grid_interpolation
+from .checks import check_clip, check_weights
+from .converters import grid_interpolation
 from .rng import make_generator
 from .sampling import downsample_weight_distribution
 
