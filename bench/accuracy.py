@@ -36,7 +36,6 @@ tables.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -234,14 +233,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         repeats = 10
     popsize, maxiter = args.popsize or popsize, args.maxiter or maxiter
     repeats = args.repeats or repeats
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--set takes OPTION=JSON, got {item!r}")
-        try:
-            options[key] = json.loads(value)
-        except json.JSONDecodeError as err:
-            parser.error(f"--set {key}: {value!r} is not JSON ({err})")
+    common.apply_set_options(parser, options, args.set)
     note = (f"REDUCED budget: popsize {popsize} x D, {maxiter} generations, "
             f"{options.get('test_in_features')} x {options.get('test_out_features')} test tile "
             f"(the reference's default is popsize {FULL_BUDGET[0]} x D, {FULL_BUDGET[1]} "

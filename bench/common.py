@@ -217,6 +217,21 @@ def budget_parser(doc: str, popsize_default: str,
     return parser
 
 
+def apply_set_options(parser, options: dict[str, Any], items: Sequence[str]) -> dict[str, Any]:
+    """Apply ``--set OPTION=JSON`` items to ``options`` (in place; a JSON list becomes a tuple,
+    as ``mutation=[0.5, 1]``); a malformed item is a usage error of ``parser``."""
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set takes OPTION=JSON, got {item!r}")
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            parser.error(f"--set {key}: {value!r} is not JSON ({err})")
+        options[key] = tuple(value) if isinstance(value, list) else value
+    return options
+
+
 def new_record(machine: Mapping[str, Any], note: str, quick: bool,
                **entries: Any) -> dict[str, Any]:
     """A benchmark's record: the machine, the budget note and whether it was a smoke run, then

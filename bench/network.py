@@ -30,7 +30,6 @@ Writes bench/results/network-<machine>.json (``--out-dir`` elsewhere) and prints
 
 from __future__ import annotations
 
-import json
 import re
 import resource
 import sys
@@ -276,10 +275,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         options["baseline_iterations"] = args.baseline_iterations
     if args.polish is not None:
         options["polish"] = args.polish == "on"
-    for item in args.set:
-        key, _, value = item.partition("=")
-        value = json.loads(value)
-        options[key] = tuple(value) if isinstance(value, list) else value
+    common.apply_set_options(parser, options, args.set)
     # Overrides equal to the optimizer's defaults do not make the budget a reduced one.
     options_changed = {k: v for k, v in options.items() if common.DEFAULTS.get(k) != v}
     full = (popsize, maxiter) == FULL_BUDGET and not options_changed

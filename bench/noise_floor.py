@@ -78,30 +78,45 @@ def first_block(source: str, *, quick: bool = False) -> dict[str, torch.Tensor]:
     return dict(list(block.items())[:2]) if quick else block
 
 
+def _test_tile(name: str, weights: torch.Tensor, tile_shape: Sequence[int]) -> torch.Tensor:
+    """The layer's test tile ``[out, in]``, as the objective samples it."""
+    tile = TestTile.from_layers({name: weights}, GRID_SIZE, shape=tile_shape)
+    return tile.weights[0].reshape(tile.shape)
+
+
+def _row(name: str, weights: torch.Tensor, model: str, base: torch.Tensor,
+         errors: Mapping[float, torch.Tensor], **extra: Any) -> dict[str, Any]:
+    """A table row: the baseline's TNMSE and each ratio's reduction against it, with the
+    standard error of the paired difference (``base`` and ``errors[F]``: ``[repeats]``)."""
+    repeats = base.shape[0]
+    row: dict[str, Any] = {"layer": name, "kind": _kind(name),
+                           "max_over_std": float(weights.abs().max() / weights.float().std()),
+                           "model": model, **extra, "baseline_tnmse": float(base.mean()),
+                           "reduction": {}, "reduction_se": {}}
+    for ratio, e in errors.items():
+        diff = base - e
+        row["reduction"][f"{ratio:g}"] = float(diff.mean() / base.mean())
+        row["reduction_se"][f"{ratio:g}"] = float(diff.std() / math.sqrt(repeats) / base.mean())
+    best = max(row["reduction"], key=row["reduction"].get)
+    row["best_ratio"], row["best_reduction"] = float(best), row["reduction"][best]
+    return row
+
+
+def _npair(ratio: float) -> gpuwpo.NPairConductanceConverter:
+    return gpuwpo.NPairConductanceConverter([1.0, float(ratio)], 0.0, G_MAX)
+
+
 def layer_rows(name: str, weights: torch.Tensor, models: Mapping[str, Any],
                ratios: Sequence[float], *, repeats: int, tile_shape: Sequence[int],
                seed: int) -> list[dict[str, Any]]:
     """One row per device model: baseline TNMSE and every ratio's reduction (paired)."""
-    tile = TestTile.from_layers({name: weights}, GRID_SIZE, shape=tile_shape)
-    w = tile.weights[0].reshape(tile.shape)
-    converters = [gpuwpo.NPairConductanceConverter([1.0, float(r)], 0.0, G_MAX) for r in ratios]
-    spread = float(weights.abs().max() / weights.float().std())
+    w = _test_tile(name, weights, tile_shape)
+    converters = [_npair(r) for r in ratios]
     rows = []
     for label, model in models.items():
         err = converter_errors(w, converters, model, T_STEPS, repeats=repeats,
                                generator=seed).mean(-1)  # [C, repeats] TNMSE per repeat
-        base = err[0]
-        row: dict[str, Any] = {"layer": name, "kind": _kind(name), "max_over_std": spread,
-                               "model": label, "baseline_tnmse": float(base.mean()),
-                               "reduction": {}, "reduction_se": {}}
-        for ratio, e in zip(ratios, err):
-            diff = base - e
-            row["reduction"][f"{ratio:g}"] = float(diff.mean() / base.mean())
-            row["reduction_se"][f"{ratio:g}"] = (float(diff.std() / math.sqrt(repeats)
-                                                       / base.mean()) if repeats > 1 else None)
-        best = max(row["reduction"], key=row["reduction"].get)
-        row["best_ratio"], row["best_reduction"] = float(best), row["reduction"][best]
-        rows.append(row)
+        rows.append(_row(name, weights, label, err[0], dict(zip(ratios, err))))
     return rows
 
 
@@ -119,35 +134,20 @@ def clipped_rows(name: str, weights: torch.Tensor, model, ratios: Sequence[float
     simulated with the same seed (the same device noise), and the reduction is against the
     unclipped baseline (F = 1, fraction 1) under that noise.
     """
-    tile = TestTile.from_layers({name: weights}, GRID_SIZE, shape=tile_shape)
-    w = tile.weights[0].reshape(tile.shape)
+    w = _test_tile(name, weights, tile_shape)
     m = w.abs().max()
 
     def errors(ratio: float, fraction: float) -> torch.Tensor:  # [repeats]
-        conv = gpuwpo.NPairConductanceConverter([1.0, float(ratio)], 0.0, G_MAX)
         clipped = w.clamp(-fraction * m, fraction * m)
-        eff = gpuwpo.simulate_weights(clipped, conv, model, T_STEPS, repeats=repeats,
+        eff = gpuwpo.simulate_weights(clipped, _npair(ratio), model, T_STEPS, repeats=repeats,
                                       generator=seed)  # [repeats, T, out, in]
         return (10 * (eff - w) / m).square().mean(dim=(-3, -2, -1))
 
     base = errors(1.0, 1.0)
-    spread = float(weights.abs().max() / weights.float().std())
-    rows = []
-    for fraction in fractions:
-        row: dict[str, Any] = {"layer": name, "kind": _kind(name), "max_over_std": spread,
-                               "model": f"default, clipped at {fraction:g} max|W|",
-                               "clip_fraction": float(fraction),
-                               "baseline_tnmse": float(base.mean()),
-                               "reduction": {}, "reduction_se": {}}
-        for ratio in ratios:
-            diff = base - errors(ratio, fraction)
-            row["reduction"][f"{ratio:g}"] = float(diff.mean() / base.mean())
-            row["reduction_se"][f"{ratio:g}"] = float(diff.std() / math.sqrt(repeats)
-                                                      / base.mean())
-        best = max(row["reduction"], key=row["reduction"].get)
-        row["best_ratio"], row["best_reduction"] = float(best), row["reduction"][best]
-        rows.append(row)
-    return rows
+    return [_row(name, weights, f"default, clipped at {fraction:g} max|W|", base,
+                 {ratio: errors(ratio, fraction) for ratio in ratios},
+                 clip_fraction=float(fraction))
+            for fraction in fractions]
 
 
 def _report(record: Mapping[str, Any]) -> str:
