@@ -23,13 +23,13 @@ from typing import Any
 
 import torch
 
-from gpuwpo.options import SearchOptions
+from gpuwpo.search.options import SearchOptions
 
 __all__ = ["RESULTS_DIR", "DEFAULTS", "REFERENCE_BUDGET", "machine_info", "markdown_table",
            "write_results", "save_record", "add_run_arguments", "run_device",
            "pretrained_transformer_weights", "PRETRAINED_PACKAGE"]
 
-#: gpuwpo's search options and their defaults (gpuwpo.options.SearchOptions), by name.
+#: gpuwpo's search options and their defaults (gpuwpo.search.options.SearchOptions), by name.
 DEFAULTS = SearchOptions().as_dict()
 
 #: The reference toolkit's default budget (popsize x D, generations), what the GPU runs measure.

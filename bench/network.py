@@ -46,7 +46,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 import gpuwpo  # noqa: E402
 from bench import common  # noqa: E402
 
-T_STEPS = gpuwpo.simulate.DEFAULT_TIMES
+T_STEPS = gpuwpo.device.simulate.DEFAULT_TIMES
 F_LST = (None, None)
 FULL_BUDGET = common.REFERENCE_BUDGET
 #: The CPU default: gpuwpo's 5 x D population for 40 generations, the candidates per layer

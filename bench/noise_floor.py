@@ -45,12 +45,12 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 import gpuwpo  # noqa: E402
 from bench import common  # noqa: E402
 from bench.network import _kind, bert_shaped_weights  # noqa: E402
-from gpuwpo.noise import DEFAULT_PROG_COEFF  # noqa: E402
-from gpuwpo.simulate import converter_errors  # noqa: E402
-from gpuwpo.strategy import SEED_RATIOS  # noqa: E402
-from gpuwpo.tiles import TestTile  # noqa: E402
+from gpuwpo.device.noise import DEFAULT_PROG_COEFF  # noqa: E402
+from gpuwpo.device.simulate import converter_errors  # noqa: E402
+from gpuwpo.search.strategy import START_RATIOS  # noqa: E402
+from gpuwpo.search.tiles import TestTile  # noqa: E402
 
-T_STEPS = gpuwpo.simulate.DEFAULT_TIMES
+T_STEPS = gpuwpo.device.simulate.DEFAULT_TIMES
 G_MAX = 25.0
 GRID_SIZE = 11  # nbins = 6; the converters here do not use the grid, the tile does not care
 
@@ -194,15 +194,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for source in args.weights:
         rows = []
         for name, w in first_block(source, quick=args.quick).items():
-            rows += layer_rows(name, w, models, SEED_RATIOS, repeats=args.repeats,
+            rows += layer_rows(name, w, models, START_RATIOS, repeats=args.repeats,
                                tile_shape=tile_shape, seed=args.seed)
-            rows += clipped_rows(name, w, models["default"], SEED_RATIOS, CLIP_FRACTIONS,
+            rows += clipped_rows(name, w, models["default"], START_RATIOS, CLIP_FRACTIONS,
                                  repeats=args.repeats, tile_shape=tile_shape, seed=args.seed)
         runs.append({"weights": source, "rows": rows})
     record = common.new_record(
         machine, "fixed converters, no search", args.quick, torch_threads=torch.get_num_threads(),
         config={"converters": "NPair f=[1, F], 0..25 uS, largest weight at the full range",
-                "ratios": list(SEED_RATIOS), "clip_fractions": list(CLIP_FRACTIONS),
+                "ratios": list(START_RATIOS), "clip_fractions": list(CLIP_FRACTIONS),
                 "t_steps_s": list(T_STEPS),
                 "test_tile": list(tile_shape), "repeats": args.repeats, "seed": args.seed,
                 "models": {k: repr(m) for k, m in models.items()},

@@ -2,7 +2,7 @@
 
 The batched objective (:class:`gpuwpo.TNMSEObjective`, pure torch on the CPU; on CUDA also the
 Triton kernel when triton imports) evaluates a population of P candidates in one call; the
-per-candidate reference (:func:`gpuwpo.reference.reference_objective`) builds a converter and
+per-candidate reference (:func:`gpuwpo.search.reference.reference_objective`) builds a converter and
 loops over the time steps for every single candidate, as the reference toolkit does. The
 reference's cost does not depend on P, so it is timed on a subset (20 candidates by default)
 and reported per candidate.
@@ -43,7 +43,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 
 import gpuwpo  # noqa: E402
 from bench.common import machine_info, markdown_table, save_record  # noqa: E402
-from gpuwpo.reference import reference_objective  # noqa: E402
+from gpuwpo.search.reference import reference_objective  # noqa: E402
 
 T_STEPS = (1.0, 60.0, 3600.0, 86400.0, 30 * 86400.0, 360 * 86400.0)
 F_LST = (None, None)
@@ -201,7 +201,8 @@ def run(sizes: Sequence[int], *, in_features: int = 512, out_features: int = 20,
             "f_lst": list(F_LST), "nbins": NBINS, "D": D, "symmetric": True,
             "noise_model": "gpuwpo.PCMLikeNoiseModel() defaults", "compensation": "ideal global",
             "physics": list(physics),
-            "dtype": "float32", "reference": "gpuwpo.reference.reference_objective on the CPU",
+            "dtype": "float32",
+            "reference": "gpuwpo.search.reference.reference_objective on the CPU",
             "timing": "best of interleaved rounds (median also given), seconds per candidate",
         },
         "results": rows,

@@ -4,7 +4,7 @@ Reduction-versus-candidates curves, the data gpuwpo's defaults are chosen from (
 "Defaults"). For each problem, physics and search method, one per-layer search runs over all of
 the problem's layers; after every generation the search's best point of every layer is recorded,
 and afterwards each recorded point is judged on the converter path
-(:func:`gpuwpo.simulate.converter_errors`) against the baseline on the same noise (paired),
+(:func:`gpuwpo.device.simulate.converter_errors`) against the baseline on the same noise (paired),
 ``--repeats`` programmings of each layer's test tile. The figure plotted is the size-weighted
 total reduction of TNMSE below the baseline, 1 - sum_l n_l TNMSE_l / sum_l n_l baseline_l, with
 the standard error of the paired difference, against the candidates evaluated per layer (the
@@ -55,11 +55,11 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 
 import gpuwpo  # noqa: E402
 from bench import common  # noqa: E402
-from gpuwpo.de import population_size  # noqa: E402
-from gpuwpo.physics import PHYSICS  # noqa: E402
-from gpuwpo.simulate import converter_errors  # noqa: E402
+from gpuwpo.device.physics import PHYSICS  # noqa: E402
+from gpuwpo.device.simulate import converter_errors  # noqa: E402
+from gpuwpo.search.de import population_size  # noqa: E402
 
-T_STEPS = gpuwpo.simulate.DEFAULT_TIMES
+T_STEPS = gpuwpo.device.simulate.DEFAULT_TIMES
 F_LST = (None, None)
 
 _REFERENCE = dict(backend="torch", strategy="best1bin", mutation=0.1, recombination=0.3,
@@ -84,22 +84,24 @@ def _sweep(strategy: str, mutation: float | tuple[float, float], recombination: 
     """One method of the operator sweep: (description, optimizer keywords)."""
     return (f"{strategy}, mutation {mutation}, recombination {recombination}, popsize {popsize}",
             dict(backend="torch", strategy=strategy, mutation=mutation,
-                 recombination=recombination, popsize=popsize, seeds=True))
+                 recombination=recombination, popsize=popsize, standard_starts=True))
 
 
 #: name -> (description, optimizer keywords). ``backend`` picks the backend.
 METHODS: dict[str, tuple[str, dict[str, Any]]] = {
-    "reference": ("torch DE, the reference's settings, seeded", {**_REFERENCE, "seeds": True}),
+    "reference": ("torch DE, the reference's settings, seeded",
+                  {**_REFERENCE, "standard_starts": True}),
     "reference-unseeded": ("torch DE, the reference's settings, no seeds",
-                           {**_REFERENCE, "seeds": False}),
-    "tuned": ("torch DE, tuned settings, seeded", {**_TUNED, "seeds": True}),
-    "tuned-unseeded": ("torch DE, tuned settings, no seeds", {**_TUNED, "seeds": False}),
+                           {**_REFERENCE, "standard_starts": False}),
+    "tuned": ("torch DE, tuned settings, seeded", {**_TUNED, "standard_starts": True}),
+    "tuned-unseeded": ("torch DE, tuned settings, no seeds", {**_TUNED, "standard_starts": False}),
     "scipy": ("scipy DE at scipy's defaults, seeded",
               dict(backend="scipy", strategy="best1bin", mutation=(0.5, 1.0), recombination=0.7,
-                   popsize=15, seeds=True)),
+                   popsize=15, standard_starts=True)),
     "cmaes": ("EvoTorch CMA-ES, population D, centred on the best seed",
-              dict(backend="evotorch", algorithm="cmaes", popsize=1, seeds=True)),
-    # The sweep the tuned settings were picked from (torch DE; run with --set seeds=false).
+              dict(backend="evotorch", algorithm="cmaes", popsize=1, standard_starts=True)),
+    # The sweep the tuned settings were picked from (torch DE; run with
+    # --set standard_starts=false).
     **{f"sweep-{name}": _sweep(*args) for name, args in _SWEEP.items()},
 }
 DEFAULT_METHODS = ("reference", "reference-unseeded", "tuned", "tuned-unseeded", "scipy",
@@ -164,7 +166,7 @@ def run_curve(layers: Mapping[str, torch.Tensor], method: str, physics: str, *, 
     start = time.perf_counter()
     opt.run_optimizer()
     search_wall = time.perf_counter() - start
-    seeds = opt.seeds()[0].shape[0]
+    seeds = opt.standard_starts()[0].shape[0]
     B = len(names)
     sizes = torch.tensor([float(layers[n].numel()) for n in names], dtype=torch.float64)
     m = opt.objective.max_abs_weight.reshape(-1)
@@ -295,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         help="a smoke run: tiny test tile and budget")
     parser.add_argument("--set", action="append", default=[], metavar="OPTION=JSON",
                         help="override a search option for every method, e.g. --set "
-                             "seeds=false (repeatable)")
+                             "standard_starts=false (repeatable)")
     parser.add_argument("--merge", nargs="+", type=Path, default=None, metavar="JSON",
                         help="run nothing: merge the records of earlier runs (e.g. one per "
                              "physics, run in parallel) into one results file and figure")

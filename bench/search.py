@@ -37,7 +37,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 import gpuwpo  # noqa: E402
 from bench import common  # noqa: E402
 
-T_STEPS = gpuwpo.simulate.DEFAULT_TIMES
+T_STEPS = gpuwpo.device.simulate.DEFAULT_TIMES
 F_LST = (None, None)
 BACKENDS = ("torch", "evotorch", "scipy")
 #: The reference's default budget (population multiplier, generations).

@@ -8,24 +8,24 @@ the batch, and all layers of a network are optimised in one call.
 # First: Ctrl-C while the command line imports torch exits 130 with one line (gpuwpo._startup).
 from . import _startup  # noqa: F401, I001  (only in the gpuwpo command's own process)
 from . import _checkout  # noqa: F401  (registers kernels/ as gpuwpo.kernels in a checkout)
-from .compensation import GlobalDriftCompensation, PerColumnDriftCompensation
-from .converters import (
+from .device.compensation import GlobalDriftCompensation, PerColumnDriftCompensation
+from .device.converters import (
     CustomPairConductanceConverter,
     DualPairConductanceConverter,
     FusionConductanceConverter,
     NPairConductanceConverter,
     SinglePairConductanceConverter,
 )
-from .distributed import RayCluster
+from .network.distributed import RayCluster
 from .io import load_result, load_weights, save_result
 from .network import LayerResult, NetworkResult, optimize_network, program_model, select_weights
-from .noise import CustomDriftPCMLikeNoiseModel, PCMLikeNoiseModel
-from .objective import TNMSEObjective
-from .optimizer import OptimizationResult, WeightProgrammingOptimizer
-from .sampling import downsample_weight_distribution, shuffle_weights
-from .simulate import simulate_weights
-from .strategy import StrategySpace
-from .synthetic import student_t_weights
+from .device.noise import CustomDriftPCMLikeNoiseModel, PCMLikeNoiseModel
+from .search.objective import TNMSEObjective
+from .search.optimizer import OptimizationResult, WeightProgrammingOptimizer
+from .device.sampling import downsample_weight_distribution, shuffle_weights
+from .device.simulate import simulate_weights
+from .search.strategy import StrategySpace
+from .device.synthetic import student_t_weights
 
 __version__ = "0.1.0"
 

@@ -17,7 +17,7 @@ file. The baseline everything is compared with is, by default, a DualPair conver
 0..25 uS, under the PCM noise model with g_max the top of the conductance range, read through an
 ideal periphery in the device physics; evaluate and plot use what the results file records,
 and every PHYSICS flag given overrides it. ``--config`` reads a TOML file of settings (the
-flags' names with underscores, and any option of :class:`gpuwpo.options.SearchOptions`) or a
+flags' names with underscores, and any option of :class:`gpuwpo.search.options.SearchOptions`) or a
 results file, whose run ``optimize`` then repeats exactly; flags given override it.
 
 Bad input (a missing or unreadable file, no matching layer, NaN weights, a bad option, an
@@ -40,11 +40,11 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from .checks import check_weights
-from .io import default_physics, physics_from_settings
-from .physics import PHYSICS
+from .device.physics import PHYSICS
+from .device.simulate import DEFAULT_TIMES, tnmse_over_time
+from .network.settings import default_physics, physics_from_settings
 from .registry import from_dict, to_dict
 from .rng import make_generator
-from .simulate import DEFAULT_TIMES, tnmse_over_time
 
 __all__ = ["main", "build_parser", "parse_times", "parse_f_lst", "parse_g_range",
            "parse_baseline", "make_compensation"]
@@ -188,7 +188,7 @@ def parse_baseline(spec: str, g_range: tuple[float, float] = (0.0, 25.0)):
     Specs: ``dualpair`` (f = 1, 1) or ``dualpair:F0,F1``; ``single``; ``npair:F0,F1,...``;
     ``fusion`` (one device per weight; its g_max is the top of the range).
     """
-    from . import converters
+    from .device import converters
 
     kind, _, args = str(spec).strip().partition(":")
     kind = kind.lower()
@@ -215,7 +215,7 @@ def parse_baseline(spec: str, g_range: tuple[float, float] = (0.0, 25.0)):
 
 def make_compensation(kind: str = "global", readout: str = "ideal"):
     """The drift compensation ``kind`` read through the ``readout`` periphery."""
-    from .compensation import GlobalDriftCompensation, PerColumnDriftCompensation
+    from .device.compensation import GlobalDriftCompensation, PerColumnDriftCompensation
 
     if kind not in COMPENSATIONS:
         raise ValueError(f"unknown compensation {kind!r}; choose one of {', '.join(COMPENSATIONS)}")
@@ -230,9 +230,10 @@ def make_compensation(kind: str = "global", readout: str = "ideal"):
 def _physics(args: argparse.Namespace, recorded: Mapping | None = None) -> dict:
     """Noise model, baseline, compensation and physics: flags given, else recorded, else defaults.
 
-    ``recorded``: what a results file records (:func:`gpuwpo.io.physics_from_settings`).
+    ``recorded``: what a results file records
+    (:func:`gpuwpo.network.settings.physics_from_settings`).
     """
-    from .noise import PCMLikeNoiseModel
+    from .device.noise import PCMLikeNoiseModel
 
     given = vars(args)
     noise_model, baseline = default_physics()
@@ -279,7 +280,8 @@ _RECORD_KEYS = ("noise_model", "baseline", "compensation")
 
 def _read_config(path: str) -> tuple[str, dict]:
     """("results", optimize kwargs) for a results file, ("toml", values) for a TOML file."""
-    from .io import load_result, optimize_kwargs_from_settings
+    from .io import load_result
+    from .network.settings import optimize_kwargs_from_settings
 
     if str(path).lower().endswith(".json"):
         result = load_result(path)
@@ -295,7 +297,7 @@ def _read_config(path: str) -> tuple[str, dict]:
         raise FileNotFoundError(f"no config file at {path}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: not a TOML config: {err}") from None
-    from .options import SearchOptions
+    from .search.options import SearchOptions
 
     known = set(_CONFIG_FLAGS) | set(SearchOptions.names()) | {"global"}
     unknown = sorted(set(data) - known)
@@ -443,12 +445,12 @@ def _check_out_dir(path: str | None, inputs: Sequence[str | None], what: str,
 _OPTION_FLAGS = {"popsize": "popsize", "maxiter": "maxiter", "seed": "seed",
                  "baseline_iterations": "baseline_iterations",
                  "validation_repeats": "validation_repeats", "kernel": "kernel",
-                 "seeds": "seeds", "clip": "clip"}
+                 "standard_starts": "standard_starts", "clip": "clip"}
 
 
 def _optimize_settings(args: argparse.Namespace) -> dict:
     """Everything optimize runs with: config first, then the flags given (which win)."""
-    from .options import SearchOptions
+    from .search.options import SearchOptions
 
     given = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
     base: dict = {}
@@ -508,7 +510,7 @@ def _optimize_settings(args: argparse.Namespace) -> dict:
 
 def _check_checkpoint(options, out: str | None) -> None:
     """Before any work: the checkpoint to resume is whole, the one to save can be written."""
-    from .checkpoint import check_target, read_checkpoint
+    from .search.checkpoint import check_target, read_checkpoint
 
     if options.resume is not None:
         read_checkpoint(options.resume)
@@ -527,15 +529,15 @@ def _ray_cluster(args: argparse.Namespace):
             raise ValueError("--workers and --gpus-per-worker shard the layers over Ray "
                              "workers: give --ray too")
         return None
-    from .distributed import RayCluster
+    from .network.distributed import RayCluster
 
     return RayCluster(address=address or None, workers=workers, gpus_per_worker=gpus or 0)
 
 
 def _cmd_optimize(args: argparse.Namespace) -> int:
-    from .backends import BACKENDS
     from .io import load_weights, save_result
     from .network import optimize_network, select_weights
+    from .search.backends import BACKENDS
 
     run = _optimize_settings(args)
     if run["backend"] not in BACKENDS:
@@ -580,8 +582,8 @@ def _cmd_optimize(args: argparse.Namespace) -> int:
 
 
 def _check_test_size(options) -> None:
-    """A test tile too large to allocate is refused before any work (gpuwpo.tiles)."""
-    from .tiles import MAX_TEST_WEIGHTS
+    """A test tile too large to allocate is refused before any work (gpuwpo.search.tiles)."""
+    from .search.tiles import MAX_TEST_WEIGHTS
 
     size_in, size_out = options.test_in_features, options.test_out_features
     if size_in is not None and size_in * size_out > MAX_TEST_WEIGHTS:
@@ -799,7 +801,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``gpuwpo`` command (sub-commands optimize, evaluate, plot,
     example)."""
     from . import __version__
-    from .options import SearchOptions
+    from .search.options import SearchOptions
 
     defaults = SearchOptions()
     parser = _OneLineParser(
@@ -833,9 +835,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hierarchical", action=argparse.BooleanOptionalAction, default=keep,
                    help="per layer: search one pooled global strategy first and start every "
                         "layer from it (default: off; README 'Defaults')")
-    p.add_argument("--no-seeds", dest="seeds", action="store_false", default=keep,
-                   help="do not seed the search with the standard converters (README "
-                        "'Defaults')")
+    p.add_argument("--no-standard-starts", dest="standard_starts", action="store_false",
+                   default=keep, help="do not start the search from the standard converters "
+                                      "(README 'Defaults')")
     p.add_argument("--backend", metavar="NAME", default=keep,
                    help="search backend: torch (default), evotorch or scipy")
     p.add_argument("--kernel", choices=("auto", "torch", "compile", "triton"), default=keep,

@@ -132,7 +132,7 @@ def accuracy_over_time(model: nn.Module, strategy, noise_model, x: torch.Tensor,
         strategy: a NetworkResult, a mapping layer name -> converter, or one converter for every
             Linear weight (e.g. the baseline).
         progress: called once after each (repeat, time) evaluation (a progress bar's update).
-        physics: "device" or "aihwkit" (see :mod:`gpuwpo.physics`).
+        physics: "device" or "aihwkit" (see :mod:`gpuwpo.device.physics`).
         compensation: drift compensation (default ideal global).
     """
     from .network import program_model
@@ -180,7 +180,8 @@ def run_example(*, quick: bool = False, out_dir: str | os.PathLike | None = None
         device: where the search runs (None: CUDA when available).
         verbose: print the summary, the table and what was written.
         progress: show progress bars (default: as ``verbose``).
-        physics: "device" or "aihwkit" (see :mod:`gpuwpo.physics`): searched and measured in it.
+        physics: "device" or "aihwkit" (see :mod:`gpuwpo.device.physics`): searched and measured in
+        it.
         noise_model, baseline, compensation: the device model (default PCM, g_max 25 uS), the
             converter to beat (default DualPair f=[1, 1], 0..25 uS) and the drift compensation
             (default ideal global).
@@ -191,9 +192,9 @@ def run_example(*, quick: bool = False, out_dir: str | os.PathLike | None = None
         "seconds": {"train", "optimise", "evaluate", "total"}, "result": NetworkResult}``;
         accuracies are fractions in [0, 1].
     """
-    from .converters import DualPairConductanceConverter
+    from .device.converters import DualPairConductanceConverter
+    from .device.noise import PCMLikeNoiseModel
     from .network import optimize_network
-    from .noise import PCMLikeNoiseModel
 
     start = time.perf_counter()
     repeats = (3 if quick else 10) if repeats is None else int(repeats)

@@ -41,14 +41,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .converters import CustomPairConductanceConverter
-from .network import LayerResult, NetworkResult
-from .physics import PHYSICS
+from .device.converters import CustomPairConductanceConverter
+from .device.physics import PHYSICS
+from .network.result import LayerResult, NetworkResult
+from .network.settings import options_from_settings, upgrade_record
 from .registry import from_dict, to_dict
-from .simulate import DEFAULT_TIMES as _DEFAULT_TIMES
 
-__all__ = ["save_result", "load_result", "load_weights", "physics_from_settings",
-           "optimize_kwargs_from_settings", "default_physics", "is_results_file",
+__all__ = ["save_result", "load_result", "load_weights", "is_results_file",
            "check_output_file", "result_to_json_bytes", "RESULT_FORMAT", "RESULT_VERSION",
            "MAX_RESULT_BYTES"]
 
@@ -58,8 +57,7 @@ RESULT_VERSION = 3
 # records with every option of the run, 3 each layer's validated choice (a layer may hold the
 # baseline converter itself).
 _READABLE_VERSIONS = (1, 2, 3)
-# Options earlier versions recorded that no longer exist (the seeds replaced the warm start).
-_RETIRED_OPTIONS = ("warm_start_baseline",)
+
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
            "float64": torch.float64}
@@ -335,7 +333,7 @@ def _record(rec: Any, what: str, read: _Fields, *, strict: bool, kind: str | Non
     if not isinstance(rec, Mapping):
         raise read.fail(what, f"must be an object with a 'class', got {_show(rec)}")
     if kind is not None:
-        rec = _legacy_record(rec, kind)
+        rec = upgrade_record(rec, kind)
     try:
         obj = from_dict(rec, what=what)
         missing = [k for k in to_dict(obj) if k not in rec] if strict else []
@@ -387,7 +385,7 @@ def _check_settings(settings: Mapping, read: _Fields, version: int) -> None:
             isinstance(k, str) for k in settings["explicit"])):
         raise read.fail("settings.explicit", "must be a list of option names")
     if "options" in settings:
-        _options_from_settings(settings, f"{read.path}: ")
+        options_from_settings(settings, f"{read.path}: ")
 
 
 def _refuse_constant(name: str) -> Any:
@@ -824,135 +822,3 @@ def load_weights(path: str | os.PathLike) -> dict[str, Tensor]:
     return out
 
 
-def default_physics() -> tuple[Any, Any]:
-    """(noise model, baseline converter): PCMLikeNoiseModel(g_max=25), DualPair [1, 1] 0..25 uS."""
-    from .converters import DualPairConductanceConverter
-    from .noise import PCMLikeNoiseModel
-
-    return (PCMLikeNoiseModel(g_max=25.0),
-            DualPairConductanceConverter(f_lst=[1.0, 1.0], g_min=0.0, g_max=25.0))
-
-
-def _legacy_record(rec: Mapping[str, Any], kind: str) -> dict[str, Any]:
-    """A version-1 settings record (attribute snapshots) as a registry record."""
-    rec = dict(rec)
-    if kind == "noise_model" and "g_ref" in rec:
-        rec["prog_coeff_g_max_reference"] = rec.pop("g_ref")
-    if kind == "baseline" and rec.get("class") in ("SinglePairConductanceConverter",
-                                                   "FusionConductanceConverter"):
-        rec.pop("f_lst", None)
-    if kind == "baseline" and rec.get("class") == "FusionConductanceConverter":
-        rec.pop("g_min", None)
-    return rec
-
-
-def physics_from_settings(settings: Mapping[str, Any], *,
-                          path: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Rebuild what a results file's ``settings`` record: noise model, baseline, compensation.
-
-    Returns a dict with ``noise_model``, ``baseline``, ``compensation``, ``t_steps`` and
-    ``physics``; a part the settings do not record falls back to the defaults
-    (PCMLikeNoiseModel(g_max=25), DualPair f=[1, 1] 0..25 uS, ideal global compensation,
-    :data:`_DEFAULT_TIMES`, ``"device"``). Classes are looked up in gpuwpo's registry only
-    (:mod:`gpuwpo.registry`): a file never names code to run.
-
-    Raises:
-        ValueError: an unknown class or a malformed record, naming the file (when ``path`` is
-            given) and the field.
-    """
-    from .compensation import GlobalDriftCompensation
-
-    where = f"{path}: " if path is not None else ""
-    noise_model, baseline = default_physics()
-    built: dict[str, Any] = {"noise_model": noise_model, "baseline": baseline,
-                             "compensation": GlobalDriftCompensation()}
-    for kind in ("noise_model", "baseline", "compensation"):
-        rec = settings.get(kind)
-        if rec is None:
-            continue
-        if not isinstance(rec, Mapping):
-            raise ValueError(f"{where}settings.{kind} must be an object, got "
-                             f"{type(rec).__name__}")
-        try:
-            built[kind] = from_dict(_legacy_record(rec, kind), what=f"settings.{kind}")
-        except (ValueError, TypeError) as err:
-            raise ValueError(f"{where}{err}") from None
-    t_steps = settings.get("t_steps", list(_DEFAULT_TIMES))
-    if not isinstance(t_steps, list) or not t_steps or not all(
-            isinstance(t, (int, float)) and not isinstance(t, bool) for t in t_steps):
-        raise ValueError(f"{where}settings.t_steps must be a non-empty list of seconds, got "
-                         f"{t_steps!r}")
-    physics = settings.get("physics", "device")
-    if physics not in PHYSICS:
-        raise ValueError(f"{where}results file records an unknown physics {physics!r}; this "
-                         f"gpuwpo knows {', '.join(PHYSICS)}")
-    return {**built, "t_steps": [float(t) for t in t_steps], "physics": physics}
-
-
-def _options_from_settings(settings: Mapping[str, Any], where: str):
-    """The :class:`gpuwpo.options.SearchOptions` that ``settings["options"]`` records."""
-    from .options import SearchOptions
-
-    recorded = settings["options"]
-    if not isinstance(recorded, Mapping):
-        raise ValueError(f"{where}settings.options must be an object")
-    explicit = settings.get("explicit", [])
-    if not isinstance(explicit, list) or not all(isinstance(k, str) for k in explicit):
-        raise ValueError(f"{where}settings.explicit must be a list of option names")
-    recorded = {k: v for k, v in recorded.items() if k not in _RETIRED_OPTIONS}
-    explicit = [k for k in explicit if k not in _RETIRED_OPTIONS]
-    if "seeds" not in recorded:
-        # Written before the search was seeded: repeat it unseeded.
-        recorded["seeds"] = False
-    unknown = sorted(set(recorded) - set(SearchOptions.names()))
-    if unknown:
-        raise ValueError(f"{where}settings.options has unknown option(s) {', '.join(unknown)}")
-    values = {k: (tuple(v) if k == "mutation" and isinstance(v, list) else v)
-              for k, v in recorded.items()}
-    for key in ("x0", "x_init"):
-        if isinstance(values.get(key), list):
-            try:
-                values[key] = torch.tensor(values[key], dtype=torch.float64)
-            except (TypeError, ValueError, RuntimeError):
-                raise ValueError(f"{where}settings.options.{key} must be a list of numbers (or "
-                                 f"of equally long lists of them)") from None
-            if not bool(torch.isfinite(values[key]).all()):
-                raise ValueError(f"{where}settings.options.{key} holds numbers that are not "
-                                 f"finite")
-    try:
-        return SearchOptions(**values, explicit=frozenset(explicit))
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{where}settings.options: {_one_line(err)}") from None
-
-
-def optimize_kwargs_from_settings(settings: Mapping[str, Any], *,
-                                  path: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Everything :func:`gpuwpo.optimize_network` needs to repeat the run a results file records.
-
-    Returns the keyword arguments (noise_model, t_steps, g_converter_baseline, f_lst, include,
-    exclude, per_layer, hierarchical, backend, physics, compensation, symmetric and ``options``: a
-    :class:`gpuwpo.options.SearchOptions` with the recorded values and the same options marked
-    as given). Only version-2 settings record all of it.
-
-    Raises:
-        ValueError: settings that do not record a run (naming the file and the field).
-    """
-    where = f"{path}: " if path is not None else ""
-    if "options" not in settings:
-        raise ValueError(f"{where}the results file does not record its options (written by an "
-                         "older gpuwpo); it cannot be repeated exactly")
-    physics = physics_from_settings(settings, path=path)
-    options = _options_from_settings(settings, where)
-    f_lst = settings.get("f_lst")
-    if not isinstance(f_lst, list) or not f_lst:
-        raise ValueError(f"{where}settings.f_lst must be a list of significance factors")
-    return {
-        "noise_model": physics["noise_model"], "t_steps": physics["t_steps"],
-        "g_converter_baseline": physics["baseline"], "f_lst": f_lst,
-        "include": settings.get("include"), "exclude": settings.get("exclude"),
-        "per_layer": bool(settings.get("per_layer", True)),
-        "hierarchical": bool(settings.get("hierarchical", False)),
-        "backend": settings.get("backend", "torch"), "physics": physics["physics"],
-        "compensation": physics["compensation"],
-        "symmetric": bool(settings.get("symmetric", True)), "options": options,
-    }

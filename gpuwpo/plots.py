@@ -104,7 +104,7 @@ def _converters(result_or_converters: Any) -> dict[str, Any]:
 
 
 def _default_baseline():
-    from .converters import DualPairConductanceConverter
+    from .device.converters import DualPairConductanceConverter
 
     return DualPairConductanceConverter(f_lst=[1.0, 1.0], g_min=0.0, g_max=25.0)
 
@@ -184,7 +184,7 @@ def programming_curves(
 def _normalised_errors(weights: torch.Tensor, converter, noise_model, t_steps, repeats,
                        generator, compensation, physics="device") -> torch.Tensor:
     """(alpha_t W_t - W) / max|W| of every weight, [T, repeats * N]."""
-    from .simulate import simulate_weights
+    from .device.simulate import simulate_weights
 
     w = weights.detach().to("cpu", torch.float32)  # checked by weight_error_histograms
     eff = simulate_weights(w, converter, noise_model, t_steps, compensation, repeats=repeats,
@@ -222,7 +222,7 @@ def weight_error_histograms(
         noise_model: the PCM model (default PCMLikeNoiseModel(g_max=25)).
         baseline: the baseline converter (default DualPair f=[1, 1], 0..25 uS).
         compensation: drift compensation (default ideal global).
-        physics: "device" or "aihwkit" (see :mod:`gpuwpo.physics`).
+        physics: "device" or "aihwkit" (see :mod:`gpuwpo.device.physics`).
         repeats: independent programmings pooled per histogram.
         seed: seed of the noise (one generator, both strategies drawn in turn).
         path: where to save the figure (optional).
@@ -230,7 +230,7 @@ def weight_error_histograms(
     Returns:
         The figure: one axes per (layer, time step).
     """
-    from .noise import PCMLikeNoiseModel
+    from .device.noise import PCMLikeNoiseModel
 
     plt = _pyplot()
     converters = _converters(result_or_converters)

@@ -13,7 +13,7 @@ the ``rpu_config`` you pass:
 
 * an aihwkit ``InferenceRPUConfig`` or ``TorchInferenceRPUConfig`` (when aihwkit is installed):
   its noise model, drift compensation and forward periphery are translated by
-  :func:`gpuwpo.aihwkit_interop.from_aihwkit_rpu_config`; a setting gpuwpo does not model is
+  :func:`gpuwpo.aihwkit.from_aihwkit_rpu_config`; a setting gpuwpo does not model is
   refused with a ValueError naming it. ``run_optimizer`` then returns aihwkit's own
   ``CustomPairConductanceConverter``, ready for its inference tiles.
 * without aihwkit, gpuwpo's small :class:`InferenceConfig` (noise model, drift compensation,
@@ -25,7 +25,8 @@ Differences from the reference, on purpose:
   baseline by ``loss_margin`` (the reference returns True, or the in-search loss as a float).
   ``best_loss`` is that validated TNMSE; the whole report is in ``self.result``.
 * Never worse: the answer is chosen, on the same fresh noise, among the search's best, its
-  polish and the baseline (:mod:`gpuwpo.selection`); where no strategy beats the baseline with
+  polish and the baseline (:mod:`gpuwpo.search.selection`); where no strategy beats the baseline
+  with
   confidence, ``run_optimizer`` returns the baseline's own program as a CustomPair (its exact
   encoding at the grid points) and success False.
 * Randomness is seeded: the test weights are shuffled with ``seed`` (the reference shuffles with
@@ -37,7 +38,7 @@ Differences from the reference, on purpose:
 This module keeps the reference's search defaults (population 100 x D, 200 generations,
 best1bin, mutation 0.1, recombination 0.3, a population without the standard converters as
 seeds), which :class:`gpuwpo.WeightProgrammingOptimizer` does not have to: gpuwpo's own are in
-:class:`gpuwpo.options.SearchOptions`, chosen from measured curves (README.md, "Defaults";
+:class:`gpuwpo.search.options.SearchOptions`, chosen from measured curves (README.md, "Defaults";
 ``bench/quality.py``).
 """
 
@@ -55,20 +56,20 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import aihwkit_interop as interop
-from .compensation import GlobalDriftCompensation
-from .converters import (
+from . import aihwkit as interop
+from .device.compensation import GlobalDriftCompensation
+from .device.converters import (
     CustomPairConductanceConverter,
     NPairConductanceConverter,
     SinglePairConductanceConverter,
 )
-from .noise import PCMLikeNoiseModel
-from .optimizer import WeightProgrammingOptimizer as _Optimizer
+from .device.noise import PCMLikeNoiseModel
+from .device.sampling import downsample_weight_distribution as _downsample
+from .device.sampling import shuffle_weights as _shuffle
+from .device.simulate import as_time_tensor, simulate_weights
 from .rng import make_generator
-from .sampling import downsample_weight_distribution as _downsample
-from .sampling import shuffle_weights as _shuffle
-from .simulate import as_time_tensor, simulate_weights
-from .strategy import StrategySpace
+from .search.optimizer import WeightProgrammingOptimizer as _Optimizer
+from .search.strategy import StrategySpace
 
 __all__ = ["WeightProgrammingOptimizer", "InferenceConfig", "MappingConfig", "AnalogTileModel",
            "denormalize", "downsample_weight_distribution", "loss_fxn", "loss_rpu_config",
@@ -104,7 +105,7 @@ class InferenceConfig:
     """gpuwpo's stand-in for the reference's inference RPU config.
 
     Attributes:
-        noise_model: a :class:`gpuwpo.noise.DeviceModel` (default PCM, g_max 25 uS).
+        noise_model: a :class:`gpuwpo.device.noise.DeviceModel` (default PCM, g_max 25 uS).
         drift_compensation: a gpuwpo compensation; its readout periphery stands for the
             reference's ``forward`` settings (``GlobalDriftCompensation.aihwkit_default()`` is
             the reference's default forward; the default here is the ideal readout).
@@ -533,7 +534,7 @@ class WeightProgrammingOptimizer:
             disp=self._flag("disp"), strategy=self.strategy, popsize=self.popsize,
             maxiter=self.maxiter, tol=self.tol, atol=self.atol, mutation=self.mutation,
             recombination=self.recombination, polish=self._flag("polish"), seed=self.seed,
-            x_init=self.x_init, seeds=False)
+            x_init=self.x_init, standard_starts=False)
 
     # -- the reference's methods ---------------------------------------------------------
     def generate_hop_bounds(self) -> tuple[tuple[float, float], ...]:

@@ -3,7 +3,7 @@
 :func:`tnmse_triton` evaluates every candidate program of every layer over every inference time
 in one kernel launch, with the device physics of docs/DESIGN.md section 2 and the objective of
 section 5. Its pure-torch twin and specification is
-:func:`gpuwpo.objective.tnmse_from_programs`; the two agree in distribution (they draw
+:func:`gpuwpo.search.objective.tnmse_from_programs`; the two agree in distribution (they draw
 different random numbers), and to float32 round-off when the twin is given the kernel's
 standard normals (tests/test_kernel_tnmse.py reproduces the stream).
 
@@ -63,7 +63,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "gpuwpo.kernels.tnmse needs Triton (pip install 'gpuwpo[gpu]' or pip install triton); "
-        "without it use the pure-torch objective gpuwpo.objective.tnmse_from_programs"
+        "without it use the pure-torch objective gpuwpo.search.objective.tnmse_from_programs"
     ) from exc
 
 __all__ = ["tnmse_triton", "reduce_tnmse_partials", "NUM_PARTIALS"]
@@ -225,7 +225,7 @@ def reduce_tnmse_partials(
     ``partials[..., c, :]`` holds chunk c's (A0, A_t, S_tt, S_tD, S_DD, a_ref) with
     ``D = a_ref W_t - W``; ``max_abs_weight`` is [B]. alpha_t = max(A0/N, eps) /
     max(A_t/N, eps) with eps = 1e-4 M (relative to the layer's max|W|, as in
-    :mod:`gpuwpo.compensation`; a_ref is only the expansion point, any value is exact) and
+    :mod:`gpuwpo.device.compensation`; a_ref is only the expansion point, any value is exact) and
     ``sum (alpha W_t - W)^2 = sum_c (da^2 S_tt + 2 da S_tD + S_DD)`` with
     ``da = alpha_t - a_ref``.
     """
@@ -280,7 +280,7 @@ def tnmse_triton(
 ) -> torch.Tensor:
     """TNMSE of every candidate program, programmed, drifted, read and compensated on the GPU.
 
-    Same inputs and physics as :func:`gpuwpo.objective.tnmse_from_programs` with the default
+    Same inputs and physics as :func:`gpuwpo.search.objective.tnmse_from_programs` with the default
     (non-custom) PCM drift model and ideal global drift compensation.
 
     Args:
@@ -321,7 +321,8 @@ def tnmse_triton(
     if device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "0") != "1":
         raise ValueError(
             f"tnmse_triton runs on CUDA tensors (got {device}); on the CPU set TRITON_INTERPRET=1 "
-            "before importing triton (slow, for tests) or use gpuwpo.objective.tnmse_from_programs"
+            "before importing triton (slow, for tests) or use "
+            "gpuwpo.search.objective.tnmse_from_programs"
         )
 
     B, N = test_weights.shape
@@ -356,7 +357,7 @@ def tnmse_triton(
         raise ValueError(f"prog_coeff must be 3 floats (c0, c1, c2), got {prog_coeff!r}")
 
     # Per-candidate scale and per-time-step scalars: tiny, computed in float64 before the launch.
-    from gpuwpo.converters import program_scale  # the twin's definition, in float64
+    from gpuwpo.device.converters import program_scale  # the twin's definition, in float64
 
     scale = program_scale(f.to(torch.float64), g_lst.to(torch.float64),
                           max_abs_weight.to(torch.float64).unsqueeze(-1))  # [B, P]

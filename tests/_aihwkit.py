@@ -10,7 +10,7 @@ import math
 import torch
 
 import gpuwpo
-from gpuwpo.aihwkit_interop import judge_tnmse, to_aihwkit_converter
+from gpuwpo.aihwkit import judge_tnmse, to_aihwkit_converter
 
 #: compensation name -> (gpuwpo's class, keywords)
 COMPENSATIONS = {

@@ -1,4 +1,4 @@
-"""Tests of the EvoTorch backend (gpuwpo.backends.evotorch_backend)."""
+"""Tests of the EvoTorch backend (gpuwpo.search.backends.evotorch_backend)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import torch
 
 pytest.importorskip("evotorch")
 
-from gpuwpo.backends import run_search  # noqa: E402
-from gpuwpo.backends.base import IntermediateResult, SearchOutcome, SearchProblem  # noqa: E402
-from gpuwpo.backends.evotorch_backend import ALGORITHMS, reflect_unit  # noqa: E402
-from gpuwpo.de import STRATEGIES  # noqa: E402
+from gpuwpo.search.backends import run_search  # noqa: E402
+from gpuwpo.search.backends.base import IntermediateResult, SearchOutcome, SearchProblem  # noqa: E402
+from gpuwpo.search.backends.evotorch_backend import ALGORITHMS, reflect_unit  # noqa: E402
+from gpuwpo.search.de import STRATEGIES  # noqa: E402
 
 # one optimum per layer, away from the cube's centre and from each other
 CENTRES = torch.tensor([[0.3, 0.7, 0.2, 0.9], [0.6, 0.1, 0.5, 0.4]])

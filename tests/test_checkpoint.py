@@ -21,16 +21,16 @@ import pytest
 import torch
 
 import gpuwpo
-from gpuwpo.backends.torch_backend import load_checkpoint
-from gpuwpo.checkpoint import (
+from gpuwpo.cli import main
+from gpuwpo.io import load_result
+from gpuwpo.search.backends.torch_backend import load_checkpoint
+from gpuwpo.search.checkpoint import (
     Checkpoint,
     check_target,
     digest,
     read_checkpoint,
     write_checkpoint,
 )
-from gpuwpo.cli import main
-from gpuwpo.io import load_result
 
 T_STEPS = [1.0, 86400.0]
 TINY = dict(popsize=2, maxiter=4, test_in_features=16, test_out_features=4,

@@ -9,7 +9,8 @@ import pytest
 
 import gpuwpo
 from gpuwpo.cli import main, make_compensation, parse_baseline, parse_g_range
-from gpuwpo.io import load_result, physics_from_settings
+from gpuwpo.io import load_result
+from gpuwpo.network.settings import physics_from_settings
 from gpuwpo.registry import from_dict, registered, to_dict
 from tests._cli import TINY, write_two_layer_weights
 

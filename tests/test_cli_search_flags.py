@@ -1,4 +1,5 @@
-"""optimize's search flags: --no-seeds and --hierarchical, recorded and repeated by --config."""
+"""optimize's search flags: --no-standard-starts and --hierarchical, recorded and repeated by
+--config."""
 
 from __future__ import annotations
 
@@ -14,22 +15,23 @@ def weights(tmp_path_factory):
     return write_two_layer_weights(tmp_path_factory.mktemp("w"))
 
 
-def test_defaults_seed_the_search_and_search_layers_directly(weights, tmp_path):
+def test_defaults_start_the_search_and_search_layers_directly(weights, tmp_path):
     out = tmp_path / "r.json"
     assert main(["optimize", str(weights), *TINY, "--out", str(out)]) == 0
     s = load_result(out).settings
-    assert s["options"]["seeds"] is True and s["hierarchical"] is False
+    assert s["options"]["standard_starts"] is True and s["hierarchical"] is False
 
 
-def test_no_seeds_and_hierarchical_are_recorded_and_repeated(weights, tmp_path):
+def test_no_standard_starts_and_hierarchical_are_recorded_and_repeated(weights, tmp_path):
     out, again = tmp_path / "r.json", tmp_path / "again.json"
-    assert main(["optimize", str(weights), *TINY, "--no-seeds", "--hierarchical",
+    assert main(["optimize", str(weights), *TINY, "--no-standard-starts", "--hierarchical",
                  "--out", str(out)]) == 0
     first = load_result(out)
-    assert first.settings["options"]["seeds"] is False and "seeds" in first.settings["explicit"]
+    assert first.settings["options"]["standard_starts"] is False
+    assert "standard_starts" in first.settings["explicit"]
     assert first.settings["hierarchical"] is True
     assert first.settings["options"]["maxiter"] == 2  # as asked, not the staged search's 1
-    assert all(not layer.chosen.startswith("seed") for layer in first.layers)
+    assert all(not layer.chosen.startswith("start") for layer in first.layers)
     assert main(["optimize", str(weights), "--config", str(out), "--quiet",
                  "--out", str(again)]) == 0
     second = load_result(again)

@@ -14,12 +14,12 @@ import pytest
 import torch
 
 import gpuwpo
-from gpuwpo.converters import CustomPairConductanceConverter
+from gpuwpo.device.converters import CustomPairConductanceConverter
 from gpuwpo.io import load_result, save_result
-from gpuwpo.objective import TNMSEObjective
-from gpuwpo.options import SearchOptions
 from gpuwpo.registry import from_dict, to_dict
-from gpuwpo.strategy import StrategySpace
+from gpuwpo.search.objective import TNMSEObjective
+from gpuwpo.search.options import SearchOptions
+from gpuwpo.search.strategy import StrategySpace
 
 T_STEPS = (1.0, 86400.0, 31536000.0)
 
@@ -103,7 +103,7 @@ def test_a_clipping_program_is_not_exported_to_aihwkit_as_if_it_did_not_clip():
 
 def test_the_invertibility_check_tests_the_table_not_the_clip():
     space = StrategySpace([None, None], clip=0.3)
-    x = space.standard_seeds()[0]
+    x = space.standard_starts()[0]
     conv = space.to_converter(x, 1.0)  # would raise if the clip made it "not invertible"
     assert conv.clip == 0.3 and bool(conv.check_invertibility().all())
 
@@ -120,7 +120,7 @@ def test_hot_path_and_converter_path_agree_on_clipping_programs():
         space = StrategySpace([None, None], clip=clip)
         obj = TNMSEObjective([w], noise, None, T_STEPS, space, test_in_features=48,
                              test_out_features=32)
-        x = space.standard_seeds()[0][3:4]  # one N-pair seed
+        x = space.standard_starts()[0][3:4]  # one N-pair seed
         hot, hot_sem = obj.validate(x, repeats=repeats, generator=3)
         conv = space.to_converter(x[0], obj.max_abs_weight[0])
         path, path_sem = obj.evaluate_converter(conv, repeats, generator=4)

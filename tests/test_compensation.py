@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from gpuwpo.compensation import GlobalDriftCompensation, PerColumnDriftCompensation
+from gpuwpo.device.compensation import GlobalDriftCompensation, PerColumnDriftCompensation
 
 
 def ref_alpha(w_prog, w_t, scale=None):

@@ -5,7 +5,7 @@ import pytest
 import torch
 from sklearn.linear_model import LinearRegression
 
-from gpuwpo.converters import (
+from gpuwpo.device.converters import (
     CustomPairConductanceConverter,
     DualPairConductanceConverter,
     FusionConductanceConverter,
@@ -393,7 +393,7 @@ def test_fusion_slope_matches_sklearn():
 
 
 def test_ols_slope_zero_variance_despite_round_off():
-    from gpuwpo.converters import _ols_slope
+    from gpuwpo.device.converters import _ols_slope
 
     # mean(7 x 0.1) != 0.1 in floating point: centring by the mean alone leaves round-off that a
     # naive cov/var turns into an arbitrary slope; a constant feature must give slope 0

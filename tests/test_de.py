@@ -1,4 +1,4 @@
-"""Tests of the torch differential-evolution engine (gpuwpo.de)."""
+"""Tests of the torch differential-evolution engine (gpuwpo.search.de)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch
 from scipy.optimize import differential_evolution, rosen
 from scipy.stats import chisquare, ks_2samp
 
-from gpuwpo.de import (
+from gpuwpo.search.de import (
     STRATEGIES,
     _crossover_mask,
     _select_samples,

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 import gpuwpo
-from gpuwpo.noise import DeviceModel, PCMLikeNoiseModel, kernel_physics
+from gpuwpo.device.noise import DeviceModel, PCMLikeNoiseModel, kernel_physics
 
 
 class ToyRRAM(DeviceModel):
@@ -61,7 +61,7 @@ def test_a_toy_device_runs_through_every_path():
     eff = gpuwpo.simulate_weights(w, base, rram, [1.0, 1e4], repeats=3, generator=_gen(1))
     assert eff.shape == (3, 2, 12, 40) and torch.isfinite(eff).all()
     space = gpuwpo.StrategySpace([None, None], 0.0, 30.0)
-    for physics in gpuwpo.physics.PHYSICS:
+    for physics in gpuwpo.device.physics.PHYSICS:
         obj = gpuwpo.TNMSEObjective([w, _weights(1, (6, 7))], rram, None, [1.0, 1e4], space,
                                     test_in_features=16, test_out_features=4, physics=physics)
         assert obj.kernel == "torch"  # never the kernel's built-in PCM physics

@@ -1,4 +1,5 @@
-"""Layer-sharded search (gpuwpo.distributed): a network's layers run in parts equal, bit for bit,
+"""Layer-sharded search (gpuwpo.network.distributed): a network's layers run in parts equal, bit
+for bit,
 the single-process run; on a local Ray cluster too, with a worker killed mid-run."""
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 import gpuwpo
-from gpuwpo.distributed import RayCluster, _InProcess
+from gpuwpo.network.distributed import RayCluster, _InProcess
 
 T_STEPS = [1.0, 3600.0, 86400.0]
 # Small tiles and budgets, chosen so that the layers converge at different generations (19, 19,
@@ -21,7 +22,7 @@ T_STEPS = [1.0, 3600.0, 86400.0]
 # validated choice goes both ways (polish and baseline win).
 OPTIONS = dict(popsize=2, maxiter=25, atol=0.3, test_in_features=64, test_out_features=8,
                validation_repeats=8, baseline_iterations=8, polish_maxiter=2, disp=False,
-               seed=5, seeds=False, checkpoint_every=3)
+               seed=5, standard_starts=False, checkpoint_every=3)
 
 
 def _network(layers: int = 4) -> dict[str, torch.Tensor]:
@@ -52,15 +53,16 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize(("hierarchical", "seeds", "tasks"), [
-    (False, True, [[0, 2], [1, 3]]),  # with the seeds' ranking, keyed per layer
+@pytest.mark.parametrize(("hierarchical", "starts", "tasks"), [
+    (False, True, [[0, 2], [1, 3]]),  # with the standard starts' ranking, keyed per layer
     pytest.param(False, False, [[3], [2, 0], [1]], marks=pytest.mark.slow),
     pytest.param(True, False, [[0, 2], [1, 3]], marks=pytest.mark.slow),
 ])
-def test_a_network_run_in_parts_equals_the_whole_run_bit_for_bit(hierarchical, seeds, tasks):
+def test_a_network_run_in_parts_equals_the_whole_run_bit_for_bit(hierarchical, starts, tasks):
     weights = _network()
-    whole = _run(weights, hierarchical=hierarchical, seeds=seeds)
-    part = _run(weights, hierarchical=hierarchical, seeds=seeds, distributed=_InProcess(tasks))
+    whole = _run(weights, hierarchical=hierarchical, standard_starts=starts)
+    part = _run(weights, hierarchical=hierarchical, standard_starts=starts,
+                distributed=_InProcess(tasks))
     _assert_same(whole, part)
 
 

@@ -7,7 +7,8 @@ import torch
 
 pytest.importorskip("sklearn")
 
-from gpuwpo.converters import DualPairConductanceConverter  # noqa: E402
+from gpuwpo.device.converters import DualPairConductanceConverter  # noqa: E402
+from gpuwpo.device.noise import PCMLikeNoiseModel  # noqa: E402
 from gpuwpo.example import (  # noqa: E402
     TIMES,
     accuracy,
@@ -18,7 +19,6 @@ from gpuwpo.example import (  # noqa: E402
     train_mlp,
 )
 from gpuwpo.io import load_result  # noqa: E402
-from gpuwpo.noise import PCMLikeNoiseModel  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -77,7 +77,7 @@ def test_a_layer_that_keeps_its_baseline_round_trips_with_its_choice(tmp_path):
     baseline = gpuwpo.DualPairConductanceConverter([1.0, 3.0], 0.0, 25.0)
     result.layers[1].converter = baseline
     result.layers[1].chosen, result.layers[1].success = "baseline", False
-    result.layers[0].chosen = "seed: NPair f=[1, 3] range=1"
+    result.layers[0].chosen = "start: NPair f=[1, 3] range=1"
     path = tmp_path / "result.json"
     save_result(result, path)
     record = json.loads(path.read_text())["layers"][1]
@@ -87,7 +87,7 @@ def test_a_layer_that_keeps_its_baseline_round_trips_with_its_choice(tmp_path):
     loaded = load_result(path)
     assert loaded == result
     assert loaded.layers[1].kept_baseline and not loaded.layers[1].success
-    assert loaded.layers[0].chosen == "seed: NPair f=[1, 3] range=1"
+    assert loaded.layers[0].chosen == "start: NPair f=[1, 3] range=1"
     # A broken record is named.
     data = json.loads(path.read_text())
     data["layers"][1]["converter"] = {"class": "NoSuchConverter"}
@@ -299,7 +299,7 @@ def test_to_aihwkit_passes_the_program_as_aihwkit_expects(monkeypatch):
 
 
 def test_physics_from_settings_rebuilds_what_was_recorded():
-    from gpuwpo.io import physics_from_settings
+    from gpuwpo.network.settings import physics_from_settings
 
     settings = {
         "noise_model": {"class": "PCMLikeNoiseModel", "g_max": 30.0, "drift_scale": 0.5,

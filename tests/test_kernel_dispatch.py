@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import gpuwpo
-from gpuwpo.objective import TNMSEObjective
+from gpuwpo.search.objective import TNMSEObjective
 
 T_STEPS = [1.0, 3600.0, 86400.0]
 

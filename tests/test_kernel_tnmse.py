@@ -360,13 +360,13 @@ def test_kernel_matches_reference_in_distribution(noise):
 
 
 # ---------------------------------------------------------------------------------------------
-# The library's pure-torch twin (gpuwpo.objective.tnmse_from_programs)
+# The library's pure-torch twin (gpuwpo.search.objective.tnmse_from_programs)
 # ---------------------------------------------------------------------------------------------
 
 def _twin():
-    objective = pytest.importorskip("gpuwpo.objective")
-    noise = pytest.importorskip("gpuwpo.noise")
-    simulate = pytest.importorskip("gpuwpo.simulate")
+    objective = pytest.importorskip("gpuwpo.search.objective")
+    noise = pytest.importorskip("gpuwpo.device.noise")
+    simulate = pytest.importorskip("gpuwpo.device.simulate")
     return objective.tnmse_from_programs, noise.PCMLikeNoiseModel, simulate.DeviceNoise
 
 

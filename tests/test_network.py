@@ -17,7 +17,7 @@ from gpuwpo.network import (
     program_model,
     select_weights,
 )
-from gpuwpo.optimizer import WeightProgrammingOptimizer
+from gpuwpo.search.optimizer import WeightProgrammingOptimizer
 
 # Tiny budgets: these tests check the plumbing, not the quality of the strategies.
 TINY = dict(device="cpu", popsize=2, maxiter=3, test_in_features=64, test_out_features=4,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from gpuwpo.noise import CustomDriftPCMLikeNoiseModel, PCMLikeNoiseModel
+from gpuwpo.device.noise import CustomDriftPCMLikeNoiseModel, PCMLikeNoiseModel
 
 DEFAULT_C = (0.26348, 1.9650, -1.1731)
 

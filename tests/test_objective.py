@@ -23,10 +23,10 @@ from gpuwpo import (
     TNMSEObjective,
     simulate_weights,
 )
-from gpuwpo.objective import _LIVE_TENSORS, tnmse_from_programs
-from gpuwpo.reduction import CPU_LAYERS_BUDGET, CPU_MEMORY_BUDGET, chunk_budgets, plan_chunks
-from gpuwpo.reference import reference_objective, reference_tnmse
-from gpuwpo.simulate import NOISE_BLOCK, DeviceNoise, sample_device_noise
+from gpuwpo.device.chunks import CPU_LAYERS_BUDGET, CPU_MEMORY_BUDGET, chunk_budgets, plan_chunks
+from gpuwpo.device.simulate import NOISE_BLOCK, DeviceNoise, sample_device_noise
+from gpuwpo.search.objective import _LIVE_TENSORS, tnmse_from_programs
+from gpuwpo.search.reference import reference_objective, reference_tnmse
 
 T_STEPS = (1.0, 3600.0, 86400.0 * 30)
 IN, OUT = 64, 4  # a small test tile keeps the tests fast: N = 256

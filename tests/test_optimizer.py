@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import gpuwpo
-from gpuwpo.backends.torch_backend import load_checkpoint
-from gpuwpo.optimizer import OptimizationResult
-from gpuwpo.options import SearchOptions
+from gpuwpo.search.backends.torch_backend import load_checkpoint
+from gpuwpo.search.optimizer import OptimizationResult
+from gpuwpo.search.options import SearchOptions
 
 T_STEPS = [1.0, 3600.0, 86400.0, 30 * 86400.0, 365 * 86400.0]
 # A small test tile and budget: the suite runs on 2 CPU cores.
@@ -38,7 +38,7 @@ def test_defaults_are_the_measured_ones(heavy_tailed):
     # README.md "Defaults": the reference's operators, a 5 x D population for 50 generations,
     # seeded with the standard converters.
     opt = _optimizer(heavy_tailed)
-    assert opt.options.popsize == 5 and opt.options.maxiter == 50 and opt.options.seeds
+    assert opt.options.popsize == 5 and opt.options.maxiter == 50 and opt.options.standard_starts
     assert opt.options.mutation == 0.1 and opt.options.recombination == 0.3
     assert opt.options.loss_margin == 0.125 and opt.options.atol == 0.02
     assert opt.options.seed == 100 and opt.options.strategy == "best1bin"
@@ -140,7 +140,7 @@ def test_layers_are_one_batched_search():
 
 
 def test_x0_warm_start_is_in_the_initial_population(heavy_tailed, monkeypatch):
-    import gpuwpo.backends.torch_backend as tb
+    import gpuwpo.search.backends.torch_backend as tb
 
     x0 = torch.full((21,), 0.37)
     made = []
@@ -240,10 +240,10 @@ def test_the_polish_is_a_contender_of_the_choice(heavy_tailed):
 
 def test_seeds_are_the_standard_converters_first_in_the_population(heavy_tailed, monkeypatch):
     """The baseline's own program and the N-pair grid start the search, best ranked first."""
-    import gpuwpo.backends.torch_backend as tb
+    import gpuwpo.search.backends.torch_backend as tb
 
     opt = _optimizer(heavy_tailed, popsize=2, maxiter=1, polish=False)
-    seeds, labels = opt.seeds()
+    seeds, labels = opt.standard_starts()
     assert labels[0] == "baseline program"
     torch.testing.assert_close(seeds[0].double(), opt.space.encode_npair([1.0, 1.0]))
     assert len(labels) == len(set(labels)) == seeds.shape[0] == 18  # F grid x range grid
@@ -265,11 +265,11 @@ def test_seeds_are_the_standard_converters_first_in_the_population(heavy_tailed,
     # The best seed is a contender of the choice (unless the search's best is that very point).
     search_is_a_seed = bool((seeds.to(opt.result.search_x) == opt.result.search_x[0]).all(-1)
                             .any())
-    assert search_is_a_seed or any(label.startswith("seed: ")
+    assert search_is_a_seed or any(label.startswith("start: ")
                                    for label in opt.result.choices[0].figures)
     # Without seeds the population is the plain latin hypercube.
-    plain = _optimizer(heavy_tailed, popsize=2, maxiter=1, polish=False, seeds=False)
-    assert plain.seeds()[1] == []
+    plain = _optimizer(heavy_tailed, popsize=2, maxiter=1, polish=False, standard_starts=False)
+    assert plain.standard_starts()[1] == []
     plain.run_optimizer()
     assert seeded_nfev == plain.result.nfev + 18  # the seeds' ranking: one evaluation each
     assert not any(bool((made[-1].population[0] == x.to(population)).all(-1).any())
@@ -290,7 +290,7 @@ def test_no_baseline_point_for_converters_the_space_cannot_express(heavy_tailed)
 @pytest.mark.slow
 def test_skipping_converged_layers_changes_nothing_but_the_work(heavy_tailed, monkeypatch):
     """Converged layers are frozen; not evaluating them gives exactly the same search."""
-    import gpuwpo.backends.torch_backend as tb
+    import gpuwpo.search.backends.torch_backend as tb
 
     gen = torch.Generator().manual_seed(11)
     layers = [heavy_tailed, gpuwpo.student_t_weights((64, 64), generator=gen),

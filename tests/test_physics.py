@@ -16,9 +16,10 @@ from torch import nn
 
 import gpuwpo
 from gpuwpo.cli import main
-from gpuwpo.io import load_result, physics_from_settings
-from gpuwpo.physics import PHYSICS, ConverterTiles, check_physics, program_and_read
-from gpuwpo.simulate import sample_device_noise
+from gpuwpo.device.physics import PHYSICS, ConverterConversion, check_physics, program_and_read
+from gpuwpo.device.simulate import sample_device_noise
+from gpuwpo.io import load_result
+from gpuwpo.network.settings import physics_from_settings
 
 T_STEPS = (1.0, 3600.0, 2592000.0)
 
@@ -64,7 +65,7 @@ def test_without_drift_and_read_noise_both_physics_read_the_programmed_weights(c
     converter), so with no drift and no read noise the two physics agree to round-off."""
     nm = gpuwpo.PCMLikeNoiseModel(drift_scale=0.0, read_noise_scale=0.0)
     tile = _tile(1).double()
-    tiles = ConverterTiles(conv, tile.shape)
+    tiles = ConverterConversion(conv, tile.shape)
     g, params = tiles.to_conductances(tile)
     noise = sample_device_noise((3, 1, *g.shape), generator=_gen(2), dtype=g.dtype)
     prepared = nm.prepare_targets(g)

@@ -10,13 +10,13 @@ import torch
 pytest.importorskip("matplotlib")
 
 from gpuwpo import plots  # noqa: E402
-from gpuwpo.converters import (  # noqa: E402
+from gpuwpo.device.converters import (  # noqa: E402
     CustomPairConductanceConverter,
     DualPairConductanceConverter,
     SinglePairConductanceConverter,
 )
 from gpuwpo.network import LayerResult, NetworkResult  # noqa: E402
-from gpuwpo.strategy import StrategySpace  # noqa: E402
+from gpuwpo.search.strategy import StrategySpace  # noqa: E402
 
 TIMES = [1.0, 3600.0, 31536000.0]
 

@@ -30,15 +30,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
-from gpuwpo.checkpoint import read_checkpoint
 from gpuwpo.cli import main
-from gpuwpo.io import (
-    load_result,
-    load_weights,
-    optimize_kwargs_from_settings,
-    physics_from_settings,
-    result_to_json_bytes,
-)
+from gpuwpo.io import load_result, load_weights, result_to_json_bytes
+from gpuwpo.network.settings import optimize_kwargs_from_settings, physics_from_settings
+from gpuwpo.search.checkpoint import read_checkpoint
 
 #: Examples per test: 200 x 7 tests take about 20 s on this project's 2-core CPU. For a longer
 #: hunt: GPUWPO_PROPERTY_EXAMPLES=5000 GPUWPO_PROPERTY_RANDOM=1 (random, not derandomized).

@@ -303,11 +303,11 @@ def test_negative_control_the_same_test_rejects_the_device_physics(tile_objectiv
 
 
 # ------------------------------------------------------------------------------------------
-# gpuwpo.aihwkit_interop
+# gpuwpo.aihwkit
 
 
 def test_rpu_config_translation_and_refusals():
-    from gpuwpo.aihwkit_interop import to_aihwkit_rpu_config
+    from gpuwpo.aihwkit import to_aihwkit_rpu_config
 
     nm = gpuwpo.PCMLikeNoiseModel(g_max=30.0, prog_coeff=[0.3, 1.5, -1.0], drift_scale=0.9)
     conv = gpuwpo.DualPairConductanceConverter([1.0, 2.0], 0.0, 25.0)
@@ -329,7 +329,7 @@ def test_rpu_config_translation_and_refusals():
 
 
 def test_judge_leaves_the_global_generator_alone():
-    from gpuwpo.aihwkit_interop import judge_tnmse
+    from gpuwpo.aihwkit import judge_tnmse
 
     state = torch.random.get_rng_state()
     tile = torch.randn(4, 16, generator=_gen(50)) * 0.1

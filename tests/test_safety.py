@@ -308,7 +308,7 @@ def test_seeds_are_64_bit_and_used_whole(capsys):
         line = _one_line(capsys.readouterr().err, "--seed", "gpuwpo optimize --help")
         assert "Overflow" not in line
     # Seeds that differ by 2**32 (or 2**64) start different searches.
-    from gpuwpo.de import de_init
+    from gpuwpo.search.de import de_init
 
     pops = [de_init(dim=3, popsize=5, seed=s).population for s in (7, 7 + 2**32, 7 + 2**64)]
     assert not torch.equal(pops[0], pops[1]) and not torch.equal(pops[0], pops[2])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from gpuwpo.sampling import downsample_weight_distribution, shuffle_weights
+from gpuwpo.device.sampling import downsample_weight_distribution, shuffle_weights
 
 
 def _gen(seed):

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import gpuwpo
-from gpuwpo.compensation import GlobalDriftCompensation, PerColumnDriftCompensation
-from gpuwpo.simulate import converter_errors, tnmse_over_time
+from gpuwpo.device.compensation import GlobalDriftCompensation, PerColumnDriftCompensation
+from gpuwpo.device.simulate import converter_errors, tnmse_over_time
 
 SCALES = [10.0 ** k for k in range(-8, 9, 2)]
 EXTREMES = [1e-30, 1e30]

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import gpuwpo
-from gpuwpo import selection
-from gpuwpo.selection import BASELINE, choose
-from gpuwpo.simulate import converter_errors
+from gpuwpo.device.simulate import converter_errors
+from gpuwpo.search import selection
+from gpuwpo.search.selection import BASELINE, choose
 
 T_STEPS = [1.0, 86400.0, 365 * 86400.0]
 PHYSICS = ("device", "aihwkit")
@@ -88,9 +88,9 @@ def test_labels_are_checked(tile):
 
 # -- never worse, end to end ------------------------------------------------------------------
 
-#: An adversarially tiny budget: no seeds, no polish, one generation of a minimal population,
+#: An adversarially tiny budget: no standard starts, no polish, one generation of a minimal population,
 #: so that the search's best is close to a random program.
-TINY = dict(popsize=1, maxiter=1, seeds=False, polish=False, test_in_features=64,
+TINY = dict(popsize=1, maxiter=1, standard_starts=False, polish=False, test_in_features=64,
             test_out_features=20, baseline_iterations=8, validation_repeats=24, disp=False,
             device="cpu")
 CHECK_REPEATS = 96
@@ -118,10 +118,10 @@ def _worse_than_baseline(opt, seed: int) -> list[bool]:
     return verdicts
 
 
-def _tiny_run(physics, seeds: bool = False):
+def _tiny_run(physics, starts: bool = False):
     opt = gpuwpo.WeightProgrammingOptimizer(
         _layers(), [None, None], _noise(), T_STEPS, _dual(), physics=physics, seed=7,
-        **{**TINY, "seeds": seeds})
+        **{**TINY, "standard_starts": starts})
     opt.run_optimizer()
     return opt
 
@@ -144,12 +144,12 @@ def test_no_returned_strategy_is_worse_than_the_baseline_at_a_tiny_budget(physic
 
 
 @pytest.mark.parametrize("physics", PHYSICS)
-def test_with_seeds_the_tiny_budget_returns_strategies_none_of_them_worse(physics):
-    opt = _tiny_run(physics, seeds=True)
+def test_with_standard_starts_the_tiny_budget_returns_strategies_none_of_them_worse(physics):
+    opt = _tiny_run(physics, starts=True)
     r = opt.result
     # The standard converters the space expresses beat DualPair f=[1, 1] on these layers...
     assert not bool(r.kept_baseline.any())
-    assert all(label.startswith("seed: ") for label in r.chosen)
+    assert all(label.startswith("start: ") for label in r.chosen)
     assert bool((r.improvement > 0).all())
     # ... and fresh noise agrees that none of them is worse.
     assert not any(_worse_than_baseline(opt, seed=12345))

@@ -27,7 +27,7 @@ from gpuwpo import (
     SinglePairConductanceConverter,
     simulate_weights,
 )
-from gpuwpo.simulate import program_drift_read, sample_device_noise
+from gpuwpo.device.simulate import program_drift_read, sample_device_noise
 
 T_STEPS = [1.0, 3600.0, 86400.0 * 30]
 

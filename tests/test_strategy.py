@@ -1,4 +1,5 @@
-"""Tests of gpuwpo.strategy.StrategySpace against a scalar transcription of docs/DESIGN.md 4."""
+"""Tests of gpuwpo.search.strategy.StrategySpace against a scalar transcription of docs/DESIGN.md
+4."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import random
 import pytest
 import torch
 
-from gpuwpo.strategy import StrategySpace
+from gpuwpo.search.strategy import StrategySpace
 
 
 def decode_scalar(x, f_lst, m, *, g_min, g_max, nbins, symmetric, g_err, f_min, f_max,
@@ -283,7 +284,7 @@ def test_decode_validation():
 @pytest.mark.parametrize("symmetric", [True, False])
 @pytest.mark.parametrize("f_lst", F_LISTS, ids=str)
 def test_to_converter_programs_are_invertible(f_lst, symmetric):
-    converters = pytest.importorskip("gpuwpo.converters")
+    converters = pytest.importorskip("gpuwpo.device.converters")
     space = StrategySpace(f_lst, g_min=0.5, g_max=25.0, symmetric=symmetric)
     x = torch.rand(2, 5, space.dim, dtype=torch.float64,
                    generator=torch.Generator().manual_seed(11))
@@ -309,7 +310,7 @@ def test_to_converter_programs_are_invertible(f_lst, symmetric):
 def test_encode_npair_reproduces_the_npair_converter_at_the_grid_points(
         symmetric, f_space, f_npair):
     """The baseline's own program is a point of the space (the search's warm start)."""
-    from gpuwpo.converters import NPairConductanceConverter
+    from gpuwpo.device.converters import NPairConductanceConverter
 
     space = StrategySpace(f_space, 0.0, 25.0, symmetric=symmetric)
     x = space.encode_npair(f_npair)

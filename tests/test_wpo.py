@@ -84,7 +84,7 @@ def test_a_kept_baseline_comes_back_as_its_own_program_and_no_success():
                                        core.objective.max_abs_weight.reshape(-1)[0])
     assert torch.equal(conv.g_lst, expected.g_lst) and torch.equal(conv.f_lst, expected.f_lst)
     # No seeds in the drop-in: the reference's search.
-    assert core.options.seeds is False
+    assert core.options.standard_starts is False
 
 
 def test_reference_defaults_and_unknown_keywords():

@@ -17,13 +17,20 @@ from collections.abc import Sequence
 
 import torch
 
-from .compensation import GlobalDriftCompensation, kernel_compensation
-from .converters import interpolate_programs
-from .noise import kernel_physics
-from .physics import ProgramTiles, check_physics, program_and_read, refuse_clip
-from .reduction import chunk_budgets, error_gain, plan_chunks, scaled_weight_error
-from .rng import draw_seed, keyed_generator, make_generator
-from .simulate import NOISE_BLOCK, DeviceNoise, as_time_tensor, converter_errors, keyed_noise
+from ..device.chunks import chunk_budgets, plan_chunks
+from ..device.compensation import GlobalDriftCompensation, kernel_compensation
+from ..device.converters import interpolate_programs
+from ..device.error import error_gain, scaled_weight_error
+from ..device.noise import kernel_physics
+from ..device.physics import ProgramConversion, check_physics, program_and_read, refuse_clip
+from ..device.simulate import (
+    NOISE_BLOCK,
+    DeviceNoise,
+    as_time_tensor,
+    converter_errors,
+    keyed_noise,
+)
+from ..rng import draw_seed, keyed_generator, make_generator
 from .tiles import DEFAULT_TILE, TestTile
 
 #: Implementations of the objective (TNMSEObjective's ``kernel`` argument).
@@ -46,7 +53,7 @@ def _tnmse_chunk(f, g_lst, test_weights, idx, frac, max_abs_weight, grid_max, t,
     [B, p, T, out, in]; ``generator`` draws the readout noise of the bound management's repeated
     passes (rare: only when a readout clips).
     """
-    tiles = ProgramTiles(f, g_lst, tile_shape)
+    tiles = ProgramConversion(f, g_lst, tile_shape)
     # The test weights' grid position is shared by every candidate (computed once per layer).
     g_target = interpolate_programs(g_lst, idx.unsqueeze(1), frac.unsqueeze(1))  # [B, p, 2K, N]
     # The read-back scale follows the grid (clip * M with a clip); the error's gain follows M.
@@ -123,7 +130,7 @@ def tnmse_from_programs(
             linspace(-M_b, M_b, L).
         test_weights: [B, N] test weights W of each layer (unitless).
         idx, frac: [B, N] grid interpolation of the test weights
-            (:func:`gpuwpo.converters.grid_interpolation`).
+            (:func:`gpuwpo.device.converters.grid_interpolation`).
         max_abs_weight: [B] M_b = max |W_b|.
         t_steps: [T] inference times in seconds after programming.
         noise_model: the PCM device model.
@@ -146,7 +153,7 @@ def tnmse_from_programs(
         layer_ids: [B] ids that key each layer's noise streams (default 0..B-1), so that a
             subset of a network's layers is evaluated with exactly the noise it would get in
             the full evaluation.
-        physics: "device" or "aihwkit" (:mod:`gpuwpo.physics`).
+        physics: "device" or "aihwkit" (:mod:`gpuwpo.device.physics`).
         grid_max_abs_weight: [B] half-width of the programs' grid (default ``max_abs_weight``;
             ``clip * M`` for programs that clip, with ``idx``/``frac`` on that grid): it sets
             the read-back scale, while the error stays against ``test_weights`` and M.
@@ -271,7 +278,7 @@ class TNMSEObjective:
 
     Args:
         test_weights: the layers: [N] (one layer), [B, N] (B layers), a sequence of B tensors of
-            any shapes, or a ready :class:`gpuwpo.tiles.TestTile`. Each layer is reduced to a
+            any shapes, or a ready :class:`gpuwpo.search.tiles.TestTile`. Each layer is reduced to a
             test tile of ``test_out_features x test_in_features`` weights by
             :func:`gpuwpo.downsample_weight_distribution` (sort, interpolate, shuffle), so
             layers of different sizes share one batch axis.
@@ -297,7 +304,7 @@ class TNMSEObjective:
         seed: seed of the test-weight shuffle.
         physics: "device" (default: the programmed devices drift and are read, as on a chip)
             or "aihwkit" (the reference toolkit's inference tile: the programmed weights are
-            converted to conductances again before they drift); see :mod:`gpuwpo.physics`.
+            converted to conductances again before they drift); see :mod:`gpuwpo.device.physics`.
     """
 
     def __init__(
@@ -400,8 +407,9 @@ class TNMSEObjective:
         """Why the Triton kernel cannot run this physics, or None when it can.
 
         An explicit whitelist: the device model's class must declare the kernel's physics in its
-        own body (:func:`gpuwpo.noise.kernel_physics`) and the compensation must be one the
-        kernel implements (:func:`gpuwpo.compensation.kernel_compensation`); anything else runs
+        own body (:func:`gpuwpo.device.noise.kernel_physics`) and the compensation must be one the
+        kernel implements (:func:`gpuwpo.device.compensation.kernel_compensation`); anything else
+        runs
         the torch path, never silently the kernel's built-in PCM formulas.
         """
         if self.physics != "device":
@@ -495,7 +503,7 @@ class TNMSEObjective:
         )
 
     def _evaluate_kernel(self, f, g_lst, seed: int, crn: bool) -> torch.Tensor:
-        from .kernels.tnmse import tnmse_triton
+        from ..kernels.tnmse import tnmse_triton
 
         nm, t = self.noise_model, self.tiles
         return tnmse_triton(
@@ -533,7 +541,7 @@ class TNMSEObjective:
                         generator: torch.Generator | int | None = None) -> torch.Tensor:
         """TNMSE of a standard converter on each layer's test tile, per repeat: [B, repeats].
 
-        The converter path (:func:`gpuwpo.simulate.converter_errors`) in the objective's
+        The converter path (:func:`gpuwpo.device.simulate.converter_errors`) in the objective's
         physics; each layer's tile is converted with its own max|W|. One base seed for all
         layers, each keyed by its id, so the layers of a subset get exactly the figures they get
         in the whole.

@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..device.compensation import GlobalDriftCompensation
+from ..rng import mix64
 from .backends import BACKENDS, SearchProblem, backend_module, run_search
-from .compensation import GlobalDriftCompensation
 from .de import population_size
 from .objective import TNMSEObjective
 from .options import SearchOptions, refuse_unsupported
-from .rng import mix64
 from .selection import choose_per_layer
 from .strategy import StrategySpace
 
@@ -34,7 +34,7 @@ class OptimizationResult:
     """What a run found and how (per layer where a field has a layer axis B).
 
     Each layer's answer is chosen by validated TNMSE among the search's best, its polish, the
-    best seed, any warm start, and the baseline converter itself (:mod:`gpuwpo.selection`): a
+    best seed, any warm start, and the baseline converter itself (:mod:`gpuwpo.search.selection`): a
     strategy is returned only where it beats the baseline with confidence, otherwise the layer
     keeps the baseline's own program.
 
@@ -44,7 +44,7 @@ class OptimizationResult:
         converters: per layer the chosen converter: a single-program
             :class:`CustomPairConductanceConverter`, or the baseline converter itself.
         converter: the chosen converter when B = 1; for several layers the list ``converters``.
-        chosen: per layer the winner's label: ``"search"``, ``"polish"``, ``"seed: <which>"``,
+        chosen: per layer the winner's label: ``"search"``, ``"polish"``, ``"start: <which>"``,
             a warm start's label (``"x0"``, ``"global"``) or ``"baseline"``.
         kept_baseline: [B] bool, the layers that keep the baseline's program.
         tnmse: [B] validated TNMSE of the answer (fresh noise, ``validation_repeats``
@@ -58,12 +58,12 @@ class OptimizationResult:
         search_x: [B, D] the search's own best point of each layer.
         search_best_loss: [B] the in-search best normalised loss (optimistic: noisy minimum).
         search_best_tnmse: [B] the same in TNMSE units.
-        nit: generations; nfev: candidates evaluated (the seeds' ranking included);
+        nit: generations; nfev: candidates evaluated (the standard starts' ranking included);
             wall_time: seconds.
         stop_reason, message: why the search stopped.
         history: [B, nit] best TNMSE of each layer after each generation.
         polished: [B] bool, whether the polish won the choice.
-        choices: per layer the :class:`gpuwpo.selection.Choice` (every contender's figures).
+        choices: per layer the :class:`gpuwpo.search.selection.Choice` (every contender's figures).
         backend: the backend used; device: where it ran; physics: the physics simulated.
     """
 
@@ -142,9 +142,10 @@ class WeightProgrammingOptimizer:
             ``GlobalDriftCompensation.aihwkit_default()`` for the reference's default periphery).
         physics: "device" (default; the programmed devices drift and are read, as on a chip) or
             "aihwkit" (the reference toolkit's inference tile, whose figures most users report):
-            see :mod:`gpuwpo.physics`. The search, the baseline and the validation all use it.
-        options: a ready :class:`gpuwpo.options.SearchOptions` (keywords then change it).
-        **kwargs: the options of :class:`gpuwpo.options.SearchOptions`, where each one's
+            see :mod:`gpuwpo.device.physics`. The search, the baseline and the validation all use
+            it.
+        options: a ready :class:`gpuwpo.search.options.SearchOptions` (keywords then change it).
+        **kwargs: the options of :class:`gpuwpo.search.options.SearchOptions`, where each one's
             default and meaning is documented once (the strategy space's nbins, g_err as a
             fraction of g_max - g_min, f_min, f_max, use_max_kw; the test tile; the margin, the
             baseline's and the validation's repeats, the polish; the search's strategy,
@@ -175,7 +176,7 @@ class WeightProgrammingOptimizer:
             opts = SearchOptions.from_kwargs(kwargs)
         else:
             if not isinstance(options, SearchOptions):
-                raise TypeError(f"options must be a gpuwpo.options.SearchOptions, got "
+                raise TypeError(f"options must be a gpuwpo.search.options.SearchOptions, got "
                                 f"{type(options).__name__}")
             SearchOptions.from_kwargs(kwargs)  # names the unknown ones
             opts = options.replace(**kwargs) if kwargs else options
@@ -237,7 +238,7 @@ class WeightProgrammingOptimizer:
         Exists for SinglePair/DualPair/NPair baselines with as many pairs as the space and the
         same conductance range (see :meth:`StrategySpace.encode_npair`).
         """
-        from .converters import NPairConductanceConverter
+        from ..device.converters import NPairConductanceConverter
 
         conv = self.g_converter_baseline
         if not isinstance(conv, NPairConductanceConverter) or conv.batch_shape != ():
@@ -251,11 +252,11 @@ class WeightProgrammingOptimizer:
             return None
 
     def checkpoint_fingerprint(self) -> dict:
-        """What this optimizer's run is, for its checkpoints (:mod:`gpuwpo.checkpoint`): a
+        """What this optimizer's run is, for its checkpoints (:mod:`gpuwpo.search.checkpoint`): a
         digest of the weights, the physics, the settings (the results file's record) and the
         seed."""
+        from ..network.settings import run_record
         from .checkpoint import digest, fingerprint_from_settings
-        from .network import _settings
 
         weights = self._record["weights"]
         if weights is None:
@@ -266,7 +267,7 @@ class WeightProgrammingOptimizer:
             named = dict(weights)
         else:
             named = {str(i): w for i, w in enumerate(weights)}
-        settings = _settings(
+        settings = run_record(
             f_lst=self._record["f_lst"], t_steps=self._record["t_steps"], backend=self.backend,
             per_layer=True, include=None, exclude=None, options=self.options,
             noise_model=self.noise_model, baseline=self.g_converter_baseline,
@@ -294,23 +295,24 @@ class WeightProgrammingOptimizer:
                              device=self.device, dtype=self.objective.dtype,
                              supports_layers=True, layer_ids=self.objective.layer_ids)
 
-    def seeds(self) -> tuple[torch.Tensor, list[str]]:
-        """The search's seeds: the standard converters the space can express, as points.
+    def standard_starts(self) -> tuple[torch.Tensor, list[str]]:
+        """The search's standard starts: the standard converters the space can express, as points.
 
         The baseline's own program first (when the space can express it,
         :meth:`baseline_point`), then the N-pair programs over a grid of significance ratios
-        and range fractions (:meth:`StrategySpace.standard_seeds`). ``seeds=False`` gives none.
+        and range fractions (:meth:`StrategySpace.standard_starts`); none with
+        ``standard_starts=False``.
 
         Returns:
             ``(x [W, D], labels)`` in the objective's dtype.
         """
         points, labels = [], []
-        if self.options.seeds:
+        if self.options.standard_starts:
             base = self.baseline_point()
             if base is not None:
                 points.append(base)
                 labels.append("baseline program")
-            grid, grid_labels = self.space.standard_seeds()
+            grid, grid_labels = self.space.standard_starts()
             for x, label in zip(grid, grid_labels):
                 if not any(torch.equal(x, p) for p in points):
                     points.append(x)
@@ -333,9 +335,9 @@ class WeightProgrammingOptimizer:
             out[label] = x.reshape(-1, D).expand(B, -1)
         return out
 
-    def _rank_seeds(self, seeds: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _rank_starts(self, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Seeds [W, D] ranked per layer by one evaluation on common noise: ([B, W, D], [B, W])."""
-        x = seeds.to(self.device).unsqueeze(0).expand(self.num_layers, -1, -1)
+        x = starts.to(self.device).unsqueeze(0).expand(self.num_layers, -1, -1)
         loss = self.objective(x, self._noise_seed(-3))  # [B, W]
         order = loss.argsort(dim=-1, stable=True)  # ties in seed order, whatever the batch
         ranked = torch.gather(x, 1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
@@ -349,7 +351,7 @@ class WeightProgrammingOptimizer:
             warm_starts: label -> a point [D] or one per layer [B, D] (e.g. a network's global
                 strategy, label ``"global"``): put into the initial population and among the
                 contenders of the final choice. The option ``x0`` is the warm start ``"x0"``.
-            checkpoint, stage: a :class:`gpuwpo.checkpoint.Checkpointing` run of which this
+            checkpoint, stage: a :class:`gpuwpo.search.checkpoint.Checkpointing` run of which this
                 search is the stage ``stage`` (what :func:`gpuwpo.optimize_network` passes).
                 Without it the options ``checkpoint``/``resume`` make a run of one stage
                 fingerprinted by :meth:`checkpoint_fingerprint`. Everything before and after
@@ -374,29 +376,30 @@ class WeightProgrammingOptimizer:
             starts["x0"] = o.x0
         starts.update(warm_starts or {})
         starts = self._warm_starts(starts)
-        seeds, seed_labels = self.seeds()
-        nfev_seeds = 0
-        best_seed: torch.Tensor | None = None
-        best_seed_label: list[str] = []
-        if seeds.shape[0]:
-            ranked, order = self._rank_seeds(seeds)
-            nfev_seeds = int(ranked.shape[0] * ranked.shape[1])
-            best_seed = ranked[:, 0]
-            best_seed_label = [f"seed: {seed_labels[int(i)]}" for i in order[:, 0].tolist()]
+        standard, start_labels = self.standard_starts()
+        nfev_starts = 0
+        best_start: torch.Tensor | None = None
+        best_start_label: list[str] = []
+        if standard.shape[0]:
+            ranked, order = self._rank_starts(standard)
+            nfev_starts = int(ranked.shape[0] * ranked.shape[1])
+            best_start = ranked[:, 0]
+            best_start_label = [f"start: {start_labels[int(i)]}" for i in order[:, 0].tolist()]
         rows = [x.unsqueeze(1) for x in starts.values()]
-        if best_seed is not None:
+        if best_start is not None:
             rows.append(ranked)
         search_options = o
         if rows:
-            # Warm starts first, then the seeds best first, as many as the population holds.
+            # Warm starts first, then the standard starts best first, as many as the population
+            # holds.
             x0 = torch.cat(rows, dim=1)[:, : self._population_size()]
             search_options = o.replace(x0=x0)
         search_stage = None
         if checkpoint is not None:
             from .checkpoint import digest
 
-            # The warm starts are part of what this stage searches (the seeds follow from the
-            # settings).
+            # The warm starts are part of what this stage searches (the standard starts follow
+            # from the settings).
             search_stage = checkpoint.stage(stage, {"warm_starts": digest(starts)})
         bar = self._progress_bar() if o.disp else None
         try:
@@ -417,8 +420,8 @@ class WeightProgrammingOptimizer:
         points: list[dict[str, torch.Tensor]] = []
         for b in range(self.num_layers):
             layer = [(label, x[b]) for label, x in candidates if x is not None]
-            if best_seed is not None:
-                layer.insert(len(starts), (best_seed_label[b], best_seed[b]))
+            if best_start is not None:
+                layer.insert(len(starts), (best_start_label[b], best_start[b]))
             unique: dict[str, torch.Tensor] = {}
             for label, x in layer:
                 if not torch.isfinite(x).all() or any(torch.equal(x, v) for v in unique.values()):
@@ -453,7 +456,7 @@ class WeightProgrammingOptimizer:
             improvement=1 - val_mean / b_mean, success=bool(layer_success.all()),
             layer_success=layer_success, search_x=search_x, search_best_loss=outcome.fun,
             search_best_tnmse=(outcome.fun.to(base_mean) - margin) * base_mean + base_mean,
-            nit=outcome.nit, nfev=outcome.nfev + nfev_seeds,
+            nit=outcome.nit, nfev=outcome.nfev + nfev_starts,
             wall_time=time.perf_counter() - start,
             stop_reason=outcome.stop_reason, message=outcome.message, history=history,
             polished=torch.tensor([c.label == "polish" for c in choices]), choices=choices,

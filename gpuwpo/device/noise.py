@@ -41,7 +41,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .registry import Serializable
+from ..registry import Serializable
 
 __all__ = ["DeviceModel", "PCMLikeNoiseModel", "CustomDriftPCMLikeNoiseModel", "PreparedTargets",
            "kernel_physics"]

@@ -4,7 +4,8 @@
 
 * ``"de"``: differential evolution written as an EvoTorch ``SearchAlgorithm`` (with
   ``SinglePopulationAlgorithmMixin``). Its ``_step()`` is one generation of the torch engine
-  (:func:`gpuwpo.de.de_ask` / :func:`gpuwpo.de.de_tell` on a one-layer state): scipy's mutation
+  (:func:`gpuwpo.search.de.de_ask` / :func:`gpuwpo.search.de.de_tell` on a one-layer state):
+  scipy's mutation
   strategies, binomial/exponential crossover, escaped coordinates re-sampled into [0, 1],
   selection ``trial <= parent``, scipy's convergence test ``std(E) <= atol + tol * |mean(E)|``.
 * ``"cmaes"``: :class:`evotorch.algorithms.CMAES`.
@@ -36,7 +37,7 @@ evaluated in the whole run and its loss (the optimistic figure: with a noisy los
 draw; validate with fresh noise). ``history[b, g]`` is layer b's answer after generation g. Only
 the DE has a convergence test (``converged``; a converged layer stops searching and the run ends
 when all have); CMA-ES, SNES and the GA run ``maxiter`` generations unless the callback stops
-them. Checkpoints (:mod:`gpuwpo.checkpoint`): the DE's state (each layer's DE state, its
+them. Checkpoints (:mod:`gpuwpo.search.checkpoint`): the DE's state (each layer's DE state, its
 ``Problem``'s count of evaluations and best so far) is saved as the torch backend's is, and a
 resumed DE ends exactly as the uninterrupted one; CMA-ES, SNES and the GA keep their state in
 EvoTorch's objects and refuse ``checkpoint`` and ``resume``.
@@ -55,6 +56,7 @@ from functools import cache
 import torch
 from torch import Tensor
 
+from ...rng import mix64
 from ..checkpoint import Checkpointing, Stage, search_fingerprint
 from ..de import (
     MESSAGES,
@@ -68,7 +70,6 @@ from ..de import (
     state_to_dict,
 )
 from ..options import SearchOptions
-from ..rng import mix64
 from .base import IntermediateResult, SearchOutcome, SearchProblem, notify
 
 __all__ = ["ALGORITHMS", "accepts", "reflect_unit", "search"]
@@ -159,8 +160,9 @@ def _classes():
     class DifferentialEvolution(SearchAlgorithm, SinglePopulationAlgorithmMixin):
         """scipy-style differential evolution as an EvoTorch search algorithm (one layer).
 
-        The state is a one-layer :class:`gpuwpo.de.DEState` (B = 1); ``_step()`` is one
-        generation of :func:`gpuwpo.de.de_ask` / :func:`gpuwpo.de.de_tell`, with the candidates
+        The state is a one-layer :class:`gpuwpo.search.de.DEState` (B = 1); ``_step()`` is one
+        generation of :func:`gpuwpo.search.de.de_ask` / :func:`gpuwpo.search.de.de_tell`, with the
+        candidates
         evaluated by the problem's batch evaluation. The first step also evaluates the initial
         population (scipy does that before generation 1). With ``noise_robust`` the parents are
         re-evaluated in the same batch (same noise) as their trials and selection compares
@@ -186,7 +188,7 @@ def _classes():
 
         @property
         def state(self):
-            """The one-layer :class:`gpuwpo.de.DEState`."""
+            """The one-layer :class:`gpuwpo.search.de.DEState`."""
             return self._state
 
         @property

@@ -2,8 +2,9 @@
 
 The layers of a network are independent searches, and every random number a layer's search
 draws is keyed by the layer's id (its index in the whole network): the objective's noise
-(:mod:`gpuwpo.objective`), the DE's own randomness (:mod:`gpuwpo.de`), the seeds' ranking, the
-polish and the final choice (:mod:`gpuwpo.selection`). A search over some of the layers
+(:mod:`gpuwpo.search.objective`), the DE's own randomness (:mod:`gpuwpo.search.de`), the seeds'
+ranking, the
+polish and the final choice (:mod:`gpuwpo.search.selection`). A search over some of the layers
 therefore runs each of them exactly as the search over all of them does, and
 :func:`optimize_network` with ``distributed=RayCluster(...)`` returns, bit for bit, the
 :class:`gpuwpo.NetworkResult` of the single-process run with the same seed (``wall_time``
@@ -22,7 +23,7 @@ How a run goes:
 * Hierarchical runs (``hierarchical=True``): the pooled global search runs first, once, as a
   task of its own; its strategy is then every layer task's warm start.
 * Fault tolerance: every task saves its search state every ``checkpoint_every`` generations
-  (:mod:`gpuwpo.checkpoint`) and streams the checkpoint to the driver, which keeps the latest
+  (:mod:`gpuwpo.search.checkpoint`) and streams the checkpoint to the driver, which keeps the latest
   one per task (it owns those objects, so they outlive the worker). When a worker dies (killed,
   out of memory, its node lost), the driver queues the task again with its latest checkpoint: the
   run loses only that task's progress since its checkpoint, and ends with the same result.
@@ -47,9 +48,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .checkpoint import Checkpointing, Stage, digest
-from .converters import grid_interpolation
-from .tiles import TestTile
+from ..device.converters import grid_interpolation
+from ..search.checkpoint import Checkpointing, Stage, digest
+from ..search.tiles import TestTile
 
 __all__ = ["RayCluster", "ShardEvent", "optimize_network_distributed", "run_task"]
 
@@ -156,7 +157,7 @@ class _ForwardingCheckpointing(Checkpointing):
 
 
 def _fingerprint(task: _Task) -> dict:
-    from . import __version__
+    from .. import __version__
 
     return {"gpuwpo_version": __version__, "layers": list(task.layers),
             "weights": digest({"tiles": task.tiles.weights}), "seed": task.options.seed}
@@ -174,8 +175,8 @@ def run_task(common: _Common, task: _Task, resume: bytes | None = None,
     Returns:
         The task's result (plain tensors and lists, on the CPU).
     """
-    from .network import _one_program
-    from .optimizer import WeightProgrammingOptimizer
+    from ..search.optimizer import WeightProgrammingOptimizer
+    from .result import single_program
 
     device = torch.device(common.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     opt = WeightProgrammingOptimizer(
@@ -194,7 +195,7 @@ def run_task(common: _Common, task: _Task, resume: bytes | None = None,
     return {
         "layers": list(task.layers),
         "x": res.x.cpu(), "search_x": res.search_x.cpu(),
-        "converters": [_one_program(conv) for conv in res.converters],
+        "converters": [single_program(conv) for conv in res.converters],
         "chosen": list(res.chosen),
         "tnmse": res.tnmse, "tnmse_ci95": res.tnmse_ci95,
         "baseline_tnmse": res.baseline_tnmse, "baseline_ci95": res.baseline_ci95,
@@ -542,18 +543,12 @@ def optimize_network_distributed(
             than ``"torch"``, or an option a distributed run cannot honour (``callback``,
             ``checkpoint``, ``resume``), besides optimize_network's own errors.
     """
-    from .network import (
-        HIERARCHICAL_DEFAULT,
-        LayerResult,
-        NetworkResult,
-        _interval,
-        _pooled,
-        _settings,
-        _weighted,
-        select_weights,
-    )
-    from .optimizer import WeightProgrammingOptimizer
-    from .options import SearchOptions
+    from ..search.optimizer import WeightProgrammingOptimizer
+    from ..search.options import SearchOptions
+    from .layers import select_weights
+    from .pipeline import HIERARCHICAL_DEFAULT, _interval, _pooled, _weighted
+    from .result import LayerResult, NetworkResult
+    from .settings import run_record
 
     start = time.perf_counter()
     if not per_layer:
@@ -569,7 +564,7 @@ def optimize_network_distributed(
     if given is None:
         options = SearchOptions.from_kwargs(kwargs)
     elif not isinstance(given, SearchOptions):
-        raise TypeError(f"options must be a gpuwpo.options.SearchOptions, got "
+        raise TypeError(f"options must be a gpuwpo.search.options.SearchOptions, got "
                         f"{type(given).__name__}")
     else:
         SearchOptions.from_kwargs(kwargs)  # names the unknown ones
@@ -650,7 +645,7 @@ def optimize_network_distributed(
             chosen=res["chosen"][row], success=bool(res["layer_success"][row])))
     reasons = {res["stop_reason"] for res in results}
     stop_reason = next((r for r in ("callback", "maxiter") if r in reasons), "converged")
-    settings = _settings(
+    settings = run_record(
         f_lst=f_lst, t_steps=t_steps, backend=backend, per_layer=per_layer, include=include,
         exclude=exclude, options=options, noise_model=noise_model,
         baseline=g_converter_baseline, compensation=opt.compensation, space=opt.space,

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .checks import check_clip, check_positive_int
+from ..checks import check_clip, check_positive_int
 
 __all__ = ["SearchOptions", "SEARCH_FIELDS", "DE_FIELDS", "de_accepts", "refuse_unsupported"]
 
@@ -65,27 +65,27 @@ class SearchOptions:
     The answer: ``loss_margin`` the margin to beat the baseline by (0.125),
     ``baseline_iterations`` programmings of the baseline (100), ``validation_repeats`` fresh
     programmings of the answer (100), ``polish`` a local L-BFGS-B step on frozen noise (True)
-    with ``polish_maxiter`` iterations (50), ``seeds`` the standard converters the strategy space
-    can express (the baseline's program, N-pair programs over a grid of F and k_w) in the initial
-    population and among the contenders of the final choice (True).
+    with ``polish_maxiter`` iterations (50), ``standard_starts`` the standard converters the
+    strategy space can express (the baseline's program, N-pair programs over a grid of F and
+    k_w) in the initial population and among the contenders of the final choice (True).
 
     The search (backends honour what they declare): ``strategy`` ("best1bin"), ``popsize`` (5,
     times D), ``maxiter`` (50), ``tol`` (0), ``atol`` (0.02), ``mutation`` (0.1, or a (low, high)
     dithering range), ``recombination`` (0.3), ``seed`` (100), ``x_init`` ("latinhypercube" or
     a population tensor), ``x0`` (a warm start [D] or [B, D]), ``noise_robust`` (parents
     re-evaluated with their trials, True), ``algorithm`` (the evotorch backend's: "de"),
-    ``checkpoint``/``checkpoint_every`` (10)/``resume`` (one file, :mod:`gpuwpo.checkpoint`;
+    ``checkpoint``/``checkpoint_every`` (10)/``resume`` (one file, :mod:`gpuwpo.search.checkpoint`;
     the torch backend's), ``callback`` (called with an
-    :class:`gpuwpo.backends.IntermediateResult` after every generation; True or StopIteration
+    :class:`gpuwpo.search.backends.IntermediateResult` after every generation; True or StopIteration
     stops the run).
 
     Reporting: ``disp`` a progress bar (True).
 
     The search defaults are chosen from measured reduction-versus-candidates curves
-    (``bench/quality.py``; README.md, "Defaults"): the seeds carry most of the gain, and the
-    reference toolkit's greedy operators (best1bin, mutation 0.1, recombination 0.3) improve on
-    them fastest, so the population is 5 x D for 50 generations instead of the reference's
-    100 x D for 200 (which :mod:`gpuwpo.wpo` keeps).
+    (``bench/quality.py``; README.md, "Defaults"): the standard starts carry most of the gain,
+    and the reference toolkit's greedy operators (best1bin, mutation 0.1, recombination 0.3)
+    improve on them fastest, so the population is 5 x D for 50 generations instead of the
+    reference's 100 x D for 200 (which :mod:`gpuwpo.wpo` keeps).
     """
 
     nbins: int = 6
@@ -103,7 +103,7 @@ class SearchOptions:
     validation_repeats: int = 100
     polish: bool = True
     polish_maxiter: int = 50
-    seeds: bool = True
+    standard_starts: bool = True
     strategy: str = "best1bin"
     popsize: int = 5
     maxiter: int = 50
@@ -187,7 +187,7 @@ class SearchOptions:
             check_positive_int(self.test_out_features, "test_out_features")
         if self.memory_budget is not None:
             check_positive_int(self.memory_budget, "memory_budget")
-        for name in ("use_max_kw", "polish", "seeds", "noise_robust", "disp"):
+        for name in ("use_max_kw", "polish", "standard_starts", "noise_robust", "disp"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
 

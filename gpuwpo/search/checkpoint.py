@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ._files import atomic_write
+from .._files import atomic_write
 
 __all__ = [
     "FORMAT",
@@ -97,12 +97,12 @@ _PHYSICS = ("physics", "noise_model", "baseline", "compensation", "t_steps", "f_
 
 def fingerprint_from_settings(settings: Mapping[str, Any], weights_digest: str) -> dict:
     """A run's fingerprint from its settings record (what a results file holds as ``settings``,
-    :func:`gpuwpo.network._settings`) and the digest of its weights.
+    :func:`gpuwpo.network.settings.run_record`) and the digest of its weights.
 
     The options that may change on resume (:data:`CHANGEABLE_OPTIONS`) are left out, ``maxiter``
     only outside hierarchical runs; which options were given explicitly does not matter.
     """
-    from . import __version__
+    from .. import __version__
 
     record = dict(_plain(settings))
     options = dict(record.pop("options", {}))
@@ -122,7 +122,7 @@ def search_fingerprint(problem, options, backend: str) -> dict:
     ``resume``): the problem's shape, the backend and the options. The loss itself is a function
     and cannot be fingerprinted; :class:`gpuwpo.WeightProgrammingOptimizer` fingerprints the
     weights and the physics behind it."""
-    from . import __version__
+    from .. import __version__
 
     opts = {}
     for name, value in options.as_dict().items():
@@ -352,7 +352,7 @@ class Checkpointing:
 
     @classmethod
     def from_options(cls, options, fingerprint: Mapping[str, Any]) -> Checkpointing | None:
-        """From a :class:`gpuwpo.options.SearchOptions` (None when it neither saves nor
+        """From a :class:`gpuwpo.search.options.SearchOptions` (None when it neither saves nor
         resumes)."""
         if options.checkpoint is None and options.resume is None:
             return None

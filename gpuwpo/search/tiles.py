@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .checks import check_clip, check_weights
-from .converters import grid_interpolation
-from .rng import make_generator
-from .sampling import downsample_weight_distribution
+from ..checks import check_clip, check_weights
+from ..device.converters import grid_interpolation
+from ..device.sampling import downsample_weight_distribution
+from ..rng import make_generator
 
 __all__ = ["TestTile", "DEFAULT_TILE", "MAX_TEST_WEIGHTS"]
 

@@ -1,10 +1,11 @@
 """Programming, drift and read of conductances over time, and whole-tile weight simulation.
 
 The pipeline here is shared by :func:`simulate_weights` (any converter, for users) and the
-objective's hot path (:mod:`gpuwpo.objective`): for every time step the tile is programmed
+objective's hot path (:mod:`gpuwpo.search.objective`): for every time step the tile is programmed
 afresh (new programming noise, new drift coefficients), drifted to ``t`` and read with 1/f noise
 (docs/DESIGN.md section 2). Which devices drift and are read is the physics
-(:mod:`gpuwpo.physics`): the programmed ones (``physics="device"``), or those of the programmed
+(:mod:`gpuwpo.device.physics`): the programmed ones (``physics="device"``), or those of the
+programmed
 weights converted again (``physics="aihwkit"``, the reference toolkit's tile).
 """
 
@@ -16,11 +17,12 @@ from typing import NamedTuple
 
 import torch
 
-from .checks import check_positive_int, check_weights
+from ..checks import check_positive_int, check_weights
+from ..rng import draw_seed, keyed_generator, make_generator
+from .chunks import default_memory_budget, plan_chunks
 from .compensation import GlobalDriftCompensation
-from .physics import ConverterTiles, check_physics, program_and_read, refuse_clip
-from .reduction import default_memory_budget, plan_chunks, weight_error
-from .rng import draw_seed, keyed_generator, make_generator
+from .error import weight_error
+from .physics import ConverterConversion, check_physics, program_and_read, refuse_clip
 
 __all__ = ["DEFAULT_TIMES", "NOISE_BLOCK", "DeviceNoise", "sample_device_noise", "keyed_noise",
            "program_drift_read", "simulate_weights", "converter_errors", "as_time_tensor",
@@ -142,7 +144,7 @@ def program_drift_read(
 
     Args:
         g_target: target conductances [..., R, N] in uS (R devices, N weights).
-        noise_model: a :class:`gpuwpo.noise.DeviceModel`.
+        noise_model: a :class:`gpuwpo.device.noise.DeviceModel`.
         t_steps: inference times [T] in seconds after programming.
         generator: source of the noise when ``noise`` is not given.
         noise: explicit standard-normal draws broadcastable to [..., T, R, N].
@@ -179,7 +181,7 @@ class _TileRun:
         self.compensation = GlobalDriftCompensation() if compensation is None else compensation
         self.noise_model = noise_model
         self.t = as_time_tensor(t_steps, dtype=self.weights.dtype, device=self.weights.device)
-        self.tiles = ConverterTiles(converter, self.weights.shape)
+        self.tiles = ConverterConversion(converter, self.weights.shape)
         self.g, self.params = self.tiles.to_conductances(self.weights)  # [R, N]
         self.prepared = noise_model.prepare_targets(self.g)
 
@@ -205,13 +207,13 @@ def simulate_weights(
 
     For each repeat and time step the tile is programmed afresh (docs/DESIGN.md section 5): the
     target conductances get programming noise, drift to ``t`` and are read with noise in the
-    chosen physics (:mod:`gpuwpo.physics`), are converted back to weights, and the global (or
+    chosen physics (:mod:`gpuwpo.device.physics`), are converted back to weights, and the global (or
     per-column) drift compensation is applied. Batched over repeats and times.
 
     Args:
         weights: the ideal weights, any shape (a 2-D weight is [out_features, in_features]).
-        g_converter: any conductance converter of :mod:`gpuwpo.converters` (one program).
-        noise_model: the device model (:class:`gpuwpo.noise.DeviceModel`).
+        g_converter: any conductance converter of :mod:`gpuwpo.device.converters` (one program).
+        noise_model: the device model (:class:`gpuwpo.device.noise.DeviceModel`).
         t_steps: inference times in seconds, a float or a sequence [T].
         compensation: defaults to ideal :class:`GlobalDriftCompensation`.
         repeats: independent programmings to simulate (>= 1).
@@ -251,7 +253,8 @@ def converter_errors(
     """Weight error E_t of ``repeats`` independent programmings of a tile: the converter path.
 
     The ruler of baselines, ``TNMSEObjective.evaluate_converter``, :func:`tnmse_over_time`,
-    the choice of each layer's answer (:mod:`gpuwpo.selection`) and ``gpuwpo evaluate``: every
+    the choice of each layer's answer (:mod:`gpuwpo.search.selection`) and ``gpuwpo evaluate``:
+    every
     repeat programs the tile afresh at every time, in the chosen physics, and
     ``E_t = mean_n (amplification (alpha_t W_t,n - W_n) / max|W|)^2``
     (:func:`gpuwpo.reduction.weight_error`). Repeats are simulated a memory budget at a time,
@@ -344,7 +347,7 @@ def tnmse_over_time(
         compensation: drift compensation (default ideal global).
         generator: source of the noise (a generator, an int, or None for fresh entropy).
         memory_budget: bytes at a time (large layers are simulated a few repeats at a time).
-        physics: "device" or "aihwkit" (see :mod:`gpuwpo.physics`).
+        physics: "device" or "aihwkit" (see :mod:`gpuwpo.device.physics`).
 
     Returns:
         ``(mean [T], sem [T])``; the standard error is NaN with a single repeat (there is no

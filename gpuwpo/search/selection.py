@@ -5,7 +5,8 @@ the best of the standard converters it was seeded with, a warm start (a network'
 strategy). Each is a noisy estimate's winner, so each is optimistic. The answer is chosen by
 *validated* TNMSE instead: every contender and the baseline converter itself are programmed
 ``repeats`` times with fresh noise, the same noise for all of them (the converter path,
-:func:`gpuwpo.simulate.converter_errors` with a list of converters), so that their differences
+:func:`gpuwpo.device.simulate.converter_errors` with a list of converters), so that their
+differences
 are paired and far less noisy than their values.
 
 The rule (:func:`choose`): the contender with the lowest mean TNMSE wins if its paired
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .simulate import converter_errors
+from ..device.simulate import converter_errors
 
 __all__ = ["ACCEPT_Z", "BASELINE", "Choice", "choose", "choose_per_layer"]
 
@@ -96,7 +97,7 @@ def choose(
             are unique and not :data:`BASELINE`. May be empty (the baseline is then kept).
         baseline: the standard converter to beat.
         noise_model, t_steps, compensation, physics, amplification, memory_budget: as for
-            :func:`gpuwpo.simulate.converter_errors`.
+            :func:`gpuwpo.device.simulate.converter_errors`.
         repeats: programmings of every contender (>= 2).
         generator: source of the noise's base seed (an int for a reproducible choice).
         layer_id: key of the tile's noise streams.

@@ -44,7 +44,7 @@ Differences from scipy, all deliberate:
 * every layer draws its randomness from its own generator, seeded from ``(seed, layer id)``
   (:func:`gpuwpo.rng.mix64`), and a frozen layer draws nothing: a layer's search is the same
   whichever other layers run beside it, so a network's layers may be split over processes or
-  machines (:mod:`gpuwpo.distributed`) and give bit for bit the results of one search;
+  machines (:mod:`gpuwpo.network.distributed`) and give bit for bit the results of one search;
 * arguments out of range raise instead of being sorted or clipped (``mutation=(high, low)``, an
   ``init`` population outside the unit cube);
 * no polishing, constraints, integrality or ``maxfun``.
@@ -61,7 +61,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from .rng import draw_seed, keyed_generator
+from ..rng import draw_seed, keyed_generator
 
 __all__ = [
     "STRATEGIES",

@@ -49,7 +49,7 @@ def to_aihwkit_converter(converter) -> Any:
     from aihwkit.inference.converter import conductance as ref
     from aihwkit.inference.converter.fusion import FusionConductanceConverter as RefFusion
 
-    from .converters import (
+    from .device.converters import (
         CustomPairConductanceConverter,
         DualPairConductanceConverter,
         FusionConductanceConverter,
@@ -85,7 +85,7 @@ def to_aihwkit_noise_model(noise_model, converter) -> Any:
     from aihwkit.inference.noise.pcm import CustomDriftPCMLikeNoiseModel as RefCustom
     from aihwkit.inference.noise.pcm import PCMLikeNoiseModel as RefPCM
 
-    from .noise import CustomDriftPCMLikeNoiseModel, PCMLikeNoiseModel
+    from .device.noise import CustomDriftPCMLikeNoiseModel, PCMLikeNoiseModel
 
     if type(noise_model) not in (PCMLikeNoiseModel, CustomDriftPCMLikeNoiseModel):
         raise TypeError(f"aihwkit has no counterpart for {type(noise_model).__name__}")
@@ -119,7 +119,7 @@ def to_aihwkit_rpu_config(noise_model, converter, compensation=None) -> Any:
     from aihwkit.inference.compensation import drift
     from aihwkit.simulator.configs import TorchInferenceRPUConfig
 
-    from .compensation import GlobalDriftCompensation, PerColumnDriftCompensation
+    from .device.compensation import GlobalDriftCompensation, PerColumnDriftCompensation
 
     comp = GlobalDriftCompensation() if compensation is None else compensation
     per_column = isinstance(comp, PerColumnDriftCompensation)
@@ -198,7 +198,7 @@ def is_aihwkit_object(obj: object) -> bool:
 
 def from_aihwkit_converter(converter):
     """gpuwpo's converter equal to aihwkit's ``converter`` (gpuwpo's are returned as they are)."""
-    from . import converters as conv
+    from .device import converters as conv
 
     if not is_aihwkit_object(converter):
         return converter
@@ -227,7 +227,7 @@ def from_aihwkit_noise_model(noise_model):
     programming coefficients and reference conductance, t_read, t_0 and the three scales); any
     other noise model is refused by name.
     """
-    from .noise import CustomDriftPCMLikeNoiseModel, PCMLikeNoiseModel
+    from .device.noise import CustomDriftPCMLikeNoiseModel, PCMLikeNoiseModel
 
     name = type(noise_model).__name__
     if name not in ("PCMLikeNoiseModel", "CustomDriftPCMLikeNoiseModel"):
@@ -266,7 +266,7 @@ def _resolution(res: float) -> float:
 
 def _compensation_from_forward(forward, per_column: bool, exact_reference: bool):
     """gpuwpo's compensation and periphery for aihwkit's IOParameters ``forward``."""
-    from .compensation import GlobalDriftCompensation, PerColumnDriftCompensation
+    from .device.compensation import GlobalDriftCompensation, PerColumnDriftCompensation
 
     cls = PerColumnDriftCompensation if per_column else GlobalDriftCompensation
     mv_type = _enum_name(getattr(forward, "mv_type", "ONE_PASS"))

@@ -17,12 +17,13 @@ taken from the programmed weights themselves:
     W_t = back'(G_t)    (with p')
 
 In both, ``alpha_t`` compares a readout of ``W_p`` (or of the ideal weights, with an exact
-reference) with a readout of ``W_t`` (:mod:`gpuwpo.compensation`), and the effective weights are
+reference) with a readout of ``W_t`` (:mod:`gpuwpo.device.compensation`), and the effective weights
+are
 ``alpha_t W_t``.
 
 :func:`program_and_read` is the one place where this is written. The objective's batched hot
-path (:class:`ProgramTiles`: a population of CustomPair programs, one conversion per tile
-computed on a shared grid) and the converter path (:class:`ConverterTiles`: any converter, one
+path (:class:`ProgramConversion`: a population of CustomPair programs, one conversion per tile
+computed on a shared grid) and the converter path (:class:`ConverterConversion`: any converter, one
 program, the converter's own methods per tile) both call it; they differ only in how a tile's
 weights become conductances and back.
 """
@@ -38,7 +39,7 @@ import torch
 from .converters import grid_position, lerp_tables, net_weight_max, nonzero_max_abs
 
 __all__ = ["PHYSICS", "check_physics", "refuse_clip", "program_and_read", "TileConversion",
-           "ProgramTiles", "ConverterTiles"]
+           "ProgramConversion", "ConverterConversion"]
 
 #: The physics gpuwpo offers (see the module docstring).
 PHYSICS = ("device", "aihwkit")
@@ -90,10 +91,11 @@ def program_and_read(
 
     Args:
         physics: "device" or "aihwkit".
-        tiles: the conversion of the tiles (a :class:`ProgramTiles` or :class:`ConverterTiles`).
+        tiles: the conversion of the tiles (a :class:`ProgramConversion` or
+            :class:`ConverterConversion`).
         params: what ``tiles.to_conductances`` returned with the target conductances.
         prepared: ``noise_model.prepare_targets(g_target)`` of the targets ``[..., R, N]``.
-        noise_model: a :class:`gpuwpo.noise.DeviceModel`.
+        noise_model: a :class:`gpuwpo.device.noise.DeviceModel`.
         t_inference: seconds after programming (a float, or a tensor that broadcasts with the
             conductances, e.g. ``[T, 1, 1]``).
         z_prog, z_drift, z_read: standard normals broadcastable with the conductances, or None
@@ -117,7 +119,7 @@ def program_and_read(
     return w_prog, tiles.to_weights(g_t, read_params)
 
 
-class ProgramTiles:
+class ProgramConversion:
     """A population of CustomPair programs converting its tiles: the objective's hot path.
 
     Args:
@@ -163,7 +165,7 @@ class ProgramTiles:
         return torch.matmul(coef, g).reshape(*g.shape[:-2], *self.tile_shape)
 
 
-class ConverterTiles:
+class ConverterConversion:
     """Any converter holding one program, converting tiles of ``weight_shape`` one by one.
 
     The converter path: the converter's own ``convert_to_conductances`` and

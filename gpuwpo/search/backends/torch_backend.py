@@ -1,8 +1,9 @@
 """The torch differential-evolution backend: all layers in one tensor program.
 
-Runs :func:`gpuwpo.de.de_minimize` on the problem's device with noise-robust selection (parents
+Runs :func:`gpuwpo.search.de.de_minimize` on the problem's device with noise-robust selection
+(parents
 re-evaluated with their trials under common random numbers) and saves its state into one
-checkpoint file (:mod:`gpuwpo.checkpoint`: tensors and JSON, no pickle) to resume from.
+checkpoint file (:mod:`gpuwpo.search.checkpoint`: tensors and JSON, no pickle) to resume from.
 """
 
 from __future__ import annotations
@@ -58,15 +59,15 @@ def _restore(path, stage: str, tensors: dict, meta: dict,
 
 def save_checkpoint(path: str | os.PathLike, state: DEState, fingerprint: dict | None = None,
                     stage: str = "search") -> None:
-    """Save a :class:`gpuwpo.de.DEState` alone as a one-stage checkpoint file ``path``
-    (:mod:`gpuwpo.checkpoint`: one safetensors file, written atomically, no pickle)."""
+    """Save a :class:`gpuwpo.search.de.DEState` alone as a one-stage checkpoint file ``path``
+    (:mod:`gpuwpo.search.checkpoint`: one safetensors file, written atomically, no pickle)."""
     write_checkpoint(path, Checkpoint(dict(fingerprint or {}), {stage: _record(state)}))
 
 
 def load_checkpoint(path: str | os.PathLike, device: torch.device | str | None = None,
                     stage: str | None = None) -> tuple[DEState, Checkpoint]:
     """The DEState of ``stage`` (default: the last one saved) of the checkpoint file ``path``,
-    and the whole :class:`gpuwpo.checkpoint.Checkpoint`.
+    and the whole :class:`gpuwpo.search.checkpoint.Checkpoint`.
 
     Raises:
         FileNotFoundError: no file at ``path``.
@@ -104,7 +105,7 @@ def search(
     the layers still searching (converged layers are frozen, their energies unused); the result
     is identical either way because every layer's noise is keyed by its index.
 
-    Checkpoints (:mod:`gpuwpo.checkpoint`): ``stage`` is the stage of a run whose
+    Checkpoints (:mod:`gpuwpo.search.checkpoint`): ``stage`` is the stage of a run whose
     fingerprint the caller made (the optimizer's: weights, physics, settings, seed); without
     it, the options ``checkpoint``/``resume`` make a run of one stage fingerprinted by the
     problem's shape and the options alone. The state is saved every ``checkpoint_every``

@@ -4,18 +4,18 @@ and benchmarked against. Not for users: it is slow on purpose of being obvious.
 It follows the reference toolkit's flow for one candidate: decode the strategy, build a
 CustomPair converter (with its invertibility check), convert the test tile with the converter's
 own methods, and for every time step program, drift and read in the objective's physics
-(:func:`gpuwpo.physics.program_and_read`), compensate and accumulate the error.
+(:func:`gpuwpo.device.physics.program_and_read`), compensate and accumulate the error.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .converters import CustomPairConductanceConverter
+from ..device.converters import CustomPairConductanceConverter
+from ..device.physics import ConverterConversion, program_and_read
+from ..device.simulate import DeviceNoise
+from ..rng import make_generator
 from .objective import TNMSEObjective
-from .physics import ConverterTiles, program_and_read
-from .rng import make_generator
-from .simulate import DeviceNoise
 
 __all__ = ["reference_tnmse", "reference_objective"]
 
@@ -40,7 +40,7 @@ def reference_tnmse(
     converter = CustomPairConductanceConverter(f, g_lst, space.g_min, space.g_max,
                                                invertibility_test=True, clip=space.clip)
     tile = w.reshape(objective.tile_shape)
-    tiles = ConverterTiles(converter, tile.shape)
+    tiles = ConverterConversion(converter, tile.shape)
     g, params = tiles.to_conductances(tile)  # [2K, N]
     nm = objective.noise_model
     total = 0.0

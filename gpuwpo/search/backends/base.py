@@ -29,7 +29,8 @@ class SearchProblem:
         device, dtype: where and in what precision the loss computes.
         supports_layers: whether ``loss`` takes ``layers``.
         layer_ids: [B] the layers' ids in the whole network (None: 0 .. B-1), which key the
-            searches' own randomness (:func:`gpuwpo.de.de_init`) as they key the loss's noise, so
+            searches' own randomness (:func:`gpuwpo.search.de.de_init`) as they key the loss's
+            noise, so
             that a search over some of a network's layers runs each as the whole search does.
     """
 

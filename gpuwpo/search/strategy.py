@@ -29,17 +29,17 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .checks import check_clip
+from ..checks import check_clip
 
 if TYPE_CHECKING:  # the converters module imports nothing from here; keep the import lazy
-    from gpuwpo.converters import CustomPairConductanceConverter
+    from gpuwpo.device.converters import CustomPairConductanceConverter
 
-__all__ = ["StrategySpace", "SEED_RATIOS", "SEED_FRACTIONS"]
+__all__ = ["StrategySpace", "START_RATIOS", "START_FRACTIONS"]
 
-#: Ratios F of the significance factors of the seeded N-pair programs (f_k = F**k).
-SEED_RATIOS = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0)
-#: Shares of the full conductance range given to the largest weight in the seeded programs.
-SEED_FRACTIONS = (1.0, 0.8, 0.6)
+#: Ratios F of the significance factors of the standard N-pair starts (f_k = F**k).
+START_RATIOS = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0)
+#: Shares of the full conductance range given to the largest weight in the standard starts.
+START_FRACTIONS = (1.0, 0.8, 0.6)
 
 
 def _finite_float(name: str, value: float) -> float:
@@ -427,12 +427,12 @@ class StrategySpace:
         x.extend(v for block in blocks for v in block)
         return torch.tensor(x, dtype=torch.float64).clamp(0.0, 1.0)
 
-    def standard_seeds(
+    def standard_starts(
         self,
-        ratios: Sequence[float] = SEED_RATIOS,
-        fractions: Sequence[float] = SEED_FRACTIONS,
+        ratios: Sequence[float] = START_RATIOS,
+        fractions: Sequence[float] = START_FRACTIONS,
     ) -> tuple[torch.Tensor, list[str]]:
-        """The standard converters this space can express, as points: a search's seeds.
+        """The standard converters this space can express, as points: a search's standard starts.
 
         N-pair programs (:meth:`encode_npair`) with significance factors ``f_k = F**k`` over a
         grid of ratios F (fixed factors keep their value; combinations outside [f_min, f_max]
@@ -484,7 +484,7 @@ class StrategySpace:
             ``CustomPairConductanceConverter(f [..., K], g_lst [..., 2K, L], g_min, g_max)``.
         """
         # Imported here so that the strategy space does not depend on the converters at import.
-        from gpuwpo.converters import CustomPairConductanceConverter
+        from gpuwpo.device.converters import CustomPairConductanceConverter
 
         f, g_lst, _ = self.decode(x, max_abs_weight)
         return CustomPairConductanceConverter(

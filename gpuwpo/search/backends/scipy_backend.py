@@ -14,9 +14,9 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from ...rng import mix64
 from ..de import de_init
 from ..options import SearchOptions, de_accepts
-from ..rng import mix64
 from .base import IntermediateResult, SearchOutcome, SearchProblem, notify
 
 __all__ = ["search", "accepts"]

@@ -41,7 +41,7 @@ import math
 
 import torch
 
-from .registry import Serializable
+from ..registry import Serializable
 
 __all__ = ["GlobalDriftCompensation", "PerColumnDriftCompensation", "kernel_compensation",
            "AIHWKIT_OUT_NOISE", "AIHWKIT_OUT_BOUND", "AIHWKIT_OUT_RES", "AIHWKIT_INP_RES",

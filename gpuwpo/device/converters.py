@@ -37,8 +37,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .checks import check_clip, check_weights, describe_values
-from .registry import Serializable
+from ..checks import check_clip, check_weights, describe_values
+from ..registry import Serializable
 
 __all__ = [
     "SinglePairConductanceConverter",

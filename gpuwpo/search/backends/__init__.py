@@ -1,13 +1,14 @@
 """Search backends: one objective, three interchangeable searches chosen by one flag.
 
 Every backend takes a :class:`SearchProblem` (a batched loss over the unit hypercube, the layers
-on the leftmost axis) and :class:`gpuwpo.options.SearchOptions`, calls the callback with an
+on the leftmost axis) and :class:`gpuwpo.search.options.SearchOptions`, calls the callback with an
 :class:`IntermediateResult` after every generation, and returns a :class:`SearchOutcome`.
 Backends know nothing of the physics; the objective knows nothing of the search. Each declares
 in ``ACCEPTS`` the options it honours; :func:`run_search` refuses one given explicitly that it
 cannot honour.
 
-* ``"torch"`` (default): differential evolution in torch (:mod:`gpuwpo.de`), all layers in one
+* ``"torch"`` (default): differential evolution in torch (:mod:`gpuwpo.search.de`), all layers in
+one
   tensor program on the objective's device, noise-robust selection, checkpoint and resume.
 * ``"scipy"``: :func:`scipy.optimize.differential_evolution` (vectorized, deferred updating),
   layers one after another; the reference the torch engine is tested against.
@@ -47,7 +48,7 @@ def run_search(backend: str, problem: SearchProblem, options: SearchOptions | No
     """Run the search ``backend`` ("torch", "evotorch" or "scipy") on ``problem``.
 
     ``options`` (or keyword arguments building them) are checked against what the backend
-    honours first. ``stage``: a :class:`gpuwpo.checkpoint.Stage` of a run that saves or
+    honours first. ``stage``: a :class:`gpuwpo.search.checkpoint.Stage` of a run that saves or
     resumes (for a backend that checkpoints).
     """
     module = backend_module(backend)

@@ -1,0 +1,11 @@
+"""A network: which tensors are layers, the run's settings, the search of all layers (in this
+process or sharded over Ray workers), its result, and the model programmed with it."""
+
+from .distributed import RayCluster
+from .layers import select_weights
+from .pipeline import optimize_network
+from .program import program_model
+from .result import LayerResult, NetworkResult
+
+__all__ = ["LayerResult", "NetworkResult", "RayCluster", "optimize_network", "program_model",
+           "select_weights"]

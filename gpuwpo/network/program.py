@@ -1,0 +1,89 @@
+"""Programming a model: its weights as the analogue hardware computes with them at a time."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from ..device.physics import check_physics
+from ..device.simulate import as_time_tensor, simulate_weights
+from .layers import select_weights
+from .result import NetworkResult
+
+__all__ = ["program_model"]
+
+
+def program_model(
+    model: nn.Module,
+    result_or_converters,
+    noise_model,
+    t_inference: float,
+    generator: torch.Generator | None = None,
+    compensation=None,
+    *,
+    physics: str = "device",
+) -> nn.Module:
+    """A copy of ``model`` whose selected weights are the hardware's effective weights.
+
+    Each selected weight is converted to conductances, programmed (programming noise), drifted to
+    ``t_inference``, read (read noise), converted back and drift-compensated
+    (:func:`gpuwpo.simulate_weights` with ``repeats=1``): what the analogue tile computes with at
+    that time. Every other parameter and buffer is copied unchanged; ``model`` is not modified.
+
+    Args:
+        model: the network (its parameters are not touched).
+        result_or_converters: a :class:`NetworkResult`, a mapping parameter name -> converter,
+            or one converter (e.g. the baseline DualPair) applied to every Linear/Conv weight.
+        noise_model: the PCM device model.
+        t_inference: seconds after programming (one time).
+        generator: source of all noise (on the weights' device); None uses torch's default.
+        compensation: drift compensation (default ideal global).
+        physics: "device" or "aihwkit" (see :mod:`gpuwpo.physics`).
+
+    Returns:
+        The programmed copy (same class, same dtypes and devices).
+
+    Raises:
+        ValueError: a named layer that the model does not have, a batched converter, or a bad
+            ``t_inference``.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"program_model takes an nn.Module, got {type(model).__name__}")
+    t = float(t_inference)
+    as_time_tensor([t])  # validates: finite, >= 0 seconds
+    check_physics(physics)
+    shapes: dict[str, tuple[int, ...]] = {}
+    if isinstance(result_or_converters, NetworkResult):
+        shapes = {layer.name: tuple(layer.shape) for layer in result_or_converters.layers}
+        converters = result_or_converters.converters()
+    elif isinstance(result_or_converters, Mapping):
+        converters = dict(result_or_converters)
+    else:
+        conv = result_or_converters
+        if not hasattr(conv, "convert_to_conductances"):
+            raise TypeError(f"expected a NetworkResult, a mapping name -> converter or a "
+                            f"converter, got {type(conv).__name__}")
+        converters = {name: conv for name in select_weights(model)}
+    programmed = copy.deepcopy(model)
+    params = dict(programmed.named_parameters())
+    missing = [name for name in converters if name not in params]
+    if missing:
+        raise ValueError(f"the model has no parameter(s) {missing}; it has "
+                         f"{list(params)[:10]}{' ...' if len(params) > 10 else ''}")
+    for name, shape in shapes.items():  # a result made for another network is refused
+        if tuple(params[name].shape) != shape:
+            raise ValueError(f"the model's {name!r} has shape {tuple(params[name].shape)}, the "
+                             f"result was made for {shape}")
+    with torch.no_grad():
+        for name, conv in converters.items():
+            param = params[name]
+            w = param.detach()
+            # Simulate in at least float32: half-precision physics would be noise of its own.
+            work = w if w.dtype in (torch.float32, torch.float64) else w.float()
+            eff = simulate_weights(work, conv, noise_model, t, compensation, repeats=1,
+                                   generator=generator, physics=physics)[0, 0]
+            param.copy_(eff.to(param.dtype))
+    return programmed
