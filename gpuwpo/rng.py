@@ -20,7 +20,7 @@ import secrets
 
 import torch
 
-__all__ = ["make_generator", "draw_seed", "keyed_generator", "mix64"]
+__all__ = ["make_generator", "draw_seed", "keyed_generator", "mix64", "STREAMS", "stream_seed"]
 
 _MASK64 = (1 << 64) - 1
 
@@ -45,6 +45,31 @@ def mix64(*values: int) -> int:
             z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
             state = z ^ (z >> 31)
     return state
+
+
+#: The named random streams of a run. Every random number a run draws comes from exactly one of
+#: them: the stream of role ``name`` of the run seed ``s`` is keyed ``mix64(s, STREAMS[name], ...)``
+#: (:func:`stream_seed`), so no two roles share numbers, whatever the seeds (``seed + 1`` and
+#: ``seed + 2`` for two roles would give seed s's second role seed s + 1's first).
+STREAMS: dict[str, int] = {
+    "test_tiles": 1,       # the shuffle of each layer's resampled test weights
+    "baseline": 2,         # the baseline converter's programmings (the loss's reference)
+    "search_noise": 3,     # the objective's noise, per evaluation number of the search
+    "start_ranking": 4,    # the one evaluation that ranks the standard starts
+    "polish": 5,           # the frozen noise of the polish
+    "validation": 6,       # the fresh noise of the never-worse choice
+    "confirmation": 7,     # the independent noise block that confirms the choice's winner
+    "search": 8,           # the search algorithm's own randomness (DE: init, mutation, crossover)
+}
+
+
+def stream_seed(seed: int, name: str, *key: int) -> int:
+    """The 64-bit seed of stream ``name`` (a key of :data:`STREAMS`) of run seed ``seed``,
+    further keyed by ``key`` (a layer id, an evaluation number, ...)."""
+    if name not in STREAMS:
+        raise ValueError(f"unknown random stream {name!r}; the streams are "
+                         f"{', '.join(STREAMS)}")
+    return mix64(seed, STREAMS[name], *key)
 
 
 def _manual_seed(device: torch.device, seed: int) -> torch.Generator:

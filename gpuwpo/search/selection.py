@@ -26,7 +26,7 @@ import torch
 
 from ..device.simulate import converter_errors
 
-__all__ = ["ACCEPT_Z", "BASELINE", "Choice", "choose", "choose_per_layer"]
+__all__ = ["ACCEPT_Z", "BASELINE", "Z95", "Choice", "choose", "choose_per_layer", "interval"]
 
 #: Standard errors of the paired difference by which a contender must beat the baseline
 #: (one-sided; about a 2.3 % chance of taking a strategy that is merely equal to the baseline).
@@ -34,6 +34,14 @@ ACCEPT_Z = 2.0
 
 #: The label of the baseline converter among the contenders.
 BASELINE = "baseline"
+
+#: The two-sided 95 % quantile of the normal distribution: intervals are mean +- Z95 SE.
+Z95 = 1.959963984540054
+
+
+def interval(mean: float, sem: float) -> tuple[float, float]:
+    """The 95 % interval ``(mean - Z95 sem, mean + Z95 sem)`` (normal approximation)."""
+    return float(mean - Z95 * sem), float(mean + Z95 * sem)
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,22 @@ class Choice:
     def kept_baseline(self) -> bool:
         """Whether the layer keeps the baseline's own program."""
         return self.index < 0
+
+    @property
+    def tnmse_ci95(self) -> tuple[float, float]:
+        """The winner's 95 % interval."""
+        return interval(self.tnmse, self.tnmse_sem)
+
+    @property
+    def baseline_ci95(self) -> tuple[float, float]:
+        """The baseline's 95 % interval."""
+        return interval(self.baseline_tnmse, self.baseline_sem)
+
+    def success(self, loss_margin: float) -> bool:
+        """Whether the answer is a strategy that beats the baseline by ``loss_margin``: kept
+        baselines never succeed; a strategy does when tnmse < baseline * (1 - loss_margin)."""
+        return not self.kept_baseline and \
+            self.tnmse < self.baseline_tnmse * (1.0 - float(loss_margin))
 
 
 def _mean_sem(values: torch.Tensor) -> tuple[float, float]:
