@@ -1,4 +1,5 @@
-"""Choosing each layer's answer: paired validation, and never worse than the baseline."""
+"""Choosing each layer's answer: paired validation, a confirmation that holds its error rate
+with several contenders, and never worse than the baseline."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 import gpuwpo
 from gpuwpo.device.simulate import converter_errors
 from gpuwpo.search import selection
-from gpuwpo.search.selection import BASELINE, choose
+from gpuwpo.search.selection import BASELINE, FALSE_ACCEPT_RATE, choose, confirms, pick_winner
 
 T_STEPS = [1.0, 86400.0, 365 * 86400.0]
 PHYSICS = ("device", "aihwkit")
@@ -42,23 +43,26 @@ def test_a_list_of_converters_sees_the_same_noise_as_each_alone(tile, physics):
 
 def test_paired_differences_are_far_less_noisy_than_the_values(tile):
     # The same devices and the same draws: the two converters' errors move together.
-    choice = choose(tile, [("wider", _dual(g_max=24.0))], _dual(), _noise(), T_STEPS,
-                    repeats=40, generator=5, z=-math.inf)
-    independent = math.hypot(choice.tnmse_sem, choice.baseline_sem)
-    assert choice.difference_sem < 0.5 * independent
+    errors = converter_errors(tile, [_dual(), _dual(g_max=24.0)], _noise(), T_STEPS, repeats=40,
+                              generator=5).double().mean(-1)  # [2, 40]
+    independent = math.hypot(float(errors[0].std()), float(errors[1].std()))
+    assert float((errors[1] - errors[0]).std()) < 0.5 * independent
 
 
 def test_the_identical_converter_never_beats_the_baseline(tile):
-    choice = choose(tile, [("same", _dual())], _dual(), _noise(), T_STEPS, repeats=10,
-                    generator=1)
+    choice = choose(tile, [("same", _dual())], _dual(), _noise(), T_STEPS, repeats=10, seed=1)
     assert choice.kept_baseline and choice.label == BASELINE and choice.index == -1
     assert choice.difference == 0.0 and choice.tnmse == choice.baseline_tnmse
-    assert set(choice.figures) == {BASELINE, "same"}
+    assert set(choice.figures) == {BASELINE, "same"} and choice.tested == "same"
+    # Tested on the confirmation block: the same figures for both, no difference at all.
+    assert choice.confirmation["same"] == choice.confirmation[BASELINE]
 
 
 def test_nothing_to_choose_keeps_the_baseline(tile):
-    choice = choose(tile, [], _dual(), _noise(), T_STEPS, repeats=4, generator=1)
+    choice = choose(tile, [], _dual(), _noise(), T_STEPS, repeats=4, seed=1)
     assert choice.kept_baseline and set(choice.figures) == {BASELINE}
+    assert choice.tested is None and choice.confirmation == {}
+    assert (choice.tnmse, choice.tnmse_sem) == choice.figures[BASELINE]
 
 
 @pytest.mark.parametrize("physics", PHYSICS)
@@ -66,30 +70,112 @@ def test_a_clearly_better_contender_wins_and_a_worse_one_loses(tile, physics):
     # A baseline squeezed into 0..5 uS has a fifth of the signal for the same noise.
     poor = _dual(g_max=5.0)
     contenders = [("full range", _dual()), ("worse", _dual(g_max=2.0))]
-    won = choose(tile, contenders, poor, _noise(), T_STEPS, repeats=8, generator=2,
-                 physics=physics)
-    assert won.label == "full range" and won.index == 0
+    won = choose(tile, contenders, poor, _noise(), T_STEPS, repeats=8, seed=2, physics=physics)
+    assert won.label == "full range" and won.index == 0 and won.tested == "full range"
     assert won.tnmse < won.baseline_tnmse and won.difference < 0
-    assert won.tnmse == won.figures["full range"][0]
-    lost = choose(tile, contenders[1:], poor, _noise(), T_STEPS, repeats=8, generator=2,
+    # The reported figures are the confirmation block's, not the block the winner was picked on.
+    assert (won.tnmse, won.tnmse_sem) == won.confirmation["full range"]
+    assert (won.baseline_tnmse, won.baseline_sem) == won.confirmation[BASELINE]
+    assert won.confirmation["full range"] != won.figures["full range"]
+    lost = choose(tile, contenders[1:], poor, _noise(), T_STEPS, repeats=8, seed=2,
                   physics=physics)
-    assert lost.kept_baseline
+    assert lost.kept_baseline and lost.tested == "worse"
+
+
+def test_the_choice_is_the_same_for_a_layer_alone_or_beside_others(tile):
+    # Noise keyed by layer id inside each stream: another layer id draws other noise, the same
+    # id the same, whatever else is chosen.
+    contenders = [("wider", _dual(g_max=24.0))]
+    a = choose(tile, contenders, _dual(), _noise(), T_STEPS, repeats=6, seed=3, layer_id=2)
+    b = choose(tile, contenders, _dual(), _noise(), T_STEPS, repeats=6, seed=3, layer_id=2)
+    c = choose(tile, contenders, _dual(), _noise(), T_STEPS, repeats=6, seed=3, layer_id=5)
+    assert a == b and a.figures != c.figures
 
 
 def test_labels_are_checked(tile):
     with pytest.raises(ValueError, match="unique"):
         choose(tile, [("a", _dual()), ("a", _dual())], _dual(), _noise(), T_STEPS, repeats=4,
-               generator=1)
+               seed=1)
     with pytest.raises(ValueError, match="unique"):
-        choose(tile, [(BASELINE, _dual())], _dual(), _noise(), T_STEPS, repeats=4, generator=1)
+        choose(tile, [(BASELINE, _dual())], _dual(), _noise(), T_STEPS, repeats=4, seed=1)
     with pytest.raises(ValueError, match="repeats"):
-        choose(tile, [], _dual(), _noise(), T_STEPS, repeats=1, generator=1)
+        choose(tile, [], _dual(), _noise(), T_STEPS, repeats=1, seed=1)
+    with pytest.raises(ValueError, match="rate"):
+        choose(tile, [], _dual(), _noise(), T_STEPS, repeats=4, seed=1, rate=1.0)
+    with pytest.raises(TypeError, match="seed"):
+        choose(tile, [], _dual(), _noise(), T_STEPS, repeats=4, seed=torch.Generator())
+
+
+# -- the error rate with C contenders -----------------------------------------------------------
+
+#: Synthetic trials per measured rate, and the two-sided level of the binomial bound around it.
+TRIALS = 6000
+BOUND_LEVEL = 1e-4
+
+
+def _equal_contenders(contenders: int, repeats: int, gen: torch.Generator) -> torch.Tensor:
+    """One block of TNMSE [C + 1, n] where the baseline (row 0) and every contender are equal in
+    distribution: a draw shared by all (the same devices), plus each program's own part."""
+    shared = torch.randn(1, repeats, generator=gen, dtype=torch.float64)
+    own = torch.randn(contenders + 1, repeats, generator=gen, dtype=torch.float64)
+    return 1.0 + 0.3 * shared + 0.05 * own
+
+
+def _false_accepts(contenders: int, repeats: int, *, same_draws: bool, seed: int) -> int:
+    """How many of TRIALS layers, whose contenders all equal the baseline, take a contender:
+    picked on one block, tested on an independent one (the rule) or on the same one (the
+    winner's curse)."""
+    gen = torch.Generator().manual_seed(seed)
+    taken = 0
+    for _ in range(TRIALS):
+        picking = _equal_contenders(contenders, repeats, gen)
+        confirming = picking if same_draws else _equal_contenders(contenders, repeats, gen)
+        w = pick_winner(picking)
+        taken += confirms(confirming[0], confirming[w + 1])
+    return taken
+
+
+def _binomial_bounds(rate: float) -> tuple[float, float]:
+    from scipy.stats import binom
+
+    return (float(binom.ppf(BOUND_LEVEL / 2, TRIALS, rate)),
+            float(binom.isf(BOUND_LEVEL / 2, TRIALS, rate)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("contenders, repeats", [(8, 16), (3, 6), (1, 24)])
+def test_the_rule_takes_an_equal_contender_at_its_stated_rate(contenders, repeats):
+    low, high = _binomial_bounds(FALSE_ACCEPT_RATE)
+    taken = _false_accepts(contenders, repeats, same_draws=False, seed=contenders)
+    assert low <= taken <= high, (taken, low, high)
+
+
+@pytest.mark.slow
+def test_negative_control_testing_the_winner_on_its_own_draws_exceeds_the_rate():
+    # The same measurement has power: the lowest of 8 tested on the draws it was picked on (the
+    # old rule) takes an equal contender several times as often as stated.
+    _, high = _binomial_bounds(FALSE_ACCEPT_RATE)
+    taken = _false_accepts(8, 16, same_draws=True, seed=8)
+    assert taken > high and taken > 3 * FALSE_ACCEPT_RATE * TRIALS, (taken, high)
+
+
+def test_the_decision_steps_on_known_samples():
+    base = torch.tensor([1.0, 1.1, 0.9, 1.0])
+    block = torch.stack([base, base + 0.5, base - 0.2, base - 0.1])
+    assert pick_winner(block) == 1  # lowest mean among the contenders
+    assert pick_winner(block[:1]) == -1  # no contender
+    assert pick_winner(torch.stack([base, base * float("nan"), base + 1])) == 1  # NaN: no winner
+    assert confirms(base, base - 0.2)  # below the baseline on every repeat, no spread
+    assert not confirms(base, base)  # identical: never
+    # Below on average but within the t-test's reach: not confirmed at 2.5 %, at 40 % it is.
+    noisy = base + torch.tensor([-0.3, 0.2, -0.25, 0.1])
+    assert not confirms(base, noisy) and confirms(base, noisy, rate=0.4)
 
 
 # -- never worse, end to end ------------------------------------------------------------------
 
-#: An adversarially tiny budget: no standard starts, no polish, one generation of a minimal population,
-#: so that the search's best is close to a random program.
+#: An adversarially tiny budget: no standard starts, no polish, one generation of a minimal
+#: population, so that the search's best is close to a random program.
 TINY = dict(popsize=1, maxiter=1, standard_starts=False, polish=False, test_in_features=64,
             test_out_features=20, baseline_iterations=8, validation_repeats=24, disp=False,
             device="cpu")
@@ -158,8 +244,9 @@ def test_with_standard_starts_the_tiny_budget_returns_strategies_none_of_them_wo
 @pytest.mark.parametrize("physics", PHYSICS)
 def test_negative_control_accepting_the_best_contender_blindly_returns_worse_layers(
         physics, monkeypatch):
-    # The check above has power: without the rule, the same run hands back worse layers.
-    monkeypatch.setattr(selection, "ACCEPT_Z", -math.inf)
+    # The check above has power: without the confirmation, the same run hands back worse
+    # layers.
+    monkeypatch.setattr(selection, "confirms", lambda *args, **kwargs: True)
     opt = _tiny_run(physics)
     assert all(not c.kept_baseline for c in opt.result.choices)
     assert sum(_worse_than_baseline(opt, seed=12345)) >= 2

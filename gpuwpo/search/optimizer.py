@@ -26,17 +26,18 @@ from .strategy import StrategySpace
 
 __all__ = ["WeightProgrammingOptimizer", "OptimizationResult"]
 
-_Z95 = 1.959963984540054
-
 
 @dataclass
 class OptimizationResult:
     """What a run found and how (per layer where a field has a layer axis B).
 
     Each layer's answer is chosen by validated TNMSE among the search's best, its polish, the
-    best seed, any warm start, and the baseline converter itself (:mod:`gpuwpo.search.selection`): a
-    strategy is returned only where it beats the baseline with confidence, otherwise the layer
-    keeps the baseline's own program.
+    best standard start, any warm start, and the baseline converter itself
+    (:mod:`gpuwpo.search.selection`): the lowest on one block of fresh noise is confirmed against
+    the baseline on an independent block, and a strategy is returned only where that confirms
+    it (a strategy merely equal to the baseline is taken with probability at most
+    :data:`gpuwpo.search.selection.FALSE_ACCEPT_RATE`); otherwise the layer keeps the baseline's
+    own program.
 
     Attributes:
         x: [B, D] the chosen strategy of each layer in the unit hypercube; NaN rows where the
@@ -47,21 +48,24 @@ class OptimizationResult:
         chosen: per layer the winner's label: ``"search"``, ``"polish"``, ``"start: <which>"``,
             a warm start's label (``"x0"``, ``"global"``) or ``"baseline"``.
         kept_baseline: [B] bool, the layers that keep the baseline's program.
-        tnmse: [B] validated TNMSE of the answer (fresh noise, ``validation_repeats``
-            programmings, the same noise for every contender).
+        tnmse: [B] validated TNMSE of the answer on the confirmation block
+            (``validation_repeats`` programmings of fresh noise the answer was not picked on,
+            so without selection bias).
         tnmse_ci95: [B, 2] its 95% interval (normal approximation, mean +- 1.96 SE).
         baseline_tnmse, baseline_ci95: the baseline converter on the same noise.
         improvement: [B] 1 - tnmse / baseline_tnmse (0 where the baseline is kept).
         success: True when every layer's answer is a strategy that beats its baseline by
             ``loss_margin`` (tnmse < baseline * (1 - loss_margin)).
         layer_success: [B] the same per layer (False where the baseline is kept).
-        search_x: [B, D] the search's own best point of each layer.
-        search_best_loss: [B] the in-search best normalised loss (optimistic: noisy minimum).
+        search_x: [B, D] the search's answer for each layer (its incumbent,
+            :mod:`gpuwpo.search.backends.base`).
+        search_best_loss: [B] its in-search normalised loss: one noisy draw, on the noise of
+            the layer's last generation (the backends' ``fun``).
         search_best_tnmse: [B] the same in TNMSE units.
-        nit: generations; nfev: candidates evaluated (the standard starts' ranking included);
-            wall_time: seconds.
+        nit: generations (the backends' count); nfev: candidates evaluated (the standard
+            starts' ranking included); wall_time: seconds.
         stop_reason, message: why the search stopped.
-        history: [B, nit] best TNMSE of each layer after each generation.
+        history: [B, nit] ``search_best_tnmse`` after each generation.
         polished: [B] bool, whether the polish won the choice.
         choices: per layer the :class:`gpuwpo.search.selection.Choice` (every contender's figures).
         backend: the backend used; device: where it ran; physics: the physics simulated.
@@ -119,8 +123,9 @@ class OptimizationResult:
         return "\n".join(lines)
 
 
-def _ci(mean: torch.Tensor, sem: torch.Tensor) -> torch.Tensor:
-    return torch.stack([mean - _Z95 * sem, mean + _Z95 * sem], dim=-1)
+def _ci(intervals: list[tuple[float, float]]) -> torch.Tensor:
+    """[B, 2] float64 of the layers' 95 % intervals (:func:`gpuwpo.search.selection.interval`)."""
+    return torch.tensor(intervals, dtype=torch.float64).reshape(-1, 2)
 
 
 class WeightProgrammingOptimizer:
@@ -434,7 +439,7 @@ class WeightProgrammingOptimizer:
             contenders.append(convs)
             points.append(unique)
         choices = choose_per_layer(self.objective, contenders, self.g_converter_baseline,
-                                   repeats=o.validation_repeats, generator=o.seed + 2)
+                                   repeats=o.validation_repeats, seed=o.seed)
         kept = torch.tensor([c.kept_baseline for c in choices])
         x = torch.stack([torch.full((self.space.dim,), float("nan"), dtype=search_x.dtype,
                                     device=search_x.device) if c.kept_baseline
@@ -442,17 +447,15 @@ class WeightProgrammingOptimizer:
         converters = [self.g_converter_baseline if c.kept_baseline
                       else contenders[b][c.index][1] for b, c in enumerate(choices)]
         val_mean = torch.tensor([c.tnmse for c in choices], dtype=torch.float64)
-        val_sem = torch.tensor([c.tnmse_sem for c in choices], dtype=torch.float64)
         b_mean = torch.tensor([c.baseline_tnmse for c in choices], dtype=torch.float64)
-        b_sem = torch.tensor([c.baseline_sem for c in choices], dtype=torch.float64)
         margin = float(o.loss_margin)
-        layer_success = ~kept & ((val_mean - b_mean) / b_mean + margin < 0)
+        layer_success = torch.tensor([c.success(margin) for c in choices])
         to_tnmse = base_mean.reshape(-1, 1)
         history = (outcome.history.to(base_mean) - margin) * to_tnmse + to_tnmse
         self.result = OptimizationResult(
             x=x, converters=converters, chosen=[c.label for c in choices], kept_baseline=kept,
-            tnmse=val_mean, tnmse_ci95=_ci(val_mean, val_sem),
-            baseline_tnmse=b_mean, baseline_ci95=_ci(b_mean, b_sem),
+            tnmse=val_mean, tnmse_ci95=_ci([c.tnmse_ci95 for c in choices]),
+            baseline_tnmse=b_mean, baseline_ci95=_ci([c.baseline_ci95 for c in choices]),
             improvement=1 - val_mean / b_mean, success=bool(layer_success.all()),
             layer_success=layer_success, search_x=search_x, search_best_loss=outcome.fun,
             search_best_tnmse=(outcome.fun.to(base_mean) - margin) * base_mean + base_mean,

@@ -1,36 +1,59 @@
 """Choosing each layer's answer: never worse than the baseline converter.
 
 A search ends with several candidates for a layer: its best point, the polish of that point,
-the best of the standard converters it was seeded with, a warm start (a network's global
+the best of the standard converters it started from, a warm start (a network's global
 strategy). Each is a noisy estimate's winner, so each is optimistic. The answer is chosen by
-*validated* TNMSE instead: every contender and the baseline converter itself are programmed
-``repeats`` times with fresh noise, the same noise for all of them (the converter path,
-:func:`gpuwpo.device.simulate.converter_errors` with a list of converters), so that their
-differences
-are paired and far less noisy than their values.
+*validated* TNMSE instead, in two independent blocks of fresh noise:
 
-The rule (:func:`choose`): the contender with the lowest mean TNMSE wins if its paired
-difference to the baseline is below zero by more than :data:`ACCEPT_Z` standard errors;
-otherwise the layer keeps the baseline's own program. So a returned strategy is, with high
-confidence, better than the converter the user would have used anyway; when the evidence is
-not there, the user gets that converter back, and the result says so.
+1. **Pick.** Every contender and the baseline converter are programmed ``repeats`` times on the
+   noise of the stream ``"validation"`` (:func:`gpuwpo.rng.stream_seed`), the same noise for all
+   of them (:func:`gpuwpo.device.simulate.converter_errors` with a list of converters), and the
+   contender with the lowest mean TNMSE is the winner (:func:`pick_winner`).
+2. **Confirm.** The winner and the baseline are programmed ``repeats`` times more on the
+   independent stream ``"confirmation"``. The winner is taken when its paired difference to the
+   baseline, d_r = TNMSE_r(winner) - TNMSE_r(baseline), passes the one-sided paired t-test
+   ``mean(d) + t_{1 - a, n - 1} sd(d) / sqrt(n) < 0`` at the rate a = :data:`FALSE_ACCEPT_RATE`
+   (:func:`confirms`); otherwise the layer keeps the baseline's own program.
+
+The rate. Picking the lowest of C noisy means and testing it on the same draws is the winner's
+curse: when all C contenders are merely equal to the baseline, the lowest of them looks better
+than it is, and a test at one comparison's z = 2 (2.3 %) takes one of them far more often (with
+C = 8 about 12 % of the time, measured). The confirmation block is independent of the pick, so there
+the winner is one fixed contender and the test is a single comparison: the probability of
+taking a strategy that is merely equal to the baseline is **at most a = 2.5 % per layer,
+whatever the number of contenders** (exactly a for normally distributed paired differences, the
+Student-t quantile taking the finite ``repeats`` into account; a layer's TNMSE is a mean over
+thousands of weights, close to normal). ``tests/test_selection.py`` measures it on synthetic
+trials where every contender equals the baseline, beside the same-draws rule as a negative
+control.
+
+The figures. The headline figures of a :class:`Choice` (``tnmse``, ``baseline_tnmse``,
+``difference`` and their standard errors) come from the confirmation block, so a chosen
+strategy's TNMSE carries no selection bias; ``figures`` holds every contender's figures on the
+picking block (the winner's there is optimistic). A layer with no contender keeps the baseline
+with its figures from the picking block.
+
+Noise is keyed by the layer's id inside each stream, so a layer's choice is the same whether it
+is chosen alone or beside the others (a network's layers may be split over processes).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from ..device.simulate import converter_errors
+from ..rng import stream_seed
 
-__all__ = ["ACCEPT_Z", "BASELINE", "Z95", "Choice", "choose", "choose_per_layer", "interval"]
+__all__ = ["BASELINE", "FALSE_ACCEPT_RATE", "Z95", "Choice", "choose", "choose_per_layer",
+           "confirms", "interval", "pick_winner"]
 
-#: Standard errors of the paired difference by which a contender must beat the baseline
-#: (one-sided; about a 2.3 % chance of taking a strategy that is merely equal to the baseline).
-ACCEPT_Z = 2.0
+#: The rule's error rate: the probability that a layer takes a strategy that is merely equal to
+#: the baseline (one-sided; per layer, whatever the number of contenders).
+FALSE_ACCEPT_RATE = 0.025
 
 #: The label of the baseline converter among the contenders.
 BASELINE = "baseline"
@@ -51,12 +74,18 @@ class Choice:
     Attributes:
         label: the winner's label (:data:`BASELINE` when the layer keeps the baseline).
         index: the winner's index among the contenders, -1 for the baseline.
-        tnmse, tnmse_sem: the winner's mean TNMSE over the repeats and its standard error.
+        tnmse, tnmse_sem: the answer's mean TNMSE over the confirmation block's repeats and its
+            standard error (the baseline's own when it is kept).
         baseline_tnmse, baseline_sem: the baseline's, on the same noise.
-        difference, difference_sem: the winner's paired difference to the baseline (mean, SE);
-            0 when the baseline is kept.
-        figures: label -> (mean, SE) of every contender and of the baseline.
-        repeats: programmings per contender.
+        difference, difference_sem: the winner's paired difference to the baseline (mean, SE)
+            on the confirmation block; 0 when the baseline is kept.
+        figures: label -> (mean, SE) of every contender and of the baseline on the picking
+            block (the picked one's is optimistic: it was picked for being low).
+        repeats: programmings per contender and block.
+        tested: the label of the contender the confirmation block tested (the picking block's
+            winner, taken or not); None when there was no contender.
+        confirmation: label -> (mean, SE) of the tested contender and the baseline on the
+            confirmation block (empty when there was no contender).
     """
 
     label: str
@@ -69,6 +98,8 @@ class Choice:
     difference_sem: float
     figures: dict[str, tuple[float, float]]
     repeats: int
+    tested: str | None = None
+    confirmation: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     @property
     def kept_baseline(self) -> bool:
@@ -77,7 +108,7 @@ class Choice:
 
     @property
     def tnmse_ci95(self) -> tuple[float, float]:
-        """The winner's 95 % interval."""
+        """The answer's 95 % interval."""
         return interval(self.tnmse, self.tnmse_sem)
 
     @property
@@ -97,6 +128,55 @@ def _mean_sem(values: torch.Tensor) -> tuple[float, float]:
     return float(values.mean()), float(values.std() / math.sqrt(n))
 
 
+def _check_rate(rate: float) -> float:
+    rate = float(rate)
+    if not 0.0 < rate < 1.0:
+        raise ValueError(f"the false-accept rate must lie in (0, 1), got {rate!r}")
+    return rate
+
+
+def pick_winner(tnmse: torch.Tensor) -> int:
+    """The picking step: the contender with the lowest mean TNMSE.
+
+    Args:
+        tnmse: [C + 1, n] TNMSE of each of n repeats; row 0 the baseline, rows 1..C the
+            contenders, all on the same noise.
+
+    Returns:
+        The winner's index among the contenders (0 .. C - 1; the first on ties), -1 when C = 0.
+    """
+    if tnmse.dim() != 2 or tnmse.shape[0] < 1:
+        raise ValueError(f"tnmse must have shape [C + 1, n], got {tuple(tnmse.shape)}")
+    if tnmse.shape[0] == 1:
+        return -1
+    means = tnmse[1:].double().mean(-1)
+    # A contender whose simulation failed (NaN) is no winner.
+    return int(torch.nan_to_num(means, nan=math.inf).argmin())
+
+
+def confirms(baseline: torch.Tensor, winner: torch.Tensor, rate: float | None = None) -> bool:
+    """The confirming step: whether ``winner`` beats ``baseline`` by the one-sided paired t-test.
+
+    Args:
+        baseline, winner: [n] TNMSE of n repeats (n >= 2), repeat r of both on the same noise
+            (and on noise the winner was not picked on, for the rule to hold its rate).
+        rate: the test's false-accept rate a (None: :data:`FALSE_ACCEPT_RATE`).
+
+    Returns:
+        ``mean(d) + t_{1 - a, n - 1} * sd(d) / sqrt(n) < 0`` with d = winner - baseline (False
+        when d is identically 0: an identical program never wins).
+    """
+    from scipy.stats import t as student_t
+
+    rate = _check_rate(FALSE_ACCEPT_RATE if rate is None else rate)
+    if baseline.shape != winner.shape or baseline.dim() != 1 or baseline.shape[0] < 2:
+        raise ValueError(f"baseline and winner must be [n] with n >= 2, got "
+                         f"{tuple(baseline.shape)} and {tuple(winner.shape)}")
+    n = baseline.shape[0]
+    diff, sem = _mean_sem(winner.double() - baseline.double())
+    return bool(diff + float(student_t.ppf(1.0 - rate, n - 1)) * sem < 0)
+
+
 def choose(
     weights: torch.Tensor,
     contenders: Sequence[tuple[str, object]],
@@ -105,13 +185,13 @@ def choose(
     t_steps,
     *,
     repeats: int,
-    generator: torch.Generator | int | None,
+    seed: int,
     layer_id: int = 0,
     compensation=None,
     physics: str = "device",
     amplification: float = 10.0,
     memory_budget: int | None = None,
-    z: float | None = None,
+    rate: float | None = None,
 ) -> Choice:
     """Choose one tile's answer among ``contenders`` and the baseline (the module's rule).
 
@@ -122,39 +202,50 @@ def choose(
         baseline: the standard converter to beat.
         noise_model, t_steps, compensation, physics, amplification, memory_budget: as for
             :func:`gpuwpo.device.simulate.converter_errors`.
-        repeats: programmings of every contender (>= 2).
-        generator: source of the noise's base seed (an int for a reproducible choice).
+        repeats: programmings of every contender in each block (>= 2).
+        seed: the run seed (an int): the picking block is its stream ``"validation"``, the
+            confirmation block its stream ``"confirmation"``, each keyed by ``layer_id``.
         layer_id: key of the tile's noise streams.
-        z: standard errors of the paired difference a contender must win by (None:
-            :data:`ACCEPT_Z`).
+        rate: the rule's false-accept rate (None: :data:`FALSE_ACCEPT_RATE`).
 
     Returns:
         A :class:`Choice`.
     """
-    z = ACCEPT_Z if z is None else float(z)
+    rate = _check_rate(FALSE_ACCEPT_RATE if rate is None else rate)
     if int(repeats) != repeats or repeats < 2:
         raise ValueError(f"repeats must be an integer >= 2, got {repeats!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be the run's int seed, got {type(seed).__name__}")
     labels = [label for label, _ in contenders]
     if len(set(labels)) != len(labels) or BASELINE in labels:
         raise ValueError(f"contender labels must be unique and not {BASELINE!r}, got {labels}")
-    convs = [baseline, *(conv for _, conv in contenders)]
-    errors = converter_errors(weights, convs, noise_model, t_steps, compensation=compensation,
-                              physics=physics, repeats=int(repeats), generator=generator,
-                              layer_id=layer_id, amplification=amplification,
-                              memory_budget=memory_budget)  # [C + 1, repeats, T]
-    tnmse = errors.double().mean(-1)  # [C + 1, repeats]
-    figures = {BASELINE: _mean_sem(tnmse[0])}
-    figures.update({label: _mean_sem(tnmse[c + 1]) for c, label in enumerate(labels)})
-    base_mean, base_sem = figures[BASELINE]
-    best = min(range(len(labels)), key=lambda c: figures[labels[c]][0], default=None)
-    if best is not None:
-        diff, diff_sem = _mean_sem(tnmse[best + 1] - tnmse[0])
-        if diff + z * diff_sem < 0:
-            mean, sem = figures[labels[best]]
-            return Choice(labels[best], best, mean, sem, base_mean, base_sem, diff, diff_sem,
-                          figures, int(repeats))
+    repeats = int(repeats)
+
+    def tnmse(converters: list, stream: str) -> torch.Tensor:  # [len(converters), repeats]
+        errors = converter_errors(weights, converters, noise_model, t_steps,
+                                  compensation=compensation, physics=physics, repeats=repeats,
+                                  generator=stream_seed(seed, stream), layer_id=layer_id,
+                                  amplification=amplification, memory_budget=memory_budget)
+        return errors.double().mean(-1)
+
+    picking = tnmse([baseline, *(conv for _, conv in contenders)], "validation")
+    figures = {BASELINE: _mean_sem(picking[0])}
+    figures.update({label: _mean_sem(picking[c + 1]) for c, label in enumerate(labels)})
+    best = pick_winner(picking)
+    if best < 0:
+        mean, sem = figures[BASELINE]
+        return Choice(BASELINE, -1, mean, sem, mean, sem, 0.0, 0.0, figures, repeats)
+    confirming = tnmse([baseline, contenders[best][1]], "confirmation")
+    tested = labels[best]
+    confirmation = {BASELINE: _mean_sem(confirming[0]), tested: _mean_sem(confirming[1])}
+    base_mean, base_sem = confirmation[BASELINE]
+    if confirms(confirming[0], confirming[1], rate):
+        mean, sem = confirmation[tested]
+        diff, diff_sem = _mean_sem(confirming[1] - confirming[0])
+        return Choice(tested, best, mean, sem, base_mean, base_sem, diff, diff_sem, figures,
+                      repeats, tested, confirmation)
     return Choice(BASELINE, -1, base_mean, base_sem, base_mean, base_sem, 0.0, 0.0, figures,
-                  int(repeats))
+                  repeats, tested, confirmation)
 
 
 def choose_per_layer(
@@ -163,30 +254,30 @@ def choose_per_layer(
     baseline,
     *,
     repeats: int,
-    generator: int,
-    z: float | None = None,
+    seed: int,
 ) -> list[Choice]:
     """:func:`choose` for every layer of a :class:`gpuwpo.TNMSEObjective`, on its test tiles.
 
-    Each layer's noise is keyed by its layer id under one base seed, so a layer's choice is the
-    same whether it is chosen alone or with the others.
+    Each layer's noise is keyed by its layer id inside the run's streams, so a layer's choice is
+    the same whether it is chosen alone or with the others.
 
     Args:
         objective: the objective whose tiles, device model, times, compensation and physics
             are used.
         contenders: one list of ``(label, converter)`` per layer.
         baseline: the standard converter (each layer's tile is converted with its own max|W|).
-        repeats, z: as for :func:`choose`.
-        generator: the base seed (an int).
+        repeats: programmings of every contender in each block (>= 2).
+        seed: the run seed (an int), from which the streams ``"validation"`` and
+            ``"confirmation"`` are derived.
     """
     if len(contenders) != objective.num_layers:
         raise ValueError(f"need one list of contenders per layer ({objective.num_layers}), got "
                          f"{len(contenders)}")
     return [
         choose(objective.tiles.tile(b), contenders[b], baseline, objective.noise_model,
-               objective.t_steps, repeats=repeats, generator=generator,
+               objective.t_steps, repeats=repeats, seed=seed,
                layer_id=objective.tiles.layer_ids[b], compensation=objective.compensation,
                physics=objective.physics, amplification=objective.error_amplification,
-               memory_budget=objective.memory_budget, z=z)
+               memory_budget=objective.memory_budget)
         for b in range(objective.num_layers)
     ]
