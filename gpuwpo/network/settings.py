@@ -1,11 +1,17 @@
 """The run's settings record: what decides what a network run finds, as JSON.
 
-A results file's ``settings`` (and a checkpoint's fingerprint) is this record. This module owns
-it: its defaults (:func:`default_physics`), writing it (:func:`run_record`), reading it back
-(:func:`physics_from_settings`, :func:`options_from_settings`,
-:func:`optimize_kwargs_from_settings`, which ``gpuwpo optimize --config`` repeats a run with)
-and the fingerprint a checkpoint compares
-(:func:`gpuwpo.search.checkpoint.fingerprint_from_settings` of it).
+A results file's ``settings`` is this record, and a checkpoint's fingerprint is derived from it.
+This module owns it:
+
+* writing it (:func:`run_record`) and its defaults (:func:`default_physics`);
+* reading it back (:func:`physics_from_settings`, :func:`options_from_settings`,
+  :func:`optimize_kwargs_from_settings`), records of older versions included
+  (:func:`upgrade_record`, :data:`RETIRED_OPTIONS`);
+* the fingerprint a checkpoint of the run compares (:func:`fingerprint_from_settings`, built by
+  the search layer's :func:`gpuwpo.search.checkpoint.run_fingerprint` from the record's parts);
+* merging a config (a TOML file's values, or a results file's record through
+  :func:`config_from_settings`) with the values the command line's flags give
+  (:func:`merge_settings`, :func:`merge_physics`): the command line only parses.
 
 Keys: ``f_lst``, ``t_steps``, ``backend``, ``per_layer``, ``hierarchical``, ``include``,
 ``exclude``, ``options`` (every :class:`gpuwpo.search.options.SearchOptions` that decides what a
@@ -16,37 +22,33 @@ run finds) and ``explicit`` (which of them were given), ``noise_model``, ``basel
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from ..device.physics import PHYSICS
-from ..device.simulate import DEFAULT_TIMES, as_time_tensor
+from ..device.simulate import DEFAULT_TIMES
 from ..registry import from_dict, to_dict
+from ..search.checkpoint import (
+    PHYSICS_FIELDS,
+    UNRECORDED_OPTIONS,
+    options_record,
+    physics_record,
+    run_fingerprint,
+)
 from ..search.options import SearchOptions
 
-__all__ = ["run_record", "default_physics", "physics_from_settings", "options_from_settings",
-           "optimize_kwargs_from_settings", "upgrade_record", "RETIRED_OPTIONS"]
+__all__ = ["run_record", "fingerprint_from_settings", "default_physics", "physics_from_settings",
+           "options_from_settings", "optimize_kwargs_from_settings", "upgrade_record",
+           "RETIRED_OPTIONS", "READOUTS", "COMPENSATIONS", "PHYSICS_SPECS", "CONFIG_KEYS",
+           "parse_baseline", "make_compensation", "merge_physics", "config_from_settings",
+           "merge_settings"]
 
-# Options earlier versions recorded that no longer exist (the seeds replaced the warm start).
+# Options earlier versions recorded that no longer exist (the standard starts replaced the warm
+# start).
 RETIRED_OPTIONS = ("warm_start_baseline",)
-
-
-def _jsonable(value: Any) -> Any:
-    """``value`` as plain JSON types (tensors -> lists, tuples -> lists), or raise TypeError."""
-    if isinstance(value, Tensor):
-        value = value.detach().cpu().double().tolist() if value.is_floating_point() \
-            else value.detach().cpu().tolist()
-    # A JSON round trip normalises tuples to lists, so saved and loaded settings compare equal.
-    return json.loads(json.dumps(value, allow_nan=False))
-
-
-#: Options that do not decide what a run finds (where it saves, what it prints, hooks).
-_UNRECORDED = ("callback", "checkpoint", "checkpoint_every", "resume", "disp")
 
 
 def run_record(*, f_lst, t_steps, backend, per_layer, include, exclude, options: SearchOptions,
@@ -56,29 +58,41 @@ def run_record(*, f_lst, t_steps, backend, per_layer, include, exclude, options:
 
     Read back by :func:`physics_from_settings` and :func:`optimize_kwargs_from_settings`
     (``gpuwpo optimize --config``)."""
-    recorded = {name: _jsonable(value) for name, value in options.as_dict().items()
-                if name not in _UNRECORDED}
-    return _jsonable({
-        "f_lst": [None if f is None else float(f) for f in f_lst],
-        "t_steps": as_time_tensor(t_steps, dtype=torch.float64).tolist(),
+    phys = physics_record(physics=physics, noise_model=noise_model, baseline=baseline,
+                          compensation=compensation, t_steps=t_steps, f_lst=f_lst, space=space)
+    return {
+        "f_lst": phys["f_lst"],
+        "t_steps": phys["t_steps"],
         "backend": backend,
         "per_layer": bool(per_layer),
         "hierarchical": bool(hierarchical),
         "include": include if include is None or isinstance(include, str) else list(include),
         "exclude": exclude if exclude is None or isinstance(exclude, str) else list(exclude),
-        "options": recorded,
-        "explicit": sorted(options.explicit - set(_UNRECORDED)),
-        "noise_model": to_dict(noise_model),
-        "baseline": to_dict(baseline),
-        "compensation": to_dict(compensation),
-        "symmetric": space.symmetric,
-        "g_min": space.g_min,
-        "g_max": space.g_max,
-        "nbins": space.nbins,
+        "options": options_record(options),
+        "explicit": sorted(options.explicit - set(UNRECORDED_OPTIONS)),
+        **{k: phys[k] for k in ("noise_model", "baseline", "compensation", "symmetric",
+                                "g_min", "g_max")},
+        "nbins": int(space.nbins),
         "device": str(device),
-        "physics": physics,
-    })
+        "physics": phys["physics"],
+    }
 
+
+def fingerprint_from_settings(settings: Mapping[str, Any], weights_digest: str) -> dict:
+    """A network run's fingerprint (what its checkpoints compare) from its settings record
+    (:func:`run_record`) and the :func:`gpuwpo.search.checkpoint.digest` of its weights.
+
+    The record's :data:`gpuwpo.search.checkpoint.PHYSICS_FIELDS` are the fingerprint's
+    ``physics``, its options its ``settings.options`` (less those that may change on resume;
+    ``maxiter`` may not in a hierarchical run, where it splits the budget between the two
+    searches), the rest its ``settings``; which options were given explicitly does not matter.
+    """
+    record = dict(settings)
+    options = record.pop("options", {})
+    record.pop("explicit", None)
+    physics = {k: record.pop(k) for k in PHYSICS_FIELDS if k in record}
+    return run_fingerprint(weights_digest, physics=physics, settings=record, options=options,
+                           maxiter_changeable=not record.get("hierarchical"))
 
 
 def default_physics() -> tuple[Any, Any]:
@@ -214,3 +228,224 @@ def optimize_kwargs_from_settings(settings: Mapping[str, Any], *,
         "compensation": physics["compensation"],
         "symmetric": bool(settings.get("symmetric", True)), "options": options,
     }
+
+
+# --------------------------------------------------------------------------------------------
+# A config merged with the command line's flags
+# --------------------------------------------------------------------------------------------
+
+#: Readout peripheries of the drift compensation: ideal, or the reference's default forward one.
+READOUTS = ("ideal", "aihwkit")
+#: Drift compensations by name (:func:`make_compensation`).
+COMPENSATIONS = ("global", "exact-reference", "per-column")
+#: The physics as plain values (the command line's PHYSICS flags, a TOML config's strings):
+#: ``physics`` (a name of :data:`gpuwpo.device.physics.PHYSICS`), ``baseline`` (a spec,
+#: :func:`parse_baseline`), ``g_range`` ((min, max) in uS), ``readout`` (:data:`READOUTS`),
+#: ``compensation`` (:data:`COMPENSATIONS`).
+PHYSICS_SPECS = ("physics", "baseline", "g_range", "readout", "compensation")
+#: A run's settings besides the search options (whose names are
+#: :meth:`gpuwpo.search.options.SearchOptions.names`), as a TOML config and the command line's
+#: flags name them (flags with underscores): :data:`PHYSICS_SPECS`; ``noise_model`` (an object;
+#: ``baseline`` and ``compensation`` may be objects too); ``times`` (seconds), ``f_lst``,
+#: ``include``, ``exclude``, ``global_strategy`` (one strategy for all layers), ``hierarchical``,
+#: ``backend``, ``device``, ``symmetric``, ``test_size`` ([IN, OUT]: the options
+#: test_in_features, test_out_features).
+CONFIG_KEYS = (*PHYSICS_SPECS, "noise_model", "times", "f_lst", "include", "exclude",
+               "global_strategy", "hierarchical", "backend", "device", "symmetric", "test_size")
+_OBJECTS = ("noise_model", "baseline", "compensation")  # settings that may be objects
+
+
+def parse_baseline(spec: str, g_range: tuple[float, float] = (0.0, 25.0)):
+    """A baseline converter from a spec and a conductance range (uS).
+
+    Specs: ``dualpair`` (f = 1, 1) or ``dualpair:F0,F1``; ``single``; ``npair:F0,F1,...``;
+    ``fusion`` (one device per weight; its g_max is the top of the range).
+
+    Raises:
+        ValueError: an unknown spec or factors that are not numbers, naming the spec.
+    """
+    from ..device import converters
+
+    kind, _, args = str(spec).strip().partition(":")
+    kind = kind.lower()
+    g_min, g_max = g_range
+
+    def factors() -> list[float]:
+        try:
+            f = [float(v) for v in args.split(",")] if args else []
+        except ValueError as err:
+            raise ValueError(f"baseline {spec!r}: significance factors must be numbers") from err
+        return f
+
+    if kind == "single" and not args:
+        return converters.SinglePairConductanceConverter(g_min, g_max)
+    if kind == "dualpair":
+        return converters.DualPairConductanceConverter(factors() or [1.0, 1.0], g_min, g_max)
+    if kind == "npair" and args:
+        return converters.NPairConductanceConverter(factors(), g_min, g_max)
+    if kind == "fusion" and not args:
+        return converters.FusionConductanceConverter(g_max)
+    raise ValueError(f"unknown baseline {spec!r}; use dualpair[:F0,F1], single, "
+                     "npair:F0,F1,... or fusion")
+
+
+def make_compensation(kind: str = "global", readout: str = "ideal"):
+    """The drift compensation ``kind`` (:data:`COMPENSATIONS`) read through the ``readout``
+    periphery (:data:`READOUTS`)."""
+    from ..device.compensation import GlobalDriftCompensation, PerColumnDriftCompensation
+
+    if kind not in COMPENSATIONS:
+        raise ValueError(f"unknown compensation {kind!r}; choose one of {', '.join(COMPENSATIONS)}")
+    if readout not in READOUTS:
+        raise ValueError(f"unknown readout {readout!r}; choose one of {', '.join(READOUTS)}")
+    cls = PerColumnDriftCompensation if kind == "per-column" else GlobalDriftCompensation
+    exact = kind == "exact-reference"
+    return cls.aihwkit_default(exact_reference=exact) if readout == "aihwkit" \
+        else cls(exact_reference=exact)
+
+
+def merge_physics(given: Mapping[str, Any], recorded: Mapping[str, Any] | None = None
+                  ) -> dict[str, Any]:
+    """Noise model, baseline, compensation and physics: given values first, then recorded ones,
+    then the defaults (:func:`default_physics`, ideal global compensation, ``"device"``).
+
+    Args:
+        given: plain values, each present only when given (:data:`PHYSICS_SPECS`). A
+            ``g_range`` alone moves the recorded baseline (the same kind) onto the new range,
+            and makes the noise model PCMLikeNoiseModel(g_max = the top of the range), as
+            aihwkit derives it; a ``readout`` or ``compensation`` alone keeps the other part of
+            the recorded compensation.
+        recorded: objects (what a results file records, :func:`physics_from_settings`, or a
+            config's tables): any of ``noise_model``, ``baseline``, ``compensation`` and the
+            name ``physics``.
+
+    Returns:
+        ``{"noise_model", "baseline", "compensation", "physics"}``.
+
+    Raises:
+        ValueError: an unknown key, physics, baseline spec, readout or compensation.
+    """
+    from ..device.noise import PCMLikeNoiseModel
+
+    unknown = sorted(set(given) - set(PHYSICS_SPECS))
+    if unknown:
+        raise ValueError(f"unknown physics setting(s) {', '.join(unknown)}; known: "
+                         f"{', '.join(PHYSICS_SPECS)}")
+    noise_model, baseline = default_physics()
+    out = {"noise_model": noise_model, "baseline": baseline,
+           "compensation": make_compensation(), "physics": "device"}
+    if recorded is not None:
+        out.update({k: recorded[k] for k in out if k in recorded})
+    current = out["baseline"]
+    g_range = given.get("g_range") or (float(current.g_min), float(current.g_max))
+    if "baseline" in given:
+        out["baseline"] = parse_baseline(given["baseline"], g_range)
+    elif "g_range" in given:
+        # The same kind of baseline on the new range (its record with the range replaced).
+        rec = to_dict(current)
+        rec.update({k: v for k, v in zip(("g_min", "g_max"), g_range) if k in rec})
+        out["baseline"] = from_dict(rec, what="the baseline")
+    if "g_range" in given:
+        # The devices' range: the noise model's g_max is its top (as aihwkit derives it).
+        out["noise_model"] = PCMLikeNoiseModel(g_max=g_range[1])
+    if "readout" in given or "compensation" in given:
+        current = out["compensation"]
+        kind = given.get("compensation") or (
+            "per-column" if type(current).__name__ == "PerColumnDriftCompensation"
+            else "exact-reference" if current.exact_reference else "global")
+        readout = given.get("readout") or ("ideal" if current.is_ideal else "aihwkit")
+        out["compensation"] = make_compensation(kind, readout)
+    if "physics" in given:
+        out["physics"] = given["physics"]
+    if out["physics"] not in PHYSICS:
+        raise ValueError(f"unknown physics {out['physics']!r}; choose one of "
+                         f"{', '.join(PHYSICS)}")
+    return out
+
+
+def config_from_settings(settings: Mapping[str, Any], *,
+                         path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """A results file's record as a config for :func:`merge_settings`: the run it records.
+
+    Its ``options`` is the recorded :class:`gpuwpo.search.options.SearchOptions` whole (the
+    values and which were given), so that merged with no flags the run repeats exactly.
+
+    Raises:
+        ValueError: settings that do not record a run (:func:`optimize_kwargs_from_settings`).
+    """
+    run = optimize_kwargs_from_settings(settings, path=path)
+    return {"options": run["options"], "times": run["t_steps"], "f_lst": run["f_lst"],
+            "include": run["include"], "exclude": run["exclude"],
+            "global_strategy": not run["per_layer"], "hierarchical": run["hierarchical"],
+            "backend": run["backend"], "symmetric": run["symmetric"],
+            "physics": run["physics"], "noise_model": run["noise_model"],
+            "baseline": run["g_converter_baseline"], "compensation": run["compensation"]}
+
+
+def merge_settings(given: Mapping[str, Any], config: Mapping[str, Any] | None = None
+                   ) -> dict[str, Any]:
+    """Everything a network run runs with: the given values (the command line's flags) over a
+    config's over the defaults.
+
+    Args:
+        given: plain values by the names of :data:`CONFIG_KEYS` and of the search options; only
+            those given.
+        config: the same (a TOML file's values), or :func:`config_from_settings` of a results
+            file (whose ``options`` is a whole SearchOptions); None: no config.
+
+    The options given in either (``test_size`` sets test_in_features and test_out_features)
+    are marked explicit. A run that resumes a checkpoint and names none to save keeps saving
+    into the one it resumes: interrupted again, it loses nothing.
+
+    Returns:
+        The keyword arguments of :func:`gpuwpo.optimize_network` (noise_model, t_steps,
+        g_converter_baseline, f_lst, include, exclude, per_layer, hierarchical, backend, physics,
+        compensation, symmetric, options, device), as :func:`optimize_kwargs_from_settings`
+        returns them (plus ``device``).
+
+    Raises:
+        ValueError: an unknown setting or backend, a bad option or physics value (naming it).
+    """
+    from ..search.backends import BACKENDS
+
+    config = dict(config or {})
+    options = config.pop("options", None)
+    if options is not None and not isinstance(options, SearchOptions):
+        raise TypeError(f"a config's options must be a SearchOptions, got "
+                        f"{type(options).__name__}")
+    names = set(SearchOptions.names())
+    for source, what in ((config, "the config"), (given, "the given settings")):
+        unknown = sorted(set(source) - names - set(CONFIG_KEYS))
+        if unknown:
+            raise ValueError(f"{what} hold(s) unknown setting(s) {', '.join(unknown)}")
+    merged = {**config, **given}
+    changes = {k: v for k, v in merged.items() if k in names}
+    if "test_size" in merged:
+        changes["test_in_features"], changes["test_out_features"] = merged["test_size"]
+    options = SearchOptions() if options is None else options
+    if "resume" in changes and changes.get("checkpoint", options.checkpoint) is None:
+        changes["checkpoint"] = changes["resume"]
+    options = options.replace(**changes) if changes else options
+    if isinstance(merged.get("noise_model"), str):
+        raise ValueError(f"noise_model must be a noise model (a table with a 'class' in a "
+                         f"config), got {merged['noise_model']!r}")
+    # Objects (a results file's, a config's tables) are what the given specs modify: a
+    # --baseline spec takes the range of the config's baseline, a --readout its compensation.
+    objects = {k: v for source in (config, given) for k, v in source.items()
+               if k in _OBJECTS and not isinstance(v, str)}
+    physics = merge_physics({k: merged[k] for k in PHYSICS_SPECS
+                             if k in merged and isinstance(merged[k], (str, tuple, list))},
+                            objects)
+    backend = merged.get("backend", "torch")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    return {"noise_model": physics["noise_model"],
+            "t_steps": list(merged.get("times", DEFAULT_TIMES)),
+            "g_converter_baseline": physics["baseline"],
+            "f_lst": list(merged.get("f_lst", [None, None])),
+            "include": merged.get("include"), "exclude": merged.get("exclude"),
+            "per_layer": not merged.get("global_strategy", False),
+            "hierarchical": merged.get("hierarchical"), "backend": backend,
+            "physics": physics["physics"], "compensation": physics["compensation"],
+            "symmetric": merged.get("symmetric", True), "options": options,
+            "device": merged.get("device")}

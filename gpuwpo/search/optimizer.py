@@ -258,10 +258,10 @@ class WeightProgrammingOptimizer:
 
     def checkpoint_fingerprint(self) -> dict:
         """What this optimizer's run is, for its checkpoints (:mod:`gpuwpo.search.checkpoint`): a
-        digest of the weights, the physics, the settings (the results file's record) and the
-        seed."""
-        from ..network.settings import run_record
-        from .checkpoint import digest, fingerprint_from_settings
+        digest of the weights, the physics, the settings (backend, strategy grid, device), the
+        options and the seed. (A network run fingerprints its own record instead:
+        :func:`gpuwpo.network.settings.fingerprint_from_settings`.)"""
+        from .checkpoint import digest, options_record, physics_record, run_fingerprint
 
         weights = self._record["weights"]
         if weights is None:
@@ -272,13 +272,14 @@ class WeightProgrammingOptimizer:
             named = dict(weights)
         else:
             named = {str(i): w for i, w in enumerate(weights)}
-        settings = run_record(
-            f_lst=self._record["f_lst"], t_steps=self._record["t_steps"], backend=self.backend,
-            per_layer=True, include=None, exclude=None, options=self.options,
-            noise_model=self.noise_model, baseline=self.g_converter_baseline,
-            compensation=self.compensation, space=self.space, device=self.device,
-            physics=self.physics)
-        return fingerprint_from_settings(settings, digest(named))
+        physics = physics_record(
+            physics=self.physics, noise_model=self.noise_model,
+            baseline=self.g_converter_baseline, compensation=self.compensation,
+            t_steps=self._record["t_steps"], f_lst=self._record["f_lst"], space=self.space)
+        settings = {"backend": self.backend, "nbins": self.space.nbins,
+                    "device": str(self.device)}
+        return run_fingerprint(digest(named), physics=physics, settings=settings,
+                               options=options_record(self.options))
 
     def _noise_seed(self, call: int) -> int:
         # Different from the baseline and validation seeds, reproducible per evaluation.
