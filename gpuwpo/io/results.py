@@ -1,8 +1,8 @@
-"""Results files (JSON) and weight files (.safetensors, .pt/.pth, .npy, .npz).
+"""Results files (JSON): write them, read them back checked, and where one may be written.
 
 A results file is one JSON object::
 
-    {"format": "gpuwpo-result", "version": 2, "settings": {...}, "total_tnmse": ...,
+    {"format": "gpuwpo-result", "version": 3, "settings": {...}, "total_tnmse": ...,
      "total_baseline_tnmse": ..., "nit": ..., "nfev": ..., "wall_time": ..., "stop_reason": ...,
      "layers": [{"name", "shape", "f_dtype", "g_dtype", "f_lst", "g_lst", "g_min", "g_max",
                  ["clip",] "tnmse", "tnmse_ci95", "baseline_tnmse", "baseline_ci95", "history",
@@ -11,45 +11,39 @@ A results file is one JSON object::
 A layer that keeps the baseline converter holds ``"converter": {registry record}`` instead of
 the CustomPair program's f_lst/g_lst/g_min/g_max.
 
-``settings`` records everything that decides what the run finds (the options and which were
-given, the noise model, baseline and compensation as registry records, see
-:mod:`gpuwpo.registry`). Version 3 adds each layer's validated choice; versions 1 and 2 are
-read too (their layers are strategies, "search").
+``settings`` is the run's record (:mod:`gpuwpo.network.settings`): everything that decides what
+the run finds (the options and which were given, the noise model, baseline and compensation as
+registry records, see :mod:`gpuwpo.registry`). Version 3 adds each layer's validated choice;
+versions 1 and 2 are read too (their layers are strategies, "search"), and so are records whose
+options still say ``seeds`` (now ``standard_starts``).
 
 Floats are written by Python's json, which prints the shortest repr that reads back to the same
 float64; tensors are stored as nested lists of float64 values converted from the tensors' own
 values (float32 -> float64 is exact) with their dtype, so every value round-trips bit for bit.
-Files are written atomically: a temporary file in the same directory, then ``os.replace``.
+Files are written atomically (:func:`gpuwpo._files.atomic_write`).
 """
 
 from __future__ import annotations
 
-import ast
 import json
 import math
 import os
-import re
-import struct
-import warnings
-import zipfile
-import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from .device.converters import CustomPairConductanceConverter
-from .device.physics import PHYSICS
-from .network.result import LayerResult, NetworkResult
-from .network.settings import options_from_settings, upgrade_record
-from .registry import from_dict, to_dict
+from ..device.converters import CustomPairConductanceConverter
+from ..device.physics import PHYSICS
+from ..network.result import LayerResult, NetworkResult
+from ..network.settings import options_from_settings, upgrade_record
+from ..registry import from_dict, to_dict
+from .common import existing_file, one_line, same_file, show
 
-__all__ = ["save_result", "load_result", "load_weights", "is_results_file",
-           "check_output_file", "result_to_json_bytes", "RESULT_FORMAT", "RESULT_VERSION",
-           "MAX_RESULT_BYTES"]
+__all__ = ["save_result", "load_result", "is_results_file", "check_output_file",
+           "result_to_json_bytes", "RESULT_FORMAT", "RESULT_VERSION", "MAX_RESULT_BYTES"]
 
 RESULT_FORMAT = "gpuwpo-result"
 RESULT_VERSION = 3
@@ -61,11 +55,6 @@ _READABLE_VERSIONS = (1, 2, 3)
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
            "float64": torch.float64}
-
-
-# --------------------------------------------------------------------------------------------
-# Results
-# --------------------------------------------------------------------------------------------
 
 
 def _dtype_name(t: Tensor) -> str:
@@ -156,7 +145,7 @@ def result_to_json_bytes(result: NetworkResult) -> bytes:
     try:
         text = json.dumps(data, indent=1, allow_nan=False)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"the result cannot be saved as JSON: {_one_line(err)}") from None
+        raise ValueError(f"the result cannot be saved as JSON: {one_line(err)}") from None
     return (text + "\n").encode("utf-8")
 
 
@@ -177,7 +166,7 @@ def save_result(result: NetworkResult, path: str | os.PathLike) -> None:
             write it, or ``path`` is something other than a results file.
         OSError: the directory does not exist or cannot be written.
     """
-    from ._files import atomic_write
+    from .._files import atomic_write
 
     data = result_to_json_bytes(result)  # built first: a bad result fails before the disk
     path = Path(path)
@@ -218,45 +207,45 @@ class _Fields:
         if not ok:
             need = "a finite number" + (" > 0" if positive else "") + (
                 f" >= {minimum:g}" if minimum is not None else "")
-            raise self.fail(what, f"must be {need}, got {_show(value)}")
+            raise self.fail(what, f"must be {need}, got {show(value)}")
         return float(value)
 
     def integer(self, value: Any, what: str, *, minimum: int = 0) -> int:
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise self.fail(what, f"must be an integer >= {minimum}, got {_show(value)}")
+            raise self.fail(what, f"must be an integer >= {minimum}, got {show(value)}")
         return int(value)
 
     def string(self, value: Any, what: str) -> str:
         if not isinstance(value, str):
-            raise self.fail(what, f"must be a string, got {_show(value)}")
+            raise self.fail(what, f"must be a string, got {show(value)}")
         return value
 
     def boolean(self, value: Any, what: str) -> bool:
         if not isinstance(value, bool):
-            raise self.fail(what, f"must be true or false, got {_show(value)}")
+            raise self.fail(what, f"must be true or false, got {show(value)}")
         return value
 
     def pair(self, value: Any, what: str) -> tuple[float, float]:
         if not isinstance(value, list) or len(value) != 2:
-            raise self.fail(what, f"must be a list of two numbers, got {_show(value)}")
+            raise self.fail(what, f"must be a list of two numbers, got {show(value)}")
         lo, hi = (self.number(v, f"{what}[{i}]") for i, v in enumerate(value))
         if lo > hi:
-            raise self.fail(what, f"must be an interval [low, high], got {_show(value)}")
+            raise self.fail(what, f"must be an interval [low, high], got {show(value)}")
         return lo, hi
 
     def numbers(self, value: Any, what: str, *, minimum: float | None = None) -> list[float]:
         if not isinstance(value, list):
-            raise self.fail(what, f"must be a list of numbers, got {_show(value)}")
+            raise self.fail(what, f"must be a list of numbers, got {show(value)}")
         return [self.number(v, f"{what}[{i}]", minimum=minimum) for i, v in enumerate(value)]
 
     def shape(self, value: Any, what: str) -> tuple[int, ...]:
         if not isinstance(value, list) or not value:
-            raise self.fail(what, f"must be a non-empty list of sizes, got {_show(value)}")
+            raise self.fail(what, f"must be a non-empty list of sizes, got {show(value)}")
         return tuple(self.integer(v, f"{what}[{i}]", minimum=1) for i, v in enumerate(value))
 
     def tensor(self, values: Any, dtype_name: Any, what: str, ndim: int) -> Tensor:
         if not isinstance(dtype_name, str) or dtype_name not in _DTYPES:
-            raise self.fail(what, f"has unknown dtype {_show(dtype_name)} (known: "
+            raise self.fail(what, f"has unknown dtype {show(dtype_name)} (known: "
                                   f"{', '.join(_DTYPES)})")
         rows = values if ndim == 2 else [values]
         if not isinstance(values, list) or not values or not all(
@@ -269,23 +258,17 @@ class _Fields:
                 if isinstance(v, bool) or not isinstance(v, (int, float)) or \
                         not math.isfinite(v):
                     at = f"[{j}]" if ndim == 1 else f"[{i}][{j}]"
-                    raise self.fail(f"{what}{at}", f"must be a finite number, got {_show(v)}")
+                    raise self.fail(f"{what}{at}", f"must be a finite number, got {show(v)}")
         t = torch.tensor(values, dtype=torch.float64).to(_DTYPES[dtype_name])
         if not bool(torch.isfinite(t).all()):
             raise self.fail(what, f"has values out of the range of {dtype_name}")
         return t
 
 
-def _show(value: Any) -> str:
-    """A short repr of a value from a file (never a whole nested list)."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def _layer_from_json(obj: Any, i: int, read: _Fields, version: int) -> LayerResult:
     where = f"layers[{i}]"
     if not isinstance(obj, Mapping):
-        raise read.fail(where, f"must be an object, got {_show(obj)}")
+        raise read.fail(where, f"must be an object, got {show(obj)}")
     name = read.string(read.need(obj, "name", where), f"{where}.name")
     if not name:
         raise read.fail(f"{where}.name", "is empty")
@@ -324,14 +307,14 @@ def _program_from_json(obj: Mapping, name: str, where: str, read: _Fields
         # The check is cheap and catches a hand-edited or corrupted table.
         return CustomPairConductanceConverter(f, g, g_min, g_max, clip=clip)
     except (ValueError, TypeError, RuntimeError) as err:
-        raise read.fail(where, f"({name!r}) holds an invalid program: {_one_line(err)}") \
+        raise read.fail(where, f"({name!r}) holds an invalid program: {one_line(err)}") \
             from None
 
 
 def _record(rec: Any, what: str, read: _Fields, *, strict: bool, kind: str | None = None):
     """The object a registry record in the file describes; ``strict``: every field present."""
     if not isinstance(rec, Mapping):
-        raise read.fail(what, f"must be an object with a 'class', got {_show(rec)}")
+        raise read.fail(what, f"must be an object with a 'class', got {show(rec)}")
     if kind is not None:
         rec = upgrade_record(rec, kind)
     try:
@@ -339,15 +322,11 @@ def _record(rec: Any, what: str, read: _Fields, *, strict: bool, kind: str | Non
         missing = [k for k in to_dict(obj) if k not in rec] if strict else []
     except (ValueError, TypeError, KeyError, IndexError, AttributeError, RuntimeError,
             OverflowError) as err:
-        raise ValueError(f"{read.path}: {_one_line(err)}") from None
+        raise ValueError(f"{read.path}: {one_line(err)}") from None
     if missing:
         raise read.fail(what, f"({rec['class']}) has no {missing[0]!r}: a results file "
                               f"records every field")
     return obj
-
-
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
 
 
 def _check_settings(settings: Mapping, read: _Fields, version: int) -> None:
@@ -362,9 +341,9 @@ def _check_settings(settings: Mapping, read: _Fields, version: int) -> None:
                 v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)
                               and math.isfinite(v) and v > 0) for v in f):
             raise read.fail("settings.f_lst", f"must be a non-empty list of significance "
-                                              f"factors (> 0) or nulls, got {_show(f)}")
+                                              f"factors (> 0) or nulls, got {show(f)}")
     if "physics" in settings and settings["physics"] not in PHYSICS:
-        raise read.fail("settings.physics", f"is {_show(settings['physics'])}; this gpuwpo "
+        raise read.fail("settings.physics", f"is {show(settings['physics'])}; this gpuwpo "
                                             f"knows {', '.join(PHYSICS)}")
     for key in ("per_layer", "hierarchical", "symmetric"):
         if key in settings and settings[key] is not None:
@@ -377,7 +356,7 @@ def _check_settings(settings: Mapping, read: _Fields, version: int) -> None:
         if v is not None and not isinstance(v, str) and not (
                 isinstance(v, list) and all(isinstance(p, str) for p in v)):
             raise read.fail(f"settings.{key}", f"must be a pattern or a list of them, got "
-                                               f"{_show(v)}")
+                                               f"{show(v)}")
     for kind in ("noise_model", "baseline", "compensation"):
         if settings.get(kind) is not None:
             _record(settings[kind], f"settings.{kind}", read, strict=version >= 2, kind=kind)
@@ -390,24 +369,6 @@ def _check_settings(settings: Mapping, read: _Fields, version: int) -> None:
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"holds {name}, which is not a number (JSON has no {name})")
-
-
-def _existing_file(path: str | os.PathLike, what: str) -> Path:
-    """``path`` as a :class:`Path` once it names an existing regular file (``what``: "results
-    file", "weights file", used in the messages).
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: a directory, or not a regular file (a device or a pipe).
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{path} is a directory, not a {what}")
-    if path.exists() and not path.is_file():
-        raise ValueError(f"{path} is not a regular file (a device or a pipe?), not a {what}")
-    if not path.is_file():
-        raise FileNotFoundError(f"no {what} at {path}")
-    return path
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -429,7 +390,7 @@ def _read_json(path: Path, what: str) -> Any:
     except RecursionError:
         raise ValueError(f"{path}: not a gpuwpo {what} (JSON nested too deeply)") from None
     except ValueError as err:  # NaN/Infinity tokens, integers too long to read
-        raise ValueError(f"{path}: not a valid gpuwpo {what}: it {_one_line(err)}") from None
+        raise ValueError(f"{path}: not a valid gpuwpo {what}: it {one_line(err)}") from None
 
 
 def load_result(path: str | os.PathLike) -> NetworkResult:
@@ -445,18 +406,18 @@ def load_result(path: str | os.PathLike) -> NetworkResult:
         ValueError: not JSON, not a gpuwpo results file, a version this gpuwpo cannot read, or
             a missing/malformed field (the message names the file and the field).
     """
-    path = _existing_file(path, "results file")
+    path = existing_file(path, "results file")
     data = _read_json(path, "results file")
     if not isinstance(data, Mapping) or data.get("format") != RESULT_FORMAT:
         found = data.get("format") if isinstance(data, Mapping) else type(data).__name__
-        raise ValueError(f"{path}: not a gpuwpo results file (format {_show(found)}, expected "
+        raise ValueError(f"{path}: not a gpuwpo results file (format {show(found)}, expected "
                          f"{RESULT_FORMAT!r})")
     version = data.get("version")
     if isinstance(version, bool) or version not in _READABLE_VERSIONS:
         newer = isinstance(version, int) and not isinstance(version, bool) and \
             version > RESULT_VERSION
         hint = " (written by a newer gpuwpo: upgrade to read it)" if newer else ""
-        raise ValueError(f"{path}: results file version {_show(version)} is not supported; this "
+        raise ValueError(f"{path}: results file version {show(version)} is not supported; this "
                          f"gpuwpo reads versions {', '.join(map(str, _READABLE_VERSIONS))}{hint}")
     read = _Fields(path)
     layers = read.need(data, "layers", "the file")
@@ -523,7 +484,7 @@ def check_output_file(path: str | os.PathLike, *, inputs: Sequence[str | os.Path
     Raises:
         ValueError, FileNotFoundError, PermissionError: naming ``what`` and the path.
     """
-    from ._files import check_writable_dir
+    from .._files import check_writable_dir
 
     text = os.fspath(path)
     if text.endswith(os.sep) or (os.altsep and text.endswith(os.altsep)) or os.path.isdir(text):
@@ -531,7 +492,7 @@ def check_output_file(path: str | os.PathLike, *, inputs: Sequence[str | os.Path
                          f"{os.path.join(text, 'results.json')}")
     path = Path(text)
     for given in inputs:
-        if given is not None and _same_file(path, Path(os.fspath(given))):
+        if given is not None and same_file(path, Path(os.fspath(given))):
             raise ValueError(f"{what} {text} is also an input of this run ({os.fspath(given)}); "
                              f"refusing to overwrite it")
     check_writable_dir(path.parent if str(path.parent) else Path("."), f"{what} {text}")
@@ -543,282 +504,3 @@ def check_output_file(path: str | os.PathLike, *, inputs: Sequence[str | os.Path
             raise ValueError(f"{what} {text} exists and is not a gpuwpo results file; refusing "
                              f"to overwrite it (remove it or choose another name)")
     return path
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return os.path.realpath(a) == os.path.realpath(b)
-
-
-# --------------------------------------------------------------------------------------------
-# Weights
-# --------------------------------------------------------------------------------------------
-
-
-#: Deflate compresses by at most 1032:1; a zip member that claims more than this many bytes per
-#: compressed byte is lying, and is refused before anything is allocated for it.
-_DEFLATE_MAX_RATIO = 1032
-#: The largest .npy header read (numpy writes a few hundred bytes).
-_NPY_MAX_HEADER = 1 << 16
-#: The largest .safetensors header read (the safetensors library's own limit).
-_SAFETENSORS_MAX_HEADER = 100_000_000
-_SAFETENSORS_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2,
-                         "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1,
-                         "F8_E4M3": 1, "F8_E5M2": 1, "C64": 8}
-
-
-class _Malformed(ValueError):
-    """A weights file that is not what its extension says (message in gpuwpo's words)."""
-
-
-def _numeric_tensor(value: Any, name: str, path: Path) -> Tensor:
-    if isinstance(value, np.ndarray):
-        if value.dtype.kind not in "iuf":
-            raise ValueError(f"{path}: array {name!r} is not numeric (dtype {value.dtype})")
-        if not value.dtype.isnative:
-            value = value.astype(value.dtype.newbyteorder("="))
-        return torch.from_numpy(np.ascontiguousarray(value))
-    if isinstance(value, Tensor):
-        if value.is_complex() or value.dtype == torch.bool:
-            raise ValueError(f"{path}: tensor {name!r} is not a real number tensor "
-                             f"(dtype {str(value.dtype).removeprefix('torch.')})")
-        if value.layout != torch.strided:
-            raise ValueError(f"{path}: tensor {name!r} is a {value.layout} tensor; save dense "
-                             f"tensors")
-        return value
-    raise ValueError(f"{path}: entry {name!r} is a {type(value).__name__}, not a tensor; a "
-                     f"weights file must hold only named numeric tensors")
-
-
-def _check_zip(path: Path, what: str) -> zipfile.ZipFile:
-    """The zip archive at ``path``, its members' sizes checked against the file's size."""
-    try:
-        archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError,
-            NotImplementedError, RuntimeError, struct.error, zlib.error):
-        raise _Malformed(f"{path}: not a readable {what} (not a zip archive, or a damaged "
-                         f"one)") from None
-    size = path.stat().st_size
-    try:
-        for info in archive.infolist():
-            if info.compress_type == zipfile.ZIP_STORED:
-                limit = info.compress_size
-            elif info.compress_type == zipfile.ZIP_DEFLATED:
-                limit = info.compress_size * _DEFLATE_MAX_RATIO + 1024
-            else:
-                raise _Malformed(f"{path}: not a readable {what}: member {info.filename!r} uses "
-                                 f"a compression ({info.compress_type}) gpuwpo does not read")
-            if info.file_size > limit or info.compress_size > size:
-                raise _Malformed(f"{path}: not a readable {what}: member {info.filename!r} "
-                                 f"claims {info.file_size} bytes, more than the file can hold "
-                                 f"(damaged or crafted)")
-    except BaseException:
-        archive.close()
-        raise
-    return archive
-
-
-def _read_exact(fh, n: int, path: Path, what: str) -> bytes:
-    data = fh.read(n)
-    if len(data) != n:
-        raise _Malformed(f"{path}: {what} is truncated")
-    return data
-
-
-def _npy_header(fh, path: Path, what: str) -> tuple[np.dtype, tuple[int, ...], bool]:
-    """(dtype, shape, fortran order) from a .npy header, checked; ``fh`` then at the data."""
-    magic = fh.read(8)
-    if len(magic) != 8 or magic[:6] != b"\x93NUMPY" or magic[6] not in (1, 2, 3):
-        raise _Malformed(f"{path}: {what} is not a .npy array (no .npy signature)")
-    length_size = 2 if magic[6] == 1 else 4
-    length = int.from_bytes(_read_exact(fh, length_size, path, what), "little")
-    if length > _NPY_MAX_HEADER:
-        raise _Malformed(f"{path}: {what} has a .npy header of {length} bytes; damaged")
-    raw = _read_exact(fh, length, path, what)
-    try:
-        header = ast.literal_eval(raw.decode("utf-8" if magic[6] == 3 else "latin1"))
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError, UnicodeDecodeError):
-        raise _Malformed(f"{path}: {what} has an unreadable .npy header") from None
-    if not isinstance(header, dict) or set(header) != {"descr", "fortran_order", "shape"}:
-        raise _Malformed(f"{path}: {what} has an unreadable .npy header")
-    shape, fortran = header["shape"], header["fortran_order"]
-    if not isinstance(shape, tuple) or not all(
-            isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape) \
-            or not isinstance(fortran, bool):
-        raise _Malformed(f"{path}: {what} has an unreadable .npy header")
-    try:
-        dtype = np.lib.format.descr_to_dtype(header["descr"])
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError):
-        raise _Malformed(f"{path}: {what} has an unknown dtype {_show(header['descr'])}") \
-            from None
-    if dtype.hasobject or dtype.kind not in "iuf":
-        raise _Malformed(f"{path}: {what} is not numeric (dtype {dtype}); weights are real "
-                         f"numbers")
-    return dtype, shape, fortran
-
-
-def _read_npy(fh, available: int, path: Path, what: str) -> np.ndarray:
-    """A .npy array from ``fh`` (``available`` bytes in all), its size checked before reading."""
-    dtype, shape, fortran = _npy_header(fh, path, what)
-    count = math.prod(shape)
-    nbytes = count * dtype.itemsize
-    data_bytes = available - fh.tell()
-    if nbytes > data_bytes:
-        raise _Malformed(f"{path}: {what} is truncated or its header is wrong: it claims "
-                         f"{nbytes} bytes of {dtype} data, the file holds {max(data_bytes, 0)}")
-    buf = bytearray(nbytes)
-    if fh.readinto(buf) != nbytes:
-        raise _Malformed(f"{path}: {what} is truncated")
-    array = np.frombuffer(buf, dtype=dtype, count=count)
-    return array.reshape(shape, order="F" if fortran else "C")
-
-
-def _load_npy(path: Path) -> dict[str, Any]:
-    with path.open("rb") as fh:
-        array = _read_npy(fh, path.stat().st_size, path, "the file")
-    if array.ndim == 0:
-        raise _Malformed(f"{path}: holds a single number (a 0-d array), not a weight tensor")
-    return {"weight": array}
-
-
-def _load_npz(path: Path) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    with _check_zip(path, ".npz file") as archive:
-        for info in archive.infolist():
-            if info.is_dir():
-                continue
-            name = info.filename.removesuffix(".npy")
-            if not info.filename.endswith(".npy"):
-                raise _Malformed(f"{path}: member {info.filename!r} is not a .npy array; an "
-                                 f".npz file holds only arrays")
-            with archive.open(info) as member:
-                out[name] = _read_npy(member, info.file_size, path, f"array {name!r}")
-    return out
-
-
-def _safetensors_header(path: Path) -> None:
-    """Check a .safetensors header (its tensors fit the file) before the library allocates."""
-    size = path.stat().st_size
-    with path.open("rb") as fh:
-        head = fh.read(8)
-        if len(head) != 8:
-            raise _Malformed(f"{path}: not a readable .safetensors file (too short)")
-        n = int.from_bytes(head, "little")
-        if n > min(size - 8, _SAFETENSORS_MAX_HEADER):
-            raise _Malformed(f"{path}: not a readable .safetensors file (its header length "
-                             f"{n} exceeds the file)")
-        raw = fh.read(n)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (ValueError, RecursionError):
-        raise _Malformed(f"{path}: not a readable .safetensors file (its header is not "
-                         f"JSON)") from None
-    if not isinstance(header, dict):
-        raise _Malformed(f"{path}: not a readable .safetensors file (its header is not a JSON "
-                         f"object)")
-    data_size = size - 8 - n
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        ok = isinstance(entry, dict) and isinstance(entry.get("dtype"), str) and isinstance(
-            entry.get("shape"), list) and isinstance(entry.get("data_offsets"), list)
-        if not ok:
-            raise _Malformed(f"{path}: not a readable .safetensors file (entry {_show(name)} "
-                             f"is malformed)")
-        shape, offsets, dtype = entry["shape"], entry["data_offsets"], entry["dtype"]
-        if dtype not in _SAFETENSORS_ITEMSIZE:
-            raise _Malformed(f"{path}: tensor {name!r} has a dtype gpuwpo does not read "
-                             f"({_show(dtype)})")
-        ints = all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
-                   for v in (*shape, *offsets))
-        if not ints or len(offsets) != 2 or offsets[0] > offsets[1] or offsets[1] > data_size \
-                or offsets[1] - offsets[0] != math.prod(shape) * _SAFETENSORS_ITEMSIZE[dtype]:
-            raise _Malformed(f"{path}: not a readable .safetensors file (tensor {name!r} does "
-                             f"not fit the file: truncated or damaged)")
-
-
-def _load_safetensors(path: Path) -> Mapping[str, Any]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    _safetensors_header(path)
-    try:
-        return load_file(str(path), device="cpu")
-    except (SafetensorError, OSError, ValueError, TypeError, KeyError, RuntimeError):
-        raise _Malformed(f"{path}: not a readable .safetensors file (damaged)") from None
-
-
-def _load_pt(path: Path) -> Mapping[str, Any]:
-    with _check_zip(path, ".pt/.pth state_dict (a zip archive written by torch.save)"):
-        pass
-    try:
-        with warnings.catch_warnings():  # torch's warnings about a damaged file: ours is one line
-            warnings.simplefilter("ignore")
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - unpickling errors come in many types
-        found = re.search(r"GLOBAL ([\w.]+)", str(err))
-        if found or "Unsupported" in str(err):
-            what = f" ({found.group(1)})" if found else ""
-            raise _Malformed(f"{path}: holds Python objects{what}, not only tensors; gpuwpo "
-                             f"never unpickles arbitrary objects: save model.state_dict(), not "
-                             f"the model") from None
-        raise _Malformed(f"{path}: not a readable .pt/.pth state_dict (damaged, or not written "
-                         f"by torch.save)") from None
-    if not isinstance(raw, Mapping):
-        raise _Malformed(f"{path}: holds a {type(raw).__name__}, not a state_dict (a dict "
-                         f"name -> tensor); save model.state_dict()")
-    return raw
-
-
-def load_weights(path: str | os.PathLike) -> dict[str, Tensor]:
-    """Read named weight tensors from a file, on the CPU.
-
-    Formats, by extension:
-
-    * ``.safetensors``: every tensor in the file.
-    * ``.pt`` / ``.pth``: a state_dict (a dict name -> tensor) saved by ``torch.save`` (a zip
-      archive; torch's legacy pre-1.6 format is not read), read with
-      ``torch.load(..., weights_only=True)``: never arbitrary unpickling, so a file holding a
-      pickled model or other objects is refused.
-    * ``.npy``: one array, returned as ``{"weight": tensor}``.
-    * ``.npz``: every array, by its name (read without pickle).
-
-    Sizes are checked against the file's size before anything is allocated: a header (or a zip
-    member) that claims more data than the file holds is refused, however much it claims.
-
-    Returns:
-        name -> tensor (real-valued: float or integer dtypes).
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: an unknown extension, an unreadable, truncated or damaged file, or content
-            that is not named numeric tensors (one line naming the file, in gpuwpo's words).
-    """
-    path = _existing_file(path, "weights file")
-    ext = path.suffix.lower()
-    loaders = {".safetensors": _load_safetensors, ".pt": _load_pt, ".pth": _load_pt,
-               ".npy": _load_npy, ".npz": _load_npz}
-    if ext not in loaders:
-        raise ValueError(f"{path}: unknown weights file extension {ext!r}; use .safetensors, "
-                         f".pt, .pth, .npy or .npz")
-    try:
-        raw = loaders[ext](path)
-    except _Malformed:
-        raise
-    except MemoryError:
-        raise ValueError(f"{path}: too large to load into memory") from None
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile, RuntimeError, KeyError,
-            IndexError, OverflowError, NotImplementedError, struct.error, zlib.error):
-        raise ValueError(f"{path}: not a readable {ext} file (damaged or truncated)") from None
-    if not raw:
-        raise ValueError(f"{path}: holds no tensors")
-    out = {}
-    for name, value in raw.items():
-        if not isinstance(name, str):
-            raise ValueError(f"{path}: tensor names must be strings, got {_show(name)}")
-        out[name] = _numeric_tensor(value, name, path)
-    return out
-
-

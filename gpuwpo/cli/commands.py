@@ -1,0 +1,313 @@
+"""The ``gpuwpo`` sub-commands: optimize, evaluate, plot, example.
+
+Each takes the parsed arguments (:mod:`gpuwpo.cli.arguments`), checks before any work that its
+inputs can be read and its outputs written (never over an input, a results file only over a
+results file), and returns the exit status. The settings a run uses are merged by
+:mod:`gpuwpo.network.settings`; here they are only used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from ..checks import check_weights
+from ..device.simulate import tnmse_over_time
+from ..io.common import same_file
+from ..network.settings import merge_physics, merge_settings, physics_from_settings
+from ..rng import make_generator
+from .arguments import given_physics, given_settings
+from .config import read_config
+
+__all__ = ["optimize", "evaluate", "plot", "example", "HANDLERS", "FIGURES", "EXAMPLE_FILES"]
+
+
+def _say(args: argparse.Namespace, text: str) -> None:
+    """A progress message (stdout), silenced by --quiet; results are always printed."""
+    if not getattr(args, "quiet", False):
+        print(text, flush=True)
+
+
+def _check_device(device: str | None) -> str | None:
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: CUDA is not available on this machine (use --device cpu)")
+    return device
+
+
+#: The figures a plots directory receives (``_write_plots``).
+FIGURES = ("programming_curves.png", "convergence.png", "weight_errors.png")
+#: What ``gpuwpo example --out DIR`` writes into DIR (gpuwpo.example).
+EXAMPLE_FILES = ("digits_result.json", "digits_mlp.pt", "accuracy_over_time.png", *FIGURES)
+
+
+def _check_out_file(path: str | None, inputs: Sequence[str | None], what: str = "--out"
+                    ) -> None:
+    """Fail before any work, not after it, when a results file cannot or must not be written."""
+    from ..io import check_output_file
+
+    if path is not None:
+        check_output_file(path, inputs=[p for p in inputs if p], what=what)
+
+
+def _check_out_dir(path: str | None, inputs: Sequence[str | None], what: str,
+                   files: Sequence[str]) -> None:
+    """Fail before any work when the directory ``path`` cannot receive ``files``.
+
+    It is a directory or can be made one (its nearest existing ancestor is a directory in which
+    files can be created), and none of the files it will receive is an input or a directory.
+    """
+    from .._files import check_writable_dir
+
+    if path is None:
+        return
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{what} {path} exists and is not a directory")
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    check_writable_dir(existing, f"{what} {path}")
+    for name in files:
+        target = os.path.join(path, name)
+        if os.path.isdir(target):
+            raise ValueError(f"{what} {path}: {target} is a directory; it would be replaced by "
+                             f"a file")
+        for given in inputs:
+            if given and same_file(target, given):
+                raise ValueError(f"{what} {path} would overwrite {target}, which this run "
+                                 f"also reads or writes; choose another directory")
+
+
+def _check_checkpoint(options, out: str | None) -> None:
+    """Before any work: the checkpoint to resume is whole, the one to save can be written."""
+    from ..search.checkpoint import check_target, read_checkpoint
+
+    if options.resume is not None:
+        read_checkpoint(options.resume)
+    if options.checkpoint is not None:
+        check_target(options.checkpoint, resume=options.resume)
+        if out and os.path.abspath(out) == os.path.abspath(options.checkpoint):
+            raise ValueError(f"--out and --checkpoint both name {out}; give two files")
+
+
+def _ray_cluster(args: argparse.Namespace):
+    """The RayCluster of ``--ray [ADDRESS] --workers N --gpus-per-worker G``, or None."""
+    address = getattr(args, "ray", None)
+    workers, gpus = getattr(args, "workers", None), getattr(args, "gpus_per_worker", None)
+    if address is None:
+        if workers is not None or gpus is not None:
+            raise ValueError("--workers and --gpus-per-worker shard the layers over Ray "
+                             "workers: give --ray too")
+        return None
+    from ..network.distributed import RayCluster
+
+    return RayCluster(address=address or None, workers=workers, gpus_per_worker=gpus or 0)
+
+
+def optimize(args: argparse.Namespace) -> int:
+    """``gpuwpo optimize``: search the layers of a weights file, print the summary, write the
+    results (``--out``) and figures (``--plots``)."""
+    from ..io import load_weights, save_result
+    from ..network import optimize_network, select_weights
+
+    config = read_config(args.config) if "config" in vars(args) else None
+    run = merge_settings(given_settings(args), config)
+    device = _check_device(run.pop("device"))
+    options = run["options"]
+    _check_test_size(options)
+    out, plots = getattr(args, "out", None), getattr(args, "plots", None)
+    inputs = [args.weights, getattr(args, "config", None), options.resume]
+    _check_out_file(out, inputs)
+    _check_out_dir(plots, [*inputs, out], "--plots", FIGURES)
+    _check_checkpoint(options, out)
+    weights = load_weights(args.weights)
+    # Select here so that a typo in --include fails at once, naming the layers.
+    selected = select_weights(weights, run["include"], run["exclude"])
+    for name, w in selected.items():  # NaN, complex, all zeros: named with the file, at once
+        check_weights(w, f"{args.weights}: the weights of layer {name!r}", allow_all_zero=False)
+    if not getattr(args, "quiet", False):
+        total = sum(w.numel() for w in selected.values())
+        _say(args, f"{len(selected)} layer(s), {total} weights: {', '.join(selected)}")
+    cluster = _ray_cluster(args)
+    result = optimize_network(weights, **run, device=device, distributed=cluster)
+    if cluster is not None:
+        _say(args, f"ray: {cluster.num_workers} worker(s); the cluster took "
+                   f"{cluster.startup_s:.1f} s to start or connect")
+    print(result.summary())
+    if out:
+        save_result(result, out)
+        _say(args, f"wrote {out}")
+    if plots:
+        for path in _write_plots(result, plots, selected, repeats=2, seed=options.seed):
+            _say(args, f"wrote {path}")
+    return 0
+
+
+def _check_test_size(options) -> None:
+    """A test tile too large to allocate is refused before any work (gpuwpo.search.tiles)."""
+    from ..search.tiles import MAX_TEST_WEIGHTS
+
+    size_in, size_out = options.test_in_features, options.test_out_features
+    if size_in is not None and size_in * size_out > MAX_TEST_WEIGHTS:
+        raise ValueError(f"--test-size {size_in} {size_out}: {size_in * size_out} test weights "
+                         f"per layer, more than the {MAX_TEST_WEIGHTS} gpuwpo allows")
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    """``gpuwpo evaluate``: TNMSE over time of the baseline and of a results file's strategies,
+    per layer and overall."""
+    from ..io import load_result, load_weights
+
+    result = load_result(args.results)
+    weights = load_weights(args.weights)
+    recorded = physics_from_settings(result.settings, path=args.results)
+    phys = merge_physics(given_physics(args), recorded)
+    t_steps = args.times if getattr(args, "times", None) is not None else recorded["t_steps"]
+    _check_device(getattr(args, "device", None))
+    device = getattr(args, "device", None) or "cpu"
+    sizes, base_rows, opt_rows = [], [], []
+    gen = make_generator(args.seed)
+    layers = result.layers
+    try:
+        from tqdm.auto import tqdm
+
+        layers = tqdm(layers, desc="evaluate", unit="layer", leave=False, disable=args.quiet)
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        pass
+    lines = []
+    for layer in layers:
+        if layer.name not in weights:
+            raise ValueError(f"{args.weights} has no tensor {layer.name!r} (the results file's "
+                             f"layer); it holds {list(weights)[:10]}")
+        w = weights[layer.name]
+        if tuple(w.shape) != tuple(layer.shape):
+            raise ValueError(f"{args.weights}: {layer.name!r} has shape {tuple(w.shape)}, the "
+                             f"results file was made for {tuple(layer.shape)}")
+        w = check_weights(w, f"{args.weights}: the weights of layer {layer.name!r}",
+                          allow_all_zero=False).to(device)
+        kw = dict(repeats=args.repeats, compensation=phys["compensation"], generator=gen,
+                  physics=phys["physics"])
+        base = tnmse_over_time(w, phys["baseline"], phys["noise_model"], t_steps, **kw)
+        opt = tnmse_over_time(w, layer.converter, phys["noise_model"], t_steps, **kw)
+        sizes.append(w.numel())
+        base_rows.append(base)
+        opt_rows.append(opt)
+        lines.append(_table(f"{layer.name} {tuple(layer.shape)}", t_steps, base, opt))
+    # Overall: layers weighted by their number of weights (the network's total weight error).
+    share = torch.tensor(sizes, dtype=torch.float64) / sum(sizes)
+
+    def combine(rows):
+        mean = sum(s * r[0].double() for s, r in zip(share, rows))
+        sem = sum((s * r[1].double()) ** 2 for s, r in zip(share, rows)).sqrt()
+        return mean, sem
+
+    overall = _table("overall (weighted by layer size)", t_steps, combine(base_rows),
+                     combine(opt_rows))
+    print(f"TNMSE over time in physics={phys['physics']!r}, {args.repeats} programmings per "
+          f"layer and time (mean +- standard error; lower is better)")
+    print("\n\n".join([*lines, overall]))
+    return 0
+
+
+def _table(title: str, t_steps: Sequence[float], base, opt) -> str:
+    from ..plots import time_label
+
+    (bm, bs), (om, osem) = base, opt
+
+    def gain(b: float, o: float) -> str:
+        return f"{100 * (1 - o / b):6.1f}%" if b > 0 else f"{'n/a':>7}"
+
+    rows = [title, f"  {'time':>10} {'baseline':>20} {'optimised':>20} {'gain':>7}"]
+    for i, t in enumerate(t_steps):
+        rows.append(f"  {time_label(t):>10} {float(bm[i]):10.5f} +- {float(bs[i]):<7.5f}"
+                    f"{float(om[i]):10.5f} +- {float(osem[i]):<7.5f}"
+                    f"{gain(float(bm[i]), float(om[i]))}")
+    n = len(t_steps)
+    b_all, o_all = float(bm.mean()), float(om.mean())
+    b_se = float((bs.double() ** 2).sum().sqrt()) / n
+    o_se = float((osem.double() ** 2).sum().sqrt()) / n
+    rows.append(f"  {'TNMSE':>10} {b_all:10.5f} +- {b_se:<7.5f}{o_all:10.5f} +- {o_se:<7.5f}"
+                f"{gain(b_all, o_all)}")
+    return "\n".join(rows)
+
+
+def _write_plots(result, out_dir: str, weights: Mapping[str, torch.Tensor] | None, *,
+                 repeats: int = 2, seed: int = 0, phys: Mapping | None = None,
+                 source: str | None = None) -> list[str]:
+    """The figures of a result into ``out_dir``; returns the paths written.
+
+    ``phys``: the physics of the weight-error figure (default: what the result records);
+    ``source``: the results file the result was read from (named in errors).
+    """
+    from .. import plots
+
+    recorded = physics_from_settings(result.settings, path=source)
+    phys = recorded if phys is None else phys
+    os.makedirs(out_dir, exist_ok=True)
+    figures = {"programming_curves.png": lambda path: plots.programming_curves(
+                   result, phys["baseline"], path=path),
+               "convergence.png": lambda path: plots.convergence(result, path=path)}
+    if weights is not None:
+        figures["weight_errors.png"] = lambda path: plots.weight_error_histograms(
+            result, weights, recorded["t_steps"], noise_model=phys["noise_model"],
+            baseline=phys["baseline"], compensation=phys["compensation"],
+            physics=phys["physics"], repeats=repeats, seed=seed, path=path)
+    written, drawn = [], []
+    for name, draw in figures.items():
+        written.append(os.path.join(out_dir, name))
+        drawn.append(draw(written[-1]))
+    import matplotlib.pyplot as plt  # on the backend gpuwpo.plots chose
+
+    for figure in drawn:  # a long-lived process must not keep every figure alive
+        plt.close(figure)
+    return written
+
+
+def plot(args: argparse.Namespace) -> int:
+    """``gpuwpo plot``: the figures of a results file (PNG)."""
+    from ..io import load_result, load_weights
+
+    _check_device(getattr(args, "device", None))
+    _check_out_dir(args.out, [args.results, getattr(args, "weights", None)], "--out", FIGURES)
+    result = load_result(args.results)
+    weights = load_weights(args.weights) if getattr(args, "weights", None) else None
+    for layer in result.layers if weights is not None else []:
+        if layer.name not in weights:
+            raise ValueError(f"{args.weights} has no tensor {layer.name!r} (a layer of "
+                             f"{args.results}); it holds {list(weights)[:10]}")
+        if tuple(weights[layer.name].shape) != tuple(layer.shape):
+            raise ValueError(f"{args.weights}: {layer.name!r} has shape "
+                             f"{tuple(weights[layer.name].shape)}, {args.results} was made for "
+                             f"{tuple(layer.shape)}")
+        check_weights(weights[layer.name], f"{args.weights}: the weights of layer {layer.name!r}",
+                      allow_all_zero=False)
+    phys = merge_physics(given_physics(args),
+                         physics_from_settings(result.settings, path=args.results))
+    for path in _write_plots(result, args.out, weights, repeats=args.repeats, seed=args.seed,
+                             phys=phys, source=args.results):
+        print(f"wrote {path}")
+    return 0
+
+
+def example(args: argparse.Namespace) -> int:
+    """``gpuwpo example``: the digits example (:func:`gpuwpo.example.run_example`)."""
+    from ..example import run_example
+
+    phys = merge_physics(given_physics(args))
+    out = getattr(args, "out", None)
+    _check_out_dir(out, [], "--out", EXAMPLE_FILES)
+    if out is not None and os.path.lexists(os.path.join(out, "digits_result.json")):
+        # An earlier example's results are replaced; anything else of that name is refused.
+        _check_out_file(os.path.join(out, "digits_result.json"), [], "--out")
+    run_example(quick=args.quick, out_dir=out, seed=args.seed,
+                repeats=getattr(args, "repeats", None), backend=args.backend,
+                device=_check_device(getattr(args, "device", None)), progress=not args.quiet,
+                physics=phys["physics"], noise_model=phys["noise_model"],
+                baseline=phys["baseline"], compensation=phys["compensation"])
+    return 0
+
+
+#: sub-command -> its handler (:data:`gpuwpo.cli.arguments.COMMANDS` holds their help)
+HANDLERS = {"optimize": optimize, "evaluate": evaluate, "plot": plot, "example": example}
