@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import gpuwpo
-from gpuwpo.network.distributed import RayCluster, _InProcess
+from gpuwpo.network import InProcess, RayCluster
 
 T_STEPS = [1.0, 3600.0, 86400.0]
 # Small tiles and budgets, chosen so that the layers converge at different generations (19, 19,
@@ -62,8 +62,32 @@ def test_a_network_run_in_parts_equals_the_whole_run_bit_for_bit(hierarchical, s
     weights = _network()
     whole = _run(weights, hierarchical=hierarchical, standard_starts=starts)
     part = _run(weights, hierarchical=hierarchical, standard_starts=starts,
-                distributed=_InProcess(tasks))
+                distributed=InProcess(tasks))
     _assert_same(whole, part)
+
+
+def test_a_clipped_network_run_in_parts_equals_the_whole_run_bit_for_bit():
+    # The parts' tiles are moved to where their tasks search, their grid positions computed
+    # again there: on the grid over clip x max|W| (with max|W| alone, every part differs).
+    weights = _network(3)
+    whole = _run(weights, clip=0.5, maxiter=6)
+    _assert_same(whole, _run(weights, clip=0.5, maxiter=6, distributed=InProcess([[2], [0, 1]])))
+
+
+def test_tiles_moved_to_a_device_keep_their_grid_positions_on_the_clipped_grid():
+    from gpuwpo.device.converters import grid_interpolation
+    from gpuwpo.network.executors import tiles_on
+    from gpuwpo.search.tiles import TestTile
+
+    tiles = TestTile.from_layers(list(_network(3).values()), 11, shape=(8, 64), seed=1, clip=0.5)
+    moved = tiles_on(tiles.select([2, 0]), torch.device("cpu"))
+    picked = tiles.select([2, 0])
+    assert moved.clip == 0.5 and moved.layer_ids == (2, 0)
+    for name in ("weights", "max_abs_weight", "idx", "frac"):
+        assert torch.equal(getattr(moved, name), getattr(picked, name)), name
+    # Control: the grid over max|W| puts the test weights elsewhere.
+    idx, _ = grid_interpolation(picked.weights, picked.max_abs_weight, picked.grid_size)
+    assert not torch.equal(idx, moved.idx)
 
 
 @pytest.mark.parametrize("budget", [None, 2**22])
@@ -89,7 +113,7 @@ def test_per_layer_warm_starts_are_cut_to_each_part():
     x0 = torch.rand(3, gpuwpo.StrategySpace([None, None], 0.0, 25.0).dim,
                     generator=torch.Generator().manual_seed(1))
     whole = _run(weights, x0=x0, maxiter=6)
-    _assert_same(whole, _run(weights, x0=x0, maxiter=6, distributed=_InProcess([[2], [0, 1]])))
+    _assert_same(whole, _run(weights, x0=x0, maxiter=6, distributed=InProcess([[2], [0, 1]])))
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
@@ -99,9 +123,16 @@ def test_per_layer_warm_starts_are_cut_to_each_part():
     ({"checkpoint": "run.ckpt"}, "checkpoint"),
     ({"resume": "run.ckpt"}, "resume"),
 ])
-def test_what_a_distributed_run_cannot_honour_is_refused_before_any_work(kwargs, match):
+@pytest.mark.parametrize("executor", [RayCluster(workers=2), InProcess([[0], [1]])])
+def test_what_a_distributed_run_cannot_honour_is_refused_before_any_work(kwargs, match,
+                                                                         executor):
     with pytest.raises(ValueError, match=match):
-        _run(_network(2), distributed=RayCluster(workers=2), **kwargs)
+        _run(_network(2), distributed=executor, **kwargs)
+
+
+def test_tasks_that_are_not_a_partition_of_the_layers_are_refused():
+    with pytest.raises(ValueError, match=r"not a partition of the 3 layers"):
+        _run(_network(3), maxiter=2, distributed=InProcess([[0, 1], [1, 2]]))
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [

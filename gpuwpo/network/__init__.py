@@ -1,11 +1,13 @@
-"""A network: which tensors are layers, the run's settings, the search of all layers (in this
-process or sharded over Ray workers), its result, and the model programmed with it."""
+"""A network: which tensors are layers, the run's settings, the search of all layers (one
+pipeline: its tasks run in this process or sharded over Ray workers), its result, and the model
+programmed with it."""
 
 from .distributed import RayCluster
+from .executors import InProcess
 from .layers import select_weights
 from .pipeline import optimize_network
 from .program import program_model
 from .result import LayerResult, NetworkResult
 
-__all__ = ["LayerResult", "NetworkResult", "RayCluster", "optimize_network", "program_model",
-           "select_weights"]
+__all__ = ["InProcess", "LayerResult", "NetworkResult", "RayCluster", "optimize_network",
+           "program_model", "select_weights"]

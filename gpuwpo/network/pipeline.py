@@ -1,64 +1,55 @@
-"""Whole-network search: select a model's layers, optimise them, assemble one result.
+"""Whole-network search, one pipeline: plan the run as tasks, run them, assemble one result.
 
-:func:`optimize_network` takes an ``nn.Module``, a state_dict or any mapping name -> tensor,
-selects the weights to program (:func:`gpuwpo.network.layers.select_weights`), and finds
-programming strategies for all of them:
+:func:`optimize_network` finds programming strategies for the layers of a model
+(:func:`gpuwpo.network.layers.select_weights`): one per layer, all layers in ONE search whose
+layer axis is the batch axis, so that a network costs about as much as its largest layer
+(``per_layer=True``); or one global strategy, the published paper's setting (Mackin et al.
+2022), searched on the layers' weights pooled into one distribution, each layer normalised by its
+own max|W|, which each layer then takes or leaves for its baseline (``per_layer=False``); or the
+pooled strategy first, then every layer's search starting from it (``hierarchical=True``).
 
-* ``per_layer=True`` (default): one strategy per layer, all layers in ONE search whose layer
-  axis is the batch axis (one :class:`gpuwpo.WeightProgrammingOptimizer` with the list of
-  layers), so a network costs about as much as its largest layer, not their sum.
-* ``per_layer=False``: one global strategy, the published paper's setting (Mackin et al. 2022):
-  the layers' weights, each normalised by its own max|W|, are pooled into one distribution and
-  searched once; the same program is then applied to every layer (a CustomPair grid scales with
-  each layer's own max|W|), and each layer is validated against its baseline with the
-  objective's own machinery.
+1. **Plan** the tasks (:mod:`gpuwpo.network.executors`): the pooled ``"global"`` task where
+   there is one, then the ``"layers"`` tasks: one holding every layer in this process, or parts
+   of the network (``distributed=``), each with its rows of the test tiles made once, here.
+2. **Run** them on the executor, the pooled task first: its strategy is the warm start
+   ``"global"`` of every layer task.
+3. **Assemble** one :class:`NetworkResult` in the model's order, whatever the executor.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ..checks import check_weights
+from ..search.checkpoint import Checkpointing, digest
 from ..search.objective import TNMSEObjective
-from ..search.optimizer import WeightProgrammingOptimizer
-from ..search.selection import choose_per_layer
+from ..search.options import SearchOptions
+from ..search.selection import Choice, choose_per_layer
+from ..search.tiles import TestTile
+from .executors import CheckpointFor, InProcess, Task, TaskResult, TaskSettings
 from .layers import select_weights
-from .result import LayerResult, NetworkResult, single_program
-from .settings import run_record
+from .result import LayerResult, NetworkResult
+from .settings import fingerprint_from_settings, run_record
 
 __all__ = ["optimize_network", "HIERARCHICAL_DEFAULT"]
 
-
-def _interval(ci: Tensor) -> tuple[float, float]:
-    lo, hi = ci.tolist()
-    return float(lo), float(hi)
-
-
-def _weighted(values: Sequence[float], sizes: Sequence[int]) -> float:
-    return float(sum(v * n for v, n in zip(values, sizes)) / sum(sizes))
-
-
-def _pooled(weights: Mapping[str, Tensor]) -> Tensor:
-    """The layers' weights, each normalised by its own max|W|, as one distribution [N]."""
-    layers = [check_weights(w, f"layer {name!r}", allow_all_zero=False)
-              for name, w in weights.items()]
-    return torch.cat([(w / w.abs().max()).reshape(-1).to("cpu", torch.float32) for w in layers])
-
-
-def _global_point(res) -> Tensor:
-    """The pooled search's strategy [D]: its chosen point, or the search's own best where the
-    pooled tile kept the baseline (still the best place to start a layer's search from)."""
-    x = res.x[0]
-    return res.search_x[0] if not bool(torch.isfinite(x).all()) else x
-
-
 #: Default of ``hierarchical`` in :func:`optimize_network` (README.md, "Defaults").
 HIERARCHICAL_DEFAULT = False
+
+#: Options a sharded run cannot honour (named when given).
+_NOT_SHARDED = {
+    "callback": "a callback would run on the workers; watch the run with RayCluster(on_event=...)",
+    "checkpoint": "every task checkpoints on its own (checkpoint_every sets how often); a "
+                  "checkpoint of the whole distributed run is not supported",
+    "resume": "every task checkpoints on its own; a distributed run cannot be resumed from a "
+              "file",
+}
 
 
 def optimize_network(
@@ -81,8 +72,7 @@ def optimize_network(
 
     Every layer's answer is chosen by validated TNMSE among the search's contenders and the
     baseline converter itself (:mod:`gpuwpo.search.selection`): a layer gets a strategy only where
-    it
-    beats the baseline with confidence, and otherwise keeps the baseline's own program
+    it beats the baseline with confidence, and otherwise keeps the baseline's own program
     (``LayerResult.chosen == "baseline"``, ``success`` False; the summary says so).
 
     Args:
@@ -99,141 +89,238 @@ def optimize_network(
             each layer then takes or leaves for its baseline.
         backend: "torch", "evotorch" or "scipy".
         device: where the objective runs (None: CUDA when available).
-        physics: "device" or "aihwkit" (see :mod:`gpuwpo.device.physics`); recorded in the settings.
+        physics: "device" or "aihwkit" (see :mod:`gpuwpo.device.physics`); recorded in the
+            settings.
         hierarchical: with ``per_layer`` and several layers, first search one global strategy
             on the pooled distribution (``maxiter`` generations of one layer), then start every
-            layer's search from it (beside the seeds) with ``maxiter - ceil(maxiter / B)``
-            generations, so that the total number of candidates stays that of a plain per-layer
-            search. None: :data:`HIERARCHICAL_DEFAULT`.
-        distributed: a :class:`gpuwpo.RayCluster`: the layers are sharded over its workers
-            (:mod:`gpuwpo.network.distributed`), with the same result as this single-process run
-            (``wall_time`` aside).
+            layer's search from it (beside the standard starts) with
+            ``maxiter - ceil(maxiter / B)`` generations, so that the total number of candidates
+            stays that of a plain per-layer search. None: :data:`HIERARCHICAL_DEFAULT`.
+        distributed: where the searches run (:mod:`gpuwpo.network.executors`): None, in this
+            process; a :class:`gpuwpo.RayCluster`: the layers are sharded over its workers
+            (:mod:`gpuwpo.network.distributed`), with the same result as the run in this
+            process (``wall_time`` aside); a :class:`gpuwpo.network.executors.InProcess` with
+            tasks: the sharded code path here.
         **optimizer_kwargs: passed to :class:`gpuwpo.WeightProgrammingOptimizer` (popsize,
-            maxiter, seed, validation_repeats, symmetric, compensation, ...). ``checkpoint``,
-            ``checkpoint_every`` and ``resume`` save and continue the whole run in one file
-            (both searches of a hierarchical run; :mod:`gpuwpo.search.checkpoint`), fingerprinted by
-            the selected weights and the settings record.
+            maxiter, seed, validation_repeats, symmetric, compensation, options, ...).
+            ``checkpoint``, ``checkpoint_every`` and ``resume`` save and continue the whole run
+            in one file (both searches of a hierarchical run; :mod:`gpuwpo.search.checkpoint`),
+            fingerprinted by the selected weights and the settings record.
 
     Returns:
         A :class:`NetworkResult`, one :class:`LayerResult` per layer in the model's order.
 
     Raises:
-        ValueError: no layer matches, a layer has NaN/inf or all-zero weights, or a bad
-            optimizer argument (named in the message).
+        ValueError: no layer matches, a layer has NaN/inf or all-zero weights, a bad optimizer
+            argument (named in the message), or, for a sharded run, ``per_layer=False``, a
+            backend other than ``"torch"`` or an option it cannot honour (``callback``,
+            ``checkpoint``, ``resume``).
+        TypeError: an unknown optimizer argument.
     """
-    if distributed is not None:
-        from .distributed import optimize_network_distributed
-
-        return optimize_network_distributed(
-            distributed, model_or_weights, noise_model, t_steps, g_converter_baseline, f_lst,
-            include=include, exclude=exclude, per_layer=per_layer, backend=backend,
-            device=device, physics=physics, hierarchical=hierarchical, **optimizer_kwargs)
     start = time.perf_counter()
-    weights = select_weights(model_or_weights, include, exclude)
-    names = list(weights)
-    sizes = [w.numel() for w in weights.values()]
+    executor = InProcess() if distributed is None else distributed
+
+    # -- 1. Plan ------------------------------------------------------------------------------
     kwargs = dict(optimizer_kwargs)
-    symmetric = kwargs.pop("symmetric", True)
-    compensation = kwargs.pop("compensation", None)
+    settings = TaskSettings(
+        f_lst=list(f_lst), noise_model=noise_model, t_steps=t_steps,
+        baseline=g_converter_baseline, symmetric=kwargs.pop("symmetric", True),
+        compensation=kwargs.pop("compensation", None), physics=physics, backend=backend,
+        device=executor.default_device if device is None else str(device))
+    options = _search_options(kwargs)
     hierarchical = HIERARCHICAL_DEFAULT if hierarchical is None else hierarchical
     if not isinstance(hierarchical, bool):
         raise ValueError(f"hierarchical must be True, False or None, got {hierarchical!r}")
+    if executor.sharded:
+        _refuse_for_shards(per_layer, backend, options)
+    weights = select_weights(model_or_weights, include, exclude)
+    names = list(weights)
+    pooled_search = not per_layer or (hierarchical and len(names) > 1)  # a "global" task
 
-    def optimizer(searched, **changes):
-        return WeightProgrammingOptimizer(
-            searched, f_lst, noise_model, t_steps, g_converter_baseline, symmetric=symmetric,
-            backend=backend, device=device, compensation=compensation, physics=physics,
-            **{**kwargs, **changes})
+    def record(ran) -> dict:
+        # ``ran``: an optimizer of the run, or a task's result (the same four attributes).
+        return run_record(
+            f_lst=f_lst, t_steps=t_steps, backend=backend, per_layer=per_layer,
+            include=include, exclude=exclude, options=options, noise_model=noise_model,
+            baseline=g_converter_baseline, compensation=ran.compensation, space=ran.space,
+            device=ran.device, physics=ran.physics, hierarchical=bool(per_layer and hierarchical))
 
-    def checkpointing(first: WeightProgrammingOptimizer):
-        # One checkpoint for the whole run (both searches of a hierarchical one), fingerprinted
-        # by the selected weights and the settings record; checked before any work.
-        from ..search.checkpoint import Checkpointing, digest, fingerprint_from_settings
-
-        o = first.options
-        if o.checkpoint is None and o.resume is None:
-            return None
-        settings = run_record(
-            f_lst=f_lst, t_steps=t_steps, backend=backend, per_layer=per_layer, include=include,
-            exclude=exclude, options=o, noise_model=noise_model, baseline=g_converter_baseline,
-            compensation=first.compensation, space=first.space, device=first.device,
-            physics=first.physics, hierarchical=bool(per_layer and hierarchical))
-        return Checkpointing.from_options(o, fingerprint_from_settings(settings, digest(weights)))
-
-    extra_nfev, warm = 0, None
+    pooled_task, layer_tasks = None, []
+    if pooled_search:
+        pooled = _pooled(weights)
+        pooled_task = Task(0, "global", (0,), _tiles(settings, pooled, options)
+                           if executor.sharded else pooled, options)
     if per_layer:
-        # All layers in one search: the mapping becomes the optimizer's layer (batch) axis (its
-        # test tiles check every layer, naming it).
-        opt = optimizer(weights)
-        requested = opt.options  # what the settings record (the stages derive from it)
-        run = checkpointing(opt)
-        if hierarchical and len(names) > 1:
-            maxiter = opt.options.maxiter
-            pooled = optimizer(_pooled(weights))
-            pooled.run_optimizer(checkpoint=run, stage="global")
-            extra_nfev = pooled.result.nfev
-            warm = {"global": _global_point(pooled.result)}
-            opt = optimizer(weights, maxiter=max(1, maxiter - math.ceil(maxiter / len(names))))
-        opt.run_optimizer(warm, checkpoint=run, stage="layers")
-        res = opt.result
-        converters = [single_program(conv) for conv in res.converters]
-        chosen = list(res.chosen)
-        tnmse, base = res.tnmse.tolist(), res.baseline_tnmse.tolist()
-        ci = [_interval(c) for c in res.tnmse_ci95]
-        base_ci = [_interval(c) for c in res.baseline_ci95]
-        success = [bool(v) for v in res.layer_success]
-        history = [[float(v) for v in h] for h in res.history.tolist()]
-    else:
-        # The paper's global strategy: one distribution pooled from every layer normalised by
-        # its own max|W|, so that no layer dominates through its scale.
-        opt = optimizer(_pooled(weights))
-        requested = opt.options
-        opt.run_optimizer(checkpoint=checkpointing(opt), stage="global")
-        res = opt.result
-        o = opt.options
-        per_layer_objective = TNMSEObjective(
-            weights, noise_model, opt.compensation, t_steps, opt.space,
-            test_in_features=o.test_in_features, test_out_features=o.test_out_features,
-            memory_budget=o.memory_budget, kernel=o.kernel, device=opt.device,
-            seed=o.seed, physics=opt.physics,
-        )
-        # A CustomPair program lives on a grid scaled by the converted weights' own max|W|, so
-        # the pooled strategy is every layer's program as it is; each layer takes it or keeps
-        # its baseline.
-        program = None if res.kept_baseline[0] else single_program(res.converters[0])
-        contenders = [[] if program is None else [("global", program)] for _ in names]
-        choices = choose_per_layer(per_layer_objective, contenders, g_converter_baseline,
-                                   repeats=o.validation_repeats, generator=o.seed + 2)
-        z = 1.959963984540054
-        converters = [g_converter_baseline if c.kept_baseline else program for c in choices]
-        chosen = [c.label for c in choices]
-        tnmse = [c.tnmse for c in choices]
-        base = [c.baseline_tnmse for c in choices]
-        ci = [(c.tnmse - z * c.tnmse_sem, c.tnmse + z * c.tnmse_sem) for c in choices]
-        base_ci = [(c.baseline_tnmse - z * c.baseline_sem, c.baseline_tnmse + z * c.baseline_sem)
-                   for c in choices]
-        margin = float(o.loss_margin)
-        success = [not c.kept_baseline and c.tnmse < c.baseline_tnmse * (1 - margin)
-                   for c in choices]
-        pooled_history = [float(v) for v in res.history[0].tolist()]
-        history = [list(pooled_history) for _ in names]
+        layer_options = options
+        if pooled_search:
+            # The pooled search takes one layer's share of the candidates.
+            layer_options = options.replace(
+                maxiter=max(1, options.maxiter - math.ceil(options.maxiter / len(names))))
+        layer_tasks = _layer_tasks(executor, settings, weights, layer_options)
 
-    results = [
-        LayerResult(name=name, shape=tuple(int(s) for s in weights[name].shape),
-                    converter=conv, tnmse=float(t), tnmse_ci95=c, baseline_tnmse=float(bt),
-                    baseline_ci95=bc, history=h, chosen=ch, success=ok)
-        for name, conv, t, c, bt, bc, h, ch, ok in zip(names, converters, tnmse, ci, base,
-                                                       base_ci, history, chosen, success)
-    ]
-    settings = run_record(
-        f_lst=f_lst, t_steps=t_steps, backend=backend, per_layer=per_layer, include=include,
-        exclude=exclude, options=requested, noise_model=noise_model,
-        baseline=g_converter_baseline, compensation=opt.compensation, space=opt.space,
-        device=opt.device, physics=opt.physics, hierarchical=bool(per_layer and hierarchical),
-    )
-    return NetworkResult(
-        layers=results, settings=settings, total_tnmse=_weighted(tnmse, sizes),
-        total_baseline_tnmse=_weighted(base, sizes), nit=int(res.nit),
-        nfev=int(res.nfev) + extra_nfev, wall_time=time.perf_counter() - start,
-        stop_reason=str(res.stop_reason),
-    )
+    # -- 2. Run -------------------------------------------------------------------------------
+    checkpoint = None if executor.sharded else _whole_run_checkpoint(options, weights, record)
+    pooled_result, results = None, []
+    executor.start()
+    try:
+        if pooled_task is not None:
+            (pooled_result,) = executor.run_tasks(settings, [pooled_task], "global", checkpoint)
+            warm = {"global": pooled_result.start[0]}
+            layer_tasks = [dataclasses.replace(task, warm=warm) for task in layer_tasks]
+        if layer_tasks:
+            results = executor.run_tasks(settings, layer_tasks, "layers", checkpoint)
+    finally:
+        executor.stop()
+
+    # -- 3. Assemble --------------------------------------------------------------------------
+    final = results or [pooled_result]  # the searches whose generations the result reports
+    nit, margin = max(res.nit for res in final), float(options.loss_margin)
+    if per_layer:
+        rows = {layer: (res, row) for res in results for row, layer in enumerate(res.layers)}
+        layers = []
+        for b, name in enumerate(names):
+            res, row = rows[b]
+            # A task stops when its own layers have converged; the one search of all layers
+            # would have gone on with their frozen best, which their history then repeats.
+            history = res.history[row] + res.history[row][-1:] * (nit - len(res.history[row]))
+            layers.append(LayerResult.from_choice(
+                name, weights[name].shape, res.choices[row], res.converters[row], history,
+                margin))
+    else:
+        choices, program = _choose_pooled(pooled_result, weights, settings, options)
+        layers = [LayerResult.from_choice(
+            name, weights[name].shape, choice,
+            g_converter_baseline if choice.kept_baseline else program,
+            pooled_result.history[0], margin) for name, choice in zip(names, choices)]
+    return NetworkResult.from_layers(
+        layers, settings=record(final[0]), nit=nit,
+        nfev=sum(res.nfev for res in (pooled_result, *results) if res is not None),
+        wall_time=time.perf_counter() - start,
+        stop_reason=_stop_reason([res.stop_reason for res in final]))
+
+
+# --------------------------------------------------------------------------------------------
+# The plan's parts
+# --------------------------------------------------------------------------------------------
+
+
+def _search_options(kwargs: dict) -> SearchOptions:
+    """The run's options: ``options=`` (a ready :class:`SearchOptions`) changed by the other
+    keywords, or the keywords alone (an unknown one is a TypeError naming it)."""
+    given = kwargs.pop("options", None)
+    if given is None:
+        return SearchOptions.from_kwargs(kwargs)
+    if not isinstance(given, SearchOptions):
+        raise TypeError(f"options must be a gpuwpo.search.options.SearchOptions, got "
+                        f"{type(given).__name__}")
+    SearchOptions.from_kwargs(kwargs)  # names the unknown ones
+    return given.replace(**kwargs) if kwargs else given
+
+
+def _refuse_for_shards(per_layer: bool, backend: str, options: SearchOptions) -> None:
+    """Refuse, before any work, what a run in parts cannot honour."""
+    if not per_layer:
+        raise ValueError("a distributed run shards a network's layers; per_layer=False searches "
+                         "one pooled strategy: run it without distributed=")
+    if backend != "torch":
+        raise ValueError(f"a distributed run uses the torch engine on every worker, not the "
+                         f"{backend!r} backend")
+    for name, why in _NOT_SHARDED.items():
+        if getattr(options, name) is not None:
+            raise ValueError(f"a distributed run cannot honour {name}={getattr(options, name)!r}"
+                             f": {why}")
+
+
+def _pooled(weights: Mapping[str, Tensor]) -> Tensor:
+    """The layers' weights, each normalised by its own max|W| so that no layer dominates through
+    its scale, as one distribution [N]."""
+    layers = [check_weights(w, f"layer {name!r}", allow_all_zero=False)
+              for name, w in weights.items()]
+    return torch.cat([(w / w.abs().max()).reshape(-1).to("cpu", torch.float32) for w in layers])
+
+
+def _tiles(settings: TaskSettings, searched, options: SearchOptions) -> TestTile:
+    """The test tiles of ``searched``, made once on the driver (on the CPU, as every run makes
+    them; with the torch kernel, as the driver does not search)."""
+    return settings.optimizer(searched, dataclasses.replace(options, kernel="torch"),
+                              "cpu").objective.tiles
+
+
+def _layer_tasks(executor, settings: TaskSettings, weights: Mapping[str, Tensor],
+                 options: SearchOptions) -> list[Task]:
+    """The ``"layers"`` tasks: in one process one task searching the weights themselves (its
+    optimizer makes their tiles where it runs); sharded, each task its rows of the test tiles
+    made once for all layers, and its rows of the per-layer options."""
+    num_layers = len(weights)
+    if not executor.sharded:
+        return [Task(0, "layers", tuple(range(num_layers)), weights, options)]
+    plan = executor.plan(num_layers)
+    if sorted(i for ids in plan for i in ids) != list(range(num_layers)):
+        raise ValueError(f"the tasks' layers {plan} are not a partition of the {num_layers} "
+                         f"layers")
+    tiles = _tiles(settings, weights, options)
+    return [Task(i, "layers", tuple(ids), tiles.select(ids), _cut(options, ids, num_layers))
+            for i, ids in enumerate(plan)]
+
+
+def _cut(options: SearchOptions, layers: Sequence[int], total: int) -> SearchOptions:
+    """The options of a task holding ``layers`` of ``total``: per-layer warm starts (``x0``
+    ``[total, D]``, ``x_init`` ``[total, S, D]``) cut to its rows."""
+    changes = {}
+    for name, dims in (("x0", 2), ("x_init", 3)):
+        value = getattr(options, name)
+        if isinstance(value, Tensor) and value.dim() == dims and value.shape[0] == total:
+            changes[name] = value[list(layers)]
+    return dataclasses.replace(options, **changes) if changes else options
+
+
+def _whole_run_checkpoint(options: SearchOptions, weights: Mapping[str, Tensor],
+                          record: Callable[..., dict]) -> CheckpointFor | None:
+    """The run's one checkpoint (both searches of a hierarchical run, stages ``"global"`` and
+    ``"layers"``), given a search's optimizer; None when the options neither save nor resume.
+
+    Opened by the first search, before it starts: its fingerprint is the selected weights and
+    the settings record (which needs what the optimizer resolves: space, compensation, device),
+    and a file to resume is checked against it before any search."""
+    if options.checkpoint is None and options.resume is None:
+        return None
+    opened: list[Checkpointing | None] = []
+
+    def open_for(optimizer) -> Checkpointing | None:
+        if not opened:
+            fingerprint = fingerprint_from_settings(record(optimizer), digest(weights))
+            opened.append(Checkpointing.from_options(options, fingerprint))
+        return opened[0]
+
+    return open_for
+
+
+# --------------------------------------------------------------------------------------------
+# The result's parts
+# --------------------------------------------------------------------------------------------
+
+
+def _choose_pooled(pooled: TaskResult, weights: Mapping[str, Tensor], settings: TaskSettings,
+                   options: SearchOptions) -> tuple[list[Choice], object]:
+    """Each layer's validated choice between the pooled strategy and its baseline, and the
+    pooled program (None where the pooled search kept the baseline)."""
+    objective = TNMSEObjective(
+        weights, settings.noise_model, pooled.compensation, settings.t_steps, pooled.space,
+        test_in_features=options.test_in_features, test_out_features=options.test_out_features,
+        memory_budget=options.memory_budget, kernel=options.kernel, device=pooled.device,
+        seed=options.seed, physics=pooled.physics)
+    # A CustomPair program lives on a grid scaled by the converted weights' own max|W|, so the
+    # pooled strategy is every layer's program as it is.
+    program = None if pooled.choices[0].kept_baseline else pooled.converters[0]
+    contenders = [[] if program is None else [("global", program)] for _ in weights]
+    choices = choose_per_layer(objective, contenders, settings.baseline,
+                               repeats=options.validation_repeats, seed=options.seed)
+    return choices, program
+
+
+def _stop_reason(reasons: Sequence[str]) -> str:
+    """Why searches stopped, together: a callback's stop before the budget's end before
+    convergence (they converged when every one did)."""
+    if len(set(reasons)) == 1:
+        return reasons[0]
+    return next((r for r in ("callback", "maxiter") if r in reasons), "converged")

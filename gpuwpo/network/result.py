@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from ..device.converters import CustomPairConductanceConverter
 from ..registry import to_dict
-from ..search.selection import BASELINE
+from ..search.selection import BASELINE, Choice
 
 __all__ = ["LayerResult", "NetworkResult", "single_program"]
 
@@ -48,7 +49,7 @@ class LayerResult:
             same noise.
         history: best TNMSE after each generation of the search (with ``per_layer=False`` the
             pooled search's history, the same list for every layer).
-        chosen: which contender won the validated choice (:mod:`gpuwpo.selection`):
+        chosen: which contender won the validated choice (:mod:`gpuwpo.search.selection`):
             ``"search"``, ``"polish"``, ``"start: ..."``, ``"global"``, ``"x0"`` or
             ``"baseline"`` (the layer keeps the baseline's own program).
         success: the answer is a strategy that beats the baseline by the loss margin (False
@@ -67,6 +68,18 @@ class LayerResult:
     history: list[float] = field(default_factory=list)
     chosen: str = "search"
     success: bool = True
+
+    @classmethod
+    def from_choice(cls, name: str, shape: Sequence[int], choice: Choice, converter,
+                    history: Sequence[float], loss_margin: float) -> LayerResult:
+        """The layer's result from its validated choice (:mod:`gpuwpo.search.selection`): its
+        figures and 95 % intervals, its label, and its success by ``loss_margin``;
+        ``converter``: the winner's single program, or the baseline converter when it is kept."""
+        return cls(name=name, shape=tuple(int(s) for s in shape), converter=converter,
+                   tnmse=float(choice.tnmse), tnmse_ci95=choice.tnmse_ci95,
+                   baseline_tnmse=float(choice.baseline_tnmse),
+                   baseline_ci95=choice.baseline_ci95, history=[float(v) for v in history],
+                   chosen=choice.label, success=choice.success(loss_margin))
 
     @property
     def kept_baseline(self) -> bool:
@@ -126,6 +139,22 @@ class NetworkResult:
     nfev: int
     wall_time: float
     stop_reason: str
+
+    @classmethod
+    def from_layers(cls, layers: list[LayerResult], *, settings: dict, nit: int, nfev: int,
+                    wall_time: float, stop_reason: str) -> NetworkResult:
+        """The network's result from its layers', with the totals weighted by the layers'
+        sizes."""
+        sizes = [layer.numel for layer in layers]
+
+        def weighted(values: list[float]) -> float:
+            return float(sum(v * n for v, n in zip(values, sizes)) / sum(sizes))
+
+        return cls(layers=layers, settings=settings,
+                   total_tnmse=weighted([layer.tnmse for layer in layers]),
+                   total_baseline_tnmse=weighted([layer.baseline_tnmse for layer in layers]),
+                   nit=int(nit), nfev=int(nfev), wall_time=wall_time,
+                   stop_reason=str(stop_reason))
 
     def converters(self) -> dict[str, CustomPairConductanceConverter]:
         """Layer name -> its converter (what :func:`program_model` takes)."""
