@@ -224,8 +224,9 @@ def test_hierarchical_search_starts_every_layer_from_the_pooled_strategy():
         spy = _Spy(mp)
         result = optimize_network(model, _noise(), T_STEPS, _baseline(), F_LST,
                                   hierarchical=True, **tiny)
-    # The plain per-layer optimizer (built first, then replaced), the pooled one, the staged one.
-    pooled, staged = spy.instances[-2], spy.instances[-1]
+    # The pooled search's optimizer, then the layers' (one search of all of them).
+    assert len(spy.instances) == 2
+    pooled, staged = spy.instances
     assert isinstance(spy.weights[-2], torch.Tensor) and spy.weights[-2].ndim == 1
     assert pooled.options.maxiter == 6 and pooled.num_layers == 1
     # Same total candidates as a plain per-layer search: the layers give up ceil(6 / 3) = 2
@@ -339,3 +340,24 @@ def test_program_model_refuses_unknown_names_and_batched_converters(mlp_run):
                                                     conv.g_lst.expand(2, -1, -1))
     with pytest.raises(ValueError, match="batch"):
         program_model(model, {"0.weight": batched}, _noise(), 1.0)
+
+
+# -- the package's shape ----------------------------------------------------------------------
+
+
+def test_network_modules_import_no_private_name_of_another_module():
+    # A name another module uses is public and documented; the pipeline, its executors and the
+    # Ray cluster share no private helper.
+    import ast
+    from pathlib import Path
+
+    package = Path(gpuwpo.network.__file__).parent
+    private = []
+    for path in sorted(package.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module != "__future__":
+                private += [f"{path.name}: {node.module}.{alias.name}" for alias in node.names
+                            if alias.name.startswith("_") and alias.name != "__version__"]
+    assert private == []
+    assert {path.name for path in package.glob("*.py")} >= {"pipeline.py", "executors.py",
+                                                            "distributed.py"}
