@@ -4,7 +4,12 @@ Every public function of gpuwpo that draws random numbers takes ``generator``: a
 ``torch.Generator``, an int seed, or ``None``. ``None`` means the same everywhere: a fresh
 generator seeded from the operating system's entropy (:func:`secrets.randbits`), so the result
 is not reproducible; torch's global generator is never read nor advanced. Pass an int or a
-generator for reproducible results.
+generator for reproducible results. An int names a stream: two calls with the same int draw
+the same numbers, so a function that draws several noises from its one ``generator`` argument
+makes the generator once (:func:`make_generator`) and draws them all from it.
+
+The random streams of a run are named (:data:`STREAMS`): the run seed and the role make the
+stream's seed (:func:`stream_seed`), never ``seed + 1`` for a second role.
 
 Seeds are used whole: an int seed of any size is reduced to 64 bits by a mixing hash, so seeds
 that differ in any bit (e.g. by 2**32) give different streams.
@@ -20,7 +25,8 @@ import secrets
 
 import torch
 
-__all__ = ["make_generator", "draw_seed", "keyed_generator", "mix64", "STREAMS", "stream_seed"]
+__all__ = ["make_generator", "draw_seed", "keyed_generator", "mix64", "STREAMS", "stream_seed",
+           "stream_generator"]
 
 _MASK64 = (1 << 64) - 1
 
@@ -50,26 +56,49 @@ def mix64(*values: int) -> int:
 #: The named random streams of a run. Every random number a run draws comes from exactly one of
 #: them: the stream of role ``name`` of the run seed ``s`` is keyed ``mix64(s, STREAMS[name], ...)``
 #: (:func:`stream_seed`), so no two roles share numbers, whatever the seeds (``seed + 1`` and
-#: ``seed + 2`` for two roles would give seed s's second role seed s + 1's first).
+#: ``seed + 2`` for two roles would give seed s's second role seed s + 1's first). The further
+#: keys (a layer id, an evaluation number, a repeat) are part of the stream's name: a layer's
+#: numbers do not depend on which other layers are computed beside it, so a network's layers can
+#: be split over processes and give the single-process answer. The numbers are the table's
+#: (fixed for good: changing one changes every result of that role).
 STREAMS: dict[str, int] = {
-    "test_tiles": 1,       # the shuffle of each layer's resampled test weights
+    # the search (gpuwpo.search)
+    "test_tiles": 1,       # the shuffle of each layer's resampled test weights, per layer
     "baseline": 2,         # the baseline converter's programmings (the loss's reference)
     "search_noise": 3,     # the objective's noise, per evaluation number of the search
     "start_ranking": 4,    # the one evaluation that ranks the standard starts
     "polish": 5,           # the frozen noise of the polish
     "validation": 6,       # the fresh noise of the never-worse choice
     "confirmation": 7,     # the independent noise block that confirms the choice's winner
-    "search": 8,           # the search algorithm's own randomness (DE: init, mutation, crossover)
+    "search": 8,           # the search algorithm's own randomness (DE: init, mutation,
+                           # crossover), per layer id
+    # measuring a programmed network after the search (gpuwpo.example, gpuwpo.plots)
+    "accuracy": 9,         # the programmings whose test accuracy is measured, per repeat
+    "weight_errors": 10,   # the programmings of the weight-error figure
 }
 
 
 def stream_seed(seed: int, name: str, *key: int) -> int:
     """The 64-bit seed of stream ``name`` (a key of :data:`STREAMS`) of run seed ``seed``,
-    further keyed by ``key`` (a layer id, an evaluation number, ...)."""
+    further keyed by ``key`` (a layer id, an evaluation number, ...).
+
+    Pass it wherever a ``generator`` is taken (an int is a seed, :func:`make_generator`), or
+    make the generator with :func:`stream_generator`.
+
+    Raises:
+        ValueError: ``name`` is not a stream of :data:`STREAMS`.
+    """
     if name not in STREAMS:
         raise ValueError(f"unknown random stream {name!r}; the streams are "
                          f"{', '.join(STREAMS)}")
     return mix64(seed, STREAMS[name], *key)
+
+
+def stream_generator(seed: int, name: str, *key: int,
+                     device: torch.device | str = "cpu") -> torch.Generator:
+    """The generator (on ``device``) of stream ``name`` of run seed ``seed``, keyed by ``key``:
+    seeded with :func:`stream_seed` as it is."""
+    return _manual_seed(torch.device(device), stream_seed(seed, name, *key))
 
 
 def _manual_seed(device: torch.device, seed: int) -> torch.Generator:

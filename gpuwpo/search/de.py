@@ -6,7 +6,7 @@ the candidates to evaluate and :func:`de_tell` returns the next state. :func:`de
 driver loop.
 
 The leftmost dimension is the LAYER axis ``B``: ``B`` independent searches (one per layer of a
-network, or one per seed) run as one tensor program. Shapes used throughout::
+network, or one per random seed) run as one tensor program. Shapes used throughout::
 
     B  layers (independent searches)
     S  population size (the same for every layer)
@@ -41,10 +41,11 @@ Differences from scipy, all deliberate:
 * optional noise-robust selection (``parent_energies`` in :func:`de_tell`,
   ``reevaluate_parents`` in :func:`de_minimize`): parents are re-evaluated in the same call (same
   noise) as their trials and compared with them (common random numbers);
-* every layer draws its randomness from its own generator, seeded from ``(seed, layer id)``
-  (:func:`gpuwpo.rng.mix64`), and a frozen layer draws nothing: a layer's search is the same
-  whichever other layers run beside it, so a network's layers may be split over processes or
-  machines (:mod:`gpuwpo.network.distributed`) and give bit for bit the results of one search;
+* every layer draws its randomness from its own generator, the stream ``"search"`` of
+  ``(seed, layer id)`` (:func:`gpuwpo.rng.stream_seed`), and a frozen layer draws nothing: a
+  layer's search is the same whichever other layers run beside it, so a network's layers may be
+  split over processes or machines (:mod:`gpuwpo.network.distributed`) and give bit for bit the
+  results of one search;
 * arguments out of range raise instead of being sorted or clipped (``mutation=(high, low)``, an
   ``init`` population outside the unit cube);
 * no polishing, constraints, integrality or ``maxfun``.
@@ -61,7 +62,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from ..rng import draw_seed, keyed_generator
+from ..rng import draw_seed, stream_generator
 
 __all__ = [
     "STRATEGIES",
@@ -259,10 +260,6 @@ def population_size(dim: int, popsize: int = 15, init: str = "latinhypercube") -
 # randomness
 
 
-#: Key of the DE's random streams (beside the seed and the layer id).
-_STREAM_KEY = 0xDE5EED
-
-
 def _base_seed(seed: int | torch.Generator | None) -> int:
     # gpuwpo.rng's meanings: an int is used whole, a generator gives one draw (from a copy: the
     # caller's generator is not advanced), None is fresh entropy.
@@ -280,9 +277,10 @@ def _base_seed(seed: int | torch.Generator | None) -> int:
 
 def _layer_states(seed: int | torch.Generator | None, layer_ids: Sequence[int],
                   device: torch.device) -> Tensor:
-    """[B, R] uint8: the initial state of each layer's generator, keyed by (seed, layer id)."""
+    """[B, R] uint8: the initial state of each layer's generator: the run's stream "search",
+    keyed by the layer id."""
     base = _base_seed(seed)
-    return torch.stack([keyed_generator(base, _STREAM_KEY, int(i), device=device).get_state()
+    return torch.stack([stream_generator(base, "search", int(i), device=device).get_state()
                         for i in layer_ids])
 
 
@@ -383,14 +381,14 @@ def de_init(
             for every layer) or [B, S, D] in the unit cube, S >= 5.
         x0: [D] or [B, D] warm start in the unit cube; replaces member 0 of the initial
             population (also when ``init`` is a tensor, as in scipy). [B, W, D]: W warm starts
-            per layer (W <= S), replacing members 0 .. W-1 (a search's seeds).
+            per layer (W <= S), replacing members 0 .. W-1 (a search's standard starts).
         strategy: one of :data:`STRATEGIES`.
         mutation: constant in [0, 2), or ``(low, high)`` to dither once per generation.
         recombination: crossover probability in [0, 1].
         tol, atol: a layer converges when ``std(E) <= atol + tol * |mean(E)|``.
         seed: int, a ``torch.Generator`` (one seed is drawn from a copy of it) or ``None``
-            (fresh entropy). Layer b's randomness comes from its own generator (on ``device``),
-            seeded from ``(seed, layer_ids[b])``.
+            (fresh entropy). Layer b's randomness comes from its own generator (on ``device``):
+            the stream ``"search"`` of ``(seed, layer_ids[b])`` (:data:`gpuwpo.rng.STREAMS`).
         device, dtype: default to those of ``init``/``x0`` when tensors, else CPU and torch's
             default dtype.
         layer_ids: [B] distinct ids of the layers (default 0 .. B-1): a search over some of a

@@ -137,7 +137,8 @@ def tnmse_from_programs(
         compensation: :class:`GlobalDriftCompensation` (default) or
             :class:`PerColumnDriftCompensation`, with or without a readout periphery.
         error_amplification: the factor 10 of docs/DESIGN.md section 5.
-        generator: torch.Generator or int seed for all noise of this call.
+        generator: a torch.Generator, an int seed, or None for fresh entropy
+            (:mod:`gpuwpo.rng`): all noise of this call.
         common_random_numbers: True shares one set of device noises by every candidate of a
             layer; False draws independent noise per candidate.
         tile_shape: (out, in) with out * in = N; the tile per-column compensation works on.
@@ -301,7 +302,8 @@ class TNMSEObjective:
             compilation per process; needs a C++ compiler; bench/README.md has its speed).
         device: where the computation runs (default: the test weights' device).
         dtype: float dtype of the computation (default float32).
-        seed: seed of the test-weight shuffle.
+        seed: the run's seed, of the test-weight shuffle (its stream ``"test_tiles"``,
+            :data:`gpuwpo.rng.STREAMS`).
         physics: "device" (default: the programmed devices drift and are read, as on a chip)
             or "aihwkit" (the reference toolkit's inference tile: the programmed weights are
             converted to conductances again before they drift); see :mod:`gpuwpo.device.physics`.

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..device.compensation import GlobalDriftCompensation
-from ..rng import mix64
+from ..rng import stream_seed
 from .backends import BACKENDS, SearchProblem, backend_module, run_search
 from .de import population_size
 from .objective import TNMSEObjective
@@ -234,7 +234,7 @@ class WeightProgrammingOptimizer:
         if self._baseline is None:
             self._baseline = self.objective.evaluate_converter(
                 self.g_converter_baseline, self.options.baseline_iterations,
-                self.options.seed + 1)
+                stream_seed(self.options.seed, "baseline"))
         return self._baseline
 
     def baseline_point(self) -> torch.Tensor | None:
@@ -282,8 +282,8 @@ class WeightProgrammingOptimizer:
                                options=options_record(self.options))
 
     def _noise_seed(self, call: int) -> int:
-        # Different from the baseline and validation seeds, reproducible per evaluation.
-        return mix64(self.options.seed, 0x5EA4C4, call)
+        # The search's noise: one stream per evaluation number (reproducible, and resumable).
+        return stream_seed(self.options.seed, "search_noise", call)
 
     def _search_problem(self, baseline: torch.Tensor) -> SearchProblem:
         margin = float(self.options.loss_margin)
@@ -344,7 +344,7 @@ class WeightProgrammingOptimizer:
     def _rank_starts(self, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Seeds [W, D] ranked per layer by one evaluation on common noise: ([B, W, D], [B, W])."""
         x = starts.to(self.device).unsqueeze(0).expand(self.num_layers, -1, -1)
-        loss = self.objective(x, self._noise_seed(-3))  # [B, W]
+        loss = self.objective(x, stream_seed(self.options.seed, "start_ranking"))  # [B, W]
         order = loss.argsort(dim=-1, stable=True)  # ties in seed order, whatever the batch
         ranked = torch.gather(x, 1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
         return ranked, order
@@ -505,7 +505,7 @@ class WeightProgrammingOptimizer:
 
         D = self.space.dim
         h = 1e-3
-        seed = self._noise_seed(-7)
+        seed = stream_seed(self.options.seed, "polish")
         new_x = x.clone()
         for b in range(self.num_layers):
             sub = self.objective.select_layers([b])

@@ -21,7 +21,7 @@ from torch import Tensor
 from ..checks import check_clip, check_weights
 from ..device.converters import grid_interpolation
 from ..device.sampling import downsample_weight_distribution
-from ..rng import make_generator
+from ..rng import stream_generator
 
 __all__ = ["TestTile", "DEFAULT_TILE", "MAX_TEST_WEIGHTS"]
 
@@ -79,7 +79,9 @@ class TestTile:
             shape: the tile ``(out, in)`` every layer is resampled to; ``None`` keeps the given
                 weights as they are, in their order (layers of one shape: vectors are one row of a
                 tile [1, N], matrices [out, in] are their own tile).
-            seed: seed of the resampling's shuffle.
+            seed: the run's seed; layer b's shuffle is its stream ``"test_tiles"``, keyed by b
+                (:data:`gpuwpo.rng.STREAMS`), so a layer's tile does not depend on the layers
+                before it.
             device, dtype: of the tiles (device default: the first layer's).
             clip: the grid's half-width as a fraction of M, in (0, 1] (see the class).
 
@@ -108,10 +110,10 @@ class TestTile:
                 raise ValueError(f"the test tile {tile[0]} x {tile[1]} has {math.prod(tile)} "
                                  f"weights, more than the {MAX_TEST_WEIGHTS} gpuwpo allows "
                                  f"(default {DEFAULT_TILE[0]} x {DEFAULT_TILE[1]})")
-            gen = make_generator(int(seed), "cpu")
             tests = [downsample_weight_distribution(
                 w.detach().to("cpu", torch.float32).reshape(-1), (math.prod(tile),),
-                generator=gen).to(device=device, dtype=dtype) for w in layers]
+                generator=stream_generator(int(seed), "test_tiles", b, device="cpu"),
+            ).to(device=device, dtype=dtype) for b, w in enumerate(layers)]
         weights = torch.stack(tests)
         m = weights.abs().amax(-1)
         clip = check_clip(clip)
