@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .checks import check_weights
-from .rng import make_generator
+from .rng import stream_generator
 
 if TYPE_CHECKING:  # imported lazily at run time: matplotlib is optional
     from matplotlib.figure import Figure
@@ -224,7 +224,8 @@ def weight_error_histograms(
         compensation: drift compensation (default ideal global).
         physics: "device" or "aihwkit" (see :mod:`gpuwpo.device.physics`).
         repeats: independent programmings pooled per histogram.
-        seed: seed of the noise (one generator, both strategies drawn in turn).
+        seed: seed of the noise: its stream ``"weight_errors"`` (:data:`gpuwpo.rng.STREAMS`),
+            one generator, both strategies drawn in turn.
         path: where to save the figure (optional).
 
     Returns:
@@ -248,7 +249,7 @@ def weight_error_histograms(
     noise_model = PCMLikeNoiseModel(g_max=25.0) if noise_model is None else noise_model
     baseline = _default_baseline() if baseline is None else baseline
     t_steps = [float(t) for t in t_steps]
-    gen = make_generator(int(seed))
+    gen = stream_generator(int(seed), "weight_errors")
     rows, cols = len(converters), len(t_steps)
     fig, axes = plt.subplots(rows, cols, figsize=(2.8 * cols + 0.6, 2.5 * rows + 0.6),
                              squeeze=False, sharex="row")

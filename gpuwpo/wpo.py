@@ -29,17 +29,19 @@ Differences from the reference, on purpose:
   with
   confidence, ``run_optimizer`` returns the baseline's own program as a CustomPair (its exact
   encoding at the grid points) and success False.
-* Randomness is seeded: the test weights are shuffled with ``seed`` (the reference shuffles with
-  numpy's unseeded global generator), and the module functions take an optional ``generator``.
+* Randomness is seeded: the test weights are shuffled with ``seed`` (its stream ``"test_tiles"``,
+  :data:`gpuwpo.rng.STREAMS`; the reference shuffles with numpy's unseeded global generator),
+  and the module functions take an optional ``generator`` (:mod:`gpuwpo.rng`'s meaning: a
+  generator, an int seed, or None for fresh entropy; torch's global generator is never used).
 * ``workers`` is accepted and has no effect (the population is one batched evaluation), and
   ``device`` chooses where gpuwpo computes.
 * :func:`loss_fxn` also takes a population ``x`` [P, D] and returns [P].
 
 This module keeps the reference's search defaults (population 100 x D, 200 generations,
 best1bin, mutation 0.1, recombination 0.3, a population without the standard converters as
-seeds), which :class:`gpuwpo.WeightProgrammingOptimizer` does not have to: gpuwpo's own are in
-:class:`gpuwpo.search.options.SearchOptions`, chosen from measured curves (README.md, "Defaults";
-``bench/quality.py``).
+standard starts), which :class:`gpuwpo.WeightProgrammingOptimizer` does not have to: gpuwpo's
+own are in :class:`gpuwpo.search.options.SearchOptions`, chosen from measured curves (README.md,
+"Defaults"; ``bench/quality.py``).
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ from .device.noise import PCMLikeNoiseModel
 from .device.sampling import downsample_weight_distribution as _downsample
 from .device.sampling import shuffle_weights as _shuffle
 from .device.simulate import as_time_tensor, simulate_weights
-from .rng import make_generator
+from .rng import make_generator, stream_generator
 from .search.optimizer import WeightProgrammingOptimizer as _Optimizer
 from .search.strategy import StrategySpace
 
@@ -177,25 +179,27 @@ def _program_converter(f_lst: Sequence[float], g_lst: Sequence[Sequence[float]],
 # --------------------------------------------------------------------------------------------
 
 
-def shuffle_weights(weights: Tensor, generator: torch.Generator | None = None) -> Tensor:
+def shuffle_weights(weights: Tensor, generator: torch.Generator | int | None = None) -> Tensor:
     """The weights in a random order, same shape (the reference's ``shuffle_weights``).
 
-    ``generator``: source of the permutation (gpuwpo's addition; None draws a fresh one).
+    ``generator``: source of the permutation (gpuwpo's addition): a generator, an int seed, or
+    None for fresh entropy (:mod:`gpuwpo.rng`).
     """
-    return _shuffle(weights, make_generator(generator, weights.device))
+    return _shuffle(weights, generator)
 
 
 def downsample_weight_distribution(weights: Tensor, shape: torch.Size | Sequence[int],
-                                   generator: torch.Generator | None = None) -> Tensor:
+                                   generator: torch.Generator | int | None = None) -> Tensor:
     """The weights' distribution resampled to ``shape`` (sorted, interpolated, shuffled).
 
     As the reference's: linear interpolation of the sorted weights at evenly spaced ranks (the
-    extremes kept; upsampling works too), then a shuffle. ``generator`` is gpuwpo's addition.
+    extremes kept; upsampling works too), then a shuffle. ``generator`` is gpuwpo's addition (a
+    generator, an int seed, or None for fresh entropy).
     """
     weights = torch.as_tensor(weights)
     if not weights.is_floating_point():
         weights = weights.float()
-    return _downsample(weights, tuple(shape), make_generator(generator, weights.device))
+    return _downsample(weights, tuple(shape), generator)
 
 
 def stop_criterion(intermediate_result: Any) -> None:
@@ -279,7 +283,8 @@ def denormalize(x: Any, d: dict) -> tuple[list[float], list[list[float]]]:
 
 def _tnmse_samples(rpu_config: Any, test_weights: Tensor, t_steps: Sequence[float],
                    max_abs_weight_unitless: Any, repeats: int,
-                   generator: torch.Generator | None, *, check_mapping: bool = True) -> Tensor:
+                   generator: torch.Generator | int | None, *,
+                   check_mapping: bool = True) -> Tensor:
     """TNMSE of ``repeats`` programmings of the tile ``test_weights.T`` [out, in], as the
     reference's loss_weights computes one (its normalisation included)."""
     noise_model, compensation, converter = _physics_of(rpu_config, check_mapping=check_mapping)
@@ -315,7 +320,7 @@ def _model_config(model: Any) -> tuple[Any, int, int]:
 def loss_weights(model: Any, t_steps: Sequence[float], test_weights: Tensor,
                  max_abs_weight_unitless: Any, loss_baseline: float, loss_margin: float,
                  get_baseline: bool = False, *,
-                 generator: torch.Generator | None = None) -> float:
+                 generator: torch.Generator | int | None = None) -> float:
     """TNMSE of one programming of ``test_weights`` [in, out] on ``model``'s tile.
 
     As the reference's: the layer is programmed afresh at every time of ``t_steps``, drifted,
@@ -335,7 +340,7 @@ def loss_weights(model: Any, t_steps: Sequence[float], test_weights: Tensor,
     return tnmse if get_baseline else (tnmse - loss_baseline) / loss_baseline + loss_margin
 
 
-def loss_rpu_config(d: dict, *, generator: torch.Generator | None = None) -> float:
+def loss_rpu_config(d: dict, *, generator: torch.Generator | int | None = None) -> float:
     """The loss of ``d["rpu_config"]``'s converter on the test weights, as the reference's.
 
     ``d`` holds rpu_config, t_steps, weights_downsampled_unitless [in, out],
@@ -478,7 +483,8 @@ class WeightProgrammingOptimizer:
         self.result = None
         w = torch.as_tensor(weights).detach()
         w = (w if w.is_floating_point() else w.float()).to("cpu").reshape(-1)
-        gen = make_generator(int(self.seed))
+        # The run's test-tile stream (gpuwpo.rng.STREAMS), as gpuwpo's own tiles of layer 0.
+        gen = stream_generator(int(self.seed), "test_tiles", 0)
         self.weights_downsampled_unitless = downsample_weight_distribution(
             w, torch.Size([self.test_in_features, self.test_out_features]), gen)
         self.max_abs_weight_unitless = self.weights_downsampled_unitless.abs().max()

@@ -42,6 +42,7 @@ import math
 import torch
 
 from ..registry import Serializable
+from ..rng import make_generator
 
 __all__ = ["GlobalDriftCompensation", "PerColumnDriftCompensation", "kernel_compensation",
            "AIHWKIT_OUT_NOISE", "AIHWKIT_OUT_BOUND", "AIHWKIT_OUT_RES", "AIHWKIT_INP_RES",
@@ -200,6 +201,11 @@ class GlobalDriftCompensation(Serializable):
         )
 
     # -- the readout periphery ------------------------------------------------------------
+    def _draws(self, z_given: bool) -> bool:
+        """Whether a readout may draw noise: a noisy periphery without explicit draws, or with
+        bound management (whose repeated passes always draw)."""
+        return self.readout_noise > 0.0 and (not z_given or self.bound_management)
+
     def _input_value(self, reduction: float, like: torch.Tensor) -> torch.Tensor | float:
         """The one-hot input 1 after the reduction and the input quantisation (a scalar)."""
         x = torch.tensor(1.0 / reduction, dtype=like.dtype, device=like.device)
@@ -221,7 +227,7 @@ class GlobalDriftCompensation(Serializable):
     def readout(
         self,
         w: torch.Tensor,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | int | None = None,
         *,
         z: torch.Tensor | None = None,
         tile_ndim: int = 1,
@@ -230,11 +236,14 @@ class GlobalDriftCompensation(Serializable):
 
         Returns ``w`` itself when the periphery is ideal. ``z`` (standard normals broadcastable
         with ``w``) replaces the random draw of the first pass's noise; a repeated pass of the
-        bound management always draws fresh noise from ``generator``. ``tile_ndim``: how many
-        trailing dimensions form one tile (the unit of the bound management's test).
+        bound management always draws fresh noise from ``generator`` (a generator, an int seed,
+        or None for fresh entropy, :mod:`gpuwpo.rng`). ``tile_ndim``: how many trailing
+        dimensions form one tile (the unit of the bound management's test).
         """
         if self.is_ideal and self.input_step == 0.0:
             return w
+        if self._draws(z is not None):
+            generator = make_generator(generator, w.device)
         noisy = self.readout_noise > 0.0
         if noisy and z is None:
             z = torch.randn(w.shape, generator=generator, dtype=w.dtype, device=w.device)
@@ -246,7 +255,7 @@ class GlobalDriftCompensation(Serializable):
         return out
 
     def _manage_bounds(self, w: torch.Tensor, out: torch.Tensor,
-                       generator: torch.Generator | None, tile_ndim: int) -> torch.Tensor:
+                       generator: torch.Generator, tile_ndim: int) -> torch.Tensor:
         """Iterative bound management: tiles whose readout clips are read again, reduced."""
         bound = self.readout_bound
         dims = tuple(range(-tile_ndim, 0))
@@ -286,7 +295,7 @@ class GlobalDriftCompensation(Serializable):
         self,
         w_programmed: torch.Tensor,
         w_t: torch.Tensor,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | int | None = None,
         *,
         tile_ndim: int = 1,
         z: tuple[torch.Tensor, torch.Tensor] | None = None,
@@ -300,7 +309,9 @@ class GlobalDriftCompensation(Serializable):
                 one reference readout shared by all times.
             w_t: weights at inference time t, shape broadcastable with ``w_programmed``
                 (e.g. ``[T, ..., *tile]``).
-            generator: source of the readout noise (unused for an ideal periphery).
+            generator: source of the readout noise (unused for an ideal periphery): a
+                generator, an int seed, or None for fresh entropy (:mod:`gpuwpo.rng`); both
+                readouts draw from it in turn.
             tile_ndim: how many trailing dimensions form one tile (per-column: at least 2; the
                 bound management tests whole tiles).
             z: explicit standard normals (reference readout, time-t readout), broadcastable
@@ -317,6 +328,9 @@ class GlobalDriftCompensation(Serializable):
         # Reduce before broadcasting: the reference readout of a tile shared by several times
         # is one readout (one noise draw) and costs one pass, not T.
         z_ref, z_t = (None, None) if z is None else z
+        if self._draws(z_ref is not None and z_t is not None):
+            # Made once: an int seed would give both readouts the same numbers.
+            generator = make_generator(generator, w_t.device)
         if self.exact_reference:
             if w_ideal is None:
                 raise ValueError("exact_reference compensation needs the ideal weights w_ideal")

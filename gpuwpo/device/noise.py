@@ -24,8 +24,10 @@ Nandakumar et al., ICECS 2019, as used by IBM's aihwkit).
 All conductances are in micro-Siemens, all times in seconds. Every method works on tensors of
 any shape (the leading dimensions are batch dimensions: layers, candidates, time steps, repeats),
 returns a tensor of the input's floating dtype on the input's device, and draws its standard
-normals through an explicit ``torch.Generator`` -- or takes them from the keyword ``z=`` so that
-the formulas can be checked exactly.
+normals from ``generator`` (:mod:`gpuwpo.rng`'s meaning: a ``torch.Generator``, an int seed, or
+None for fresh entropy; torch's global generator is never used) -- or takes them from the keyword
+``z=`` so that the formulas can be checked exactly (the hot path always passes ``z``, and then
+``generator`` is not even looked at).
 
 Which device models the fused Triton kernel implements is an explicit whitelist
 (:func:`kernel_physics`): a class declares it in its own body (``kernel_physics = "pcm"``), and a
@@ -42,6 +44,7 @@ from typing import Any, NamedTuple
 import torch
 
 from ..registry import Serializable
+from ..rng import make_generator
 
 __all__ = ["DeviceModel", "PCMLikeNoiseModel", "CustomDriftPCMLikeNoiseModel", "PreparedTargets",
            "kernel_physics"]
@@ -115,14 +118,23 @@ def _as_float_tensor(x: torch.Tensor | float) -> torch.Tensor:
 def _normal(
     shape: torch.Size,
     like: torch.Tensor,
-    generator: torch.Generator | None,
+    generator: torch.Generator | int | None,
     z: torch.Tensor | None,
 ) -> torch.Tensor:
     """Standard normals of ``shape`` in ``like``'s dtype/device, or the given ``z`` (cast)."""
     if z is not None:
         # Cast so that float64 draws never promote a float32 computation (and vice versa).
         return torch.as_tensor(z).to(dtype=like.dtype, device=like.device)
-    return torch.randn(shape, generator=generator, dtype=like.dtype, device=like.device)
+    return torch.randn(shape, generator=make_generator(generator, like.device), dtype=like.dtype,
+                       device=like.device)
+
+
+def _drawing(generator: torch.Generator | int | None, z: torch.Tensor | None,
+             like: torch.Tensor) -> torch.Generator | int | None:
+    """The generator a physics method draws from: made once here (an int seed, None's fresh
+    entropy) when it will draw, so a subclass's method never hands None to torch (its global
+    generator); untouched when ``z`` is given (the hot path: no work per call)."""
+    return generator if z is not None else make_generator(generator, like.device)
 
 
 class DeviceModel(Serializable):
@@ -135,7 +147,9 @@ class DeviceModel(Serializable):
     class is created): they are how every path of gpuwpo -- the batched objective, the baseline,
     :func:`gpuwpo.simulate_weights` -- reaches the three methods, so a device written once works
     everywhere. Every method takes explicit standard normals ``z`` (the objective's common random
-    numbers and chunk-independent noise depend on it) or draws them from ``generator``.
+    numbers and chunk-independent noise depend on it) or draws them from ``generator`` (a
+    ``torch.Generator``, an int seed, or None for fresh entropy, :mod:`gpuwpo.rng`); the
+    hot-path methods hand the three physics methods a ``torch.Generator`` whenever they draw.
 
     The Triton kernel never runs a device model that is not whitelisted by name in its own class
     body (see :func:`kernel_physics`).
@@ -154,14 +168,14 @@ class DeviceModel(Serializable):
 
     # -- the physics (the reference's names) -----------------------------------------------
     def apply_programming_noise_to_conductance(
-        self, g_target: torch.Tensor, generator: torch.Generator | None = None, *,
+        self, g_target: torch.Tensor, generator: torch.Generator | int | None = None, *,
         z: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Programmed conductances (uS) for targets ``g_target`` (uS, ``[...]``)."""
         raise NotImplementedError
 
     def generate_drift_coefficients(
-        self, g_target: torch.Tensor, generator: torch.Generator | None = None, *,
+        self, g_target: torch.Tensor, generator: torch.Generator | int | None = None, *,
         z: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Per-device drift parameters drawn from the TARGET conductances (``[...]``)."""
@@ -169,7 +183,7 @@ class DeviceModel(Serializable):
 
     def apply_drift_noise_to_conductance(
         self, g_prog: torch.Tensor, nu: torch.Tensor, t_inference: TimeLike,
-        generator: torch.Generator | None = None, *, z: torch.Tensor | None = None,
+        generator: torch.Generator | int | None = None, *, z: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Conductances (uS) read ``t_inference`` seconds after programming ended."""
         raise NotImplementedError
@@ -184,19 +198,23 @@ class DeviceModel(Serializable):
         return PreparedTargets(_as_float_tensor(g_target))
 
     def program(self, prepared: PreparedTargets, z: torch.Tensor | None = None,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+                generator: torch.Generator | int | None = None) -> torch.Tensor:
         """Programmed conductances of the prepared targets, ``broadcast([...], z.shape)``."""
-        return self.apply_programming_noise_to_conductance(prepared.g_target, generator, z=z)
+        g = prepared.g_target
+        return self.apply_programming_noise_to_conductance(g, _drawing(generator, z, g), z=z)
 
     def drift_coefficients(self, prepared: PreparedTargets, z: torch.Tensor | None = None,
-                           generator: torch.Generator | None = None) -> torch.Tensor:
+                           generator: torch.Generator | int | None = None) -> torch.Tensor:
         """Drift coefficients drawn from the prepared targets, ``broadcast([...], z.shape)``."""
-        return self.generate_drift_coefficients(prepared.g_target, generator, z=z)
+        g = prepared.g_target
+        return self.generate_drift_coefficients(g, _drawing(generator, z, g), z=z)
 
     def drift_and_read(self, g_read: torch.Tensor, nu: torch.Tensor, t_inference: TimeLike,
                        z: torch.Tensor | None = None,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
+                       generator: torch.Generator | int | None = None) -> torch.Tensor:
         """Conductances ``g_read`` (uS) drifted with ``nu`` and read at ``t_inference`` s."""
+        if z is None:
+            generator = _drawing(generator, z, torch.as_tensor(g_read))
         return self.apply_drift_noise_to_conductance(g_read, nu, t_inference, generator, z=z)
 
     def program_drift_read_step(
@@ -206,12 +224,16 @@ class DeviceModel(Serializable):
         z_prog: torch.Tensor | None = None,
         z_drift: torch.Tensor | None = None,
         z_read: torch.Tensor | None = None,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Program the prepared targets, draw nu, drift and read the programmed devices.
 
-        The device physics of one time step (docs/DESIGN.md section 2): ``(g_prog, g_t)``.
+        The device physics of one time step (docs/DESIGN.md section 2): ``(g_prog, g_t)``. The
+        noises not given are drawn in that order from one generator (an int seed makes it once,
+        so the three noises are not the same numbers).
         """
+        if z_prog is None or z_drift is None or z_read is None:
+            generator = make_generator(generator, prepared.g_target.device)
         g_prog = self.program(prepared, z_prog, generator)
         nu = self.drift_coefficients(prepared, z_drift, generator)
         return g_prog, self.drift_and_read(g_prog, nu, t_inference, z_read, generator)
@@ -322,7 +344,7 @@ class PCMLikeNoiseModel(DeviceModel):
         return (c0 + x * (c1 + x * c2)) * (self.g_max / self.g_ref)
 
     def apply_programming_noise_to_conductance(self, g_target: torch.Tensor,
-                                               generator: torch.Generator | None = None, *,
+                                               generator: torch.Generator | int | None = None, *,
                                                z: torch.Tensor | None = None) -> torch.Tensor:
         """Programmed conductances ``g_p = max(0, g + prog_noise_scale * sigma_prog(g) * z)``.
 
@@ -353,7 +375,7 @@ class PCMLikeNoiseModel(DeviceModel):
         return mu, sigma
 
     def generate_drift_coefficients(self, g_target: torch.Tensor,
-                                    generator: torch.Generator | None = None, *,
+                                    generator: torch.Generator | int | None = None, *,
                                     z: torch.Tensor | None = None) -> torch.Tensor:
         """Drift coefficients ``nu = |mu(g) + sigma(g) z| * drift_scale`` of the TARGET g.
 
@@ -372,7 +394,7 @@ class PCMLikeNoiseModel(DeviceModel):
         g_prog: torch.Tensor,
         nu: torch.Tensor,
         t_inference: TimeLike,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | int | None = None,
         *,
         z: torch.Tensor | None = None,
     ) -> torch.Tensor:
@@ -458,7 +480,7 @@ class PCMLikeNoiseModel(DeviceModel):
         return PreparedTargets(g, self.prog_noise_scale * self.programming_noise_std(g), mu, sigma)
 
     def program(self, prepared: PreparedTargets, z: torch.Tensor | None = None,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+                generator: torch.Generator | int | None = None) -> torch.Tensor:
         """``g_p = max(0, g + prog_noise_scale * sigma_prog(g) * z)``, fused."""
         if not self._fast_path():
             return DeviceModel.program(self, prepared, z, generator)
@@ -467,7 +489,7 @@ class PCMLikeNoiseModel(DeviceModel):
         return torch.addcmul(g, prepared.prog_std, z).clamp_(min=0.0)
 
     def drift_coefficients(self, prepared: PreparedTargets, z: torch.Tensor | None = None,
-                           generator: torch.Generator | None = None) -> torch.Tensor:
+                           generator: torch.Generator | int | None = None) -> torch.Tensor:
         """``nu = |mu(g) + sigma(g) z| * drift_scale``, fused."""
         if not self._fast_path():
             return DeviceModel.drift_coefficients(self, prepared, z, generator)
@@ -478,7 +500,7 @@ class PCMLikeNoiseModel(DeviceModel):
 
     def drift_and_read(self, g_read: torch.Tensor, nu: torch.Tensor, t_inference: TimeLike,
                        z: torch.Tensor | None = None,
-                       generator: torch.Generator | None = None) -> torch.Tensor:
+                       generator: torch.Generator | int | None = None) -> torch.Tensor:
         """Drift and 1/f read noise of conductances ``g_read >= 0`` at one time, fused.
 
         Exactly :meth:`apply_drift_noise_to_conductance` for a single time (a float or a 0-d

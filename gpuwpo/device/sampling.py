@@ -13,6 +13,8 @@ import math
 import numpy as np
 import torch
 
+from ..rng import make_generator
+
 __all__ = ["downsample_weight_distribution", "shuffle_weights"]
 
 # Output elements interpolated per step: bounds the int64/float64 temporaries to a few tens of
@@ -50,7 +52,7 @@ def _sorted_values(flat: torch.Tensor) -> torch.Tensor:
 def downsample_weight_distribution(
     weights: torch.Tensor,
     shape: int | tuple[int, ...],
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | int | None = None,
 ) -> torch.Tensor:
     """Resample the distribution of ``weights`` to ``prod(shape)`` values, shuffled.
 
@@ -66,7 +68,9 @@ def downsample_weight_distribution(
     Args:
         weights: floating tensor of any shape (``n`` elements), finite.
         shape: output shape, an int or a tuple of positive ints.
-        generator: source of the shuffle (on the weights' device).
+        generator: source of the shuffle: a generator (on the weights' device), an int seed,
+            or None for fresh entropy (:mod:`gpuwpo.rng`; torch's global generator is never
+            used).
 
     Returns:
         tensor of shape ``shape``, dtype and device of ``weights``.
@@ -114,17 +118,19 @@ def downsample_weight_distribution(
 
 
 def shuffle_weights(
-    weights: torch.Tensor, generator: torch.Generator | None = None
+    weights: torch.Tensor, generator: torch.Generator | int | None = None
 ) -> torch.Tensor:
     """A random permutation of the elements of ``weights``, in its shape, dtype and device.
 
     Args:
         weights: tensor of any shape.
-        generator: source of ``torch.randperm`` (on the weights' device).
+        generator: source of ``torch.randperm``: a generator (on the weights' device), an int
+            seed, or None for fresh entropy (:mod:`gpuwpo.rng`).
 
     Returns:
         tensor of ``weights.shape`` holding the same multiset of values.
     """
     flat = weights.reshape(-1)
-    perm = torch.randperm(flat.numel(), generator=generator, device=weights.device)
+    gen = make_generator(generator, weights.device)
+    perm = torch.randperm(flat.numel(), generator=gen, device=weights.device)
     return flat[perm].reshape(weights.shape)

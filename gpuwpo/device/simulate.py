@@ -55,17 +55,19 @@ class DeviceNoise(NamedTuple):
 def sample_device_noise(
     shape: Sequence[int],
     *,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | int | None = None,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> DeviceNoise:
     """Draw the three device noises, each a standard normal tensor of ``shape``.
 
-    The draws are made in a fixed order (programming, drift, read) from ``generator``, so the
-    same generator state gives the same noise.
+    The draws are made in a fixed order (programming, drift, read) from ``generator`` (a
+    generator on ``device``, an int seed, or None for fresh entropy, :mod:`gpuwpo.rng`), so the
+    same generator state gives the same noise. ``device`` defaults to torch's default device.
     """
     shape = tuple(int(s) for s in shape)
-    kw = {"generator": generator, "dtype": dtype, "device": device}
+    device = torch.get_default_device() if device is None else torch.device(device)
+    kw = {"generator": make_generator(generator, device), "dtype": dtype, "device": device}
     return DeviceNoise(torch.randn(shape, **kw), torch.randn(shape, **kw), torch.randn(shape, **kw))
 
 
@@ -133,7 +135,7 @@ def program_drift_read(
     noise_model,
     t_steps: torch.Tensor,
     *,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | int | None = None,
     noise: DeviceNoise | None = None,
     time_dim: int = -3,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,7 +148,8 @@ def program_drift_read(
         g_target: target conductances [..., R, N] in uS (R devices, N weights).
         noise_model: a :class:`gpuwpo.device.noise.DeviceModel`.
         t_steps: inference times [T] in seconds after programming.
-        generator: source of the noise when ``noise`` is not given.
+        generator: source of the noise when ``noise`` is not given: a generator, an int seed,
+            or None for fresh entropy (:mod:`gpuwpo.rng`).
         noise: explicit standard-normal draws broadcastable to [..., T, R, N].
         time_dim: must be -3 (the time axis is inserted just before the device axis); kept
             as a keyword so that call sites state the layout they rely on.

@@ -10,6 +10,7 @@ from torch import nn
 
 from ..device.physics import check_physics
 from ..device.simulate import as_time_tensor, simulate_weights
+from ..rng import make_generator
 from .layers import select_weights
 from .result import NetworkResult
 
@@ -21,7 +22,7 @@ def program_model(
     result_or_converters,
     noise_model,
     t_inference: float,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | int | None = None,
     compensation=None,
     *,
     physics: str = "device",
@@ -39,9 +40,11 @@ def program_model(
             or one converter (e.g. the baseline DualPair) applied to every Linear/Conv weight.
         noise_model: the PCM device model.
         t_inference: seconds after programming (one time).
-        generator: source of all noise (on the weights' device); None uses torch's default.
+        generator: source of all noise, every layer's in turn: a generator (on the weights'
+            device), an int seed, or None for fresh entropy (:mod:`gpuwpo.rng`; torch's global
+            generator is never used).
         compensation: drift compensation (default ideal global).
-        physics: "device" or "aihwkit" (see :mod:`gpuwpo.physics`).
+        physics: "device" or "aihwkit" (see :mod:`gpuwpo.device.physics`).
 
     Returns:
         The programmed copy (same class, same dtypes and devices).
@@ -77,13 +80,18 @@ def program_model(
         if tuple(params[name].shape) != shape:
             raise ValueError(f"the model's {name!r} has shape {tuple(params[name].shape)}, the "
                              f"result was made for {shape}")
+    gen = None
     with torch.no_grad():
         for name, conv in converters.items():
             param = params[name]
             w = param.detach()
             # Simulate in at least float32: half-precision physics would be noise of its own.
             work = w if w.dtype in (torch.float32, torch.float64) else w.float()
+            if gen is None:
+                # One generator for all layers: an int seed made into a generator per layer
+                # would program every layer with the same numbers.
+                gen = make_generator(generator, work.device)
             eff = simulate_weights(work, conv, noise_model, t, compensation, repeats=1,
-                                   generator=generator, physics=physics)[0, 0]
+                                   generator=gen, physics=physics)[0, 0]
             param.copy_(eff.to(param.dtype))
     return programmed
