@@ -94,15 +94,21 @@ def test_every_algorithm_solves_the_sphere_in_the_cube(algorithm):
     assert out.history.shape == (B, out.nit) and 1 <= out.nit <= FAST["maxiter"]
     assert out.x.device == torch.device("cpu") and out.x.dtype == torch.float32
     assert bool(((out.x >= 0) & (out.x <= 1)).all())
-    # fun is the loss at the reported (reflected) x, and the history never gets worse
+    # fun is the loss at the reported (reflected) x; the elitist searches (DE, GA) never lose
+    # their best, so on a noiseless loss their history never gets worse (CMA-ES and SNES report
+    # the best of each new sample, which may)
     torch.testing.assert_close(out.fun, ((out.x - CENTRES) ** 2).sum(-1))
-    assert bool((out.history[:, 1:] <= out.history[:, :-1]).all())
+    if algorithm in ("de", "ga"):
+        assert bool((out.history[:, 1:] <= out.history[:, :-1]).all())
     torch.testing.assert_close(out.history[:, -1], out.fun)
     # each layer is its own search numbering its evaluations 0, 1, 2, ...; a loss that does not
-    # take `layers` gets every row and the layer keeps its own
-    per_layer = len(sphere.calls) // B
-    assert sorted(sphere.calls) == sorted(list(range(per_layer)) * B)
-    assert out.extra["calls"] == len(sphere.calls)
+    # take `layers` gets every row and the layer keeps its own. Single candidates are
+    # incumbents measured again on a past call's noise (its number repeated).
+    searched = [c for c, s in zip(sphere.calls, sphere.shapes) if s[1] > 1]
+    per_layer = len(searched) // B
+    assert sorted(searched) == sorted(list(range(per_layer)) * B)
+    assert out.extra["calls"] == len(searched)
+    assert set(sphere.calls) == set(searched)
     assert all(s[0] == B and s[2] == D for s in sphere.shapes)
     assert out.nfev == sum(s[1] for s in sphere.shapes)
     # far below the best of the first population
@@ -117,7 +123,8 @@ def test_population_size_is_popsize_times_dim_for_every_algorithm():
         sphere = Sphere()
         robust = {"noise_robust": False} if algorithm in ("de", "ga") else {}
         search(sphere.problem(), algorithm=algorithm, popsize=3, maxiter=2, **robust)
-        sizes = {s[1] for s in sphere.shapes}
+        # (one candidate: an incumbent measured again on its generation's noise)
+        sizes = {s[1] for s in sphere.shapes} - {1}
         assert sizes == {3 * D}, (algorithm, sizes)
 
 
@@ -138,7 +145,8 @@ def test_layers_are_independent_searches():
     n = alone.history.shape[1]
     torch.testing.assert_close(both.history[:1, :n], alone.history, rtol=0, atol=0)
     assert bool((both.history[0, n:] == alone.history[0, -1]).all())
-    # Layer b is seeded with mix64(seed, b): the second layer's stream is not the first's.
+    # Layer b draws from the stream "search" keyed by its id: a one-layer search (id 0) of the
+    # second layer's problem is not the second layer's search.
     second = search(Sphere(CENTRES[1:]).problem(), algorithm="de", popsize=5, maxiter=10, seed=7)
     assert not torch.equal(both.history[1:], second.history)
 
@@ -176,7 +184,8 @@ def test_de_noise_robust_reevaluates_parents_in_the_same_call():
     assert [s[1] for s in sphere.shapes] == [20, 40] * B + [40] * 2 * B
     sphere = Sphere()
     search(sphere.problem(), algorithm="de", popsize=5, maxiter=3, noise_robust=False)
-    assert [s[1] for s in sphere.shapes] == [20] * 4 * B
+    # (single candidates: incumbents measured again on the generation's noise)
+    assert [s[1] for s in sphere.shapes if s[1] > 1] == [20] * 4 * B
 
 
 def test_x0_and_init_population_are_used():

@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ __all__ = [
     "Checkpoint",
     "Checkpointing",
     "Stage",
+    "PeriodicCheckpoint",
     "digest",
     "PHYSICS_FIELDS",
     "UNRECORDED_OPTIONS",
@@ -466,3 +467,55 @@ class Stage:
             return
         self.run.stages[self.name] = (dict(tensors), {**meta, "identity": self.identity})
         write_checkpoint(self.run.path, Checkpoint(self.run.fingerprint, dict(self.run.stages)))
+
+
+class PeriodicCheckpoint:
+    """The save loop of a search stage, written once for every backend that checkpoints.
+
+    A backend runs its generations inside ``with PeriodicCheckpoint(...) as saves:``, calls
+    :meth:`generation` at the end of every complete generation with the state to continue from,
+    and :meth:`finish` with its final state. The stage is saved
+
+    * every ``stage.every`` generations (numbered over the whole run, so a resumed run saves at
+      the generations the uninterrupted one does),
+    * at the end (:meth:`finish`), and
+    * when a KeyboardInterrupt leaves the ``with`` block: the last complete generation (before
+      the first one, the state the stage resumed from), so that Ctrl-C loses nothing and a
+      resumed run continues where it stopped. The interrupt then goes on up.
+
+    Args:
+        stage: the stage to save (None, or a stage of a run that does not save: nothing is
+            saved and the calls cost nothing).
+        record: ``record(state) -> (tensors, meta)``, the backend's own record of its state
+            (the inverse of its restore).
+        resumed: the state the stage resumed from (None when it starts afresh).
+    """
+
+    def __init__(self, stage: Stage | None,
+                 record: Callable[[Any], tuple[Mapping[str, Tensor], Mapping[str, Any]]],
+                 resumed: Any = None) -> None:
+        self.stage = stage
+        self.record = record
+        self.saves = stage is not None and stage.saves
+        self._latest = resumed if self.saves else None
+
+    def generation(self, nit: int, state: Any) -> None:
+        """The run has completed generation ``nit`` (of the whole run) and is at ``state``."""
+        if not self.saves:
+            return
+        self._latest = state
+        if nit % self.stage.every == 0:
+            self.stage.save(*self.record(state))
+
+    def finish(self, state: Any) -> None:
+        """The stage's search has ended at ``state``: save it."""
+        if self.saves:
+            self.stage.save(*self.record(state))
+
+    def __enter__(self) -> PeriodicCheckpoint:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        if kind is not None and issubclass(kind, KeyboardInterrupt) and self._latest is not None:
+            self.stage.save(*self.record(self._latest))
+        return False  # the interrupt (or any error) goes on up

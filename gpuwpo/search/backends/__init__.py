@@ -2,16 +2,16 @@
 
 Every backend takes a :class:`SearchProblem` (a batched loss over the unit hypercube, the layers
 on the leftmost axis) and :class:`gpuwpo.search.options.SearchOptions`, calls the callback with an
-:class:`IntermediateResult` after every generation, and returns a :class:`SearchOutcome`.
-Backends know nothing of the physics; the objective knows nothing of the search. Each declares
-in ``ACCEPTS`` the options it honours; :func:`run_search` refuses one given explicitly that it
-cannot honour.
+:class:`IntermediateResult` after every generation, and returns a :class:`SearchOutcome`, with
+one meaning of ``x``, ``fun``, ``history`` and the generation count for all
+(:mod:`gpuwpo.search.backends.base`). Backends know nothing of the physics; the objective knows
+nothing of the search. Each declares in ``accepts`` the options it honours; :func:`run_search`
+refuses one given explicitly that it cannot honour.
 
 * ``"torch"`` (default): differential evolution in torch (:mod:`gpuwpo.search.de`), all layers in
-one
-  tensor program on the objective's device, noise-robust selection, checkpoint and resume.
-* ``"scipy"``: :func:`scipy.optimize.differential_evolution` (vectorized, deferred updating),
-  layers one after another; the reference the torch engine is tested against.
+  one tensor program on the objective's device, noise-robust selection, checkpoint and resume.
+* ``"scipy"``: scipy's differential evolution (vectorized, deferred updating), one search per
+  layer stepped a generation at a time; the reference the torch engine is tested against.
 * ``"evotorch"``: EvoTorch's CMA-ES, SNES or GA, or a DE written as an EvoTorch
   ``SearchAlgorithm`` (imported lazily), one searcher per layer; the DE checkpoints and resumes.
 """

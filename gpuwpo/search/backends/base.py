@@ -1,4 +1,29 @@
-"""What every search backend receives and returns, and what its callback sees."""
+"""What every search backend receives and returns, and what its callback sees.
+
+What a search reports means the same in every backend (torch, scipy, EvoTorch's DE, CMA-ES,
+SNES and GA), defined here once:
+
+* A **generation**: every layer still searching proposes one batch of candidates and evaluates
+  it (a layer's first generation also evaluates its initial population, as in scipy). A layer
+  that has converged stops; the others go on.
+* ``nit`` (and the callback's ``generation``): the generations run, the most that any layer
+  ran. The callback is called once after each, with 1, 2, 3, ...; a run of any number of layers
+  with ``maxiter`` and no convergence reports ``nit == maxiter`` whichever backend ran it.
+* ``x[b]``: layer b's **incumbent**, the point the backend would return if it stopped now: the
+  member of the layer's current population that its algorithm ranks best (the DE's member 0;
+  the GA's best member; CMA-ES's and SNES's best of the latest sampled population), in the
+  unit cube.
+* ``fun[b]``: the incumbent's loss **on the noise of layer b's latest evaluation** (its last
+  loss call): its value in that call when it was among the call's candidates, otherwise it is
+  evaluated once more with that call's number, i.e. on the same noise
+  (:func:`incumbent_loss`). It is one noisy draw, never a minimum over draws: a point kept for
+  one lucky draw is measured again in the next generation, so ``fun`` does not grow optimistic
+  with the length of the search (it is optimistic only by the choice within one call).
+* ``history[b, g - 1]``: ``fun[b]`` after generation g (g = 1 .. nit); once layer b has stopped
+  it repeats its last value.
+* ``nfev``: candidates evaluated, all layers together, the incumbents' extra evaluations
+  included.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +33,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-__all__ = ["SearchProblem", "SearchOutcome", "IntermediateResult", "notify"]
+__all__ = ["SearchProblem", "SearchOutcome", "IntermediateResult", "incumbent_loss",
+           "layer_loss", "notify"]
 
 
 @dataclass(frozen=True)
@@ -20,18 +46,20 @@ class SearchProblem:
             ``call`` numbers the evaluations of a run (0, 1, 2, ...); the loss draws its noise
             from a seed derived from it, so that a resumed run sees the same noise as an
             uninterrupted one. One call shares its noise by all candidates of a layer (common
-            random numbers). With ``layers`` (a 1-D integer tensor of layer indices) x holds
-            only those layers, [len(layers), P, D], and each gets exactly the loss it would get
-            in a call with every layer: backends use it to skip converged layers, when
-            ``supports_layers`` says the loss takes it.
+            random numbers): a candidate's loss does not depend on the other candidates of the
+            call, so a backend may evaluate a further point on a past call's noise by calling
+            again with that call's number (:func:`incumbent_loss`). With ``layers`` (a 1-D
+            integer tensor of layer indices) x holds only those layers, [len(layers), P, D],
+            and each gets exactly the loss it would get in a call with every layer: backends
+            use it to skip converged layers, when ``supports_layers`` says the loss takes it.
         num_layers: B.
         dim: D.
         device, dtype: where and in what precision the loss computes.
         supports_layers: whether ``loss`` takes ``layers``.
         layer_ids: [B] the layers' ids in the whole network (None: 0 .. B-1), which key the
-            searches' own randomness (:func:`gpuwpo.search.de.de_init`) as they key the loss's
-            noise, so
-            that a search over some of a network's layers runs each as the whole search does.
+            searches' own randomness (the stream ``"search"``, :mod:`gpuwpo.rng`) as they key
+            the loss's noise, so that a search over some of a network's layers runs each as
+            the whole search does.
     """
 
     loss: Callable[[Tensor, int], Tensor]
@@ -42,19 +70,71 @@ class SearchProblem:
     supports_layers: bool = False
     layer_ids: tuple[int, ...] | None = None
 
+    def layer_id(self, b: int) -> int:
+        """The id of layer ``b`` (its index when the problem has no ``layer_ids``)."""
+        return int(b) if self.layer_ids is None else int(self.layer_ids[b])
+
+
+def layer_loss(problem: SearchProblem, x: Tensor, call: int, layers: Tensor) -> Tensor:
+    """The losses of some layers' candidates in evaluation ``call``: x [n, P, D] -> [n, P].
+
+    ``layers`` [n] are the rows' layer indices (0 .. B-1). A loss that takes ``layers`` gets
+    only those rows; one that does not gets every layer (the other rows hold the first row's
+    candidates, whose losses are dropped), and each row keeps its own layer's loss.
+    """
+    layers = torch.as_tensor(layers, device=problem.device).reshape(-1)
+    if problem.supports_layers:
+        out = problem.loss(x, call, layers=layers)
+    else:
+        full = x[:1].expand(problem.num_layers, -1, -1).clone()
+        full[layers] = x
+        out = problem.loss(full, call)[layers]
+    out = torch.as_tensor(out).to(device=x.device)
+    if tuple(out.shape) != tuple(x.shape[:2]):
+        raise RuntimeError(f"the loss must give losses of shape {list(x.shape[:2])} for "
+                           f"candidates {list(x.shape)}, got {list(out.shape)}")
+    return out
+
+
+def incumbent_loss(problem: SearchProblem, x: Tensor, call: int, layers: Tensor,
+                   candidates: Tensor, losses: Tensor) -> tuple[Tensor, int]:
+    """The incumbents' losses on the noise of evaluation ``call`` (the definition of ``fun``).
+
+    Args:
+        problem: the search problem.
+        x: [n, D] one incumbent per row.
+        call: the number of the rows' latest evaluation.
+        layers: [n] the rows' layer indices (0 .. B-1).
+        candidates: [n, P, D] what that evaluation evaluated, and ``losses`` [n, P] its result.
+
+    Returns:
+        ``(fun [n], evaluated)``: an incumbent found among its row's candidates takes its loss
+        from there; the others are evaluated with the number ``call`` again (one candidate
+        each, ``evaluated`` of them, in one loss call).
+    """
+    layers = torch.as_tensor(layers, device=x.device).reshape(-1)
+    same = (candidates == x[:, None]).all(-1)  # [n, P]
+    found = same.any(-1)
+    first = same.to(torch.int8).argmax(-1)  # the first match (any, when none)
+    fun = torch.gather(losses, 1, first[:, None])[:, 0].clone()
+    missing = (~found).nonzero().squeeze(1)
+    if missing.numel():
+        fun[missing] = layer_loss(problem, x[missing, None], call,
+                                  layers[missing])[:, 0].to(fun.dtype)
+    return fun, int(missing.numel())
+
 
 @dataclass(frozen=True)
 class IntermediateResult:
     """What every backend's callback (and progress hook) receives after every generation.
 
-    The same meaning for every backend: ``x`` and ``fun`` are what the backend would return if
-    it stopped now (its current answer) and ``history`` is ``fun`` after each generation.
+    The meaning is the module's, the same for every backend.
 
     Attributes:
-        generation: generations completed.
-        x: [B, D] each layer's current answer (unit cube).
-        fun: [B] its in-search loss (normalised: (TNMSE - baseline) / baseline + margin;
-            optimistic: a noisy evaluation).
+        generation: generations completed (the module's ``nit``).
+        x: [B, D] each layer's incumbent (unit cube).
+        fun: [B] its in-search loss on the noise of the layer's latest evaluation (normalised:
+            (TNMSE - baseline) / baseline + margin; one noisy draw).
         history: [B, generation] ``fun`` after each generation.
         nfev: candidates evaluated so far, all layers together.
         converged: [B] bool, the backend's own convergence test (False where it has none).
@@ -84,18 +164,18 @@ def notify(callback: Callable | None, progress: Callable | None,
 
 @dataclass
 class SearchOutcome:
-    """What a backend found and how.
+    """What a backend found and how (the module's meanings).
 
     Attributes:
-        x: [B, D] each layer's answer (unit cube).
-        fun: [B] its in-search loss (optimistic: a noisy evaluation).
+        x: [B, D] each layer's incumbent (unit cube).
+        fun: [B] its loss on the noise of the layer's latest evaluation (one noisy draw).
         nit: generations run.
         nfev: candidates evaluated (all layers together).
         converged: [B] bool, the backend's own convergence test.
         stop_reason: "converged", "maxiter" or "callback".
         message: human-readable.
         history: [B, nit] ``fun`` after each generation (as the callback saw it).
-        extra: backend-specific details (e.g. scipy's result objects).
+        extra: backend-specific details (e.g. the searchers).
     """
 
     x: Tensor

@@ -19,7 +19,10 @@ Each layer gets its own ``Problem`` (with its own seeded generator and its own c
 evaluations) and its own searcher; every generation steps the searchers of the layers still
 searching one after another, each evaluating its own layer's candidates (``loss(x, call,
 layers=[b])``: every layer's noise is keyed by its id, so a layer searched on its own gets exactly
-what it gets beside the others). A plain loop, no threads: the result depends only on ``seed``.
+what it gets beside the others). A layer's randomness is the run's stream ``"search"`` keyed by
+its id (:func:`gpuwpo.rng.stream_seed`): the DE's (and the GA's initial population) exactly as
+the torch engine draws it, EvoTorch's own generator under one further key. A plain loop, no
+threads: the result depends only on ``seed``.
 
 The unit hypercube. CMA-ES, SNES and the GA search R^D (they refuse a ``Problem`` with hard
 bounds). Every candidate is therefore evaluated at its reflection into [0, 1] (a triangle wave,
@@ -32,15 +35,17 @@ the algorithm. That is far above CMA-ES's default ``4 + 3 ln D``, which is fine:
 populations make CMA-ES more robust to noise and the cost is in the loss, not in CMA-ES's
 O(P D^2) update.
 
-What is reported. ``x``/``fun`` are each layer's answer so far: the best candidate it has
-evaluated in the whole run and its loss (the optimistic figure: with a noisy loss it is a lucky
-draw; validate with fresh noise). ``history[b, g]`` is layer b's answer after generation g. Only
-the DE has a convergence test (``converged``; a converged layer stops searching and the run ends
-when all have); CMA-ES, SNES and the GA run ``maxiter`` generations unless the callback stops
-them. Checkpoints (:mod:`gpuwpo.search.checkpoint`): the DE's state (each layer's DE state, its
-``Problem``'s count of evaluations and best so far) is saved as the torch backend's is, and a
-resumed DE ends exactly as the uninterrupted one; CMA-ES, SNES and the GA keep their state in
-EvoTorch's objects and refuse ``checkpoint`` and ``resume``.
+What is reported: the meanings of :mod:`gpuwpo.search.backends.base`, as in every backend.
+``x[b]`` is layer b's incumbent (the DE's member 0; the GA's best member; CMA-ES's and SNES's
+best of the generation's sampled population, reflected into the cube), ``fun[b]`` its loss on
+the noise of the layer's latest evaluation (measured again on that noise when the incumbent was
+not among its candidates: never a best-ever lucky draw), ``history[b, g - 1]`` ``fun[b]`` after
+generation g. Only the DE has a convergence test (``converged``; a converged layer stops
+searching and the run ends when all have); CMA-ES, SNES and the GA run ``maxiter`` generations
+unless the callback stops them. Checkpoints (:mod:`gpuwpo.search.checkpoint`): the DE's state
+(each layer's DE state, its ``Problem``'s count of evaluations, the incumbents' figures) is saved
+as the torch backend's is, and a resumed DE ends exactly as the uninterrupted one; CMA-ES, SNES
+and the GA keep their state in EvoTorch's objects and refuse ``checkpoint`` and ``resume``.
 
 EvoTorch is imported lazily: the rest of gpuwpo works without it.
 """
@@ -56,8 +61,8 @@ from functools import cache
 import torch
 from torch import Tensor
 
-from ...rng import mix64
-from ..checkpoint import Checkpointing, Stage, search_fingerprint
+from ...rng import stream_seed
+from ..checkpoint import Checkpointing, PeriodicCheckpoint, Stage, search_fingerprint
 from ..de import (
     MESSAGES,
     _check_common,
@@ -70,11 +75,23 @@ from ..de import (
     state_to_dict,
 )
 from ..options import SearchOptions
-from .base import IntermediateResult, SearchOutcome, SearchProblem, notify
+from .base import (
+    IntermediateResult,
+    SearchOutcome,
+    SearchProblem,
+    incumbent_loss,
+    layer_loss,
+    notify,
+)
 
 __all__ = ["ALGORITHMS", "accepts", "reflect_unit", "search"]
 
 ALGORITHMS: tuple[str, ...] = ("de", "cmaes", "snes", "ga")
+
+#: The further key of a layer's stream ``"search"`` that seeds EvoTorch's own generator (its
+#: ``Problem``'s: CMA-ES's and SNES's samples, the GA's operators), apart from the stream the
+#: DE state and the initial population draw from.
+_EVOTORCH_KEY = 1
 
 
 def reflect_unit(x: Tensor) -> Tensor:
@@ -133,29 +150,29 @@ def _classes():
             self._layer = layer
             self.calls = 0  # this layer's evaluations: the noise seed of the next one
             self.nfev = 0
-            self.best_x = torch.full((problem.dim,), 0.5, device=problem.device,
-                                     dtype=problem.dtype)
-            self.best_f = torch.tensor(float("inf"), device=problem.device, dtype=problem.dtype)
+            # The latest evaluation's candidates [P, D] (reflected) and losses [P]: where the
+            # incumbent's loss on that evaluation's noise is looked up.
+            self.latest: tuple[Tensor, Tensor] | None = None
 
         def _evaluate_batch(self, batch: SolutionBatch) -> None:
             p, b = self._problem, self._layer
             x = reflect_unit(batch.values.as_subclass(Tensor)).to(p.dtype)
-            if p.supports_layers:
-                losses = p.loss(x.unsqueeze(0), self.calls,
-                                layers=torch.tensor([b], device=p.device))[0]
-            else:  # the loss wants every layer: this layer's candidates in every row
-                losses = p.loss(x.unsqueeze(0).expand(p.num_layers, -1, -1), self.calls)[b]
-            losses = torch.as_tensor(losses).to(device=p.device, dtype=p.dtype)
-            if tuple(losses.shape) != (x.shape[0],):
-                raise RuntimeError(f"the loss must give {x.shape[0]} values for layer {b}, got "
-                                   f"shape {tuple(losses.shape)}")
+            losses = layer_loss(p, x.unsqueeze(0), self.calls, torch.tensor([b]))[0]
+            losses = losses.to(device=p.device, dtype=p.dtype)
             self.calls += 1
             self.nfev += x.shape[0]
-            masked = torch.where(torch.isnan(losses), float("inf"), losses)
-            i = int(masked.argmin())
-            if bool(masked[i] < self.best_f):
-                self.best_f, self.best_x = masked[i].clone(), x[i].clone()
+            self.latest = (x, losses)
             batch.set_evals(losses.to(self.eval_dtype))
+
+        def measure(self, x: Tensor) -> Tensor:
+            """The loss of the incumbent x [D] on the noise of the latest evaluation (the
+            meaning of ``fun``, :func:`gpuwpo.search.backends.base.incumbent_loss`)."""
+            candidates, losses = self.latest
+            fun, evaluated = incumbent_loss(self._problem, x[None], self.calls - 1,
+                                            torch.tensor([self._layer]), candidates[None],
+                                            losses[None])
+            self.nfev += evaluated
+            return fun[0]
 
     class DifferentialEvolution(SearchAlgorithm, SinglePopulationAlgorithmMixin):
         """scipy-style differential evolution as an EvoTorch search algorithm (one layer).
@@ -261,7 +278,7 @@ def _record(snapshot: dict) -> tuple[dict[str, Tensor], dict]:
     tensors.update({
         "calls": torch.tensor(snapshot["calls"], dtype=torch.int64),
         "nfev": torch.tensor(snapshot["nfev"], dtype=torch.int64),
-        "best_x": torch.stack(snapshot["best_x"]), "best_f": torch.stack(snapshot["best_f"]),
+        "x": snapshot["x"], "fun": snapshot["fun"],
         "history": torch.stack(snapshot["history"], dim=1), "converged": snapshot["converged"],
     })
     return tensors, {"kind": _KIND, "nit": snapshot["nit"], "states": metas}
@@ -285,13 +302,14 @@ def _restore(path, stage: str, tensors: dict, meta: dict, problem: SearchProblem
         snapshot = {
             "states": states, "calls": [int(v) for v in tensors["calls"]],
             "nfev": [int(v) for v in tensors["nfev"]],
-            "best_x": list(tensors["best_x"].to(dev)), "best_f": list(tensors["best_f"].to(dev)),
+            "x": tensors["x"].to(dev), "fun": tensors["fun"].to(dev),
             "history": list(tensors["history"].to(dev).unbind(1)),
             "converged": tensors["converged"].to(dev), "nit": nit,
         }
     except (KeyError, IndexError, TypeError, ValueError) as err:
         raise ValueError(f"{where} is not a DE state of this search ({err})") from None
-    if (len(metas) != B or tuple(tensors["best_x"].shape) != (B, D)
+    if (len(metas) != B or tuple(tensors["x"].shape) != (B, D)
+            or tuple(tensors["fun"].shape) != (B,)
             or tuple(tensors["history"].shape) != (B, nit)
             or any(s.population.shape[::2] != (1, D) for s in states)):
         raise ValueError(f"{where} holds a search of another shape, not B={B}, D={D}")
@@ -309,7 +327,8 @@ def search(
 
     Options used: ``algorithm`` ("de", "cmaes", "snes" or "ga"); ``popsize`` (P = ``max(5,
     popsize * D)`` for every algorithm); ``maxiter``; ``seed`` (layer b's searcher and its
-    ``Problem`` are seeded with ``mix64(seed, b)``, any 64-bit seed whole); ``x_init`` (initial
+    ``Problem`` draw from the stream ``"search"`` of ``seed`` keyed by the layer's id, any seed
+    whole); ``x_init`` (initial
     population of the DE and the GA; CMA-ES and SNES start from a distribution and refuse a
     tensor); ``x0`` ([D] or [B, D]: member 0 of the DE's/GA's population, the centre of
     CMA-ES's/SNES's distribution, default the cube's centre); the DE's ``strategy``,
@@ -319,10 +338,11 @@ def search(
     after every generation; True or StopIteration stops the run); the DE's ``checkpoint``,
     ``checkpoint_every`` and ``resume`` (or ``stage``, a stage of a checkpointed run, as in the
     torch backend): saved every ``checkpoint_every`` generations, at the end and on
-    KeyboardInterrupt.
+    KeyboardInterrupt (:class:`gpuwpo.search.checkpoint.PeriodicCheckpoint`).
 
     Returns:
-        A :class:`SearchOutcome` (``extra["searchers"]``: the B EvoTorch algorithms).
+        A :class:`SearchOutcome` with the meanings of :mod:`gpuwpo.search.backends.base`
+        (``extra["searchers"]``: the B EvoTorch algorithms).
     """
     o = options
     algorithm = o.algorithm
@@ -377,7 +397,8 @@ def search(
         return de_init(
             dim=D, num_layers=1, popsize=o.popsize, init=layer_init, x0=layer_x0,
             strategy=o.strategy, mutation=o.mutation, recombination=o.recombination, tol=o.tol,
-            atol=o.atol, seed=mix64(o.seed, b), device=problem.device, dtype=problem.dtype,
+            atol=o.atol, seed=o.seed, device=problem.device, dtype=problem.dtype,
+            layer_ids=[problem.layer_id(b)],
         )
 
     def make_searcher(evo_problem, b: int):
@@ -409,51 +430,59 @@ def search(
                                   center_init=centre.tolist())
 
     with _quiet_problem_setup():
-        layer_problems = [LayerProblem(problem, b, mix64(o.seed, b)) for b in range(B)]
+        layer_problems = [
+            LayerProblem(problem, b, stream_seed(o.seed, "search", problem.layer_id(b),
+                                                 _EVOTORCH_KEY))
+            for b in range(B)]
         searchers = [make_searcher(layer_problems[b], b) for b in range(B)]
     history: list[Tensor] = []
     converged = torch.zeros(B, dtype=torch.bool, device=problem.device)
+    x = torch.full((B, D), 0.5, device=problem.device, dtype=problem.dtype)
+    fun = torch.full((B,), float("inf"), device=problem.device, dtype=problem.dtype)
     stop_reason = "maxiter"
     nit = 0
     if restored is not None:
-        for p, calls, nfev, best_x, best_f in zip(layer_problems, restored["calls"],
-                                                  restored["nfev"], restored["best_x"],
-                                                  restored["best_f"]):
-            p.calls, p.nfev, p.best_x, p.best_f = calls, nfev, best_x, best_f
+        for p, calls, nfev in zip(layer_problems, restored["calls"], restored["nfev"]):
+            p.calls, p.nfev = calls, nfev
+        x, fun = restored["x"].to(problem.dtype), restored["fun"].to(problem.dtype)
         history, converged, nit = restored["history"], restored["converged"], restored["nit"]
         if bool(converged.all()):
             stop_reason = "converged"  # as the run that saved it stopped
 
-    def answers() -> tuple[Tensor, Tensor]:
-        return (torch.stack([p.best_x for p in layer_problems]),
-                torch.stack([p.best_f for p in layer_problems]))
+    def incumbent(b: int) -> Tensor:
+        """Layer b's incumbent [D] in the cube, as its algorithm ranks its population."""
+        searcher = searchers[b]
+        if algorithm == "de":
+            return searcher.state.population[0, 0]
+        population = searcher.population
+        evals = population.evals[:, 0].as_subclass(Tensor)
+        best = int(torch.nan_to_num(evals, nan=float("inf")).argmin())
+        return reflect_unit(population.values[best].as_subclass(Tensor)).to(problem.dtype)
 
     def snapshot() -> dict:
-        # The state at the end of a generation (DE states and best points are never mutated in
-        # place: references suffice).
+        # The state at the end of a generation (DE states are never mutated in place:
+        # references suffice).
         return {"states": [s.state for s in searchers],
                 "calls": [p.calls for p in layer_problems],
                 "nfev": [p.nfev for p in layer_problems],
-                "best_x": [p.best_x for p in layer_problems],
-                "best_f": [p.best_f for p in layer_problems],
-                "history": list(history), "converged": converged.clone(), "nit": nit}
+                "x": x, "fun": fun, "history": list(history), "converged": converged.clone(),
+                "nit": nit}
 
-    saves = checkpoint is not None and checkpoint.saves
-    latest = None
-    try:
+    resumed = snapshot() if restored is not None else None
+    with PeriodicCheckpoint(checkpoint, _record, resumed) as saves:
         while nit < o.maxiter and stop_reason != "converged":
+            x, fun = x.clone(), fun.clone()
             for b in range(B):
                 if not bool(converged[b]):
                     searchers[b].step()
+                    x[b] = incumbent(b)
+                    fun[b] = layer_problems[b].measure(x[b])
             nit += 1
-            x, fun = answers()
             history.append(fun)
             if algorithm == "de":
                 converged = torch.cat([s.state.converged for s in searchers])
-            if saves:
-                latest = snapshot()
-                if nit % checkpoint.every == 0:
-                    checkpoint.save(*_record(latest))
+            if saves.saves:
+                saves.generation(nit, snapshot())
             info = IntermediateResult(nit, x, fun, torch.stack(history, dim=1),
                                       sum(p.nfev for p in layer_problems), converged.clone())
             if notify(o.callback, progress, info):
@@ -462,15 +491,9 @@ def search(
             if bool(converged.all()):
                 stop_reason = "converged"
                 break
-    except KeyboardInterrupt:
-        # Nothing lost: the last complete generation is where a resumed run continues.
-        if latest is not None:
-            checkpoint.save(*_record(latest))
-        raise
-    if saves and nit:
-        checkpoint.save(*_record(snapshot()))
+    if saves.saves:
+        saves.finish(snapshot())
 
-    x, fun = answers()
     return SearchOutcome(
         x=x, fun=fun, nit=nit, nfev=sum(p.nfev for p in layer_problems),
         converged=converged, stop_reason=stop_reason, message=MESSAGES[stop_reason],

@@ -1,134 +1,164 @@
-"""The scipy backend: :func:`scipy.optimize.differential_evolution` on the same objective.
+"""The scipy backend: scipy's differential evolution on the same objective, layers in lockstep.
 
-Vectorized (x arrives as [D, S]) with deferred updating; layers are searched one after another.
-It is the reference the torch engine is tested against, and slow on purpose of being scipy.
+Each layer is one ``scipy.optimize.differential_evolution`` search (vectorized: x arrives as
+[D, S]; deferred updating), driven generation by generation through scipy's own solver object
+(``DifferentialEvolutionSolver``, one ``next()`` per generation, the loop of its ``solve()``):
+every generation steps the layers still searching one after another, so the run counts its
+generations, calls its callback and reports ``x``, ``fun`` and ``history`` as the other backends
+do (:mod:`gpuwpo.search.backends.base`). A layer's search is exactly scipy's
+``differential_evolution`` with the same arguments and generator (the stream ``"search"`` of
+the seed keyed by the layer's id), and numbers its own loss calls 0, 1, 2, ..., so a layer
+searched alone is the one searched beside others. It is the reference the torch engine is tested
+against, and slow on purpose of being scipy.
+
 It has no parent re-evaluation (``noise_robust``), no checkpoints and no other algorithm: given
-explicitly, those options are refused (:data:`accepts`). scipy's own polish is off; the
+explicitly, those options are refused (:data:`accepts`). scipy keeps a member's first (noisy)
+energy, so its incumbent is measured again on the latest generation's noise whenever it was not
+among that generation's trials (the meaning of ``fun``). scipy's own polish is off; the
 optimizer's polish and validation apply to every backend alike.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import ExitStack
 
 import numpy as np
 import torch
 
-from ...rng import mix64
-from ..de import de_init
+from ...rng import stream_seed
+from ..de import MESSAGES, de_init
 from ..options import SearchOptions, de_accepts
-from .base import IntermediateResult, SearchOutcome, SearchProblem, notify
+from .base import (
+    IntermediateResult,
+    SearchOutcome,
+    SearchProblem,
+    incumbent_loss,
+    layer_loss,
+    notify,
+)
 
 __all__ = ["search", "accepts"]
+
 
 def accepts(options: SearchOptions) -> frozenset[str]:
     """The search options this backend honours: the DE's, nothing more."""
     return de_accepts(options)
 
 
+def _solver_class():
+    """scipy's ``DifferentialEvolutionSolver``: the object behind ``differential_evolution``,
+    which steps one generation per ``next()``."""
+    try:
+        from scipy.optimize._differentialevolution import DifferentialEvolutionSolver
+    except ImportError as error:  # pragma: no cover - depends on the scipy version
+        raise ImportError("the scipy backend needs scipy's DifferentialEvolutionSolver "
+                          "(scipy.optimize._differentialevolution), which this scipy does not "
+                          "have; install scipy >= 1.15") from error
+    return DifferentialEvolutionSolver
+
+
+class _Layer:
+    """One layer's loss as scipy calls it: [D, S] -> [S], numbering its own calls, keeping the
+    latest call's candidates and losses (where its incumbent's loss is looked up)."""
+
+    def __init__(self, problem: SearchProblem, b: int) -> None:
+        self.problem, self.b = problem, b
+        self.calls = 0  # loss calls so far: the number of the next one
+        self.nfev = 0  # candidates evaluated, re-measured incumbents included
+        self.latest: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        p = self.problem
+        cand = torch.as_tensor(np.atleast_2d(x.T), dtype=p.dtype, device=p.device)
+        out = layer_loss(p, cand.unsqueeze(0), self.calls, torch.tensor([self.b]))[0]
+        self.calls += 1
+        self.nfev += cand.shape[0]
+        self.latest = (cand, out)
+        return out.detach().double().cpu().numpy()
+
+    def measure(self, x: torch.Tensor) -> torch.Tensor:
+        """The loss of the incumbent x [D] on the latest call's noise."""
+        x = x.to(device=self.problem.device, dtype=self.problem.dtype)
+        candidates, losses = self.latest
+        fun, evaluated = incumbent_loss(self.problem, x[None], self.calls - 1,
+                                        torch.tensor([self.b]), candidates[None], losses[None])
+        self.nfev += evaluated
+        return fun[0]
+
+
 def search(problem: SearchProblem, options: SearchOptions, *,
            progress: Callable[[IntermediateResult], None] | None = None) -> SearchOutcome:
-    """scipy's differential evolution, one layer after another.
+    """scipy's differential evolution, every layer one generation at a time.
 
-    The callback receives an :class:`IntermediateResult` after every generation of the layer
-    being searched: layers already searched hold their answer, layers not yet started hold NaN
-    and an infinite loss. Returning True or raising StopIteration stops the whole run.
+    The callback receives an :class:`IntermediateResult` after every generation (every layer
+    still searching has run it); returning True or raising StopIteration stops the run. A layer
+    converges by scipy's test (``std(E) <= atol + tol * |mean(E)|``, never before its first
+    generation) and then stops; the run ends when every layer has, or after ``maxiter``
+    generations.
     """
-    from scipy.optimize import differential_evolution
-
     o = options
     B, D = problem.num_layers, problem.dim
     init = o.x_init
     if isinstance(init, torch.Tensor):
         init = init.detach().cpu().double().numpy()
     x0_np = None if o.x0 is None else torch.as_tensor(o.x0).detach().cpu().double().numpy()
-    answer_x = torch.full((B, D), float("nan"), dtype=torch.float64)
-    answer_f = torch.full((B,), float("inf"), dtype=torch.float64)
+    solver_class = _solver_class()
+    layers = [_Layer(problem, b) for b in range(B)]
+    solvers = []
+    x = torch.full((B, D), 0.5, dtype=torch.float64)
+    fun = torch.full((B,), float("inf"), dtype=torch.float64)
     converged = torch.zeros(B, dtype=torch.bool)
-    histories: list[list[float]] = [[] for _ in range(B)]
-    nit_total, nfev, messages, results = 0, 0, [], []
-    calls_base = 0
-    stopped = False
-    for b in range(B):
-        calls = [0, 0]  # loss calls, candidates
-
-        def func(x: np.ndarray, b=b, calls=calls, base=calls_base) -> np.ndarray:
-            # scipy hands [D, S]; the loss wants [B, P, D]: evaluate this layer's row only.
-            cand = torch.as_tensor(np.atleast_2d(x.T), dtype=problem.dtype, device=problem.device)
-            if problem.supports_layers:
-                layer = torch.tensor([b], device=problem.device)
-                out = problem.loss(cand.unsqueeze(0), base + calls[0], layers=layer)[0]
-            else:
-                out = problem.loss(cand.unsqueeze(0).expand(B, -1, -1), base + calls[0])[b]
-            calls[0] += 1
-            calls[1] += cand.shape[0]
-            return out.detach().double().cpu().numpy()
-
-        def make_callback(b: int, calls: list[int], before: int):
-            # scipy passes the OptimizeResult only to a callable whose one parameter is named
-            # intermediate_result: no extra (default) arguments, hence the factory.
-            def cb(intermediate_result) -> bool:
-                nonlocal stopped
-                histories[b].append(float(intermediate_result.fun))
-                answer_x[b] = torch.as_tensor(intermediate_result.x)
-                answer_f[b] = float(intermediate_result.fun)
-                g = len(histories[b])
-                info = IntermediateResult(g, answer_x.clone(), answer_f.clone(),
-                                          _history(histories, g), before + calls[1],
-                                          converged.clone())
-                stopped = notify(o.callback, progress, info)
-                return stopped
-
-            return cb
-
-        layer_init = init if isinstance(init, str) or init.ndim == 2 else init[b]
-        layer_x0 = None if x0_np is None else (x0_np if x0_np.ndim == 1 else x0_np[b])
-        if layer_x0 is not None and layer_x0.ndim == 2:
-            # Several warm starts (seeds): scipy takes one x0, so they go into the initial
-            # population, drawn as the torch backend draws it, replacing its first members.
-            first = de_init(dim=D, num_layers=1, popsize=o.popsize,
-                            init=layer_init if isinstance(layer_init, str)
-                            else torch.as_tensor(layer_init),
-                            x0=torch.as_tensor(layer_x0).unsqueeze(0), seed=mix64(o.seed, b),
-                            dtype=torch.float64)
-            layer_init, layer_x0 = first.population[0].numpy(), None
-        res = differential_evolution(
-            func, [(0.0, 1.0)] * D, strategy=o.strategy, maxiter=o.maxiter, popsize=o.popsize,
-            tol=o.tol, atol=o.atol, mutation=o.mutation, recombination=o.recombination,
-            rng=np.random.default_rng(mix64(o.seed, b)), polish=False, init=layer_init,
-            x0=layer_x0, callback=make_callback(b, calls, nfev), vectorized=True,
-            updating="deferred",
-        )
-        calls_base += calls[0]
-        results.append(res)
-        answer_x[b] = torch.as_tensor(res.x)
-        answer_f[b] = float(res.fun)
-        converged[b] = bool(res.success) and not stopped
-        nit_total = max(nit_total, int(res.nit))
-        nfev += calls[1]  # candidates, whatever scipy counts in vectorized mode
-        messages.append(str(res.message))
-        if stopped:
-            break
-    width = max(1, max(len(h) for h in histories))
-    # Layers never searched (the callback stopped the run first) answer the cube's centre.
-    answer_x = torch.nan_to_num(answer_x, nan=0.5)
-    stop = "callback" if stopped else ("converged" if bool(converged.all()) else "maxiter")
+    history: list[torch.Tensor] = []
+    stop_reason = "maxiter"
+    nit = 0
+    with ExitStack() as stack:
+        for b in range(B):
+            layer_init = init if isinstance(init, str) or init.ndim == 2 else init[b]
+            layer_x0 = None if x0_np is None else (x0_np if x0_np.ndim == 1 else x0_np[b])
+            if layer_x0 is not None and layer_x0.ndim == 2:
+                # Several warm starts (the standard starts): scipy takes one x0, so they go into
+                # the initial population, drawn as the torch backend draws it, replacing its
+                # first members.
+                first = de_init(dim=D, num_layers=1, popsize=o.popsize,
+                                init=layer_init if isinstance(layer_init, str)
+                                else torch.as_tensor(layer_init),
+                                x0=torch.as_tensor(layer_x0).unsqueeze(0), seed=o.seed,
+                                layer_ids=[problem.layer_id(b)], dtype=torch.float64)
+                layer_init, layer_x0 = first.population[0].numpy(), None
+            solvers.append(stack.enter_context(solver_class(
+                layers[b], [(0.0, 1.0)] * D, strategy=o.strategy, maxiter=o.maxiter,
+                popsize=o.popsize, tol=o.tol, atol=o.atol, mutation=o.mutation,
+                recombination=o.recombination,
+                rng=np.random.default_rng(stream_seed(o.seed, "search", problem.layer_id(b))),
+                polish=False, init=layer_init, x0=layer_x0, updating="deferred",
+                vectorized=True)))
+        while nit < o.maxiter:
+            x, fun = x.clone(), fun.clone()
+            for b in range(B):
+                if bool(converged[b]):
+                    continue
+                # One generation (the first also evaluates the initial population), then
+                # scipy's convergence test, as its solve() does.
+                next(solvers[b])
+                x[b] = torch.as_tensor(solvers[b].x)
+                fun[b] = float(layers[b].measure(x[b]))
+                converged[b] = bool(solvers[b].converged())
+            nit += 1
+            history.append(fun)
+            info = IntermediateResult(nit, x, fun, torch.stack(history, dim=1),
+                                      sum(layer.nfev for layer in layers), converged.clone())
+            if notify(o.callback, progress, info):
+                stop_reason = "callback"
+                break
+            if bool(converged.all()):
+                stop_reason = "converged"
+                break
     return SearchOutcome(
-        x=answer_x.to(device=problem.device, dtype=problem.dtype),
-        fun=answer_f.to(device=problem.device, dtype=problem.dtype),
-        nit=nit_total, nfev=nfev, converged=converged, stop_reason=stop,
-        message="; ".join(messages), history=_history(histories, width),
-        extra={"scipy_results": results},
+        x=x.to(device=problem.device, dtype=problem.dtype),
+        fun=fun.to(device=problem.device, dtype=problem.dtype),
+        nit=nit, nfev=sum(layer.nfev for layer in layers), converged=converged.clone(),
+        stop_reason=stop_reason, message=MESSAGES[stop_reason],
+        history=torch.stack(history, dim=1).to(device=problem.device, dtype=problem.dtype),
+        extra={"solvers": solvers, "calls": sum(layer.calls for layer in layers)},
     )
-
-
-def _history(histories: list[list[float]], width: int) -> torch.Tensor:
-    """[B, width] of the layers' per-generation values: a finished layer's last value carried
-    on, a layer not yet started infinite."""
-    out = torch.full((len(histories), width), float("inf"), dtype=torch.float64)
-    for b, h in enumerate(histories):
-        if h:
-            k = min(len(h), width)
-            out[b, :k] = torch.as_tensor(h[:k])
-            out[b, k:] = h[k - 1]
-    return out
