@@ -1,24 +1,17 @@
 """Where a network run's searches run: tasks, their results, and the in-process executor.
 
-:func:`gpuwpo.optimize_network` plans a run as *tasks* (:class:`Task`): a search of some of the
-network's layers (stage ``"layers"``), or of the pooled weights of all of them (stage
-``"global"``). An *executor* runs them; it has
-
-* ``sharded``: False when the run is one search of every layer in this process (the task
-  searches the selected weights themselves and may use every backend, callback and the run's
-  checkpoint); True when tasks are parts of the network, each searching its rows of the test
-  tiles the driver made once for all layers (:class:`gpuwpo.search.tiles.TestTile`), with the
-  torch engine, checkpointing on its own;
-* ``default_device``: where tasks search when ``device`` is not given (None: CUDA when
-  available);
-* ``plan(num_layers)``: the layers of each task (a partition of ``range(num_layers)``);
-* ``start()``, ``stop()``, and ``run_tasks(settings, tasks, stage, checkpoint)``, which returns
-  one :class:`TaskResult` per task, in the tasks' order.
-
-:class:`InProcess` runs tasks here, one after another; :class:`gpuwpo.RayCluster`
-(:mod:`gpuwpo.network.distributed`) on the workers of a Ray cluster. Every random number a
-layer's search draws is keyed by the layer's id, so any partition gives, bit for bit, the result
-of one search of all layers (``tests/test_distributed.py``).
+:func:`gpuwpo.optimize_network` plans a run as *tasks* (:class:`Task`, run by :func:`run_task`):
+a search of some of the network's layers (stage ``"layers"``) or of their pooled weights (stage
+``"global"``). An *executor* runs them: :class:`InProcess` here, one after another;
+:class:`gpuwpo.RayCluster` (:mod:`gpuwpo.network.distributed`) on the workers of a Ray cluster.
+An executor has ``sharded`` (False: one task of every layer searching their weights, here, with
+every backend, callback and the run's checkpoint; True: tasks are parts of the network, each
+searching its rows of the test tiles made once for all layers, with the torch engine),
+``default_device`` (where tasks search when ``device`` is not given; None: CUDA when available),
+``plan(num_layers)`` (the layers of each task), ``start()``, ``stop()`` and
+``run_tasks(settings, tasks, stage, checkpoint)`` (one :class:`TaskResult` per task, in order).
+Every random number a layer's search draws is keyed by the layer's id, so any partition gives,
+bit for bit, the result of one search of all layers (``tests/test_distributed.py``).
 """
 
 from __future__ import annotations
@@ -78,7 +71,6 @@ class Task:
     """One search of a run.
 
     Attributes:
-        index: the task's number within its stage.
         stage: ``"global"`` (the pooled search) or ``"layers"``.
         layers: the network ids of its layers (``(0,)`` for the pooled search).
         searched: what its optimizer searches: a mapping name -> weights or the pooled weights
@@ -89,7 +81,6 @@ class Task:
             search's strategy, ``"global"``), or None.
     """
 
-    index: int
     stage: str
     layers: tuple[int, ...]
     searched: Any

@@ -42,16 +42,6 @@ __all__ = ["optimize_network", "HIERARCHICAL_DEFAULT"]
 #: Default of ``hierarchical`` in :func:`optimize_network` (README.md, "Defaults").
 HIERARCHICAL_DEFAULT = False
 
-#: Options a sharded run cannot honour (named when given).
-_NOT_SHARDED = {
-    "callback": "a callback would run on the workers; watch the run with RayCluster(on_event=...)",
-    "checkpoint": "every task checkpoints on its own (checkpoint_every sets how often); a "
-                  "checkpoint of the whole distributed run is not supported",
-    "resume": "every task checkpoints on its own; a distributed run cannot be resumed from a "
-              "file",
-}
-
-
 def optimize_network(
     model_or_weights: nn.Module | Mapping[str, Tensor],
     noise_model,
@@ -148,7 +138,7 @@ def optimize_network(
     pooled_task, layer_tasks = None, []
     if pooled_search:
         pooled = _pooled(weights)
-        pooled_task = Task(0, "global", (0,), _tiles(settings, pooled, options)
+        pooled_task = Task("global", (0,), _tiles(settings, pooled, options)
                            if executor.sharded else pooled, options)
     if per_layer:
         layer_options = options
@@ -217,6 +207,16 @@ def _search_options(kwargs: dict) -> SearchOptions:
     return given.replace(**kwargs) if kwargs else given
 
 
+#: Options a sharded run cannot honour (named when given).
+_NOT_SHARDED = {
+    "callback": "a callback would run on the workers; watch the run with RayCluster(on_event=...)",
+    "checkpoint": "every task checkpoints on its own (checkpoint_every sets how often); a "
+                  "checkpoint of the whole distributed run is not supported",
+    "resume": "every task checkpoints on its own; a distributed run cannot be resumed from a "
+              "file",
+}
+
+
 def _refuse_for_shards(per_layer: bool, backend: str, options: SearchOptions) -> None:
     """Refuse, before any work, what a run in parts cannot honour."""
     if not per_layer:
@@ -253,14 +253,14 @@ def _layer_tasks(executor, settings: TaskSettings, weights: Mapping[str, Tensor]
     made once for all layers, and its rows of the per-layer options."""
     num_layers = len(weights)
     if not executor.sharded:
-        return [Task(0, "layers", tuple(range(num_layers)), weights, options)]
+        return [Task("layers", tuple(range(num_layers)), weights, options)]
     plan = executor.plan(num_layers)
     if sorted(i for ids in plan for i in ids) != list(range(num_layers)):
         raise ValueError(f"the tasks' layers {plan} are not a partition of the {num_layers} "
                          f"layers")
     tiles = _tiles(settings, weights, options)
-    return [Task(i, "layers", tuple(ids), tiles.select(ids), _cut(options, ids, num_layers))
-            for i, ids in enumerate(plan)]
+    return [Task("layers", tuple(ids), tiles.select(ids), _cut(options, ids, num_layers))
+            for ids in plan]
 
 
 def _cut(options: SearchOptions, layers: Sequence[int], total: int) -> SearchOptions:
@@ -276,12 +276,10 @@ def _cut(options: SearchOptions, layers: Sequence[int], total: int) -> SearchOpt
 
 def _whole_run_checkpoint(options: SearchOptions, weights: Mapping[str, Tensor],
                           record: Callable[..., dict]) -> CheckpointFor | None:
-    """The run's one checkpoint (both searches of a hierarchical run, stages ``"global"`` and
-    ``"layers"``), given a search's optimizer; None when the options neither save nor resume.
-
-    Opened by the first search, before it starts: its fingerprint is the selected weights and
-    the settings record (which needs what the optimizer resolves: space, compensation, device),
-    and a file to resume is checked against it before any search."""
+    """The run's one checkpoint (stages ``"global"``, ``"layers"``), or None when the options
+    neither save nor resume: opened by the first search's optimizer (the settings record needs
+    what it resolves), so a file to resume is checked against the run's fingerprint (the
+    selected weights and the settings record) before any search."""
     if options.checkpoint is None and options.resume is None:
         return None
     opened: list[Checkpointing | None] = []
