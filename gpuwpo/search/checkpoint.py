@@ -173,17 +173,6 @@ def run_fingerprint(weights_digest: str, *, physics: Mapping[str, Any],
             "seed": seed}
 
 
-def __getattr__(name: str) -> Any:
-    # Transitional, for a pipeline that still imports the network record's fingerprint from
-    # here: it lives in gpuwpo.network.settings (the search layer does not know the network's
-    # record). Remove once no module imports it from here.
-    if name == "fingerprint_from_settings":
-        from ..network.settings import fingerprint_from_settings
-
-        return fingerprint_from_settings
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def search_fingerprint(problem, options, backend: str) -> dict:
     """What a search run by a backend alone is (``run_search`` with the options ``checkpoint`` or
     ``resume``): the problem's shape, the backend and the options. The loss itself is a function
