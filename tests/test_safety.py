@@ -8,6 +8,7 @@ start-up and during a search) need subprocesses.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -58,6 +59,18 @@ def files(tmp_path_factory):
     np.savez(d / "net.npz", **{k: v.numpy() for k, v in _state().items()})
     out = d / "results.json"
     assert main(["optimize", str(d / "net.pt"), *TINY, "--quiet", "--out", str(out)]) == 0
+    # A layer of each kind, whatever the tiny search chose: fc1 a program (the N-pair [1, 2]
+    # one, as the strategy space writes it), fc2 the baseline converter kept.
+    result = load_result(out)
+    space = gpuwpo.StrategySpace([None, None])
+    program = space.to_converter(space.encode_npair([1.0, 2.0]),
+                                 float(_state()["fc1.weight"].abs().max()))
+    result.layers[0] = dataclasses.replace(result.layers[0], converter=program, chosen="search")
+    result.layers[1] = dataclasses.replace(result.layers[1], converter=result.layers[1].converter
+                                           if result.layers[1].chosen == "baseline"
+                                           else gpuwpo.DualPairConductanceConverter(),
+                                           chosen="baseline", success=False)
+    save_result(result, out)
     return {"dir": d, "pt": d / "net.pt", "npz": d / "net.npz", "results": out}
 
 
@@ -403,8 +416,8 @@ def _mutations(data: dict) -> list[tuple[str, dict, str]]:
 
 def test_malformed_results_files_name_the_file_and_the_field(files, tmp_path, capsys):
     data = json.loads(files["results"].read_text())
-    # A layer of each kind: a program, and (made here) one that keeps the baseline converter.
-    assert "g_lst" in data["layers"][0] or "g_lst" in data["layers"][1]
+    # A layer of each kind (the fixture): a program, and one that keeps the baseline converter.
+    assert "g_lst" in data["layers"][0] and "converter" in data["layers"][1]
     for name, broken, fragment in _mutations(data):
         path = tmp_path / "broken.json"
         path.write_text(json.dumps(broken).replace('"__HUGE__"', "1e999"))  # reads as inf
