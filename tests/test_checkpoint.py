@@ -147,6 +147,99 @@ def test_resume_refuses_other_warm_starts_of_the_same_run(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
+# The fingerprint: a network run's from its settings record, the search layer's from what the
+# optimizer knows; the same physics part either way
+
+
+def _record(**changes):
+    from gpuwpo.network.settings import run_record
+    from gpuwpo.search.options import SearchOptions
+
+    options = SearchOptions(popsize=2, maxiter=4, seed=3).replace(
+        **changes.pop("options", {}))
+    kwargs = dict(f_lst=[None, None], t_steps=T_STEPS, backend="torch", per_layer=True,
+                  include=None, exclude=None, options=options,
+                  noise_model=gpuwpo.PCMLikeNoiseModel(),
+                  baseline=gpuwpo.DualPairConductanceConverter(),
+                  compensation=gpuwpo.GlobalDriftCompensation(),
+                  space=gpuwpo.StrategySpace([None, None]), device="cpu", physics="device")
+    return run_record(**{**kwargs, **changes})
+
+
+def test_a_network_fingerprint_is_its_record_split_without_what_may_change():
+    from gpuwpo.network.settings import fingerprint_from_settings
+    from gpuwpo.search.checkpoint import CHANGEABLE_OPTIONS, PHYSICS_FIELDS
+
+    record = _record()
+    fp = fingerprint_from_settings(record, "d1")
+    assert set(fp) == {"gpuwpo_version", "weights", "physics", "settings", "seed"}
+    assert (fp["weights"], fp["seed"], fp["gpuwpo_version"]) == ("d1", 3, gpuwpo.__version__)
+    assert fp["physics"] == {k: record[k] for k in PHYSICS_FIELDS}
+    rest = set(record) - set(PHYSICS_FIELDS) - {"explicit"}
+    assert set(fp["settings"]) == rest
+    assert not set(fp["settings"]["options"]) & {"seed", *CHANGEABLE_OPTIONS}
+    # What may change on resume, and which options were given, leave it as it is ...
+    for same in (dict(options=dict(checkpoint="x.ckpt", checkpoint_every=1, disp=False)),
+                 dict(options=dict(maxiter=9)), dict(options=dict(popsize=2))):
+        assert fingerprint_from_settings(_record(**same), "d1") == fp, same
+    # ... what decides what the run finds does not (maxiter in a hierarchical run).
+    hier = fingerprint_from_settings(_record(hierarchical=True), "d1")
+    assert hier != fp and hier["settings"]["options"]["maxiter"] == 4
+    assert fingerprint_from_settings(_record(hierarchical=True, options=dict(maxiter=9)),
+                                     "d1") != hier
+    for other in (dict(options=dict(popsize=3)), dict(t_steps=[1.0]), dict(backend="evotorch"),
+                  dict(options=dict(seed=4)), dict(physics="aihwkit")):
+        assert fingerprint_from_settings(_record(**other), "d1") != fp, other
+
+
+def test_the_optimizer_fingerprints_the_same_physics_without_the_network(tmp_path):
+    from gpuwpo.network.settings import fingerprint_from_settings
+
+    w = _weights()["a.weight"]
+    opt = gpuwpo.WeightProgrammingOptimizer(
+        w, [None, None], gpuwpo.PCMLikeNoiseModel(), T_STEPS,
+        gpuwpo.DualPairConductanceConverter(), checkpoint=tmp_path / "run.ckpt",
+        popsize=2, maxiter=4, seed=3, device="cpu")
+    fp = opt.checkpoint_fingerprint()
+    network = fingerprint_from_settings(_record(options=dict(checkpoint=str(tmp_path))), "x")
+    assert fp["physics"] == network["physics"] and fp["seed"] == network["seed"] == 3
+    assert fp["settings"]["options"] == network["settings"]["options"]
+    assert fp["weights"] == digest({"0": w})
+
+
+def test_lower_layers_never_import_higher_ones():
+    # device -> search -> network -> interfaces (io, cli, wpo, ...): the search layer takes
+    # its fingerprint from what it knows, never from the network's record.
+    import ast
+    from pathlib import Path
+
+    root = Path(gpuwpo.__file__).parent
+    rank = {"device": 1, "search": 2, "network": 3}
+    foundations = {"rng", "checks", "registry", "_files", "_startup", "_checkout", "kernels"}
+
+    def layer(module: str) -> int:
+        part = (module.split(".") + [""])[1]
+        return rank.get(part, 0 if part in foundations else 4)
+
+    found = []
+    for path in root.rglob("*.py"):
+        parts = ("gpuwpo", *path.relative_to(root).with_suffix("").parts)
+        package = parts if parts[-1] == "__init__" else parts[:-1]
+        module = ".".join(p for p in parts if p != "__init__")
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            base = list(package[: len(package) - node.level + 1]) if node.level else []
+            target = ".".join(base + ([node.module] if node.module else []))
+            names = [target] if node.module else [f"{target}.{a.name}" for a in node.names]
+            # The package's own version (gpuwpo.__version__) is no layer.
+            found += [f"{module} imports {name}" for name in names
+                      if name.startswith("gpuwpo.") and name != "gpuwpo.__version__"
+                      and layer(name) > layer(module)]
+    assert not found, found
+
+
+# --------------------------------------------------------------------------------------------
 # The file: atomic, whole or refused naming its path
 
 

@@ -132,6 +132,29 @@ def test_bad_input_in_a_subprocess_is_one_line_and_status_2(files):
     _assert_one_line_error(proc.stderr, "nonsense", "torch")
 
 
+@pytest.mark.slow
+def test_every_entry_point_is_the_same_command_line(files):
+    # python -m gpuwpo, python -m gpuwpo.cli and the console script (its entry point) all run
+    # gpuwpo.cli.run: the version, and bad input as one line with status 2.
+    for module in ("gpuwpo", "gpuwpo.cli"):
+        proc = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0 and proc.stdout.startswith("gpuwpo "), proc.stderr
+        proc = subprocess.run([sys.executable, "-m", module, "optimize",
+                               str(files["dir"] / "missing.pt")], capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 2
+        _assert_one_line_error(proc.stderr, "missing.pt")
+    from importlib.metadata import entry_points
+
+    import gpuwpo.cli
+
+    scripts = [e for e in entry_points(group="console_scripts") if e.name == "gpuwpo"]
+    if not scripts:
+        pytest.skip("gpuwpo is not installed (pip install -e .): no console script to check")
+    assert scripts[0].value == "gpuwpo.cli:run" and scripts[0].load() is gpuwpo.cli.run
+
+
 # --------------------------------------------------------------------------------------------
 # Bad input, in process
 # --------------------------------------------------------------------------------------------

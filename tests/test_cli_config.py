@@ -9,9 +9,18 @@ import pytest
 
 import gpuwpo
 from gpuwpo.cli import main, make_compensation, parse_baseline, parse_g_range
+from gpuwpo.cli.config import read_config
+from gpuwpo.device.simulate import DEFAULT_TIMES
 from gpuwpo.io import load_result
-from gpuwpo.network.settings import physics_from_settings
+from gpuwpo.network.settings import (
+    config_from_settings,
+    merge_physics,
+    merge_settings,
+    optimize_kwargs_from_settings,
+    physics_from_settings,
+)
 from gpuwpo.registry import from_dict, registered, to_dict
+from gpuwpo.search.options import SearchOptions
 from tests._cli import TINY, write_two_layer_weights
 
 TABLE = {"g_lst": [0.0, 5.0, 12.0, 30.0], "nu_mean_lst": [0.1, 0.07, 0.05, 0.04],
@@ -195,6 +204,7 @@ readout_noise = 0.06
     ("popsize = 0\n", "popsize"),
     ("[noise_model]\nclass = 'Bogus'\n", "unknown class 'Bogus'"),
     ("times = 'soon'\n", "setting times"),
+    ("hierarchical = 'yes'\n", "setting hierarchical must be true or false"),
     ("this is not toml", "not a TOML config"),
 ])
 def test_bad_configs_are_one_line_errors(weights, tmp_path, capsys, text, fragment):
@@ -203,3 +213,105 @@ def test_bad_configs_are_one_line_errors(weights, tmp_path, capsys, text, fragme
     assert main(["optimize", str(weights), "--config", str(config), "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and fragment in err[0] and err[0].startswith("gpuwpo: error:"), err
+
+
+# ------------------------------------------------------------------------------------------
+# the merge of a config with the flags (gpuwpo.network.settings): the command line only parses
+
+
+def test_merge_settings_flags_over_config_over_defaults():
+    run = merge_settings({})
+    assert run["options"] == SearchOptions() and not run["options"].explicit
+    assert (run["t_steps"], run["f_lst"], run["backend"], run["physics"]) == (
+        list(DEFAULT_TIMES), [None, None], "torch", "device")
+    assert run["per_layer"] is True and run["hierarchical"] is None and run["device"] is None
+    config = {"popsize": 3, "maxiter": 9, "times": [1.0, 60.0], "symmetric": False,
+              "test_size": [16, 4], "global_strategy": True, "hierarchical": True}
+    run = merge_settings({"popsize": 4, "seed": 7, "device": "cpu"}, config)
+    o = run["options"]
+    assert (o.popsize, o.maxiter, o.seed, o.test_in_features, o.test_out_features) == (
+        4, 9, 7, 16, 4)
+    assert o.explicit == {"popsize", "maxiter", "seed", "test_in_features", "test_out_features"}
+    assert run["t_steps"] == [1.0, 60.0] and run["symmetric"] is False
+    assert run["per_layer"] is False and run["hierarchical"] is True and run["device"] == "cpu"
+    # The keyword arguments of optimize_network, as a results file's are.
+    assert set(run) - {"device"} == set(optimize_kwargs_from_settings(
+        {"options": {}, "f_lst": [None, None]}))
+
+
+def test_given_physics_modify_the_configs_objects():
+    recorded = {"baseline": gpuwpo.DualPairConductanceConverter([1.0, 3.0], 0.0, 20.0),
+                "compensation": gpuwpo.PerColumnDriftCompensation.aihwkit_default()}
+    # A baseline spec takes the recorded range; a range alone moves the recorded kind.
+    single = merge_physics({"baseline": "single"}, recorded)["baseline"]
+    assert isinstance(single, gpuwpo.SinglePairConductanceConverter) and single.g_max == 20.0
+    moved = merge_physics({"g_range": (0.0, 30.0)}, recorded)
+    assert moved["baseline"].f_lst.tolist() == [1.0, 3.0] and moved["baseline"].g_max == 30.0
+    assert moved["noise_model"].g_max == 30.0
+    # A readout alone keeps the recorded kind of compensation, and the other way round.
+    ideal = merge_physics({"readout": "ideal"}, recorded)["compensation"]
+    assert isinstance(ideal, gpuwpo.PerColumnDriftCompensation) and ideal.is_ideal
+    exact = merge_physics({"compensation": "exact-reference"}, recorded)["compensation"]
+    assert isinstance(exact, gpuwpo.GlobalDriftCompensation) and exact.exact_reference
+    assert not exact.is_ideal
+    # The same through merge_settings, whether the objects come from a TOML file or a results
+    # file.
+    run = merge_settings({"baseline": "single"}, recorded)
+    assert run["g_converter_baseline"].g_max == 20.0
+    for bad, fragment in (({"physics": "chip"}, "unknown physics 'chip'"),
+                          ({"readout": "noisy"}, "unknown readout 'noisy'"),
+                          ({"seed": 1}, r"unknown physics setting\(s\) seed")):
+        with pytest.raises(ValueError, match=fragment):
+            merge_physics(bad)
+
+
+def test_a_resumed_run_keeps_saving_where_it_was_saved():
+    assert merge_settings({"resume": "a.ckpt"})["options"].checkpoint == "a.ckpt"
+    options = merge_settings({"resume": "a.ckpt", "checkpoint": "b.ckpt"})["options"]
+    assert (options.resume, options.checkpoint) == ("a.ckpt", "b.ckpt")
+    assert merge_settings({})["options"].checkpoint is None
+
+
+@pytest.mark.parametrize("given, config, fragment", [
+    ({"popsise": 3}, None, "unknown setting(s) popsise"),
+    ({}, {"colour": "red"}, "the config hold(s) unknown setting(s) colour"),
+    ({"backend": "nonsense"}, None, "unknown backend 'nonsense'"),
+    ({"noise_model": "pcm"}, None, "noise_model must be a noise model"),
+    ({"popsize": 0}, None, "popsize"),
+])
+def test_merge_settings_refuses_what_it_cannot_run(given, config, fragment):
+    with pytest.raises(ValueError) as err:
+        merge_settings(given, config)
+    assert fragment in str(err.value)
+
+
+def test_a_results_config_merged_with_nothing_is_the_recorded_run(weights, tmp_path):
+    out = tmp_path / "r.json"
+    assert main(["optimize", str(weights), *TINY, "--physics", "aihwkit", "--baseline",
+                 "dualpair:1,2", "--g-range", "0,20", "--seed", "5", "--global",
+                 "--out", str(out)]) == 0
+    settings = load_result(out).settings
+    recorded = optimize_kwargs_from_settings(settings)
+    run = merge_settings({}, config_from_settings(settings))
+    assert run.pop("device") is None
+    assert set(run) == set(recorded)
+    for key in ("noise_model", "g_converter_baseline", "compensation"):
+        assert to_dict(run[key]) == to_dict(recorded[key])
+    for key in set(run) - {"noise_model", "g_converter_baseline", "compensation"}:
+        assert run[key] == recorded[key], key
+    assert run["options"].explicit == recorded["options"].explicit
+
+
+def test_a_toml_config_reads_every_run_setting(tmp_path):
+    config = tmp_path / "run.toml"
+    config.write_text('hierarchical = true\nglobal = false\nsymmetric = false\n'
+                      'include = ["fc1"]\ntimes = [1, 3600]\ng_range = "0,30"\n'
+                      'baseline = "npair:1,2,4"\ncompensation = "per-column"\n'
+                      'readout = "aihwkit"\ntest_size = [16, 4]\n')
+    run = merge_settings({}, read_config(config))
+    assert run["hierarchical"] is True and run["per_layer"] is True
+    assert run["symmetric"] is False and run["include"] == ["fc1"]
+    assert run["t_steps"] == [1.0, 3600.0] and run["options"].test_in_features == 16
+    assert run["g_converter_baseline"].num_pairs == 3 and run["g_converter_baseline"].g_max == 30
+    assert isinstance(run["compensation"], gpuwpo.PerColumnDriftCompensation)
+    assert not run["compensation"].is_ideal

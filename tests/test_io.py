@@ -320,3 +320,160 @@ def test_physics_from_settings_rebuilds_what_was_recorded():
     # nothing recorded: the documented defaults
     defaults = physics_from_settings({})
     assert defaults["noise_model"].g_max == 25.0 and len(defaults["t_steps"]) == 5
+
+
+# -- results files of earlier versions -------------------------------------------------------
+# Written by those versions' `gpuwpo optimize` (one layer fc.weight [4, 6], randn * 0.3 of seed
+# 0; a tiny budget: popsize 2, maxiter 2, a 8 x 4 test tile, times 1 s and 1 y), as they wrote
+# them.
+
+#: A results file of version 1, by commit d6c6288 (options as optimizer_kwargs; g_ref).
+_V1 = (
+    '{"format":"gpuwpo-result","version":1,"settings":{"f_lst":[null,null],"t_steps":[1.0,3153600'
+    '0.0],"backend":"torch","per_layer":true,"include":null,"exclude":null,"optimizer_kwargs":{"n'
+    'bins":6,"test_in_features":8,"test_out_features":4,"g_err":0.0,"f_min":0.1,"f_max":5.0,"use_'
+    'max_kw":false,"loss_margin":0.125,"baseline_iterations":2,"callback":null,"disp":false,"stra'
+    'tegy":"best1bin","popsize":2,"maxiter":2,"tol":0.0,"atol":0.02,"mutation":0.1,"recombination'
+    '":0.3,"polish":true,"seed":100,"x_init":"latinhypercube","validation_repeats":2,"x0":null,"w'
+    'arm_start_baseline":false,"noise_robust":true,"checkpoint":null,"checkpoint_every":10,"resum'
+    'e":null,"algorithm":"de","kernel":"auto","memory_budget":null,"polish_maxiter":50},"noise_mo'
+    'del":{"class":"PCMLikeNoiseModel","prog_coeff":[0.26348,1.965,-1.1731],"g_max":25.0,"t_read"'
+    ':2.5e-07,"t_0":20.0,"prog_noise_scale":1.0,"read_noise_scale":1.0,"drift_scale":1.0,"g_ref":'
+    '25.0},"baseline":{"class":"DualPairConductanceConverter","f_lst":[1.0,1.0],"g_min":0.0,"g_ma'
+    'x":25.0},"compensation":{"class":"GlobalDriftCompensation","readout_noise":0.0,"readout_step'
+    '":0.0,"readout_bound":null,"exact_reference":false,"input_step":0.0,"bound_management":false'
+    ',"max_bm_factor":1000.0,"max_bm_res":0.25},"g_min":0.0,"g_max":25.0,"nbins":6,"symmetric":tr'
+    'ue,"device":"cpu","physics":"device"},"total_tnmse":0.14947666227817535,"total_baseline_tnms'
+    'e":0.24021179974079132,"nit":2,"nfev":210,"wall_time":10.909243682999659,"stop_reason":"maxi'
+    'ter","layers":[{"name":"fc.weight","shape":[4,6],"f_dtype":"float32","g_dtype":"float32","f_'
+    'lst":[1.936711072921753,2.979419469833374],"g_lst":[[0.0,4.8007612228393555,0.0,0.0,0.0,0.76'
+    '32206678390503,12.673486709594727,25.0,15.399155616760254,22.819133758544922,25.0],[25.0,22.'
+    '819133758544922,15.399155616760254,25.0,12.673486709594727,0.0,0.0,0.0,0.0,4.800761222839355'
+    '5,0.0],[0.0,2.8183977603912354,0.0,0.0,0.0,0.0,0.012006474658846855,0.24955542385578156,14.7'
+    '4053955078125,24.10651397705078,25.0],[25.0,24.10651397705078,14.74053955078125,0.2495554238'
+    '5578156,0.012006474658846855,0.49611610174179077,0.0,0.0,0.0,2.8183977603912354,0.0]],"g_min'
+    '":0.0,"g_max":25.0,"tnmse":0.14947666227817535,"tnmse_ci95":[0.11202038824558258,0.186932936'
+    '31076813],"baseline_tnmse":0.24021179974079132,"baseline_ci95":[0.13474732637405396,0.345676'
+    '2731075287],"history":[0.3614135980606079,0.3880557417869568]}]}'
+)
+
+#: A results file of version 2, by commit 7db06cf (warm_start_baseline; unseeded).
+_V2 = (
+    '{"format":"gpuwpo-result","version":2,"settings":{"f_lst":[null,null],"t_steps":[1.0,3153600'
+    '0.0],"backend":"torch","per_layer":true,"include":null,"exclude":null,"options":{"nbins":6,"'
+    'g_err":0.0,"f_min":0.1,"f_max":5.0,"use_max_kw":false,"test_in_features":8,"test_out_feature'
+    's":4,"kernel":"auto","memory_budget":null,"loss_margin":0.125,"baseline_iterations":2,"valid'
+    'ation_repeats":2,"polish":true,"polish_maxiter":50,"warm_start_baseline":false,"strategy":"b'
+    'est1bin","popsize":2,"maxiter":2,"tol":0.0,"atol":0.02,"mutation":0.1,"recombination":0.3,"s'
+    'eed":100,"x_init":"latinhypercube","x0":null,"noise_robust":true,"algorithm":"de","checkpoin'
+    't_every":10},"explicit":["baseline_iterations","maxiter","popsize","test_in_features","test_'
+    'out_features","validation_repeats"],"noise_model":{"class":"PCMLikeNoiseModel","prog_coeff":'
+    '[0.26348,1.965,-1.1731],"g_max":25.0,"t_read":2.5e-07,"t_0":20.0,"prog_noise_scale":1.0,"rea'
+    'd_noise_scale":1.0,"drift_scale":1.0,"prog_coeff_g_max_reference":25.0},"baseline":{"class":'
+    '"DualPairConductanceConverter","f_lst":[1.0,1.0],"g_min":0.0,"g_max":25.0},"compensation":{"'
+    'class":"GlobalDriftCompensation","readout_noise":0.0,"readout_step":0.0,"readout_bound":null'
+    ',"exact_reference":false,"input_step":0.0,"bound_management":false,"max_bm_factor":1000.0,"m'
+    'ax_bm_res":0.25},"symmetric":true,"g_min":0.0,"g_max":25.0,"nbins":6,"device":"cpu","physics'
+    '":"device"},"total_tnmse":0.25700828433036804,"total_baseline_tnmse":0.24021179974079132,"ni'
+    't":2,"nfev":210,"wall_time":13.515337002999786,"stop_reason":"maxiter","layers":[{"name":"fc'
+    '.weight","shape":[4,6],"f_dtype":"float32","g_dtype":"float32","f_lst":[4.352925777435303,3.'
+    '023068904876709],"g_lst":[[0.0,0.0,0.018117565661668777,0.5216353535652161,9.194205284118652'
+    ',0.04129372909665108,0.6032571792602539,0.10426723957061768,22.898258209228516,16.5275440216'
+    '06445,25.0],[25.0,16.527544021606445,22.898258209228516,0.10426723957061768,0.60325717926025'
+    '39,0.0,9.194205284118652,0.5216353535652161,0.018117565661668777,0.0,0.0],[0.0,0.0,0.0,0.0,0'
+    '.23015932738780975,0.14037811756134033,24.799806594848633,25.0,3.653364419937134,25.0,25.0],'
+    '[25.0,25.0,3.653364419937134,25.0,24.799806594848633,0.1998370736837387,0.23015932738780975,'
+    '0.0,0.0,0.0,0.0]],"g_min":0.0,"g_max":25.0,"tnmse":0.25700828433036804,"tnmse_ci95":[0.10550'
+    '14431476593,0.4085151255130768],"baseline_tnmse":0.24021179974079132,"baseline_ci95":[0.1347'
+    '4732637405396,0.3456762731075287],"history":[0.3872351348400116,0.3814701735973358]}]}'
+)
+
+#: A results file of version 3, by commit e90a7a9 (the option still called seeds).
+_V3_SEEDS = (
+    '{"format":"gpuwpo-result","version":3,"settings":{"f_lst":[null,null],"t_steps":[1.0,3153600'
+    '0.0],"backend":"torch","per_layer":true,"hierarchical":false,"include":null,"exclude":null,"'
+    'options":{"nbins":6,"g_err":0.0,"f_min":0.1,"f_max":5.0,"use_max_kw":false,"clip":1.0,"test_'
+    'in_features":8,"test_out_features":4,"kernel":"auto","memory_budget":null,"loss_margin":0.12'
+    '5,"baseline_iterations":2,"validation_repeats":2,"polish":true,"polish_maxiter":50,"seeds":t'
+    'rue,"strategy":"best1bin","popsize":2,"maxiter":2,"tol":0.0,"atol":0.02,"mutation":0.1,"reco'
+    'mbination":0.3,"seed":100,"x_init":"latinhypercube","x0":null,"noise_robust":true,"algorithm'
+    '":"de"},"explicit":["baseline_iterations","maxiter","popsize","test_in_features","test_out_f'
+    'eatures","validation_repeats"],"noise_model":{"class":"PCMLikeNoiseModel","prog_coeff":[0.26'
+    '348,1.965,-1.1731],"g_max":25.0,"t_read":2.5e-07,"t_0":20.0,"prog_noise_scale":1.0,"read_noi'
+    'se_scale":1.0,"drift_scale":1.0,"prog_coeff_g_max_reference":25.0},"baseline":{"class":"Dual'
+    'PairConductanceConverter","f_lst":[1.0,1.0],"g_min":0.0,"g_max":25.0},"compensation":{"class'
+    '":"GlobalDriftCompensation","readout_noise":0.0,"readout_step":0.0,"readout_bound":null,"exa'
+    'ct_reference":false,"input_step":0.0,"bound_management":false,"max_bm_factor":1000.0,"max_bm'
+    '_res":0.25},"symmetric":true,"g_min":0.0,"g_max":25.0,"nbins":6,"device":"cpu","physics":"de'
+    'vice"},"total_tnmse":0.14504012279212475,"total_baseline_tnmse":0.15364684909582138,"nit":2,'
+    '"nfev":228,"wall_time":5.053010429000096,"stop_reason":"maxiter","layers":[{"name":"fc.weigh'
+    't","shape":[4,6],"f_dtype":"float32","g_dtype":"float32","f_lst":[1.0,1.5000001192092896],"g'
+    '_lst":[[0.0,0.0,0.0,0.0,0.0,0.0,12.5,25.0,25.0,25.0,25.0],[25.0,25.0,25.0,25.0,12.5,0.0,0.0,'
+    '0.0,0.0,0.0,0.0],[0.0,0.0,0.0,0.0,0.0,0.0,6.357828397085541e-07,1.2715656794171082e-06,8.333'
+    '334922790527,16.666667938232422,25.0],[25.0,16.666667938232422,8.333334922790527,1.271565679'
+    '4171082e-06,6.357828397085541e-07,0.0,0.0,0.0,0.0,0.0,0.0]],"g_min":0.0,"g_max":25.0,"tnmse"'
+    ':0.14504012279212475,"tnmse_ci95":[0.07766094534935666,0.21241930023489283],"baseline_tnmse"'
+    ':0.15364684909582138,"baseline_ci95":[0.07987926300638301,0.22741443518525975],"history":[0.'
+    '1139415055513382,0.08926498889923096],"chosen":"seed: NPair f=[1, 1.5] range=1","success":fa'
+    'lse}]}'
+)
+
+EARLIER = {1: _V1, 2: _V2, 3: _V3_SEEDS}
+
+
+def _earlier(tmp_path, version: int):
+    path = tmp_path / f"v{version}.json"
+    path.write_text("".join(EARLIER[version]))
+    return path
+
+
+@pytest.mark.parametrize("version", [1, 2, 3])
+def test_results_files_of_earlier_versions_load(tmp_path, version):
+    from gpuwpo.network.settings import physics_from_settings
+
+    path = _earlier(tmp_path, version)
+    result = load_result(path)
+    (layer,) = result.layers
+    assert (layer.name, layer.shape) == ("fc.weight", (4, 6))
+    assert isinstance(layer.converter, gpuwpo.CustomPairConductanceConverter)
+    # Versions 1 and 2 recorded no choice: their layers are the search's strategies.
+    assert layer.chosen == ("search" if version < 3 else "seed: NPair f=[1, 1.5] range=1")
+    physics = physics_from_settings(result.settings, path=path)
+    assert physics["noise_model"].g_ref == 25.0  # version 1 called it g_ref
+    assert physics["baseline"].f_lst.tolist() == [1.0, 1.0]
+    assert physics["t_steps"] == [1.0, 31536000.0] and physics["physics"] == "device"
+    again = tmp_path / "again.json"  # saved as the current version, read back the same
+    save_result(result, again)
+    assert load_result(again) == result and json.loads(again.read_text())["version"] == 3
+
+
+def test_earlier_records_are_repeated_with_the_options_they_record(tmp_path):
+    from gpuwpo.network.settings import config_from_settings
+
+    path = _earlier(tmp_path, 1)
+    with pytest.raises(ValueError, match="v1.json: the results file does not record its options"):
+        config_from_settings(load_result(path).settings, path=path)
+    for version, starts in ((2, False), (3, True)):
+        path = _earlier(tmp_path, version)
+        options = config_from_settings(load_result(path).settings, path=path)["options"]
+        # Version 2 was written before the search started from the standard converters;
+        # version 3 called the option `seeds`.
+        assert options.standard_starts is starts and "standard_starts" not in options.explicit
+        assert (options.popsize, options.maxiter, options.seed) == (2, 2, 100)
+        assert options.explicit == {"baseline_iterations", "maxiter", "popsize",
+                                    "test_in_features", "test_out_features",
+                                    "validation_repeats"}
+
+
+def test_the_command_line_repeats_a_run_recorded_with_seeds(tmp_path):
+    from gpuwpo.cli import main
+
+    gen = torch.Generator().manual_seed(0)
+    weights = tmp_path / "w.pt"
+    torch.save({"fc.weight": torch.randn(4, 6, generator=gen) * 0.3}, weights)
+    out = tmp_path / "again.json"
+    assert main(["optimize", str(weights), "--config", str(_earlier(tmp_path, 3)), "--quiet",
+                 "--device", "cpu", "--out", str(out)]) == 0
+    settings = load_result(out).settings
+    assert settings["options"]["standard_starts"] is True and "seeds" not in settings["options"]
+    assert settings["options"]["popsize"] == 2 and settings["t_steps"] == [1.0, 31536000.0]
