@@ -8,9 +8,10 @@ import pytest
 import torch
 
 import gpuwpo
+from gpuwpo.search.backends.base import SearchOutcome
 from gpuwpo.search.backends.torch_backend import load_checkpoint
+from gpuwpo.search.de import de_init
 from gpuwpo.search.optimizer import OptimizationResult
-from gpuwpo.search.options import SearchOptions
 
 T_STEPS = [1.0, 3600.0, 86400.0, 30 * 86400.0, 365 * 86400.0]
 # A small test tile and budget: the suite runs on 2 CPU cores.
@@ -34,19 +35,79 @@ def _optimizer(weights, f_lst=(None, None), backend="torch", **kwargs):
         **{**SMALL, **kwargs})
 
 
-def test_defaults_are_the_measured_ones(heavy_tailed):
-    # README.md "Defaults": the reference's operators, a 5 x D population for 50 generations,
-    # seeded with the standard converters.
-    opt = _optimizer(heavy_tailed)
-    assert opt.options.popsize == 5 and opt.options.maxiter == 50 and opt.options.standard_starts
-    assert opt.options.mutation == 0.1 and opt.options.recombination == 0.3
-    assert opt.options.loss_margin == 0.125 and opt.options.atol == 0.02
-    assert opt.options.seed == 100 and opt.options.strategy == "best1bin"
-    assert SearchOptions().nbins == 6 and SearchOptions().validation_repeats == 100
-    # D = n (2K - 1) + free f + x_kw = 6 * 3 + 2 + 1
-    assert opt.space.dim == 21
-    assert opt.generate_bounds() == [(0.0, 1.0)] * 21
+class _Stop(Exception):
+    """Raised by a spy once it has seen what it came for."""
+
+
+def test_defaults_are_the_measured_ones(heavy_tailed, monkeypatch):
+    """README.md "Defaults", as the search and the choice receive them: the reference's
+    operators, a 5 x D population started from the standard converters, for 50 generations of
+    noise-robust selection, the 12.5 % margin in the loss, the choice on 100 programmings, one
+    fixed seed."""
+    import gpuwpo.search.backends.torch_backend as tb
+    import gpuwpo.search.optimizer as optimizer_module
+
+    seen = []
+
+    def spy_minimize(fn, *, maxiter, callback, reevaluate_parents, state):
+        seen.append(dict(fn=fn, maxiter=maxiter, robust=reevaluate_parents, state=state))
+        raise _Stop
+
+    monkeypatch.setattr(tb, "de_minimize", spy_minimize)
+    defaults = dict(test_in_features=128, test_out_features=20, baseline_iterations=16,
+                    disp=False, device="cpu")  # SMALL but for the choice's repeats
+    runs = [gpuwpo.WeightProgrammingOptimizer(heavy_tailed, [None, None],
+                                              gpuwpo.PCMLikeNoiseModel(), T_STEPS, _baseline(),
+                                              **defaults) for _ in range(2)]
+    for opt in runs:
+        with pytest.raises(_Stop):
+            opt.run_optimizer()
+    opt, search = runs[0], seen[0]
+    # D = n (2K - 1) + free f + x_kw = 6 * 3 + 2 + 1: nbins 6, two free factors.
+    D = 21
+    assert opt.space.dim == D and opt.generate_bounds() == [(0.0, 1.0)] * D
     assert opt.device == torch.device("cpu")
+    state = search["state"]
+    assert state.population.shape == (1, 5 * D, D)  # popsize 5
+    starts, _ = opt.standard_starts()
+    assert len(starts) == 18
+    first = state.population[0, : len(starts)]  # the standard starts, best ranked first
+    assert all(bool((first == x.to(first)).all(-1).any()) for x in starts)
+    assert search["maxiter"] == 50 and search["robust"]
+    assert (state.strategy, state.mutation_low, state.mutation_high, state.dither) == \
+        ("best1bin", 0.1, 0.1, False)
+    assert state.recombination == 0.3 and (state.tol, state.atol) == (0.0, 0.02)
+    # One fixed default seed: two default runs start from the same population.
+    assert torch.equal(state.population, seen[1]["state"].population)
+    # The loss is (TNMSE - baseline) / baseline + margin: the baseline's own program scores
+    # the margin, up to one programming's noise.
+    base = [i for i, x in enumerate(state.population[0]) if torch.equal(x, starts[0].to(x))]
+    loss = search["fn"](state.population)[0, base[0]]
+    assert abs(float(loss) - 0.125) < 0.05
+
+    # The choice: every contender programmed 100 times in each block, on the run seed's streams.
+    chosen = {}
+
+    def spy_choose(objective, contenders, baseline, *, repeats, seed):
+        chosen.update(repeats=repeats, seed=seed, labels=[c for c, _ in contenders[0]])
+        raise _Stop
+
+    def start_point(backend, problem, options, **kwargs):  # the search "ends" at its start
+        x = options.x0[:, 0]
+        return SearchOutcome(x=x, fun=torch.zeros(1), nit=1, nfev=1,
+                             converged=torch.ones(1, dtype=torch.bool), stop_reason="converged",
+                             message="", history=torch.zeros(1, 1))
+
+    monkeypatch.setattr(optimizer_module, "run_search", start_point)
+    monkeypatch.setattr(optimizer_module, "choose_per_layer", spy_choose)
+    monkeypatch.setattr(opt, "_polish", lambda x: x + 0.01 * (0.5 - x))  # (the polish is on)
+    with pytest.raises(_Stop):
+        opt.run_optimizer()
+    assert chosen["repeats"] == 100 and "polish" in chosen["labels"]
+    # ... and the seed of the choice's streams is the one the search drew its population from.
+    again = de_init(dim=D, num_layers=1, popsize=5, seed=chosen["seed"],
+                    dtype=state.population.dtype)
+    assert torch.equal(again.rng_state, state.rng_state)
 
 
 def test_unknown_keyword_is_named(heavy_tailed):
@@ -179,6 +240,9 @@ def test_other_backends_return_the_same_result_type(heavy_tailed, backend):
     assert isinstance(r, OptimizationResult) and r.backend == backend
     assert r.x.shape == (1, 21) and bool(((r.x >= 0) & (r.x <= 1)).all())
     assert r.tnmse.shape == (1,) and r.nfev > 0
+    # The generation count and the history mean what the torch backend's do.
+    assert 1 <= r.nit <= 3 and r.history.shape == (1, r.nit)
+    torch.testing.assert_close(r.history[:, -1], r.search_best_tnmse.to(r.history))
 
 
 def test_checkpoint_resume_is_identical_to_an_uninterrupted_run(heavy_tailed, tmp_path):
@@ -238,15 +302,15 @@ def test_the_polish_is_a_contender_of_the_choice(heavy_tailed):
     assert float(r.tnmse[0]) <= float(unpolished.result.tnmse[0]) or r.chosen[0] == "baseline"
 
 
-def test_seeds_are_the_standard_converters_first_in_the_population(heavy_tailed, monkeypatch):
+def test_the_standard_starts_are_first_in_the_population(heavy_tailed, monkeypatch):
     """The baseline's own program and the N-pair grid start the search, best ranked first."""
     import gpuwpo.search.backends.torch_backend as tb
 
     opt = _optimizer(heavy_tailed, popsize=2, maxiter=1, polish=False)
-    seeds, labels = opt.standard_starts()
+    starts, labels = opt.standard_starts()
     assert labels[0] == "baseline program"
-    torch.testing.assert_close(seeds[0].double(), opt.space.encode_npair([1.0, 1.0]))
-    assert len(labels) == len(set(labels)) == seeds.shape[0] == 18  # F grid x range grid
+    torch.testing.assert_close(starts[0].double(), opt.space.encode_npair([1.0, 1.0]))
+    assert len(labels) == len(set(labels)) == starts.shape[0] == 18  # F grid x range grid
     made = []
     original = tb.de_init
 
@@ -259,21 +323,22 @@ def test_seeds_are_the_standard_converters_first_in_the_population(heavy_tailed,
     opt.run_optimizer()
     population = made[0].population[0]
     assert population.shape[0] == 42
-    for x in seeds:  # every seed is a member (ranked order)
+    for x in starts:  # every standard start is a member (ranked order)
         assert bool((population == x.to(population)).all(-1).any())
-    seeded_nfev = opt.result.nfev
-    # The best seed is a contender of the choice (unless the search's best is that very point).
-    search_is_a_seed = bool((seeds.to(opt.result.search_x) == opt.result.search_x[0]).all(-1)
-                            .any())
-    assert search_is_a_seed or any(label.startswith("start: ")
-                                   for label in opt.result.choices[0].figures)
-    # Without seeds the population is the plain latin hypercube.
+    started_nfev = opt.result.nfev
+    # The best standard start is a contender of the choice (unless the search's best is that
+    # very point).
+    search_is_a_start = bool((starts.to(opt.result.search_x) == opt.result.search_x[0])
+                             .all(-1).any())
+    assert search_is_a_start or any(label.startswith("start: ")
+                                    for label in opt.result.choices[0].figures)
+    # Without standard starts the population is the plain latin hypercube.
     plain = _optimizer(heavy_tailed, popsize=2, maxiter=1, polish=False, standard_starts=False)
     assert plain.standard_starts()[1] == []
     plain.run_optimizer()
-    assert seeded_nfev == plain.result.nfev + 18  # the seeds' ranking: one evaluation each
+    assert started_nfev == plain.result.nfev + 18  # their ranking: one evaluation each
     assert not any(bool((made[-1].population[0] == x.to(population)).all(-1).any())
-                   for x in seeds)
+                   for x in starts)
 
 
 def test_no_baseline_point_for_converters_the_space_cannot_express(heavy_tailed):
