@@ -328,3 +328,29 @@ def test_the_example_network_is_made_and_trained_without_the_global_generator():
     for r in range(2):
         programmed = program_model(model, DUAL, noisy, 1.0, stream_generator(4, "accuracy", r))
         assert acc[r, 0] == accuracy(programmed, x_te, y_te)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_cuda_none_never_advances_the_global_cuda_generator():
+    g = torch.rand(4, 30, generator=torch.Generator().manual_seed(1)).cuda() * 25.0
+    w = _weights().cuda()
+    space = StrategySpace([None, None], 0.0, 25.0)
+    objective = TNMSEObjective([w], NM, None, [1.0, 86400.0], space, test_in_features=8,
+                               test_out_features=4, device="cuda", kernel="torch")
+    x = torch.rand(1, 3, space.dim, generator=torch.Generator().manual_seed(2)).cuda()
+    cases = [
+        lambda gen: gpuwpo.student_t_weights((50,), generator=gen, device="cuda"),
+        lambda gen: gpuwpo.shuffle_weights(w, gen),
+        lambda gen: NM.program_drift_read_step(NM.prepare_targets(g), 3600.0, generator=gen),
+        lambda gen: GlobalDriftCompensation(0.06).alpha(w, w * 0.9, gen),
+        lambda gen: sample_device_noise((2, 3), generator=gen, device="cuda"),
+        lambda gen: simulate_weights(w, DUAL, NM, [1.0], repeats=2, generator=gen),
+        lambda gen: objective(x, gen),
+    ]
+    for fn in cases:
+        torch.cuda.manual_seed_all(1234)
+        state = torch.cuda.get_rng_state()
+        a, b = _flat(fn(None)), _flat(fn(None))
+        assert torch.equal(torch.cuda.get_rng_state(), state)
+        assert not torch.equal(a, b)
+        assert torch.equal(_flat(fn(7)), _flat(fn(7)))
