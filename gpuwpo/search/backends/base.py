@@ -27,14 +27,14 @@ SNES and GA), defined here once:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
-__all__ = ["SearchProblem", "SearchOutcome", "IntermediateResult", "incumbent_loss",
-           "layer_loss", "notify"]
+__all__ = ["SearchProblem", "SearchOutcome", "IntermediateResult", "LayerEvaluations",
+           "Lockstep", "incumbent_loss", "layer_loss", "notify"]
 
 
 @dataclass(frozen=True)
@@ -187,3 +187,116 @@ class SearchOutcome:
     message: str
     history: Tensor
     extra: dict = field(default_factory=dict)
+
+
+class LayerEvaluations:
+    """One layer's loss calls in a search that steps each layer on its own (scipy, EvoTorch):
+    numbered 0, 1, 2, ... per layer (its noise keyed by the layer's id, so a layer searched alone
+    sees what it sees beside others), the latest one kept to measure the incumbent on.
+
+    Attributes:
+        calls: loss calls so far (the number of the next one).
+        nfev: candidates evaluated, the incumbents' extra evaluations included.
+        latest: the latest call's candidates [P, D] and losses [P] (None before the first).
+    """
+
+    def __init__(self, problem: SearchProblem, b: int) -> None:
+        self.problem, self.b = problem, int(b)
+        self.calls = 0
+        self.nfev = 0
+        self.latest: tuple[Tensor, Tensor] | None = None
+
+    def __call__(self, x: Tensor) -> Tensor:
+        """The losses [P] of candidates x [P, D] (the problem's dtype and device) in the next
+        call."""
+        out = layer_loss(self.problem, x.unsqueeze(0), self.calls, torch.tensor([self.b]))[0]
+        self.calls += 1
+        self.nfev += x.shape[0]
+        self.latest = (x, out)
+        return out
+
+    def measure(self, x: Tensor) -> Tensor:
+        """The layer's ``fun``: the loss of its incumbent x [D] on the latest call's noise
+        (:func:`incumbent_loss`)."""
+        x = x.to(device=self.problem.device, dtype=self.problem.dtype)
+        candidates, losses = self.latest
+        fun, evaluated = incumbent_loss(self.problem, x[None], self.calls - 1,
+                                        torch.tensor([self.b]), candidates[None], losses[None])
+        self.nfev += evaluated
+        return fun[0]
+
+
+@dataclass
+class Lockstep:
+    """What B per-layer searches report, stepped one generation at a time (the module's
+    meanings); the loop of the backends that keep one searcher per layer.
+
+    Attributes:
+        x: [B, D] the incumbents; fun: [B] their losses; history: ``fun`` after each
+            generation; converged: [B] bool; nit: generations run; stop_reason: "maxiter"
+            until the run converges or the callback stops it.
+    """
+
+    x: Tensor
+    fun: Tensor
+    history: list[Tensor]
+    converged: Tensor
+    nit: int = 0
+    stop_reason: str = "maxiter"
+
+    @classmethod
+    def start(cls, problem: SearchProblem, dtype: torch.dtype | None = None,
+              device: torch.device | str | None = None) -> Lockstep:
+        """Before the first generation: the cube's centre, an infinite loss, no history."""
+        B, D = problem.num_layers, problem.dim
+        dtype = problem.dtype if dtype is None else dtype
+        device = problem.device if device is None else device
+        return cls(torch.full((B, D), 0.5, dtype=dtype, device=device),
+                   torch.full((B,), float("inf"), dtype=dtype, device=device), [],
+                   torch.zeros(B, dtype=torch.bool, device=device))
+
+    def run(self, step: Callable[[int], tuple[Tensor, bool]],
+            evaluations: Sequence[LayerEvaluations], *, maxiter: int,
+            callback: Callable | None, progress: Callable | None,
+            after: Callable[[Lockstep], None] | None = None) -> None:
+        """Generations until ``maxiter``, convergence of every layer or the callback's stop.
+
+        Args:
+            step: ``step(b)`` runs one generation of layer b's searcher and returns its
+                incumbent [D] and whether the layer has now converged (it then stops).
+            evaluations: the layers' :class:`LayerEvaluations` (their ``fun`` and ``nfev``).
+            maxiter: generations in all (counting those already run, ``nit``).
+            callback, progress: as :func:`notify` takes them, after every generation.
+            after: called after every generation, before the callback (e.g. a checkpoint).
+        """
+        while self.nit < maxiter and self.stop_reason != "converged":
+            x, fun, converged = self.x.clone(), self.fun.clone(), self.converged.clone()
+            for b, layer in enumerate(evaluations):
+                if not bool(converged[b]):
+                    incumbent, done = step(b)
+                    x[b] = incumbent.to(x)
+                    fun[b] = layer.measure(x[b]).to(fun)
+                    converged[b] = bool(done)
+            self.x, self.fun, self.converged = x, fun, converged
+            self.nit += 1
+            self.history.append(fun)
+            if after is not None:
+                after(self)
+            info = IntermediateResult(self.nit, x, fun, torch.stack(self.history, dim=1),
+                                      sum(layer.nfev for layer in evaluations), converged.clone())
+            if notify(callback, progress, info):
+                self.stop_reason = "callback"
+                return
+            if bool(converged.all()):
+                self.stop_reason = "converged"
+                return
+
+    def outcome(self, problem: SearchProblem, evaluations: Sequence[LayerEvaluations],
+                message: str, extra: dict) -> SearchOutcome:
+        """The :class:`SearchOutcome` of the run so far, in the problem's dtype and device."""
+        where = dict(device=problem.device, dtype=problem.dtype)
+        return SearchOutcome(
+            x=self.x.to(**where), fun=self.fun.to(**where), nit=self.nit,
+            nfev=sum(layer.nfev for layer in evaluations), converged=self.converged.clone(),
+            stop_reason=self.stop_reason, message=message,
+            history=torch.stack(self.history, dim=1).to(**where), extra=extra)

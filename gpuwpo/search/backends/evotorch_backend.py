@@ -77,11 +77,10 @@ from ..de import (
 from ..options import SearchOptions
 from .base import (
     IntermediateResult,
+    LayerEvaluations,
+    Lockstep,
     SearchOutcome,
     SearchProblem,
-    incumbent_loss,
-    layer_loss,
-    notify,
 )
 
 __all__ = ["ALGORITHMS", "accepts", "reflect_unit", "search"]
@@ -147,32 +146,14 @@ def _classes():
                 store_solution_stats=False,  # (overriding _evaluate_batch makes it vectorized)
             )
             self._problem = problem
-            self._layer = layer
-            self.calls = 0  # this layer's evaluations: the noise seed of the next one
-            self.nfev = 0
-            # The latest evaluation's candidates [P, D] (reflected) and losses [P]: where the
-            # incumbent's loss on that evaluation's noise is looked up.
-            self.latest: tuple[Tensor, Tensor] | None = None
+            # The layer's numbered loss calls, and its incumbent measured on the latest one.
+            self.evaluations = LayerEvaluations(problem, layer)
 
         def _evaluate_batch(self, batch: SolutionBatch) -> None:
-            p, b = self._problem, self._layer
-            x = reflect_unit(batch.values.as_subclass(Tensor)).to(p.dtype)
-            losses = layer_loss(p, x.unsqueeze(0), self.calls, torch.tensor([b]))[0]
-            losses = losses.to(device=p.device, dtype=p.dtype)
-            self.calls += 1
-            self.nfev += x.shape[0]
-            self.latest = (x, losses)
+            x = reflect_unit(batch.values.as_subclass(Tensor)).to(self._problem.dtype)
+            losses = self.evaluations(x).to(device=self._problem.device,
+                                            dtype=self._problem.dtype)
             batch.set_evals(losses.to(self.eval_dtype))
-
-        def measure(self, x: Tensor) -> Tensor:
-            """The loss of the incumbent x [D] on the noise of the latest evaluation (the
-            meaning of ``fun``, :func:`gpuwpo.search.backends.base.incumbent_loss`)."""
-            candidates, losses = self.latest
-            fun, evaluated = incumbent_loss(self._problem, x[None], self.calls - 1,
-                                            torch.tensor([self._layer]), candidates[None],
-                                            losses[None])
-            self.nfev += evaluated
-            return fun[0]
 
     class DifferentialEvolution(SearchAlgorithm, SinglePopulationAlgorithmMixin):
         """scipy-style differential evolution as an EvoTorch search algorithm (one layer).
@@ -419,7 +400,8 @@ def search(
             return ga
         centre = torch.full((D,), 0.5, device=problem.device, dtype=problem.dtype)
         if x0 is not None:
-            # The first warm start (a search's best seed) centres the distribution.
+            # The first warm start (a given one, else the best-ranked standard start) centres
+            # the distribution.
             centre = x0 if x0.dim() == 1 else (x0[b] if x0.dim() == 2 else x0[b, 0])
         searcher_class = CMAES if algorithm == "cmaes" else SNES
         with warnings.catch_warnings():
@@ -435,69 +417,45 @@ def search(
                                                  _EVOTORCH_KEY))
             for b in range(B)]
         searchers = [make_searcher(layer_problems[b], b) for b in range(B)]
-    history: list[Tensor] = []
-    converged = torch.zeros(B, dtype=torch.bool, device=problem.device)
-    x = torch.full((B, D), 0.5, device=problem.device, dtype=problem.dtype)
-    fun = torch.full((B,), float("inf"), device=problem.device, dtype=problem.dtype)
-    stop_reason = "maxiter"
-    nit = 0
+    evaluations = [p.evaluations for p in layer_problems]
+    run = Lockstep.start(problem)
     if restored is not None:
-        for p, calls, nfev in zip(layer_problems, restored["calls"], restored["nfev"]):
-            p.calls, p.nfev = calls, nfev
-        x, fun = restored["x"].to(problem.dtype), restored["fun"].to(problem.dtype)
-        history, converged, nit = restored["history"], restored["converged"], restored["nit"]
-        if bool(converged.all()):
-            stop_reason = "converged"  # as the run that saved it stopped
+        for layer, calls, nfev in zip(evaluations, restored["calls"], restored["nfev"]):
+            layer.calls, layer.nfev = calls, nfev
+        run = Lockstep(restored["x"].to(problem.dtype), restored["fun"].to(problem.dtype),
+                       list(restored["history"]), restored["converged"], restored["nit"])
+        if bool(run.converged.all()):
+            run.stop_reason = "converged"  # as the run that saved it stopped
 
-    def incumbent(b: int) -> Tensor:
-        """Layer b's incumbent [D] in the cube, as its algorithm ranks its population."""
+    def step(b: int) -> tuple[Tensor, bool]:
+        """One generation of layer b: its incumbent [D] in the cube, as its algorithm ranks its
+        population, and whether it has converged (the DE's test; the others have none)."""
         searcher = searchers[b]
+        searcher.step()
         if algorithm == "de":
-            return searcher.state.population[0, 0]
+            return searcher.state.population[0, 0], bool(searcher.state.converged.all())
         population = searcher.population
         evals = population.evals[:, 0].as_subclass(Tensor)
         best = int(torch.nan_to_num(evals, nan=float("inf")).argmin())
-        return reflect_unit(population.values[best].as_subclass(Tensor)).to(problem.dtype)
+        return reflect_unit(population.values[best].as_subclass(Tensor)), False
 
-    def snapshot() -> dict:
-        # The state at the end of a generation (DE states are never mutated in place:
+    def snapshot(run: Lockstep) -> dict:
+        # The DE run at the end of a generation (DE states are never mutated in place:
         # references suffice).
         return {"states": [s.state for s in searchers],
-                "calls": [p.calls for p in layer_problems],
-                "nfev": [p.nfev for p in layer_problems],
-                "x": x, "fun": fun, "history": list(history), "converged": converged.clone(),
-                "nit": nit}
+                "calls": [layer.calls for layer in evaluations],
+                "nfev": [layer.nfev for layer in evaluations],
+                "x": run.x, "fun": run.fun, "history": list(run.history),
+                "converged": run.converged.clone(), "nit": run.nit}
 
-    resumed = snapshot() if restored is not None else None
-    with PeriodicCheckpoint(checkpoint, _record, resumed) as saves:
-        while nit < o.maxiter and stop_reason != "converged":
-            x, fun = x.clone(), fun.clone()
-            for b in range(B):
-                if not bool(converged[b]):
-                    searchers[b].step()
-                    x[b] = incumbent(b)
-                    fun[b] = layer_problems[b].measure(x[b])
-            nit += 1
-            history.append(fun)
-            if algorithm == "de":
-                converged = torch.cat([s.state.converged for s in searchers])
-            if saves.saves:
-                saves.generation(nit, snapshot())
-            info = IntermediateResult(nit, x, fun, torch.stack(history, dim=1),
-                                      sum(p.nfev for p in layer_problems), converged.clone())
-            if notify(o.callback, progress, info):
-                stop_reason = "callback"
-                break
-            if bool(converged.all()):
-                stop_reason = "converged"
-                break
-    if saves.saves:
-        saves.finish(snapshot())
-
-    return SearchOutcome(
-        x=x, fun=fun, nit=nit, nfev=sum(p.nfev for p in layer_problems),
-        converged=converged, stop_reason=stop_reason, message=MESSAGES[stop_reason],
-        history=torch.stack(history, dim=1),
-        extra={"searchers": searchers, "calls": sum(p.calls for p in layer_problems),
-               "algorithm": algorithm},
-    )
+    saver = PeriodicCheckpoint(checkpoint, _record,
+                               None if restored is None else snapshot(run))
+    with saver:
+        run.run(step, evaluations, maxiter=o.maxiter, callback=o.callback, progress=progress,
+                after=(lambda r: saver.generation(r.nit, snapshot(r))) if saver.saves else None)
+    if saver.saves:
+        saver.finish(snapshot(run))
+    return run.outcome(problem, evaluations, MESSAGES[run.stop_reason],
+                       {"searchers": searchers,
+                        "calls": sum(layer.calls for layer in evaluations),
+                        "algorithm": algorithm})

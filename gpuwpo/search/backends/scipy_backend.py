@@ -31,11 +31,10 @@ from ..de import MESSAGES, de_init
 from ..options import SearchOptions, de_accepts
 from .base import (
     IntermediateResult,
+    LayerEvaluations,
+    Lockstep,
     SearchOutcome,
     SearchProblem,
-    incumbent_loss,
-    layer_loss,
-    notify,
 )
 
 __all__ = ["search", "accepts"]
@@ -58,33 +57,15 @@ def _solver_class():
     return DifferentialEvolutionSolver
 
 
-class _Layer:
-    """One layer's loss as scipy calls it: [D, S] -> [S], numbering its own calls, keeping the
-    latest call's candidates and losses (where its incumbent's loss is looked up)."""
+def _scipy_loss(layer: LayerEvaluations) -> Callable[[np.ndarray], np.ndarray]:
+    """The layer's loss as scipy calls it in vectorized mode: x [D, S] -> [S]."""
+    p = layer.problem
 
-    def __init__(self, problem: SearchProblem, b: int) -> None:
-        self.problem, self.b = problem, b
-        self.calls = 0  # loss calls so far: the number of the next one
-        self.nfev = 0  # candidates evaluated, re-measured incumbents included
-        self.latest: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        p = self.problem
+    def func(x: np.ndarray) -> np.ndarray:
         cand = torch.as_tensor(np.atleast_2d(x.T), dtype=p.dtype, device=p.device)
-        out = layer_loss(p, cand.unsqueeze(0), self.calls, torch.tensor([self.b]))[0]
-        self.calls += 1
-        self.nfev += cand.shape[0]
-        self.latest = (cand, out)
-        return out.detach().double().cpu().numpy()
+        return layer(cand).detach().double().cpu().numpy()
 
-    def measure(self, x: torch.Tensor) -> torch.Tensor:
-        """The loss of the incumbent x [D] on the latest call's noise."""
-        x = x.to(device=self.problem.device, dtype=self.problem.dtype)
-        candidates, losses = self.latest
-        fun, evaluated = incumbent_loss(self.problem, x[None], self.calls - 1,
-                                        torch.tensor([self.b]), candidates[None], losses[None])
-        self.nfev += evaluated
-        return fun[0]
+    return func
 
 
 def search(problem: SearchProblem, options: SearchOptions, *,
@@ -104,14 +85,9 @@ def search(problem: SearchProblem, options: SearchOptions, *,
         init = init.detach().cpu().double().numpy()
     x0_np = None if o.x0 is None else torch.as_tensor(o.x0).detach().cpu().double().numpy()
     solver_class = _solver_class()
-    layers = [_Layer(problem, b) for b in range(B)]
+    layers = [LayerEvaluations(problem, b) for b in range(B)]
     solvers = []
-    x = torch.full((B, D), 0.5, dtype=torch.float64)
-    fun = torch.full((B,), float("inf"), dtype=torch.float64)
-    converged = torch.zeros(B, dtype=torch.bool)
-    history: list[torch.Tensor] = []
-    stop_reason = "maxiter"
-    nit = 0
+    run = Lockstep.start(problem, dtype=torch.float64, device="cpu")
     with ExitStack() as stack:
         for b in range(B):
             layer_init = init if isinstance(init, str) or init.ndim == 2 else init[b]
@@ -127,38 +103,19 @@ def search(problem: SearchProblem, options: SearchOptions, *,
                                 layer_ids=[problem.layer_id(b)], dtype=torch.float64)
                 layer_init, layer_x0 = first.population[0].numpy(), None
             solvers.append(stack.enter_context(solver_class(
-                layers[b], [(0.0, 1.0)] * D, strategy=o.strategy, maxiter=o.maxiter,
-                popsize=o.popsize, tol=o.tol, atol=o.atol, mutation=o.mutation,
-                recombination=o.recombination,
+                _scipy_loss(layers[b]), [(0.0, 1.0)] * D, strategy=o.strategy,
+                maxiter=o.maxiter, popsize=o.popsize, tol=o.tol, atol=o.atol,
+                mutation=o.mutation, recombination=o.recombination,
                 rng=np.random.default_rng(stream_seed(o.seed, "search", problem.layer_id(b))),
                 polish=False, init=layer_init, x0=layer_x0, updating="deferred",
                 vectorized=True)))
-        while nit < o.maxiter:
-            x, fun = x.clone(), fun.clone()
-            for b in range(B):
-                if bool(converged[b]):
-                    continue
-                # One generation (the first also evaluates the initial population), then
-                # scipy's convergence test, as its solve() does.
-                next(solvers[b])
-                x[b] = torch.as_tensor(solvers[b].x)
-                fun[b] = float(layers[b].measure(x[b]))
-                converged[b] = bool(solvers[b].converged())
-            nit += 1
-            history.append(fun)
-            info = IntermediateResult(nit, x, fun, torch.stack(history, dim=1),
-                                      sum(layer.nfev for layer in layers), converged.clone())
-            if notify(o.callback, progress, info):
-                stop_reason = "callback"
-                break
-            if bool(converged.all()):
-                stop_reason = "converged"
-                break
-    return SearchOutcome(
-        x=x.to(device=problem.device, dtype=problem.dtype),
-        fun=fun.to(device=problem.device, dtype=problem.dtype),
-        nit=nit, nfev=sum(layer.nfev for layer in layers), converged=converged.clone(),
-        stop_reason=stop_reason, message=MESSAGES[stop_reason],
-        history=torch.stack(history, dim=1).to(device=problem.device, dtype=problem.dtype),
-        extra={"solvers": solvers, "calls": sum(layer.calls for layer in layers)},
-    )
+
+        def step(b: int) -> tuple[torch.Tensor, bool]:
+            # One generation (the first also evaluates the initial population), then scipy's
+            # convergence test, as its solve() does.
+            next(solvers[b])
+            return torch.as_tensor(solvers[b].x), bool(solvers[b].converged())
+
+        run.run(step, layers, maxiter=o.maxiter, callback=o.callback, progress=progress)
+    return run.outcome(problem, layers, MESSAGES[run.stop_reason],
+                       {"solvers": solvers, "calls": sum(layer.calls for layer in layers)})
