@@ -59,7 +59,7 @@ PHYSICS = ("device", "aihwkit")
 DEFAULT_MODELS = ("digits_cnn", "digits_mlp")
 #: The reference's default budget (population multiplier, generations).
 FULL_BUDGET = common.REFERENCE_BUDGET
-#: The default here: gpuwpo's own search defaults (README.md, "Defaults").
+#: The default here: gpuwpo's own search defaults (docs/RESULTS.md, "Defaults").
 DEFAULT_BUDGET = (int(common.DEFAULTS["popsize"]), int(common.DEFAULTS["maxiter"]))
 #: The digits example's CPU settings (gpuwpo.example.BUDGETS["default"]): the networks' layers
 #: hold 72 to 6,464 weights, which a 64 x 20 tile samples well.

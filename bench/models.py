@@ -20,7 +20,7 @@ cross-entropy, one thread), which trains any module despite its name.
   convolutions with 8, 16, 16 channels, one 2 x 2 max-pool, global average pooling, a 16 -> 10
   Linear classifier; no normalisation layers; 100 epochs; 3,688 programmed weights). Digital test
   accuracy 96.89 % (seed 0); after a year under the baseline about 6-7 points lower in both
-  physics (bench/README.md, "accuracy.py"). Averaging a feature over every position turns a
+  physics (docs/RESULTS.md, "Accuracy over time"). Averaging a feature over every position turns a
   weight's error into a systematic shift of that feature instead of averaging it out, and the
   classifier's 160 weights each move a logit directly.
 

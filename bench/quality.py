@@ -1,6 +1,6 @@
 """Benchmark: how much each search gains over the baseline, against the candidates it spends.
 
-Reduction-versus-candidates curves, the data gpuwpo's defaults are chosen from (README.md,
+Reduction-versus-candidates curves, the data gpuwpo's defaults are chosen from (docs/RESULTS.md,
 "Defaults"). For each problem, physics and search method, one per-layer search runs over all of
 the problem's layers; after every generation the search's best point of every layer is recorded,
 and afterwards each recorded point is judged on the converter path

@@ -9,7 +9,8 @@ and records the validated TNMSE with its 95% interval next to the baseline's.
 
 Budget: the reference's default (popsize 100 x D, 200 generations, every other optimizer
 keyword at its default) on CUDA. On the CPU the default is gpuwpo's own default budget (popsize
-5 x D, 50 generations; README.md, "Defaults"); the JSON and the table say which budget was used.
+5 x D, 50 generations; docs/RESULTS.md, "Defaults"); the JSON and the table say which budget
+was used.
 ``--popsize``, ``--maxiter`` (all backends) and ``--scipy-popsize``, ``--scipy-maxiter`` (scipy
 only) override.
 
@@ -42,7 +43,7 @@ F_LST = (None, None)
 BACKENDS = ("torch", "evotorch", "scipy")
 #: The reference's default budget (population multiplier, generations).
 FULL_BUDGET = common.REFERENCE_BUDGET
-#: The CPU default: gpuwpo's own default budget (README.md, "Defaults").
+#: The CPU default: gpuwpo's own default budget (docs/RESULTS.md, "Defaults").
 CPU_BUDGET = (int(common.DEFAULTS["popsize"]), int(common.DEFAULTS["maxiter"]))
 #: --quick: a smoke run (seconds), for the tests.
 QUICK_BUDGET = (2, 2)

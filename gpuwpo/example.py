@@ -37,7 +37,8 @@ TIMES = {"1 s": 1.0, "1 h": 3600.0, "1 day": 86400.0, "1 month": 2592000.0,
 #: Search budgets. The MLP's layers hold 4096, 2048 and 320 weights, so a 64 x 20 test tile
 #: (1,280 weights) samples their distributions well and keeps a generation cheap on a CPU.
 BUDGETS = {
-    # gpuwpo's search defaults (README.md, "Defaults"), with a test tile sized to these layers.
+    # gpuwpo's search defaults (docs/RESULTS.md, "Defaults"), with a test tile sized to these
+    # layers.
     "default": dict(test_in_features=64, test_out_features=20, baseline_iterations=30,
                     validation_repeats=30, polish_maxiter=15),
     "quick": dict(popsize=2, maxiter=2, test_in_features=16, test_out_features=8,

@@ -40,8 +40,8 @@ Differences from the reference, on purpose:
 This module keeps the reference's search defaults (population 100 x D, 200 generations,
 best1bin, mutation 0.1, recombination 0.3, a population without the standard converters as
 standard starts), which :class:`gpuwpo.WeightProgrammingOptimizer` does not have to: gpuwpo's
-own are in :class:`gpuwpo.search.options.SearchOptions`, chosen from measured curves (README.md,
-"Defaults"; ``bench/quality.py``).
+own are in :class:`gpuwpo.search.options.SearchOptions`, chosen from measured curves
+(docs/RESULTS.md, "Defaults"; ``bench/quality.py``).
 """
 
 from __future__ import annotations

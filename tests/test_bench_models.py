@@ -100,7 +100,7 @@ def test_digits_cnn_trains_deterministically(models, cnn):
 def test_digits_cnn_loses_points_under_the_baseline(cnn):
     # The reason the CNN is in bench/models.py: after a year of drift under DualPair f=[1, 1]
     # it loses several points (about 6-7 at seed 0 over 20 programmings; measured in
-    # bench/README.md). Asserted loosely over 10 programmings, in the device physics.
+    # docs/RESULTS.md). Asserted loosely over 10 programmings, in the device physics.
     import gpuwpo
 
     base = gpuwpo.DualPairConductanceConverter([1, 1], 0.0, 25.0)

@@ -40,7 +40,7 @@ class _Stop(Exception):
 
 
 def test_defaults_are_the_measured_ones(heavy_tailed, monkeypatch):
-    """README.md "Defaults", as the search and the choice receive them: the reference's
+    """docs/RESULTS.md "Defaults", as the search and the choice receive them: the reference's
     operators, a 5 x D population started from the standard converters, for 50 generations of
     noise-robust selection, the 12.5 % margin in the loss, the choice on 100 programmings, one
     fixed seed."""

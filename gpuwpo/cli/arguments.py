@@ -233,10 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one strategy for all layers (the paper's setting) instead of one each")
     p.add_argument("--hierarchical", action=argparse.BooleanOptionalAction, default=keep,
                    help="per layer: search one pooled global strategy first and start every "
-                        "layer from it (default: off; README 'Defaults')")
+                        "layer from it (default: off; docs/RESULTS.md 'Defaults')")
     p.add_argument("--no-standard-starts", dest="standard_starts", action="store_false",
                    default=keep, help="do not start the search from the standard converters "
-                                      "(README 'Defaults')")
+                                      "(docs/RESULTS.md 'Defaults')")
     p.add_argument("--backend", metavar="NAME", default=keep,
                    help="search backend: torch (default), evotorch or scipy")
     p.add_argument("--kernel", choices=("auto", "torch", "compile", "triton"), default=keep,
@@ -262,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip", type=parse_clip, metavar="FRACTION", default=keep,
                    help="program the weights clipped at FRACTION x max|W| (0 < FRACTION <= 1; "
                         "default 1, no clipping, the reference's converters): a gpuwpo "
-                        "extension for heavy-tailed layers, README 'Clipping'")
+                        "extension for heavy-tailed layers, docs/GUIDE.md 'Clipping'")
     p.add_argument("--test-size", type=_positive_int, nargs=2, metavar=("IN", "OUT"),
                    default=keep,
                    help=f"test tile per layer (default {defaults.test_in_features} "

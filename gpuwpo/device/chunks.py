@@ -14,12 +14,12 @@ __all__ = ["plan_chunks", "default_memory_budget", "chunk_budgets", "CPU_MEMORY_
 
 #: Bytes of one layer's candidates the CPU works on at a time. Kept cache-sized: elementwise
 #: passes over data that stays in cache are several times faster than passes over main memory.
-#: A measured choice (bench/README.md, "memory budget"); torch.compile's fused loops prefer 8x
+#: A measured choice (docs/RESULTS.md, "Speed"); torch.compile's fused loops prefer 8x
 #: larger chunks.
 CPU_MEMORY_BUDGET = 2 * 2**20
 #: Bytes of a whole chunk on the CPU when it spans several layers (a network's search): each
 #: layer's part stays within :data:`CPU_MEMORY_BUDGET`, and stacking layers in one chunk spends
-#: the per-call overhead once for all of them (bench/README.md, "memory budget").
+#: the per-call overhead once for all of them (docs/RESULTS.md, "Speed").
 CPU_LAYERS_BUDGET = 8 * CPU_MEMORY_BUDGET
 
 

@@ -39,7 +39,7 @@ from .settings import fingerprint_from_settings, run_record
 
 __all__ = ["optimize_network", "HIERARCHICAL_DEFAULT"]
 
-#: Default of ``hierarchical`` in :func:`optimize_network` (README.md, "Defaults").
+#: Default of ``hierarchical`` in :func:`optimize_network` (docs/RESULTS.md, "Defaults").
 HIERARCHICAL_DEFAULT = False
 
 def optimize_network(

@@ -299,7 +299,7 @@ class TNMSEObjective:
         kernel: "auto" (the Triton kernel on CUDA when triton imports and the physics is one
             the kernel implements, else torch), "triton", "torch", or "compile": the torch path
             through ``torch.compile``, which fuses its elementwise passes (after a one-off
-            compilation per process; needs a C++ compiler; bench/README.md has its speed).
+            compilation per process; needs a C++ compiler; docs/RESULTS.md, "Speed", has its speed).
         device: where the computation runs (default: the test weights' device).
         dtype: float dtype of the computation (default float32).
         seed: the run's seed, of the test-weight shuffle (its stream ``"test_tiles"``,

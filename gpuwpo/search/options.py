@@ -57,7 +57,7 @@ class SearchOptions:
     over/under-programming allowance as a fraction of g_max - g_min (0), ``f_min``/``f_max`` range
     of free significance factors (0.1, 5), ``use_max_kw`` (False), ``clip`` (1: the reference's
     grid over max|W|; below 1 the programs clip the weights at ``clip * max|W|``, a gpuwpo
-    extension for heavy-tailed layers, README "Clipping").
+    extension for heavy-tailed layers, docs/GUIDE.md, "Clipping").
 
     Objective: ``test_in_features``/``test_out_features`` the test tile (512 x 20),
     ``kernel`` ("auto"), ``memory_budget`` (None: the device's default).
@@ -82,7 +82,7 @@ class SearchOptions:
     Reporting: ``disp`` a progress bar (True).
 
     The search defaults are chosen from measured reduction-versus-candidates curves
-    (``bench/quality.py``; README.md, "Defaults"): the standard starts carry most of the gain,
+    (``bench/quality.py``; docs/RESULTS.md, "Defaults"): the standard starts carry most of the gain,
     and the reference toolkit's greedy operators (best1bin, mutation 0.1, recombination 0.3)
     improve on them fastest, so the population is 5 x D for 50 generations instead of the
     reference's 100 x D for 200 (which :mod:`gpuwpo.wpo` keeps).
