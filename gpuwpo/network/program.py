@@ -11,7 +11,7 @@ from torch import nn
 from ..device.physics import check_physics
 from ..device.simulate import as_time_tensor, simulate_weights
 from ..rng import make_generator
-from .layers import select_weights
+from .layers import as_matrix, select_weights
 from .result import NetworkResult
 
 __all__ = ["program_model"]
@@ -32,12 +32,19 @@ def program_model(
     Each selected weight is converted to conductances, programmed (programming noise), drifted to
     ``t_inference``, read (read noise), converted back and drift-compensated
     (:func:`gpuwpo.simulate_weights` with ``repeats=1``): what the analogue tile computes with at
-    that time. Every other parameter and buffer is copied unchanged; ``model`` is not modified.
+    that time. A layer is simulated as the crossbar holds it, its shape as mapped
+    (:func:`gpuwpo.network.layers.mapped_shape`: a Conv weight ``[out, in, k...]`` as
+    ``out x (in * prod k)``, so that per-row scaling and per-column compensation see the tile's
+    rows and columns). Every other parameter and buffer is copied unchanged; ``model`` is not
+    modified.
 
     Args:
-        model: the network (its parameters are not touched).
-        result_or_converters: a :class:`NetworkResult`, a mapping parameter name -> converter,
-            or one converter (e.g. the baseline DualPair) applied to every Linear/Conv weight.
+        model: the network (its parameters are not touched). The names of a result are the
+            model's own; a model wrapped in DataParallel (names ``module.<name>``) takes them
+            too.
+        result_or_converters: a :class:`NetworkResult`, a mapping tensor name -> converter, or
+            one converter (e.g. the baseline DualPair) applied to every layer
+            (:func:`gpuwpo.network.layers.select_weights`: Linear, Conv and RNN weights).
         noise_model: the PCM device model.
         t_inference: seconds after programming (one time).
         generator: source of all noise, every layer's in turn: a generator (on the weights'
@@ -71,11 +78,15 @@ def program_model(
                             f"converter, got {type(conv).__name__}")
         converters = {name: conv for name in select_weights(model)}
     programmed = copy.deepcopy(model)
-    params = dict(programmed.named_parameters())
-    missing = [name for name in converters if name not in params]
+    own = {**dict(programmed.named_parameters()), **dict(programmed.named_buffers())}
+    # A result's names are the model's own (a checkpoint's 'module.' prefix was removed when it
+    # was read); a DataParallel-wrapped model holds them under 'module.'.
+    params = {name: own[name] if name in own else own.get(f"module.{name}")
+              for name in converters}
+    missing = [name for name, param in params.items() if param is None]
     if missing:
         raise ValueError(f"the model has no parameter(s) {missing}; it has "
-                         f"{list(params)[:10]}{' ...' if len(params) > 10 else ''}")
+                         f"{list(own)[:10]}{' ...' if len(own) > 10 else ''}")
     for name, shape in shapes.items():  # a result made for another network is refused
         if tuple(params[name].shape) != shape:
             raise ValueError(f"the model's {name!r} has shape {tuple(params[name].shape)}, the "
@@ -91,7 +102,7 @@ def program_model(
                 # One generator for all layers: an int seed made into a generator per layer
                 # would program every layer with the same numbers.
                 gen = make_generator(generator, work.device)
-            eff = simulate_weights(work, conv, noise_model, t, compensation, repeats=1,
-                                   generator=gen, physics=physics)[0, 0]
-            param.copy_(eff.to(param.dtype))
+            eff = simulate_weights(as_matrix(work), conv, noise_model, t, compensation,
+                                   repeats=1, generator=gen, physics=physics)[0, 0]
+            param.copy_(eff.reshape(param.shape).to(param.dtype))
     return programmed
