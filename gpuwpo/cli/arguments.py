@@ -168,6 +168,14 @@ def _add_physics_flags(p: argparse.ArgumentParser, recorded: bool) -> None:
                    help="where to compute (default: cuda when available for optimize, else cpu)")
 
 
+def _add_key(p: argparse.ArgumentParser) -> None:
+    """``--key``: which dict of tensors a checkpoint's weights are, where several could be."""
+    p.add_argument("--key", metavar="A.B", default=None,
+                   help="the dotted path of the weights inside a checkpoint that holds several "
+                        "dicts of tensors (e.g. model or state_dict_ema); found by itself "
+                        "where there is one")
+
+
 def _add_repeats_and_seed(p: argparse.ArgumentParser, repeats: int | None, what: str, *,
                           at_least_two: bool = False) -> None:
     p.add_argument("--repeats", type=_at_least_two if at_least_two else _positive_int,
@@ -180,6 +188,11 @@ def _add_repeats_and_seed(p: argparse.ArgumentParser, repeats: int | None, what:
 #: sub-command -> (one-line help, description), in the order ``gpuwpo --help`` lists them; the
 #: handlers are :data:`gpuwpo.cli.commands.HANDLERS`.
 COMMANDS = {
+    "layers": ("list the layers a weights file would program, and what is skipped",
+               "List the tensors of WEIGHTS that optimize would program (name, shape, shape as "
+               "mapped on the crossbar, kind, weights, max|W|/std), then those it leaves "
+               "digital and why (biases, norms, embeddings, ...). WEIGHTS may be a checkpoint "
+               "as training scripts write it, a sharded checkpoint's index or a directory."),
     "optimize": ("find strategies for the layers in a weights file",
                  "Find a weight-programming strategy per layer (or one global strategy) that "
                  "beats the baseline converter, and print the per-layer summary."),
@@ -198,8 +211,8 @@ COMMANDS = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``gpuwpo`` command (sub-commands optimize, evaluate, plot,
-    example)."""
+    """The argument parser of the ``gpuwpo`` command (sub-commands layers, optimize, evaluate,
+    plot, example)."""
     from .. import __version__
     from ..search.options import SearchOptions
 
@@ -214,21 +227,36 @@ def build_parser() -> argparse.ArgumentParser:
     times_help = ("inference times, comma separated, in seconds or with a unit (s, min, h, d, "
                   "w, mo, y); default 1,3600,86400,2592000,31536000 (1 s .. 1 year)")
     quiet = dict(action="store_true", help="no progress bar or messages")
+    weights_help = ("weights: .safetensors, .pt/.pth/.bin/.ckpt (a state_dict or a checkpoint "
+                    "holding one, read with weights_only=True), a sharded checkpoint's "
+                    ".index.json, .npy, .npz, or a directory holding one (e.g. a Hugging Face "
+                    "model's)")
+    include_help = ("program only the layers whose name matches (re.search; repeatable); a "
+                    "tensor skipped by default (a bias, a norm, an embedding) is programmed "
+                    "when a pattern matches its whole name")
+    exclude_help = "leave the tensors whose name matches digital (re.search; repeatable)"
     keep = argparse.SUPPRESS
     commands = {}
     for name, (summary, description) in COMMANDS.items():
         commands[name] = sub.add_parser(name, help=summary, description=description)
 
+    p = commands["layers"]
+    p.add_argument("weights", metavar="WEIGHTS", help=weights_help)
+    p.add_argument("--include", action="append", metavar="REGEX",
+                   help=include_help)
+    p.add_argument("--exclude", action="append", metavar="REGEX", help=exclude_help)
+    _add_key(p)
+
     p = commands["optimize"]
-    p.add_argument("weights", metavar="WEIGHTS",
-                   help="weights file: .safetensors, .pt/.pth (state_dict), .npy or .npz")
+    p.add_argument("weights", metavar="WEIGHTS", help=weights_help)
+    _add_key(p)
     p.add_argument("--config", metavar="FILE", default=keep,
                    help="settings from a TOML file, or a results file whose run is repeated "
                         "exactly; flags given override it")
     p.add_argument("--include", action="append", metavar="REGEX", default=keep,
-                   help="program only layers whose name matches (repeatable)")
+                   help=include_help)
     p.add_argument("--exclude", action="append", metavar="REGEX", default=keep,
-                   help="skip layers whose name matches (repeatable)")
+                   help=exclude_help)
     p.add_argument("--global", dest="global_strategy", action="store_true", default=keep,
                    help="one strategy for all layers (the paper's setting) instead of one each")
     p.add_argument("--hierarchical", action=argparse.BooleanOptionalAction, default=keep,
@@ -294,7 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands["evaluate"]
     p.add_argument("results", metavar="RESULTS", help="results file of 'gpuwpo optimize'")
-    p.add_argument("weights", metavar="WEIGHTS", help="the weights file it was made for")
+    p.add_argument("weights", metavar="WEIGHTS", help="the weights it was made for (a file, "
+                                                      "an index or a directory)")
+    _add_key(p)
     p.add_argument("--times", type=parse_times, default=None, metavar="T,T",
                    help=times_help.replace("default 1,3600,86400,2592000,31536000 (1 s .. 1 "
                                            "year)", "default: the results file's times"))
@@ -307,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results", metavar="RESULTS", help="results file of 'gpuwpo optimize'")
     p.add_argument("--out", required=True, metavar="DIR", help="directory for the PNG files")
     p.add_argument("--weights", metavar="WEIGHTS", help="the weights file (for weight errors)")
+    _add_key(p)
     _add_repeats_and_seed(p, 3, "programmings pooled in each weight-error histogram")
     _add_physics_flags(p, recorded=True)
 

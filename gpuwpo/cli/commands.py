@@ -1,4 +1,4 @@
-"""The ``gpuwpo`` sub-commands: optimize, evaluate, plot, example.
+"""The ``gpuwpo`` sub-commands: layers, optimize, evaluate, plot, example.
 
 Each takes the parsed arguments (:mod:`gpuwpo.cli.arguments`), checks before any work that its
 inputs can be read and its outputs written (never over an input, a results file only over a
@@ -22,7 +22,8 @@ from ..rng import make_generator
 from .arguments import given_physics, given_settings
 from .config import read_config
 
-__all__ = ["optimize", "evaluate", "plot", "example", "HANDLERS", "FIGURES", "EXAMPLE_FILES"]
+__all__ = ["layers", "optimize", "evaluate", "plot", "example", "HANDLERS", "FIGURES",
+           "EXAMPLE_FILES"]
 
 
 def _say(args: argparse.Namespace, text: str) -> None:
@@ -106,11 +107,38 @@ def _ray_cluster(args: argparse.Namespace):
     return RayCluster(address=address or None, workers=workers, gpus_per_worker=gpus or 0)
 
 
+def _read_weights(args: argparse.Namespace, path: str):
+    """The weights at ``path`` (``--key`` picks the dict inside a checkpoint); the reader's note
+    (what it left out) is printed as one line, unless --quiet."""
+    from ..io import load_weights
+
+    weights = load_weights(path, key=getattr(args, "key", None))
+    if weights.note:
+        _say(args, f"note: {weights.note}")
+    return weights
+
+
+def layers(args: argparse.Namespace) -> int:
+    """``gpuwpo layers``: what a weights file's layers are (programmed, then skipped and why)."""
+    from ..network.layers import describe_layers
+
+    weights = _read_weights(args, args.weights)
+    table = describe_layers(weights, args.include, args.exclude)
+    if not table.layers:  # the same refusal as optimize's, naming what was skipped and why
+        from ..network.layers import select_weights
+
+        select_weights(weights, args.include, args.exclude)
+    print(f"{args.weights}: {table.summary()}")
+    print(table.table())
+    return 0
+
+
 def optimize(args: argparse.Namespace) -> int:
     """``gpuwpo optimize``: search the layers of a weights file, print the summary, write the
     results (``--out``) and figures (``--plots``)."""
-    from ..io import load_weights, save_result
-    from ..network import optimize_network, select_weights
+    from ..io import save_result
+    from ..network import optimize_network
+    from ..network.layers import describe_layers, select_weights
 
     config = read_config(args.config) if "config" in vars(args) else None
     run = merge_settings(given_settings(args), config)
@@ -122,14 +150,16 @@ def optimize(args: argparse.Namespace) -> int:
     _check_out_file(out, inputs)
     _check_out_dir(plots, [*inputs, out], "--plots", FIGURES)
     _check_checkpoint(options, out)
-    weights = load_weights(args.weights)
-    # Select here so that a typo in --include fails at once, naming the layers.
-    selected = select_weights(weights, run["include"], run["exclude"])
-    for name, w in selected.items():  # NaN, complex, all zeros: named with the file, at once
+    weights = _read_weights(args, args.weights)
+    # Select here so that a typo in --include fails at once, naming the layers; the same rule
+    # as optimize_network's (gpuwpo.network.layers) and as 'gpuwpo layers' shows.
+    table = describe_layers(weights, run["include"], run["exclude"])
+    if not table.layers:
+        select_weights(weights, run["include"], run["exclude"])  # refuses, naming the skipped
+    selected = {layer.name: weights[layer.name] for layer in table.layers}
+    for name, w in selected.items():  # NaN, all zeros: named with the file, at once
         check_weights(w, f"{args.weights}: the weights of layer {name!r}", allow_all_zero=False)
-    if not getattr(args, "quiet", False):
-        total = sum(w.numel() for w in selected.values())
-        _say(args, f"{len(selected)} layer(s), {total} weights: {', '.join(selected)}")
+    _say(args, table.summary())
     cluster = _ray_cluster(args)
     result = optimize_network(weights, **run, device=device, distributed=cluster)
     if cluster is not None:
@@ -158,10 +188,10 @@ def _check_test_size(options) -> None:
 def evaluate(args: argparse.Namespace) -> int:
     """``gpuwpo evaluate``: TNMSE over time of the baseline and of a results file's strategies,
     per layer and overall."""
-    from ..io import load_result, load_weights
+    from ..io import load_result
 
     result = load_result(args.results)
-    weights = load_weights(args.weights)
+    weights = _read_weights(args, args.weights)  # --key: the dict inside a checkpoint
     recorded = physics_from_settings(result.settings, path=args.results)
     phys = merge_physics(given_physics(args), recorded)
     t_steps = args.times if getattr(args, "times", None) is not None else recorded["t_steps"]
@@ -267,12 +297,14 @@ def _write_plots(result, out_dir: str, weights: Mapping[str, torch.Tensor] | Non
 
 def plot(args: argparse.Namespace) -> int:
     """``gpuwpo plot``: the figures of a results file (PNG)."""
-    from ..io import load_result, load_weights
+    from ..io import load_result
 
     _check_device(getattr(args, "device", None))
+    if getattr(args, "key", None) is not None and not getattr(args, "weights", None):
+        raise ValueError("--key picks the tensors inside --weights: give --weights too")
     _check_out_dir(args.out, [args.results, getattr(args, "weights", None)], "--out", FIGURES)
     result = load_result(args.results)
-    weights = load_weights(args.weights) if getattr(args, "weights", None) else None
+    weights = _read_weights(args, args.weights) if getattr(args, "weights", None) else None
     for layer in result.layers if weights is not None else []:
         if layer.name not in weights:
             raise ValueError(f"{args.weights} has no tensor {layer.name!r} (a layer of "
@@ -310,4 +342,5 @@ def example(args: argparse.Namespace) -> int:
 
 
 #: sub-command -> its handler (:data:`gpuwpo.cli.arguments.COMMANDS` holds their help)
-HANDLERS = {"optimize": optimize, "evaluate": evaluate, "plot": plot, "example": example}
+HANDLERS = {"layers": layers, "optimize": optimize, "evaluate": evaluate, "plot": plot,
+            "example": example}

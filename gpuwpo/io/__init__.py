@@ -2,7 +2,10 @@
 (:mod:`gpuwpo.io.weights`).
 
 ``from gpuwpo.io import load_result, load_weights, save_result`` reads and writes them; both
-modules refuse a bad file with one line naming it (:mod:`gpuwpo.io.common`).
+modules refuse a bad file with one line naming it (:mod:`gpuwpo.io.common`). ``load_weights``
+reads checkpoints as training scripts write them (nested dicts, ``module.`` prefixes, sharded
+safetensors, a directory) and returns a :class:`LoadedWeights`: a dict name -> tensor with the
+one note line of what it left out.
 """
 
 from .results import (
@@ -15,8 +18,8 @@ from .results import (
     result_to_json_bytes,
     save_result,
 )
-from .weights import load_weights
+from .weights import LoadedWeights, load_weights
 
-__all__ = ["save_result", "load_result", "load_weights", "is_results_file",
+__all__ = ["save_result", "load_result", "load_weights", "LoadedWeights", "is_results_file",
            "check_output_file", "result_to_json_bytes", "RESULT_FORMAT", "RESULT_VERSION",
            "MAX_RESULT_BYTES"]

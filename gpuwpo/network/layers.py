@@ -273,10 +273,17 @@ def find_state_dict(
                      f"{'is' if len(ignored) == 1 else 'are'} not weights: {_listing(ignored)}")
     if not tensors:
         raise ValueError(f"entry {_dotted(path)!r} holds no tensors")
-    for prefix, wrapper in _WRAPPER_PREFIXES.items():
-        if all(name.startswith(prefix) and len(name) > len(prefix) for name in tensors):
-            tensors = {name[len(prefix):]: v for name, v in tensors.items()}
-            notes.append(f"removed the prefix {prefix!r} ({wrapper}) from every name")
+    # Until none is left (DataParallel around a compiled model: 'module._orig_mod.'), so that
+    # reading names already read changes nothing.
+    removed = []
+    while stripped := next((p for p in _WRAPPER_PREFIXES if all(
+            name.startswith(p) and len(name) > len(p) for name in tensors)), None):
+        tensors = {name[len(stripped):]: v for name, v in tensors.items()}
+        removed.append(stripped)
+    if removed:
+        notes.append(f"removed the prefix {''.join(removed)!r} ("
+                     f"{', '.join(dict.fromkeys(_WRAPPER_PREFIXES[p] for p in removed))}) "
+                     f"from every name")
     return tensors, notes
 
 
