@@ -158,15 +158,16 @@ def _listing(items: Sequence[str], limit: int = 8) -> str:
 
 
 def _candidates(node: Mapping, path: tuple[str, ...], out: list[tuple[str, ...]],
-                depth: int) -> None:
-    """Paths of the mappings under ``node`` that hold tensors of 1 or more dimensions."""
+                depth: int, min_ndim: int) -> None:
+    """Paths of the mappings under ``node`` that hold tensors of ``min_ndim`` or more
+    dimensions."""
     if depth > _MAX_DEPTH or _is_optimizer_state(node):
         return
-    if any(isinstance(k, str) and _is_array(v) and v.ndim >= 1 for k, v in node.items()):
+    if any(isinstance(k, str) and _is_array(v) and v.ndim >= min_ndim for k, v in node.items()):
         out.append(path)
     for k, v in node.items():
         if isinstance(k, str) and isinstance(v, Mapping):
-            _candidates(v, (*path, k), out, depth + 1)
+            _candidates(v, (*path, k), out, depth + 1, min_ndim)
 
 
 def _resolve(node: Mapping, key: str, path: tuple[str, ...] = ()) -> tuple[Any, tuple[str, ...]]:
@@ -197,7 +198,8 @@ def find_state_dict(
     ``{"model_state_dict": {...}, "optimizer_state_dict": {...}, "epoch": 3, "char2idx":
     {...}}``, Lightning's ``{"state_dict": {...}, "optimizer_states": [...], ...}``,
     ``{"model": {...}}``. The dict meant is the one mapping (the top level or one nested dict)
-    that holds tensors of 1 or more dimensions; an optimizer's state (its tensors keyed by
+    that holds tensors of 1 or more dimensions (or, where none does, any tensors); an
+    optimizer's state (its tensors keyed by
     parameter index) is never meant. Where several could be meant (``model`` and
     ``ema_model``), ``key`` ("a.b", a dotted path) picks one. Entries that are not tensors (or
     numpy arrays) are left out, and so is DataParallel's ``module.`` prefix (torch.compile's
@@ -231,7 +233,9 @@ def find_state_dict(
             raise ValueError(f"entry {key!r} is a {_type_name(node)}, not a dict of tensors")
     else:
         found: list[tuple[str, ...]] = []
-        _candidates(checkpoint, (), found, 0)
+        _candidates(checkpoint, (), found, 0, 1)
+        if not found:  # only single numbers (then a state_dict of counters, or a scalar "layer")
+            _candidates(checkpoint, (), found, 0, 0)
         if not found:
             entries = [f"{k} ({_type_name(v)})" for k, v in checkpoint.items()]
             raise ValueError("holds no tensors" + (f" (its entries: {_listing(entries)})"
@@ -503,9 +507,6 @@ def _tensors_of(model_or_weights, key: str | None
                     f"{type(model_or_weights).__name__}")
 
 
-_NEVER = ("integer", "boolean", "complex", "not numeric", "scalar", "empty")
-
-
 def _decide(model_or_weights, include, exclude, key
             ) -> tuple[dict[str, Any], list[tuple[str, bool, str]], list[str], list[str]]:
     """The rule: (name -> tensor, [(name, programmed, kind or skip category)] in the model's
@@ -517,13 +518,14 @@ def _decide(model_or_weights, include, exclude, key
     decisions: list[tuple[str, bool, str]] = []
     seen: dict[tuple, str] = {}  # storage identity -> the layer programmed with it
     for name, t in tensors.items():
-        module, attr = _split(name)
+        _, attr = _split(name)
+        # Never programmed, whatever the patterns: not real numbers, a single number, nothing.
+        never = _dtype_category(t) or ("scalar" if t.ndim == 0 else None) or (
+            "empty" if t.numel() == 0 else None)
         if by_type.get(name) == "norm" or attr in _NORM_STATS:
             category = "norm"
         else:
-            category = _dtype_category(t) or ("scalar" if t.ndim == 0 else None) or (
-                "empty" if t.numel() == 0 else None) or by_type.get(name) or _by_name(
-                name, t, norms)
+            category = never or by_type.get(name) or _by_name(name, t, norms)
         if category in KINDS and category != "other":  # a default layer
             if inc and not any(re.search(p, name) for p in inc):
                 programmed, category = False, "not included"
@@ -531,7 +533,7 @@ def _decide(model_or_weights, include, exclude, key
                 programmed, category = False, "excluded"
             else:
                 programmed = True
-        elif category not in _NEVER and any(re.fullmatch(p, name) for p in inc) and not any(
+        elif never is None and any(re.fullmatch(p, name) for p in inc) and not any(
                 re.search(p, name) for p in exc):
             programmed, category = True, "other"  # included by its whole name
         else:
