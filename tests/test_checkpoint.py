@@ -207,42 +207,6 @@ def test_the_optimizer_fingerprints_the_same_physics_without_the_network(tmp_pat
     assert fp["weights"] == digest({"0": w})
 
 
-def test_lower_layers_never_import_higher_ones():
-    # device -> search -> network -> interfaces (io, cli, wpo, ...): the search layer takes
-    # its fingerprint from what it knows, never from the network's record.
-    import ast
-    from pathlib import Path
-
-    root = Path(gpuwpo.__file__).parent
-    rank = {"device": 1, "search": 2, "network": 3}
-    foundations = {"rng", "checks", "registry", "_files", "_startup", "_checkout", "kernels"}
-
-    def layer(module: str) -> int:
-        part = (module.split(".") + [""])[1]
-        return rank.get(part, 0 if part in foundations else 4)
-
-    found = []
-    for path in root.rglob("*.py"):
-        parts = ("gpuwpo", *path.relative_to(root).with_suffix("").parts)
-        package = parts if parts[-1] == "__init__" else parts[:-1]
-        module = ".".join(p for p in parts if p != "__init__")
-        for node in ast.walk(ast.parse(path.read_text())):
-            if not isinstance(node, ast.ImportFrom):
-                continue
-            base = list(package[: len(package) - node.level + 1]) if node.level else []
-            target = ".".join(base + ([node.module] if node.module else []))
-            names = [target] if node.module else [f"{target}.{a.name}" for a in node.names]
-            # The package's own version (gpuwpo.__version__) is no layer.
-            found += [f"{module} imports {name}" for name in names
-                      if name.startswith("gpuwpo.") and name != "gpuwpo.__version__"
-                      and layer(name) > layer(module)]
-    assert not found, found
-
-
-# --------------------------------------------------------------------------------------------
-# The file: atomic, whole or refused naming its path
-
-
 def _small_checkpoint(path) -> bytes:
     gen = torch.Generator().manual_seed(0)
     stages = {"layers": ({"population": torch.rand(2, 5, 3, generator=gen),

@@ -342,22 +342,3 @@ def test_program_model_refuses_unknown_names_and_batched_converters(mlp_run):
         program_model(model, {"0.weight": batched}, _noise(), 1.0)
 
 
-# -- the package's shape ----------------------------------------------------------------------
-
-
-def test_network_modules_import_no_private_name_of_another_module():
-    # A name another module uses is public and documented; the pipeline, its executors and the
-    # Ray cluster share no private helper.
-    import ast
-    from pathlib import Path
-
-    package = Path(gpuwpo.network.__file__).parent
-    private = []
-    for path in sorted(package.glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module != "__future__":
-                private += [f"{path.name}: {node.module}.{alias.name}" for alias in node.names
-                            if alias.name.startswith("_") and alias.name != "__version__"]
-    assert private == []
-    assert {path.name for path in package.glob("*.py")} >= {"pipeline.py", "executors.py",
-                                                            "distributed.py"}

@@ -30,6 +30,7 @@ def _dual(f=(1.0, 1.0), g_max=25.0):
     return gpuwpo.DualPairConductanceConverter(list(f), 0.0, g_max)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("physics", PHYSICS)
 def test_a_list_of_converters_sees_the_same_noise_as_each_alone(tile, physics):
     convs = [_dual(), _dual((1.0, 3.0)), gpuwpo.SinglePairConductanceConverter(0.0, 25.0)]
@@ -212,6 +213,7 @@ def _tiny_run(physics, starts: bool = False):
     return opt
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("physics", PHYSICS)
 def test_no_returned_strategy_is_worse_than_the_baseline_at_a_tiny_budget(physics):
     opt = _tiny_run(physics)

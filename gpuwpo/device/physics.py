@@ -36,6 +36,7 @@ from typing import Any, Protocol
 
 import torch
 
+from ..rng import make_generator
 from .converters import grid_position, lerp_tables, net_weight_max, nonzero_max_abs
 
 __all__ = ["PHYSICS", "check_physics", "refuse_clip", "program_and_read", "TileConversion",
@@ -85,7 +86,7 @@ def program_and_read(
     z_prog: torch.Tensor | None = None,
     z_drift: torch.Tensor | None = None,
     z_read: torch.Tensor | None = None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Program the prepared targets afresh, then drift and read: one time step of a physics.
 
@@ -100,11 +101,15 @@ def program_and_read(
             conductances, e.g. ``[T, 1, 1]``).
         z_prog, z_drift, z_read: standard normals broadcastable with the conductances, or None
             to draw them from ``generator``.
+        generator: where missing draws come from: a generator, an int seed or None for fresh
+            entropy (:mod:`gpuwpo.rng`); made once, so the three draws differ.
 
     Returns:
         ``(w_prog, w_t)``: the programmed weights and the weights read at ``t_inference``,
         ``[..., *tile]`` (unitless, not yet compensated).
     """
+    if z_prog is None or z_drift is None or z_read is None:
+        generator = make_generator(generator, prepared.g_target.device)
     g_prog = noise_model.program(prepared, z_prog, generator)
     nu = noise_model.drift_coefficients(prepared, z_drift, generator)
     w_prog = tiles.to_weights(g_prog, params)

@@ -117,7 +117,8 @@ def optimize_network(
         baseline=g_converter_baseline, symmetric=kwargs.pop("symmetric", True),
         compensation=kwargs.pop("compensation", None), physics=physics, backend=backend,
         device=executor.default_device if device is None else str(device))
-    options = _search_options(kwargs)
+    options = SearchOptions.given(kwargs.pop("options", None), kwargs,
+                                  what="optimize_network")
     hierarchical = HIERARCHICAL_DEFAULT if hierarchical is None else hierarchical
     if not isinstance(hierarchical, bool):
         raise ValueError(f"hierarchical must be True, False or None, got {hierarchical!r}")
@@ -193,18 +194,6 @@ def optimize_network(
 # The plan's parts
 # --------------------------------------------------------------------------------------------
 
-
-def _search_options(kwargs: dict) -> SearchOptions:
-    """The run's options: ``options=`` (a ready :class:`SearchOptions`) changed by the other
-    keywords, or the keywords alone (an unknown one is a TypeError naming it)."""
-    given = kwargs.pop("options", None)
-    if given is None:
-        return SearchOptions.from_kwargs(kwargs)
-    if not isinstance(given, SearchOptions):
-        raise TypeError(f"options must be a gpuwpo.search.options.SearchOptions, got "
-                        f"{type(given).__name__}")
-    SearchOptions.from_kwargs(kwargs)  # names the unknown ones
-    return given.replace(**kwargs) if kwargs else given
 
 
 #: Options a sharded run cannot honour (named when given).

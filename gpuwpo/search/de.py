@@ -66,6 +66,8 @@ from ..rng import draw_seed, stream_generator
 
 __all__ = [
     "STRATEGIES",
+    "check_de_settings",
+    "check_mutation",
     "DEResult",
     "DEState",
     "de_ask",
@@ -200,7 +202,7 @@ def _check_strategy(strategy: str) -> None:
         raise ValueError(f"unknown strategy {strategy!r}; expected one of {', '.join(STRATEGIES)}")
 
 
-def _check_mutation(mutation: float | Sequence[float]) -> tuple[float, float, bool]:
+def check_mutation(mutation: float | Sequence[float]) -> tuple[float, float, bool]:
     """Return (low, high, dither) for a mutation constant or a (low, high) dithering range."""
     if isinstance(mutation, (int, float)) and not isinstance(mutation, bool):
         values, dither = (float(mutation),), False
@@ -216,9 +218,11 @@ def _check_mutation(mutation: float | Sequence[float]) -> tuple[float, float, bo
     return values[0], values[-1], dither
 
 
-def _check_common(
+def check_de_settings(
     *, strategy: str, recombination: float, tol: float, atol: float
 ) -> None:
+    """A ValueError naming the bad value among the DE settings every DE engine shares (the torch
+    engine here and the EvoTorch DE): the strategy, recombination in [0, 1], tol and atol >= 0."""
     _check_strategy(strategy)
     if not (0.0 <= recombination <= 1.0):
         raise ValueError(f"recombination must lie in [0, 1], got {recombination!r}")
@@ -399,8 +403,8 @@ def de_init(
         A state whose energies are ``+inf`` and ``evaluated`` is False: the first
         :func:`de_ask` returns the initial population to evaluate.
     """
-    _check_common(strategy=strategy, recombination=recombination, tol=tol, atol=atol)
-    mutation_low, mutation_high, dither = _check_mutation(mutation)
+    check_de_settings(strategy=strategy, recombination=recombination, tol=tol, atol=atol)
+    mutation_low, mutation_high, dither = check_mutation(mutation)
     population_size(1, popsize)  # validates popsize whatever the init
     if num_layers is None and isinstance(x0, Tensor) and x0.dim() >= 2:
         num_layers = int(x0.shape[0])

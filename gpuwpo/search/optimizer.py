@@ -177,14 +177,7 @@ class WeightProgrammingOptimizer:
         options: SearchOptions | None = None,
         **kwargs,
     ) -> None:
-        if options is None:
-            opts = SearchOptions.from_kwargs(kwargs)
-        else:
-            if not isinstance(options, SearchOptions):
-                raise TypeError(f"options must be a gpuwpo.search.options.SearchOptions, got "
-                                f"{type(options).__name__}")
-            SearchOptions.from_kwargs(kwargs)  # names the unknown ones
-            opts = options.replace(**kwargs) if kwargs else options
+        opts = SearchOptions.given(options, kwargs)
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         # An option the backend cannot honour is refused before any work.
@@ -342,10 +335,11 @@ class WeightProgrammingOptimizer:
         return out
 
     def _rank_starts(self, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Seeds [W, D] ranked per layer by one evaluation on common noise: ([B, W, D], [B, W])."""
+        """Standard starts [W, D] ranked per layer by one evaluation on common noise:
+        ([B, W, D], [B, W])."""
         x = starts.to(self.device).unsqueeze(0).expand(self.num_layers, -1, -1)
         loss = self.objective(x, stream_seed(self.options.seed, "start_ranking"))  # [B, W]
-        order = loss.argsort(dim=-1, stable=True)  # ties in seed order, whatever the batch
+        order = loss.argsort(dim=-1, stable=True)  # ties in the starts' order, whatever the batch
         ranked = torch.gather(x, 1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
         return ranked, order
 

@@ -139,6 +139,21 @@ class SearchOptions:
                             f"(its options: {', '.join(cls.names())})")
         return cls(**dict(kwargs), explicit=frozenset(kwargs))
 
+    @classmethod
+    def given(cls, options: SearchOptions | None, kwargs: Mapping[str, Any], *,
+              what: str = "WeightProgrammingOptimizer") -> SearchOptions:
+        """The options of a call that takes ``options=`` (a ready :class:`SearchOptions`, or
+        None) and keywords: the keywords alone, or ``options`` changed by them (given
+        explicitly). An unknown keyword is a TypeError naming it, ``options`` of another type
+        too."""
+        if options is None:
+            return cls.from_kwargs(kwargs, what=what)
+        if not isinstance(options, SearchOptions):
+            raise TypeError(f"options must be a gpuwpo.search.options.SearchOptions, got "
+                            f"{type(options).__name__}")
+        cls.from_kwargs(kwargs, what=what)  # names the unknown ones
+        return options.replace(**kwargs) if kwargs else options
+
     def replace(self, **changes: Any) -> SearchOptions:
         """A copy with ``changes`` (given explicitly)."""
         return dataclasses.replace(self, **changes, explicit=self.explicit | frozenset(changes))

@@ -25,14 +25,16 @@ def reference_tnmse(
     layer: int,
     x: torch.Tensor,
     *,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | int | None = None,
     noise: DeviceNoise | None = None,
 ) -> float:
     """TNMSE of one candidate ``x`` [D] for one layer, one time step after another.
 
     ``noise`` (optional): explicit draws, each of shape [T, 2K, N] (N test weights in the
-    objective's order); otherwise they are drawn from ``generator`` per time step.
+    objective's order); otherwise they are drawn from ``generator`` (a generator, an int seed,
+    or None for fresh entropy: :mod:`gpuwpo.rng`) per time step.
     """
+    generator = make_generator(generator, objective.device)
     space = objective.space
     w = objective.test_weights[layer]  # [N]
     m = objective.max_abs_weight[layer]

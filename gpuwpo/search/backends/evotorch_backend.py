@@ -65,8 +65,8 @@ from ...rng import stream_seed
 from ..checkpoint import Checkpointing, PeriodicCheckpoint, Stage, search_fingerprint
 from ..de import (
     MESSAGES,
-    _check_common,
-    _check_mutation,
+    check_de_settings,
+    check_mutation,
     de_ask,
     de_init,
     de_tell,
@@ -329,8 +329,8 @@ def search(
     algorithm = o.algorithm
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
-    _check_common(strategy=o.strategy, recombination=o.recombination, tol=o.tol, atol=o.atol)
-    mutation_low, mutation_high, _ = _check_mutation(o.mutation)
+    check_de_settings(strategy=o.strategy, recombination=o.recombination, tol=o.tol, atol=o.atol)
+    mutation_low, mutation_high, _ = check_mutation(o.mutation)
     B, D = problem.num_layers, problem.dim
     init, x0 = o.x_init, o.x0
     if isinstance(init, Tensor):
