@@ -13,6 +13,8 @@ called. What it offers:
   the reference's optimiser sets them.
 * :func:`judge_tnmse`: TNMSE samples of a converter on a tile computed by the reference's own
   ``wpo.loss_weights`` -- how users who report with the reference's simulator see a strategy.
+* :func:`apply`: a network result's converters on an aihwkit model's analogue tiles, layer by
+  layer, so that its ``program_analog_weights`` / ``drift_analog_weights`` use them.
 
 And back (what :mod:`gpuwpo.wpo` runs on): :func:`from_aihwkit_converter`,
 :func:`from_aihwkit_noise_model` and :func:`from_aihwkit_rpu_config` translate the reference's
@@ -22,15 +24,20 @@ ValueError naming it, never ignored.
 
 from __future__ import annotations
 
+import copy
 import math
+import os
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 __all__ = ["require_aihwkit", "is_aihwkit_object", "to_aihwkit_converter",
            "to_aihwkit_noise_model", "to_aihwkit_rpu_config", "judge_tnmse",
-           "from_aihwkit_converter", "from_aihwkit_noise_model", "from_aihwkit_rpu_config"]
+           "from_aihwkit_converter", "from_aihwkit_noise_model", "from_aihwkit_rpu_config",
+           "apply", "Applied", "AppliedLayer", "UNCOVERED"]
 
 
 def require_aihwkit() -> None:
@@ -47,7 +54,6 @@ def to_aihwkit_converter(converter) -> Any:
     """aihwkit's converter equal to the gpuwpo converter ``converter`` (one program)."""
     require_aihwkit()
     from aihwkit.inference.converter import conductance as ref
-    from aihwkit.inference.converter.fusion import FusionConductanceConverter as RefFusion
 
     from .device.converters import (
         CustomPairConductanceConverter,
@@ -60,6 +66,9 @@ def to_aihwkit_converter(converter) -> Any:
     if isinstance(converter, CustomPairConductanceConverter):
         return converter.to_aihwkit(invertibility_test=False)
     if isinstance(converter, FusionConductanceConverter):
+        # Imported only here: aihwkit's fusion module imports scikit-learn (about a second).
+        from aihwkit.inference.converter.fusion import FusionConductanceConverter as RefFusion
+
         return RefFusion(converter.g_max)
     if getattr(converter, "batch_shape", ()) != ():
         raise ValueError(f"aihwkit's converters hold one program; this one has batch shape "
@@ -361,3 +370,321 @@ def from_aihwkit_rpu_config(rpu_config, *, check_mapping: bool = True):
     if dtype != "FLOAT":
         raise ValueError(f"runtime.data_type={dtype} is not modelled by gpuwpo (FLOAT is)")
     return noise_model, compensation
+
+
+# --------------------------------------------------------------------------------------------
+# A network's result on an aihwkit model's analogue tiles
+# --------------------------------------------------------------------------------------------
+
+#: What :func:`apply` does with an analog layer whose weight the result does not hold.
+UNCOVERED = ("error", "keep", "baseline")
+
+# aihwkit's AnalogRNN keeps its cells' weights as analog layers below it; torch's nn.LSTM / GRU /
+# RNN of the same name calls them weight_{ih,hh}_l{layer}, with _reverse for direction 1.
+_RNN_CELL_WEIGHT = re.compile(r"rnn\.layers\.(?P<layer>\d+)\.(?:directions\.(?P<direction>[01])\.)?"
+                              r"cell\.weight_(?P<kind>ih|hh)")
+
+
+@dataclass(frozen=True)
+class AppliedLayer:
+    """What :func:`apply` put on one analog layer's tiles.
+
+    Attributes:
+        module: the analog layer's name in the aihwkit model (``"features.0"``).
+        tiles: how many analogue tiles hold the layer (aihwkit splits a layer beyond its
+            ``mapping.max_input_size`` / ``max_output_size`` over several; each converts its own
+            block, on the grid of that block's max|W|).
+        converter: gpuwpo's converter: the result's program, or its baseline converter.
+        g_converter: aihwkit's converter equal to it; every tile's noise model holds a copy.
+        chosen: the result's label for the layer (``"search"``, ``"start: ..."``,
+            ``"baseline"`` where the layer kept the baseline, ...), or ``"uncovered: baseline"``
+            for an analog layer the result does not hold (``uncovered="baseline"``).
+    """
+
+    module: str
+    tiles: int
+    converter: Any
+    g_converter: Any
+    chosen: str
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What :func:`apply` did to an aihwkit model.
+
+    Attributes:
+        layers: weight name -> :class:`AppliedLayer`, in the model's order. Weight names are the
+            torch model's (``"features.0.weight"``, ``"rnn.weight_hh_l0_reverse"``), as in the
+            result.
+        kept: weight names of the analog layers left as they were (``uncovered="keep"``).
+        noise_model: gpuwpo's PCM model whose aihwkit counterpart (with each layer's converter)
+            every changed tile now holds.
+    """
+
+    layers: dict[str, AppliedLayer]
+    kept: tuple[str, ...]
+    noise_model: Any
+
+    def converters(self) -> dict[str, Any]:
+        """Weight name -> the gpuwpo converter on its tiles (as ``NetworkResult.converters``)."""
+        return {name: layer.converter for name, layer in self.layers.items()}
+
+
+def _names(names: Sequence[str], limit: int = 10) -> str:
+    shown = ", ".join(repr(n) for n in list(names)[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def _weight_name(module_name: str, rnn_names: Sequence[str]) -> str:
+    """The torch model's name of the weight that the analog layer ``module_name`` holds.
+
+    An ``AnalogRNN`` named ``p`` holds ``p.weight_{ih,hh}_l{layer}[_reverse]`` (torch's names
+    for an ``nn.LSTM`` / ``GRU`` / ``RNN`` named ``p``) in its cells' analog layers
+    ``p.rnn.layers.{layer}[.directions.{d}].cell.weight_{ih,hh}``; any other analog layer ``m``
+    replaces torch's Linear or Conv module ``m`` and holds ``m.weight``.
+    """
+    for rnn in sorted(rnn_names, key=len, reverse=True):  # the innermost AnalogRNN first
+        prefix = f"{rnn}." if rnn else ""
+        if module_name.startswith(prefix):
+            match = _RNN_CELL_WEIGHT.fullmatch(module_name[len(prefix):])
+            if match is not None:
+                reverse = "_reverse" if match["direction"] == "1" else ""
+                return f"{prefix}weight_{match['kind']}_l{match['layer']}{reverse}"
+    return f"{module_name}.weight" if module_name else "weight"
+
+
+def _analog_layers(analog_model) -> dict[str, tuple[str, Any]]:
+    """Weight name -> (analog layer's name, analog layer), for every analog layer of the model
+    (aihwkit's own rule: an ``AnalogLayerBase`` that is not a container), in the model's order."""
+    from aihwkit.nn import AnalogRNN
+    from aihwkit.nn.modules.base import AnalogLayerBase
+
+    modules = list(analog_model.named_modules())
+    rnn_names = [name for name, module in modules if isinstance(module, AnalogRNN)]
+    return {_weight_name(name, rnn_names): (name, module) for name, module in modules
+            if isinstance(module, AnalogLayerBase) and not module.IS_CONTAINER}
+
+
+def _mapped_shape(shape: Sequence[int]) -> tuple[int, int]:
+    """A weight's shape as a crossbar holds it: out x (in * prod(kernel)), as aihwkit maps it."""
+    return int(shape[0]), int(math.prod(shape[1:]))
+
+
+def _held_shape(module) -> tuple[int, ...] | None:
+    """The weight shape [out, in * prod(kernel)] an analog layer holds over all its tiles (None
+    for a layer type that cannot report it)."""
+    from aihwkit.exceptions import ModuleError
+
+    try:
+        return tuple(module.get_weights()[0].shape)
+    except ModuleError:
+        return None
+
+
+def _tile_mapping(rpu_config) -> str:
+    """``"columnwise"`` when the tile scales each output column to its own max before it
+    converts (aihwkit's ``weight_scaling_omega > 0`` with ``weight_scaling_columnwise``), else
+    ``"layer"`` (no scaling, or one scale for the tile: a CustomPair program's grid follows the
+    tile's max|W|, so one scale changes nothing)."""
+    mapping = getattr(rpu_config, "mapping", None)
+    if (mapping is not None and float(getattr(mapping, "weight_scaling_omega", 0.0) or 0.0) > 0.0
+            and getattr(mapping, "weight_scaling_columnwise", False)):
+        return "columnwise"
+    return "layer"
+
+
+def _recorded_mapping(result, layer) -> str:
+    # Results record one scale per layer (the reference optimiser's mapping) unless a recipe
+    # names its mapping, per layer or for the run (DESIGN.md section 5c: "layer" | "columnwise").
+    return str(getattr(layer, "mapping", None) or result.settings.get("mapping") or "layer")
+
+
+def _check_mapping(module: str, name: str, tile_config, recorded: str) -> None:
+    mapping = _tile_mapping(tile_config)
+    if mapping == recorded:
+        return
+    if mapping == "columnwise":
+        omega = float(tile_config.mapping.weight_scaling_omega)
+        raise ValueError(
+            f"analog layer {module!r} scales each output column to its own max "
+            f"(mapping.weight_scaling_omega={omega:g}, mapping.weight_scaling_columnwise=True), "
+            f"but the program for {name!r} was chosen for one scale per layer: set "
+            f"mapping.weight_scaling_columnwise=False for it")
+    raise ValueError(
+        f"the program for {name!r} was chosen for weights scaled per output column (mapping "
+        f"{recorded!r}), but analog layer {module!r} converts them unscaled or with one scale: "
+        f"set mapping.weight_scaling_omega=1.0 and mapping.weight_scaling_columnwise=True for it")
+
+
+def _inference_tiles(module_name: str, module) -> list:
+    """The analog layer's tiles, each checked to be an inference tile (one with a noise model)."""
+    tiles = list(module.analog_tiles())
+    if not tiles:
+        raise ValueError(f"analog layer {module_name!r} has no analogue tiles")
+    for tile in tiles:
+        config = getattr(tile, "rpu_config", None)
+        if not hasattr(config, "noise_model"):
+            raise ValueError(
+                f"analog layer {module_name!r} is on {type(tile).__name__} tiles whose "
+                f"{type(config).__name__} has no noise model: not an inference tile (convert "
+                f"with TorchInferenceRPUConfig or InferenceRPUConfig)")
+    return tiles
+
+
+def _aihwkit_program(name: str, converter) -> Any:
+    """aihwkit's converter for a layer's program; a clipping program is refused by name."""
+    clip = float(getattr(converter, "clip", 1.0))
+    if clip != 1.0:
+        raise ValueError(
+            f"the program for {name!r} clips the weights at {clip:g} x max|W| (clip={clip:g}); "
+            f"aihwkit's converters have no clip, so its tiles cannot program it: search without "
+            f"a clip, or clip that layer's weights yourself (c = {clip:g} * max|W|) and put "
+            f"converter.without_clip() on its tiles")
+    try:
+        return to_aihwkit_converter(converter)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"the converter for {name!r}: {err}") from None
+
+
+def _pcm_model(noise_model, result):
+    """gpuwpo's PCM model that :func:`apply` puts on the tiles (default: the result's)."""
+    from .device.noise import CustomDriftPCMLikeNoiseModel, PCMLikeNoiseModel
+    from .network.settings import physics_from_settings
+
+    if noise_model is None:
+        return physics_from_settings(result.settings)["noise_model"]
+    if is_aihwkit_object(noise_model):
+        return from_aihwkit_noise_model(noise_model)
+    if type(noise_model) not in (PCMLikeNoiseModel, CustomDriftPCMLikeNoiseModel):
+        raise ValueError(f"noise_model must be a PCM model (gpuwpo's or aihwkit's "
+                         f"PCMLikeNoiseModel or CustomDriftPCMLikeNoiseModel), got "
+                         f"{type(noise_model).__name__}")
+    return noise_model
+
+
+def apply(analog_model, result, *, noise_model=None, uncovered: str = "error") -> Applied:
+    """Put each layer's converter of a gpuwpo result on an aihwkit model's analogue tiles.
+
+    Every analog layer that holds a weight of the result gets, on each of its tiles, an
+    ``rpu_config.noise_model`` that is aihwkit's PCM model with that layer's converter as its
+    ``g_converter``: the result's program (``LayerResult.converter``), or the baseline
+    converter where the layer kept the baseline. The model's ``program_analog_weights()`` and
+    ``drift_analog_weights(t)`` then program and drift every layer with its own converter.
+    Nothing else on the tiles changes (drift compensation, forward periphery, mapping: the
+    deployment the user configured). A tile that was programmed before forgets it: its next
+    ``drift_analog_weights`` programs it afresh with the new converter (or call
+    ``program_analog_weights()``). Nothing is changed unless every check below passes.
+
+    Layers are matched by name. The result's names are the torch model's weight names; the
+    analog layer ``features.0`` (aihwkit's Linear or Conv layer that replaced torch's
+    ``features.0``) holds ``features.0.weight``, and an ``AnalogRNN`` named ``rnn`` holds
+    ``rnn.weight_ih_l0``, ``rnn.weight_hh_l0_reverse``, ... (the names of torch's
+    ``nn.LSTM`` / ``GRU`` / ``RNN`` ``rnn``) in its cells' analog layers. A layer may span
+    several tiles (aihwkit splits it at ``mapping.max_input_size`` / ``max_output_size``); each
+    tile gets the layer's converter and converts its own block on the grid of its own max|W|.
+
+    Args:
+        analog_model: an aihwkit model on inference tiles (``TorchInferenceRPUConfig`` or
+            ``InferenceRPUConfig``): ``aihwkit.nn.conversion.convert_to_analog(model, config)``
+            of the model the result was made for, or one built from aihwkit's analog layers.
+        result: a :class:`gpuwpo.NetworkResult`, or the path of a results file.
+        noise_model: the PCM model to put on the tiles: gpuwpo's or aihwkit's
+            ``PCMLikeNoiseModel`` / ``CustomDriftPCMLikeNoiseModel``. Default: the one the result
+            was searched with (its settings), i.e. the devices its strategies were chosen for.
+            The tiles' previous noise models are replaced.
+        uncovered: what becomes of an analog layer whose weight the result does not hold:
+            ``"error"`` (the default: a ValueError naming them, since a model partly left on
+            aihwkit's default SinglePair converter is rarely what was meant), ``"keep"`` (left
+            as it is, named in :attr:`Applied.kept`) or ``"baseline"`` (the result's baseline
+            converter, under the same noise model: the network a baseline run programs).
+
+    Returns:
+        :class:`Applied`: weight name -> what its tiles now hold (module, tiles, gpuwpo's and
+        aihwkit's converter, the result's label), the layers kept, the noise model.
+
+    Raises:
+        ValueError: ``uncovered`` not one of :data:`UNCOVERED`; a model without analog layers;
+            a weight of the result that no analog layer holds, or one of another shape (both
+            named, with the weights the model's analog layers hold); an uncovered analog layer
+            (with ``uncovered="error"``); a tile that is not an inference tile; a program that
+            clips (``clip < 1``: aihwkit's converters have no clip); a tile whose mapping scales
+            each column while the program was chosen for one scale per layer
+            (``mapping.weight_scaling_columnwise``), or the reverse; a noise model that is not a
+            PCM model.
+        TypeError: ``analog_model`` is not an ``nn.Module``, or ``result`` is neither a
+            NetworkResult nor a path.
+        ImportError: aihwkit is not installed.
+    """
+    require_aihwkit()
+    from torch import nn
+
+    from .io.results import load_result
+    from .network.result import NetworkResult
+    from .network.settings import physics_from_settings
+
+    if uncovered not in UNCOVERED:
+        raise ValueError(f"uncovered must be one of {', '.join(UNCOVERED)}, got {uncovered!r}")
+    if not isinstance(analog_model, nn.Module):
+        raise TypeError(f"analog_model must be an aihwkit model (an nn.Module), got "
+                        f"{type(analog_model).__name__}")
+    if isinstance(result, (str, os.PathLike)):
+        result = load_result(result)
+    if not isinstance(result, NetworkResult):
+        raise TypeError(f"result must be a gpuwpo NetworkResult or the path of a results file, "
+                        f"got {type(result).__name__}")
+    pcm = _pcm_model(noise_model, result)
+
+    analog = _analog_layers(analog_model)
+    if not analog:
+        raise ValueError(f"the {type(analog_model).__name__} has no analog layers: convert it "
+                         "first (aihwkit.nn.conversion.convert_to_analog(model, "
+                         "TorchInferenceRPUConfig()))")
+    by_name = {layer.name: layer for layer in result.layers}
+    missing = [name for name in by_name if name not in analog]
+    if missing:
+        raise ValueError(f"no analog layer of the model holds {_names(missing)} of the result; "
+                         f"its analog layers hold {_names(list(analog))}")
+    not_covered = [name for name in analog if name not in by_name]
+    if not_covered and uncovered == "error":
+        shown = [f"{analog[name][0]} ({name})" for name in not_covered]
+        raise ValueError(f"the result does not cover the analog layer(s) {_names(shown)}: pass "
+                         "uncovered='keep' to leave them as they are, or uncovered='baseline' "
+                         "to put the result's baseline converter on them")
+
+    baseline = physics_from_settings(result.settings)["baseline"] if (
+        not_covered and uncovered == "baseline") else None
+    # Check everything (shapes, tiles, mappings, converters) before any tile changes.
+    plan = []
+    for name, (module_name, module) in analog.items():
+        layer = by_name.get(name)
+        if layer is None and uncovered == "keep":
+            continue
+        converter = layer.converter if layer is not None else baseline
+        held = _held_shape(module) if layer is not None else None
+        if held is not None:
+            if held != _mapped_shape(layer.shape):
+                raise ValueError(f"analog layer {module_name!r} holds a {held[0]} x {held[1]} "
+                                 f"weight, the result's {name!r} is {tuple(layer.shape)} "
+                                 f"(mapped {_mapped_shape(layer.shape)}): a result made for "
+                                 "another network")
+        tiles = _inference_tiles(module_name, module)
+        if layer is not None:  # the baseline on an uncovered layer was chosen for no mapping
+            for tile in tiles:
+                _check_mapping(module_name, name, tile.rpu_config,
+                               _recorded_mapping(result, layer))
+        _aihwkit_program(name, converter)
+        ref_noise = to_aihwkit_noise_model(pcm, converter)
+        chosen = layer.chosen if layer is not None else "uncovered: baseline"
+        plan.append((name, module_name, tiles, converter, ref_noise, chosen))
+
+    applied = {}
+    for name, module_name, tiles, converter, ref_noise, chosen in plan:
+        for tile in tiles:
+            tile.rpu_config.noise_model = copy.deepcopy(ref_noise)  # each tile owns its config
+            # Programmed with the old converter: the next drift programs the tile afresh.
+            tile.programmed_weights = None
+            tile.drift_noise_parameters = None
+        applied[name] = AppliedLayer(module=module_name, tiles=len(tiles), converter=converter,
+                                     g_converter=ref_noise.g_converter, chosen=chosen)
+    kept = tuple(name for name in not_covered if uncovered == "keep")
+    return Applied(layers=applied, kept=kept, noise_model=pcm)
