@@ -175,13 +175,16 @@ def _resolve(node: Mapping, key: str, path: tuple[str, ...] = ()) -> tuple[Any, 
     whole. Returns (value, path as keys) or raises a ValueError naming the keys there."""
     if key in node:
         return node[key], (*path, key)
+    deeper = None  # where a longer match went wrong: the entries the user needs to see
     for i in [i for i, c in enumerate(key) if c == "."][::-1]:
         head, rest = key[:i], key[i + 1:]
         if head in node and isinstance(node[head], Mapping) and rest:
             try:
                 return _resolve(node[head], rest, (*path, head))
-            except KeyError:
-                continue
+            except KeyError as err:
+                deeper = deeper or err
+    if deeper is not None:
+        raise deeper
     where = f"'{_dotted(path)}'" if path else "the top level"
     keys = [str(k) for k in node]
     raise KeyError(f"has no entry {key!r} at {where}; its entries are "
