@@ -18,7 +18,15 @@ from .device.converters import (
 )
 from .network.distributed import RayCluster
 from .io import load_result, load_weights, save_result
-from .network import LayerResult, NetworkResult, optimize_network, program_model, select_weights
+from .network import (
+    LayerResult,
+    ModelEvaluation,
+    NetworkResult,
+    evaluate_model,
+    optimize_network,
+    program_model,
+    select_weights,
+)
 from .device.noise import CustomDriftPCMLikeNoiseModel, PCMLikeNoiseModel
 from .search.objective import TNMSEObjective
 from .search.optimizer import OptimizationResult, WeightProgrammingOptimizer
@@ -36,6 +44,7 @@ __all__ = [
     "FusionConductanceConverter",
     "GlobalDriftCompensation",
     "LayerResult",
+    "ModelEvaluation",
     "NetworkResult",
     "NPairConductanceConverter",
     "OptimizationResult",
@@ -47,6 +56,7 @@ __all__ = [
     "TNMSEObjective",
     "WeightProgrammingOptimizer",
     "downsample_weight_distribution",
+    "evaluate_model",
     "load_result",
     "load_weights",
     "optimize_network",

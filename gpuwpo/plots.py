@@ -345,35 +345,60 @@ def accuracy_over_time(
     reference: float | None = None,
     path: str | os.PathLike | None = None,
     title: str = "Test accuracy over time",
+    interval: str = "std",
+    scale: float = 100.0,
+    ylabel: str = "test accuracy (%)",
 ) -> Figure:
-    """Mean accuracy and its spread (+- 1 std band) over time, one line per strategy.
+    """Mean accuracy (or any metric) and its spread over time, one line per strategy.
 
     Args:
         t_steps: inference times in seconds [T] (> 0: the axis is logarithmic).
-        accuracies: strategy name -> accuracies [repeats, T] (fractions in [0, 1]; any array).
-        reference: the digital (floating-point) accuracy, drawn as a dotted line.
+        accuracies: strategy name -> values [repeats, T] (any array); plotted times ``scale``
+            (by default fractions in [0, 1] shown in percent).
+        reference: the digital (floating-point) value, drawn as a dotted line (times ``scale``).
         path: where to save the figure (optional).
+        title: the axes' title.
+        interval: the band around each mean: ``"std"`` (+- one standard deviation of the
+            repeats: how much one programming varies) or ``"ci95"`` (+- 1.96 standard errors:
+            where the mean lies; needs >= 2 repeats).
+        scale: factor from the values to the plotted unit (100: fractions to percent; 1: the
+            values as they are).
+        ylabel: the y axis' label.
 
     Returns:
-        The figure: one axes, one line per strategy (plus one for ``reference``).
+        The figure: one axes, one line per strategy (plus one for ``reference``) and one band
+        per strategy.
+
+    Raises:
+        ValueError: an unknown ``interval``, or ``"ci95"`` with a single repeat.
     """
+    if interval not in ("std", "ci95"):
+        raise ValueError(f"interval must be 'std' or 'ci95', got {interval!r}")
     plt = _pyplot()
     t = [float(v) for v in t_steps]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colors = {"baseline": BASELINE_COLOR, "optimised": OPTIMISED_COLOR}
     for i, (name, acc) in enumerate(accuracies.items()):
-        a = torch.as_tensor(acc, dtype=torch.float64).reshape(-1, len(t)) * 100
+        a = torch.as_tensor(acc, dtype=torch.float64).reshape(-1, len(t)) * scale
+        n = a.shape[0]
         mean = a.mean(0)
-        std = a.std(0) if a.shape[0] > 1 else torch.zeros_like(mean)
+        std = a.std(0) if n > 1 else torch.zeros_like(mean)
+        if interval == "ci95":
+            if n < 2:
+                raise ValueError(f"a 95 % interval needs >= 2 repeats; {name!r} has {n}")
+            half, what = 1.96 * std / math.sqrt(n), "95 % interval"
+        else:
+            half, what = std, "std"
         color = colors.get(name, f"C{i + 2}")
-        ax.plot(t, mean, "o-", color=color, lw=1.8, label=f"{name} (mean +- std, "
-                f"{a.shape[0]} repeats)")
-        ax.fill_between(t, mean - std, mean + std, color=color, alpha=0.2, lw=0)
+        ax.plot(t, mean, "o-", color=color, lw=1.8, label=f"{name} (mean +- {what}, "
+                f"{n} repeats)")
+        ax.fill_between(t, mean - half, mean + half, color=color, alpha=0.2, lw=0)
     if reference is not None:
-        ax.axhline(100 * reference, color="k", ls=":", lw=1.2,
-                   label=f"digital (float) {100 * reference:.1f}%")
+        shown = scale * reference
+        text = f"{shown:.1f}%" if scale == 100.0 else f"{shown:.4g}"
+        ax.axhline(shown, color="k", ls=":", lw=1.2, label=f"digital (float) {text}")
     _log_time_axis(ax, t)
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower left")
