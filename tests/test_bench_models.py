@@ -1,8 +1,8 @@
 """Tests of bench/models.py (networks trained in-process) and a smoke run of bench/accuracy.py.
 
-The MLP trains in 1-2 s and the CNN in 3-5 s on one thread, so the fast tests use the MLP and
-the registry; everything that trains the CNN is marked slow. Each model is trained once per
-module (fixtures). No timing is asserted.
+The MLP trains in 1-2 s, the CNN in 3-5 s and the LSTM in 5-10 s on one thread, so the fast
+tests use the MLP, the registry and untrained networks; everything that trains the CNN or the
+LSTM is marked slow. Each model is trained once per module (fixtures). No timing is asserted.
 """
 
 from __future__ import annotations
@@ -30,13 +30,29 @@ def cnn(models):
     return models.digits_cnn(seed=0)
 
 
+@pytest.fixture(scope="module")
+def lstm(models):
+    return models.digits_lstm(seed=0)
+
+
+#: The LSTM's programmed matrices and their shapes, in the module's order (2 layers, 8 units per
+#: direction: gates x hidden = 32 rows; the second layer reads both directions, 16 inputs).
+LSTM_LAYERS = {
+    "rnn.weight_ih_l0": (32, 8), "rnn.weight_hh_l0": (32, 8),
+    "rnn.weight_ih_l0_reverse": (32, 8), "rnn.weight_hh_l0_reverse": (32, 8),
+    "rnn.weight_ih_l1": (32, 16), "rnn.weight_hh_l1": (32, 8),
+    "rnn.weight_ih_l1_reverse": (32, 16), "rnn.weight_hh_l1_reverse": (32, 8),
+    "fc.weight": (10, 16),
+}
+
+
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     sa, sb = a.state_dict(), b.state_dict()
     return list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def test_registry_and_unknown_names(models):
-    assert set(models.MODELS) == {"digits_mlp", "digits_cnn"}
+    assert set(models.MODELS) == {"digits_mlp", "digits_cnn", "digits_lstm"}
     with pytest.raises(ValueError, match="unknown model.*digits_cnn"):
         models.trained_models(["nope"])
 
@@ -73,6 +89,9 @@ def test_accuracy_of_another_model(mlp):
 
 
 def test_make_cnn_layout_and_seed(models):
+    from gpuwpo import example
+
+    assert models.make_cnn is example.make_cnn  # one builder: the example's network
     net = models.make_cnn(seed=3)
     from gpuwpo import select_weights
 
@@ -109,6 +128,90 @@ def test_digits_cnn_loses_points_under_the_baseline(cnn):
                                               generator=torch.Generator().manual_seed(k)))
             for k in range(10)]
     assert cnn.accuracy() - sum(accs) / len(accs) > 2.0
+
+
+def test_make_lstm_layout_seed_and_refusals(models):
+    from gpuwpo import select_weights
+
+    net = models.make_lstm(seed=3)
+    # Every LSTM matrix is a layer of its own, found by the one rule (gpuwpo.network.layers);
+    # the biases stay digital.
+    assert {k: tuple(v.shape) for k, v in select_weights(net).items()} == LSTM_LAYERS
+    assert list(select_weights(net)) == list(LSTM_LAYERS)
+    assert sum(32 * n for n in (8, 8, 8, 8, 16, 8, 16, 8)) + 160 == 2720
+    assert net(torch.zeros(5, 8, 8)).shape == (5, 10)
+    global_state = torch.random.get_rng_state()
+    assert _same_weights(net, models.make_lstm(seed=3))
+    assert torch.equal(torch.random.get_rng_state(), global_state), "global RNG touched"
+    assert not _same_weights(net, models.make_lstm(seed=4))
+    with pytest.raises(ValueError, match="hidden=0"):
+        models.make_lstm(hidden=0)
+    with pytest.raises(ValueError, match="num_layers=0"):
+        models.make_lstm(num_layers=0)
+
+
+def test_lstm_head_reads_both_directions_final_states(models):
+    # The classifier sees the forward direction after the last row and the backward direction
+    # after the first: the same as slicing the top layer's output sequence.
+    net = models.make_lstm(seed=1).eval()
+    x = torch.randn(4, 8, 8, generator=torch.Generator().manual_seed(0))
+    out, _ = net.rnn(x)
+    features = torch.cat([out[:, -1, :8], out[:, 0, 8:]], dim=-1)
+    torch.testing.assert_close(net(x), net.fc(features))
+
+
+def test_program_model_programs_every_lstm_matrix_and_keeps_biases(models):
+    import gpuwpo
+
+    net = models.make_lstm(seed=0)
+    noisy = gpuwpo.PCMLikeNoiseModel(prog_noise_scale=3.0)
+    base = gpuwpo.DualPairConductanceConverter([1, 1], 0.0, 25.0)
+    programmed = gpuwpo.program_model(net, base, noisy, 3600.0, generator=1)
+    before, after = net.state_dict(), programmed.state_dict()
+    for name, value in before.items():
+        if name in LSTM_LAYERS:
+            assert not torch.equal(after[name], value), f"{name} was not programmed"
+            # Programmed, not replaced: the hardware's weights track the ideal ones.
+            assert torch.corrcoef(torch.stack([after[name].flatten(),
+                                               value.flatten()]))[0, 1] > 0.9
+        else:
+            assert torch.equal(after[name], value), f"{name} should stay digital"
+    assert any("bias" in name for name in before)  # the negative half above was not empty
+
+
+@pytest.mark.slow
+def test_digits_lstm_trains_deterministically(models, lstm):
+    assert lstm.name == "digits_lstm"
+    assert lstm.x_test.shape == (450, 8, 8) and lstm.y_test.shape == (450,)
+    assert lstm.num_weights == 2720
+    # The same standardised pixels as the MLP's, read as 8 rows of 8.
+    _, _, x_te, y_te = models.example.load_digits_data(0)
+    assert torch.equal(lstm.x_test, x_te.reshape(-1, 8, 8)) and torch.equal(lstm.y_test, y_te)
+    assert 93.0 < lstm.accuracy() <= 100.0
+    again = models.digits_lstm(seed=0)
+    assert _same_weights(lstm.model, again.model)
+    assert lstm.accuracy() == again.accuracy()
+
+
+@pytest.mark.slow
+def test_digits_lstm_loses_points_under_the_baseline(lstm):
+    # The reason the LSTM is in bench/models.py: its accuracy depends on the analogue noise.
+    # After a year under DualPair f=[1, 1] it has lost about 3 points (seed 0, 10 programmings:
+    # 3.4); asserted loosely. Negative control: without programming noise, drift or read noise
+    # the same programming keeps the digital accuracy, so the loss is the noise's.
+    import gpuwpo
+
+    base = gpuwpo.DualPairConductanceConverter([1, 1], 0.0, 25.0)
+    year = 31536000.0
+
+    def mean_accuracy(noise):
+        return sum(lstm.accuracy(gpuwpo.program_model(lstm.model, base, noise, year,
+                                                      generator=k)) for k in range(10)) / 10
+
+    assert lstm.accuracy() - mean_accuracy(gpuwpo.PCMLikeNoiseModel()) > 1.5
+    silent = gpuwpo.PCMLikeNoiseModel(prog_noise_scale=0.0, read_noise_scale=0.0,
+                                      drift_scale=0.0)
+    assert abs(lstm.accuracy() - mean_accuracy(silent)) <= 100 / 450  # one image at most
 
 
 def _check_record(written: dict, model_names: list[str], physics: list[str]) -> None:
