@@ -661,12 +661,10 @@ def apply(analog_model, result, *, noise_model=None, uncovered: str = "error") -
             continue
         converter = layer.converter if layer is not None else baseline
         held = _held_shape(module) if layer is not None else None
-        if held is not None:
-            if held != _mapped_shape(layer.shape):
-                raise ValueError(f"analog layer {module_name!r} holds a {held[0]} x {held[1]} "
-                                 f"weight, the result's {name!r} is {tuple(layer.shape)} "
-                                 f"(mapped {_mapped_shape(layer.shape)}): a result made for "
-                                 "another network")
+        if held is not None and held != _mapped_shape(layer.shape):
+            raise ValueError(f"analog layer {module_name!r} holds a {held[0]} x {held[1]} "
+                             f"weight, the result's {name!r} is {tuple(layer.shape)} (mapped "
+                             f"{_mapped_shape(layer.shape)}): a result made for another network")
         tiles = _inference_tiles(module_name, module)
         if layer is not None:  # the baseline on an uncovered layer was chosen for no mapping
             for tile in tiles:
