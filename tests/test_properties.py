@@ -3,8 +3,11 @@
 Random mutations of valid files -- byte flips, overwritten bytes, truncation, deleted and
 inserted runs of bytes (biased towards the headers and the zip directories at the ends, where
 the structure is), and for JSON documents deleted fields and values of another type -- fed to
-the weight loaders (.npy, .npz, .pt, .safetensors), the results-file reader and the checkpoint
-reader. Each either loads (and what it loads is usable: a results file saves again) or raises
+the weight loaders (.npy, .npz, .pt, .safetensors, a nested training checkpoint, a sharded
+checkpoint's index and shards), the results-file reader and the checkpoint reader; and random
+nested checkpoints (dicts of tensors beside other values, several or none, with or without
+``key``) and random indexes (shards outside the directory, missing, named twice) to the weight
+loader. Each either loads (and what it loads is usable: a results file saves again) or raises
 the library's clean error, a ValueError of one line naming the file; through the command line
 the same file gives exit status 2 and one line. Never another exception, never a traceback,
 never a changed input file.
@@ -35,7 +38,7 @@ from gpuwpo.io import load_result, load_weights, result_to_json_bytes
 from gpuwpo.network.settings import optimize_kwargs_from_settings, physics_from_settings
 from gpuwpo.search.checkpoint import read_checkpoint
 
-#: Examples per test: 200 x 7 tests take about 20 s on this project's 2-core CPU. For a longer
+#: Examples per test: 200 x 11 tests take about 30 s on this project's 2-core CPU. For a longer
 #: hunt: GPUWPO_PROPERTY_EXAMPLES=5000 GPUWPO_PROPERTY_RANDOM=1 (random, not derandomized).
 EXAMPLES = int(os.environ.get("GPUWPO_PROPERTY_EXAMPLES", 200))
 PROPERTY = settings(max_examples=EXAMPLES,
@@ -68,6 +71,12 @@ def originals(tmp_path_factory) -> dict[str, bytes]:
     np.savez(d / "w.npz", **{k: v.numpy() for k, v in state.items()})
     np.savez_compressed(d / "z.npz", **{k: v.numpy() for k, v in state.items()})
     torch.save(state, d / "w.pt")
+    # A training script's checkpoint: the model's tensors under DataParallel's prefix, beside an
+    # optimizer's state and plain values.
+    torch.save({"model_state_dict": {f"module.{k}": v for k, v in state.items()},
+                "optimizer_state_dict": {"state": {0: {"exp_avg": torch.zeros(4, 6)}},
+                                         "param_groups": [{"lr": 0.1, "params": [0]}]},
+                "epoch": 3, "char2idx": {"a": 1}, "cer": 0.07}, d / "ckpt.pth")
     save_file(state, str(d / "w.safetensors"))
     small = {"fc1.weight": state["fc1.weight"].float()}
     torch.save(small, d / "small.pt")
@@ -76,7 +85,7 @@ def originals(tmp_path_factory) -> dict[str, bytes]:
         assert main(["optimize", str(d / "small.pt"), *TINY, "--quiet", "--out", str(out),
                      "--checkpoint", str(ckpt)]) == 0
     names = ["w.npy", "w.npz", "z.npz", "w.pt", "w.safetensors", "r.json", "run.ckpt",
-             "small.pt"]
+             "small.pt", "ckpt.pth"]
     return {name: (d / name).read_bytes() for name in names}
 
 
@@ -230,7 +239,7 @@ def _optimize_small_with(flag: str, path: Path, workdir: Path, originals) -> Non
     assert weights.read_bytes() == originals["small.pt"]
 
 
-WEIGHT_FILES = ["w.npy", "w.npz", "z.npz", "w.pt", "w.safetensors"]
+WEIGHT_FILES = ["w.npy", "w.npz", "z.npz", "w.pt", "w.safetensors", "ckpt.pth"]
 
 
 @pytest.mark.parametrize("name", WEIGHT_FILES)
@@ -291,3 +300,153 @@ def test_damaged_checkpoints_load_or_are_refused_cleanly(originals, workdir):
         assert path.read_bytes() == data
 
     check()
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints as training scripts write them, and sharded checkpoints
+# --------------------------------------------------------------------------------------------
+
+#: Names a checkpoint's entries take: dicts a model could be in, layer names with and without
+#: DataParallel's prefix, an optimizer's keys, plain values' keys, a dotted key.
+CHECKPOINT_KEYS = st.sampled_from(
+    ["model", "state_dict", "model_state_dict", "ema", "fc.weight", "module.fc.weight",
+     "rnn.weight_ih_l0", "module.rnn.bias_ih_l0", "epoch", "state", "param_groups", "a.b"])
+
+
+@st.composite
+def checkpoint_tensors(draw) -> torch.Tensor:
+    shape = draw(st.lists(st.integers(1, 3) | st.just(0), max_size=3))
+    dtype = draw(st.sampled_from([torch.float32, torch.float16, torch.float64, torch.int64,
+                                  torch.bool, torch.complex64]))
+    return torch.arange(math.prod(shape), dtype=torch.float32).reshape(shape).to(dtype)
+
+
+#: A state_dict: names -> tensors (of any dtype and shape).
+STATE_DICTS = st.dictionaries(CHECKPOINT_KEYS, checkpoint_tensors(), min_size=1, max_size=4)
+CHECKPOINT_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 3) | st.floats(allow_nan=True)
+    | st.text(max_size=3) | checkpoint_tensors(),
+    lambda inner: STATE_DICTS | st.dictionaries(CHECKPOINT_KEYS, inner, max_size=4)
+    | st.lists(inner, max_size=2) | st.dictionaries(st.integers(0, 2), inner, max_size=2),
+    max_leaves=12)
+
+
+def _check_loaded(weights) -> None:
+    """What loads is usable: named real tensors, and at most one note line."""
+    assert weights and all(isinstance(n, str) for n in weights)
+    assert all(isinstance(t, torch.Tensor) and not t.is_complex() and t.dtype != torch.bool
+               for t in weights.values())
+    assert weights.note is None or "\n" not in weights.note
+
+
+def _keys(node, depth: int = 0):
+    """Every string key in a nested checkpoint."""
+    if isinstance(node, dict) and depth < 10:
+        for k, v in node.items():
+            if isinstance(k, str):
+                yield k
+            yield from _keys(v, depth + 1)
+
+
+def test_nested_checkpoints_load_or_are_refused_cleanly(workdir):
+    @PROPERTY
+    @given(checkpoint=STATE_DICTS | st.dictionaries(CHECKPOINT_KEYS, CHECKPOINT_VALUES,
+                                                    max_size=5),
+           key=st.none() | CHECKPOINT_KEYS | st.just("model.fc.weight"))
+    def check(checkpoint, key):
+        path = workdir / "nested.pt"
+        torch.save(checkpoint, path)
+        data = path.read_bytes()
+        weights = _load_or_refuse(lambda p: load_weights(p, key=key), path, "nested.pt")
+        if weights is not None:
+            _check_loaded(weights)
+            # Every name is a key of the checkpoint, or one without a wrapper's prefix.
+            keys = set(_keys(checkpoint))
+            for n in weights:
+                assert any(k == n or (k.endswith("." + n) and set(
+                    k[:-len(n) - 1].split(".")) <= {"module", "_orig_mod"}) for k in keys), n
+        argv = ["optimize", str(path), *NO_LAYER] + (["--key", key] if key else [])
+        _one_line_exit_2(argv, path)
+        assert path.read_bytes() == data
+
+    check()
+
+
+SHARD_A, SHARD_B = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
+INDEX = "model.safetensors.index.json"
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory) -> Path:
+    """A directory with a two-shard checkpoint and its index, a file outside it that a link in
+    it leads to, and files the index must not name (a config, another index)."""
+    root = tmp_path_factory.mktemp("sharded")
+    outside = root / "outside.safetensors"
+    save_file({"secret.weight": torch.ones(2, 2)}, str(outside))
+    d = root / "hf"
+    d.mkdir()
+    state = _state()
+    save_file({"fc1.weight": state["fc1.weight"], "fc1.bias": state["fc1.bias"]},
+              str(d / SHARD_A))
+    save_file({"fc2.weight": state["fc2.weight"]}, str(d / SHARD_B))
+    os.symlink(outside, d / "link.safetensors")
+    (d / "config.json").write_text("{}")
+    (d / INDEX).write_text(json.dumps(_INDEX_DOCUMENT))
+    return d
+
+
+_INDEX_DOCUMENT = {"metadata": {"total_size": 144},
+                   "weight_map": {"fc1.weight": SHARD_A, "fc1.bias": SHARD_A,
+                                  "fc2.weight": SHARD_B}}
+#: Shard names an index may hold: its own shards, and names that leave the directory, are
+#: missing, are not weights files or are the index itself.
+SHARD_NAMES = st.sampled_from(
+    [SHARD_A, SHARD_B, "../outside.safetensors", "link.safetensors", "/etc/passwd",
+     f"sub/../{SHARD_A}", "missing.safetensors", "config.json", INDEX, "", "C:\\x.safetensors",
+     SHARD_A.upper(), f"./{SHARD_B}"])
+
+
+@st.composite
+def index_mutations(draw) -> bytes:
+    """An index with its weight_map edited (shards renamed, tensors added, removed, named
+    twice), or its JSON damaged."""
+    if draw(st.booleans()):
+        return draw(json_mutations(_INDEX_DOCUMENT) | byte_mutations(
+            json.dumps(_INDEX_DOCUMENT).encode()))
+    weight_map = dict(_INDEX_DOCUMENT["weight_map"])
+    for _ in range(draw(st.integers(1, 3))):
+        name = draw(st.sampled_from([*weight_map, "secret.weight", "fc3.weight"]))
+        action = draw(st.sampled_from(["move", "move", "drop"]))
+        if action == "drop":
+            weight_map.pop(name, None)
+        else:
+            weight_map[name] = draw(SHARD_NAMES)
+    text = json.dumps({"weight_map": weight_map})
+    if draw(st.booleans()) and weight_map:  # a tensor named twice in the JSON text itself
+        name = next(iter(weight_map))
+        text = text[:-2] + f", {json.dumps(name)}: {json.dumps(draw(SHARD_NAMES))}}}}}"
+    return text.encode()
+
+
+def test_sharded_checkpoints_load_or_are_refused_cleanly(sharded, originals):
+    shard_a = (sharded / SHARD_A).read_bytes()
+
+    @PROPERTY
+    @given(index=index_mutations(), shard=st.none() | byte_mutations(shard_a))
+    def check(index, shard):
+        path = sharded / INDEX
+        path.write_bytes(index)
+        (sharded / SHARD_A).write_bytes(shard_a if shard is None else shard)
+        weights = _load_or_refuse(load_weights, path, INDEX)
+        if weights is not None:
+            _check_loaded(weights)
+            # Only the shards' own tensors, never one from outside the directory.
+            assert set(weights) <= set(_INDEX_DOCUMENT["weight_map"]), list(weights)
+        _one_line_exit_2(["optimize", str(sharded), *NO_LAYER], path)
+        assert path.read_bytes() == index
+        assert (sharded / SHARD_A).read_bytes() == (shard_a if shard is None else shard)
+
+    try:
+        check()
+    finally:
+        (sharded / SHARD_A).write_bytes(shard_a)
