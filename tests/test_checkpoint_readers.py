@@ -166,6 +166,17 @@ def test_several_dicts_of_tensors_are_refused_until_key_picks_one(tmp_path):
              "--key", "--weights")
 
 
+def test_a_dict_saved_twice_or_inside_itself_counts_once(tmp_path):
+    state = _state()
+    torch.save({"model": state, "same": state, "epoch": 1}, tmp_path / "twice.pt")
+    _same(load_weights(tmp_path / "twice.pt"), state)  # one dict under two names
+    looped: dict = {"fc.weight": torch.ones(2, 2)}
+    looped["self"] = looped
+    torch.save(looped, tmp_path / "loop.pt")
+    loaded = load_weights(tmp_path / "loop.pt")
+    assert list(loaded) == ["fc.weight"] and "self (dict)" in loaded.note
+
+
 def test_masks_and_complex_tensors_are_left_out_and_named(tmp_path):
     state = {"a.weight": torch.ones(3, 2), "a.mask": torch.ones(3, 2, dtype=torch.bool),
              "b.spectrum": torch.ones(2, dtype=torch.complex64)}

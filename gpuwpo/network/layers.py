@@ -158,16 +158,17 @@ def _listing(items: Sequence[str], limit: int = 8) -> str:
 
 
 def _candidates(node: Mapping, path: tuple[str, ...], out: list[tuple[str, ...]],
-                depth: int, min_ndim: int) -> None:
+                seen: set[int], min_ndim: int) -> None:
     """Paths of the mappings under ``node`` that hold tensors of ``min_ndim`` or more
-    dimensions."""
-    if depth > _MAX_DEPTH or _is_optimizer_state(node):
+    dimensions; a dict met again (saved twice, or inside itself) counts once."""
+    if len(path) > _MAX_DEPTH or id(node) in seen or _is_optimizer_state(node):
         return
+    seen.add(id(node))
     if any(isinstance(k, str) and _is_array(v) and v.ndim >= min_ndim for k, v in node.items()):
         out.append(path)
     for k, v in node.items():
         if isinstance(k, str) and isinstance(v, Mapping):
-            _candidates(v, (*path, k), out, depth + 1, min_ndim)
+            _candidates(v, (*path, k), out, seen, min_ndim)
 
 
 def _resolve(node: Mapping, key: str, path: tuple[str, ...] = ()) -> tuple[Any, tuple[str, ...]]:
@@ -236,9 +237,9 @@ def find_state_dict(
             raise ValueError(f"entry {key!r} is a {_type_name(node)}, not a dict of tensors")
     else:
         found: list[tuple[str, ...]] = []
-        _candidates(checkpoint, (), found, 0, 1)
+        _candidates(checkpoint, (), found, set(), 1)
         if not found:  # only single numbers (then a state_dict of counters, or a scalar "layer")
-            _candidates(checkpoint, (), found, 0, 0)
+            _candidates(checkpoint, (), found, set(), 0)
         if not found:
             entries = [f"{k} ({_type_name(v)})" for k, v in checkpoint.items()]
             raise ValueError("holds no tensors" + (f" (its entries: {_listing(entries)})"
