@@ -235,7 +235,7 @@ def _load_safetensors(path: Path) -> Mapping[str, Any]:
 
 
 def _load_pt(path: Path) -> Any:
-    with _check_zip(path, "torch.save file (a zip archive)"):
+    with _check_zip(path, f"{path.suffix} file written by torch.save"):
         pass
     try:
         with warnings.catch_warnings():  # torch's warnings about a damaged file: ours is one line

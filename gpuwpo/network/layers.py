@@ -173,7 +173,8 @@ def _candidates(node: Mapping, path: tuple[str, ...], out: list[tuple[str, ...]]
 
 def _resolve(node: Mapping, key: str, path: tuple[str, ...] = ()) -> tuple[Any, tuple[str, ...]]:
     """The entry ``key`` ("a.b.c", a dotted path) of ``node``; a key holding dots is found
-    whole. Returns (value, path as keys) or raises a ValueError naming the keys there."""
+    whole. Returns (value, path as keys), or raises a KeyError whose message names the entries
+    where the path went wrong."""
     if key in node:
         return node[key], (*path, key)
     deeper = None  # where a longer match went wrong: the entries the user needs to see
@@ -203,9 +204,9 @@ def find_state_dict(
     {...}}``, Lightning's ``{"state_dict": {...}, "optimizer_states": [...], ...}``,
     ``{"model": {...}}``. The dict meant is the one mapping (the top level or one nested dict)
     that holds tensors of 1 or more dimensions (or, where none does, any tensors); an
-    optimizer's state (its tensors keyed by
-    parameter index) is never meant. Where several could be meant (``model`` and
-    ``ema_model``), ``key`` ("a.b", a dotted path) picks one. Entries that are not tensors (or
+    optimizer's state (its tensors keyed by parameter index) is never meant, and a dict met
+    twice counts once. Where several could be meant (``model`` and ``ema_model``), ``key``
+    ("a.b", a dotted path) picks one. Entries that are not tensors (or
     numpy arrays) are left out, and so is DataParallel's ``module.`` prefix (torch.compile's
     ``_orig_mod.``) where every name carries it, so that the names are the model's own.
 
@@ -215,8 +216,8 @@ def find_state_dict(
 
     Returns:
         (name -> tensor or numpy array, in the checkpoint's order; notes: one short phrase for
-        each thing done or left out, e.g. "read 'model_state_dict'", empty for a plain
-        state_dict).
+        each thing done or left out, e.g. "read the tensors of 'model_state_dict'", empty for
+        a plain state_dict).
 
     Raises:
         ValueError: no dict of tensors, several (naming them, with how ``key`` picks one), or a
@@ -344,12 +345,10 @@ def _by_module(module: nn.Module, attr: str) -> str | None:
         return "norm"
     if isinstance(module, _EMBEDDINGS):
         return "embedding" if attr == "weight" else None
-    if isinstance(module, nn.Linear):
-        return "linear" if attr == "weight" else None
-    if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-        return "conv" if attr == "weight" else None
     if isinstance(module, (nn.RNNBase, nn.RNNCellBase)):
         return "rnn" if _RNN_WEIGHT.fullmatch(attr) else None
+    if isinstance(module, PROGRAMMABLE_MODULES) and attr == "weight":
+        return "linear" if isinstance(module, nn.Linear) else "conv"
     if isinstance(module, nn.Bilinear):  # [out, in1, in2]: no single crossbar matrix
         return "other" if attr == "weight" else None
     return None
