@@ -1,34 +1,37 @@
 """Benchmark: test accuracy of small trained networks over a year of drift, baseline vs optimised.
 
 Does a lower weight error show in a network's accuracy? For each network (bench/models.py:
-trained in-process from scikit-learn's bundled digits; default the digits CNN, which loses
-several points after a year under the baseline, and the digits MLP, which loses about half a
-point) and each physics (``device``, ``aihwkit``):
+trained in-process from scikit-learn's bundled digits; by default all three: the digits CNN,
+which loses about 6 points after a year under the baseline, the two-layer bidirectional digits
+LSTM, which loses about 3, and the digits MLP, which loses about half a point) and each physics
+(``device``, ``aihwkit``):
 
 1. search one strategy per layer with :func:`gpuwpo.optimize_network` (``per_layer=True``,
    f_lst = [None, None], against the baseline DualPair f=[1, 1], 0..25 uS; default PCM noise
    model, g_max 25 uS; ideal global drift compensation; inference times 1 s, 1 h, 1 day,
-   30 days, 1 year) with the budget given on the command line;
-2. program the network ``--repeats`` times with the baseline converter and with the result
-   (:func:`gpuwpo.program_model`: programming noise, drift, read noise, compensation; biases stay
-   digital) and measure test accuracy (450 held-out images) at each time. Repeat r uses a fresh
-   ``torch.Generator().manual_seed(noise_seed + r)`` at every time and for both strategies, so
-   the baseline and the optimised accuracies are paired (the same seeds) and the repeat is one
-   programming observed at every time.
+   30 days, 1 year) with the budget given on the command line; the layers are the ones
+   :func:`gpuwpo.select_weights` finds (Linear, Conv and the LSTM's ``weight_ih_l*`` /
+   ``weight_hh_l*`` matrices; biases stay digital);
+2. measure test accuracy (450 held-out images) at each time with :func:`gpuwpo.evaluate_model`:
+   ``--repeats`` programmings of the whole network per strategy and time
+   (:func:`gpuwpo.program_model`: programming noise, drift, read noise, compensation), the
+   baseline and the result programmed from the same noise stream (run seed ``--noise-seed``,
+   keyed by the repeat and the time), so that their difference is paired.
 
-Reported per network and physics: digital accuracy; baseline and optimised accuracy (mean +- std
-over the repeats) at each time; the paired difference optimised - baseline with its standard
-error (std of the per-repeat differences / sqrt(repeats)); the per-layer TNMSE figures of the
-result (validated with fresh noise, 95 % intervals, against the baseline's) and which converter
-each layer got; the search's wall time, generations and candidates.
+Reported per network and physics: digital accuracy; baseline and optimised accuracy (mean +-
+standard error over the repeats, and the spread) at each time; the paired difference optimised -
+baseline with its standard error (that of the per-repeat differences); the per-layer TNMSE
+figures of the result (validated with fresh noise, 95 % intervals, against the baseline's) and
+which converter each layer got; the search's wall time, generations and candidates.
 
 Budget: popsize ``--popsize`` x D, ``--maxiter`` generations, by default gpuwpo's own search
 defaults, with the digits example's CPU settings (a 64 x 20 test tile per layer, 30 validation
 and baseline repeats, polish of 15 iterations): a REDUCED budget against the reference's
 default (popsize 100 x D, 200 generations, a 512 x 20 tile). ``--quick`` is a smoke run.
 
-Run:  python bench/accuracy.py [--models digits_cnn digits_mlp] [--physics device aihwkit]
-                               [--popsize P] [--maxiter G] [--repeats R] [--quick]
+Run:  python bench/accuracy.py [--models digits_cnn digits_lstm digits_mlp]
+                               [--physics device aihwkit] [--popsize P] [--maxiter G]
+                               [--repeats R] [--quick]
       python -m bench.accuracy ...
 Writes bench/results/accuracy-<machine>.json (``--out-dir`` elsewhere) and prints markdown
 tables.
@@ -56,19 +59,22 @@ TIMES = {"1 s": 1.0, "1 h": 3600.0, "1 day": 86400.0, "1 month": 2592000.0,
          "1 year": 31536000.0}
 F_LST = (None, None)
 PHYSICS = ("device", "aihwkit")
-DEFAULT_MODELS = ("digits_cnn", "digits_mlp")
+DEFAULT_MODELS = ("digits_cnn", "digits_lstm", "digits_mlp")
 #: The reference's default budget (population multiplier, generations).
 FULL_BUDGET = common.REFERENCE_BUDGET
 #: The default here: gpuwpo's own search defaults (docs/RESULTS.md, "Defaults").
 DEFAULT_BUDGET = (int(common.DEFAULTS["popsize"]), int(common.DEFAULTS["maxiter"]))
 #: The digits example's CPU settings (gpuwpo.example.BUDGETS["default"]): the networks' layers
-#: hold 72 to 6,464 weights, which a 64 x 20 tile samples well.
+#: hold 72 to 4,096 weights, which a 64 x 20 tile samples well.
 OPTIONS = {"test_in_features": 64, "test_out_features": 20, "baseline_iterations": 30,
            "validation_repeats": 30, "polish_maxiter": 15}
 QUICK_BUDGET = (2, 2)
 QUICK_OPTIONS = {"test_in_features": 16, "test_out_features": 8, "baseline_iterations": 4,
                  "validation_repeats": 4, "polish": False}
 QUICK_REPEATS = 2
+#: Programmings per strategy and time (as gpuwpo.example.DEFAULT_REPEATS): the CNN's accuracy
+#: after a year varies by about 4 points between programmings, the paired difference by about 2.
+REPEATS = 50
 
 
 def _baseline() -> gpuwpo.DualPairConductanceConverter:
@@ -79,29 +85,14 @@ def _noise_model() -> gpuwpo.PCMLikeNoiseModel:
     return gpuwpo.PCMLikeNoiseModel()
 
 
-def accuracy_table(trained: models.TrainedModel, strategy, noise_model, t_steps: Sequence[float],
-                   *, repeats: int, physics: str, noise_seed: int = 0) -> torch.Tensor:
-    """Test accuracy in percent of ``trained`` programmed with ``strategy``, ``[repeats, T]``.
-
-    Repeat r, time i: :func:`gpuwpo.program_model` with a fresh
-    ``torch.Generator().manual_seed(noise_seed + r)`` (the seed depends on the repeat only, so
-    two strategies measured with the same ``noise_seed`` are paired repeat by repeat).
-    """
-    acc = torch.empty(repeats, len(t_steps), dtype=torch.float64)
-    for r in range(repeats):
-        for i, t in enumerate(t_steps):
-            gen = torch.Generator().manual_seed(noise_seed + r)
-            programmed = gpuwpo.program_model(trained.model, strategy, noise_model, t,
-                                              generator=gen, physics=physics)
-            acc[r, i] = trained.accuracy(programmed)
-    return acc
-
-
-def _stats(acc: torch.Tensor) -> dict[str, Any]:
-    n = acc.shape[0]
-    std = acc.std(0) if n > 1 else torch.zeros(acc.shape[1], dtype=acc.dtype)
-    return {"mean": acc.mean(0).tolist(), "std": std.tolist(),
-            "sem": (std / math.sqrt(n)).tolist(), "accuracies": acc.tolist()}
+def _figures(evaluation: gpuwpo.ModelEvaluation, key: str) -> dict[str, Any]:
+    """``key``'s figures from an evaluation (``"baseline"``, ``"optimised"`` or
+    ``"difference"``): mean and standard error per time (:meth:`ModelEvaluation.to_dict`), the
+    spread over programmings and every programming's accuracy, in percent."""
+    values = (evaluation.difference if key == "difference" else evaluation.values[key])
+    figures = evaluation.to_dict()[key]
+    return {"mean": figures["mean"], "sem": figures["sem"], "std": values.std(0).tolist(),
+            "accuracies": figures["values"]}
 
 
 def run_one(trained: models.TrainedModel, physics: str, *, popsize: int, maxiter: int,
@@ -116,9 +107,10 @@ def run_one(trained: models.TrainedModel, physics: str, *, popsize: int, maxiter
                                      device=device, popsize=popsize, maxiter=maxiter, **options)
     optimise_s = time.perf_counter() - start
     start = time.perf_counter()
-    acc = {name: accuracy_table(trained, strategy, noise, t_steps, repeats=repeats,
-                                physics=physics, noise_seed=noise_seed)
-           for name, strategy in (("baseline", baseline), ("optimised", result))}
+    evaluation = gpuwpo.evaluate_model(trained.model, result, trained.accuracy, t_steps,
+                                       repeats, physics=physics, baseline=baseline,
+                                       noise_model=noise, generator=noise_seed,
+                                       metric_name="test accuracy (%)")
     evaluate_s = time.perf_counter() - start
     layers = [{
         "name": layer.name, "shape": list(layer.shape), "numel": math.prod(layer.shape),
@@ -139,11 +131,9 @@ def run_one(trained: models.TrainedModel, physics: str, *, popsize: int, maxiter
         "total_baseline_tnmse": result.total_baseline_tnmse,
         "total_improvement": 1.0 - result.total_tnmse / result.total_baseline_tnmse,
         "layers": layers,
-        "baseline": _stats(acc["baseline"]),
-        "optimised": _stats(acc["optimised"]),
-        # Paired by seed: the standard error of the difference is that of the per-repeat
-        # differences, smaller than either spread when the two move together.
-        "difference": _stats(acc["optimised"] - acc["baseline"]),
+        # Paired (gpuwpo.evaluate_model): the standard error of the difference is that of the
+        # per-repeat differences, smaller than either strategy's when the two move together.
+        **{key: _figures(evaluation, key) for key in ("baseline", "optimised", "difference")},
         "settings": result.settings,
     }
 
@@ -161,8 +151,9 @@ def tables(record: dict[str, Any]) -> str:
             summary.append({
                 "model": m["name"], "physics": run["physics"],
                 "digital": f"{m['digital_accuracy']:.2f}",
-                "baseline": _pm(run["baseline"]["mean"][-1], run["baseline"]["std"][-1]),
-                "optimised": _pm(run["optimised"]["mean"][-1], run["optimised"]["std"][-1]),
+                "lost": f"{m['digital_accuracy'] - run['baseline']['mean'][-1]:.2f}",
+                "baseline": _pm(run["baseline"]["mean"][-1], run["baseline"]["sem"][-1]),
+                "optimised": _pm(run["optimised"]["mean"][-1], run["optimised"]["sem"][-1]),
                 "diff": _pm(run["difference"]["mean"][-1], run["difference"]["sem"][-1], True),
                 "tnmse": f"{run['total_tnmse']:.4f} / {run['total_baseline_tnmse']:.4f}",
                 "gain": f"{100 * run['total_improvement']:.1f} %",
@@ -171,8 +162,13 @@ def tables(record: dict[str, Any]) -> str:
             rows = [{"strategy": "digital",
                      **{n: f"{m['digital_accuracy']:.2f}" for n in names}}]
             for key in ("baseline", "optimised"):
-                rows.append({"strategy": key, **{n: _pm(mu, sd) for n, mu, sd in zip(
-                    names, run[key]["mean"], run[key]["std"])}})
+                fig = run[key]
+                rows.append({"strategy": f"{key} (± SE)",
+                             **{n: _pm(mu, se) for n, mu, se in zip(names, fig["mean"],
+                                                                    fig["sem"])}})
+                # How much one programming varies: what a single chip may see.
+                rows.append({"strategy": f"{key}: spread (std)",
+                             **{n: f"{sd:.2f}" for n, sd in zip(names, fig["std"])}})
             d = run["difference"]
             rows.append({"strategy": "optimised - baseline (paired, ± SE)",
                          **{n: _pm(mu, se, True) for n, mu, se in zip(names, d["mean"],
@@ -190,11 +186,14 @@ def tables(record: dict[str, Any]) -> str:
                                              ("tnmse", "TNMSE [95% CI]"),
                                              ("baseline", "baseline [95% CI]"), "gain"])
             parts.append(f"### {m['name']}, physics={run['physics']}\n\n"
-                         f"Test accuracy (%), mean ± std over {record['config']['repeats']} "
-                         f"programmings:\n\n{acc}\n\nPer layer (validated TNMSE):\n\n{layers}")
+                         f"Test accuracy (%), mean ± standard error over "
+                         f"{record['config']['repeats']} programmings per strategy and time, "
+                         f"paired (gpuwpo.evaluate_model):\n\n{acc}\n\n"
+                         f"Per layer (validated TNMSE):\n\n{layers}")
     head = common.markdown_table(summary, [
-        "model", "physics", ("digital", "digital %"), ("baseline", "baseline 1 y %"),
-        ("optimised", "optimised 1 y %"), ("diff", "difference 1 y (± SE)"),
+        "model", "physics", ("digital", "digital %"), ("lost", "baseline's loss 1 y"),
+        ("baseline", "baseline 1 y % (± SE)"), ("optimised", "optimised 1 y % (± SE)"),
+        ("diff", "difference 1 y (paired, ± SE)"),
         ("tnmse", "total TNMSE opt / base"), ("gain", "TNMSE gain"),
         ("optimise_s", "search s"),
     ])
@@ -208,10 +207,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         default=list(DEFAULT_MODELS))
     parser.add_argument("--physics", nargs="+", choices=PHYSICS, default=list(PHYSICS))
     parser.add_argument("--repeats", type=int, default=None,
-                        help=f"programmings per strategy and time (default 10, --quick "
-                             f"{QUICK_REPEATS})")
+                        help=f"programmings per strategy and time (default {REPEATS}, --quick "
+                             f"{QUICK_REPEATS}; at least 2)")
     parser.add_argument("--noise-seed", type=int, default=0,
-                        help="repeat r is programmed with the seed noise_seed + r")
+                        help="run seed of the programming noise (gpuwpo.evaluate_model's "
+                             "generator: streams keyed by repeat and time)")
     common.add_run_arguments(parser)  # --weight-seed: the networks' training seed
     parser.add_argument("--quick", action="store_true",
                         help=f"smoke run: popsize {QUICK_BUDGET[0]}, {QUICK_BUDGET[1]} "
@@ -230,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         repeats = QUICK_REPEATS
     else:
         (popsize, maxiter), options = DEFAULT_BUDGET, dict(OPTIONS)
-        repeats = 10
+        repeats = REPEATS
     popsize, maxiter = args.popsize or popsize, args.maxiter or maxiter
     repeats = args.repeats or repeats
     common.apply_set_options(parser, options, args.set)

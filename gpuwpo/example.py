@@ -12,13 +12,14 @@ visibly costs, and how much of it better programming strategies win back.
 2. Find a programming strategy for each of its four weight matrices with
    :func:`gpuwpo.network.optimize_network` (two device pairs, free significance factors), against
    the baseline DualPair f=[1, 1], 0..25 uS, under the PCM noise model (g_max = 25 uS).
-3. Program the whole network with each strategy (:func:`gpuwpo.network.program_model`:
-   programming noise, drift, read noise, ideal global drift compensation; biases stay digital)
-   and measure test accuracy at 1 s, 1 h, 1 day, 1 month and 1 year after programming, over
-   independent programmings (one generator per repeat, the stream ``"accuracy"`` of
-   :data:`gpuwpo.rng.STREAMS`). Both strategies are measured on the same noise, repeat by
-   repeat, so their difference is paired: it is reported with its own standard error, smaller
-   than either strategy's spread.
+3. Measure test accuracy at 1 s, 1 h, 1 day, 1 month and 1 year after programming with
+   :func:`gpuwpo.evaluate_model`: the whole network programmed with the baseline and with the
+   strategies (:func:`gpuwpo.network.program_model`: programming noise, drift, read noise,
+   ideal global drift compensation; biases stay digital), 50 independent programmings per
+   strategy and time. Both strategies are programmed from the same noise, repeat by repeat, so
+   their difference is paired: it is reported with its own standard error, smaller than either
+   strategy's. Printed: mean +- standard error per time, the paired difference, and what a
+   year of drift costs the baseline and how much of it the optimised strategies win back.
 
 Run it with ``gpuwpo example`` (``--quick`` for a tiny budget) or ``python examples/digits.py``.
 All randomness is seeded: the same seed gives the same network, search and noise, and torch's
@@ -38,9 +39,9 @@ from torch import nn
 
 from .rng import make_generator, stream_generator
 
-__all__ = ["TIMES", "BUDGETS", "CNN_EPOCHS", "OUTPUT_FILES", "load_digits_data", "make_mlp",
-           "make_cnn", "train_mlp", "train_cnn", "accuracy", "accuracy_over_time",
-           "paired_summary", "run_example", "format_table"]
+__all__ = ["TIMES", "BUDGETS", "CNN_EPOCHS", "DEFAULT_REPEATS", "OUTPUT_FILES",
+           "load_digits_data", "make_mlp", "make_cnn", "train_mlp", "train_cnn", "accuracy",
+           "accuracy_over_time", "run_example", "format_table"]
 
 #: Inference times of the accuracy table, in seconds after programming.
 TIMES = {"1 s": 1.0, "1 h": 3600.0, "1 day": 86400.0, "1 month": 2592000.0,
@@ -60,6 +61,11 @@ BUDGETS = {
 
 #: Training epochs of the example's CNN (Adam, learning rate 3e-3, batches of 64).
 CNN_EPOCHS = 100
+
+#: Programmings per strategy and time. The CNN's accuracy after a year varies by about 4 points
+#: from one programming to the next, the paired difference of the strategies by about 2: 50
+#: programmings measure a gain of about one point to +- 0.3 (standard error), in a few seconds.
+DEFAULT_REPEATS = 50
 
 #: What :func:`run_example` writes into ``out_dir``: the strategies, the trained CNN's
 #: state_dict and the figures.
@@ -204,16 +210,18 @@ def accuracy_over_time(model: nn.Module, strategy, noise_model, x: torch.Tensor,
                        y: torch.Tensor, t_steps: list[float], *, repeats: int = 10,
                        seed: int = 0, progress: Callable | None = None,
                        physics: str = "device", compensation=None) -> torch.Tensor:
-    """Test accuracy of ``model`` programmed with ``strategy`` at each time, [repeats, T].
+    """Test accuracy of ``model`` programmed with one ``strategy`` at each time, [repeats, T].
 
-    Each repeat is an independent programming of the whole network with its own generator
-    (the stream ``"accuracy"`` of ``seed``, keyed by the repeat: :data:`gpuwpo.rng.STREAMS`),
-    used in turn for every time step (the network is programmed afresh for each time, as in
-    the objective).
+    One strategy alone, which may be a bare converter (the baseline) or a mapping; to compare a
+    result's strategies with the baseline on the same noise, as :func:`run_example` does, use
+    :func:`gpuwpo.evaluate_model`. Each repeat is an independent programming of the whole
+    network with its own generator (the stream ``"accuracy"`` of ``seed``, keyed by the repeat:
+    :data:`gpuwpo.rng.STREAMS`), used in turn for every time step (the network is programmed
+    afresh for each time, as in the objective).
 
     Args:
         strategy: a NetworkResult, a mapping layer name -> converter, or one converter for every
-            Linear weight (e.g. the baseline).
+            layer (e.g. the baseline).
         progress: called once after each (repeat, time) evaluation (a progress bar's update).
         physics: "device" or "aihwkit" (see :mod:`gpuwpo.device.physics`).
         compensation: drift compensation (default ideal global).
@@ -232,34 +240,6 @@ def accuracy_over_time(model: nn.Module, strategy, noise_model, x: torch.Tensor,
     return acc
 
 
-def paired_summary(baseline: torch.Tensor, optimised: torch.Tensor) -> dict:
-    """Mean, spread and standard error per time of two strategies measured on the same noise.
-
-    Args:
-        baseline, optimised: accuracies ``[repeats, T]`` (any unit), row r of both from the same
-            programming noise (the same generator), so that ``optimised - baseline`` is paired.
-
-    Returns:
-        ``{"baseline": s, "optimised": s, "difference": s}`` where ``s`` is ``{"mean": [T],
-        "std": [T], "sem": [T], "accuracies": [repeats][T]}``: ``std`` the spread over
-        programmings (0 for one repeat), ``sem`` = std / sqrt(repeats) the standard error of the
-        mean. The difference's ``sem`` is that of the per-repeat differences: the noise both
-        strategies share cancels in it.
-    """
-    if baseline.shape != optimised.shape or baseline.ndim != 2:
-        raise ValueError(f"expected two [repeats, T] tensors of one shape, got "
-                         f"{tuple(baseline.shape)} and {tuple(optimised.shape)}")
-    out = {}
-    for key, acc in (("baseline", baseline), ("optimised", optimised),
-                     ("difference", optimised - baseline)):
-        acc = acc.to(torch.float64)
-        n = acc.shape[0]
-        std = acc.std(0) if n > 1 else torch.zeros(acc.shape[1], dtype=acc.dtype)
-        out[key] = {"mean": acc.mean(0).tolist(), "std": std.tolist(),
-                    "sem": (std / n ** 0.5).tolist(), "accuracies": acc.tolist()}
-    return out
-
-
 def format_table(report: dict) -> str:
     """The accuracy table of :func:`run_example`'s report, as text (percent).
 
@@ -268,22 +248,21 @@ def format_table(report: dict) -> str:
     costs the baseline and how much of it the optimised strategies win back.
     """
     names = list(report["times"])
-    digital = 100 * report["digital_accuracy"]
+    digital = report["digital_accuracy"]
     lines = [f"Test accuracy (%) of the {report['network']}, mean +- standard error over "
              f"{report['repeats']} programmings (digital: {digital:.2f}%)",
              f"{'strategy':<11}" + "".join(f"{n:>16}" for n in names)]
     for key in ("baseline", "optimised", "difference"):
         sign = "+" if key == "difference" else ""
-        cells = "".join(f"{100 * m:>{sign}9.2f} +- {100 * se:<4.2f}"
+        cells = "".join(f"{m:>{sign}9.2f} +- {se:<4.2f}"
                         for m, se in zip(report[key]["mean"], report[key]["sem"]))
         lines.append(f"{key:<11}{cells}")
     base, diff = report["baseline"], report["difference"]
-    lost = digital - 100 * base["mean"][-1]
     lines.append(
-        f"After {names[-1]} the baseline has lost {lost:.2f} +- {100 * base['sem'][-1]:.2f} "
-        f"points of the digital accuracy; the optimised strategies win back "
-        f"{100 * diff['mean'][-1]:+.2f} +- {100 * diff['sem'][-1]:.2f} points of it (paired: "
-        f"both measured on the same programming noise, repeat by repeat).")
+        f"After {names[-1]} the baseline has lost {digital - base['mean'][-1]:.2f} +- "
+        f"{base['sem'][-1]:.2f} points of the digital accuracy; the optimised strategies win "
+        f"back {diff['mean'][-1]:+.2f} +- {diff['sem'][-1]:.2f} points of it (paired: both "
+        f"measured on the same programming noise, repeat by repeat).")
     return "\n".join(lines)
 
 
@@ -294,14 +273,19 @@ def run_example(*, quick: bool = False, out_dir: str | os.PathLike | None = None
                 baseline=None, compensation=None) -> dict:
     """Train the CNN, optimise, program and measure; print the accuracy table; return it all.
 
+    The accuracy over time is :func:`gpuwpo.evaluate_model`'s: repeat r at time t programs the
+    network with the baseline and with the result from one noise stream (seeded by ``seed``),
+    so the difference is paired.
+
     Args:
         quick: a tiny search budget and 3 repeats (seconds; for tests and smoke runs). The
             network is trained as in a full run.
         out_dir: if given, write :data:`OUTPUT_FILES` there: ``digits_result.json`` (the
             strategies), ``digits_cnn.pt`` (the trained state_dict) and the figures (accuracy
-            over time, programming curves, convergence, weight errors).
+            over time with 95 % intervals, programming curves, convergence, weight errors).
         seed: seed of the data split, the network, the search and the noise.
-        repeats: independent programmings per strategy and time (default 20, quick 3).
+        repeats: independent programmings per strategy and time (default
+            :data:`DEFAULT_REPEATS`, quick 3; >= 2).
         backend: search backend ("torch", "evotorch", "scipy").
         device: where the search runs (None: CUDA when available).
         verbose: print the summary, the table and what was written.
@@ -315,29 +299,32 @@ def run_example(*, quick: bool = False, out_dir: str | os.PathLike | None = None
     Returns:
         ``{"network", "times": {name: seconds}, "repeats", "digital_accuracy", "baseline",
         "optimised", "difference", "tnmse": {"optimised", "baseline"}, "seconds": {"train",
-        "optimise", "evaluate", "total"}, "result": NetworkResult}``; ``baseline``,
-        ``optimised`` and ``difference`` (optimised - baseline, paired) are
-        :func:`paired_summary`'s ``{"mean": [T], "std": [T], "sem": [T], "accuracies":
-        [repeats][T]}``; accuracies are fractions in [0, 1].
+        "optimise", "evaluate", "total"}, "result": NetworkResult, "evaluation":
+        ModelEvaluation}``. Accuracies are in percent; ``baseline``, ``optimised`` and
+        ``difference`` (optimised - baseline, paired) are ``{"mean": [T], "sem": [T],
+        "values": [repeats][T]}`` (:meth:`gpuwpo.network.ModelEvaluation.to_dict`).
+
+    Raises:
+        ValueError: ``repeats`` below 2 (a standard error needs a spread).
     """
     from .device.converters import DualPairConductanceConverter
     from .device.noise import PCMLikeNoiseModel
-    from .network import optimize_network
+    from .network import evaluate_model, optimize_network
 
     start = time.perf_counter()
-    repeats = (3 if quick else 20) if repeats is None else int(repeats)
-    if repeats < 1:
-        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    repeats = (3 if quick else DEFAULT_REPEATS) if repeats is None else int(repeats)
+    if repeats < 2:  # before the training and the search, not after them
+        raise ValueError(f"repeats must be >= 2 (a standard error needs a spread), got "
+                         f"{repeats}")
     say = print if verbose else (lambda *a, **k: None)
     progress = verbose if progress is None else progress
     t_steps = list(TIMES.values())
 
     model, x_te, y_te = train_cnn(seed)
-    digital = accuracy(model, x_te, y_te)
     t_train = time.perf_counter() - start
     say(f"trained a digits CNN (3 x 3 convolutions with 8, 16, 16 channels, global average "
-        f"pool, Linear 16 -> 10) in {t_train:.1f}s: digital accuracy {100 * digital:.2f}% on "
-        f"{x_te.shape[0]} test images")
+        f"pool, Linear 16 -> 10) in {t_train:.1f}s: digital accuracy "
+        f"{100 * accuracy(model, x_te, y_te):.2f}% on {x_te.shape[0]} test images")
 
     if noise_model is None:
         noise_model = PCMLikeNoiseModel(g_max=25.0)
@@ -357,27 +344,29 @@ def run_example(*, quick: bool = False, out_dir: str | os.PathLike | None = None
         from tqdm.auto import tqdm
 
         bar = tqdm(total=2 * repeats * len(t_steps), desc="accuracy", unit="net", leave=False)
-    acc = {}
-    for name, strategy in (("baseline", baseline), ("optimised", result)):
-        # The same noise streams for both strategies: their difference is not one of luck.
-        acc[name] = accuracy_over_time(model, strategy, noise_model, x_te, y_te, t_steps,
-                                       repeats=repeats, seed=seed,
-                                       progress=None if bar is None else bar.update,
-                                       physics=physics, compensation=compensation)
-    if bar is not None:
-        bar.close()
+    try:
+        evaluation = evaluate_model(
+            model, result, lambda net: 100 * accuracy(net, x_te, y_te), t_steps, repeats,
+            physics=physics, baseline=baseline, compensation=compensation,
+            noise_model=noise_model, generator=seed, metric_name="test accuracy (%)",
+            progress=None if bar is None else bar.update)
+    finally:
+        if bar is not None:
+            bar.close()
     t_eval = time.perf_counter() - t0
 
+    figures = evaluation.to_dict()
     report = {
         "network": "digits CNN",
         "times": dict(TIMES),
         "repeats": repeats,
-        "digital_accuracy": digital,
-        **paired_summary(acc["baseline"], acc["optimised"]),
+        "digital_accuracy": evaluation.digital,
+        **{key: figures[key] for key in ("baseline", "optimised", "difference")},
         "tnmse": {"optimised": result.total_tnmse, "baseline": result.total_baseline_tnmse},
         "seconds": {"train": t_train, "optimise": t_opt, "evaluate": t_eval,
                     "total": time.perf_counter() - start},
         "result": result,
+        "evaluation": evaluation,
     }
     say(format_table(report))
     say(f"time: train {t_train:.1f}s, optimise {t_opt:.1f}s, accuracy {t_eval:.1f}s, total "
@@ -405,11 +394,10 @@ def _write_outputs(report: dict, model: nn.Module, out_dir, seed: int, say: Call
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     atomic_write(paths["digits_cnn.pt"], buffer.getvalue())  # never half a file
-    plots.accuracy_over_time(
-        list(report["times"].values()),
-        {k: report[k]["accuracies"] for k in ("baseline", "optimised")},
-        reference=report["digital_accuracy"], path=paths["accuracy_over_time.png"],
-        title="Digits CNN on simulated PCM: DualPair [1, 1] baseline vs optimised programming")
+    report["evaluation"].plot(
+        paths["accuracy_over_time.png"],
+        title=f"Digits CNN on simulated PCM: DualPair [1, 1] baseline vs optimised "
+              f"programming, {report['repeats']} programmings")
     plots.programming_curves(result, path=paths["programming_curves.png"])
     plots.convergence(result, path=paths["convergence.png"])
     plots.weight_error_histograms(result, select_weights(model), list(report["times"].values()),

@@ -230,9 +230,17 @@ def _check_record(written: dict, model_names: list[str], physics: list[str]) -> 
                 acc = torch.tensor(run[key]["accuracies"], dtype=torch.float64)
                 assert acc.shape == (2, 5) and ((acc >= 0) & (acc <= 100)).all()
                 assert run[key]["mean"] == pytest.approx(acc.mean(0).tolist(), abs=1e-9)
+                assert run[key]["std"] == pytest.approx(acc.std(0).tolist(), abs=1e-9)
+                assert run[key]["sem"] == pytest.approx((acc.std(0) / 2 ** 0.5).tolist(),
+                                                        abs=1e-9)
             diff = (torch.tensor(run["optimised"]["accuracies"], dtype=torch.float64)
                     - torch.tensor(run["baseline"]["accuracies"], dtype=torch.float64))
             assert run["difference"]["mean"] == pytest.approx(diff.mean(0).tolist(), abs=1e-9)
+            assert run["difference"]["sem"] == pytest.approx((diff.std(0) / 2 ** 0.5).tolist(),
+                                                             abs=1e-9)
+            if m["name"] == "digits_lstm":  # every LSTM matrix is a layer of the result
+                assert {layer["name"]: tuple(layer["shape"]) for layer in run["layers"]} == \
+                    LSTM_LAYERS
             assert len(run["layers"]) >= 1
             for layer in run["layers"]:
                 lo, hi = layer["tnmse_ci95"]
@@ -240,6 +248,7 @@ def _check_record(written: dict, model_names: list[str], physics: list[str]) -> 
                 assert isinstance(layer["converter"], str)
 
 
+@pytest.mark.slow
 def test_accuracy_benchmark_quick(tmp_path, capsys, keep_threads):
     accuracy = load_script("accuracy")
     record = accuracy.main(["--quick", "--models", "digits_mlp", "--physics", "device",
@@ -255,10 +264,10 @@ def test_accuracy_benchmark_quick(tmp_path, capsys, keep_threads):
 
 @pytest.mark.slow
 def test_accuracy_benchmark_quick_defaults(tmp_path, keep_threads):
-    # Both networks, both physics: what `python bench/accuracy.py --quick` runs.
+    # The three networks, both physics: what `python bench/accuracy.py --quick` runs.
     record = load_script("accuracy").main(["--quick", "--out-dir", str(tmp_path)])
     written = json.loads(json.dumps({"benchmark": "accuracy", **record}))
-    _check_record(written, ["digits_cnn", "digits_mlp"], ["device", "aihwkit"])
+    _check_record(written, ["digits_cnn", "digits_lstm", "digits_mlp"], ["device", "aihwkit"])
 
 
 @pytest.mark.slow

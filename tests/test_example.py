@@ -18,7 +18,6 @@ from gpuwpo.example import (  # noqa: E402
     format_table,
     load_digits_data,
     make_mlp,
-    paired_summary,
     run_example,
     train_cnn,
     train_mlp,
@@ -73,34 +72,20 @@ def test_noise_costs_accuracy_and_varies_between_repeats(trained):
     assert acc.std() > 0  # each repeat is an independent programming
 
 
-def test_paired_summary_known_values_and_the_shared_noise_cancels():
-    # Three programmings at two times. The optimised strategy is the baseline plus 0.01 with a
-    # little jitter: the repeats vary a lot (the shared noise), their differences hardly.
-    base = torch.tensor([[0.90, 0.80], [0.94, 0.70], [0.86, 0.75]], dtype=torch.float64)
-    opt = base + torch.tensor([[0.010, 0.020], [0.012, 0.018], [0.008, 0.022]])
-    out = paired_summary(base, opt)
-    assert set(out) == {"baseline", "optimised", "difference"}
-    assert out["baseline"]["mean"] == pytest.approx([0.90, 0.75])
-    assert out["baseline"]["std"] == pytest.approx([0.04, 0.05])
-    assert out["baseline"]["sem"] == pytest.approx([0.04 / 3 ** 0.5, 0.05 / 3 ** 0.5])
-    assert out["difference"]["mean"] == pytest.approx([0.010, 0.020])
-    assert out["difference"]["sem"] == pytest.approx([0.002 / 3 ** 0.5, 0.002 / 3 ** 0.5])
-    # Negative control: the same differences unpaired (the optimised rows shuffled against the
-    # baseline's) have a standard error as large as the repeats' spread.
-    shuffled = paired_summary(base, opt[[1, 2, 0]])
-    assert min(shuffled["difference"]["sem"]) > 10 * max(out["difference"]["sem"])
-    assert out["optimised"]["accuracies"] == opt.tolist()
-    one = paired_summary(base[:1], opt[:1])  # one repeat: no spread to report
-    assert one["baseline"]["std"] == [0.0, 0.0] and one["difference"]["sem"] == [0.0, 0.0]
-    with pytest.raises(ValueError, match=r"\(3, 2\) and \(2, 2\)"):
-        paired_summary(base, opt[:2])
+def _figures(values) -> dict:
+    # One strategy's entry of the report (ModelEvaluation.to_dict's layout), from its values.
+    v = torch.tensor(values, dtype=torch.float64)
+    return {"mean": v.mean(0).tolist(), "sem": (v.std(0) / v.shape[0] ** 0.5).tolist(),
+            "values": v.tolist()}
 
 
 def test_format_table_rows_and_the_year_sentence():
+    base = [[95.0, 90.0], [93.0, 92.0], [94.0, 91.0]]
+    opt = [[95.0, 92.0], [93.0, 93.0], [95.0, 93.0]]
+    diff = [[o - b for o, b in zip(ro, rb)] for ro, rb in zip(opt, base)]
     report = {"network": "digits CNN", "times": {"1 s": 1.0, "1 year": 31536000.0},
-              "repeats": 3, "digital_accuracy": 0.97,
-              **paired_summary(torch.tensor([[0.95, 0.90], [0.93, 0.92], [0.94, 0.91]]),
-                               torch.tensor([[0.95, 0.92], [0.93, 0.93], [0.95, 0.93]]))}
+              "repeats": 3, "digital_accuracy": 97.0, "baseline": _figures(base),
+              "optimised": _figures(opt), "difference": _figures(diff)}
     lines = format_table(report).splitlines()
     assert "digits CNN" in lines[0] and "3 programmings" in lines[0] and "97.00%" in lines[0]
     rows = {line.split()[0]: line.split() for line in lines[2:5]}
@@ -111,6 +96,14 @@ def test_format_table_rows_and_the_year_sentence():
     assert rows["difference"][1::3] == ["+0.33", "+1.67"]
     assert rows["baseline"][3] == "0.58"  # std 1 point over 3 programmings
     assert "lost 6.00 +- 0.58 points" in lines[5] and "win back +1.67 +- 0.33" in lines[5]
+
+
+def test_one_repeat_is_refused_before_any_work(monkeypatch):
+    import gpuwpo.example
+
+    monkeypatch.setattr(gpuwpo.example, "train_cnn", lambda *a, **k: pytest.fail("trained"))
+    with pytest.raises(ValueError, match="repeats must be >= 2.*got 1"):
+        run_example(quick=True, repeats=1, verbose=False)
 
 
 @pytest.mark.slow
@@ -134,16 +127,19 @@ def test_the_example_cnn_is_trained_deterministically_and_feels_the_noise():
 def test_quick_run_returns_paired_accuracies_for_every_time_and_strategy(tmp_path):
     report = run_example(quick=True, repeats=2, out_dir=tmp_path, verbose=False)
     assert report["times"] == TIMES and report["network"] == "digits CNN"
-    assert report["digital_accuracy"] == pytest.approx(436 / 450)
+    assert report["digital_accuracy"] == pytest.approx(100 * 436 / 450)  # percent
+    evaluation = report["evaluation"]  # gpuwpo.evaluate_model's, on the example's seed
+    assert evaluation.times == list(TIMES.values()) and evaluation.repeats == 2
     for name in ("baseline", "optimised"):
-        acc = torch.tensor(report[name]["accuracies"])
+        acc = torch.tensor(report[name]["values"])
         assert acc.shape == (2, len(TIMES))
-        assert ((acc >= 0) & (acc <= 1)).all()
+        assert ((acc >= 0) & (acc <= 100)).all()
         torch.testing.assert_close(torch.tensor(report[name]["mean"]), acc.mean(0),
                                    check_dtype=False)
-        assert len(report[name]["sem"]) == len(TIMES)
-    diff = (torch.tensor(report["optimised"]["accuracies"])
-            - torch.tensor(report["baseline"]["accuracies"]))
+        torch.testing.assert_close(torch.tensor(report[name]["sem"]),
+                                   acc.std(0) / 2 ** 0.5, check_dtype=False)
+    diff = (torch.tensor(report["optimised"]["values"])
+            - torch.tensor(report["baseline"]["values"]))
     torch.testing.assert_close(torch.tensor(report["difference"]["mean"]), diff.mean(0),
                                check_dtype=False)
     result = load_result(tmp_path / "digits_result.json")
