@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from gpuwpo import DualPairConductanceConverter, PCMLikeNoiseModel
 from gpuwpo.cli import main, parse_f_lst, parse_times
 from gpuwpo.io import load_result
 
@@ -231,3 +232,116 @@ def test_parse_times_and_f_lst():
     assert parse_times("2.5min") == [150.0]
     assert parse_f_lst("None,none") == [None, None]
     assert parse_f_lst("1, 3.5") == [1.0, 3.5]
+
+
+# --------------------------------------------------------------------------------------------
+# evaluate: every layer checked first, sampled rows for large layers, --full, mapped shapes
+# --------------------------------------------------------------------------------------------
+
+
+def _evaluate_files(d, compensation=None):
+    """A weights file (a layer above SAMPLE_WEIGHTS, a small one, a Conv weight) and a results
+    file for it (NPair f=[1, 3] programs, no search) recording the physics."""
+    from gpuwpo import GlobalDriftCompensation, LayerResult, NetworkResult, save_result
+    from gpuwpo.network.result import single_program
+    from gpuwpo.registry import to_dict
+    from gpuwpo.search.strategy import StrategySpace
+
+    gen = torch.Generator().manual_seed(3)
+    weights = {"big.weight": torch.randn(300, 128, generator=gen) * 0.05,
+               "small.weight": torch.randn(8, 16, generator=gen) * 0.3,
+               "conv.weight": torch.randn(6, 3, 3, 3, generator=gen) * 0.2}
+    space = StrategySpace(f_lst=[None, None], g_min=0.0, g_max=25.0)
+    layers = [LayerResult(name, tuple(w.shape), single_program(space.to_converter(
+        space.encode_npair([1.0, 3.0], 0.9), float(w.abs().max()))), 0.01, (0.009, 0.011),
+        0.012, (0.011, 0.013), [], "search", True) for name, w in weights.items()]
+    settings = {"t_steps": [1.0, 31536000.0], "physics": "device",
+                "noise_model": to_dict(PCMLikeNoiseModel()),
+                "baseline": to_dict(DualPairConductanceConverter([1.0, 1.0], 0.0, 25.0)),
+                "compensation": to_dict(compensation or GlobalDriftCompensation())}
+    result = NetworkResult.from_layers(layers, settings=settings, nit=0, nfev=0, wall_time=0.0,
+                                       stop_reason="test")
+    save_file(weights, str(d / "eval.safetensors"))
+    save_result(result, d / "eval.json")
+    return d / "eval.json", d / "eval.safetensors", weights, result
+
+
+def _printed_rows(text: str, title: str) -> list[list[str]]:
+    """The data rows (after the header) of the table titled ``title ...``."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(title))
+    rows = []
+    for line in lines[start + 2:]:  # past the title and the column header
+        if not line.startswith("  "):
+            break
+        rows.append(line.split())
+    return rows
+
+
+def _expected(weights, result, name, index, repeats, sample_rows=None):
+    """(baseline, optimised) mean E per time as evaluate computes them, from the library."""
+    from gpuwpo.device.simulate import converter_errors
+    from gpuwpo.network.layers import as_matrix
+
+    layer = result.layers[index]
+    errors = converter_errors(
+        as_matrix(weights[name]), [DualPairConductanceConverter([1.0, 1.0], 0.0, 25.0),
+                                   layer.converter], PCMLikeNoiseModel(),
+        [1.0, 31536000.0], repeats=repeats, generator=0, layer_id=index,
+        sample_rows=sample_rows).double()
+    return errors.mean(1)
+
+
+def test_evaluate_samples_large_layers_and_says_so(tmp_path, capsys):
+    from gpuwpo.device.simulate import SAMPLE_WEIGHTS, sample_rows_for
+
+    res, wfile, weights, result = _evaluate_files(tmp_path)
+    assert main(["evaluate", str(res), str(wfile), "--repeats", "3", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    rows = sample_rows_for((300, 128), SAMPLE_WEIGHTS)
+    assert rows == 256
+    assert f"big.weight (300, 128), a sample of {rows} of its 300 rows per programming" in text
+    assert "small.weight (8, 16)\n" in text and "conv.weight (6, 3, 3, 3)\n" in text
+    assert f"1 of 3 layer(s) hold more than {SAMPLE_WEIGHTS} weights" in text
+    assert "--full" in text
+    # The printed figures are the library's: both converters on one draw, the layer's index
+    # keying its noise, a Conv weight at its crossbar shape (6 x 27), the big layer sampled.
+    for index, name, sample in ((0, "big.weight", rows), (1, "small.weight", None),
+                                (2, "conv.weight", None)):
+        want = _expected(weights, result, name, index, 3, sample)
+        printed = _printed_rows(text, f"{name} ")
+        for i, row in enumerate(printed[:2]):
+            assert float(row[-7]) == pytest.approx(float(want[0, i]), abs=6e-6)
+            assert float(row[-4]) == pytest.approx(float(want[1, i]), abs=6e-6)
+
+
+def test_evaluate_full_simulates_every_weight(tmp_path, capsys):
+    from gpuwpo.cli.arguments import build_parser
+    from gpuwpo.cli.commands import evaluate
+
+    res, wfile, weights, result = _evaluate_files(tmp_path)
+    args = build_parser().parse_args(["evaluate", str(res), str(wfile), "--repeats", "3",
+                                      "--quiet"])
+    args.full = True  # --full (the flag itself is the parser's)
+    assert evaluate(args) == 0
+    text = capsys.readouterr().out
+    assert "a sample" not in text and "hold more than" not in text
+    want = _expected(weights, result, "big.weight", 0, 3)
+    for i, row in enumerate(_printed_rows(text, "big.weight ")[:2]):
+        assert float(row[-7]) == pytest.approx(float(want[0, i]), abs=6e-6)
+
+
+def test_evaluate_checks_every_layer_before_any_work(tmp_path, capsys):
+    res, wfile, weights, _ = _evaluate_files(tmp_path)
+    wrong = dict(weights, **{"conv.weight": torch.randn(6, 3, 3, 2)})
+    save_file(wrong, str(tmp_path / "wrong.safetensors"))
+    assert main(["evaluate", str(res), str(tmp_path / "wrong.safetensors"), "--quiet"]) == 2
+    captured = capsys.readouterr()
+    _assert_one_line_error(captured.err, "conv.weight", "(6, 3, 3, 2)", "(6, 3, 3, 3)")
+    assert captured.out == ""  # the first two layers were not simulated first
+    missing = {k: v for k, v in weights.items() if k != "conv.weight"}
+    save_file(missing, str(tmp_path / "missing.safetensors"))
+    assert main(["evaluate", str(res), str(tmp_path / "missing.safetensors"), "--quiet"]) == 2
+    captured = capsys.readouterr()
+    _assert_one_line_error(captured.err, "no tensor 'conv.weight'")
+    assert captured.out == ""

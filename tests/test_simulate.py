@@ -5,7 +5,11 @@ with the noise switched off the pipeline is exactly the converter's round trip; 
 compensation invariant; that the programmed devices are the ones that drift and are read (a
 hand-written loop over explicit draws reproduces it bit for bit); that every time step is
 programmed afresh; and, statistically, the TNMSE of the DualPair baseline against an
-independent numpy implementation of docs/DESIGN.md section 2.
+independent numpy implementation of docs/DESIGN.md section 2. The converter path: it is
+the batched physics of all times in one call, bit for bit; a sample of rows
+(``sample_rows``, what ``gpuwpo evaluate`` uses for large layers) estimates the whole layer
+within its standard error in both physics and compensations, the standard error is honest,
+and a sample converted without the layer's largest row (the negative control) is biased.
 """
 
 from __future__ import annotations
@@ -26,8 +30,16 @@ from gpuwpo import (
     PerColumnDriftCompensation,
     SinglePairConductanceConverter,
     simulate_weights,
+    student_t_weights,
 )
-from gpuwpo.device.simulate import program_drift_read, sample_device_noise
+from gpuwpo.device.physics import PHYSICS, ConverterConversion, program_and_read
+from gpuwpo.device.simulate import (
+    SAMPLE_WEIGHTS,
+    converter_errors,
+    program_drift_read,
+    sample_device_noise,
+    sample_rows_for,
+)
 
 T_STEPS = [1.0, 3600.0, 86400.0 * 30]
 
@@ -245,3 +257,126 @@ def test_dual_pair_tnmse_matches_independent_numpy():
     # ...and so does the spread: the relative standard error of a sample std is ~1/sqrt(2n).
     ratio = ours.std(ddof=1) / ref.std(ddof=1)
     assert abs(ratio - 1) < 4 * math.sqrt(2 / (2 * repeats)), ratio
+
+
+# ------------------------------------------------------------------------------------------
+# The converter path: one time step at a time, and sampled rows (gpuwpo evaluate)
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("physics", PHYSICS)
+@pytest.mark.parametrize("name", ["dual", "custom", "fusion"])
+def test_the_simulation_is_the_physics_of_all_times_in_one_call_bit_for_bit(physics, name):
+    # What simulate_weights and the converter path compute: program_and_read of all times in
+    # one broadcast call, then the compensation, bit for bit (a loop over the times would
+    # round differently in a few last bits: vectorised and scalar tails of exp/pow differ).
+    conv = CONVERTERS[name]()
+    w = _weights(6, 11, seed=12)
+    nm = PCMLikeNoiseModel()
+    t = torch.tensor(T_STEPS)
+    tiles = ConverterConversion(conv, w.shape)
+    g, params = tiles.to_conductances(w)
+    noise = sample_device_noise((3, len(T_STEPS), *g.shape), generator=_gen(13))
+    w_prog, w_t = program_and_read(physics, tiles, params, nm.prepare_targets(g), nm,
+                                   t.reshape(-1, 1, 1), *noise)
+    batched = GlobalDriftCompensation().alpha(w_prog, w_t, tile_ndim=2, w_ideal=w) * w_t
+    out = simulate_weights(w, conv, nm, T_STEPS, repeats=3, generator=_gen(13), physics=physics)
+    assert torch.equal(out, batched)
+
+
+def _outlier_layer(rows: int = 120, cols: int = 24) -> torch.Tensor:
+    """Heavy-tailed weights whose row 7 holds values 3x the rest (an outlier output, as in
+    transformers): the row that sets the layer's max|W|."""
+    w = student_t_weights((rows, cols), generator=_gen(21)) * 0.05
+    w[7] *= 3.0
+    return w
+
+
+def _mean_and_se(errors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return errors.mean(-2), errors.std(-2) / math.sqrt(errors.shape[-2])
+
+
+@pytest.mark.parametrize("physics, comp", [
+    ("device", "global"),
+    pytest.param("device", "column", marks=pytest.mark.slow),
+    pytest.param("aihwkit", "global", marks=pytest.mark.slow),
+    pytest.param("aihwkit", "column", marks=pytest.mark.slow),
+])
+def test_a_sample_of_rows_estimates_the_whole_layer_within_its_standard_error(physics, comp):
+    w = _outlier_layer()
+    convs = [DualPairConductanceConverter(), _custom_pair()]
+    compensation = PerColumnDriftCompensation() if comp == "column" else None
+    kw = dict(compensation=compensation, physics=physics)
+    times = [1.0, 31536000.0]  # the alpha of a year's drift is where a biased sample shows
+    full = converter_errors(w, convs, PCMLikeNoiseModel(), times, repeats=24, generator=1,
+                            **kw)
+    sampled = converter_errors(w, convs, PCMLikeNoiseModel(), times, repeats=64, generator=2,
+                               sample_rows=12, **kw)
+    (fm, fs), (sm, ss) = _mean_and_se(full), _mean_and_se(sampled)
+    z = (sm - fm) / torch.sqrt(fs**2 + ss**2)
+    assert float(z.abs().max()) < 4.0, z  # 4 comparisons at 4 SE: a 3e-4 false alarm
+    # The paired difference of the two converters too.
+    (fd, fds), (sd, sds) = (_mean_and_se(e[1] - e[0]) for e in (full, sampled))
+    assert float(((sd - fd) / torch.sqrt(fds**2 + sds**2)).abs().max()) < 4.0
+    # The sample is a real one: its figures spread more than the whole layer's.
+    assert bool((ss > fs).all())
+
+
+def test_a_sample_without_the_layers_largest_row_is_biased():
+    # Negative control: the same rows drawn, but converted on their own (without the anchor
+    # rows), take their own max|W| as the scale, and the estimate misses the layer's by far.
+    w = _outlier_layer()
+    conv = DualPairConductanceConverter()
+    full = converter_errors(w, conv, PCMLikeNoiseModel(), T_STEPS, repeats=40, generator=1)
+    naive = torch.stack([converter_errors(
+        w[torch.randperm(w.shape[0], generator=_gen(100 + r))[:12]], conv, PCMLikeNoiseModel(),
+        T_STEPS, repeats=1, generator=200 + r)[0] for r in range(24)])
+    (fm, fs), (nm_, ns) = _mean_and_se(full), _mean_and_se(naive)
+    z = (nm_ - fm) / torch.sqrt(fs**2 + ns**2)
+    assert float(z.abs().min()) > 6.0, z
+
+
+@pytest.mark.slow
+def test_the_standard_error_of_a_sampled_estimate_is_honest():
+    # Over independent evaluations, the spread of the sampled means is what each reports as
+    # its standard error (ratio 1; its own sampling error is ~12 % here).
+    w = _outlier_layer(60, 8)
+    means, ses = [], []
+    for seed in range(40):
+        e = converter_errors(w, DualPairConductanceConverter(), PCMLikeNoiseModel(), [3600.0],
+                             repeats=8, generator=seed, sample_rows=6)[:, 0]
+        means.append(float(e.mean()))
+        ses.append(float(e.std() / math.sqrt(8)))
+    ratio = np.std(means, ddof=1) / np.mean(ses)
+    assert 0.6 < ratio < 1.5, ratio
+
+
+def test_sampled_rows_are_shared_by_the_converters_and_independent_of_chunking():
+    w = _outlier_layer()
+    conv = _custom_pair()
+    both = converter_errors(w, [conv, conv], PCMLikeNoiseModel(), T_STEPS, repeats=10,
+                            generator=3, sample_rows=9)
+    assert torch.equal(both[0], both[1])  # the same rows and the same noise, repeat by repeat
+    small = converter_errors(w, conv, PCMLikeNoiseModel(), T_STEPS, repeats=10, generator=3,
+                             sample_rows=9, memory_budget=1)
+    assert torch.equal(small, both[0])
+    other_layer = converter_errors(w, conv, PCMLikeNoiseModel(), T_STEPS, repeats=10,
+                                   generator=3, sample_rows=9, layer_id=1)
+    assert not torch.equal(other_layer, both[0])
+
+
+def test_sample_rows_arguments():
+    w = _outlier_layer()
+    nm = PCMLikeNoiseModel()
+    for bad in (0, 120, 500, 2.5, True):
+        with pytest.raises(ValueError, match="sample_rows"):
+            converter_errors(w, DualPairConductanceConverter(), nm, [1.0], sample_rows=bad)
+    with pytest.raises(ValueError, match="2-D"):
+        converter_errors(w[0], DualPairConductanceConverter(), nm, [1.0], sample_rows=3)
+    assert sample_rows_for((1536, 384), SAMPLE_WEIGHTS) == 86
+    assert sample_rows_for((384, 1536), SAMPLE_WEIGHTS) == 22
+    assert sample_rows_for((64, 512), SAMPLE_WEIGHTS) is None  # 64 rows: the whole layer
+    assert sample_rows_for((10_000_000,), 100) is None  # one axis: no rows to sample
+    assert sample_rows_for((100, 10), 25) == 3
+    with pytest.raises(ValueError, match="weights"):
+        sample_rows_for((100, 10), 0)

@@ -15,10 +15,8 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from ..checks import check_weights
-from ..device.simulate import tnmse_over_time
 from ..io.common import same_file
 from ..network.settings import merge_physics, merge_settings, physics_from_settings
-from ..rng import make_generator
 from .arguments import given_physics, given_settings
 from .config import read_config
 
@@ -187,8 +185,18 @@ def _check_test_size(options) -> None:
 
 def evaluate(args: argparse.Namespace) -> int:
     """``gpuwpo evaluate``: TNMSE over time of the baseline and of a results file's strategies,
-    per layer and overall."""
+    per layer and overall.
+
+    Each layer is simulated at its crossbar shape (:func:`gpuwpo.network.layers.as_matrix`), in
+    float32, baseline and strategy on the same noise (:func:`gpuwpo.device.simulate.
+    converter_errors` with both converters; the layer's index keys its noise). A layer larger
+    than :data:`gpuwpo.device.simulate.SAMPLE_WEIGHTS` weights is estimated from a fresh sample
+    of whole rows per programming (the standard errors include the sampling) unless ``--full``
+    asks for every weight; the output says which layers were sampled and how.
+    """
+    from ..device.simulate import SAMPLE_WEIGHTS, converter_errors, sample_rows_for
     from ..io import load_result
+    from ..network.layers import as_matrix
 
     result = load_result(args.results)
     weights = _read_weights(args, args.weights)  # --key: the dict inside a checkpoint
@@ -197,17 +205,10 @@ def evaluate(args: argparse.Namespace) -> int:
     t_steps = args.times if getattr(args, "times", None) is not None else recorded["t_steps"]
     _check_device(getattr(args, "device", None))
     device = getattr(args, "device", None) or "cpu"
-    sizes, base_rows, opt_rows = [], [], []
-    gen = make_generator(args.seed)
-    layers = result.layers
-    try:
-        from tqdm.auto import tqdm
-
-        layers = tqdm(layers, desc="evaluate", unit="layer", leave=False, disable=args.quiet)
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        pass
-    lines = []
-    for layer in layers:
+    full = bool(getattr(args, "full", False))
+    # Every layer is checked before any work: a missing tensor or another shape fails at once.
+    tiles = []
+    for layer in result.layers:
         if layer.name not in weights:
             raise ValueError(f"{args.weights} has no tensor {layer.name!r} (the results file's "
                              f"layer); it holds {list(weights)[:10]}")
@@ -216,15 +217,33 @@ def evaluate(args: argparse.Namespace) -> int:
             raise ValueError(f"{args.weights}: {layer.name!r} has shape {tuple(w.shape)}, the "
                              f"results file was made for {tuple(layer.shape)}")
         w = check_weights(w, f"{args.weights}: the weights of layer {layer.name!r}",
-                          allow_all_zero=False).to(device)
-        kw = dict(repeats=args.repeats, compensation=phys["compensation"], generator=gen,
-                  physics=phys["physics"])
-        base = tnmse_over_time(w, phys["baseline"], phys["noise_model"], t_steps, **kw)
-        opt = tnmse_over_time(w, layer.converter, phys["noise_model"], t_steps, **kw)
+                          allow_all_zero=False)
+        # float32 is the physics' precision everywhere else too (the search's, program_model's).
+        w = as_matrix(w.detach()).to(device=device, dtype=torch.float32)
+        tiles.append((layer, w, None if full else sample_rows_for(w.shape, SAMPLE_WEIGHTS)))
+    sizes, base_rows, opt_rows, lines = [], [], [], []
+    progress = tiles
+    try:
+        from tqdm.auto import tqdm
+
+        progress = tqdm(tiles, desc="evaluate", unit="layer", leave=False, disable=args.quiet)
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        pass
+    for index, (layer, w, rows) in enumerate(progress):
+        # Both converters on the same draws (paired), in one pass; the layer's index keys its
+        # noise, so its figures do not depend on the other layers.
+        errors = converter_errors(
+            w, [phys["baseline"], layer.converter], phys["noise_model"], t_steps,
+            compensation=phys["compensation"], physics=phys["physics"], repeats=args.repeats,
+            generator=args.seed, layer_id=index, sample_rows=rows).double()  # [2, repeats, T]
+        base, opt = ((e.mean(0), e.std(0) / errors.shape[1] ** 0.5) for e in errors)
         sizes.append(w.numel())
         base_rows.append(base)
         opt_rows.append(opt)
-        lines.append(_table(f"{layer.name} {tuple(layer.shape)}", t_steps, base, opt))
+        title = f"{layer.name} {tuple(layer.shape)}"
+        if rows is not None:
+            title += f", a sample of {rows} of its {w.shape[0]} rows per programming"
+        lines.append(_table(title, t_steps, base, opt))
     # Overall: layers weighted by their number of weights (the network's total weight error).
     share = torch.tensor(sizes, dtype=torch.float64) / sum(sizes)
 
@@ -237,6 +256,13 @@ def evaluate(args: argparse.Namespace) -> int:
                      combine(opt_rows))
     print(f"TNMSE over time in physics={phys['physics']!r}, {args.repeats} programmings per "
           f"layer and time (mean +- standard error; lower is better)")
+    sampled = sum(rows is not None for _, _, rows in tiles)
+    if sampled:
+        print(f"{sampled} of {len(tiles)} layer(s) hold more than {SAMPLE_WEIGHTS} weights: "
+              f"each of their programmings simulates a fresh random sample of whole rows (the "
+              f"rows of the largest |W| and a uniform draw of the others, at least "
+              f"{SAMPLE_WEIGHTS} weights), an estimate of the whole layer's figure whose "
+              f"standard error includes the sampling; --full simulates every weight")
     print("\n\n".join([*lines, overall]))
     return 0
 

@@ -25,8 +25,8 @@ from .error import weight_error
 from .physics import ConverterConversion, check_physics, program_and_read, refuse_clip
 
 __all__ = ["DEFAULT_TIMES", "NOISE_BLOCK", "DeviceNoise", "sample_device_noise", "keyed_noise",
-           "program_drift_read", "simulate_weights", "converter_errors", "as_time_tensor",
-           "tnmse_over_time"]
+           "program_drift_read", "simulate_weights", "converter_errors", "sample_rows_for",
+           "SAMPLE_ANCHOR_ROWS", "SAMPLE_WEIGHTS", "as_time_tensor", "tnmse_over_time"]
 
 #: Inference times used when none are given: 1 s, 1 h, 1 day, 1 month (30 days), 1 year (365 d).
 DEFAULT_TIMES = (1.0, 3600.0, 86400.0, 2592000.0, 31536000.0)
@@ -173,10 +173,15 @@ def program_drift_read(
 
 
 class _TileRun:
-    """A tile's weights converted once, with what every repeat of its simulation shares."""
+    """A tile's weights converted once, with what every repeat of its simulation shares.
+
+    ``weights`` ``[*tile]`` is one tile shared by every repeat; with ``tile_shape`` given,
+    ``weights`` ``[n, *tile_shape]`` are n tiles, one per repeat (a sample of rows,
+    :class:`_RowSample`), each converted on its own.
+    """
 
     def __init__(self, weights, converter, noise_model, t_steps, compensation, physics: str,
-                 repeats) -> None:
+                 repeats, tile_shape: Sequence[int] | None = None) -> None:
         self.physics = check_physics(physics)
         refuse_clip(self.physics, getattr(converter, "clip", 1.0))
         self.weights = check_weights(weights)
@@ -184,15 +189,92 @@ class _TileRun:
         self.compensation = GlobalDriftCompensation() if compensation is None else compensation
         self.noise_model = noise_model
         self.t = as_time_tensor(t_steps, dtype=self.weights.dtype, device=self.weights.device)
-        self.tiles = ConverterConversion(converter, self.weights.shape)
-        self.g, self.params = self.tiles.to_conductances(self.weights)  # [R, N]
+        self.per_repeat = tile_shape is not None
+        self.tile_shape = tuple(self.weights.shape if tile_shape is None else tile_shape)
+        self.tiles = ConverterConversion(converter, self.tile_shape)
+        self.g, self.params = self.tiles.to_conductances(self.weights)  # [(n,) R, N]
         self.prepared = noise_model.prepare_targets(self.g)
 
     def program_and_read(self, z_prog, z_drift, z_read) -> tuple[torch.Tensor, torch.Tensor]:
-        """(w_prog, w_t) ``[n, T, *w]`` for draws ``[n, T, R, N]``."""
-        return program_and_read(self.physics, self.tiles, self.params, self.prepared,
-                                self.noise_model, self.t.reshape(-1, 1, 1), z_prog, z_drift,
-                                z_read)
+        """(w_prog, w_t) ``[n, T, *tile]`` for draws ``[n, T, R, N]``.
+
+        One tile shared by every repeat is simulated at all times in one broadcast call. A tile
+        per repeat (a sample) is simulated one time step at a time, since its conversions (one
+        per repeat) take conductances ``[n, R, N]``; a one-element time tensor takes the same
+        broadcasting arithmetic as all times at once.
+        """
+        if not self.per_repeat:
+            return program_and_read(self.physics, self.tiles, self.params, self.prepared,
+                                    self.noise_model, self.t.reshape(-1, 1, 1), z_prog, z_drift,
+                                    z_read)
+        n, T = z_prog.shape[0], z_prog.shape[1]
+        w_prog = z_prog.new_empty((n, T, *self.tile_shape))
+        w_t = z_prog.new_empty((n, T, *self.tile_shape))
+        for i in range(T):
+            w_prog[:, i], w_t[:, i] = program_and_read(
+                self.physics, self.tiles, self.params, self.prepared, self.noise_model,
+                self.t[i:i + 1].reshape(1, 1, 1), z_prog[:, i], z_drift[:, i], z_read[:, i])
+        return w_prog, w_t
+
+
+#: Rows that every sampled programming of a tile simulates besides its sample, and does not
+#: count: those of the largest max|W|. The tile's largest |W| is among them, so a converter
+#: scales the sample exactly as it scales the whole tile (by its max|W|), and in the reference's
+#: physics the largest programmed weight, which sets the scale of the second conversion, is
+#: almost always there too.
+SAMPLE_ANCHOR_ROWS = 4
+
+#: Weights per programming that ``gpuwpo evaluate`` simulates of a larger layer (a sample of
+#: whole rows, :func:`sample_rows_for`; ``--full`` simulates every weight). Sized so that the 37
+#: linear layers of MiniLM (10.8 M weights, 10 programmings each) are evaluated in well under a
+#: minute on a 2-core CPU (bench/evaluate.py), with standard errors near 0.5 % of the figures.
+SAMPLE_WEIGHTS = 32768
+
+
+class _RowSample:
+    """Which whole rows (first axis) of a tile one programming simulates, and which it counts.
+
+    A programming simulates the :data:`SAMPLE_ANCHOR_ROWS` anchor rows (those of the largest
+    max|W|) and ``rows`` rows drawn uniformly without replacement from all the tile's rows (a
+    simple random sample: an anchor row is drawn at its natural rate, like any other). Only the
+    drawn rows are counted: the compensation's alpha is taken over them and E_t is their mean
+    error, so both estimate the whole tile's from a sample of its own composition. The anchors
+    only make the conversion the whole tile's: its max|W| is theirs.
+
+    Whole rows keep what a row shares whole: per-row scaling (Fusion) and per-column
+    compensation (one alpha per output, a row of ``[out, in]``: exact for every drawn row).
+    What the sample estimates rather than reproduces: a tile-wide alpha (a ratio of means over
+    the drawn rows, biased by order 1/(sample size), far below the standard errors), the
+    readout's bound management (tested over the drawn rows' readout) and, in the reference's
+    physics, the scale of the second conversion (the largest programmed weight of the anchors
+    and the drawn rows).
+    """
+
+    def __init__(self, weights: torch.Tensor, rows: int) -> None:
+        if weights.ndim < 2:
+            raise ValueError(f"sample_rows needs a tile of rows (2-D or more), got shape "
+                             f"{tuple(weights.shape)}")
+        n_rows = weights.shape[0]
+        if isinstance(rows, bool) or not isinstance(rows, int) or not 1 <= rows < n_rows:
+            raise ValueError(f"sample_rows must be an int in [1, {n_rows - 1}] (fewer rows than "
+                             f"the tile's {n_rows}), got {rows!r}")
+        row_max = weights.detach().abs().reshape(n_rows, -1).amax(1)
+        self.anchors = torch.topk(row_max, min(SAMPLE_ANCHOR_ROWS, n_rows)).indices.cpu()
+        self.n_rows, self.rows = n_rows, rows
+
+    @property
+    def size(self) -> int:
+        """Rows one programming simulates: the anchors, then the drawn rows."""
+        return self.anchors.numel() + self.rows
+
+    def indices(self, generator: torch.Generator) -> torch.Tensor:
+        """Row indices ``[size]`` of one programming: the anchors, then the drawn rows."""
+        drawn = torch.randperm(self.n_rows, generator=generator)[: self.rows]
+        return torch.cat([self.anchors, drawn])
+
+    def drawn(self, x: torch.Tensor, tile_ndim: int) -> torch.Tensor:
+        """The drawn rows of ``x`` ``[..., size, *rest]`` (``tile_ndim`` = 1 + len(rest))."""
+        return x.narrow(-tile_ndim, self.anchors.numel(), self.rows)
 
 
 def simulate_weights(
@@ -252,22 +334,30 @@ def converter_errors(
     layer_id: int = 0,
     amplification: float = 10.0,
     memory_budget: int | None = None,
+    sample_rows: int | None = None,
 ) -> torch.Tensor:
     """Weight error E_t of ``repeats`` independent programmings of a tile: the converter path.
 
     The ruler of baselines, ``TNMSEObjective.evaluate_converter``, :func:`tnmse_over_time`,
     the choice of each layer's answer (:mod:`gpuwpo.search.selection`) and ``gpuwpo evaluate``:
-    every
-    repeat programs the tile afresh at every time, in the chosen physics, and
+    every repeat programs the tile afresh at every time, in the chosen physics, and
     ``E_t = mean_n (amplification (alpha_t W_t,n - W_n) / max|W|)^2``
-    (:func:`gpuwpo.reduction.weight_error`). Repeats are simulated a memory budget at a time,
-    with noise keyed by (layer id, block of repeats) (:func:`keyed_noise`), so the result does
-    not depend on the budget.
+    (:func:`gpuwpo.device.error.weight_error`). Repeats are simulated a memory budget at a
+    time, with noise keyed by (layer id, block of repeats) (:func:`keyed_noise`), so the result
+    does not depend on the budget.
 
     Given a list of converters, every one of them is programmed with the same noise, repeat by
     repeat (converters with the same number of devices per weight see the very same draws):
     their errors are paired, and a difference between two of them has far less spread than
     either alone.
+
+    With ``sample_rows``, each repeat counts ``sample_rows`` whole rows (first axis) of the
+    tile drawn uniformly without replacement, a new sample per repeat from the stream keyed
+    (layer id, repeat), and simulates them beside the rows of the largest |W|, which make the
+    conversion the whole tile's (:class:`_RowSample`); E_t is the drawn rows' mean error, an
+    estimate of the whole tile's. The repeats stay independent and identically distributed, so
+    their spread includes the sampling: a standard error from it is honest. All converters of
+    a list see the same rows.
 
     Args:
         weights: the tile's ideal weights, any shape (``[out, in]`` for per-column
@@ -278,7 +368,10 @@ def converter_errors(
         generator: source of the base seed (a generator, an int, or None for fresh entropy).
         layer_id: key of this tile's noise streams (a network's layers differ).
         amplification: the factor 10 of the definition.
-        memory_budget: bytes at a time (default :func:`gpuwpo.reduction.default_memory_budget`).
+        memory_budget: bytes at a time (default :func:`gpuwpo.device.chunks.
+            default_memory_budget`).
+        sample_rows: rows counted per repeat, in [1, rows of the tile) (:func:`sample_rows_for`
+            picks it from a number of weights), or None to simulate every weight.
 
     Returns:
         ``[repeats, T]`` E of each repeat at each time (``[C, repeats, T]`` for a list of C
@@ -288,10 +381,14 @@ def converter_errors(
     converters = list(converter) if many else [converter]
     if not converters:
         raise ValueError("converter_errors needs at least one converter, got an empty list")
-    runs = [_TileRun(weights, conv, noise_model, t_steps, compensation, physics, repeats)
+    weights = check_weights(weights)
+    sample = None if sample_rows is None else _RowSample(weights, sample_rows)
+    # What one repeat simulates (a sample's shape; its rows are drawn per chunk below).
+    tile = weights if sample is None else weights[: sample.size]
+    runs = [_TileRun(tile, conv, noise_model, t_steps, compensation, physics, repeats)
             for conv in converters]
     first = runs[0]
-    weights, compensation, repeats = first.weights, first.compensation, first.repeats
+    compensation, repeats = first.compensation, first.repeats
     device, dtype = weights.device, weights.dtype
     T = first.t.shape[0]
     R_max, N = max(run.g.shape[0] for run in runs), first.g.shape[1]
@@ -304,24 +401,61 @@ def converter_errors(
     out = torch.empty((len(runs), repeats, T), dtype=dtype, device=device)
     for start in range(0, repeats, chunk):
         items = slice(start, min(repeats, start + chunk))
+        if sample is not None:
+            # This chunk's samples, one per repeat, each tile converted on its own.
+            rows = torch.stack([sample.indices(keyed_generator(base_seed, layer_id, r, 2))
+                                for r in range(items.start, items.stop)]).to(device)
+            tile = weights[rows]  # [n, rows, *rest]
+            runs = [_TileRun(tile, conv, noise_model, t_steps, compensation, physics, repeats,
+                             tile_shape=tile.shape[1:]) for conv in converters]
         by_rows: dict[int, list[torch.Tensor]] = {}  # one draw per number of devices per weight
         for c, run in enumerate(runs):
-            R = run.g.shape[0]
+            R = run.g.shape[-2]
             if R not in by_rows:
                 by_rows[R] = [z[0] for z in keyed_noise(
                     base_seed, [layer_id], items, repeats, (T, R, N), device=device,
                     dtype=dtype, readout=readout)]
             drawn = by_rows[R]
             z_read = None if not readout else tuple(
-                z.reshape(*z.shape[:-1], *weights.shape) for z in drawn[3:])
-            w_prog, w_t = run.program_and_read(*drawn[:3])  # [n, T, *w]
+                z.reshape(*z.shape[:-1], *run.tile_shape) for z in drawn[3:])
+            w_prog, w_t = run.program_and_read(*drawn[:3])  # [n, T, *tile]
             # The bound management's repeated readouts (rare) draw from a stream of this chunk.
             bm_gen = keyed_generator(base_seed, layer_id, start, 1, device=device)
-            alpha = compensation.alpha(w_prog, w_t, bm_gen, tile_ndim=weights.ndim, z=z_read,
-                                       w_ideal=weights)
-            out[c, items] = weight_error(w_t.mul_(alpha), weights, m, amplification,
-                                         tile_ndim=weights.ndim, inplace=True)
+            if sample is None:
+                alpha = compensation.alpha(w_prog, w_t, bm_gen, tile_ndim=weights.ndim,
+                                           z=z_read, w_ideal=weights)
+                out[c, items] = weight_error(w_t.mul_(alpha), weights, m, amplification,
+                                             tile_ndim=weights.ndim, inplace=True)
+            else:
+                # Only the drawn rows count (the anchors set the conversion's scale).
+                nd = weights.ndim
+                ideal = sample.drawn(run.weights, nd).unsqueeze(1)  # [n, 1, rows, ...]
+                w_prog, w_t = sample.drawn(w_prog, nd), sample.drawn(w_t, nd)
+                z_drawn = None if z_read is None else tuple(sample.drawn(z, nd)
+                                                            for z in z_read)
+                alpha = compensation.alpha(w_prog, w_t, bm_gen, tile_ndim=nd, z=z_drawn,
+                                           w_ideal=ideal)
+                out[c, items] = weight_error(w_t * alpha, ideal, m, amplification,
+                                             tile_ndim=nd, inplace=True)
     return out if many else out[0]
+
+
+def sample_rows_for(shape: Sequence[int], weights: int) -> int | None:
+    """Rows per repeat for :func:`converter_errors`'s ``sample_rows``: the fewest whole rows
+    (first axis) of a tile of ``shape`` that hold at least ``weights`` weights, or None when
+    that would be every row (the tile is simulated whole) or the tile has a single axis. A
+    programming simulates :data:`SAMPLE_ANCHOR_ROWS` rows more (the anchors).
+
+    Raises:
+        ValueError: ``weights`` is not a positive int.
+    """
+    weights = check_positive_int(weights, "weights")
+    shape = tuple(int(s) for s in shape)
+    if len(shape) < 2:
+        return None
+    per_row = math.prod(shape[1:])
+    rows = -(-weights // max(1, per_row))
+    return rows if rows < shape[0] else None
 
 
 def tnmse_over_time(
@@ -335,6 +469,7 @@ def tnmse_over_time(
     generator: torch.Generator | int | None = None,
     memory_budget: int | None = None,
     physics: str = "device",
+    sample_rows: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Weight error E_t of a whole layer at each time: mean and standard error over repeats.
 
@@ -351,6 +486,8 @@ def tnmse_over_time(
         generator: source of the noise (a generator, an int, or None for fresh entropy).
         memory_budget: bytes at a time (large layers are simulated a few repeats at a time).
         physics: "device" or "aihwkit" (see :mod:`gpuwpo.device.physics`).
+        sample_rows: simulate this many whole rows per repeat, a new sample each time
+            (:func:`converter_errors`), or None for every weight.
 
     Returns:
         ``(mean [T], sem [T])``; the standard error is NaN with a single repeat (there is no
@@ -359,7 +496,7 @@ def tnmse_over_time(
     w = check_weights(weights, "the layer's weights").detach().to("cpu", torch.float32)
     err = converter_errors(w, converter, noise_model, t_steps, compensation=compensation,
                            physics=physics, repeats=repeats, generator=generator,
-                           memory_budget=memory_budget)  # [repeats, T]
+                           memory_budget=memory_budget, sample_rows=sample_rows)  # [repeats, T]
     n = err.shape[0]
     sem = err.std(0) / math.sqrt(n) if n > 1 else torch.full((err.shape[1],), float("nan"))
     return err.mean(0), sem
