@@ -270,7 +270,7 @@ def run_example(*, quick: bool = False, out_dir: str | os.PathLike | None = None
                 repeats: int | None = None, backend: str = "torch",
                 device: str | None = None, verbose: bool = True,
                 progress: bool | None = None, physics: str = "device", noise_model=None,
-                baseline=None, compensation=None) -> dict:
+                baseline=None, compensation=None, threads: int | None = 1) -> dict:
     """Train the CNN, optimise, program and measure; print the accuracy table; return it all.
 
     The accuracy over time is :func:`gpuwpo.evaluate_model`'s: repeat r at time t programs the
@@ -295,6 +295,11 @@ def run_example(*, quick: bool = False, out_dir: str | os.PathLike | None = None
         noise_model, baseline, compensation: the device model (default PCM, g_max 25 uS), the
             converter to beat (default DualPair f=[1, 1], 0..25 uS) and the drift compensation
             (default ideal global).
+        threads: torch's intra-op threads on the CPU while the example runs, restored
+            afterwards; None keeps torch's setting. Default 1: the example's tensors are small,
+            and on a busy machine a descheduled second thread stalls every operation (the
+            search took 413 s with torch's 2 threads on this project's 2-core CPU while other
+            jobs ran, 15 s with one).
 
     Returns:
         ``{"network", "times": {name: seconds}, "repeats", "digital_accuracy", "baseline",
@@ -305,7 +310,7 @@ def run_example(*, quick: bool = False, out_dir: str | os.PathLike | None = None
         "values": [repeats][T]}`` (:meth:`gpuwpo.network.ModelEvaluation.to_dict`).
 
     Raises:
-        ValueError: ``repeats`` below 2 (a standard error needs a spread).
+        ValueError: ``repeats`` below 2 (a standard error needs a spread), ``threads`` below 1.
     """
     from .device.converters import DualPairConductanceConverter
     from .device.noise import PCMLikeNoiseModel
@@ -316,65 +321,74 @@ def run_example(*, quick: bool = False, out_dir: str | os.PathLike | None = None
     if repeats < 2:  # before the training and the search, not after them
         raise ValueError(f"repeats must be >= 2 (a standard error needs a spread), got "
                          f"{repeats}")
-    say = print if verbose else (lambda *a, **k: None)
-    progress = verbose if progress is None else progress
-    t_steps = list(TIMES.values())
-
-    model, x_te, y_te = train_cnn(seed)
-    t_train = time.perf_counter() - start
-    say(f"trained a digits CNN (3 x 3 convolutions with 8, 16, 16 channels, global average "
-        f"pool, Linear 16 -> 10) in {t_train:.1f}s: digital accuracy "
-        f"{100 * accuracy(model, x_te, y_te):.2f}% on {x_te.shape[0]} test images")
-
-    if noise_model is None:
-        noise_model = PCMLikeNoiseModel(g_max=25.0)
-    if baseline is None:
-        baseline = DualPairConductanceConverter(f_lst=[1.0, 1.0], g_min=0.0, g_max=25.0)
-    budget = BUDGETS["quick" if quick else "default"]
-    t0 = time.perf_counter()
-    result = optimize_network(model, noise_model, t_steps, baseline, [None, None],
-                              backend=backend, device=device, seed=seed, disp=progress,
-                              physics=physics, compensation=compensation, **budget)
-    t_opt = time.perf_counter() - t0
-    say(result.summary())
-
-    t0 = time.perf_counter()
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=2 * repeats * len(t_steps), desc="accuracy", unit="net", leave=False)
+    if threads is not None and int(threads) < 1:
+        raise ValueError(f"threads must be at least 1 (or None for torch's setting), got "
+                         f"{threads}")
+    threads_before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(int(threads))
     try:
-        evaluation = evaluate_model(
-            model, result, lambda net: 100 * accuracy(net, x_te, y_te), t_steps, repeats,
-            physics=physics, baseline=baseline, compensation=compensation,
-            noise_model=noise_model, generator=seed, metric_name="test accuracy (%)",
-            progress=None if bar is None else bar.update)
+        say = print if verbose else (lambda *a, **k: None)
+        progress = verbose if progress is None else progress
+        t_steps = list(TIMES.values())
+
+        model, x_te, y_te = train_cnn(seed)
+        t_train = time.perf_counter() - start
+        say(f"trained a digits CNN (3 x 3 convolutions with 8, 16, 16 channels, global average "
+            f"pool, Linear 16 -> 10) in {t_train:.1f}s: digital accuracy "
+            f"{100 * accuracy(model, x_te, y_te):.2f}% on {x_te.shape[0]} test images")
+
+        if noise_model is None:
+            noise_model = PCMLikeNoiseModel(g_max=25.0)
+        if baseline is None:
+            baseline = DualPairConductanceConverter(f_lst=[1.0, 1.0], g_min=0.0, g_max=25.0)
+        budget = BUDGETS["quick" if quick else "default"]
+        t0 = time.perf_counter()
+        result = optimize_network(model, noise_model, t_steps, baseline, [None, None],
+                                  backend=backend, device=device, seed=seed, disp=progress,
+                                  physics=physics, compensation=compensation, **budget)
+        t_opt = time.perf_counter() - t0
+        say(result.summary())
+
+        t0 = time.perf_counter()
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=2 * repeats * len(t_steps), desc="accuracy", unit="net", leave=False)
+        try:
+            evaluation = evaluate_model(
+                model, result, lambda net: 100 * accuracy(net, x_te, y_te), t_steps, repeats,
+                physics=physics, baseline=baseline, compensation=compensation,
+                noise_model=noise_model, generator=seed, metric_name="test accuracy (%)",
+                progress=None if bar is None else bar.update)
+        finally:
+            if bar is not None:
+                bar.close()
+        t_eval = time.perf_counter() - t0
+
+        figures = evaluation.to_dict()
+        report = {
+            "network": "digits CNN",
+            "times": dict(TIMES),
+            "repeats": repeats,
+            "digital_accuracy": evaluation.digital,
+            **{key: figures[key] for key in ("baseline", "optimised", "difference")},
+            "tnmse": {"optimised": result.total_tnmse, "baseline": result.total_baseline_tnmse},
+            "seconds": {"train": t_train, "optimise": t_opt, "evaluate": t_eval,
+                        "total": time.perf_counter() - start},
+            "result": result,
+            "evaluation": evaluation,
+        }
+        say(format_table(report))
+        say(f"time: train {t_train:.1f}s, optimise {t_opt:.1f}s, accuracy {t_eval:.1f}s, total "
+            f"{report['seconds']['total']:.1f}s")
+
+        if out_dir is not None:
+            _write_outputs(report, model, out_dir, seed, say)
+        return report
     finally:
-        if bar is not None:
-            bar.close()
-    t_eval = time.perf_counter() - t0
-
-    figures = evaluation.to_dict()
-    report = {
-        "network": "digits CNN",
-        "times": dict(TIMES),
-        "repeats": repeats,
-        "digital_accuracy": evaluation.digital,
-        **{key: figures[key] for key in ("baseline", "optimised", "difference")},
-        "tnmse": {"optimised": result.total_tnmse, "baseline": result.total_baseline_tnmse},
-        "seconds": {"train": t_train, "optimise": t_opt, "evaluate": t_eval,
-                    "total": time.perf_counter() - start},
-        "result": result,
-        "evaluation": evaluation,
-    }
-    say(format_table(report))
-    say(f"time: train {t_train:.1f}s, optimise {t_opt:.1f}s, accuracy {t_eval:.1f}s, total "
-        f"{report['seconds']['total']:.1f}s")
-
-    if out_dir is not None:
-        _write_outputs(report, model, out_dir, seed, say)
-    return report
+        torch.set_num_threads(threads_before)  # process-wide: the caller's setting comes back
 
 
 def _write_outputs(report: dict, model: nn.Module, out_dir, seed: int, say: Callable) -> None:

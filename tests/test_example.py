@@ -98,12 +98,32 @@ def test_format_table_rows_and_the_year_sentence():
     assert "lost 6.00 +- 0.58 points" in lines[5] and "win back +1.67 +- 0.33" in lines[5]
 
 
-def test_one_repeat_is_refused_before_any_work(monkeypatch):
+def test_one_repeat_or_no_thread_is_refused_before_any_work(monkeypatch):
     import gpuwpo.example
 
     monkeypatch.setattr(gpuwpo.example, "train_cnn", lambda *a, **k: pytest.fail("trained"))
     with pytest.raises(ValueError, match="repeats must be >= 2.*got 1"):
         run_example(quick=True, repeats=1, verbose=False)
+    with pytest.raises(ValueError, match="threads must be at least 1.*got 0"):
+        run_example(quick=True, threads=0, verbose=False)
+
+
+def test_the_example_runs_on_its_threads_and_gives_the_callers_back(monkeypatch, keep_threads):
+    import gpuwpo.example
+
+    seen = []
+
+    def stop(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        raise KeyboardInterrupt  # whatever ends the run, the caller's setting comes back
+
+    monkeypatch.setattr(gpuwpo.example, "train_cnn", stop)
+    torch.set_num_threads(2)
+    for threads in (1, None):
+        with pytest.raises(KeyboardInterrupt):
+            run_example(quick=True, threads=threads, verbose=False)
+        assert torch.get_num_threads() == 2
+    assert seen == [1, 2]
 
 
 @pytest.mark.slow
