@@ -27,7 +27,7 @@ cross-entropy, one thread), which trains any module despite its name.
   bidirectional LSTM with 8 units per direction, then a 16 -> 10 Linear classifier on the final
   states (:class:`DigitsLSTM`; 100 epochs). Its 8 LSTM matrices (``rnn.weight_ih_l0``,
   ``rnn.weight_hh_l0_reverse``, ...) are programmed like any layer, 2,720 weights in 9 layers.
-  Digital test accuracy 95.33 % (seed 0); about 3 points lower after a year under the baseline.
+  Digital test accuracy 95.33 % (seed 0); 3.6 points lower after a year under the baseline.
 
 Each builder returns a :class:`TrainedModel`; :data:`MODELS` maps names to builders and
 :func:`trained_models` builds several by name.
@@ -188,9 +188,9 @@ def digits_lstm(seed: int = 0, *, hidden: int = 8, num_layers: int = 2,
     first layer's input and every recurrent matrix, [32, 16] for the second layer's input) and
     the classifier [10, 16], 2,720 programmed weights in 9 layers; digital test accuracy
     95.33 % at seed 0 (94.9-95.3 % over seeds 0-2); trains in 5-10 s on one CPU thread. After a
-    year under the DualPair f=[1, 1] baseline it has lost 2.6-3.4 points (seeds 0-2, 10
-    programmings; docs/RESULTS.md, "Accuracy over time"): a recurrent matrix's error is applied
-    at every one of the 8 steps.
+    year under the DualPair f=[1, 1] baseline it has lost 3.6 points (seed 0, 50 programmings;
+    2.7-3.4 over seeds 0-2 with 10; docs/RESULTS.md, "Accuracy over time"): a recurrent
+    matrix's error is applied at every one of the 8 steps.
 
     Args:
         seed: seed of the data split, the initialisation and the batch order.
