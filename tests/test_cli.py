@@ -296,7 +296,9 @@ def test_evaluate_samples_large_layers_and_says_so(tmp_path, capsys):
     from gpuwpo.device.simulate import SAMPLE_WEIGHTS, sample_rows_for
 
     res, wfile, weights, result = _evaluate_files(tmp_path)
+    threads = torch.get_num_threads()
     assert main(["evaluate", str(res), str(wfile), "--repeats", "3", "--quiet"]) == 0
+    assert torch.get_num_threads() == threads  # its one CPU thread is given back
     text = capsys.readouterr().out
     rows = sample_rows_for((300, 128), SAMPLE_WEIGHTS)
     assert rows == 256

@@ -229,21 +229,33 @@ def evaluate(args: argparse.Namespace) -> int:
         progress = tqdm(tiles, desc="evaluate", unit="layer", leave=False, disable=args.quiet)
     except ImportError:  # pragma: no cover - tqdm is a dependency
         pass
-    for index, (layer, w, rows) in enumerate(progress):
-        # Both converters on the same draws (paired), in one pass; the layer's index keys its
-        # noise, so its figures do not depend on the other layers.
-        errors = converter_errors(
-            w, [phys["baseline"], layer.converter], phys["noise_model"], t_steps,
-            compensation=phys["compensation"], physics=phys["physics"], repeats=args.repeats,
-            generator=args.seed, layer_id=index, sample_rows=rows).double()  # [2, repeats, T]
-        base, opt = ((e.mean(0), e.std(0) / errors.shape[1] ** 0.5) for e in errors)
-        sizes.append(w.numel())
-        base_rows.append(base)
-        opt_rows.append(opt)
-        title = f"{layer.name} {tuple(layer.shape)}"
-        if rows is not None:
-            title += f", a sample of {rows} of its {w.shape[0]} rows per programming"
-        lines.append(_table(title, t_steps, base, opt))
+    # One intra-op thread on the CPU unless OMP_NUM_THREADS asks for more: a sample's tensors
+    # (8 programmings x 4 devices x ~33k weights) gain little from a second thread, and on a
+    # CPU shared with other work every op of two threads waits for the descheduled one
+    # (measured on this project's 2-core machine under load: 0.5 s per MiniLM layer on one
+    # thread, 5 to 14 s on two). Restored afterwards: the setting is process-wide.
+    threads = torch.get_num_threads()
+    if torch.device(device).type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)
+    try:
+        for index, (layer, w, rows) in enumerate(progress):
+            # Both converters on the same draws (paired), in one pass; the layer's index keys
+            # its noise, so its figures do not depend on the other layers.
+            errors = converter_errors(
+                w, [phys["baseline"], layer.converter], phys["noise_model"], t_steps,
+                compensation=phys["compensation"], physics=phys["physics"],
+                repeats=args.repeats, generator=args.seed, layer_id=index,
+                sample_rows=rows).double()  # [2, repeats, T]
+            base, opt = ((e.mean(0), e.std(0) / errors.shape[1] ** 0.5) for e in errors)
+            sizes.append(w.numel())
+            base_rows.append(base)
+            opt_rows.append(opt)
+            title = f"{layer.name} {tuple(layer.shape)}"
+            if rows is not None:
+                title += f", a sample of {rows} of its {w.shape[0]} rows per programming"
+            lines.append(_table(title, t_steps, base, opt))
+    finally:
+        torch.set_num_threads(threads)
     # Overall: layers weighted by their number of weights (the network's total weight error).
     share = torch.tensor(sizes, dtype=torch.float64) / sum(sizes)
 
