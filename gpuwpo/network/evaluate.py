@@ -199,7 +199,8 @@ def evaluate_model(
     ``"accuracy"``, keyed by r and t), so the difference of the strategies is paired: layers
     whose strategy has as many devices per weight as the baseline (e.g. two pairs against
     DualPair) see exactly the same draws. Parameters that are not layers of ``result`` (biases,
-    norms) stay digital; ``model`` itself is not modified.
+    norms) stay digital; ``model`` itself is not modified, and the programmed copies keep its
+    mode (put it in ``eval()`` first for dropout and batch norm to infer).
 
     Args:
         model: the network whose tensors ``result`` names (a result from its state dict).
@@ -246,10 +247,12 @@ def evaluate_model(
     baseline = recorded["baseline"] if baseline is None else baseline
     noise_model = recorded["noise_model"] if noise_model is None else noise_model
     compensation = recorded["compensation"] if compensation is None else compensation
-    if isinstance(generator, int) and not isinstance(generator, bool):
+    if isinstance(generator, torch.Generator):
+        seed = draw_seed(generator)  # on the generator's own device
+    elif isinstance(generator, int) and not isinstance(generator, bool):
         seed = int(generator)
     else:
-        seed = draw_seed(make_generator(generator))
+        seed = draw_seed(make_generator(generator))  # None: fresh entropy; else a TypeError
     strategies = {"baseline": {layer.name: baseline for layer in result.layers},
                   "optimised": result}
     values = {name: torch.empty(repeats, len(t_steps), dtype=torch.float64)
