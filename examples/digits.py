@@ -1,6 +1,6 @@
 """The digits example as a script: ``python examples/digits.py [--quick] [--out DIR]``.
 
-Trains a small MLP on scikit-learn's digits, optimises the programming of its layers for
+Trains a small CNN on scikit-learn's digits, optimises the programming of its layers for
 simulated PCM hardware and prints test accuracy over a year, baseline against optimised.
 The work is in :mod:`gpuwpo.example`; this is the same as ``gpuwpo example``.
 """

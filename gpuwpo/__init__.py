@@ -27,6 +27,8 @@ from .network import (
     program_model,
     select_weights,
 )
+from .network.layers import describe_layers
+from . import aihwkit  # noqa: F401  (gpuwpo.aihwkit.apply; aihwkit itself is imported on use)
 from .device.noise import CustomDriftPCMLikeNoiseModel, PCMLikeNoiseModel
 from .search.objective import TNMSEObjective
 from .search.optimizer import OptimizationResult, WeightProgrammingOptimizer
@@ -55,6 +57,7 @@ __all__ = [
     "StrategySpace",
     "TNMSEObjective",
     "WeightProgrammingOptimizer",
+    "describe_layers",
     "downsample_weight_distribution",
     "evaluate_model",
     "load_result",

@@ -37,11 +37,11 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .rng import make_generator, stream_generator
+from .rng import make_generator
 
 __all__ = ["TIMES", "BUDGETS", "CNN_EPOCHS", "DEFAULT_REPEATS", "OUTPUT_FILES",
            "load_digits_data", "make_mlp", "make_cnn", "train_mlp", "train_cnn", "accuracy",
-           "accuracy_over_time", "run_example", "format_table"]
+           "run_example", "format_table"]
 
 #: Inference times of the accuracy table, in seconds after programming.
 TIMES = {"1 s": 1.0, "1 h": 3600.0, "1 day": 86400.0, "1 month": 2592000.0,
@@ -204,40 +204,6 @@ def train_cnn(seed: int = 0, *, channels: tuple[int, ...] = (8, 16, 16),
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     """Fraction of ``x`` classified correctly, in [0, 1]."""
     return float((model(x).argmax(-1) == y).float().mean())
-
-
-def accuracy_over_time(model: nn.Module, strategy, noise_model, x: torch.Tensor,
-                       y: torch.Tensor, t_steps: list[float], *, repeats: int = 10,
-                       seed: int = 0, progress: Callable | None = None,
-                       physics: str = "device", compensation=None) -> torch.Tensor:
-    """Test accuracy of ``model`` programmed with one ``strategy`` at each time, [repeats, T].
-
-    One strategy alone, which may be a bare converter (the baseline) or a mapping; to compare a
-    result's strategies with the baseline on the same noise, as :func:`run_example` does, use
-    :func:`gpuwpo.evaluate_model`. Each repeat is an independent programming of the whole
-    network with its own generator (the stream ``"accuracy"`` of ``seed``, keyed by the repeat:
-    :data:`gpuwpo.rng.STREAMS`), used in turn for every time step (the network is programmed
-    afresh for each time, as in the objective).
-
-    Args:
-        strategy: a NetworkResult, a mapping layer name -> converter, or one converter for every
-            layer (e.g. the baseline).
-        progress: called once after each (repeat, time) evaluation (a progress bar's update).
-        physics: "device" or "aihwkit" (see :mod:`gpuwpo.device.physics`).
-        compensation: drift compensation (default ideal global).
-    """
-    from .network import program_model
-
-    acc = torch.empty(repeats, len(t_steps), dtype=torch.float64)
-    for r in range(repeats):
-        gen = stream_generator(seed, "accuracy", r)
-        for i, t in enumerate(t_steps):
-            programmed = program_model(model, strategy, noise_model, t, generator=gen,
-                                       compensation=compensation, physics=physics)
-            acc[r, i] = accuracy(programmed, x, y)
-            if progress is not None:
-                progress()
-    return acc
 
 
 def format_table(report: dict) -> str:

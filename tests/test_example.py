@@ -14,7 +14,6 @@ from gpuwpo.example import (  # noqa: E402
     OUTPUT_FILES,
     TIMES,
     accuracy,
-    accuracy_over_time,
     format_table,
     load_digits_data,
     make_mlp,
@@ -23,6 +22,18 @@ from gpuwpo.example import (  # noqa: E402
     train_mlp,
 )
 from gpuwpo.io import load_result  # noqa: E402
+from gpuwpo.network.program import program_model  # noqa: E402
+
+
+def accuracy_over_time(model, converter, noise_model, x, y, t_steps, *, repeats: int,
+                       seed: int = 0) -> torch.Tensor:
+    """Accuracy [repeats, T] of ``model`` programmed with one converter, repeat r seeded r."""
+    acc = torch.empty(repeats, len(t_steps), dtype=torch.float64)
+    for r in range(repeats):
+        for i, t in enumerate(t_steps):
+            programmed = program_model(model, converter, noise_model, t, generator=1000 * seed + r)
+            acc[r, i] = accuracy(programmed, x, y)
+    return acc
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,8 @@ from gpuwpo.network.layers import (
     mapped_shape,
     select_weights,
 )
-from gpuwpo.rng import make_generator
+from gpuwpo.network.program import layer_key
+from gpuwpo.rng import draw_seed, keyed_generator, make_generator
 
 
 class CRNN(nn.Module):
@@ -238,11 +239,15 @@ def test_program_model_simulates_a_conv_at_its_mapped_shape():
     noise, comp = gpuwpo.PCMLikeNoiseModel(), gpuwpo.PerColumnDriftCompensation()
     programmed = gpuwpo.program_model(model, {"cnn.3.weight": conv}, noise, 86400.0,
                                       generator=5, compensation=comp)
+    # program_model draws each layer's noise from the stream of its name (layer_key).
+    layer_gen = keyed_generator(draw_seed(make_generator(5)), layer_key("cnn.3.weight"))
+    state = layer_gen.get_state()
     expected = gpuwpo.simulate_weights(as_matrix(w), conv, noise, [86400.0], comp, repeats=1,
-                                       generator=make_generator(5))[0, 0]
+                                       generator=layer_gen)[0, 0]
     assert torch.equal(programmed.cnn[3].weight.detach(), expected.reshape(w.shape))
+    layer_gen.set_state(state)
     unmapped = gpuwpo.simulate_weights(w, conv, noise, [86400.0], comp, repeats=1,
-                                       generator=make_generator(5))[0, 0]
+                                       generator=layer_gen)[0, 0]
     assert not torch.allclose(programmed.cnn[3].weight.detach(), unmapped)
 
 

@@ -59,9 +59,13 @@ def test_lower_layers_never_import_higher_ones():
     found = []
     for module, node, target, names in _from_imports():
         names = [target] if node.module else names
-        # The package's own version (gpuwpo.__version__) is no layer.
+        # The package's own version (gpuwpo.__version__) is no layer; the figures
+        # (gpuwpo.plots, which needs matplotlib) may be imported lazily, inside a function, by
+        # a result's .plot(): never at a module's top.
+        lazy_figure = node not in MODULES[module][1].body
         found += [f"{module} imports {name}" for name in names
                   if name.startswith("gpuwpo.") and name != "gpuwpo.__version__"
+                  and not (lazy_figure and name == "gpuwpo.plots")
                   and _layer(name) > _layer(module)]
     assert not found, found
 

@@ -309,25 +309,30 @@ def test_a_network_search_leaves_the_global_generator_untouched():
 
 def test_the_example_network_is_made_and_trained_without_the_global_generator():
     pytest.importorskip("sklearn")
-    from gpuwpo.example import (
-        accuracy,
-        accuracy_over_time,
-        load_digits_data,
-        make_mlp,
-        train_mlp,
-    )
+    from gpuwpo.example import accuracy, load_digits_data, make_mlp, train_mlp
+    from gpuwpo.network.result import LayerResult, NetworkResult
 
     x_tr, y_tr, x_te, y_te = load_digits_data(0)
     torch.manual_seed(99)
     state = torch.get_rng_state()
     model = train_mlp(make_mlp(seed=0), x_tr[:128], y_tr[:128], epochs=1, seed=0)
     noisy = PCMLikeNoiseModel(g_max=25.0, prog_noise_scale=5.0, read_noise_scale=5.0)
-    acc = accuracy_over_time(model, DUAL, noisy, x_te, y_te, [1.0], repeats=2, seed=4)
+    names = list(gpuwpo.select_weights(model))
+    result = NetworkResult.from_layers(
+        [LayerResult(name, tuple(model.get_parameter(name).shape), DUAL, 1.0, (1.0, 1.0), 1.0,
+                     (1.0, 1.0), chosen="baseline", success=False) for name in names],
+        settings={"t_steps": [1.0], "physics": "device"}, nit=0, nfev=0, wall_time=0.0,
+        stop_reason="maxiter")
+    ev = gpuwpo.evaluate_model(model, result, lambda m: accuracy(m, x_te, y_te), [1.0],
+                               repeats=2, noise_model=noisy, baseline=DUAL, generator=4)
     assert torch.equal(torch.get_rng_state(), state)
-    # Repeat r is the stream "accuracy" of the seed, keyed by r.
+    # Repeat r at time t is the stream "accuracy" of the seed, keyed by r and t.
+    from gpuwpo.network.evaluate import _time_key
+
     for r in range(2):
-        programmed = program_model(model, DUAL, noisy, 1.0, stream_generator(4, "accuracy", r))
-        assert acc[r, 0] == accuracy(programmed, x_te, y_te)
+        seed = stream_seed(4, "accuracy", r, _time_key(1.0))
+        programmed = program_model(model, DUAL, noisy, 1.0, seed)
+        assert ev.values["baseline"][r, 0] == accuracy(programmed, x_te, y_te)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -78,6 +78,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(HANDLERS[args.command](args))
     except KeyboardInterrupt:
         return _interrupted()
+    except BrokenPipeError:
+        # The reader of our output went away (``gpuwpo layers X | head``): nothing to say to
+        # anyone. Point stdout at /dev/null so Python's exit flush does not fail again.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except _USER_ERRORS as err:
         if _startup.interrupted:  # Ctrl-C that surfaced as another error (gpuwpo._startup)
             return _interrupted()

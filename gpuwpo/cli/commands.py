@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from .. import example
 from ..checks import check_weights
 from ..io.common import same_file
 from ..network.settings import merge_physics, merge_settings, physics_from_settings
@@ -39,7 +40,7 @@ def _check_device(device: str | None) -> str | None:
 #: The figures a plots directory receives (``_write_plots``).
 FIGURES = ("programming_curves.png", "convergence.png", "weight_errors.png")
 #: What ``gpuwpo example --out DIR`` writes into DIR (gpuwpo.example).
-EXAMPLE_FILES = ("digits_result.json", "digits_mlp.pt", "accuracy_over_time.png", *FIGURES)
+EXAMPLE_FILES = example.OUTPUT_FILES
 
 
 def _check_out_file(path: str | None, inputs: Sequence[str | None], what: str = "--out"

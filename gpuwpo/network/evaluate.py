@@ -11,7 +11,6 @@ its standard error is that of the per-repeat differences, far below either strat
 
 from __future__ import annotations
 
-import importlib
 import math
 import struct
 from collections.abc import Callable, Sequence
@@ -136,9 +135,9 @@ class ModelEvaluation:
         Returns:
             The matplotlib Figure.
         """
-        # The figure belongs to the interface layer (gpuwpo.plots); it is looked up when a
-        # figure is asked for, so this layer neither loads it nor needs matplotlib.
-        plots = importlib.import_module("gpuwpo.plots")
+        # The figure belongs to gpuwpo.plots (which needs matplotlib): imported when a figure
+        # is asked for (tests/test_layout.py allows this one lazy import upward).
+        from .. import plots
         if title is None:
             title = (f"{self.metric_name} over time (physics={self.physics}): baseline vs "
                      f"optimised programming, {self.repeats} repeats")
@@ -198,9 +197,10 @@ def evaluate_model(
     copy. Both programmings of (r, t) draw from one noise stream (:data:`gpuwpo.rng.STREAMS`
     ``"accuracy"``, keyed by r and t), so the difference of the strategies is paired: layers
     whose strategy has as many devices per weight as the baseline (e.g. two pairs against
-    DualPair) see exactly the same draws. Parameters that are not layers of ``result`` (biases,
-    norms) stay digital; ``model`` itself is not modified, and the programmed copies keep its
-    mode (put it in ``eval()`` first for dropout and batch norm to infer).
+    DualPair) see exactly the same draws, and each layer's draws are its own (keyed by its name,
+    :func:`gpuwpo.network.program.program_model`). Parameters that are not layers of ``result``
+    (biases, norms) stay digital; ``model`` itself is not modified, and the programmed copies
+    keep its mode (put it in ``eval()`` first for dropout and batch norm to infer).
 
     Args:
         model: the network whose tensors ``result`` names (a result from its state dict).

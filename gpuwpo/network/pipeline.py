@@ -56,6 +56,8 @@ def optimize_network(
     physics: str = "device",
     hierarchical: bool | None = None,
     distributed=None,
+    *,
+    key: str | None = None,
     **optimizer_kwargs,
 ) -> NetworkResult:
     """Find programming strategies for the layers of a network in one search.
@@ -67,13 +69,17 @@ def optimize_network(
 
     Args:
         model_or_weights: an ``nn.Module``, a state_dict or a mapping name -> tensor; the
-            layers are chosen by :func:`select_weights` (Linear/Conv weights by default).
+            layers are chosen by :func:`select_weights` (Linear, Conv and RNN matrices by default:
+            :mod:`gpuwpo.network.layers`).
         noise_model: the PCM device model.
         t_steps: inference times [T] in seconds after programming.
         g_converter_baseline: the standard converter to beat (e.g. DualPair f=[1, 1], 0..25 uS).
         f_lst: significance factors of the pairs (numbers, or None to optimise), e.g.
             ``[None, None]``.
         include, exclude: regular expressions on the layer names (``re.search``).
+        key: for a checkpoint that holds several dicts of tensors (``model`` and
+            ``ema_model``, ...), the dotted path of the one to program
+            (:func:`gpuwpo.network.layers.find_state_dict`).
         per_layer: True: one strategy per layer, all layers in one batched search; False: one
             global strategy from the pooled, per-layer-normalised weight distribution, which
             each layer then takes or leaves for its baseline.
@@ -124,7 +130,7 @@ def optimize_network(
         raise ValueError(f"hierarchical must be True, False or None, got {hierarchical!r}")
     if executor.sharded:
         _refuse_for_shards(per_layer, backend, options)
-    weights = select_weights(model_or_weights, include, exclude)
+    weights = select_weights(model_or_weights, include, exclude, key=key)
     names = list(weights)
     pooled_search = not per_layer or (hierarchical and len(names) > 1)  # a "global" task
 

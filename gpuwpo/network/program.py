@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 from collections.abc import Mapping
 
 import torch
@@ -10,11 +11,17 @@ from torch import nn
 
 from ..device.physics import check_physics
 from ..device.simulate import as_time_tensor, simulate_weights
-from ..rng import make_generator
+from ..rng import draw_seed, keyed_generator, make_generator
 from .layers import as_matrix, select_weights
 from .result import NetworkResult
 
-__all__ = ["program_model"]
+__all__ = ["program_model", "layer_key"]
+
+
+def layer_key(name: str) -> int:
+    """The 64-bit key of a layer's noise stream, from its name (the same name, the same key, in
+    every process and on every machine: a SHA-256 digest, never Python's salted hash)."""
+    return int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:8], "little")
 
 
 def program_model(
@@ -47,9 +54,12 @@ def program_model(
             (:func:`gpuwpo.network.layers.select_weights`: Linear, Conv and RNN weights).
         noise_model: the PCM device model.
         t_inference: seconds after programming (one time).
-        generator: source of all noise, every layer's in turn: a generator (on the weights'
-            device), an int seed, or None for fresh entropy (:mod:`gpuwpo.rng`; torch's global
-            generator is never used).
+        generator: source of all noise: a generator (on the weights' device), an int seed, or
+            None for fresh entropy (:mod:`gpuwpo.rng`; torch's global generator is never used).
+            One base seed is drawn from it, and each layer's noise is the stream of that seed
+            keyed by the layer's name (:func:`layer_key`): a layer is programmed with the same
+            numbers whichever other layers are programmed with it and whatever their converters
+            draw, so two programmings with the same generator seed are paired layer by layer.
         compensation: drift compensation (default ideal global).
         physics: "device" or "aihwkit" (see :mod:`gpuwpo.device.physics`).
 
@@ -91,17 +101,16 @@ def program_model(
         if tuple(params[name].shape) != shape:
             raise ValueError(f"the model's {name!r} has shape {tuple(params[name].shape)}, the "
                              f"result was made for {shape}")
-    gen = None
+    base_seed = None
     with torch.no_grad():
         for name, conv in converters.items():
             param = params[name]
             w = param.detach()
             # Simulate in at least float32: half-precision physics would be noise of its own.
             work = w if w.dtype in (torch.float32, torch.float64) else w.float()
-            if gen is None:
-                # One generator for all layers: an int seed made into a generator per layer
-                # would program every layer with the same numbers.
-                gen = make_generator(generator, work.device)
+            if base_seed is None:
+                base_seed = draw_seed(make_generator(generator, work.device))
+            gen = keyed_generator(base_seed, layer_key(name), device=work.device)
             eff = simulate_weights(as_matrix(work), conv, noise_model, t, compensation,
                                    repeats=1, generator=gen, physics=physics)[0, 0]
             param.copy_(eff.reshape(param.shape).to(param.dtype))
