@@ -24,6 +24,15 @@ A :class:`Recipe` is what a layer is programmed with: a converter and its mappin
 program carries its clip itself, :class:`gpuwpo.device.converters.CustomPairConductanceConverter`).
 Weights are matrices ``[..., out, in]`` here (a Conv or an RNN weight as mapped,
 :func:`gpuwpo.network.layers.as_matrix`); for ``"layer"`` any shape is accepted.
+
+A clipping program under the columnwise mapping (:func:`recipe_tile`): aihwkit deploys it as the
+weights clipped at ``clip * s_i`` per row, each row then scaled to its own (clipped) maximum, so
+the grid's end, not the row's largest weight, takes the tile's unit: the tile holds
+``w / (clip * s)`` and the digital scales are ``clip * s``. The conductances are those of the
+tile ``w / s`` with the same clip (every converter is relative to the max|W| it is given); what
+the unit changes is what an absolute readout periphery (output noise, quantisation, bound, in
+tile units) sees. Under ``"layer"`` the tile holds the weights as they are (aihwkit's
+``weight_scaling_omega = 0`` holds the clipped weights unscaled).
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["MAPPINGS", "DEFAULT_MAPPING", "check_mapping", "row_scales", "to_tile", "Recipe",
-           "as_recipe"]
+           "as_recipe", "recipe_clip", "recipe_tile", "describe_mapping"]
 
 #: The mappings gpuwpo models (see the module docstring).
 MAPPINGS = ("layer", "columnwise")
@@ -110,3 +119,37 @@ def as_recipe(converter_or_recipe: Any, mapping: str | None = None) -> Recipe:
                              f"{mapping!r}")
         return converter_or_recipe
     return Recipe(converter_or_recipe, DEFAULT_MAPPING if mapping is None else mapping)
+
+
+#: How a summary names each mapping ("against DualPair f=[1, 1], per-column mapping").
+_DESCRIPTIONS = {"layer": "layer-wise mapping", "columnwise": "per-column mapping"}
+
+
+def describe_mapping(mapping: str) -> str:
+    """The mapping in words: ``"layer-wise mapping"`` or ``"per-column mapping"``."""
+    return _DESCRIPTIONS[check_mapping(mapping)]
+
+
+def recipe_clip(recipe: Recipe) -> float:
+    """The fraction of max|W| (of each row's, under the columnwise mapping) that the recipe's
+    program spans: its converter's ``clip`` (1 for a converter that never clips)."""
+    return float(getattr(recipe.converter, "clip", 1.0))
+
+
+def recipe_tile(weights: Tensor, recipe: Recipe) -> tuple[Tensor, Tensor | None]:
+    """``(tile weights, scales)`` of a layer programmed with ``recipe``: what its converter is
+    given, and the digital scales ``[..., out, 1]`` that multiply the tile back into the layer
+    (None under ``"layer"``: the tile holds ``weights`` themselves).
+
+    Under ``"columnwise"`` the scales are ``clip * s`` (:func:`row_scales`, the recipe's
+    :func:`recipe_clip`): each row's grid end is the tile's unit, as aihwkit holds weights that
+    were clipped before it scaled them (the module docstring). Without a clip this is
+    :func:`to_tile`.
+    """
+    s = row_scales(weights, recipe.mapping)
+    if s is None:
+        return weights, None
+    clip = recipe_clip(recipe)
+    if clip != 1.0:
+        s = s * clip
+    return weights / s, s

@@ -55,12 +55,19 @@ def check_physics(physics: object) -> str:
 
 
 def refuse_clip(physics: str, clip: float) -> None:
-    """A program that clips (``clip < 1``) is only defined in the device physics: the reference's
-    tile converts the programmed weights again, with no clip."""
-    if physics == "aihwkit" and clip != 1.0:
-        raise ValueError(f"clip={clip:g} is not available in physics='aihwkit': the reference's "
-                         "tile converts the programmed weights again, with no clip; use "
-                         "physics='device'")
+    """Check that a program's clip is defined in ``physics`` (ValueError naming what is not).
+
+    Both physics define every clip in (0, 1]. In ``physics="aihwkit"`` a program that clips is
+    what the reference's tile does with weights clipped before they reach it (the only way to
+    deploy it there: its converters have no clip): the clipped weights are converted with the
+    clipped max, programmed, and the programmed weights are converted again *without* a clip
+    (:meth:`ConverterConversion.reconvert`; a :class:`ProgramConversion` converts tiles on their
+    own max|W| always) before they drift; the error stays against the unclipped weights
+    (tests/test_clip.py checks it against aihwkit judging pre-clipped weights).
+    """
+    check_physics(physics)
+    if isinstance(clip, bool) or not isinstance(clip, (int, float)) or not 0.0 < clip <= 1.0:
+        raise ValueError(f"clip must be a number in (0, 1] (a fraction of max|W|), got {clip!r}")
 
 
 class TileConversion(Protocol):
@@ -74,6 +81,17 @@ class TileConversion(Protocol):
     def to_conductances(self, w: torch.Tensor) -> tuple[torch.Tensor, Any]: ...
 
     def to_weights(self, g: torch.Tensor, params: Any) -> torch.Tensor: ...
+
+
+def _reconvert(tiles: Any, w: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    """The reference tile's second conversion of the programmed weights ``w``: never clipped.
+
+    A conversion that clips when it converts the targets (:class:`ConverterConversion` of a
+    clipping converter) says how to convert without the clip (``reconvert``); any other
+    converts its tiles on their own max|W| with ``to_conductances``.
+    """
+    reconvert = getattr(tiles, "reconvert", None)
+    return tiles.to_conductances(w) if reconvert is None else reconvert(w)
 
 
 def program_and_read(
@@ -116,8 +134,9 @@ def program_and_read(
     if physics == "device":
         g_read, read_params = g_prog, params
     elif physics == "aihwkit":
-        # The reference converts the programmed WEIGHTS again; nu stays that of the targets.
-        g_read, read_params = tiles.to_conductances(w_prog)
+        # The reference converts the programmed WEIGHTS again (with no clip: its converters
+        # have none); nu stays that of the targets.
+        g_read, read_params = _reconvert(tiles, w_prog)
     else:
         check_physics(physics)
     g_t = noise_model.drift_and_read(g_read, nu, t_inference, z_read, generator)
@@ -184,6 +203,16 @@ class ConverterConversion:
         self.converter = converter
         self.weight_shape = tuple(int(s) for s in weight_shape)
         self.numel = math.prod(self.weight_shape)
+        # The reference tile's second conversion (physics="aihwkit") has no clip: the same
+        # program on the grid of the programmed weights' own max|W|.
+        clips = float(getattr(converter, "clip", 1.0)) != 1.0
+        self._unclipped = (ConverterConversion(converter.without_clip(), self.weight_shape)
+                           if clips else None)
+
+    def reconvert(self, w: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """:meth:`to_conductances` without the converter's clip (the same program on the grid
+        of ``w``'s own max|W|): how the reference's tile converts programmed weights again."""
+        return (self if self._unclipped is None else self._unclipped).to_conductances(w)
 
     def to_conductances(self, w: torch.Tensor) -> tuple[torch.Tensor, Any]:
         nd = len(self.weight_shape)

@@ -5,8 +5,14 @@ objective's hot path (:mod:`gpuwpo.search.objective`): for every time step the t
 afresh (new programming noise, new drift coefficients), drifted to ``t`` and read with 1/f noise
 (docs/DESIGN.md section 2). Which devices drift and are read is the physics
 (:mod:`gpuwpo.device.physics`): the programmed ones (``physics="device"``), or those of the
-programmed
-weights converted again (``physics="aihwkit"``, the reference toolkit's tile).
+programmed weights converted again (``physics="aihwkit"``, the reference toolkit's tile).
+
+A layer is programmed with a converter or a :class:`gpuwpo.device.mapping.Recipe` (a converter
+and its mapping; a bare converter means the mapping ``"layer"``). Under ``"columnwise"`` every
+analogue step (programming, drift, read noise, the compensation's readouts) happens on the tile
+weights ``w / s`` (each output row over its own max, :func:`gpuwpo.device.mapping.recipe_tile`),
+the effective weights are ``s * alpha_t * W_t``, and the error is against the layer's weights,
+normalised by the layer's max|W| (docs/DESIGN.md section 5c).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from ..rng import draw_seed, keyed_generator, make_generator
 from .chunks import default_memory_budget, plan_chunks
 from .compensation import GlobalDriftCompensation
 from .error import weight_error
+from .mapping import as_recipe, recipe_clip, recipe_tile
 from .physics import ConverterConversion, check_physics, program_and_read, refuse_clip
 
 __all__ = ["DEFAULT_TIMES", "NOISE_BLOCK", "DeviceNoise", "sample_device_noise", "keyed_noise",
@@ -172,18 +179,30 @@ def program_drift_read(
     return noise_model.program_drift_read_step(prepared, t, *noise)
 
 
+def _check_matrix(weights: torch.Tensor, tile_ndim: int) -> None:
+    if tile_ndim != 2:
+        raise ValueError(f"the columnwise mapping scales the rows of a matrix [out, in]; got "
+                         f"weights of shape {tuple(weights.shape)} (give a Conv or RNN weight as "
+                         f"the crossbar holds it: gpuwpo.network.layers.as_matrix)")
+
+
 class _TileRun:
     """A tile's weights converted once, with what every repeat of its simulation shares.
 
     ``weights`` ``[*tile]`` is one tile shared by every repeat; with ``tile_shape`` given,
     ``weights`` ``[n, *tile_shape]`` are n tiles, one per repeat (a sample of rows,
-    :class:`_RowSample`), each converted on its own.
+    :class:`_RowSample`), each converted on its own. ``recipe`` is a converter or a
+    :class:`gpuwpo.device.mapping.Recipe`: the converter programs the tile weights of its
+    mapping (:func:`gpuwpo.device.mapping.recipe_tile`), ``scales`` turn them back into the
+    layer's (None under ``"layer"``, whose tile is ``weights`` itself).
     """
 
-    def __init__(self, weights, converter, noise_model, t_steps, compensation, physics: str,
+    def __init__(self, weights, recipe, noise_model, t_steps, compensation, physics: str,
                  repeats, tile_shape: Sequence[int] | None = None) -> None:
         self.physics = check_physics(physics)
-        refuse_clip(self.physics, getattr(converter, "clip", 1.0))
+        self.recipe = as_recipe(recipe)
+        clip = recipe_clip(self.recipe)
+        refuse_clip(self.physics, clip)
         self.weights = check_weights(weights)
         self.repeats = check_positive_int(repeats, "repeats")
         self.compensation = GlobalDriftCompensation() if compensation is None else compensation
@@ -191,9 +210,33 @@ class _TileRun:
         self.t = as_time_tensor(t_steps, dtype=self.weights.dtype, device=self.weights.device)
         self.per_repeat = tile_shape is not None
         self.tile_shape = tuple(self.weights.shape if tile_shape is None else tile_shape)
-        self.tiles = ConverterConversion(converter, self.tile_shape)
-        self.g, self.params = self.tiles.to_conductances(self.weights)  # [(n,) R, N]
+        if self.recipe.mapping != "layer":
+            _check_matrix(self.weights, len(self.tile_shape))
+        # "layer": the tile is the weights themselves (every number as before the mapping).
+        self.tile_weights, self.scales = recipe_tile(self.weights, self.recipe)
+        self.tiles = ConverterConversion(self.recipe.converter, self.tile_shape)
+        self.g, self.params = self.tiles.to_conductances(self.tile_weights)  # [(n,) R, N]
         self.prepared = noise_model.prepare_targets(self.g)
+        # What the tile was asked to hold, for an exact reference: in the reference's tile a
+        # clipping program is deployed as weights clipped before they reach it, so its exact
+        # reference is taken from the clipped tile; in the device physics from the tile itself.
+        self.ideal = self.tile_weights
+        if clip != 1.0 and self.physics == "aihwkit":
+            dims = tuple(range(-len(self.tile_shape), 0))
+            c = self.tile_weights.abs().amax(dim=dims, keepdim=True) * clip
+            self.ideal = torch.maximum(torch.minimum(self.tile_weights, c), -c)
+
+    def effective(self, w_t: torch.Tensor, alpha: torch.Tensor, *, inplace: bool = False,
+                  rows: _RowSample | None = None) -> torch.Tensor:
+        """The layer's effective weights ``s * alpha * W_t`` of tiles read ``w_t``
+        ``[n, T, *tile]`` (of the drawn rows only, ``[n, T, rows, ...]``, with ``rows``)."""
+        eff = w_t.mul_(alpha) if inplace else w_t * alpha
+        if self.scales is None:
+            return eff
+        s = self.scales if rows is None else rows.drawn(self.scales, len(self.tile_shape))
+        # [(n,) out, 1] against [n, T, out, in]: the time axis broadcasts.
+        s = s.unsqueeze(-3) if self.per_repeat else s
+        return eff.mul_(s) if inplace else eff * s
 
     def program_and_read(self, z_prog, z_drift, z_read) -> tuple[torch.Tensor, torch.Tensor]:
         """(w_prog, w_t) ``[n, T, *tile]`` for draws ``[n, T, R, N]``.
@@ -293,11 +336,15 @@ def simulate_weights(
     For each repeat and time step the tile is programmed afresh (docs/DESIGN.md section 5): the
     target conductances get programming noise, drift to ``t`` and are read with noise in the
     chosen physics (:mod:`gpuwpo.device.physics`), are converted back to weights, and the global (or
-    per-column) drift compensation is applied. Batched over repeats and times.
+    per-column) drift compensation is applied. Batched over repeats and times. Under the
+    columnwise mapping all of it happens on the tile weights ``w / s`` and the result is
+    ``s * alpha_t * W_t`` (the module docstring).
 
     Args:
-        weights: the ideal weights, any shape (a 2-D weight is [out_features, in_features]).
-        g_converter: any conductance converter of :mod:`gpuwpo.device.converters` (one program).
+        weights: the ideal weights, any shape (a 2-D weight is [out_features, in_features]);
+            ``[out, in]`` under the columnwise mapping.
+        g_converter: any conductance converter of :mod:`gpuwpo.device.converters` (one program),
+            or a :class:`gpuwpo.device.mapping.Recipe` (a bare converter: mapping ``"layer"``).
         noise_model: the device model (:class:`gpuwpo.device.noise.DeviceModel`).
         t_steps: inference times in seconds, a float or a sequence [T].
         compensation: defaults to ideal :class:`GlobalDriftCompensation`.
@@ -317,8 +364,8 @@ def simulate_weights(
     noise = sample_device_noise((tile.repeats, tile.t.shape[0], *tile.g.shape), generator=gen,
                                 dtype=tile.g.dtype, device=tile.g.device)
     w_prog, w_t = tile.program_and_read(*noise)  # [repeats, T, *w]
-    alpha = compensation.alpha(w_prog, w_t, gen, tile_ndim=weights.ndim, w_ideal=weights)
-    return alpha * w_t
+    alpha = compensation.alpha(w_prog, w_t, gen, tile_ndim=weights.ndim, w_ideal=tile.ideal)
+    return tile.effective(w_t, alpha)
 
 
 def converter_errors(
@@ -349,7 +396,10 @@ def converter_errors(
     Given a list of converters, every one of them is programmed with the same noise, repeat by
     repeat (converters with the same number of devices per weight see the very same draws):
     their errors are paired, and a difference between two of them has far less spread than
-    either alone.
+    either alone. Each may be a :class:`gpuwpo.device.mapping.Recipe` (a bare converter means
+    the mapping ``"layer"``): under ``"columnwise"`` the tile weights ``w / s`` are programmed
+    and ``E_t = mean_n (amplification (s alpha_t W_t,n - W_n) / max|W|)^2``, still against the
+    layer's weights and their max|W|, so that the mappings' errors compare.
 
     With ``sample_rows``, each repeat counts ``sample_rows`` whole rows (first axis) of the
     tile drawn uniformly without replacement, a new sample per repeat from the stream keyed
@@ -357,12 +407,16 @@ def converter_errors(
     conversion the whole tile's (:class:`_RowSample`); E_t is the drawn rows' mean error, an
     estimate of the whole tile's. The repeats stay independent and identically distributed, so
     their spread includes the sampling: a standard error from it is honest. All converters of
-    a list see the same rows.
+    a list see the same rows. Under the columnwise mapping every row carries its own scale (whole
+    rows are sampled), so the conversion is the whole tile's whichever rows are drawn; the
+    anchors stay, uncounted, so that in the reference's physics the second conversion's scale
+    (the largest programmed weight) is estimated as closely as under ``"layer"``.
 
     Args:
         weights: the tile's ideal weights, any shape (``[out, in]`` for per-column
-            compensation and Fusion's rows).
-        converter: any converter holding one program, or a list of them.
+            compensation, Fusion's rows and the columnwise mapping).
+        converter: any converter holding one program or a
+            :class:`gpuwpo.device.mapping.Recipe`, or a list of them.
         noise_model, t_steps, compensation, physics: as for :func:`simulate_weights`.
         repeats: independent programmings (>= 1).
         generator: source of the base seed (a generator, an int, or None for fresh entropy).
@@ -376,6 +430,10 @@ def converter_errors(
     Returns:
         ``[repeats, T]`` E of each repeat at each time (``[C, repeats, T]`` for a list of C
         converters); the TNMSE of a repeat is its mean over T.
+
+    Raises:
+        ValueError: an empty list; a columnwise recipe for weights that are not a matrix
+            ``[out, in]``; a bad ``sample_rows``, physics or repeats.
     """
     many = isinstance(converter, (list, tuple))
     converters = list(converter) if many else [converter]
@@ -423,20 +481,22 @@ def converter_errors(
             bm_gen = keyed_generator(base_seed, layer_id, start, 1, device=device)
             if sample is None:
                 alpha = compensation.alpha(w_prog, w_t, bm_gen, tile_ndim=weights.ndim,
-                                           z=z_read, w_ideal=weights)
-                out[c, items] = weight_error(w_t.mul_(alpha), weights, m, amplification,
-                                             tile_ndim=weights.ndim, inplace=True)
+                                           z=z_read, w_ideal=run.ideal)
+                out[c, items] = weight_error(run.effective(w_t, alpha, inplace=True), weights,
+                                             m, amplification, tile_ndim=weights.ndim,
+                                             inplace=True)
             else:
                 # Only the drawn rows count (the anchors set the conversion's scale).
                 nd = weights.ndim
                 ideal = sample.drawn(run.weights, nd).unsqueeze(1)  # [n, 1, rows, ...]
+                ideal_tile = sample.drawn(run.ideal, nd).unsqueeze(1)
                 w_prog, w_t = sample.drawn(w_prog, nd), sample.drawn(w_t, nd)
                 z_drawn = None if z_read is None else tuple(sample.drawn(z, nd)
                                                             for z in z_read)
                 alpha = compensation.alpha(w_prog, w_t, bm_gen, tile_ndim=nd, z=z_drawn,
-                                           w_ideal=ideal)
-                out[c, items] = weight_error(w_t * alpha, ideal, m, amplification,
-                                             tile_ndim=nd, inplace=True)
+                                           w_ideal=ideal_tile)
+                out[c, items] = weight_error(run.effective(w_t, alpha, rows=sample), ideal, m,
+                                             amplification, tile_ndim=nd, inplace=True)
     return out if many else out[0]
 
 
@@ -477,8 +537,9 @@ def tnmse_over_time(
     TNMSE is the mean of E_t over the times.
 
     Args:
-        weights: the layer's weights, any shape.
-        converter: one program (a baseline converter or a CustomPair strategy).
+        weights: the layer's weights, any shape (``[out, in]`` under the columnwise mapping).
+        converter: one program (a baseline converter or a CustomPair strategy), or a
+            :class:`gpuwpo.device.mapping.Recipe`.
         noise_model: the device model.
         t_steps: inference times in seconds [T].
         repeats: independent programmings (>= 2 for a standard error).
