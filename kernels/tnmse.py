@@ -7,6 +7,13 @@ section 5. Its pure-torch twin and specification is
 different random numbers), and to float32 round-off when the twin is given the kernel's
 standard normals (tests/test_kernel_tnmse.py reproduces the stream).
 
+What it implements: the layer-wise mapping (one scale per tile: the tile weights are the test
+weights) on the full grid (clip 1, the same grid for every candidate), the device physics, the
+PCM formulas and ideal global compensation. Anything else -- a per-column mapping (per-row
+scales, :mod:`gpuwpo.device.mapping`), a fixed or searched clip, the reference's physics, other
+noise models or compensations -- is declined by ``TNMSEObjective`` (``_kernel_supported``):
+``kernel="auto"`` runs the torch twin, ``kernel="triton"`` is refused with the reason.
+
 Design
 ------
 * Grid ``(B * P, C)``: one program per (layer, candidate) and chunk of the N test weights. A

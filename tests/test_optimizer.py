@@ -88,8 +88,9 @@ def test_defaults_are_the_measured_ones(heavy_tailed, monkeypatch):
     # The choice: every contender programmed 100 times in each block, on the run seed's streams.
     chosen = {}
 
-    def spy_choose(objective, contenders, baseline, *, repeats, seed):
-        chosen.update(repeats=repeats, seed=seed, labels=[c for c, _ in contenders[0]])
+    def spy_choose(objective, contenders, baseline, *, repeats, seed, references=None):
+        chosen.update(repeats=repeats, seed=seed, labels=[c for c, _ in contenders[0]],
+                      baseline=baseline, references=references, mapping=objective.mapping)
         raise _Stop
 
     def start_point(backend, problem, options, **kwargs):  # the search "ends" at its start
@@ -104,6 +105,15 @@ def test_defaults_are_the_measured_ones(heavy_tailed, monkeypatch):
     with pytest.raises(_Stop):
         opt.run_optimizer()
     assert chosen["repeats"] == 100 and "polish" in chosen["labels"]
+    # The mapping users deploy (aihwkit's inference presets), for the strategies and the
+    # baseline; the layer-wise baseline measured beside every answer, for the report; the
+    # standard converters compete under both mappings.
+    assert chosen["mapping"] == "columnwise" and chosen["baseline"].mapping == "columnwise"
+    assert chosen["baseline"].converter is opt.g_converter_baseline
+    (label, reference), = chosen["references"].items()
+    assert label == "layer-wise baseline" and reference.mapping == "layer"
+    assert "baseline converter, layer" in chosen["labels"]
+    assert any(c.startswith("start: ") and c.endswith(", layer") for c in chosen["labels"])
     # ... and the seed of the choice's streams is the one the search drew its population from.
     again = de_init(dim=D, num_layers=1, popsize=5, seed=chosen["seed"],
                     dtype=state.population.dtype)
@@ -336,7 +346,9 @@ def test_the_standard_starts_are_first_in_the_population(heavy_tailed, monkeypat
     plain = _optimizer(heavy_tailed, popsize=2, maxiter=1, polish=False, standard_starts=False)
     assert plain.standard_starts()[1] == []
     plain.run_optimizer()
-    assert started_nfev == plain.result.nfev + 18  # their ranking: one evaluation each
+    # Their ranking: one evaluation each, under each mapping (the best under each competes).
+    assert opt.contender_mappings == ("columnwise", "layer")
+    assert started_nfev == plain.result.nfev + 18 * 2
     assert not any(bool((made[-1].population[0] == x.to(population)).all(-1).any())
                    for x in starts)
 

@@ -179,7 +179,9 @@ def test_the_decision_steps_on_known_samples():
 #: population, so that the search's best is close to a random program.
 TINY = dict(popsize=1, maxiter=1, standard_starts=False, polish=False, test_in_features=64,
             test_out_features=20, baseline_iterations=8, validation_repeats=24, disp=False,
-            device="cpu")
+            device="cpu", mapping="layer", baseline_mapping="layer")
+# (The same never-worse checks under the per-column mapping, with its recipes under both
+# mappings among the contenders: tests/test_search_mapping.py.)
 CHECK_REPEATS = 96
 CHECK_Z = 3.0
 
@@ -194,9 +196,9 @@ def _worse_than_baseline(opt, seed: int) -> list[bool]:
     """Per layer: is the returned converter statistically worse than the baseline, judged on
     noise the choice never saw (paired, CHECK_Z standard errors)?"""
     verdicts = []
-    for b, conv in enumerate(opt.result.converters):
+    for b, recipe in enumerate(opt.result.recipes):
         errors = converter_errors(
-            opt.objective.tiles.tile(b), [opt.g_converter_baseline, conv], opt.noise_model,
+            opt.objective.tiles.tile(b), [opt.baseline, recipe], opt.noise_model,
             opt.objective.t_steps, physics=opt.physics, repeats=CHECK_REPEATS, generator=seed,
             layer_id=b)
         diff = errors.double().mean(-1)

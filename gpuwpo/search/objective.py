@@ -19,8 +19,9 @@ import torch
 
 from ..device.chunks import chunk_budgets, plan_chunks
 from ..device.compensation import GlobalDriftCompensation, kernel_compensation
-from ..device.converters import interpolate_programs
+from ..device.converters import grid_position, interpolate_programs
 from ..device.error import error_gain, scaled_weight_error
+from ..device.mapping import as_recipe, check_mapping
 from ..device.noise import kernel_physics
 from ..device.physics import ProgramConversion, check_physics, program_and_read, refuse_clip
 from ..device.simulate import (
@@ -36,36 +37,71 @@ from .tiles import DEFAULT_TILE, TestTile
 #: Implementations of the objective (TNMSEObjective's ``kernel`` argument).
 KERNELS = ("auto", "triton", "torch", "compile")
 
-__all__ = ["KERNELS", "TNMSEObjective", "tnmse_from_programs", "NOISE_BLOCK"]
+__all__ = ["KERNELS", "TNMSEObjective", "tnmse_from_programs", "NOISE_BLOCK", "path_converter"]
 
 # Live [2K, N] tensors per candidate in one chunk (targets, per-target noise parameters, programmed
 # and read conductances, temporaries); sets how many candidates fit a memory budget.
 _LIVE_TENSORS = 12
+# Per weight and candidate when each candidate has its own grid (a searched clip): its grid
+# positions (int64 index, fraction) and their temporary, in units of one conductance.
+_POSITION_TENSORS = 4
 
 
 def _tnmse_chunk(f, g_lst, test_weights, idx, frac, max_abs_weight, grid_max, t, noise_model,
                  compensation, amp, noise, readout_z, tile_shape, physics, generator=None,
-                 float_times=True):
+                 float_times=True, row_scales=None, tile_max=None):
     """TNMSE of one chunk of candidates: f [B, p, K], g_lst [B, p, 2K, L] -> [B, p].
 
     Loops over the time steps so that the working set is a few [B, p, 2K, N] tensors (cache
     sized on the CPU); ``noise`` fields broadcast to [B, p, T, 2K, N] and ``readout_z`` to
     [B, p, T, out, in]; ``generator`` draws the readout noise of the bound management's repeated
-    passes (rare: only when a readout clips).
+    passes (rare: only when a readout clips). ``grid_max`` is [B, 1] (one grid per layer, whose
+    positions ``idx``/``frac`` [B, N] are given) or [B, p] (a clip per candidate: ``idx`` None,
+    the positions computed here). ``test_weights`` are the tile weights; ``row_scales`` [B, out,
+    1] their per-column scales (None: the layer-wise mapping); ``tile_max`` [B] their max|W|,
+    given when the grid clips (``grid_max`` below it).
     """
+    B = f.shape[0]
     tiles = ProgramConversion(f, g_lst, tile_shape)
-    # The test weights' grid position is shared by every candidate (computed once per layer).
-    g_target = interpolate_programs(g_lst, idx.unsqueeze(1), frac.unsqueeze(1))  # [B, p, 2K, N]
-    # The read-back scale follows the grid (clip * M with a clip); the error's gain follows M.
-    coef = tiles.coefficients(grid_max.reshape(-1, 1))  # [B, p, 1, 2K]
+    if idx is None:
+        # A clip per candidate: each candidate's grid, so its own positions of the weights.
+        L = g_lst.shape[-1]
+        half_over_m = (0.5 * (L - 1)) / grid_max.clamp(min=torch.finfo(grid_max.dtype).tiny)
+        idx, frac = grid_position(test_weights.unsqueeze(1), half_over_m.unsqueeze(-1), L)
+        g_target = interpolate_programs(g_lst, idx, frac)  # [B, p, 2K, N]
+    else:
+        # The test weights' grid position is shared by every candidate (computed once per layer).
+        g_target = interpolate_programs(g_lst, idx.unsqueeze(1), frac.unsqueeze(1))
     # Per-target quantities (programming-noise std, drift mean and spread) are shared by all
     # time steps: computed once per candidate.
     prepared = noise_model.prepare_targets(g_target)
-    w = test_weights.reshape(test_weights.shape[0], 1, *tile_shape)
+    w = test_weights.reshape(B, 1, *tile_shape)
     # The error's gain amp / M, applied before squaring (scale-free, docs/DESIGN.md section 5)
-    # and folded into the compensation's multiplication: alpha gain W_t - gain W.
+    # and folded into the compensation's multiplication: alpha gain W_t - gain W. Under the
+    # per-column mapping each row's effective weights are s_i alpha W_t: the gain is amp s_i / M
+    # per row, the same one multiplication.
     gain = error_gain(max_abs_weight.reshape(-1, 1), amp, 2, like=w)  # [B, 1, 1, 1]
+    if row_scales is not None:
+        gain = gain * row_scales.reshape(B, 1, tile_shape[0], 1)  # [B, 1, out, 1]
     w_scaled = w * gain
+    # The read-back scale follows the grid (clip x the tile's max|W| with a clip).
+    coef = tiles.coefficients(grid_max)  # [B, p, 1, 2K]
+    w_ideal = w  # what the tile was asked to hold (the compensation's exact reference, floor)
+    if tile_max is not None and row_scales is not None:
+        # A clip per column: aihwkit holds each row clipped at c s_i and scaled to it, so the
+        # tile's unit is c (the tile holds w / (c s), its grid end at 1; gpuwpo.device.mapping.
+        # recipe_tile). The conductances are the same; the readouts are in those units, and
+        # the error's gain is amp c s_i / M (the ideal side, W gain, does not depend on c).
+        unit = (grid_max / tile_max.reshape(-1, 1)).reshape(B, -1, 1, 1)  # [B, p or 1, 1, 1]
+        coef = tiles.coefficients(tile_max.reshape(-1, 1))
+        w_ideal = w / unit
+        gain = gain * unit
+        if physics == "aihwkit":  # deployed as weights clipped before the tile: its targets
+            end = tile_max.reshape(B, 1, 1, 1)
+            w_ideal = torch.maximum(torch.minimum(w_ideal, end), -end)
+    elif tile_max is not None and physics == "aihwkit":
+        end = grid_max.reshape(B, -1, 1, 1)
+        w_ideal = torch.maximum(torch.minimum(w, end), -end)
     errors = []
     # Eagerly, a Python float takes the noise model's fused in-place path; under torch.compile
     # a 0-d tensor keeps the graph free of one specialisation (and recompilation) per time.
@@ -75,7 +111,7 @@ def _tnmse_chunk(f, g_lst, test_weights, idx, frac, max_abs_weight, grid_max, t,
                                        noise.z_prog[:, :, i], noise.z_drift[:, :, i],
                                        noise.z_read[:, :, i])  # [B, p, out, in]
         z = None if readout_z is None else (readout_z[0][:, :, i], readout_z[1][:, :, i])
-        alpha = compensation.alpha(w_prog, w_t, generator, tile_ndim=2, z=z, w_ideal=w)
+        alpha = compensation.alpha(w_prog, w_t, generator, tile_ndim=2, z=z, w_ideal=w_ideal)
         errors.append(scaled_weight_error(w_t.mul_(alpha * gain), w_scaled,
                                           inplace=True))  # [B, p]
     return torch.stack(errors, -1).mean(-1)
@@ -121,17 +157,22 @@ def tnmse_from_programs(
     layer_ids: Sequence[int] | None = None,
     physics: str = "device",
     grid_max_abs_weight: torch.Tensor | None = None,
+    row_scales: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """TNMSE of every candidate program of every layer: the objective's hot path.
 
     Args:
         f: [B, P, K] significance factors.
         g_lst: [B, P, 2K, L] program tables in uS (rows G+_0, G-_0, G+_1, ...) on the grid
-            linspace(-M_b, M_b, L).
-        test_weights: [B, N] test weights W of each layer (unitless).
-        idx, frac: [B, N] grid interpolation of the test weights
-            (:func:`gpuwpo.device.converters.grid_interpolation`).
-        max_abs_weight: [B] M_b = max |W_b|.
+            linspace(-g_b, g_b, L), g the grid's half-width (``grid_max_abs_weight``).
+        test_weights: [B, N] the tile weights each layer's converter programs (unitless): the
+            test weights W under the layer-wise mapping, ``W / s`` under the per-column one
+            (``row_scales``).
+        idx, frac: [B, N] grid interpolation of the tile weights
+            (:func:`gpuwpo.device.converters.grid_interpolation`); None (both) with a grid per
+            candidate (``grid_max_abs_weight`` [B, P]), where they are computed per chunk.
+        max_abs_weight: [B] M_b = max |W_b| of the layer's test weights (the error's
+            normalisation; under the per-column mapping in the layer's units, not the tile's).
         t_steps: [T] inference times in seconds after programming.
         noise_model: the PCM device model.
         compensation: :class:`GlobalDriftCompensation` (default) or
@@ -155,9 +196,14 @@ def tnmse_from_programs(
             subset of a network's layers is evaluated with exactly the noise it would get in
             the full evaluation.
         physics: "device" or "aihwkit" (:mod:`gpuwpo.device.physics`).
-        grid_max_abs_weight: [B] half-width of the programs' grid (default ``max_abs_weight``;
-            ``clip * M`` for programs that clip, with ``idx``/``frac`` on that grid): it sets
-            the read-back scale, while the error stays against ``test_weights`` and M.
+        grid_max_abs_weight: [B] half-width of the programs' grid (default: the tile weights'
+            max|W|, i.e. ``max_abs_weight`` under the layer-wise mapping; ``clip`` times it for
+            programs that clip, with ``idx``/``frac`` on that grid), or [B, P], one per
+            candidate (a searched clip). It sets the read-back scale, while the error stays
+            against the test weights and M.
+        row_scales: [B, out, 1] (or [B, out]) the per-column mapping's scales s of the tile rows
+            (:func:`gpuwpo.device.mapping.row_scales`), or None for the layer-wise mapping: the
+            error is ``E = mean(((amp s / M) (alpha W_t - W / s))^2)`` (docs/DESIGN.md 5c).
 
     Returns:
         tnmse [B, P] (float, the dtype of ``g_lst``).
@@ -178,9 +224,22 @@ def tnmse_from_programs(
     t = t_steps.to(dtype=dtype, device=device)
     T = t.shape[0]
     check_physics(physics)
-    grid_max = max_abs_weight if grid_max_abs_weight is None else grid_max_abs_weight
-    if physics == "aihwkit" and grid_max_abs_weight is not None:
-        refuse_clip(physics, float((grid_max / max_abs_weight).min()))
+    if row_scales is not None and (row_scales.numel() != B * tile_shape[0]):
+        raise ValueError(f"row_scales must be [B, out, 1] = [{B}, {tile_shape[0]}, 1], got "
+                         f"{tuple(row_scales.shape)}")
+    tile_max = max_abs_weight if row_scales is None else test_weights.abs().amax(-1)
+    grid_max = tile_max if grid_max_abs_weight is None else grid_max_abs_weight
+    per_candidate = grid_max.ndim == 2
+    if per_candidate and tuple(grid_max.shape) != (B, P):
+        raise ValueError(f"grid_max_abs_weight must be [B] or [B, P] = [{B}, {P}], got "
+                         f"{tuple(grid_max.shape)}")
+    if (idx is None) != per_candidate or (frac is None) != per_candidate:
+        raise ValueError("give idx and frac for one grid per layer, and neither for a grid per "
+                         "candidate (grid_max_abs_weight [B, P])")
+    clipped = grid_max_abs_weight is not None
+    if clipped:
+        refuse_clip(physics, float((grid_max / tile_max.reshape(B, *([1] * (grid_max.ndim - 1))))
+                                   .min()))
     gen = make_generator(generator, device)
     noisy_readout = compensation.readout_noise > 0
 
@@ -199,7 +258,8 @@ def tnmse_from_programs(
     # alone, so that a layer's draws do not depend on the layers evaluated beside it.
     layer_chunk, chunk = plan_chunks(
         1 if compensation.bound_management else B, P,
-        bytes_per_item=(_LIVE_TENSORS + (3 * T if independent else 0)) * R * N
+        bytes_per_item=((_LIVE_TENSORS + (3 * T if independent else 0)) * R
+                        + (_POSITION_TENSORS if per_candidate else 0)) * N
         * g_lst.element_size(), memory_budget=memory_budget, item_budget=item_budget,
         align=NOISE_BLOCK if independent or fresh_readout else 1)
 
@@ -249,15 +309,35 @@ def tnmse_from_programs(
                 chunk_ro = tuple(z.reshape(*z.shape[:-1], *tile_shape) for z in chunk_ro)
             out[layers, cands] = fn(
                 f[layers, cands], g_lst[layers, cands],
-                test_weights[layers], idx[layers], frac[layers], max_abs_weight[layers],
-                grid_max[layers], t,
-                noise_model, compensation, float(error_amplification), chunk_noise, chunk_ro,
+                test_weights[layers], None if per_candidate else idx[layers],
+                None if per_candidate else frac[layers], max_abs_weight[layers],
+                grid_max[layers, cands] if per_candidate else grid_max[layers].reshape(-1, 1),
+                t, noise_model, compensation, float(error_amplification), chunk_noise, chunk_ro,
                 tile_shape, physics,
                 # The bound management's repeated readouts (rare) draw from the chunk's stream.
                 keyed_generator(base_seed, keys[l0], cands.start, 1, device=device)
                 if compensation.bound_management else None,
+                True, None if row_scales is None else row_scales[layers],
+                tile_max[layers] if clipped else None,
             )
     return out
+
+
+def path_converter(converter_or_recipe, rows: bool = True):
+    """What :func:`gpuwpo.device.simulate.converter_errors` is given for a converter or a
+    :class:`gpuwpo.device.mapping.Recipe` (or a list of them): a layer-wise recipe as its bare
+    converter (the converter path's own meaning of one), a per-column one as the recipe.
+    ``rows``: whether the tiles it is used on were sampled by rows; a per-column recipe on
+    tiles that were not is refused (their rows are no rows of the layer)."""
+    if isinstance(converter_or_recipe, (list, tuple)):
+        return [path_converter(c, rows) for c in converter_or_recipe]
+    recipe = as_recipe(converter_or_recipe)
+    if recipe.mapping == "layer":
+        return recipe.converter
+    if not rows:
+        raise ValueError(f"a {recipe.mapping!r} recipe scales the rows of a tile: these test "
+                         f"tiles were sampled by distribution (sample them by rows)")
+    return recipe
 
 
 def _with_axes(z: torch.Tensor, ndim: int, T: int) -> torch.Tensor:
@@ -307,6 +387,20 @@ class TNMSEObjective:
         physics: "device" (default: the programmed devices drift and are read, as on a chip)
             or "aihwkit" (the reference toolkit's inference tile: the programmed weights are
             converted to conductances again before they drift); see :mod:`gpuwpo.device.physics`.
+        mapping: how the candidates map a tile to the crossbar (:mod:`gpuwpo.device.mapping`):
+            "layer" (default; one scale per layer, the reference's) or "columnwise" (each row
+            scaled to its own max|w| and back in digital, aihwkit's
+            ``weight_scaling_omega=1, weight_scaling_columnwise=True``). Everything analogue
+            happens on the tile weights; the error is against the layer's test weights,
+            normalised by their M (docs/DESIGN.md section 5c).
+        tile_rows: sample the test tiles by rows (:mod:`gpuwpo.search.tiles`); None: when the
+            mapping is per column. True with the layer-wise mapping measures it on the rows a
+            per-column baseline is measured on (what the optimizer does when either maps per
+            column).
+
+    With a ``clip_range`` in the strategy space, each candidate's last coordinate is its clip:
+    its grid spans c times the tile weights' max|W| (each row's, per column), and the test
+    weights' positions on it are computed per candidate.
     """
 
     def __init__(
@@ -327,8 +421,11 @@ class TNMSEObjective:
         dtype: torch.dtype = torch.float32,
         seed: int = 0,
         physics: str = "device",
+        mapping: str = "layer",
+        tile_rows: bool | None = None,
     ) -> None:
         self.physics = check_physics(physics)
+        mapping = check_mapping(mapping)
         if strategy_space is None:
             raise ValueError("strategy_space is required (a gpuwpo.StrategySpace)")
         if kernel not in KERNELS:
@@ -347,14 +444,23 @@ class TNMSEObjective:
             if tiles.clip != strategy_space.clip:
                 raise ValueError(f"the test tiles were made for clip={tiles.clip:g}, the "
                                  f"strategy space has clip={strategy_space.clip:g}")
+            if tiles.mapping != mapping:
+                raise ValueError(f"the test tiles were made for mapping={tiles.mapping!r}, the "
+                                 f"objective's is {mapping!r} (TestTile.with_mapping)")
+            if tile_rows is not None and bool(tile_rows) != tiles.rows:
+                raise ValueError(f"the test tiles were {'' if tiles.rows else 'not '}sampled by "
+                                 f"rows, tile_rows={tile_rows!r}")
         else:
             if (test_in_features is None) != (test_out_features is None):
                 raise ValueError("give both test_in_features and test_out_features, or neither")
             shape = None if test_in_features is None else (test_out_features, test_in_features)
             tiles = TestTile.from_layers(test_weights, strategy_space.grid_size, shape=shape,
                                          seed=seed, device=device, dtype=dtype,
-                                         clip=strategy_space.clip)
+                                         clip=strategy_space.clip, mapping=mapping,
+                                         rows=tile_rows)
         refuse_clip(self.physics, tiles.clip)
+        if strategy_space.clip_range is not None:
+            refuse_clip(self.physics, strategy_space.clip_range[0])
         self.tiles = tiles
         self.device = tiles.weights.device
         self.dtype = tiles.weights.dtype
@@ -405,6 +511,11 @@ class TNMSEObjective:
         """Keys of the layers' noise streams."""
         return self.tiles.layer_ids
 
+    @property
+    def mapping(self) -> str:
+        """The candidates' mapping (their tiles')."""
+        return self.tiles.mapping
+
     def _kernel_supported(self) -> str | None:
         """Why the Triton kernel cannot run this physics, or None when it can.
 
@@ -416,8 +527,11 @@ class TNMSEObjective:
         """
         if self.physics != "device":
             return f"the kernel implements physics='device', not {self.physics!r}"
-        if self.tiles.clip != 1.0:
-            return "the kernel implements programs on the full grid (clip = 1)"
+        if self.tiles.clip != 1.0 or self.space.clip_range is not None:
+            return "the kernel implements programs on the full grid (clip = 1, not searched)"
+        if self.tiles.mapping != "layer":
+            return (f"the kernel implements the layer-wise mapping, not {self.tiles.mapping!r} "
+                    "(per-row scales)")
         if kernel_physics(self.noise_model) != "pcm":
             return (f"the kernel implements PCMLikeNoiseModel's formulas, not "
                     f"{type(self.noise_model).__name__}'s")
@@ -468,21 +582,40 @@ class TNMSEObjective:
         ``generator``: a generator, an int seed, or None for fresh entropy (:mod:`gpuwpo.rng`).
         """
         x, squeeze = self._as_population(x)
-        f, g_lst, _ = self.space.decode(x, self.max_abs_weight.reshape(-1, 1))
+        if self.space.searches_clip:
+            f, g_lst, _, clip = self.space.decode(x, self.tiles.tile_max.reshape(-1, 1),
+                                                  return_clip=True)
+        else:
+            f, g_lst, _ = self.space.decode(x, self.tiles.tile_max.reshape(-1, 1))
+            clip = None
         out = self.evaluate_programs(f, g_lst, generator,
-                                     common_random_numbers=common_random_numbers)
+                                     common_random_numbers=common_random_numbers, clip=clip)
         return out.squeeze(0) if squeeze else out
 
     def evaluate_programs(self, f: torch.Tensor, g_lst: torch.Tensor,
                           generator: torch.Generator | int | None = None, *,
                           common_random_numbers: bool | None = None,
-                          noise: DeviceNoise | None = None) -> torch.Tensor:
-        """TNMSE of explicit programs f [B, P, K], g_lst [B, P, 2K, L] -> [B, P]."""
+                          noise: DeviceNoise | None = None,
+                          clip: torch.Tensor | None = None) -> torch.Tensor:
+        """TNMSE of explicit programs f [B, P, K], g_lst [B, P, 2K, L] -> [B, P].
+
+        ``clip``: [B, P] each program's clip fraction (its grid spans clip x the tile weights'
+        max|W|), or None: the tiles' own (fixed) clip.
+        """
         crn = self.common_random_numbers if common_random_numbers is None else common_random_numbers
         gen = make_generator(generator, self.device)
         f = f.to(device=self.device, dtype=self.dtype)
         g_lst = g_lst.to(device=self.device, dtype=self.dtype)
-        if self.kernel == "triton" and noise is None:
+        t = self.tiles
+        if clip is not None:
+            clip = torch.as_tensor(clip).to(device=self.device, dtype=self.dtype)
+            if tuple(clip.shape) != tuple(f.shape[:2]):
+                raise ValueError(f"clip must be [B, P] = {tuple(f.shape[:2])}, got "
+                                 f"{tuple(clip.shape)}")
+            if not bool(((clip > 0) & (clip <= 1)).all()):
+                raise ValueError("clip fractions must lie in (0, 1]")
+            refuse_clip(self.physics, float(clip.min()))
+        if self.kernel == "triton" and noise is None and clip is None:
             rng_state = gen.get_state()
             try:
                 return self._evaluate_kernel(f, g_lst, draw_seed(gen), crn)
@@ -494,14 +627,17 @@ class TNMSEObjective:
                 warnings.warn(f"the Triton kernel failed ({type(err).__name__}: {err}); using "
                               "the torch path from now on", RuntimeWarning, stacklevel=2)
                 self.kernel = "torch"
-        t = self.tiles
+        if clip is not None:
+            grid_max, idx, frac = clip * t.tile_max.reshape(-1, 1), None, None
+        else:
+            grid_max, idx, frac = t.grid_max if t.clip != 1.0 else None, t.idx, t.frac
         return tnmse_from_programs(
-            f, g_lst, t.weights, t.idx, t.frac, t.max_abs_weight, self.t_steps,
+            f, g_lst, t.tile_weights, idx, frac, t.max_abs_weight, self.t_steps,
             self.noise_model, self.compensation, error_amplification=self.error_amplification,
             generator=gen, common_random_numbers=crn, tile_shape=t.shape, noise=noise,
             memory_budget=self.memory_budget, compiled=self.kernel == "compile",
-            layer_ids=t.layer_ids, physics=self.physics,
-            grid_max_abs_weight=t.grid_max if t.clip != 1.0 else None,
+            layer_ids=t.layer_ids, physics=self.physics, grid_max_abs_weight=grid_max,
+            row_scales=t.row_scales,
         )
 
     def _evaluate_kernel(self, f, g_lst, seed: int, crn: bool) -> torch.Tensor:
@@ -546,10 +682,13 @@ class TNMSEObjective:
         The converter path (:func:`gpuwpo.device.simulate.converter_errors`) in the objective's
         physics; each layer's tile is converted with its own max|W|. One base seed for all
         layers, each keyed by its id, so the layers of a subset get exactly the figures they get
-        in the whole.
+        in the whole. ``converter``: a converter (the layer-wise mapping) or a
+        :class:`gpuwpo.device.mapping.Recipe` (a converter and its mapping, whichever the
+        candidates' is; a per-column one needs tiles sampled by rows).
         """
         if int(repeats) != repeats or repeats < 1:
             raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
+        converter = path_converter(converter, self.tiles.rows)
         base_seed = draw_seed(make_generator(generator, self.device))
         rows = []
         for b in range(self.num_layers):
@@ -576,15 +715,25 @@ class TNMSEObjective:
 
     def select_layers(self, layers: Sequence[int]) -> TNMSEObjective:
         """The objective restricted to some layers (their tiles and noise keys; see TestTile)."""
+        return self._on(self.tiles.select(layers), self.space)
+
+    def with_mapping(self, mapping: str, strategy_space=None) -> TNMSEObjective:
+        """The objective of the same test weights (and noise keys) under another mapping, and
+        optionally another strategy space (of the same grid; its fixed clip places the
+        tiles), e.g. the unclipped space, to rank the standard converters under each mapping."""
+        space = self.space if strategy_space is None else strategy_space
+        return self._on(self.tiles.with_mapping(mapping, space.clip), space)
+
+    def _on(self, tiles: TestTile, space) -> TNMSEObjective:
         kernel = self.kernel if self.kernel != "triton" else self.kernel_requested
         return TNMSEObjective(
-            self.tiles.select(layers), self.noise_model, self.compensation, self.t_steps,
-            self.space, error_amplification=self.error_amplification,
+            tiles, self.noise_model, self.compensation, self.t_steps, space,
+            error_amplification=self.error_amplification,
             common_random_numbers=self.common_random_numbers, memory_budget=self.memory_budget,
-            kernel=kernel, physics=self.physics)
+            kernel=kernel, physics=self.physics, mapping=tiles.mapping)
 
     def __repr__(self) -> str:
         return (f"TNMSEObjective(layers={self.num_layers}, N={self.num_test_weights}, "
                 f"T={self.t_steps.shape[0]}, D={self.dim}, device={self.device}, "
-                f"kernel={self.kernel!r}, physics={self.physics!r}, "
+                f"kernel={self.kernel!r}, physics={self.physics!r}, mapping={self.mapping!r}, "
                 f"common_random_numbers={self.common_random_numbers})")

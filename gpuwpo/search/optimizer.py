@@ -9,6 +9,7 @@ uncertainty next to the baseline evaluated the same way.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,15 +17,21 @@ from dataclasses import dataclass, field
 import torch
 
 from ..device.compensation import GlobalDriftCompensation
+from ..device.mapping import MAPPINGS, Recipe, as_recipe
 from ..rng import stream_seed
 from .backends import BACKENDS, SearchProblem, backend_module, run_search
 from .de import population_size
 from .objective import TNMSEObjective
 from .options import SearchOptions, refuse_unsupported
-from .selection import choose_per_layer
+from .selection import choose_per_layer, interval
 from .strategy import StrategySpace
 
-__all__ = ["WeightProgrammingOptimizer", "OptimizationResult"]
+__all__ = ["WeightProgrammingOptimizer", "OptimizationResult", "describe_recipe",
+           "LAYERWISE_BASELINE"]
+
+#: The label of the layer-wise baseline among the references of a choice (measured beside every
+#: answer when the baseline maps per column, :attr:`OptimizationResult.layerwise_baseline_tnmse`).
+LAYERWISE_BASELINE = "layer-wise baseline"
 
 
 @dataclass
@@ -37,22 +44,35 @@ class OptimizationResult:
     the baseline on an independent block, and a strategy is returned only where that confirms
     it (a strategy merely equal to the baseline is taken with probability at most
     :data:`gpuwpo.search.selection.FALSE_ACCEPT_RATE`); otherwise the layer keeps the baseline's
-    own program.
+    own program. An answer is a *recipe* (:class:`gpuwpo.device.mapping.Recipe`): a program and
+    the mapping it is deployed with (docs/DESIGN.md section 5c).
 
     Attributes:
         x: [B, D] the chosen strategy of each layer in the unit hypercube; NaN rows where the
-            layer keeps the baseline.
+            answer is no point of the search's space (the baseline, kept or under the other
+            mapping; a start under the other mapping; an unclipped start the space cannot
+            express).
         converters: per layer the chosen converter: a single-program
-            :class:`CustomPairConductanceConverter`, or the baseline converter itself.
+            :class:`CustomPairConductanceConverter`, or the baseline converter itself (the
+            converters of ``recipes``).
+        recipes: per layer the chosen :class:`gpuwpo.device.mapping.Recipe` (a kept baseline
+            under the baseline's mapping).
+        mappings: per layer the chosen recipe's mapping.
         converter: the chosen converter when B = 1; for several layers the list ``converters``.
         chosen: per layer the winner's label: ``"search"``, ``"polish"``, ``"start: <which>"``,
-            a warm start's label (``"x0"``, ``"global"``) or ``"baseline"``.
+            a warm start's label (``"x0"``, ``"global"``) or ``"baseline"``; a standard
+            converter under a named mapping ends in it (``"start: NPair f=[1, 4] range=1,
+            layer"``, ``"baseline converter, columnwise"``).
         kept_baseline: [B] bool, the layers that keep the baseline's program.
         tnmse: [B] validated TNMSE of the answer on the confirmation block
             (``validation_repeats`` programmings of fresh noise the answer was not picked on,
             so without selection bias).
         tnmse_ci95: [B, 2] its 95% interval (normal approximation, mean +- 1.96 SE).
-        baseline_tnmse, baseline_ci95: the baseline converter on the same noise.
+        baseline_tnmse, baseline_ci95: the baseline converter (under ``baseline_mapping``) on
+            the same noise.
+        layerwise_baseline_tnmse, layerwise_baseline_ci95: [B] and [B, 2] the baseline converter
+            under the layer-wise mapping on the same noise (the baseline's own figures when that
+            is its mapping): what gpuwpo compared with before it modelled the mapping.
         improvement: [B] 1 - tnmse / baseline_tnmse (0 where the baseline is kept).
         success: True when every layer's answer is a strategy that beats its baseline by
             ``loss_margin`` (tnmse < baseline * (1 - loss_margin)).
@@ -69,6 +89,7 @@ class OptimizationResult:
         polished: [B] bool, whether the polish won the choice.
         choices: per layer the :class:`gpuwpo.search.selection.Choice` (every contender's figures).
         backend: the backend used; device: where it ran; physics: the physics simulated.
+        baseline: the baseline's recipe (its converter under ``baseline_mapping``).
     """
 
     x: torch.Tensor
@@ -97,30 +118,67 @@ class OptimizationResult:
     device: str = "cpu"
     physics: str = "device"
     extra: dict = field(default_factory=dict, repr=False)
+    recipes: list = field(default_factory=list)
+    mappings: list[str] = field(default_factory=list)
+    layerwise_baseline_tnmse: torch.Tensor | None = None
+    layerwise_baseline_ci95: torch.Tensor | None = None
+    baseline: Recipe | None = None
 
     @property
     def converter(self):
         """The chosen converter (B = 1), or the list of them (several layers)."""
         return self.converters[0] if len(self.converters) == 1 else list(self.converters)
 
+    @property
+    def layerwise_improvement(self) -> torch.Tensor:
+        """[B] 1 - tnmse / layerwise_baseline_tnmse: the gain against the layer-wise baseline."""
+        return 1 - self.tnmse / self.layerwise_baseline_tnmse
+
     def summary(self) -> str:
-        """A short human-readable table, one line per layer."""
+        """A short human-readable table, one line per layer, saying what the baseline is."""
+        against = "" if self.baseline is None else f" against {describe_recipe(self.baseline)}"
+        layerwise = (self.baseline is not None and self.baseline.mapping != "layer"
+                     and self.layerwise_baseline_tnmse is not None)
         lines = [f"backend={self.backend} device={self.device} physics={self.physics} "
                  f"generations={self.nit} "
                  f"candidates={self.nfev} wall={self.wall_time:.1f}s stop={self.stop_reason}",
+                 f"gains{against}" + (" (and against the layer-wise mapping)" if layerwise
+                                      else ""),
                  f"{'layer':>5} {'TNMSE (95% CI)':>28} {'baseline (95% CI)':>28} {'gain':>7}  "
-                 f"chosen"]
+                 + (f"{'vs layer':>8}  " if layerwise else "") + "chosen"]
         for b in range(self.tnmse.shape[0]):
             lo, hi = self.tnmse_ci95[b].tolist()
             blo, bhi = self.baseline_ci95[b].tolist()
+            extra = f"{100 * self.layerwise_improvement[b]:7.1f}%  " if layerwise else ""
+            mapping = f" ({self.mappings[b]})" if self.mappings else ""
             lines.append(f"{b:>5} {self.tnmse[b]:9.5f} [{lo:8.5f}, {hi:8.5f}] "
                          f"{self.baseline_tnmse[b]:9.5f} [{blo:8.5f}, {bhi:8.5f}] "
-                         f"{100 * self.improvement[b]:6.1f}%  {self.chosen[b]}")
+                         f"{100 * self.improvement[b]:6.1f}%  {extra}{self.chosen[b]}{mapping}")
         kept = int(self.kept_baseline.sum())
         if kept:
             lines.append(f"{kept} of {len(self.chosen)} layer(s) keep the baseline: no strategy "
                          f"beat it with confidence")
         return "\n".join(lines)
+
+
+_MAPPING_WORDS = {"layer": "layer-wise mapping", "columnwise": "per-column mapping"}
+
+
+def describe_recipe(recipe) -> str:
+    """A baseline's recipe in words, as a summary says what the gains are against:
+    ``"DualPair f=[1, 1], per-column mapping"`` (a CustomPair program: ``"CustomPair program"``;
+    a bare converter: the layer-wise mapping)."""
+    recipe = as_recipe(recipe)
+    conv = recipe.converter
+    name = type(conv).__name__.removesuffix("ConductanceConverter")
+    f = getattr(conv, "f_lst", None)
+    if name == "CustomPair":
+        words = "CustomPair program"
+    elif isinstance(f, torch.Tensor) and f.ndim == 1 and name not in ("SinglePair", "Fusion"):
+        words = f"{name} f=[{', '.join(f'{float(v):g}' for v in f.tolist())}]"
+    else:
+        words = name
+    return f"{words}, {_MAPPING_WORDS[recipe.mapping]}"
 
 
 def _ci(intervals: list[tuple[float, float]]) -> torch.Tensor:
@@ -195,15 +253,21 @@ class WeightProgrammingOptimizer:
         self.space = StrategySpace(
             list(f_lst), g_min, g_max, nbins=opts.nbins, symmetric=symmetric,
             g_err=opts.g_err * (g_max - g_min), f_min=opts.f_min, f_max=opts.f_max,
-            use_max_kw=opts.use_max_kw, clip=opts.clip,
+            use_max_kw=opts.use_max_kw, clip=opts.clip, clip_range=opts.clip_range,
         )
-        # One tensor is one layer (whatever its shape); the tiles check every layer once.
+        #: The baseline: its converter under the mapping its user deploys.
+        self.baseline = Recipe(g_converter_baseline, opts.baseline_mapping)
+        # One tensor is one layer (whatever its shape); the tiles check every layer once. They
+        # are sampled by rows when either mapping is per column, so that both are measured on
+        # the rows (and the baseline on the tiles the strategies are).
         layers = [weights] if isinstance(weights, torch.Tensor) else weights
         self.objective = TNMSEObjective(
             layers, noise_model, self.compensation, t_steps, self.space,
             test_in_features=opts.test_in_features, test_out_features=opts.test_out_features,
             common_random_numbers=True, memory_budget=opts.memory_budget,
             kernel=opts.kernel, device=self.device, seed=opts.seed, physics=physics,
+            mapping=opts.mapping,
+            tile_rows="columnwise" in (opts.mapping, opts.baseline_mapping),
         )
         self.physics = self.objective.physics
         # What a checkpoint's fingerprint records (only kept when the run saves or resumes).
@@ -223,29 +287,52 @@ class WeightProgrammingOptimizer:
         return self.objective.num_layers
 
     def get_loss_baseline(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Baseline TNMSE per layer: (mean [B], standard error [B]) over baseline_iterations."""
+        """Baseline TNMSE per layer: (mean [B], standard error [B]) over baseline_iterations,
+        the baseline converter under its mapping on the same test tiles."""
         if self._baseline is None:
             self._baseline = self.objective.evaluate_converter(
-                self.g_converter_baseline, self.options.baseline_iterations,
+                self.baseline, self.options.baseline_iterations,
                 stream_seed(self.options.seed, "baseline"))
         return self._baseline
 
-    def baseline_point(self) -> torch.Tensor | None:
+    @property
+    def contender_mappings(self) -> tuple[str, ...]:
+        """The mappings the standard converters compete under in the choice: both when the
+        tiles are rows (either mapping per column), the strategies' first; else ``("layer",)``."""
+        if not self.objective.tiles.rows:
+            return ("layer",)
+        return (self.objective.mapping,
+                *(m for m in MAPPINGS if m != self.objective.mapping))
+
+    def _unclipped_space(self) -> StrategySpace:
+        """The search's space without a clip (fixed or searched): where the unclipped standard
+        converters are points."""
+        sp = self.space
+        if sp.clip == 1.0 and not sp.searches_clip:
+            return sp
+        return StrategySpace(sp.f_lst, sp.g_min, sp.g_max, nbins=sp.nbins,
+                             symmetric=sp.symmetric, g_err=sp.g_err, f_min=sp.f_min,
+                             f_max=sp.f_max, use_max_kw=sp.use_max_kw)
+
+    def baseline_point(self, space: StrategySpace | None = None) -> torch.Tensor | None:
         """The baseline's program as a point of the strategy space [D], or None if it has none.
 
         Exists for SinglePair/DualPair/NPair baselines with as many pairs as the space and the
-        same conductance range (see :meth:`StrategySpace.encode_npair`).
+        same conductance range (see :meth:`StrategySpace.encode_npair`); with a searched clip it
+        is the point of the range's top clip (1: unclipped, when the range reaches it).
+        ``space``: another space of the same grid (default: the search's).
         """
         from ..device.converters import NPairConductanceConverter
 
+        space = self.space if space is None else space
         conv = self.g_converter_baseline
         if not isinstance(conv, NPairConductanceConverter) or conv.batch_shape != ():
             return None
-        if (conv.num_pairs != self.space.num_pairs or float(conv.g_min) != self.space.g_min
-                or float(conv.g_max) != self.space.g_max):
+        if (conv.num_pairs != space.num_pairs or float(conv.g_min) != space.g_min
+                or float(conv.g_max) != space.g_max):
             return None
         try:
-            return self.space.encode_npair(conv.f_lst.tolist())
+            return space.encode_npair(conv.f_lst.tolist())
         except ValueError:  # fixed f that differ, or f outside [f_min, f_max]
             return None
 
@@ -294,30 +381,33 @@ class WeightProgrammingOptimizer:
                              device=self.device, dtype=self.objective.dtype,
                              supports_layers=True, layer_ids=self.objective.layer_ids)
 
-    def standard_starts(self) -> tuple[torch.Tensor, list[str]]:
+    def standard_starts(self, space: StrategySpace | None = None
+                        ) -> tuple[torch.Tensor, list[str]]:
         """The search's standard starts: the standard converters the space can express, as points.
 
         The baseline's own program first (when the space can express it,
         :meth:`baseline_point`), then the N-pair programs over a grid of significance ratios
-        and range fractions (:meth:`StrategySpace.standard_starts`); none with
-        ``standard_starts=False``.
+        and range fractions, and with a searched clip under a few clips
+        (:meth:`StrategySpace.standard_starts`); none with ``standard_starts=False``.
+        ``space``: another space of the same grid (default: the search's).
 
         Returns:
             ``(x [W, D], labels)`` in the objective's dtype.
         """
+        space = self.space if space is None else space
         points, labels = [], []
         if self.options.standard_starts:
-            base = self.baseline_point()
+            base = self.baseline_point(space)
             if base is not None:
                 points.append(base)
                 labels.append("baseline program")
-            grid, grid_labels = self.space.standard_starts()
+            grid, grid_labels = space.standard_starts()
             for x, label in zip(grid, grid_labels):
                 if not any(torch.equal(x, p) for p in points):
                     points.append(x)
                     labels.append(label)
         if not points:
-            return torch.zeros((0, self.space.dim), dtype=self.objective.dtype), []
+            return torch.zeros((0, space.dim), dtype=self.objective.dtype), []
         return torch.stack(points).to(self.objective.dtype), labels
 
     def _warm_starts(self, warm_starts) -> dict[str, torch.Tensor]:
@@ -334,14 +424,71 @@ class WeightProgrammingOptimizer:
             out[label] = x.reshape(-1, D).expand(B, -1)
         return out
 
-    def _rank_starts(self, starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Standard starts [W, D] ranked per layer by one evaluation on common noise:
-        ([B, W, D], [B, W])."""
+    def _rank_starts(self, starts: torch.Tensor, objective: TNMSEObjective | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Standard starts [W, D] ranked per layer by one evaluation on common noise (of
+        ``objective``, default the search's): ([B, W, D], [B, W])."""
+        objective = self.objective if objective is None else objective
         x = starts.to(self.device).unsqueeze(0).expand(self.num_layers, -1, -1)
-        loss = self.objective(x, stream_seed(self.options.seed, "start_ranking"))  # [B, W]
+        loss = objective(x, stream_seed(self.options.seed, "start_ranking"))  # [B, W]
         order = loss.argsort(dim=-1, stable=True)  # ties in the starts' order, whatever the batch
         ranked = torch.gather(x, 1, order.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
         return ranked, order
+
+    def _standard_contenders(self) -> tuple[list[list[tuple[str, torch.Tensor | None, Recipe]]],
+                                            int]:
+        """The standard converters every layer's choice offers under each mapping, beside the
+        search's contenders: per layer ``(label, point or None, recipe)``, and the candidates
+        evaluated to rank them.
+
+        Under each of :attr:`contender_mappings`, the best unclipped standard start (ranked on
+        the stream ``"start_ranking"`` by the objective of that mapping on the same tiles; under
+        the search's own mapping in an unclipped space it is the best start itself, offered
+        already), labelled ``"start: <which>, <mapping>"``; and the baseline converter under
+        each of them but its own (``"baseline converter, <mapping>"``). So a searched clip never
+        crowds the unclipped programs out of the choice, and a mapping the baseline does not use
+        competes too. The point is the start's in the search's space (None where it is none: a
+        start under the other mapping, or unclipped where the space cannot express it). None
+        of this without standard starts, nor for a run with neither a per-column mapping nor a
+        searched clip (whose choice is the reference optimiser's, as before the mapping was
+        modelled).
+        """
+        per_layer: list[list[tuple[str, torch.Tensor | None, Recipe]]] = [
+            [] for _ in range(self.num_layers)]
+        if not self.options.standard_starts or not (self.space.searches_clip
+                                                    or self.objective.tiles.rows):
+            return per_layer, 0
+        own = self.objective.mapping
+        unclipped = self._unclipped_space()
+        starts, labels = self.standard_starts(unclipped)
+        m = self.objective.tiles.tile_max.reshape(-1)
+        nfev = 0
+        for mapping in self.contender_mappings:
+            if starts.shape[0] == 0 or (unclipped is self.space and mapping == own):
+                continue  # nothing to rank, or the best start (already a contender)
+            ranked, order = self._rank_starts(starts, self.objective.with_mapping(mapping,
+                                                                                  unclipped))
+            nfev += int(ranked.shape[0] * ranked.shape[1])
+            for b in range(self.num_layers):
+                x = ranked[b, 0]
+                conv = unclipped.to_converter(x, m[b], invertibility_test=False)
+                point = self._unclipped_point(x) if mapping == own else None
+                per_layer[b].append((f"start: {labels[int(order[b, 0])]}, {mapping}", point,
+                                     Recipe(conv, mapping)))
+        for mapping in self.contender_mappings:
+            if mapping != self.baseline.mapping:
+                for layer in per_layer:
+                    layer.append((f"baseline converter, {mapping}", None,
+                                  Recipe(self.g_converter_baseline, mapping)))
+        return per_layer, nfev
+
+    def _unclipped_point(self, x: torch.Tensor) -> torch.Tensor | None:
+        """An unclipped space's point ``x`` [D'] in the search's space: the same point with the
+        clip coordinate of 1 when the searched range reaches it; None when the space cannot
+        express it (a fixed clip below 1, a range below 1)."""
+        if self.space.searches_clip and self.space.clip_range[1] == 1.0:
+            return torch.cat([x, x.new_ones(1)])
+        return None
 
     def run_optimizer(self, warm_starts: dict[str, torch.Tensor] | None = None, *,
                       checkpoint=None, stage: str = "search") -> tuple[object, bool]:
@@ -415,9 +562,10 @@ class WeightProgrammingOptimizer:
         # Starting points first: a search that ends where it started is labelled by its start.
         candidates: list[tuple[str, torch.Tensor | None]] = list(starts.items())
         candidates += [("search", search_x), ("polish", polished_x)]
-        m = self.objective.max_abs_weight.reshape(-1)
+        extra, nfev_extra = self._standard_contenders()
+        m = self.objective.tiles.tile_max.reshape(-1)
         contenders: list[list[tuple[str, object]]] = []
-        points: list[dict[str, torch.Tensor]] = []
+        points: list[dict[str, torch.Tensor | None]] = []
         for b in range(self.num_layers):
             layer = [(label, x[b]) for label, x in candidates if x is not None]
             if best_start is not None:
@@ -427,39 +575,67 @@ class WeightProgrammingOptimizer:
                 if not torch.isfinite(x).all() or any(torch.equal(x, v) for v in unique.values()):
                     continue
                 unique[label] = x
-            convs = [(label, self.space.to_converter(x, m[b], invertibility_test=False))
-                     for label, x in unique.items()]
+            convs = [(label, Recipe(self.space.to_converter(x, m[b], invertibility_test=False),
+                                    self.objective.mapping)) for label, x in unique.items()]
+            layer_points: dict[str, torch.Tensor | None] = dict(unique)
+            # The standard converters under each mapping, after the starting points (a point
+            # of the search's space that is one of them keeps its first label).
+            firsts = {*starts, *(best_start_label[b:b + 1] if best_start is not None else [])}
+            at = sum(label in firsts for label in unique)
+            for label, x, recipe in extra[b]:
+                if label in layer_points or (x is not None and any(
+                        v is not None and torch.equal(x, v) for v in layer_points.values())):
+                    continue
+                convs.insert(at, (label, recipe))
+                layer_points[label] = x
+                at += 1
             # A program that does not convert weights back to themselves is no answer.
-            convs = [(label, conv) for label, conv in convs if bool(conv.check_invertibility())]
+            convs = [(label, r) for label, r in convs
+                     if not hasattr(r.converter, "check_invertibility")
+                     or bool(r.converter.check_invertibility())]
             contenders.append(convs)
-            points.append(unique)
-        choices = choose_per_layer(self.objective, contenders, self.g_converter_baseline,
-                                   repeats=o.validation_repeats, seed=o.seed)
+            points.append(layer_points)
+        references = ({} if self.baseline.mapping == "layer" else
+                      {LAYERWISE_BASELINE: Recipe(self.g_converter_baseline, "layer")})
+        choices = choose_per_layer(self.objective, contenders, self.baseline,
+                                   repeats=o.validation_repeats, seed=o.seed,
+                                   references=references)
         kept = torch.tensor([c.kept_baseline for c in choices])
-        x = torch.stack([torch.full((self.space.dim,), float("nan"), dtype=search_x.dtype,
-                                    device=search_x.device) if c.kept_baseline
+        nan = torch.full((self.space.dim,), float("nan"), dtype=search_x.dtype,
+                         device=search_x.device)
+        x = torch.stack([nan if c.kept_baseline or points[b][c.label] is None
                          else points[b][c.label] for b, c in enumerate(choices)])
-        converters = [self.g_converter_baseline if c.kept_baseline
-                      else contenders[b][c.index][1] for b, c in enumerate(choices)]
+        recipes = [self.baseline if c.kept_baseline else contenders[b][c.index][1]
+                   for b, c in enumerate(choices)]
         val_mean = torch.tensor([c.tnmse for c in choices], dtype=torch.float64)
         b_mean = torch.tensor([c.baseline_tnmse for c in choices], dtype=torch.float64)
+        if references:
+            lw = [c.references.get(LAYERWISE_BASELINE, (math.nan, math.nan)) for c in choices]
+            lw_mean = torch.tensor([v[0] for v in lw], dtype=torch.float64)
+            lw_ci = _ci([interval(*v) for v in lw])
+        else:  # the baseline is the layer-wise one
+            lw_mean, lw_ci = b_mean.clone(), _ci([c.baseline_ci95 for c in choices])
         margin = float(o.loss_margin)
         layer_success = torch.tensor([c.success(margin) for c in choices])
         to_tnmse = base_mean.reshape(-1, 1)
         history = (outcome.history.to(base_mean) - margin) * to_tnmse + to_tnmse
         self.result = OptimizationResult(
-            x=x, converters=converters, chosen=[c.label for c in choices], kept_baseline=kept,
+            x=x, converters=[r.converter for r in recipes], chosen=[c.label for c in choices],
+            kept_baseline=kept,
             tnmse=val_mean, tnmse_ci95=_ci([c.tnmse_ci95 for c in choices]),
             baseline_tnmse=b_mean, baseline_ci95=_ci([c.baseline_ci95 for c in choices]),
             improvement=1 - val_mean / b_mean, success=bool(layer_success.all()),
             layer_success=layer_success, search_x=search_x, search_best_loss=outcome.fun,
             search_best_tnmse=(outcome.fun.to(base_mean) - margin) * base_mean + base_mean,
-            nit=outcome.nit, nfev=outcome.nfev + nfev_starts,
+            nit=outcome.nit, nfev=outcome.nfev + nfev_starts + nfev_extra,
             wall_time=time.perf_counter() - start,
             stop_reason=outcome.stop_reason, message=outcome.message, history=history,
             polished=torch.tensor([c.label == "polish" for c in choices]), choices=choices,
             backend=self.backend, device=str(self.device), physics=self.physics,
             extra={"outcome": outcome, "polished_x": polished_x},
+            recipes=recipes, mappings=[r.mapping for r in recipes],
+            layerwise_baseline_tnmse=lw_mean, layerwise_baseline_ci95=lw_ci,
+            baseline=self.baseline,
         )
         return self.result.converter, self.result.success
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ..checks import check_clip, check_positive_int
+from ..device.mapping import check_mapping
+from .strategy import check_clip_range
 
 __all__ = ["SearchOptions", "SEARCH_FIELDS", "DE_FIELDS", "de_accepts", "refuse_unsupported"]
 
@@ -57,7 +59,18 @@ class SearchOptions:
     over/under-programming allowance as a fraction of g_max - g_min (0), ``f_min``/``f_max`` range
     of free significance factors (0.1, 5), ``use_max_kw`` (False), ``clip`` (1: the reference's
     grid over max|W|; below 1 the programs clip the weights at ``clip * max|W|``, a gpuwpo
-    extension for heavy-tailed layers, docs/GUIDE.md, "Clipping").
+    extension for heavy-tailed layers, docs/GUIDE.md, "Clipping"), ``clip_range`` (None; or
+    ``(low, high)``, 0 < low <= high <= 1: the clip is searched per layer, one more coordinate
+    at the end of x, relative to each row's max|W| under the per-column mapping; the fixed
+    ``clip`` must then stay 1).
+
+    The mapping (docs/DESIGN.md section 5c, :mod:`gpuwpo.device.mapping`): ``mapping`` the
+    strategies' ("columnwise": each output row scaled to its own max|W| before the converter and
+    back in digital, what aihwkit's inference presets and its example 33 deploy; or "layer",
+    one scale per layer, the reference optimiser's), ``baseline_mapping`` the baseline
+    converter's ("columnwise": compare against what users deploy). When either is "columnwise"
+    the test tiles are sampled by rows and the choice of each layer's answer offers the
+    standard converters under both mappings.
 
     Objective: ``test_in_features``/``test_out_features`` the test tile (512 x 20),
     ``kernel`` ("auto"), ``memory_budget`` (None: the device's default).
@@ -94,6 +107,9 @@ class SearchOptions:
     f_max: float = 5.0
     use_max_kw: bool = False
     clip: float = 1.0
+    clip_range: tuple[float, float] | None = None
+    mapping: str = "columnwise"
+    baseline_mapping: str = "columnwise"
     test_in_features: int | None = 512
     test_out_features: int | None = 20
     kernel: str = "auto"
@@ -180,6 +196,16 @@ class SearchOptions:
         if not self.f_min < self.f_max:
             raise ValueError(f"f_min must be < f_max, got {self.f_min!r} and {self.f_max!r}")
         check_clip(self.clip)
+        clip_range = check_clip_range(self.clip_range)
+        if clip_range is not None and self.clip != 1.0:
+            raise ValueError(f"give either a fixed clip ({self.clip!r}) or a searched clip_range "
+                             f"{self.clip_range!r}, not both")
+        object.__setattr__(self, "clip_range", clip_range)  # as a tuple of floats
+        check_mapping(self.mapping)
+        try:
+            check_mapping(self.baseline_mapping)
+        except ValueError as err:
+            raise ValueError(f"baseline_{err}") from None
         _number(self, "tol", low=0.0)
         _number(self, "atol", low=0.0)
         _number(self, "recombination", low=0.0, high=1.0)

@@ -33,6 +33,14 @@ strategy's TNMSE carries no selection bias; ``figures`` holds every contender's 
 picking block (the winner's there is optimistic). A layer with no contender keeps the baseline
 with its figures from the picking block.
 
+Recipes. A contender and the baseline are converters or :class:`gpuwpo.device.mapping.Recipe`
+objects (a converter and its mapping; a bare converter maps layer-wise), so the same programs
+under different mappings compete (the choice is per layer: one layer may keep the per-column
+mapping, another take the layer-wise one). ``references`` are recipes measured beside the
+answer on the noise of its headline figures and never chosen (a per-column baseline's layer-wise
+counterpart, so that a run also reports its gain against the figures gpuwpo reported before the
+mapping was modelled).
+
 Noise is keyed by the layer's id inside each stream, so a layer's choice is the same whether it
 is chosen alone or beside the others (a network's layers may be split over processes).
 """
@@ -40,13 +48,14 @@ is chosen alone or beside the others (a network's layers may be split over proce
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
 from ..device.simulate import converter_errors
 from ..rng import stream_seed
+from .objective import path_converter
 
 __all__ = ["BASELINE", "FALSE_ACCEPT_RATE", "Z95", "Choice", "choose", "choose_per_layer",
            "confirms", "interval", "pick_winner"]
@@ -86,6 +95,10 @@ class Choice:
             winner, taken or not); None when there was no contender.
         confirmation: label -> (mean, SE) of the tested contender and the baseline on the
             confirmation block (empty when there was no contender).
+        references: label -> (mean, SE) of every reference recipe on the noise of the headline
+            figures (the confirmation block, or the picking block when there was no contender).
+        reference_differences: label -> (mean, SE) of the answer's paired difference to each
+            reference on that noise (negative: the answer is better).
     """
 
     label: str
@@ -100,6 +113,8 @@ class Choice:
     repeats: int
     tested: str | None = None
     confirmation: dict[str, tuple[float, float]] = field(default_factory=dict)
+    references: dict[str, tuple[float, float]] = field(default_factory=dict)
+    reference_differences: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     @property
     def kept_baseline(self) -> bool:
@@ -192,14 +207,17 @@ def choose(
     amplification: float = 10.0,
     memory_budget: int | None = None,
     rate: float | None = None,
+    references: Mapping[str, object] | None = None,
 ) -> Choice:
     """Choose one tile's answer among ``contenders`` and the baseline (the module's rule).
 
     Args:
-        weights: the tile's ideal weights (a layer's test tile).
-        contenders: ``(label, converter)`` pairs, each converter holding one program; labels
-            are unique and not :data:`BASELINE`. May be empty (the baseline is then kept).
-        baseline: the standard converter to beat.
+        weights: the tile's ideal weights (a layer's test tile, ``[out, in]`` for a per-column
+            recipe).
+        contenders: ``(label, converter or Recipe)`` pairs, each converter holding one program;
+            labels are unique and not :data:`BASELINE`. May be empty (the baseline is then
+            kept).
+        baseline: the standard converter to beat, or a Recipe (the converter under a mapping).
         noise_model, t_steps, compensation, physics, amplification, memory_budget: as for
             :func:`gpuwpo.device.simulate.converter_errors`.
         repeats: programmings of every contender in each block (>= 2).
@@ -207,6 +225,9 @@ def choose(
             confirmation block its stream ``"confirmation"``, each keyed by ``layer_id``.
         layer_id: key of the tile's noise streams.
         rate: the rule's false-accept rate (None: :data:`FALSE_ACCEPT_RATE`).
+        references: label -> converter or Recipe, measured for the report only (never chosen)
+            on the noise of the headline figures, repeat by repeat beside the answer
+            (:attr:`Choice.references`).
 
     Returns:
         A :class:`Choice`.
@@ -220,6 +241,11 @@ def choose(
     if len(set(labels)) != len(labels) or BASELINE in labels:
         raise ValueError(f"contender labels must be unique and not {BASELINE!r}, got {labels}")
     repeats = int(repeats)
+    references = dict(references or {})
+    # Checked (and a layer-wise recipe unwrapped to its converter) before any work.
+    baseline = path_converter(baseline)
+    contenders = [(label, path_converter(conv)) for label, conv in contenders]
+    reference_list = path_converter(list(references.values()))
 
     def tnmse(converters: list, stream: str) -> torch.Tensor:  # [len(converters), repeats]
         errors = converter_errors(weights, converters, noise_model, t_steps,
@@ -228,13 +254,25 @@ def choose(
                                   amplification=amplification, memory_budget=memory_budget)
         return errors.double().mean(-1)
 
+    def measured(answer: torch.Tensor, stream: str) -> dict:
+        # The references on the answer's own noise (the same stream and layer key: converters
+        # with as many devices see the very same draws), in a call of their own so that the
+        # answer's figures are those of the rule whatever the references.
+        if not references:
+            return {}
+        values = tnmse(reference_list, stream)
+        return {"references": {label: _mean_sem(values[i]) for i, label in enumerate(references)},
+                "reference_differences": {label: _mean_sem(answer - values[i])
+                                          for i, label in enumerate(references)}}
+
     picking = tnmse([baseline, *(conv for _, conv in contenders)], "validation")
     figures = {BASELINE: _mean_sem(picking[0])}
     figures.update({label: _mean_sem(picking[c + 1]) for c, label in enumerate(labels)})
     best = pick_winner(picking)
     if best < 0:
         mean, sem = figures[BASELINE]
-        return Choice(BASELINE, -1, mean, sem, mean, sem, 0.0, 0.0, figures, repeats)
+        return Choice(BASELINE, -1, mean, sem, mean, sem, 0.0, 0.0, figures, repeats,
+                      **measured(picking[0], "validation"))
     confirming = tnmse([baseline, contenders[best][1]], "confirmation")
     tested = labels[best]
     confirmation = {BASELINE: _mean_sem(confirming[0]), tested: _mean_sem(confirming[1])}
@@ -243,9 +281,9 @@ def choose(
         mean, sem = confirmation[tested]
         diff, diff_sem = _mean_sem(confirming[1] - confirming[0])
         return Choice(tested, best, mean, sem, base_mean, base_sem, diff, diff_sem, figures,
-                      repeats, tested, confirmation)
+                      repeats, tested, confirmation, **measured(confirming[1], "confirmation"))
     return Choice(BASELINE, -1, base_mean, base_sem, base_mean, base_sem, 0.0, 0.0, figures,
-                  repeats, tested, confirmation)
+                  repeats, tested, confirmation, **measured(confirming[0], "confirmation"))
 
 
 def choose_per_layer(
@@ -255,6 +293,7 @@ def choose_per_layer(
     *,
     repeats: int,
     seed: int,
+    references: Mapping[str, object] | None = None,
 ) -> list[Choice]:
     """:func:`choose` for every layer of a :class:`gpuwpo.TNMSEObjective`, on its test tiles.
 
@@ -264,20 +303,30 @@ def choose_per_layer(
     Args:
         objective: the objective whose tiles, device model, times, compensation and physics
             are used.
-        contenders: one list of ``(label, converter)`` per layer.
-        baseline: the standard converter (each layer's tile is converted with its own max|W|).
+        contenders: one list of ``(label, converter or Recipe)`` per layer.
+        baseline: the standard converter or a Recipe (each layer's tile is converted with its
+            own max|W|, or each row with its own under the per-column mapping).
         repeats: programmings of every contender in each block (>= 2).
         seed: the run seed (an int), from which the streams ``"validation"`` and
             ``"confirmation"`` are derived.
+        references: label -> converter or Recipe measured beside every layer's answer, for the
+            report only (:func:`choose`).
+
+    Raises:
+        ValueError: not one list per layer, or a per-column recipe on test tiles that were not
+            sampled by rows (before any work).
     """
     if len(contenders) != objective.num_layers:
         raise ValueError(f"need one list of contenders per layer ({objective.num_layers}), got "
                          f"{len(contenders)}")
+    rows = objective.tiles.rows
+    path_converter([baseline, *(references or {}).values(),
+                    *(conv for layer in contenders for _, conv in layer)], rows)
     return [
         choose(objective.tiles.tile(b), contenders[b], baseline, objective.noise_model,
                objective.t_steps, repeats=repeats, seed=seed,
                layer_id=objective.tiles.layer_ids[b], compensation=objective.compensation,
                physics=objective.physics, amplification=objective.error_amplification,
-               memory_budget=objective.memory_budget)
+               memory_budget=objective.memory_budget, references=references)
         for b in range(objective.num_layers)
     ]

@@ -16,7 +16,12 @@ same program there and vice versa:
    ``W_us_max = (0.05 + 0.95 * x_kw) * sum_k f_k (g_max - g_min)`` and ``k_w = W_us_max / M``
    (micro-Siemens per unit weight); with ``use_max_kw`` it is ``sum_k f_k (g_max - g_min)``;
 3. blocks of n values (n = nbins if symmetric, else L), one value per decoded grid point in grid
-   order: ``[x_g pair 0, x_delta pair 0, x_g pair 1, x_delta pair 1, ..., x_g pair K-1]``.
+   order: ``[x_g pair 0, x_delta pair 0, x_g pair 1, x_delta pair 1, ..., x_g pair K-1]``;
+4. a gpuwpo extension, only with ``clip_range=(low, high)``: the clip fraction
+   ``c = low + x_c * (high - low)``, the LAST coordinate (after the reference's, so that the
+   reference's coordinates keep their positions): the program's grid spans ``c`` times the
+   largest magnitude of the tile weights (of each row under the per-column mapping,
+   docs/DESIGN.md section 5c).
 
 All conductances are in micro-Siemens.
 """
@@ -29,17 +34,35 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..checks import check_clip
+from ..checks import check_clip, describe_values
 
 if TYPE_CHECKING:  # the converters module imports nothing from here; keep the import lazy
     from gpuwpo.device.converters import CustomPairConductanceConverter
 
-__all__ = ["StrategySpace", "START_RATIOS", "START_FRACTIONS"]
+__all__ = ["StrategySpace", "START_RATIOS", "START_FRACTIONS", "START_CLIPS", "check_clip_range"]
 
 #: Ratios F of the significance factors of the standard N-pair starts (f_k = F**k).
 START_RATIOS = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0)
 #: Shares of the full conductance range given to the largest weight in the standard starts.
 START_FRACTIONS = (1.0, 0.8, 0.6)
+#: Clip fractions of the standard starts when the clip is searched (those inside the range, and
+#: the range's top, the least clipping it allows): the lever measured on heavy-tailed layers lies
+#: at 0.5-0.7 x max|W| (docs/DESIGN.md section 5c).
+START_CLIPS = (1.0, 0.8, 0.6)
+
+
+def check_clip_range(clip_range: object) -> tuple[float, float] | None:
+    """``clip_range`` as ``(low, high)`` floats with ``0 < low <= high <= 1``, or None; else a
+    ValueError naming the value."""
+    if clip_range is None:
+        return None
+    ok = (isinstance(clip_range, (tuple, list)) and len(clip_range) == 2
+          and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                  for v in clip_range))
+    if not ok or not 0.0 < float(clip_range[0]) <= float(clip_range[1]) <= 1.0:
+        raise ValueError(f"clip_range must be None or (low, high) with 0 < low <= high <= 1 "
+                         f"(fractions of each row's max|W|), got {clip_range!r}")
+    return float(clip_range[0]), float(clip_range[1])
 
 
 def _finite_float(name: str, value: float) -> float:
@@ -75,11 +98,15 @@ class StrategySpace:
             if clipped there (:class:`gpuwpo.CustomPairConductanceConverter`'s ``clip``). The
             programs themselves do not depend on it; the converters and the objective's test
             tiles do.
+        clip_range: None (the default: no clip coordinate) or ``(low, high)``, ``0 < low <=
+            high <= 1``: the clip is searched, one more coordinate at the end of x decoding to
+            ``c`` in [low, high] (see the module docstring); the fixed ``clip`` must then stay 1.
 
     Raises:
         ValueError: for an empty ``f_lst``, a fixed f that is not a positive finite number,
             ``g_min < 0`` or ``g_min >= g_max``, ``nbins < 2``, ``f_min <= 0`` or
-            ``f_min >= f_max``, or ``g_err`` outside [0, g_max - g_min].
+            ``f_min >= f_max``, ``g_err`` outside [0, g_max - g_min], a bad ``clip_range``,
+            or a ``clip_range`` with a fixed ``clip`` below 1.
     """
 
     def __init__(
@@ -94,8 +121,13 @@ class StrategySpace:
         f_max: float = 5.0,
         use_max_kw: bool = False,
         clip: float = 1.0,
+        clip_range: tuple[float, float] | None = None,
     ) -> None:
         self.clip = check_clip(clip)
+        self.clip_range = check_clip_range(clip_range)
+        if self.clip_range is not None and self.clip != 1.0:
+            raise ValueError(f"give either a fixed clip ({self.clip:g}) or a searched "
+                             f"clip_range {self.clip_range}, not both")
         if isinstance(f_lst, (str, bytes)) or not isinstance(f_lst, Sequence):
             raise ValueError(f"f_lst must be a sequence of numbers or None, got {f_lst!r}")
         if len(f_lst) == 0:
@@ -163,10 +195,15 @@ class StrategySpace:
         return len(self.free_f_indices)
 
     @property
+    def searches_clip(self) -> bool:
+        """Whether the clip is a coordinate (``clip_range`` given)."""
+        return self.clip_range is not None
+
+    @property
     def dim(self) -> int:
-        """D = n * (2K - 1) + num_free_f + (0 if use_max_kw else 1)."""
+        """D = n * (2K - 1) + num_free_f + (0 if use_max_kw else 1) + (1 with a clip_range)."""
         return (self.num_points * (2 * self.num_pairs - 1) + self.num_free_f
-                + (0 if self.use_max_kw else 1))
+                + (0 if self.use_max_kw else 1) + (1 if self.searches_clip else 0))
 
     @property
     def bounds(self) -> list[tuple[float, float]]:
@@ -186,6 +223,7 @@ class StrategySpace:
                 f"g_err={self.g_err!r}, f_min={self.f_min!r}, f_max={self.f_max!r}, "
                 f"use_max_kw={self.use_max_kw!r}"
                 + (f", clip={self.clip!r}" if self.clip != 1.0 else "")
+                + (f", clip_range={self.clip_range!r}" if self.searches_clip else "")
                 + f") with dim={self.dim}")
 
     # ------------------------------------------------------------------ grid
@@ -249,7 +287,8 @@ class StrategySpace:
         max_abs_weight: float | torch.Tensor,
         *,
         validate: bool = True,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return_clip: bool = False,
+    ) -> tuple[torch.Tensor, ...]:
         """Decode hypercube points into programs, a whole batch at once.
 
         Args:
@@ -260,6 +299,7 @@ class StrategySpace:
                 batch shape [...] (e.g. [B, 1] for one M per layer).
             validate: check that x lies in [0, 1] and M is positive (one host sync each);
                 a caller that already guarantees both may skip it.
+            return_clip: also return each point's clip fraction (:meth:`clips`).
 
         Returns:
             f: [..., K] significance factors (unitless).
@@ -267,6 +307,9 @@ class StrategySpace:
                 on the grid ``self.grid(M)``, each in [g_min, g_max].
             k_w: [...] weight-to-micro-Siemens factor (uS per unit weight): with g_err = 0 the
                 program realises sum_k f_k (G+_k - G-_k) = k_w * w_grid at every grid point.
+            clip: [...] (only with ``return_clip``) the fraction of the tile's max|W| the
+                program's grid spans: the clip coordinate's value with a ``clip_range``, else
+                the fixed ``clip``. The tables do not depend on it (only where the grid lies).
             All on x's device, in x's dtype.
 
         Raises:
@@ -326,8 +369,10 @@ class StrategySpace:
             offset += 1
         k_w = w_us_max / m
 
-        # 3. blocks [x_g 0, x_delta 0, x_g 1, ..., x_g K-1], each [..., n] in grid order.
-        blocks = x[..., offset:].unflatten(-1, (2 * num_pairs - 1, n))
+        # 3. blocks [x_g 0, x_delta 0, x_g 1, ..., x_g K-1], each [..., n] in grid order (the
+        # clip coordinate, if any, follows them).
+        blocks = x[..., offset:offset + (2 * num_pairs - 1) * n].unflatten(
+            -1, (2 * num_pairs - 1, n))
         # Targets of the decoded points: the first n grid points (the non-positive half when
         # symmetric), in micro-Siemens.
         target = k_w.unsqueeze(-1) * self._grid(m)[..., :n]
@@ -368,10 +413,33 @@ class StrategySpace:
             )
         g_lst = torch.stack((g_plus, g_minus), dim=-2).flatten(-3, -2)  # [..., 2K, L]
         f = torch.stack(f_cols, dim=-1)
+        if return_clip:
+            return f, g_lst, k_w, self.clips(x, validate=False)
         return f, g_lst, k_w
 
+    def clips(self, x: torch.Tensor, *, validate: bool = True) -> torch.Tensor:
+        """The clip fraction of every point: ``x`` [..., D] -> [...] in x's dtype (float for
+        integer x): ``low + x_c (high - low)`` with a ``clip_range`` (x_c the last
+        coordinate), else the fixed ``clip`` everywhere."""
+        x = torch.as_tensor(x)
+        if not x.is_floating_point():
+            x = x.to(torch.get_default_dtype())
+        if x.ndim == 0 or x.shape[-1] != self.dim:
+            raise ValueError(f"x must have shape [..., {self.dim}] (D = dim), got "
+                             f"{tuple(x.shape)}")
+        if not self.searches_clip:
+            return torch.full(x.shape[:-1], self.clip, dtype=x.dtype, device=x.device)
+        x_c = x[..., -1]
+        if validate and not bool(torch.all((x_c >= 0.0) & (x_c <= 1.0))):
+            raise ValueError(f"the clip coordinate must lie in [0, 1], found values such as "
+                             f"{x_c[~((x_c >= 0.0) & (x_c <= 1.0))].flatten()[:4].tolist()}")
+        low, high = self.clip_range
+        # The ends exactly (an unclipped start decodes to clip 1, never to 1 - ulp or 1 + ulp).
+        c = (x_c * (high - low) + low).clamp(low, high)
+        return torch.where(x_c >= 1.0, torch.full_like(c, high), c)
+
     def encode_npair(self, f_lst: Sequence[float] | None = None,
-                     fraction: float = 1.0) -> torch.Tensor:
+                     fraction: float = 1.0, clip: float | None = None) -> torch.Tensor:
         """The point of the hypercube whose program is the N-pair converter's (lower pairs first).
 
         The standard converters (SinglePair, DualPair, NPair with the same K) fill pair 0 first,
@@ -388,6 +456,9 @@ class StrategySpace:
             fraction: the share of the full range ``sum_k f_k (g_max - g_min)`` that the largest
                 weight gets, in [0.05, 1] (the x_kw coordinate; 1 for the standard converters,
                 and the only value when ``use_max_kw``).
+            clip: with a ``clip_range``, the clip fraction in [low, high] (default ``high``, the
+                least clipping the range allows); without one it must be None or the fixed
+                ``clip``.
 
         Returns:
             x [D] (float64) in the unit hypercube.
@@ -425,31 +496,60 @@ class StrategySpace:
                 blocks[2 * j + 1][i] = (share - lo) / (hi - lo) if hi > lo else 0.0
                 target -= lo + blocks[2 * j + 1][i] * (hi - lo)
         x.extend(v for block in blocks for v in block)
+        x.extend(self._encode_clip(clip))
         return torch.tensor(x, dtype=torch.float64).clamp(0.0, 1.0)
+
+    def _encode_clip(self, clip: float | None) -> list[float]:
+        """The clip coordinate of ``clip`` ([] without a clip_range), checked."""
+        if not self.searches_clip:
+            if clip is not None and check_clip(clip) != self.clip:
+                raise ValueError(f"this space's clip is fixed at {self.clip:g}, got clip={clip!r} "
+                                 f"(give clip_range to search it)")
+            return []
+        low, high = self.clip_range
+        clip = high if clip is None else check_clip(clip)
+        if not low <= clip <= high:
+            raise ValueError(f"clip={clip:g} is outside the clip_range [{low:g}, {high:g}]")
+        return [1.0 if clip == high else 0.0 if high == low else (clip - low) / (high - low)]
+
+    def start_clips(self, clips: Sequence[float] = START_CLIPS) -> list[float]:
+        """The clip fractions of the standard starts: those of ``clips`` inside the
+        ``clip_range`` and its top, largest first; ``[clip]`` (the fixed one) without a range."""
+        if not self.searches_clip:
+            return [self.clip]
+        low, high = self.clip_range
+        inside = {float(c) for c in clips if low <= float(c) <= high}
+        return sorted(inside | {high}, reverse=True)
 
     def standard_starts(
         self,
         ratios: Sequence[float] = START_RATIOS,
         fractions: Sequence[float] = START_FRACTIONS,
+        clips: Sequence[float] | None = None,
     ) -> tuple[torch.Tensor, list[str]]:
         """The standard converters this space can express, as points: a search's standard starts.
 
         N-pair programs (:meth:`encode_npair`) with significance factors ``f_k = F**k`` over a
         grid of ratios F (fixed factors keep their value; combinations outside [f_min, f_max]
         are left out) and, for each, the largest weight at a grid of fractions of the full range
-        (the k_w coordinate; only 1 with ``use_max_kw``). Duplicates are dropped; the order is
-        the grids' (ratios outer, fractions inner).
+        (the k_w coordinate; only 1 with ``use_max_kw``), and with a ``clip_range`` each of
+        those under every clip of :meth:`start_clips`. Duplicates are dropped; the order is the
+        grids' (ratios outer, then fractions, clips inner).
 
         Args:
             ratios: F values (> 0); 1 gives f = [1, 1, ...], the DualPair f=[1, 1] for K = 2.
             fractions: shares of the full range in [0.05, 1].
+            clips: clip fractions offered to :meth:`start_clips` (default
+                :data:`START_CLIPS`); only used with a ``clip_range``.
 
         Returns:
-            ``(x [S, D] float64, labels)``, e.g. label ``"NPair f=[1, 3] range=0.75"``.
+            ``(x [S, D] float64, labels)``, e.g. label ``"NPair f=[1, 3] range=0.75"``, with a
+            clip below 1 ``"NPair f=[1, 3] range=0.75 clip=0.6"``.
         """
         points: list[torch.Tensor] = []
         labels: list[str] = []
         fractions = [1.0] if self.use_max_kw else list(fractions)
+        start_clips = self.start_clips(START_CLIPS if clips is None else clips)
         for ratio in ratios:
             f = [float(ratio) ** k if fixed is None else fixed
                  for k, fixed in enumerate(self.f_lst)]
@@ -457,12 +557,15 @@ class StrategySpace:
                    for fk, fixed in zip(f, self.f_lst)):
                 continue
             for fraction in fractions:
-                x = self.encode_npair(f, fraction)
-                if any(torch.equal(x, p) for p in points):
-                    continue
-                points.append(x)
-                labels.append(f"NPair f=[{', '.join(f'{v:g}' for v in f)}] "
-                              f"range={float(fraction):g}")
+                for clip in start_clips:
+                    x = self.encode_npair(f, fraction, clip if self.searches_clip else None)
+                    if any(torch.equal(x, p) for p in points):
+                        continue
+                    points.append(x)
+                    labels.append(f"NPair f=[{', '.join(f'{v:g}' for v in f)}] "
+                                  f"range={float(fraction):g}"
+                                  + (f" clip={clip:g}" if self.searches_clip and clip != 1.0
+                                     else ""))
         if not points:
             return torch.zeros((0, self.dim), dtype=torch.float64), []
         return torch.stack(points), labels
@@ -473,21 +576,33 @@ class StrategySpace:
         max_abs_weight: float | torch.Tensor,
         *,
         invertibility_test: bool = True,
+        clip: float | None = None,
     ) -> CustomPairConductanceConverter:
         """Decode ``x`` and wrap the programs in one batched CustomPairConductanceConverter.
 
         Args:
             x: [..., D] hypercube points; max_abs_weight: M as in :meth:`decode`.
             invertibility_test: passed to the converter (rejects non-invertible programs).
+            clip: override the points' clip (e.g. 1.0: the same program unclipped); None: the
+                points' own (:meth:`clips`).
 
         Returns:
-            ``CustomPairConductanceConverter(f [..., K], g_lst [..., 2K, L], g_min, g_max)``.
+            ``CustomPairConductanceConverter(f [..., K], g_lst [..., 2K, L], g_min, g_max,
+            clip=c)``. A converter holds one clip: with a ``clip_range``, points of different
+            clips are refused (convert them one by one).
         """
         # Imported here so that the strategy space does not depend on the converters at import.
         from gpuwpo.device.converters import CustomPairConductanceConverter
 
-        f, g_lst, _ = self.decode(x, max_abs_weight)
+        f, g_lst, _, clips = self.decode(x, max_abs_weight, return_clip=True)
+        if clip is None:
+            values = clips.reshape(-1).unique()
+            if values.numel() != 1:
+                raise ValueError(f"the points have {values.numel()} different clips "
+                                 f"({describe_values(values)}); a converter holds one: convert "
+                                 "them one by one")
+            clip = float(values[0])
         return CustomPairConductanceConverter(
             f, g_lst, g_min=self.g_min, g_max=self.g_max, invertibility_test=invertibility_test,
-            clip=self.clip,
+            clip=clip,
         )
