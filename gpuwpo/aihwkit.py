@@ -9,17 +9,20 @@ called. What it offers:
   ``PCMLikeNoiseModel`` / ``CustomDriftPCMLikeNoiseModel``.
 * :func:`to_aihwkit_rpu_config`: a ``TorchInferenceRPUConfig`` that simulates what gpuwpo's
   ``physics="aihwkit"`` simulates for a device model, converter and compensation (global, exact
-  reference or per-column; ideal readout or the default periphery). Mapping scales are off, as
-  the reference's optimiser sets them.
-* :func:`judge_tnmse`: TNMSE samples of a converter on a tile computed by the reference's own
-  ``wpo.loss_weights`` -- how users who report with the reference's simulator see a strategy.
+  reference or per-column; ideal readout or the default periphery) under a mapping: ``"layer"``
+  (mapping scales off, as the reference's optimiser sets them) or ``"columnwise"``
+  (``mapping.weight_scaling_omega = 1``, ``weight_scaling_columnwise = True``, as aihwkit's
+  inference presets and its example 33 deploy; :mod:`gpuwpo.device.mapping`).
+* :func:`judge_tnmse`: TNMSE samples of a converter or recipe on a tile computed by the
+  reference's own ``wpo.loss_weights`` -- how users who report with the reference's simulator
+  see a strategy.
 * :func:`apply`: a network result's converters on an aihwkit model's analogue tiles, layer by
   layer, so that its ``program_analog_weights`` / ``drift_analog_weights`` use them.
 
 And back (what :mod:`gpuwpo.wpo` runs on): :func:`from_aihwkit_converter`,
 :func:`from_aihwkit_noise_model` and :func:`from_aihwkit_rpu_config` translate the reference's
 objects into gpuwpo's ``physics="aihwkit"``; a setting gpuwpo does not model is refused with a
-ValueError naming it, never ignored.
+ValueError naming it, never ignored. :func:`mapping_from_aihwkit` reads a config's mapping.
 """
 
 from __future__ import annotations
@@ -30,14 +33,15 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 __all__ = ["require_aihwkit", "is_aihwkit_object", "to_aihwkit_converter",
            "to_aihwkit_noise_model", "to_aihwkit_rpu_config", "judge_tnmse",
            "from_aihwkit_converter", "from_aihwkit_noise_model", "from_aihwkit_rpu_config",
-           "apply", "Applied", "AppliedLayer", "UNCOVERED"]
+           "mapping_from_aihwkit", "AihwkitPhysics", "apply", "Applied", "AppliedLayer",
+           "UNCOVERED"]
 
 
 def require_aihwkit() -> None:
@@ -113,22 +117,39 @@ def to_aihwkit_noise_model(noise_model, converter) -> Any:
     return ref
 
 
-def to_aihwkit_rpu_config(noise_model, converter, compensation=None) -> Any:
+def _recipe_parts(converter, mapping: str | None) -> tuple[Any, str]:
+    """(converter, mapping) of a converter or a :class:`gpuwpo.device.mapping.Recipe`."""
+    from .device.mapping import as_recipe
+
+    recipe = as_recipe(converter, mapping)
+    return recipe.converter, recipe.mapping
+
+
+def to_aihwkit_rpu_config(noise_model, converter, compensation=None, *,
+                          mapping: str | None = None) -> Any:
     """A ``TorchInferenceRPUConfig`` simulating gpuwpo's ``physics="aihwkit"`` for these.
 
     Args:
         noise_model: a gpuwpo PCM model.
-        converter: a gpuwpo converter (one program).
+        converter: a gpuwpo converter (one program), or a :class:`gpuwpo.device.mapping.Recipe`
+            (its mapping then). A clipping program has no aihwkit converter (refused): deploy
+            it as weights clipped at ``clip * max|W|`` (per output row under the columnwise
+            mapping) with ``converter.without_clip()``.
         compensation: a gpuwpo compensation (default ideal global): global, exact reference or
             per-column, with an ideal readout (``forward.is_perfect``) or the reference's
             default periphery (:meth:`GlobalDriftCompensation.aihwkit_default`); any other
             periphery has no equivalent and is refused.
+        mapping: ``"layer"`` (the default for a bare converter: ``weight_scaling_omega = 0``)
+            or ``"columnwise"`` (``weight_scaling_omega = 1``, ``weight_scaling_columnwise =
+            True``); a recipe given with another mapping is refused.
     """
     require_aihwkit()
     from aihwkit.inference.compensation import drift
     from aihwkit.simulator.configs import TorchInferenceRPUConfig
 
     from .device.compensation import GlobalDriftCompensation, PerColumnDriftCompensation
+
+    converter, mapping = _recipe_parts(converter, mapping)
 
     comp = GlobalDriftCompensation() if compensation is None else compensation
     per_column = isinstance(comp, PerColumnDriftCompensation)
@@ -146,24 +167,50 @@ def to_aihwkit_rpu_config(noise_model, converter, compensation=None) -> Any:
         cfg.drift_compensation = drift.GlobalDriftCompensationWithExactReference()
     else:
         cfg.drift_compensation = drift.GlobalDriftCompensation()
-    cfg.mapping.weight_scaling_omega = 0.0
-    cfg.mapping.weight_scaling_columnwise = False
+    columnwise = mapping == "columnwise"
+    cfg.mapping.weight_scaling_omega = 1.0 if columnwise else 0.0
+    cfg.mapping.weight_scaling_columnwise = columnwise
     cfg.mapping.learn_out_scaling = False
     cfg.mapping.out_scaling_columnwise = False
     cfg.forward.is_perfect = comp.is_ideal
     return cfg
 
 
+def _clipped(tile: torch.Tensor, clip: float, mapping: str) -> torch.Tensor:
+    """``tile`` ``[out, in]`` clipped as a clipping program is deployed on aihwkit's tiles: at
+    ``clip * max|W|``, or at ``clip`` times each output row's own max|W| under the columnwise
+    mapping (which then scales each row to its clipped max)."""
+    if mapping == "columnwise":
+        c = tile.abs().amax(dim=1, keepdim=True) * clip
+    else:
+        c = tile.abs().amax() * clip
+    return torch.maximum(torch.minimum(tile, c), -c)
+
+
 def judge_tnmse(converter, tile: torch.Tensor, t_steps: Sequence[float], noise_model,
-                compensation=None, *, repeats: int = 50, seed: int = 0) -> torch.Tensor:
-    """TNMSE of ``converter`` on a tile by the reference's own ``wpo.loss_weights``.
+                compensation=None, *, repeats: int = 50, seed: int = 0,
+                mapping: str | None = None) -> torch.Tensor:
+    """TNMSE of ``converter`` on a tile by the reference's own simulator.
+
+    The tile is one aihwkit ``AnalogLinear`` on the config of :func:`to_aihwkit_rpu_config`
+    (its mapping sizes cover the tile, so aihwkit does not split it: a columnwise tile split
+    along its inputs would scale each block's rows on their own), and each value is the
+    reference's own ``wpo.loss_weights``: the tile programmed afresh at every time, drifted,
+    read, compensated, ``tile.alpha * tile.get_weights()`` (the digital mapping scales
+    included) against the tile, normalised by its max|W|.
+
+    A clipping program (``clip < 1``) is judged as it can be deployed on aihwkit's tiles, whose
+    converters have no clip: the tile's weights clipped at ``clip * max|W|`` (per output row
+    under the columnwise mapping) are set on the layer and programmed with
+    ``converter.without_clip()``, and the error is measured against the *unclipped* weights:
+    ``loss_weights``' own steps, with the error's reference changed.
 
     Args:
-        converter: a gpuwpo converter (one program).
+        converter: a gpuwpo converter (one program) or a :class:`gpuwpo.device.mapping.Recipe`.
         tile: the weights ``[out_features, in_features]``, as gpuwpo's objective lays out its
             test tile (the reference's layer gets the transposed test weights ``[in, out]``).
         t_steps: inference times in seconds.
-        noise_model, compensation: as for :func:`to_aihwkit_rpu_config`.
+        noise_model, compensation, mapping: as for :func:`to_aihwkit_rpu_config`.
         repeats: evaluations (each programs the tile afresh at every time).
         seed: seed of torch's global generator, which the reference draws from (restored
             afterwards).
@@ -177,22 +224,49 @@ def judge_tnmse(converter, tile: torch.Tensor, t_steps: Sequence[float], noise_m
 
     if tile.ndim != 2:
         raise ValueError(f"tile must be [out_features, in_features], got {tuple(tile.shape)}")
-    cfg = to_aihwkit_rpu_config(noise_model, converter, compensation)
+    converter, mapping = _recipe_parts(converter, mapping)
+    clip = float(getattr(converter, "clip", 1.0))
+    program = converter.without_clip() if clip != 1.0 else converter
+    cfg = to_aihwkit_rpu_config(noise_model, program, compensation, mapping=mapping)
     out_f, in_f = tile.shape
+    cfg.mapping.max_input_size = max(int(cfg.mapping.max_input_size), in_f)
+    cfg.mapping.max_output_size = max(int(cfg.mapping.max_output_size), out_f)
     weights = tile.detach().to("cpu", torch.float32).T.contiguous()
     m = weights.abs().max()
+    times = [float(t) for t in t_steps]
     state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)
         model = AnalogLinear(in_f, out_f, bias=False, rpu_config=cfg).eval()
-        values = [float(wpo.loss_weights(model, [float(t) for t in t_steps], weights, m, 1.0,
-                                         0.0, get_baseline=True)) for _ in range(int(repeats))]
+        if clip == 1.0:
+            values = [float(wpo.loss_weights(model, times, weights, m, 1.0, 0.0,
+                                             get_baseline=True)) for _ in range(int(repeats))]
+        else:
+            held = _clipped(tile.detach().to("cpu", torch.float32), clip, mapping).T.contiguous()
+            values = [_loss_against(model, times, held, weights) for _ in range(int(repeats))]
     finally:
         torch.random.set_rng_state(state)
     out = torch.tensor(values, dtype=torch.float64)
     if not bool(torch.isfinite(out).all()) or math.isnan(float(out.sum())):
         raise ValueError("the reference returned a non-finite TNMSE")
     return out
+
+
+def _loss_against(model, t_steps: list[float], held: torch.Tensor, weights: torch.Tensor
+                  ) -> float:
+    """aihwkit 1.1.0's ``wpo.loss_weights`` (get_baseline=True), step for step, with the layer
+    holding ``held`` and the error against ``weights`` (both ``[in, out]``, as its test
+    weights; set transposed as it sets them, so that its draws fall on the same weights)."""
+    for layer in model.analog_layers():
+        layer.set_weights(held.T.clone(), torch.zeros(model.out_features))
+    nse = 0.0
+    for t in t_steps:
+        model.program_analog_weights()
+        model.drift_analog_weights(t)
+        eff = torch.cat([tile.alpha * tile.get_weights()[0].T for layer in model.analog_layers()
+                         for tile in layer.analog_tiles()], 0)
+        nse += float(torch.sum((10.0 * (eff - weights) / weights.abs().max()) ** 2))
+    return nse / (model.in_features * model.out_features * len(t_steps))
 
 
 # --------------------------------------------------------------------------------------------
@@ -322,22 +396,73 @@ def _compensation_from_forward(forward, per_column: bool, exact_reference: bool)
                max_bm_factor=float(forward.max_bm_factor), max_bm_res=float(forward.max_bm_res))
 
 
-def from_aihwkit_rpu_config(rpu_config, *, check_mapping: bool = True):
-    """gpuwpo's ``(noise_model, compensation)`` for aihwkit's inference RPU config.
+class AihwkitPhysics(NamedTuple):
+    """What :func:`from_aihwkit_rpu_config` reads from aihwkit's config: gpuwpo's PCM model, its
+    compensation (with the readout periphery) and the mapping (``"layer"`` or
+    ``"columnwise"``, :func:`mapping_from_aihwkit`)."""
+
+    noise_model: Any
+    compensation: Any
+    mapping: str
+
+
+def mapping_from_aihwkit(rpu_config) -> str:
+    """The gpuwpo mapping that aihwkit's ``rpu_config.mapping`` deploys.
+
+    ``weight_scaling_omega = 0`` (no scaling: the tile holds the weights as they are) is
+    ``"layer"``; ``weight_scaling_omega = 1`` with ``weight_scaling_columnwise = True`` (each
+    output row scaled to its own max, ``periphery.apply_weight_scaling``; what aihwkit's
+    inference presets and its example 33 deploy) is ``"columnwise"``. The split sizes
+    (``max_input_size``, ``max_output_size``), ``digital_bias`` and the training-only
+    ``weight_scaling_lr_compensation`` do not change what a tile holds; nor do learned output
+    scales (``learn_out_scaling``, as example 33 sets): a new tile's are 1, and setting weights
+    under the mapping's scaling sets them to 1 again (``TileWithPeriphery.set_scales``).
+
+    Raises:
+        ValueError: a mapping gpuwpo does not model, named: another ``weight_scaling_omega``
+            (the tile's units, hence what a readout periphery sees, would differ), or one scale
+            for the whole tile (``weight_scaling_columnwise = False`` with an omega).
+    """
+    mapping = getattr(rpu_config, "mapping", None)
+    if mapping is None:
+        raise ValueError(f"{type(rpu_config).__name__} has no 'mapping': not an inference RPU "
+                         "config")
+    omega = float(getattr(mapping, "weight_scaling_omega", 0.0) or 0.0)
+    columnwise = bool(getattr(mapping, "weight_scaling_columnwise", False))
+    if omega == 0.0:
+        return "layer"
+    if omega == 1.0 and columnwise:
+        return "columnwise"
+    if not columnwise:
+        raise ValueError(f"mapping.weight_scaling_omega={omega:g} with "
+                         "mapping.weight_scaling_columnwise=False (one scale for the whole "
+                         "tile) is not modelled by gpuwpo; it models weight_scaling_omega=0 "
+                         "(mapping 'layer') and weight_scaling_omega=1 with "
+                         "weight_scaling_columnwise=True (mapping 'columnwise')")
+    raise ValueError(f"mapping.weight_scaling_omega={omega:g} is not modelled by gpuwpo; it "
+                     "models weight_scaling_omega=0 (mapping 'layer') and "
+                     "weight_scaling_omega=1 with weight_scaling_columnwise=True (mapping "
+                     "'columnwise')")
+
+
+def from_aihwkit_rpu_config(rpu_config) -> AihwkitPhysics:
+    """gpuwpo's ``(noise_model, compensation, mapping)`` for aihwkit's inference RPU config.
 
     The noise model (:func:`from_aihwkit_noise_model`), the drift compensation (global,
     exact-reference or per-column) and the forward periphery through which the compensation
     reads (ideal when ``forward.is_perfect``; else output noise, resolution and bound, input
-    resolution, ITERATIVE or no bound management) become gpuwpo's ``physics="aihwkit"``. Works
-    for ``TorchInferenceRPUConfig`` and ``InferenceRPUConfig`` alike (the C++ tile is taken to
-    implement the same IOParameters; only the torch tile is verified against). The weight
-    clipping, remapping and modifier settings act in training and do not change what is
-    programmed or read, so they are accepted.
+    resolution, ITERATIVE or no bound management) become gpuwpo's ``physics="aihwkit"``, and
+    ``rpu_config.mapping`` its mapping (:func:`mapping_from_aihwkit`: ``"layer"`` or
+    ``"columnwise"``). Works for ``TorchInferenceRPUConfig`` and ``InferenceRPUConfig`` alike
+    (the C++ tile is taken to implement the same IOParameters; only the torch tile is
+    verified against). The weight clipping, remapping and modifier settings act in training
+    and do not change what is programmed or read, so they are accepted.
 
     Args:
         rpu_config: the reference's config.
-        check_mapping: refuse weight or output scaling in ``mapping`` (the reference's optimiser
-            switches them off while it searches; a tile that uses them converts other weights).
+
+    Returns:
+        :class:`AihwkitPhysics` (a named tuple of the three).
 
     Raises:
         ValueError: a setting gpuwpo does not model, named.
@@ -358,18 +483,11 @@ def from_aihwkit_rpu_config(rpu_config, *, check_mapping: bool = True):
     compensation = _compensation_from_forward(
         rpu_config.forward, per_column=name == "PerColumnDriftCompensation",
         exact_reference=name == "GlobalDriftCompensationWithExactReference")
-    if check_mapping:
-        mapping = rpu_config.mapping
-        for field in ("weight_scaling_omega", "learn_out_scaling", "weight_scaling_columnwise",
-                      "out_scaling_columnwise"):
-            if getattr(mapping, field, False):
-                raise ValueError(f"mapping.{field}={getattr(mapping, field)!r} is not modelled "
-                                 "by gpuwpo (the tile would convert scaled weights); switch it "
-                                 "off, as the reference's optimiser does while it searches")
+    mapping = mapping_from_aihwkit(rpu_config)
     dtype = _enum_name(getattr(getattr(rpu_config, "runtime", None), "data_type", "FLOAT"))
     if dtype != "FLOAT":
         raise ValueError(f"runtime.data_type={dtype} is not modelled by gpuwpo (FLOAT is)")
-    return noise_model, compensation
+    return AihwkitPhysics(noise_model, compensation, mapping)
 
 
 # --------------------------------------------------------------------------------------------
@@ -485,7 +603,11 @@ def _tile_mapping(rpu_config) -> str:
     """``"columnwise"`` when the tile scales each output column to its own max before it
     converts (aihwkit's ``weight_scaling_omega > 0`` with ``weight_scaling_columnwise``), else
     ``"layer"`` (no scaling, or one scale for the tile: a CustomPair program's grid follows the
-    tile's max|W|, so one scale changes nothing)."""
+    tile's max|W|, so one scale changes nothing).
+
+    What a converter programs depends only on this: every converter is relative to the max|W|
+    it is given, so an omega other than 1 changes the tile's units (what a readout periphery
+    sees), not its conductances; :func:`apply` places programs, and accepts it."""
     mapping = getattr(rpu_config, "mapping", None)
     if (mapping is not None and float(getattr(mapping, "weight_scaling_omega", 0.0) or 0.0) > 0.0
             and getattr(mapping, "weight_scaling_columnwise", False)):
@@ -494,9 +616,14 @@ def _tile_mapping(rpu_config) -> str:
 
 
 def _recorded_mapping(result, layer) -> str:
-    # Results record one scale per layer (the reference optimiser's mapping) unless a recipe
-    # names its mapping, per layer or for the run (DESIGN.md section 5c: "layer" | "columnwise").
-    return str(getattr(layer, "mapping", None) or result.settings.get("mapping") or "layer")
+    # Each layer records its mapping (results files of version 4; older ones load as "layer",
+    # the reference optimiser's one scale per layer). A result made before LayerResult had a
+    # mapping may still name one for the run in its settings (DESIGN.md section 5c).
+    mapping = getattr(layer, "mapping", None)
+    if mapping is None:
+        options = result.settings.get("options") or {}
+        mapping = result.settings.get("mapping") or options.get("mapping")
+    return str(mapping or "layer")
 
 
 def _check_mapping(module: str, name: str, tile_config, recorded: str) -> None:
@@ -531,14 +658,17 @@ def _inference_tiles(module_name: str, module) -> list:
     return tiles
 
 
-def _aihwkit_program(name: str, converter) -> Any:
+def _aihwkit_program(name: str, converter, mapping: str = "layer") -> Any:
     """aihwkit's converter for a layer's program; a clipping program is refused by name."""
     clip = float(getattr(converter, "clip", 1.0))
     if clip != 1.0:
+        where = (f"each output row at {clip:g} x its own max|w| (the columnwise mapping then "
+                 f"scales every row to its clipped max)" if mapping == "columnwise"
+                 else f"at c = {clip:g} * max|W|")
         raise ValueError(
-            f"the program for {name!r} clips the weights at {clip:g} x max|W| (clip={clip:g}); "
-            f"aihwkit's converters have no clip, so its tiles cannot program it: search without "
-            f"a clip, or clip that layer's weights yourself (c = {clip:g} * max|W|) and put "
+            f"the program for {name!r} clips the weights (clip={clip:g}); aihwkit's converters "
+            f"have no clip, so its tiles cannot program it: search without a clip, or clip "
+            f"that layer's weights yourself ({where}), set them on the model, and put "
             f"converter.without_clip() on its tiles")
     try:
         return to_aihwkit_converter(converter)
@@ -583,6 +713,18 @@ def apply(analog_model, result, *, noise_model=None, uncovered: str = "error") -
     several tiles (aihwkit splits it at ``mapping.max_input_size`` / ``max_output_size``); each
     tile gets the layer's converter and converts its own block on the grid of its own max|W|.
 
+    The mapping: each layer's program was chosen for a mapping (``LayerResult.mapping``:
+    ``"layer"``, one scale for the layer, or ``"columnwise"``, each output row scaled to its own
+    max), and its tiles must deploy that mapping: ``"columnwise"`` needs
+    ``mapping.weight_scaling_omega > 0`` (1 in aihwkit's presets) with
+    ``mapping.weight_scaling_columnwise = True``, ``"layer"`` a tile without per-row scaling.
+    A mismatch is refused, naming the layer and the setting to change, rather than set here:
+    the tiles hold weights already scaled by their config when the model was converted (or
+    their weights set), so changing the config now would not rescale them, and the digital
+    scales would be wrong until the weights are set again. A columnwise layer split along its
+    inputs scales each block's rows on their own (finer than the rows the program was judged
+    on; the program, relative to each row's max, means the same there).
+
     Args:
         analog_model: an aihwkit model on inference tiles (``TorchInferenceRPUConfig`` or
             ``InferenceRPUConfig``): ``aihwkit.nn.conversion.convert_to_analog(model, config)``
@@ -607,10 +749,11 @@ def apply(analog_model, result, *, noise_model=None, uncovered: str = "error") -
             a weight of the result that no analog layer holds, or one of another shape (both
             named, with the weights the model's analog layers hold); an uncovered analog layer
             (with ``uncovered="error"``); a tile that is not an inference tile; a program that
-            clips (``clip < 1``: aihwkit's converters have no clip); a tile whose mapping scales
-            each column while the program was chosen for one scale per layer
-            (``mapping.weight_scaling_columnwise``), or the reverse; a noise model that is not a
-            PCM model.
+            clips (``clip < 1``: aihwkit's converters have no clip; the message says how to
+            deploy it: clip the weights, put ``converter.without_clip()`` on the tiles); a tile
+            whose mapping scales each column while the program was chosen for one scale per
+            layer (``mapping.weight_scaling_columnwise``), or the reverse; a noise model that is
+            not a PCM model.
         TypeError: ``analog_model`` is not an ``nn.Module``, or ``result`` is neither a
             NetworkResult nor a path.
         ImportError: aihwkit is not installed.
@@ -670,7 +813,8 @@ def apply(analog_model, result, *, noise_model=None, uncovered: str = "error") -
             for tile in tiles:
                 _check_mapping(module_name, name, tile.rpu_config,
                                _recorded_mapping(result, layer))
-        _aihwkit_program(name, converter)
+        _aihwkit_program(name, converter,
+                         _recorded_mapping(result, layer) if layer is not None else "layer")
         ref_noise = to_aihwkit_noise_model(pcm, converter)
         chosen = layer.chosen if layer is not None else "uncovered: baseline"
         plan.append((name, module_name, tiles, converter, ref_noise, chosen))

@@ -7,6 +7,10 @@
   reference's own ``loss_weights`` on the same tile, for both readouts and three compensations.
   Means must agree within 4 standard errors. The same test, applied to ``physics="device"``,
   rejects it (the negative control that shows the test has power).
+* The mapping: a columnwise :class:`gpuwpo.device.mapping.Recipe` against aihwkit's tile with
+  ``mapping.weight_scaling_omega = 1``, ``weight_scaling_columnwise = True`` (its inference
+  presets' and example 33's deployment), both readouts, global and per-column compensation; the
+  layer-wise recipe does not match that tile (the negative control).
 
 Skipped without aihwkit (``pip install --no-deps aihwkit==1.1.0 requests protobuf``).
 """
@@ -210,7 +214,9 @@ def _objective(raw, space, physics, readout, comp):
 
 
 def _converter_samples(conv, tile, physics, readout, comp, seed):
-    eff = gpuwpo.simulate_weights(tile, conv, gpuwpo.PCMLikeNoiseModel(g_max=conv.g_max),
+    """TNMSE samples [N_SAMPLES] of a converter or Recipe on ``tile`` [OUT, IN]."""
+    g_max = getattr(conv, "converter", conv).g_max
+    eff = gpuwpo.simulate_weights(tile, conv, gpuwpo.PCMLikeNoiseModel(g_max=g_max),
                                   T_STEPS, gpuwpo_compensation(readout, comp), repeats=N_SAMPLES,
                                   generator=_gen(seed), physics=physics)
     err = (10.0 * (eff - tile) / tile.abs().max()).square()
@@ -338,3 +344,107 @@ def test_judge_leaves_the_global_generator_alone():
     b = judge_tnmse(gpuwpo.DualPairConductanceConverter(), tile, [1.0], gpuwpo.PCMLikeNoiseModel(),
                     repeats=3, seed=1)
     assert torch.equal(a, b) and torch.equal(torch.random.get_rng_state(), state)
+
+
+# ------------------------------------------------------------------------------------------
+# The columnwise mapping against aihwkit's columnwise tile
+
+
+@pytest.fixture(scope="module")
+def rows_tile(tile_objective):
+    """The heavy-tailed tile [OUT, IN] with rows a decade apart: where one scale per layer and
+    one per row differ by far."""
+    return tile_objective.reshape(OUT, IN) * torch.logspace(-1, 0, OUT).unsqueeze(1)
+
+
+def _judged(recipe, tile, readout, comp, seed):
+    """The reference's TNMSE samples [N_SAMPLES] of a converter or Recipe (its mapping set on
+    aihwkit's tile) on ``tile``."""
+    from gpuwpo.aihwkit import judge_tnmse
+
+    return judge_tnmse(recipe, tile, T_STEPS, gpuwpo.PCMLikeNoiseModel(),
+                       gpuwpo_compensation(readout, comp), repeats=N_SAMPLES, seed=seed)
+
+
+MAPPED = [("dualpair-1-1", lambda: gpuwpo.DualPairConductanceConverter([1.0, 1.0], 0.0, 25.0)),
+          ("custompair", lambda: _decoded_program([None, None], True, 24))]
+MAPPED_CASES = [(r, c) for r in READOUTS for c in ("global", "per-column")]
+
+
+@pytest.mark.parametrize("readout, comp", MAPPED_CASES)
+@pytest.mark.parametrize("name, make", MAPPED, ids=[n for n, _ in MAPPED])
+def test_columnwise_recipes_match_aihwkits_columnwise_tile(rows_tile, name, make, readout,
+                                                            comp):
+    from gpuwpo.device.mapping import Recipe
+
+    recipe = Recipe(make(), "columnwise")
+    ref = _judged(recipe, rows_tile, readout, comp, seed=41)
+    ours = _converter_samples(recipe, rows_tile, "aihwkit", readout, comp, seed=42)
+    assert abs(z_score(ours, ref)) < Z_AGREE, (ours.mean(), ref.mean())
+
+
+@pytest.mark.parametrize("readout, comp", [("ideal", "global"), ("default", "per-column")])
+def test_negative_control_the_layerwise_recipe_is_not_aihwkits_columnwise_tile(rows_tile,
+                                                                              readout, comp):
+    from gpuwpo.device.mapping import Recipe
+
+    conv = MAPPED[0][1]()
+    ref = _judged(Recipe(conv, "columnwise"), rows_tile, readout, comp, seed=41)
+    layer = _converter_samples(Recipe(conv, "layer"), rows_tile, "aihwkit", readout, comp,
+                               seed=42)
+    assert abs(z_score(layer, ref)) > Z_AGREE, (layer.mean(), ref.mean())
+    # ... and aihwkit's own layer-wise tile is what the layer-wise recipe is.
+    ref_layer = _judged(conv, rows_tile, readout, comp, seed=43)
+    assert abs(z_score(layer, ref_layer)) < Z_AGREE
+
+
+def test_mapping_translation_both_ways_and_refusals():
+    from aihwkit.simulator.configs import TorchInferenceRPUConfig
+
+    from gpuwpo.aihwkit import (
+        from_aihwkit_rpu_config,
+        mapping_from_aihwkit,
+        to_aihwkit_rpu_config,
+    )
+    from gpuwpo.device.mapping import Recipe
+
+    nm, conv = gpuwpo.PCMLikeNoiseModel(), gpuwpo.DualPairConductanceConverter()
+    cfg = to_aihwkit_rpu_config(nm, conv, mapping="columnwise")
+    assert cfg.mapping.weight_scaling_omega == 1.0 and cfg.mapping.weight_scaling_columnwise
+    assert from_aihwkit_rpu_config(cfg).mapping == "columnwise"
+    cfg = to_aihwkit_rpu_config(nm, Recipe(conv, "columnwise"))
+    assert mapping_from_aihwkit(cfg) == "columnwise"
+    cfg = to_aihwkit_rpu_config(nm, conv)
+    assert cfg.mapping.weight_scaling_omega == 0.0
+    noise_model, compensation, mapping = from_aihwkit_rpu_config(cfg)
+    assert mapping == "layer" and isinstance(compensation, gpuwpo.GlobalDriftCompensation)
+    with pytest.raises(ValueError, match="mapping is 'columnwise', not 'layer'"):
+        to_aihwkit_rpu_config(nm, Recipe(conv, "columnwise"), mapping="layer")
+    # Example 33's mapping: learned output scales start at 1 and are reset when weights are set.
+    cfg = TorchInferenceRPUConfig()
+    cfg.mapping.weight_scaling_omega = 1.0
+    cfg.mapping.weight_scaling_columnwise = True
+    cfg.mapping.learn_out_scaling = True
+    cfg.mapping.out_scaling_columnwise = True
+    assert mapping_from_aihwkit(cfg) == "columnwise"
+    cfg.mapping.weight_scaling_omega = 0.5
+    with pytest.raises(ValueError, match="weight_scaling_omega=0.5 is not modelled"):
+        from_aihwkit_rpu_config(cfg)
+    cfg.mapping.weight_scaling_omega = 1.0
+    cfg.mapping.weight_scaling_columnwise = False
+    with pytest.raises(ValueError, match="one scale for the whole tile"):
+        mapping_from_aihwkit(cfg)
+    cfg.mapping.weight_scaling_omega = 0.0  # no scaling: the columnwise flag does nothing
+    assert mapping_from_aihwkit(cfg) == "layer"
+
+
+def test_judge_keeps_a_tile_beyond_aihwkits_split_size_whole():
+    """A columnwise tile split along its inputs would scale each block's rows on their own:
+    the judge's layer holds the whole tile on one aihwkit tile."""
+    from gpuwpo.aihwkit import judge_tnmse
+    from gpuwpo.device.mapping import Recipe
+
+    tile = torch.randn(3, 600, generator=_gen(51)) * torch.tensor([[0.1], [1.0], [0.3]])
+    values = judge_tnmse(Recipe(gpuwpo.DualPairConductanceConverter(), "columnwise"), tile,
+                         [1.0], gpuwpo.PCMLikeNoiseModel(), repeats=2, seed=1)
+    assert values.shape == (2,) and bool(torch.isfinite(values).all())
