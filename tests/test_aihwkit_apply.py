@@ -74,9 +74,12 @@ def _cnn() -> nn.Module:
                                nn.Linear(4 * 4 * 4, 5)), 1)
 
 
-def _config(max_input_size: int = 512) -> TorchInferenceRPUConfig:
+def _config(max_input_size: int = 512, mapping: str = "layer") -> TorchInferenceRPUConfig:
     cfg = TorchInferenceRPUConfig()
     cfg.mapping.max_input_size = max_input_size  # below a layer's inputs: several tiles
+    if mapping == "columnwise":  # aihwkit's inference presets' deployment
+        cfg.mapping.weight_scaling_omega = 1.0
+        cfg.mapping.weight_scaling_columnwise = True
     return cfg
 
 
@@ -88,14 +91,16 @@ def _program(seed: int, clip: float = 1.0) -> gpuwpo.CustomPairConductanceConver
 
 
 def _result(shapes: dict[str, tuple[int, ...]], baseline_layers=(), clip: float = 1.0,
-            noise_model=None) -> NetworkResult:
-    """A result for layers ``name -> shape``: a program per layer, the baseline where asked."""
+            noise_model=None, mapping: str = "layer") -> NetworkResult:
+    """A result for layers ``name -> shape``: a program per layer, the baseline where asked,
+    every layer under ``mapping``."""
     layers = []
     for i, (name, shape) in enumerate(shapes.items()):
         kept = name in baseline_layers
         layers.append(LayerResult(name, shape, BASELINE if kept else _program(i, clip), 0.01,
                                   (0.009, 0.011), 0.02, (0.019, 0.021),
-                                  chosen="baseline" if kept else "search", success=not kept))
+                                  chosen="baseline" if kept else "search", success=not kept,
+                                  mapping=mapping))
     settings = {"noise_model": to_dict(noise_model or gpuwpo.PCMLikeNoiseModel(g_max=25.0)),
                 "baseline": to_dict(BASELINE), "physics": "aihwkit"}
     return NetworkResult.from_layers(layers, settings=settings, nit=1, nfev=1, wall_time=0.0,
@@ -290,12 +295,13 @@ def _untouched(analog: nn.Module) -> bool:
     ("uncovered", r"uncovered must be one of error, keep, baseline, got 'drop'"),
     ("recorded columnwise", r"program for '0.weight' was chosen for weights scaled per output "
                             r"column .*mapping.weight_scaling_columnwise=True"),
+    ("clip columnwise", r"program for '2.weight' clips .*each output row at 0.5 x its own "
+                        r"max\|w\|.*without_clip"),
 ])
 def test_refusals_name_the_setting_and_change_nothing(case, match):
     cfg = _config()
-    if case == "columnwise":
-        cfg.mapping.weight_scaling_omega = 1.0
-        cfg.mapping.weight_scaling_columnwise = True
+    if case in ("columnwise", "clip columnwise"):
+        cfg = _config(mapping="columnwise")
     analog = convert_to_analog(_mlp(), cfg).eval()
     shapes = {"0.weight": (6, 8), "2.weight": (3, 6)}
     kwargs = {}
@@ -305,15 +311,46 @@ def test_refusals_name_the_setting_and_change_nothing(case, match):
         shapes["2.weight"] = (3, 7)
     if case == "uncovered":
         kwargs["uncovered"] = "drop"
-    result = _result(shapes)
-    if case == "recorded columnwise":  # a recipe that records its mapping (DESIGN.md 5c)
-        result.settings["mapping"] = "columnwise"
-    if case == "clip":
+    result = _result(shapes, mapping="columnwise" if case == "clip columnwise" else "layer")
+    if case == "recorded columnwise":  # each layer records its mapping (DESIGN.md 5c)
+        result.layers[0] = LayerResult("0.weight", (6, 8), _program(0), 0.01, (0.009, 0.011),
+                                       0.02, (0.019, 0.021), mapping="columnwise")
+    if case in ("clip", "clip columnwise"):
         result.layers[1] = LayerResult("2.weight", (3, 6), _program(1, clip=0.5), 0.01,
-                                       (0.009, 0.011), 0.02, (0.019, 0.021))
+                                       (0.009, 0.011), 0.02, (0.019, 0.021),
+                                       mapping=result.layers[1].mapping)
     with pytest.raises(ValueError, match=match):
         apply(analog, result, **kwargs)
     assert _untouched(analog)
+
+
+@pytest.mark.parametrize("net", ["mlp", "cnn split"])
+def test_a_columnwise_result_on_columnwise_tiles_equals_the_direct_construction(net):
+    """A result whose layers were chosen under the columnwise mapping goes onto tiles that
+    deploy it (weight_scaling_omega=1, weight_scaling_columnwise=True): each tile holds its
+    rows scaled to their own max, with the layer's program, exactly as set by hand."""
+    model, x, cfg = ((_mlp(), torch.randn(4, 8, generator=torch.Generator().manual_seed(2)),
+                      _config(mapping="columnwise")) if net == "mlp" else
+                     (_cnn(), torch.randn(3, 2, 6, 6, generator=torch.Generator().manual_seed(2)),
+                      _config(max_input_size=16, mapping="columnwise")))
+    analog = convert_to_analog(model, cfg).eval()
+    # Each tile holds its rows scaled to their own max, the digital scales hold the max.
+    for tile in analog.analog_tiles():
+        held = tile.tile.get_weights()
+        assert torch.allclose(held.abs().amax(1), torch.ones(held.shape[0]))
+    result = _result_for(model, mapping="columnwise")
+    ours = copy.deepcopy(analog)
+    applied = apply(ours, result)
+    assert list(applied.layers) == list(gpuwpo.select_weights(model))
+    hand = _by_hand(analog, result.converters())
+    w_ours, y_ours = _drifted(ours, x, seed=13)
+    w_hand, y_hand = _drifted(hand, x, seed=13)
+    assert _equal(w_ours, w_hand) and torch.equal(y_ours, y_hand)
+    # The same result refused on layer-wise tiles (nothing changed there).
+    plain = convert_to_analog(model, _config(16 if net != "mlp" else 512)).eval()
+    with pytest.raises(ValueError, match="chosen for weights scaled per output column"):
+        apply(plain, result)
+    assert _untouched(plain)
 
 
 def test_one_scale_per_tile_is_accepted_and_wrong_types_refused():
@@ -338,7 +375,11 @@ def test_a_searched_result_goes_onto_the_converted_model():
         model, gpuwpo.PCMLikeNoiseModel(), [1.0, 3600.0], BASELINE, [None, None],
         device="cpu", popsize=2, maxiter=2, test_in_features=64, test_out_features=4,
         baseline_iterations=4, validation_repeats=4, disp=False, polish=False, seed=3)
-    analog = convert_to_analog(model, _config(max_input_size=16)).eval()
+    # The tiles deploy the mapping the layers were chosen for (one for the whole run here).
+    mappings = {layer.mapping for layer in result.layers}
+    assert len(mappings) == 1, mappings
+    analog = convert_to_analog(model, _config(max_input_size=16,
+                                              mapping=mappings.pop())).eval()
     applied = apply(analog, result)
     assert list(applied.layers) == [layer.name for layer in result.layers]
     modules = dict(analog.named_modules())
