@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import functools
+import importlib
 import json
+import math
 import os
 import platform
 import re
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -27,7 +31,7 @@ from gpuwpo.search.options import SearchOptions
 
 __all__ = ["RESULTS_DIR", "DEFAULTS", "REFERENCE_BUDGET", "machine_info", "markdown_table",
            "write_results", "save_record", "add_run_arguments", "run_device",
-           "pretrained_transformer_weights", "PRETRAINED_PACKAGE"]
+           "pretrained_transformer_weights", "PRETRAINED_PACKAGE", "WallProfile"]
 
 #: gpuwpo's search options and their defaults (gpuwpo.search.options.SearchOptions), by name.
 DEFAULTS = SearchOptions().as_dict()
@@ -159,6 +163,14 @@ def pretrained_transformer_weights() -> dict[str, torch.Tensor]:
     return {name: w.float() for name, w in state.items()
             if name.endswith("weight") and w.ndim == 2
             and name.startswith(("encoder.", "pooler."))}
+
+
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15-minute load averages (other users of a shared machine), or None."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def write_results(name: str, payload: Mapping[str, Any],
@@ -324,3 +336,195 @@ def markdown_table(rows: Sequence[Mapping[str, Any]],
     for r in rows:
         lines.append("| " + " | ".join(_cell(r.get(key)) for key, _ in spec) + " |")
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Where a search's wall time goes
+# --------------------------------------------------------------------------------------------
+
+
+class WallProfile:
+    """Where the wall time of gpuwpo searches goes: phases, and candidate evaluation in each.
+
+    A context manager: inside it, the library functions named in :attr:`PHASES` and
+    :attr:`EVALUATIONS` are wrapped with timers (and restored on exit), so that a benchmark can
+    say how much of a search's wall time is candidate evaluation and where the rest goes, without
+    a profiler's overhead on the Python parts. Time in none of the phases (``outside_phases_s``)
+    is the caller's own: building the optimizer (test tiles, objective) and, for
+    :func:`gpuwpo.optimize_network`, planning the layers and assembling the result. A phase's
+    time is exclusive (a phase called inside another is not counted twice); evaluation is
+    timed once however deeply it nests (the objective's ``__call__`` calls
+    ``evaluate_programs``). On CUDA every wrapped call is
+    synchronised, so that asynchronous kernels are charged to the phase that launched them.
+
+    Args:
+        device: the device the searches run on (synchronised around wrapped calls on CUDA).
+
+    Raises:
+        AttributeError: on entering, a wrapped name that the library no longer has (the
+            benchmark must be updated, not silently measure less).
+    """
+
+    #: (phase, module, attribute) of the parts of a search, in the order they run.
+    PHASES = (
+        ("baseline", "gpuwpo.search.optimizer", "WeightProgrammingOptimizer.get_loss_baseline"),
+        ("start ranking", "gpuwpo.search.optimizer", "WeightProgrammingOptimizer._rank_starts"),
+        ("search (DE)", "gpuwpo.search.optimizer", "run_search"),
+        ("polish", "gpuwpo.search.optimizer", "WeightProgrammingOptimizer._polish"),
+        ("selection", "gpuwpo.search.optimizer", "choose_per_layer"),
+        ("selection", "gpuwpo.network.pipeline", "choose_per_layer"),
+        ("run_optimizer, rest", "gpuwpo.search.optimizer",
+         "WeightProgrammingOptimizer.run_optimizer"),
+    )
+    #: (kind, module, attribute) of candidate evaluation: the batched objective and the
+    #: converter path (baselines, validation).
+    EVALUATIONS = (
+        ("objective", "gpuwpo.search.objective", "TNMSEObjective.__call__"),
+        ("objective", "gpuwpo.search.objective", "TNMSEObjective.evaluate_programs"),
+        ("converter path", "gpuwpo.search.objective", "converter_errors"),
+        ("converter path", "gpuwpo.search.selection", "converter_errors"),
+    )
+
+    def __init__(self, device: torch.device | str | None = None) -> None:
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.phases: dict[str, dict[str, float]] = {}
+        self.evaluation: dict[str, float] = {}
+        self.candidates = 0
+        self.wall_s = 0.0
+        self._stack: list[list] = []  # [phase, time in nested phases, evaluation time]
+        self._eval_depth = 0
+        self._outside_evaluation = 0.0
+        self._patched: list[tuple[object, str, object]] = []
+        self._start = 0.0
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @staticmethod
+    def _owner(module: str, attribute: str) -> tuple[object, str]:
+        owner = importlib.import_module(module)
+        *path, name = attribute.split(".")
+        for part in path:
+            owner = getattr(owner, part)
+        getattr(owner, name)  # AttributeError names what is missing
+        return owner, name
+
+    def _patch(self, owner: object, name: str, wrapper_of) -> None:
+        original = owner.__dict__[name] if isinstance(owner, type) else getattr(owner, name)
+        self._patched.append((owner, name, original))
+        setattr(owner, name, functools.wraps(original)(wrapper_of(original)))
+
+    def _phase(self, phase: str):
+        def wrap(fn):
+            def wrapper(*args, **kwargs):
+                self._sync()
+                start = time.perf_counter()
+                self._stack.append([phase, 0.0, 0.0])
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    self._sync()
+                    elapsed = time.perf_counter() - start
+                    _, nested, evaluation = self._stack.pop()
+                    slot = self.phases.setdefault(phase, {"calls": 0, "s": 0.0,
+                                                          "evaluation_s": 0.0})
+                    slot["calls"] += 1
+                    slot["s"] += elapsed - nested
+                    slot["evaluation_s"] += evaluation
+                    if self._stack:
+                        self._stack[-1][1] += elapsed
+            return wrapper
+        return wrap
+
+    def _evaluation(self, kind: str, counts_candidates: bool):
+        def wrap(fn):
+            def wrapper(*args, **kwargs):
+                if self._eval_depth:
+                    return fn(*args, **kwargs)
+                if counts_candidates and len(args) > 1:
+                    shape = tuple(getattr(args[1], "shape", ()))
+                    self.candidates += math.prod(shape[:-1]) if len(shape) > 1 else 1
+                self._eval_depth += 1
+                self._sync()
+                start = time.perf_counter()
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    self._sync()
+                    elapsed = time.perf_counter() - start
+                    self._eval_depth -= 1
+                    self.evaluation[kind] = self.evaluation.get(kind, 0.0) + elapsed
+                    if self._stack:
+                        self._stack[-1][2] += elapsed
+                    else:
+                        self._outside_evaluation += elapsed
+            return wrapper
+        return wrap
+
+    def __enter__(self) -> WallProfile:
+        targets = []
+        for phase, module, attribute in self.PHASES:
+            targets.append((*self._owner(module, attribute), self._phase(phase)))
+        for kind, module, attribute in self.EVALUATIONS:
+            targets.append((*self._owner(module, attribute),
+                            self._evaluation(kind, attribute.endswith("__call__"))))
+        try:
+            for owner, name, wrap in targets:
+                self._patch(owner, name, wrap)
+        except BaseException:
+            self._restore()
+            raise
+        self._sync()
+        self._start = time.perf_counter()
+        return self
+
+    def _restore(self) -> None:
+        for owner, name, original in reversed(self._patched):
+            setattr(owner, name, original)
+        self._patched.clear()
+
+    def __exit__(self, *exc) -> None:
+        self._sync()
+        self.wall_s += time.perf_counter() - self._start
+        self._restore()
+
+    def summary(self) -> dict[str, Any]:
+        """The profile as a record: wall time, evaluation time and share, and per phase its
+        exclusive time, the evaluation inside it and the rest (``other_s``: the search's own
+        bookkeeping in "search (DE)")."""
+        evaluation = sum(self.evaluation.values())
+        phases = {name: {"calls": int(p["calls"]), "s": p["s"],
+                         "evaluation_s": p["evaluation_s"],
+                         "other_s": p["s"] - p["evaluation_s"],
+                         "share_of_wall": p["s"] / self.wall_s if self.wall_s else None}
+                  for name, p in self.phases.items()}
+        in_phases = sum(p["s"] for p in self.phases.values())
+        return {
+            "wall_s": self.wall_s,
+            "evaluation_s": evaluation,
+            "evaluation_share": evaluation / self.wall_s if self.wall_s else None,
+            "evaluation_by_kind_s": dict(self.evaluation),
+            "candidates_through_objective": self.candidates,
+            "phases": phases,
+            "outside_phases_s": self.wall_s - in_phases,
+            "outside_phases_evaluation_s": self._outside_evaluation,
+        }
+
+
+def profile_table(summary: Mapping[str, Any]) -> str:
+    """A :meth:`WallProfile.summary` as a markdown table: one row per phase."""
+    wall = summary["wall_s"] or 1.0
+    rows = [{"phase": name, "calls": p["calls"], "s": f"{p['s']:.2f}",
+             "share": f"{100 * p['s'] / wall:.1f}", "eval": f"{p['evaluation_s']:.2f}",
+             "other": f"{p['other_s']:.2f}"}
+            for name, p in summary["phases"].items()]
+    rows.append({"phase": "outside the phases", "calls": "", "s":
+                 f"{summary['outside_phases_s']:.2f}",
+                 "share": f"{100 * summary['outside_phases_s'] / wall:.1f}",
+                 "eval": f"{summary['outside_phases_evaluation_s']:.2f}", "other": ""})
+    rows.append({"phase": "**all**", "calls": "", "s": f"{summary['wall_s']:.2f}",
+                 "share": "100.0", "eval": f"{summary['evaluation_s']:.2f}",
+                 "other": f"{summary['wall_s'] - summary['evaluation_s']:.2f}"})
+    return markdown_table(rows, ["phase", "calls", ("s", "wall s"), ("share", "% of wall"),
+                                 ("eval", "candidate evaluation s"), ("other", "the rest s")])

@@ -44,7 +44,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import gpuwpo  # noqa: E402
-from bench import common  # noqa: E402
+from bench import common, toolkit_loss  # noqa: E402
 
 T_STEPS = gpuwpo.device.simulate.DEFAULT_TIMES
 F_LST = (None, None)
@@ -135,11 +135,12 @@ def run(weights: dict[str, torch.Tensor], *, popsize: int, maxiter: int, device:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    res = call(weights, popsize=popsize, maxiter=maxiter)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    wall = time.perf_counter() - start
+    with common.WallProfile(device) as profile:
+        start = time.perf_counter()
+        res = call(weights, popsize=popsize, maxiter=maxiter)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        wall = time.perf_counter() - start
     margin = float(res.settings["options"].get("loss_margin", common.DEFAULTS["loss_margin"]))
     layers = [{
         "name": layer.name, "kind": _kind(layer.name), "shape": list(layer.shape),
@@ -180,6 +181,13 @@ def run(weights: dict[str, torch.Tensor], *, popsize: int, maxiter: int, device:
         "layers_worse": sum(r["worse"] for r in layers),
         "min_improvement": min(r["improvement"] for r in layers),
         "hierarchical": hierarchical,
+        # Where the wall time went (common.WallProfile): per phase, candidate evaluation and
+        # the rest; "outside the phases" is the pipeline's own work.
+        "profile": profile.summary(),
+        "dim": gpuwpo.StrategySpace(list(F_LST), nbins=int(
+            res.settings["options"].get("nbins", common.DEFAULTS["nbins"]))).dim,
+        "baseline_iterations": int(res.settings["options"].get(
+            "baseline_iterations", common.DEFAULTS["baseline_iterations"])),
         "layers": layers,
         "settings": res.settings,
     }
@@ -223,7 +231,19 @@ def tables(record: dict[str, Any]) -> str:
         "kind", ("n", "layers"), ("tnmse", "mean TNMSE"), ("baseline", "mean baseline"),
         ("gain", "mean gain"), ("success", "successes"),
     ])
-    return summary + "\n\nPer layer kind:\n\n" + per_kind
+    out = summary + "\n\nPer layer kind:\n\n" + per_kind
+    if r.get("profile"):
+        out += "\n\nWhere the wall time went:\n\n" + common.profile_table(r["profile"])
+    tk = record.get("toolkit")
+    if tk:
+        out += (f"\n\naihwkit {tk['version']}, one core, the same budget layer by layer (its "
+                f"polish not counted): {r['toolkit_estimated_wall_s']:.0f} s estimated, "
+                f"{r['speedup_vs_toolkit']:.0f}x gpuwpo's wall time; the candidates gpuwpo "
+                f"evaluated, at the toolkit's cost each: {r['toolkit_same_candidates_s']:.0f} s "
+                f"({r['toolkit_same_candidates_s'] / r['wall_time_s']:.0f}x). Its costs: "
+                f"loss_weights {tk['loss']['loss_weights']['ms_per_candidate']:.1f} ms, its DE "
+                f"{1e3 * tk['search']['s_per_candidate']:.1f} ms per candidate.")
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -255,9 +275,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--blocks", type=int, default=12)
     parser.add_argument("--max-layers", type=int, default=None,
                         help="keep the first N weight matrices only")
+    parser.add_argument("--toolkit", choices=("auto", "on", "off"), default="auto",
+                        help="time the reference toolkit (aihwkit) on the first layer in the "
+                             "same run, before and after the search (its loss and its own DE on "
+                             "a small budget), and estimate its wall time for the network layer "
+                             "by layer (default auto: when aihwkit is installed)")
     common.add_tail_arguments(parser, "smoke run: hidden 32, one block, 3 layers, popsize 2, "
                                       "2 generations, a 32 x 4 test tile, 4 repeats")
     args = parser.parse_args(argv)
+    if args.toolkit == "on" and not toolkit_loss.toolkit_available():
+        parser.error("--toolkit on: aihwkit is not installed (pip install --no-deps "
+                     "aihwkit==1.1.0)")
 
     device = common.run_device(args)
     hidden, blocks, max_layers = args.hidden, args.blocks, args.max_layers
@@ -309,9 +337,38 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(f"  {len(weights)} layers, {sum(w.numel() for w in weights.values()) / 1e6:.1f} M "
           f"weights generated in {generation_s:.1f} s; optimising ...", file=sys.stderr,
           flush=True)
+    with_toolkit = args.toolkit == "on" or (args.toolkit == "auto"
+                                            and toolkit_loss.toolkit_available())
+    toolkit_runs: list[dict] = []
+
+    def time_toolkit() -> None:
+        # The first layer's test tile and physics as gpuwpo builds them (on the CPU): every
+        # layer's tile has the same size, so the toolkit's cost per candidate is the same.
+        first = next(iter(weights.values()))
+        objective = gpuwpo.WeightProgrammingOptimizer(
+            first, list(F_LST), gpuwpo.PCMLikeNoiseModel(g_max=25.0), T_STEPS,
+            gpuwpo.DualPairConductanceConverter(f_lst=[1.0, 1.0], g_min=0.0, g_max=25.0),
+            device="cpu", seed=args.seed, disp=False,
+            **{k: v for k, v in options.items() if k.startswith("test_")}).objective
+        print("  aihwkit: its loss and a short search ...", file=sys.stderr, flush=True)
+        toolkit_runs.append(toolkit_loss.measure_toolkit(
+            first, objective, candidates=2 if args.quick else 5, seed=args.seed))
+
+    if with_toolkit:
+        time_toolkit()
     result = run(weights, popsize=popsize, maxiter=maxiter, device=device, backend=args.backend,
                  seed=args.seed, warmup=not (args.no_warmup or args.quick), options=options,
                  hierarchical=args.hierarchical)
+    toolkit = None
+    if with_toolkit:
+        time_toolkit()  # after as before: the least disturbed figures are kept
+        toolkit = toolkit_loss.best_toolkit(toolkit_runs)
+        result["toolkit_estimated_wall_s"] = toolkit_loss.toolkit_estimate_s(
+            toolkit, popsize=popsize, maxiter=maxiter, dim=result["dim"],
+            baseline_iterations=result["baseline_iterations"], layers=result["num_layers"])
+        result["speedup_vs_toolkit"] = result["toolkit_estimated_wall_s"] / result["wall_time_s"]
+        result["toolkit_same_candidates_s"] = (result["candidates"]
+                                               * toolkit["search"]["s_per_candidate"])
     config = {
         "network": network,
         "weights": weight_note,
@@ -325,7 +382,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     }
     record = common.new_record(machine, note, args.quick, result=result, config=config,
                                weight_generation_s=generation_s,
-                               rss_after_weights_mib=rss_weights)
+                               rss_after_weights_mib=rss_weights, toolkit=toolkit,
+                               toolkit_runs=toolkit_runs or None,
+                               load_average=common.load_average())
     name = args.name or ("network" if args.weights == "bert-shaped" else "network-minilm") + (
         "-hierarchical" if args.hierarchical else "")
     heading = f"{record['config']['network']}, {machine['name']}, {note}."

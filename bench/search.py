@@ -36,7 +36,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import gpuwpo  # noqa: E402
-from bench import common  # noqa: E402
+from bench import common, toolkit_loss  # noqa: E402
 
 T_STEPS = gpuwpo.device.simulate.DEFAULT_TIMES
 F_LST = (None, None)
@@ -70,11 +70,13 @@ def run_backend(backend: str, weights: torch.Tensor, *, popsize: int, maxiter: i
     """One complete optimisation of ``weights`` with ``backend``; its figures as a dict.
 
     Times: ``setup_s`` (optimizer construction: test-weight sampling, objective),
-    ``baseline_s`` (the baseline's ``baseline_iterations`` programmings), ``search_s``
-    (initial population and every generation, up to the first validation call),
-    ``validation_polish_s`` (fresh-noise validation and gpuwpo's local polish; scipy polishes
-    inside its search, and those candidates are in its count) and ``wall_time_s``
-    (all of it). ``candidates_per_s`` is candidates evaluated by the search / ``search_s``.
+    ``baseline_s`` (the baseline's ``baseline_iterations`` programmings), ``search_s`` (the
+    ranking of the standard starts, the initial population and every generation; scipy
+    polishes inside its search, and those candidates are in its count), ``validation_polish_s``
+    (gpuwpo's local polish and the choice on fresh noise) and ``wall_time_s`` (all of it).
+    ``candidates_per_s`` is candidates evaluated by the search / ``search_s``. ``profile`` is
+    :class:`bench.common.WallProfile`'s account of the wall time: per phase, how much was
+    candidate evaluation and how much the rest.
     """
     options = dict(options or {})
     noise = gpuwpo.PCMLikeNoiseModel(g_max=25.0)
@@ -91,31 +93,26 @@ def run_backend(backend: str, weights: torch.Tensor, *, popsize: int, maxiter: i
              polish=False).run_optimizer()
         _sync(device)
 
-    start = time.perf_counter()
-    opt = make(popsize=popsize, maxiter=maxiter)
-    _sync(device)
-    t_setup = time.perf_counter()
-    # The search ends where validation begins (after scipy's own polish, whose candidates
-    # scipy's backend counts in nfev): stamp the first validation call.
-    stamps: list[float] = []
-    validate = opt.objective.validate
-
-    def stamped_validate(*args, **kwargs):
-        if not stamps:
-            _sync(device)
-            stamps.append(time.perf_counter())
-        return validate(*args, **kwargs)
-
-    opt.objective.validate = stamped_validate
-    opt.get_loss_baseline()  # cached: run_optimizer reuses it
-    _sync(device)
-    t_baseline = time.perf_counter()
-    opt.run_optimizer()
-    _sync(device)
-    end = time.perf_counter()
+    with common.WallProfile(device) as profile:
+        start = time.perf_counter()
+        opt = make(popsize=popsize, maxiter=maxiter)
+        _sync(device)
+        t_setup = time.perf_counter()
+        opt.get_loss_baseline()  # cached: run_optimizer reuses it
+        _sync(device)
+        t_baseline = time.perf_counter()
+        opt.run_optimizer()
+        _sync(device)
+        end = time.perf_counter()
     res = opt.result
-    search_end = stamps[-1] if stamps else end
-    search_s = search_end - t_baseline
+    phases = profile.summary()["phases"]
+
+    def phase_s(*names: str) -> float:
+        return sum(phases[n]["s"] for n in names if n in phases)
+
+    # The search: ranking the standard starts and the DE (scipy's own polish included, whose
+    # candidates scipy's backend counts in nfev); then gpuwpo's polish and the validated choice.
+    search_s = phase_s("start ranking", "search (DE)")
     return {
         "backend": backend,
         "algorithm": "de",
@@ -133,7 +130,7 @@ def run_backend(backend: str, weights: torch.Tensor, *, popsize: int, maxiter: i
         "setup_s": t_setup - start,
         "baseline_s": t_baseline - t_setup,
         "search_s": search_s,
-        "validation_polish_s": end - search_end,
+        "validation_polish_s": phase_s("polish", "selection"),
         "candidates_per_s": res.nfev / search_s if search_s > 0 else None,
         "tnmse": float(res.tnmse[0]),
         "tnmse_ci95": [float(v) for v in res.tnmse_ci95[0]],
@@ -145,6 +142,9 @@ def run_backend(backend: str, weights: torch.Tensor, *, popsize: int, maxiter: i
         "polished": bool(res.polished[0]),
         "optimizer_options": {k: v for k, v in opt.options.as_dict().items()
                               if isinstance(v, (int, float, str, bool, type(None)))},
+        # Where the wall time went (common.WallProfile): per phase, its candidate evaluation
+        # and the rest.
+        "profile": profile.summary(),
     }
 
 
@@ -168,12 +168,40 @@ def table(record: dict[str, Any]) -> str:
             "tnmse": _with_ci(r["tnmse"], r["tnmse_ci95"]),
             "baseline": _with_ci(r["baseline_tnmse"], r["baseline_ci95"]),
             "success": r["success"],
+            "eval": "" if r.get("profile") is None
+            else f"{100 * r['profile']['evaluation_share']:.0f}",
+            "toolkit": "" if r.get("toolkit_estimated_wall_s") is None
+            else f"{r['toolkit_estimated_wall_s']:.0f}",
+            "vs_toolkit": "" if r.get("speedup_vs_toolkit") is None
+            else f"{r['speedup_vs_toolkit']:.0f}",
         })
     return common.markdown_table(rows, [
         "backend", "device", "budget", "generations", "candidates", ("cand_s", "cand/s"),
-        ("search_s", "search s"), ("wall_s", "wall s"), ("tnmse", "TNMSE [95% CI]"),
-        ("baseline", "baseline [95% CI]"), "success",
+        ("search_s", "search s"), ("wall_s", "wall s"), ("eval", "% evaluating"),
+        ("toolkit", "aihwkit est. s"), ("vs_toolkit", "vs aihwkit (x)"),
+        ("tnmse", "TNMSE [95% CI]"), ("baseline", "baseline [95% CI]"), "success",
     ])
+
+
+def tables(record: dict[str, Any]) -> str:
+    """The results table, then where each backend's wall time went."""
+    parts = [table(record)]
+    for r in record["results"]:
+        parts.append(f"Where the wall time went, {r['backend']}:\n\n"
+                     + common.profile_table(r["profile"]))
+    tk = record.get("toolkit")
+    if tk:
+        loss = tk["loss"]
+        search = tk["search"]
+        parts.append(
+            f"aihwkit {tk['version']} on the same layer and tile, one core: loss_weights "
+            f"{loss['loss_weights']['ms_per_candidate']:.1f} ms/candidate, loss_fxn "
+            f"{loss['loss_fxn']['ms_per_candidate']:.1f} ms; its own DE "
+            f"({search['popsize']}xD, {search['maxiter']} gen, workers=1, no polish) "
+            f"{1e3 * search['s_per_candidate']:.1f} ms per candidate, its baseline "
+            f"{1e3 * search['baseline_s_per_iteration']:.1f} ms per iteration. 'aihwkit est. s' "
+            "is its wall time at each row's budget from these (its polish not counted).")
+    return "\n\n".join(parts)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -187,6 +215,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--scipy-maxiter", type=int, default=None,
                         help="maxiter for the scipy backend only (default: --maxiter)")
     parser.add_argument("--shape", type=int, nargs=2, default=(512, 512), metavar=("OUT", "IN"))
+    parser.add_argument("--toolkit", choices=("auto", "on", "off"), default="auto",
+                        help="time the reference toolkit (aihwkit) on the same layer in the same "
+                             "run, before and after the backends: its loss per candidate and its "
+                             "own DE on a small budget, from which each row's 'aihwkit est. s' "
+                             "(default auto: when aihwkit is installed)")
+    parser.add_argument("--toolkit-budget", type=int, nargs=2, default=(1, 2),
+                        metavar=("POPSIZE", "MAXITER"),
+                        help="the toolkit's own short search (default 1 x D, 2 generations)")
     common.add_tail_arguments(parser, "smoke run: 64 x 64 weights, popsize 2, 2 generations, a "
                                       "32 x 4 test tile, 4 validation and baseline repeats")
     args = parser.parse_args(argv)
@@ -210,6 +246,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     weights = gpuwpo.student_t_weights(shape, df=3, generator=torch.Generator().manual_seed(
         args.weight_seed))
+    if args.toolkit == "on" and not toolkit_loss.toolkit_available():
+        parser.error("--toolkit on: aihwkit is not installed (pip install --no-deps "
+                     "aihwkit==1.1.0)")
+    with_toolkit = args.toolkit == "on" or (args.toolkit == "auto"
+                                            and toolkit_loss.toolkit_available())
+    toolkit_runs = []
+
+    def time_toolkit() -> None:
+        # The layer's test tile and physics as gpuwpo's optimizer builds them (on the CPU).
+        objective = gpuwpo.WeightProgrammingOptimizer(
+            weights, list(F_LST), gpuwpo.PCMLikeNoiseModel(g_max=25.0), T_STEPS,
+            gpuwpo.DualPairConductanceConverter(f_lst=[1.0, 1.0], g_min=0.0, g_max=25.0),
+            device="cpu", seed=args.seed, disp=False, **options).objective
+        print("  aihwkit: its loss and a short search ...", file=sys.stderr, flush=True)
+        toolkit_runs.append(toolkit_loss.measure_toolkit(
+            weights, objective, candidates=2 if args.quick else 5,
+            search_budget=tuple(args.toolkit_budget), seed=args.seed))
+
+    if with_toolkit:
+        time_toolkit()
     results = []
     for backend in args.backends:
         p, g = budgets[backend]
@@ -219,6 +275,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(f"  {backend}: {row['wall_time_s']:.1f} s, TNMSE {row['tnmse']:.5f} "
               f"(baseline {row['baseline_tnmse']:.5f})", file=sys.stderr, flush=True)
         results.append(row)
+    toolkit = None
+    if with_toolkit:
+        time_toolkit()  # after as before: the least disturbed figures are kept
+        toolkit = toolkit_loss.best_toolkit(toolkit_runs)
+        for row in results:
+            row["toolkit_estimated_wall_s"] = toolkit_loss.toolkit_estimate_s(
+                toolkit, popsize=row["popsize"], maxiter=row["maxiter"], dim=row["dim"],
+                baseline_iterations=int(row["optimizer_options"]["baseline_iterations"]))
+            row["speedup_vs_toolkit"] = row["toolkit_estimated_wall_s"] / row["wall_time_s"]
 
     config = {
         "weights": f"Student-t, 3 dof, scale 0.05, seed {args.weight_seed}",
@@ -229,9 +294,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "seed": args.seed, "warmup": not (args.no_warmup or args.quick),
         "torch_threads": torch.get_num_threads(), "optimizer_overrides": options,
     }
-    record = common.new_record(machine, note, args.quick, results=results, config=config)
+    record = common.new_record(machine, note, args.quick, results=results, config=config,
+                               toolkit=toolkit, toolkit_runs=toolkit_runs or None,
+                               load_average=common.load_average())
     heading = f"One layer {shape[0]} x {shape[1]}, {machine['name']}, {note}."
-    return common.finish("search", record, heading, table, out_dir=args.out_dir)
+    return common.finish("search", record, heading, tables, out_dir=args.out_dir)
 
 
 if __name__ == "__main__":

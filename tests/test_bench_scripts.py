@@ -77,17 +77,25 @@ def test_markdown_table_shape_alignment_and_cells():
     assert lines[3] == "| z | 2.5 | - |"
 
 
-def _run_quick(name: str, tmp_path: Path) -> dict:
+def _run_quick(name: str, tmp_path: Path, *extra: str) -> dict:
     """Run a benchmark's main with --quick into tmp_path; the record it wrote, checked."""
-    record = load_script(name).main(["--quick", "--out-dir", str(tmp_path)])
+    record = load_script(name).main(["--quick", "--out-dir", str(tmp_path), *extra])
     written = _read_single_json(tmp_path, name)
     assert written == json.loads(json.dumps({"benchmark": name, **record}))
     assert written["quick"] is True and "REDUCED" in written["budget_note"]
     return written
 
 
+def _check_profile(profile: dict) -> None:
+    # WallProfile's account: the phases and what is outside them add up to the wall time.
+    total = sum(p["s"] for p in profile["phases"].values()) + profile["outside_phases_s"]
+    assert total == pytest.approx(profile["wall_s"])
+    assert 0 < profile["evaluation_s"] <= profile["wall_s"]
+    assert profile["phases"]["search (DE)"]["calls"] >= 1
+
+
 def test_search_benchmark_quick(tmp_path, capsys, keep_threads):
-    written = _run_quick("search", tmp_path)
+    written = _run_quick("search", tmp_path, "--toolkit", "off")
     assert written["config"]["shape"] == [64, 64]
     assert written["config"]["t_steps_s"] == [1.0, 3600.0, 86400.0, 2592000.0, 31536000.0]
     results = written["results"]
@@ -106,6 +114,10 @@ def test_search_benchmark_quick(tmp_path, capsys, keep_threads):
                     "improvement", "optimizer_options"):
             assert key in r
         assert r["optimizer_options"]["validation_repeats"] == 4
+        _check_profile(r["profile"])
+        assert r["search_s"] == pytest.approx(r["profile"]["phases"]["start ranking"]["s"]
+                                              + r["profile"]["phases"]["search (DE)"]["s"])
+    assert written["toolkit"] is None
     # All backends see the same test weights and baseline seed, so the same baseline.
     assert len({r["baseline_tnmse"] for r in results}) == 1
     out = capsys.readouterr().out
@@ -113,7 +125,7 @@ def test_search_benchmark_quick(tmp_path, capsys, keep_threads):
 
 
 def test_network_benchmark_quick(tmp_path, capsys, keep_threads):
-    written = _run_quick("network", tmp_path)
+    written = _run_quick("network", tmp_path, "--toolkit", "off")
     r = written["result"]
     assert r["num_layers"] == 3 and len(r["layers"]) == 3
     assert [layer["kind"] for layer in r["layers"]] == ["query", "key", "value"]
@@ -127,7 +139,33 @@ def test_network_benchmark_quick(tmp_path, capsys, keep_threads):
     for key in ("wall_time_s", "total_baseline_tnmse", "total_improvement", "settings",
                 "stop_reason"):
         assert key in r
-    assert "layers beating baseline by margin" in capsys.readouterr().out
+    _check_profile(r["profile"])
+    assert r["profile"]["wall_s"] == pytest.approx(r["wall_time_s"], rel=0.05, abs=0.05)
+    out = capsys.readouterr().out
+    assert "layers beating baseline by margin" in out and "Where the wall time went" in out
+
+
+@pytest.mark.slow
+def test_search_and_network_beside_the_toolkit(tmp_path, capsys, keep_threads):
+    # The reference toolkit timed in the same run: its loss, its own short DE, and each row's
+    # estimate of its wall time at that budget.
+    pytest.importorskip("aihwkit")
+    written = _run_quick("search", tmp_path, "--toolkit", "on", "--backends", "torch")
+    tk = written["toolkit"]
+    assert len(written["toolkit_runs"]) == 2 and tk["measurements"] == 2
+    assert tk["loss"]["loss_weights"]["ms_per_candidate"] > 0
+    assert tk["search"]["candidates"] == 1 * 21 * 3 and tk["search"]["dim"] == 21
+    (row,) = written["results"]
+    expected = (row["optimizer_options"]["baseline_iterations"]
+                * tk["search"]["baseline_s_per_iteration"]
+                + 2 * 21 * 3 * tk["search"]["s_per_candidate"])
+    assert row["toolkit_estimated_wall_s"] == pytest.approx(expected)
+    assert row["speedup_vs_toolkit"] == pytest.approx(expected / row["wall_time_s"])
+    net = _run_quick("network", tmp_path / "net", "--toolkit", "on")
+    r = net["result"]
+    assert r["toolkit_same_candidates_s"] == pytest.approx(
+        r["candidates"] * net["toolkit"]["search"]["s_per_candidate"])
+    assert "aihwkit 1.1.0" in capsys.readouterr().out
 
 
 def test_bert_shaped_weights_full_layout_and_determinism():

@@ -31,7 +31,8 @@ def test_objective_benchmark_quick(tmp_path, capsys):
     out = tmp_path / "objective.json"
     try:
         record = bench.main(["--quick", "--sizes", "4", "9", "--in-features", "32",
-                             "--out-features", "2", "--threads", "1", "--out", str(out)])
+                             "--out-features", "2", "--threads", "1", "--out", str(out),
+                             "--roofline-sizes", "512", "2048", "--roofline-threads", "1", "2"])
     finally:
         torch.set_num_threads(threads)
     assert json.loads(out.read_text()) == json.loads(json.dumps(record))
@@ -50,6 +51,30 @@ def test_objective_benchmark_quick(tmp_path, capsys):
             d[k] == r[k] for k in ("kernel", "common_random_numbers", "P"))]
         assert r["cost_vs_device_physics"] == pytest.approx(
             r["batched_ms_per_candidate"] / same[0]["batched_ms_per_candidate"])
+    # The roofline, measured in the same run: throughput per thread count and size, the
+    # per-candidate counts of the formulas, and every CPU row's fraction of it.
+    roof = record["roofline"]
+    assert set(roof["throughput_elements_per_s"]) == {"1", "2"}
+    assert set(roof["throughput_elements_per_s"]["1"]["exp"]) == {"512", "2048"}
+    counts = roof["primitive_counts_per_candidate"]
+    assert counts["device"]["crn"]["exp"] == 2 * 4 * 64 * 6
+    assert counts["device"]["independent"]["normal"] == 3 * 4 * 64 * 6
+    for r in cpu:
+        mode = "crn" if r["common_random_numbers"] else "independent"
+        rate = roof["candidates_per_s"]["1"][r["physics"]][mode]
+        assert r["roofline_candidates_per_s"] == pytest.approx(rate)
+        assert r["fraction_of_roofline"] == pytest.approx(r["batched_candidates_per_s"] / rate)
+    # The reference toolkit's own loss, when it is installed.
+    if record["toolkit"]["available"]:
+        for r in cpu:
+            assert r["toolkit_ms_per_candidate"] > 0
+            assert r["speedup_vs_toolkit"] == pytest.approx(
+                r["toolkit_ms_per_candidate"] / r["batched_ms_per_candidate"])
+        agreement = record["toolkit"]["agreement"]
+        assert len(agreement["gpuwpo_aihwkit_physics_tnmse"]) == agreement["candidates"] > 0
+    else:
+        assert all(r["toolkit_ms_per_candidate"] is None for r in cpu)
     table = capsys.readouterr().out
     assert "| cpu | torch | device | on | 9 |" in table
     assert "| cpu | torch | aihwkit | on | 9 |" in table
+    assert "Roofline per candidate" in table
