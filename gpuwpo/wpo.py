@@ -12,23 +12,40 @@ names, signatures and meaning (aihwkit 1.1.0). What runs underneath is gpuwpo's
 the ``rpu_config`` you pass:
 
 * an aihwkit ``InferenceRPUConfig`` or ``TorchInferenceRPUConfig`` (when aihwkit is installed):
-  its noise model, drift compensation and forward periphery are translated by
+  its noise model, drift compensation, forward periphery and mapping are translated by
   :func:`gpuwpo.aihwkit.from_aihwkit_rpu_config`; a setting gpuwpo does not model is
   refused with a ValueError naming it. ``run_optimizer`` then returns aihwkit's own
   ``CustomPairConductanceConverter``, ready for its inference tiles.
 * without aihwkit, gpuwpo's small :class:`InferenceConfig` (noise model, drift compensation,
-  converter, tile size); ``run_optimizer`` returns gpuwpo's converter.
+  converter, tile size, mapping); ``run_optimizer`` returns gpuwpo's converter.
 
 Differences from the reference, on purpose:
+
+* The mapping the user deploys is the one searched. The reference switches the rpu_config's
+  mapping scales off while it searches (``loss_rpu_config`` then converts the weights unscaled,
+  one scale per layer) and hands back a converter for the config with its mapping restored, as
+  its example 33 deploys it: per output row (``mapping.weight_scaling_omega = 1``,
+  ``weight_scaling_columnwise = True``). A program is judged by the weights its converter is
+  given, so gpuwpo searches, sets the baseline and chooses under that deployed mapping
+  (``mapping_saved``; :mod:`gpuwpo.device.mapping`): under the columnwise mapping each row of
+  the test tile is scaled to its own max before the program sees it. The attributes keep the
+  reference's meaning (``rpu_config`` with the scales off, ``mapping_saved``), and so do the
+  module functions (:func:`loss_rpu_config` and :func:`loss_fxn` evaluate the config they are
+  given, with its mapping, as the reference's do).
+* The search starts from the standard converters the strategy space can express (the baseline's
+  program, N-pair programs over a grid of F and k_w: ``standard_starts`` of
+  :class:`gpuwpo.search.options.SearchOptions`) and the answer is chosen on fresh noise (next
+  item). ``reference_search=True`` (gpuwpo's keyword) restores the reference's bare search: the
+  mapping off while searching, no standard starts, and the search's own answer returned with
+  the reference's success (its in-search loss below zero) instead of the choice on fresh noise.
 
 * ``success`` is always a bool: whether the answer, re-evaluated with fresh noise, beats the
   baseline by ``loss_margin`` (the reference returns True, or the in-search loss as a float).
   ``best_loss`` is that validated TNMSE; the whole report is in ``self.result``.
 * Never worse: the answer is chosen, on the same fresh noise, among the search's best, its
-  polish and the baseline (:mod:`gpuwpo.search.selection`); where no strategy beats the baseline
-  with
-  confidence, ``run_optimizer`` returns the baseline's own program as a CustomPair (its exact
-  encoding at the grid points) and success False.
+  polish, the best standard start and the baseline (:mod:`gpuwpo.search.selection`); where no
+  strategy beats the baseline with confidence, ``run_optimizer`` returns the baseline's own
+  program as a CustomPair (its exact encoding at the grid points) and success False.
 * Randomness is seeded: the test weights are shuffled with ``seed`` (its stream ``"test_tiles"``,
   :data:`gpuwpo.rng.STREAMS`; the reference shuffles with numpy's unseeded global generator),
   and the module functions take an optional ``generator`` (:mod:`gpuwpo.rng`'s meaning: a
@@ -38,10 +55,9 @@ Differences from the reference, on purpose:
 * :func:`loss_fxn` also takes a population ``x`` [P, D] and returns [P].
 
 This module keeps the reference's search defaults (population 100 x D, 200 generations,
-best1bin, mutation 0.1, recombination 0.3, a population without the standard converters as
-standard starts), which :class:`gpuwpo.WeightProgrammingOptimizer` does not have to: gpuwpo's
-own are in :class:`gpuwpo.search.options.SearchOptions`, chosen from measured curves
-(docs/RESULTS.md, "Defaults"; ``bench/quality.py``).
+best1bin, mutation 0.1, recombination 0.3), which :class:`gpuwpo.WeightProgrammingOptimizer`
+does not have to: gpuwpo's own are in :class:`gpuwpo.search.options.SearchOptions`, chosen from
+measured curves (docs/RESULTS.md, "Defaults"; ``bench/quality.py``).
 """
 
 from __future__ import annotations
@@ -65,6 +81,7 @@ from .device.converters import (
     NPairConductanceConverter,
     SinglePairConductanceConverter,
 )
+from .device.mapping import Recipe
 from .device.noise import PCMLikeNoiseModel
 from .device.sampling import downsample_weight_distribution as _downsample
 from .device.sampling import shuffle_weights as _shuffle
@@ -90,8 +107,11 @@ _ERROR_AMPLIFICATION = 10.0
 class MappingConfig:
     """The part of the reference's ``MappingParameter`` the optimiser reads.
 
-    ``max_input_size`` is the test tile's in_features; the scaling flags exist so that the
-    optimiser can switch them off as the reference does (gpuwpo models none of them).
+    ``max_input_size`` is the test tile's in_features. The scaling flags are the reference's and
+    mean what they mean there (:func:`gpuwpo.aihwkit.mapping_from_aihwkit`):
+    ``weight_scaling_omega = 0`` is the mapping ``"layer"``, ``weight_scaling_omega = 1`` with
+    ``weight_scaling_columnwise = True`` the mapping ``"columnwise"`` (each output row scaled to
+    its own max); other scalings are refused by name.
     """
 
     max_input_size: int = 512
@@ -139,15 +159,15 @@ def _is_reference_config(rpu_config: Any) -> bool:
     return interop.is_aihwkit_object(rpu_config)
 
 
-def _physics_of(rpu_config: Any, *, check_mapping: bool = True) -> tuple[Any, Any, Any]:
-    """(gpuwpo noise model, compensation, converter) of a reference or gpuwpo config."""
+def _physics_of(rpu_config: Any) -> tuple[Any, Any, Any, str]:
+    """(gpuwpo noise model, compensation, converter, mapping) of a reference or gpuwpo config."""
     if isinstance(rpu_config, InferenceConfig):
-        return rpu_config.noise_model, rpu_config.drift_compensation, rpu_config.g_converter
+        return (rpu_config.noise_model, rpu_config.drift_compensation, rpu_config.g_converter,
+                interop.mapping_from_aihwkit(rpu_config))
     if _is_reference_config(rpu_config):
-        noise_model, compensation = interop.from_aihwkit_rpu_config(
-            rpu_config, check_mapping=check_mapping)
+        noise_model, compensation, mapping = interop.from_aihwkit_rpu_config(rpu_config)
         converter = interop.from_aihwkit_converter(rpu_config.noise_model.g_converter)
-        return noise_model, compensation, converter
+        return noise_model, compensation, converter, mapping
     raise TypeError(f"rpu_config must be aihwkit's InferenceRPUConfig / TorchInferenceRPUConfig "
                     f"or gpuwpo.wpo.InferenceConfig, got {type(rpu_config).__name__}")
 
@@ -283,19 +303,21 @@ def denormalize(x: Any, d: dict) -> tuple[list[float], list[list[float]]]:
 
 def _tnmse_samples(rpu_config: Any, test_weights: Tensor, t_steps: Sequence[float],
                    max_abs_weight_unitless: Any, repeats: int,
-                   generator: torch.Generator | int | None, *,
-                   check_mapping: bool = True) -> Tensor:
+                   generator: torch.Generator | int | None) -> Tensor:
     """TNMSE of ``repeats`` programmings of the tile ``test_weights.T`` [out, in], as the
-    reference's loss_weights computes one (its normalisation included)."""
-    noise_model, compensation, converter = _physics_of(rpu_config, check_mapping=check_mapping)
+    reference's loss_weights computes one (its normalisation included), under the config's
+    mapping (the digital scales included in the effective weights, as ``tile.get_weights()``
+    gives them)."""
+    noise_model, compensation, converter, mapping = _physics_of(rpu_config)
     weights = torch.as_tensor(test_weights).detach().to("cpu", torch.float32)
     if weights.ndim != 2:
         raise ValueError(f"test_weights must be [in_features, out_features], got "
                          f"{tuple(weights.shape)}")
     tile = weights.T.contiguous()  # [out, in], as the tile holds it
     t = as_time_tensor(t_steps, dtype=torch.float64)
-    eff = simulate_weights(tile, converter, noise_model, t.tolist(), compensation,
-                           repeats=repeats, generator=make_generator(generator, "cpu"),
+    eff = simulate_weights(tile, Recipe(converter, mapping), noise_model, t.tolist(),
+                           compensation, repeats=repeats,
+                           generator=make_generator(generator, "cpu"),
                            physics="aihwkit")  # [repeats, T, out, in]
     m = float(torch.as_tensor(max_abs_weight_unitless))
     err = (_ERROR_AMPLIFICATION * (eff.double() - tile.double()) / m).square()
@@ -399,6 +421,30 @@ _REFERENCE_DEFAULTS: dict[str, Any] = {
     "polish": True, "workers": -1, "seed": 100, "x_init": "latinhypercube", "device": "cpu",
 }
 
+#: gpuwpo's own settings of the drop-in (the module docstring): ``reference_search=True`` is the
+#: reference's bare search (mapping off while searching, no standard starts, no choice on fresh
+#: noise).
+_GPUWPO_DEFAULTS: dict[str, Any] = {"reference_search": False}
+
+
+@dataclass
+class _WithMapping:
+    """A config holding only ``mapping`` (what :func:`gpuwpo.aihwkit.mapping_from_aihwkit`
+    reads)."""
+
+    mapping: Any
+
+
+class _DeployedMapping(_Optimizer):
+    """gpuwpo's optimiser whose choice offers the standard converters under the searched mapping
+    only: the drop-in hands back one converter for the rpu_config the user deploys, so an
+    answer chosen for another mapping would be programmed through a mapping it was not chosen
+    for."""
+
+    @property
+    def contender_mappings(self) -> tuple[str, ...]:
+        return (self.objective.mapping,)
+
 
 class _IntermediateResult:
     """What a reference-style callback receives: ``x`` (numpy) and ``fun`` (normalised loss)."""
@@ -425,7 +471,14 @@ class WeightProgrammingOptimizer:
             baseline_iterations=100, callback=stop_criterion, disp=True, strategy="best1bin",
             popsize=100, maxiter=200, tol=0.0, atol=0.02, mutation=0.1, recombination=0.3,
             polish=True, workers=-1 (no effect), seed=100, x_init="latinhypercube",
-            device="cpu" (where gpuwpo computes; "cuda" for a GPU).
+            device="cpu" (where gpuwpo computes; "cuda" for a GPU); and gpuwpo's
+            reference_search=False (True: the reference's bare search, the module docstring).
+
+    The search, its baseline and the choice of the answer run under the mapping the user
+    deploys, ``rpu_config.mapping`` as given (``mapping_saved``; ``"layer"`` or
+    ``"columnwise"``), not with its scales off as the reference searches: the program is then
+    chosen for the weights its converter will be given (the module docstring). With
+    ``reference_search=True`` the mapping is off while searching, as in the reference.
 
     Attributes are the reference's (f_lst, rpu_config, mapping_saved, noise_model, t_steps,
     symmetric, test_in_features, the settings above, g_converter_baseline, g_min, g_max, g_err in
@@ -435,7 +488,8 @@ class WeightProgrammingOptimizer:
 
     Raises:
         TypeError: an unknown keyword argument (named) or an unsupported baseline.
-        ValueError: an rpu_config setting gpuwpo does not model (named).
+        ValueError: an rpu_config setting gpuwpo does not model (named), its mapping included
+            (unless ``reference_search``, which searches with the mapping off).
     """
 
     def __init__(self, weights: Tensor, f_lst: list, rpu_config: Any, t_steps: Sequence[float],
@@ -457,6 +511,7 @@ class WeightProgrammingOptimizer:
         self.symmetric = symmetric
         self.test_in_features = int(self.rpu_config.mapping.max_input_size)
         self.__dict__.update(_REFERENCE_DEFAULTS)
+        self.__dict__.update(_GPUWPO_DEFAULTS)
         unknown = sorted(set(kwargs) - set(self.__dict__))
         if unknown:
             raise TypeError(f"The following argument(s) are not supported: {', '.join(unknown)}")
@@ -470,8 +525,12 @@ class WeightProgrammingOptimizer:
         self.g_max = float(base.g_max)
         self.g_err = self.g_err * (self.g_max - self.g_min)
         # Translate now: a setting gpuwpo does not model is refused before any work.
-        self._noise_model, self._compensation, _ = _physics_of(self.rpu_config)
+        self._noise_model, self._compensation, _, _ = _physics_of(self.rpu_config)
         self._reference = _is_reference_config(self.rpu_config)
+        # The mapping searched under: the one deployed (the config's, before the scales were
+        # switched off), or the reference's none while it searches.
+        self._mapping = ("layer" if self._flag("reference_search") else
+                         interop.mapping_from_aihwkit(_WithMapping(self.mapping_saved)))
         l_grid = self.nbins * 2 - 1
         self.g_converter = _program_converter(
             list(f if f is not None else 1.0 for f in f_lst),
@@ -530,17 +589,19 @@ class WeightProgrammingOptimizer:
                                          float(result.fun[0])))
             return False
 
-        return _Optimizer(
+        bare = self._flag("reference_search")
+        return _DeployedMapping(
             [tile], list(self.f_lst), self._noise_model, list(self.t_steps), base,
             symmetric=self.symmetric, device=self.device, compensation=self._compensation,
-            physics="aihwkit", nbins=self.nbins, test_in_features=None, test_out_features=None,
+            physics="aihwkit", mapping=self._mapping, baseline_mapping=self._mapping,
+            nbins=self.nbins, test_in_features=None, test_out_features=None,
             g_err=self.g_err / (self.g_max - self.g_min), f_min=self.f_min, f_max=self.f_max,
             use_max_kw=self._flag("use_max_kw"), loss_margin=self.loss_margin,
             baseline_iterations=self.baseline_iterations, callback=on_generation,
             disp=self._flag("disp"), strategy=self.strategy, popsize=self.popsize,
             maxiter=self.maxiter, tol=self.tol, atol=self.atol, mutation=self.mutation,
             recombination=self.recombination, polish=self._flag("polish"), seed=self.seed,
-            x_init=self.x_init, standard_starts=False)
+            x_init=self.x_init, standard_starts=not bare)
 
     # -- the reference's methods ---------------------------------------------------------
     def generate_hop_bounds(self) -> tuple[tuple[float, float], ...]:
@@ -561,7 +622,14 @@ class WeightProgrammingOptimizer:
         return loss
 
     def differential_weight_evolution(self) -> tuple[Any, bool]:
-        """Search; returns ``(converter, success)`` with success a bool (see the module)."""
+        """Search; returns ``(converter, success)`` with success a bool (see the module).
+
+        By default the answer is the one chosen on fresh noise (``self.result``), and
+        ``best_loss`` its validated TNMSE. With ``reference_search=True`` it is the search's own
+        incumbent, ``best_loss`` its in-search TNMSE and success whether its in-search loss is
+        below zero, as the reference reports them; the validated figures (and gpuwpo's polish,
+        which only the choice on fresh noise can take) stay in ``self.result``.
+        """
         if self.disp:
             print(f"\t\thypercube dimensions = {len(self.generate_hop_bounds())} \n")
         opt = self._optimizer()
@@ -569,7 +637,12 @@ class WeightProgrammingOptimizer:
         self.result = r = opt.result
         self.loss_baseline = float(r.baseline_tnmse[0])
         self.best_loss = float(r.tnmse[0])
-        if bool(r.kept_baseline[0]):
+        if self._flag("reference_search"):
+            converter = opt.space.to_converter(r.search_x[0].to(opt.objective.dtype),
+                                               opt.objective.max_abs_weight.reshape(-1)[0])
+            self.best_loss = float(r.search_best_tnmse[0])
+            success = bool(float(r.search_best_loss[0]) < 0.0)
+        elif bool(r.kept_baseline[0]):
             # No strategy beat the baseline with confidence: hand back the baseline's own program
             # as the CustomPair this API returns (its encoding in the strategy space), or, where
             # the space cannot express it, the search's best as the reference would.

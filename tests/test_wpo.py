@@ -20,6 +20,13 @@ TINY = dict(popsize=2, maxiter=3, disp=False, polish=False, baseline_iterations=
             callback=None)
 
 
+@pytest.fixture(autouse=True)
+def _one_thread(keep_threads):
+    # Tiles of a few hundred weights: OpenMP's threads cost far more than the work on a busy
+    # 2-core machine (a drop-in run: about 0.6 s on one thread, several on two under load).
+    torch.set_num_threads(1)
+
+
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
@@ -73,18 +80,100 @@ def test_flags_take_the_references_zero_and_one_and_refuse_other_values():
 
 def test_a_kept_baseline_comes_back_as_its_own_program_and_no_success():
     base = gpuwpo.DualPairConductanceConverter([1.0, 1.0], 0.0, 25.0)
-    opt = wpo.WeightProgrammingOptimizer(_weights(), [None, None], _native_config(), T_STEPS,
-                                         base, test_out_features=4, **{**TINY, "polish": False})
+    # The baseline's own f and its full range fixed: the only standard start is the baseline's
+    # program, and the search at this budget does not beat it: the layer keeps the baseline.
+    opt = wpo.WeightProgrammingOptimizer(_weights(), [1.0, 1.0], _native_config(), T_STEPS,
+                                         base, test_out_features=4, use_max_kw=True,
+                                         **{**TINY, "polish": False})
     conv, success = opt.run_optimizer()
-    # The reference's search at this budget does not beat the baseline: the layer keeps it.
     assert opt.result.chosen == ["baseline"] and success is False
     assert isinstance(conv, gpuwpo.CustomPairConductanceConverter)
     core = opt._optimizer()
     expected = core.space.to_converter(core.baseline_point().to(core.objective.dtype),
                                        core.objective.max_abs_weight.reshape(-1)[0])
     assert torch.equal(conv.g_lst, expected.g_lst) and torch.equal(conv.f_lst, expected.f_lst)
-    # No seeds in the drop-in: the reference's search.
+    # The drop-in starts from the standard converters (here the baseline's program alone).
+    assert core.options.standard_starts is True
+    assert core.standard_starts()[1] == ["baseline program"]
+
+
+def _columnwise(cfg):
+    """``cfg`` with aihwkit's per-column mapping (its inference presets', example 33's)."""
+    cfg.mapping.weight_scaling_omega = 1.0
+    cfg.mapping.weight_scaling_columnwise = True
+    return cfg
+
+
+def test_the_drop_in_searches_and_chooses_under_the_mapping_its_user_deploys():
+    base = gpuwpo.DualPairConductanceConverter([1.0, 1.0], 0.0, 25.0)
+    opt = wpo.WeightProgrammingOptimizer(_weights(), [None, None], _columnwise(_native_config()),
+                                         T_STEPS, base, test_out_features=4, **TINY)
+    # The reference's attributes: scales off in rpu_config, the deployed mapping saved.
+    assert opt.rpu_config.mapping.weight_scaling_omega == 0.0
+    assert opt.mapping_saved.weight_scaling_columnwise is True
+    core = opt._optimizer()
+    assert (core.options.mapping, core.options.baseline_mapping) == ("columnwise", "columnwise")
+    assert core.options.standard_starts is True
+    assert core.contender_mappings == ("columnwise",)  # one converter for the deployed mapping
+    conv, success = opt.run_optimizer()
+    assert opt.result.mappings == ["columnwise"] and opt.result.baseline.mapping == "columnwise"
+    assert opt.rpu_config.mapping.weight_scaling_columnwise is True  # restored for deployment
+    # The baseline figure is the baseline under that mapping: far below the layer-wise one.
+    assert opt.loss_baseline == pytest.approx(float(opt.result.baseline_tnmse[0]))
+    assert opt.loss_baseline < 0.8 * float(opt.result.layerwise_baseline_tnmse[0])
+    assert isinstance(conv, gpuwpo.CustomPairConductanceConverter) and isinstance(success, bool)
+    # A scaling gpuwpo does not model is refused by name, unless the search is the reference's
+    # (which switches it off while it searches).
+    cfg = _columnwise(_native_config())
+    cfg.mapping.weight_scaling_omega = 0.5
+    with pytest.raises(ValueError, match="weight_scaling_omega=0.5 is not modelled"):
+        wpo.WeightProgrammingOptimizer(_weights(), [None, None], cfg, T_STEPS, base, **TINY)
+    opt = wpo.WeightProgrammingOptimizer(_weights(), [None, None], cfg, T_STEPS, base,
+                                         reference_search=True, **TINY)
+    assert opt._optimizer().options.mapping == "layer"
+
+
+def test_reference_search_is_the_references_bare_search():
+    base = gpuwpo.DualPairConductanceConverter([1.0, 1.0], 0.0, 25.0)
+    opt = wpo.WeightProgrammingOptimizer(_weights(), [None, None], _columnwise(_native_config()),
+                                         T_STEPS, base, test_out_features=4,
+                                         reference_search=True, **TINY)
+    assert opt.reference_search is True and opt.settings()["reference_search"] is True
+    core = opt._optimizer()
     assert core.options.standard_starts is False
+    assert (core.options.mapping, core.options.baseline_mapping) == ("layer", "layer")
+    conv, success = opt.run_optimizer()
+    r = opt.result
+    # The search's own answer with the reference's success and best loss, whatever the choice.
+    expected = core.space.to_converter(r.search_x[0].to(core.objective.dtype),
+                                       core.objective.max_abs_weight.reshape(-1)[0])
+    assert torch.equal(conv.g_lst, expected.g_lst) and torch.equal(conv.f_lst, expected.f_lst)
+    assert success is (float(r.search_best_loss[0]) < 0.0)
+    assert opt.best_loss == pytest.approx(float(r.search_best_tnmse[0]))
+    with pytest.raises(ValueError, match="reference_search must be True or False"):
+        wpo.WeightProgrammingOptimizer(_weights(), [None], _native_config(), T_STEPS, base,
+                                       reference_search="yes")
+
+
+def test_the_loss_functions_honour_the_models_mapping():
+    cfg = _columnwise(_native_config(g_converter=gpuwpo.DualPairConductanceConverter()))
+    tile = _weights(4, 128).reshape(32, 4) * torch.logspace(-2, 0, 4)  # [in, out]: columns apart
+    m = tile.abs().max()
+    columnwise = [wpo.loss_weights(wpo.AnalogTileModel(32, 4, cfg), T_STEPS, tile, m, 1.0, 0.0,
+                                   True, generator=_gen(20 + i)) for i in range(20)]
+    layer_cfg = _native_config(g_converter=gpuwpo.DualPairConductanceConverter())
+    layer = [wpo.loss_weights(wpo.AnalogTileModel(32, 4, layer_cfg), T_STEPS, tile, m, 1.0, 0.0,
+                              True, generator=_gen(20 + i)) for i in range(20)]
+    # Each output column scaled to its own max: the small columns keep their precision.
+    assert _z(columnwise, layer) < -4, (np.mean(columnwise), np.mean(layer))
+    # The same figure as the converter path of the columnwise recipe, draw for draw.
+    from gpuwpo.device.mapping import Recipe
+
+    eff = gpuwpo.simulate_weights(tile.T.contiguous(), Recipe(cfg.g_converter, "columnwise"),
+                                  cfg.noise_model, T_STEPS, cfg.drift_compensation,
+                                  generator=_gen(20), physics="aihwkit")
+    by_hand = float((10 * (eff[0] - tile.T) / m).square().mean())
+    assert columnwise[0] == pytest.approx(by_hand, rel=1e-5)
 
 
 def test_reference_defaults_and_unknown_keywords():
@@ -184,7 +273,7 @@ def ref():
     return ref_wpo
 
 
-def _reference_config(in_features=32, converter=None, perfect=True):
+def _reference_config(in_features=32, converter=None, perfect=True, mapping="layer"):
     from aihwkit.inference.compensation.drift import GlobalDriftCompensation
     from aihwkit.inference.converter.conductance import DualPairConductanceConverter
     from aihwkit.inference.noise.pcm import PCMLikeNoiseModel
@@ -196,7 +285,7 @@ def _reference_config(in_features=32, converter=None, perfect=True):
     cfg.drift_compensation = GlobalDriftCompensation()
     cfg.mapping.max_input_size = in_features
     cfg.forward.is_perfect = perfect
-    return cfg
+    return _columnwise(cfg) if mapping == "columnwise" else cfg
 
 
 @pytest.mark.parametrize("f_lst, symmetric, use_max_kw", [
@@ -257,14 +346,18 @@ def _z(a, b):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("perfect", [True, False])
-def test_losses_agree_with_the_reference_in_distribution(ref, perfect):
+@pytest.mark.parametrize("perfect, mapping", [(True, "layer"), (False, "layer"),
+                                              (False, "columnwise")])
+def test_losses_agree_with_the_reference_in_distribution(ref, perfect, mapping):
+    """loss_weights and loss_rpu_config against the reference's on the same config (its
+    mapping included: per column, aihwkit's tile scales each output column to its own max and
+    get_weights multiplies it back), and the baseline's figure."""
     from aihwkit.inference.converter.conductance import DualPairConductanceConverter
     from aihwkit.nn import AnalogLinear
 
     base = DualPairConductanceConverter([1.0, 1.0], 25.0, 0.0)
     cfg = _reference_config(converter=DualPairConductanceConverter([1.0, 3.0], 25.0, 0.0),
-                            perfect=perfect)
+                            perfect=perfect, mapping=mapping)
     opt = wpo.WeightProgrammingOptimizer(_weights(8), [None, None], cfg, T_STEPS, base,
                                          test_out_features=8, baseline_iterations=30,
                                          disp=False)
@@ -337,8 +430,8 @@ def test_refuses_what_it_does_not_model_by_name(ref):
 
 
 EXAMPLE_33 = textwrap.dedent("""
-    # The call pattern of aihwkit's example 33, on small in-process weights; only the import
-    # of the optimiser module differs between the two runs.
+    # The call pattern of aihwkit's example 33 (its mapping on), on small in-process weights;
+    # only the import of the optimiser module differs between the two runs.
     import copy
     import torch
     from aihwkit.simulator.configs import TorchInferenceRPUConfig
@@ -359,6 +452,13 @@ EXAMPLE_33 = textwrap.dedent("""
     rpu_config_baseline = TorchInferenceRPUConfig(noise_model=PCMLikeNoiseModel(),
                                                   drift_compensation=GlobalDriftCompensation())
     rpu_config_baseline.mapping.max_input_size = IN_FEATURES
+    # example 33's deployment: each output column scaled to its own max (and learned output
+    # scales, which setting the weights resets to 1)
+    rpu_config_baseline.mapping.weight_scaling_omega = 1.0
+    rpu_config_baseline.mapping.weight_scaling_columnwise = True
+    rpu_config_baseline.mapping.learn_out_scaling = True
+    rpu_config_baseline.mapping.out_scaling_columnwise = True
+    rpu_config_baseline.mapping.max_output_size = 0
     rpu_config_baseline.noise_model.g_converter = g_converter_baseline
     weights_ideal = WEIGHTS
     f_lst = [1.0, None]
@@ -394,6 +494,9 @@ def test_a_reference_script_runs_with_only_the_import_changed(ref):
     assert isinstance(scope["g_converter_optimized"], CustomPairConductanceConverter)
     assert isinstance(scope["success"], bool)
     assert scope["optimized_loss"] < scope["baseline_loss"]
+    # Searched, and returned for, the mapping the script deploys.
+    assert scope["wpo"].result.mappings == ["columnwise"]
+    assert scope["rpu_config_optimized"].mapping.weight_scaling_columnwise is True
     # Judged by the reference's own loss_weights on the script's own layers.
     torch.manual_seed(14)
     args = (scope["time_steps"], scope["weights_test"], scope["max_abs_weight"], 0, 0, True)
