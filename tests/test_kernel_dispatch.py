@@ -13,11 +13,13 @@ from gpuwpo.search.objective import TNMSEObjective
 T_STEPS = [1.0, 3600.0, 86400.0]
 
 
-def _objective(kernel="torch", noise_model=None, compensation=None):
+def _objective(kernel="torch", noise_model=None, compensation=None, *, mapping="layer",
+               clip_range=None):
     w = gpuwpo.student_t_weights((32, 16), generator=torch.Generator().manual_seed(0))
-    space = gpuwpo.StrategySpace([None, None], 0.0, 25.0)
+    space = gpuwpo.StrategySpace([None, None], 0.0, 25.0, clip_range=clip_range)
     return TNMSEObjective([w], noise_model or gpuwpo.PCMLikeNoiseModel(), compensation, T_STEPS,
-                          space, test_in_features=16, test_out_features=4, kernel=kernel)
+                          space, test_in_features=16, test_out_features=4, kernel=kernel,
+                          mapping=mapping)
 
 
 def test_auto_picks_torch_on_the_cpu():
@@ -47,6 +49,22 @@ def test_triton_refuses_physics_it_does_not_implement(noise_model, compensation,
         _objective("triton", noise_model, compensation)
     # auto quietly uses the torch path for the same physics
     assert _objective("auto", noise_model, compensation).kernel == "torch"
+
+
+@pytest.mark.parametrize("options, match", [
+    (dict(mapping="columnwise"), "layer-wise mapping"),
+    (dict(clip_range=(0.5, 1.0)), "clip"),
+    (dict(mapping="columnwise", clip_range=(0.5, 1.0)), "clip"),
+])
+def test_the_kernel_declines_a_per_column_mapping_and_a_searched_clip(options, match):
+    # The kernel has one scale per tile and one grid for every candidate: what it does not
+    # implement runs the torch twin (auto) or is refused with the reason (triton).
+    assert _objective("torch")._kernel_supported() is None  # control: the plain search runs it
+    assert match in _objective("torch", **options)._kernel_supported()
+    pytest.importorskip("triton")
+    with pytest.raises(ValueError, match=match):
+        _objective("triton", **options)
+    assert _objective("auto", **options).kernel == "torch"
 
 
 def test_auto_falls_back_to_torch_when_the_kernel_fails(monkeypatch):
@@ -101,6 +119,14 @@ def test_compiled_torch_path_equals_the_eager_one():
         a = eager(x, 3, common_random_numbers=crn)
         b = compiled(x, 3, common_random_numbers=crn)
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_compiled_torch_path_equals_the_eager_one_per_column_with_a_searched_clip():
+    eager = _objective("torch", mapping="columnwise", clip_range=(0.4, 1.0))
+    compiled = _objective("compile", mapping="columnwise", clip_range=(0.4, 1.0))
+    x = torch.rand(1, 6, eager.dim, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(compiled(x, 3), eager(x, 3), rtol=1e-5, atol=1e-7)
 
 
 @_KERNEL_RUNS

@@ -254,3 +254,86 @@ def test_negative_control_accepting_the_best_contender_blindly_returns_worse_lay
     opt = _tiny_run(physics)
     assert all(not c.kept_baseline for c in opt.result.choices)
     assert sum(_worse_than_baseline(opt, seed=12345)) >= 2
+
+
+# -- recipes: contenders under a mapping, references for the report ------------------------------
+
+
+def _scaled_rows(seed=13):
+    """A tile whose rows have very different scales (as trained layers' output rows do)."""
+    gen = torch.Generator().manual_seed(seed)
+    w = gpuwpo.student_t_weights((32, 24), generator=gen)
+    return w * torch.logspace(-1.5, 0, 32)[:, None]
+
+
+def test_the_same_converter_under_the_per_column_mapping_beats_it_layer_wise():
+    from gpuwpo.device.mapping import Recipe
+
+    tile = _scaled_rows()
+    won = choose(tile, [("per column", Recipe(_dual(), "columnwise"))], _dual(), _noise(),
+                 T_STEPS, repeats=8, seed=4)
+    assert won.label == "per column" and won.tnmse < 0.5 * won.baseline_tnmse
+    # ... and the other way round it is no answer: the per-column baseline is kept.
+    kept = choose(tile, [("layer-wise", _dual())], Recipe(_dual(), "columnwise"), _noise(),
+                  T_STEPS, repeats=8, seed=4)
+    assert kept.kept_baseline and kept.tested == "layer-wise"
+
+
+def test_references_are_measured_on_the_answers_noise_and_change_nothing():
+    from gpuwpo.device.mapping import Recipe
+
+    tile = _scaled_rows()
+    contenders = [("wider", Recipe(_dual(g_max=24.0), "columnwise"))]
+    base = Recipe(_dual(), "columnwise")
+    plain = choose(tile, contenders, base, _noise(), T_STEPS, repeats=6, seed=5)
+    refs = {"layer-wise baseline": _dual(), "the baseline again": base}
+    both = choose(tile, contenders, base, _noise(), T_STEPS, repeats=6, seed=5,
+                  references=refs)
+    # The choice and its figures are those without references, bit for bit.
+    assert (both.label, both.tnmse, both.baseline_tnmse, both.figures) == \
+        (plain.label, plain.tnmse, plain.baseline_tnmse, plain.figures)
+    assert set(both.references) == set(refs) and plain.references == {}
+    # The baseline as a reference is measured on the very noise of the headline figures: its
+    # figure is the baseline's, and the answer's paired difference to it is the choice's own.
+    assert both.references["the baseline again"] == (both.baseline_tnmse, both.baseline_sem)
+    assert both.reference_differences["the baseline again"] == \
+        pytest.approx((both.difference, both.difference_sem), abs=1e-15)
+    # The layer-wise baseline is far worse than the per-column one on rows of different scales.
+    assert both.references["layer-wise baseline"][0] > 2 * both.baseline_tnmse
+
+
+def test_a_round_off_difference_never_wins():
+    # Rows that all share the layer's max|W|: the per-column mapping is the layer-wise one, its
+    # TNMSE the same up to float32 round-off, consistently of one sign on every repeat.
+    from gpuwpo.device.mapping import Recipe
+
+    tile = gpuwpo.student_t_weights((16, 24), generator=torch.Generator().manual_seed(6))
+    tile[:, 0] = tile.abs().max()
+    same = Recipe(_dual(), "columnwise")
+    choice = choose(tile, [("same", same)], _dual(), _noise(), T_STEPS, repeats=8, seed=6)
+    a, b = choice.confirmation["same"][0], choice.confirmation[BASELINE][0]
+    assert a != b and abs(a - b) < 1e-6 * b  # not bit for bit equal, but equal
+    assert choice.kept_baseline
+    # Negative control: without the round-off tolerance the rule takes it on consistency alone
+    # whenever its round-off falls below the baseline.
+    d = torch.tensor([-1e-9, -1.1e-9, -0.9e-9, -1.05e-9], dtype=torch.float64)
+    base = torch.full((4,), 0.01, dtype=torch.float64)
+    assert not confirms(base, base + d)
+    assert confirms(base, base + d * 1e5)  # a relative gain of 1e-5 and more is a gain
+
+
+def test_a_per_column_recipe_needs_tiles_of_rows():
+    from gpuwpo.device.mapping import Recipe
+    from gpuwpo.search.selection import choose_per_layer
+
+    space = gpuwpo.StrategySpace([None, None])
+    layers = [_scaled_rows()]
+    by_distribution = gpuwpo.TNMSEObjective(layers, _noise(), None, T_STEPS, space,
+                                            test_in_features=24, test_out_features=8)
+    with pytest.raises(ValueError, match="rows"):
+        choose_per_layer(by_distribution, [[]], Recipe(_dual(), "columnwise"), repeats=4,
+                         seed=1)
+    by_rows = gpuwpo.TNMSEObjective(layers, _noise(), None, T_STEPS, space,
+                                    test_in_features=24, test_out_features=8, tile_rows=True)
+    choice, = choose_per_layer(by_rows, [[]], Recipe(_dual(), "columnwise"), repeats=4, seed=1)
+    assert choice.kept_baseline

@@ -331,3 +331,76 @@ def test_encode_npair_rejects_what_the_space_cannot_express():
         space.encode_npair([1.0, 9.0])
     with pytest.raises(ValueError, match="needs 2"):
         space.encode_npair([1.0])
+
+
+# ------------------------------------------------------------------------------------------
+# The searched clip: one more coordinate, at the end of x
+# ------------------------------------------------------------------------------------------
+
+
+def test_the_clip_coordinate_is_last_and_leaves_the_reference_coordinates_alone():
+    plain = StrategySpace([None, None])
+    space = StrategySpace([None, None], clip_range=(0.4, 0.9))
+    assert space.dim == plain.dim + 1 and space.searches_clip and not plain.searches_clip
+    x = torch.rand(7, plain.dim, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    x_c = torch.tensor([0.0, 1.0, 0.5, 0.25, 0.75, 0.1, 0.9], dtype=torch.float64)
+    f, g, k_w, clip = space.decode(torch.cat([x, x_c[:, None]], -1), 0.8, return_clip=True)
+    f0, g0, k0 = plain.decode(x, 0.8)
+    # The programs are the reference's, whatever the clip (only where their grid lies moves).
+    assert torch.equal(f, f0) and torch.equal(g, g0) and torch.equal(k_w, k0)
+    # c = low + x_c (high - low), the ends exactly.
+    assert clip[0] == 0.4 and clip[1] == 0.9
+    torch.testing.assert_close(clip, 0.4 + 0.5 * x_c, rtol=0, atol=1e-15)
+    # Without a range the clip is the fixed one.
+    assert torch.equal(StrategySpace([None], clip=0.7).clips(torch.zeros(3, 8)),
+                       torch.full((3,), 0.7))
+
+
+def test_a_clip_point_becomes_a_clipping_converter():
+    space = StrategySpace([None, None], clip_range=(0.5, 1.0))
+    x = space.encode_npair([1.0, 4.0], 1.0, clip=0.6)
+    assert float(space.clips(x)) == pytest.approx(0.6, abs=1e-12)
+    conv = space.to_converter(x, 1.0)
+    assert conv.clip == pytest.approx(0.6, abs=1e-12)
+    assert space.to_converter(x, 1.0, clip=1.0).clip == 1.0  # the same program unclipped
+    # The top of the range encodes to exactly 1 (an unclipped start is unclipped).
+    top = space.encode_npair([1.0, 4.0])
+    assert float(top[-1]) == 1.0 and space.to_converter(top, 1.0).clip == 1.0
+    # A converter holds one clip: points of different clips are refused together.
+    with pytest.raises(ValueError, match="different clips"):
+        space.to_converter(torch.stack([x, top]), 1.0)
+    with pytest.raises(ValueError, match="outside the clip_range"):
+        space.encode_npair([1.0, 4.0], 1.0, clip=0.3)
+    with pytest.raises(ValueError, match="fixed"):
+        StrategySpace([None, None]).encode_npair([1.0, 4.0], 1.0, clip=0.5)
+
+
+def test_the_standard_starts_cover_a_few_clips_within_the_range():
+    plain = StrategySpace([None, None])
+    points, labels = plain.standard_starts()
+    space = StrategySpace([None, None], clip_range=(0.5, 1.0))
+    assert space.start_clips() == [1.0, 0.8, 0.6]
+    clipped, clip_labels = space.standard_starts()
+    assert clipped.shape == (3 * points.shape[0], space.dim)
+    assert len(set(clip_labels)) == len(clip_labels)
+    # Each start under each clip: the unclipped ones are the plain space's, labelled alike.
+    unclipped = [i for i, label in enumerate(clip_labels) if "clip=" not in label]
+    assert [clip_labels[i] for i in unclipped] == labels
+    assert torch.equal(clipped[unclipped, :-1], points)
+    assert bool((clipped[unclipped, -1] == 1).all())
+    assert sum("clip=0.6" in label for label in clip_labels) == points.shape[0]
+    # A range that excludes the offered clips starts at its top (the least clipping).
+    assert StrategySpace([None], clip_range=(0.3, 0.5)).start_clips() == [0.5]
+    assert StrategySpace([None], clip_range=(0.5, 0.9)).start_clips() == [0.9, 0.8, 0.6]
+
+
+@pytest.mark.parametrize("bad", [(0.0, 0.5), (0.6, 0.5), (0.5, 1.2), (0.5,), 0.5, "0.5, 1",
+                                 (float("nan"), 1.0), (True, 1.0)])
+def test_a_bad_clip_range_is_refused(bad):
+    with pytest.raises(ValueError, match="clip_range"):
+        StrategySpace([None, None], clip_range=bad)
+
+
+def test_a_fixed_clip_and_a_searched_one_are_refused_together():
+    with pytest.raises(ValueError, match="not both"):
+        StrategySpace([None, None], clip=0.5, clip_range=(0.4, 1.0))

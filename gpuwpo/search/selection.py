@@ -57,12 +57,16 @@ from ..device.simulate import converter_errors
 from ..rng import stream_seed
 from .objective import path_converter
 
-__all__ = ["BASELINE", "FALSE_ACCEPT_RATE", "Z95", "Choice", "choose", "choose_per_layer",
-           "confirms", "interval", "pick_winner"]
+__all__ = ["BASELINE", "FALSE_ACCEPT_RATE", "ROUNDOFF", "Z95", "Choice", "choose",
+           "choose_per_layer", "confirms", "interval", "pick_winner"]
 
 #: The rule's error rate: the probability that a layer takes a strategy that is merely equal to
 #: the baseline (one-sided; per layer, whatever the number of contenders).
 FALSE_ACCEPT_RATE = 0.025
+
+#: Relative differences below this are round-off, never a strategy's gain (:func:`confirms`):
+#: TNMSEs are float32 means whose last digits depend on how they were computed.
+ROUNDOFF = 1e-5
 
 #: The label of the baseline converter among the contenders.
 BASELINE = "baseline"
@@ -178,8 +182,12 @@ def confirms(baseline: torch.Tensor, winner: torch.Tensor, rate: float | None = 
         rate: the test's false-accept rate a (None: :data:`FALSE_ACCEPT_RATE`).
 
     Returns:
-        ``mean(d) + t_{1 - a, n - 1} * sd(d) / sqrt(n) < 0`` with d = winner - baseline (False
-        when d is identically 0: an identical program never wins).
+        ``mean(d) + t_{1 - a, n - 1} * sd(d) / sqrt(n) < -ROUNDOFF * mean(baseline)`` with
+        d = winner - baseline: False when d is identically 0 (an identical program never wins)
+        or only round-off (:data:`ROUNDOFF`: the same program computed another way, e.g. a
+        converter under the per-column mapping on rows that all share the layer's max|W|, has
+        differences of float32 round-off that a t-test would otherwise confirm for their
+        consistency alone).
     """
     from scipy.stats import t as student_t
 
@@ -189,7 +197,8 @@ def confirms(baseline: torch.Tensor, winner: torch.Tensor, rate: float | None = 
                          f"{tuple(baseline.shape)} and {tuple(winner.shape)}")
     n = baseline.shape[0]
     diff, sem = _mean_sem(winner.double() - baseline.double())
-    return bool(diff + float(student_t.ppf(1.0 - rate, n - 1)) * sem < 0)
+    tolerance = ROUNDOFF * abs(float(baseline.double().mean()))
+    return bool(diff + float(student_t.ppf(1.0 - rate, n - 1)) * sem < -tolerance)
 
 
 def choose(
