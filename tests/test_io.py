@@ -101,10 +101,10 @@ def test_result_file_is_plain_json_with_format_and_version(tmp_path):
     save_result(_result(), path)
     data = json.loads(path.read_text())
     assert data["format"] == RESULT_FORMAT == "gpuwpo-result"
-    assert data["version"] == RESULT_VERSION == 3
+    assert data["version"] == RESULT_VERSION == 4
     layer = data["layers"][0]
-    for key in ("name", "shape", "f_lst", "g_lst", "g_min", "g_max", "tnmse", "tnmse_ci95",
-                "baseline_tnmse", "baseline_ci95", "history"):
+    for key in ("name", "shape", "mapping", "f_lst", "g_lst", "g_min", "g_max", "tnmse",
+                "tnmse_ci95", "baseline_tnmse", "baseline_ci95", "history"):
         assert key in layer
     assert len(layer["g_lst"]) == 4 and len(layer["g_lst"][0]) == 11
     assert data["settings"]["t_steps"][-1] == 86400.0 * 365.25
@@ -146,8 +146,8 @@ def test_load_result_checks_format_and_version(tmp_path):
     def write(obj) -> None:
         path.write_text(json.dumps(obj))
 
-    write({**data, "version": 4})
-    with pytest.raises(ValueError, match=r"version 4 .*newer"):
+    write({**data, "version": 5})
+    with pytest.raises(ValueError, match=r"version 5 .*newer"):
         load_result(path)
     write({**data, "version": None})
     with pytest.raises(ValueError, match="version None"):
@@ -439,13 +439,17 @@ def test_results_files_of_earlier_versions_load(tmp_path, version):
     assert isinstance(layer.converter, gpuwpo.CustomPairConductanceConverter)
     # Versions 1 and 2 recorded no choice: their layers are the search's strategies.
     assert layer.chosen == ("search" if version < 3 else "seed: NPair f=[1, 1.5] range=1")
+    # Before version 4 every layer was layer-wise, with no layer-wise baseline figure of its own.
+    assert layer.mapping == "layer" and layer.recipe.mapping == "layer"
+    assert layer.layerwise_baseline_tnmse is None and layer.layerwise_baseline_ci95 is None
+    assert result.baseline.mapping == "layer"
     physics = physics_from_settings(result.settings, path=path)
     assert physics["noise_model"].g_ref == 25.0  # version 1 called it g_ref
     assert physics["baseline"].f_lst.tolist() == [1.0, 1.0]
     assert physics["t_steps"] == [1.0, 31536000.0] and physics["physics"] == "device"
     again = tmp_path / "again.json"  # saved as the current version, read back the same
     save_result(result, again)
-    assert load_result(again) == result and json.loads(again.read_text())["version"] == 3
+    assert load_result(again) == result and json.loads(again.read_text())["version"] == 4
 
 
 def test_earlier_records_are_repeated_with_the_options_they_record(tmp_path):
@@ -460,6 +464,10 @@ def test_earlier_records_are_repeated_with_the_options_they_record(tmp_path):
         # Version 2 was written before the search started from the standard converters;
         # version 3 called the option `seeds`.
         assert options.standard_starts is starts and "standard_starts" not in options.explicit
+        # Written before the mapping was modelled: layer-wise for both, no clip searched, so
+        # that the run repeats exactly whatever today's defaults are.
+        assert (options.mapping, options.baseline_mapping, options.clip_range) == (
+            "layer", "layer", None)
         assert (options.popsize, options.maxiter, options.seed) == (2, 2, 100)
         assert options.explicit == {"baseline_iterations", "maxiter", "popsize",
                                     "test_in_features", "test_out_features",
@@ -477,4 +485,7 @@ def test_the_command_line_repeats_a_run_recorded_with_seeds(tmp_path):
                  "--device", "cpu", "--out", str(out)]) == 0
     settings = load_result(out).settings
     assert settings["options"]["standard_starts"] is True and "seeds" not in settings["options"]
+    assert (settings["options"]["mapping"], settings["options"]["baseline_mapping"]) == (
+        "layer", "layer")
+    assert load_result(out).layers[0].mapping == "layer"
     assert settings["options"]["popsize"] == 2 and settings["t_steps"] == [1.0, 31536000.0]

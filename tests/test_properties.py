@@ -4,7 +4,9 @@ Random mutations of valid files -- byte flips, overwritten bytes, truncation, de
 inserted runs of bytes (biased towards the headers and the zip directories at the ends, where
 the structure is), and for JSON documents deleted fields and values of another type -- fed to
 the weight loaders (.npy, .npz, .pt, .safetensors, a nested training checkpoint, a sharded
-checkpoint's index and shards), the results-file reader and the checkpoint reader; and random
+checkpoint's index and shards), the results-file reader (its recipe fields aimed at too: each
+layer's mapping, clip and layer-wise baseline, the run's mappings and clip range) and the
+checkpoint reader; and random
 nested checkpoints (dicts of tensors beside other values, several or none, with or without
 ``key``) and random indexes (shards outside the directory, missing, named twice) to the weight
 loader. Each either loads (and what it loads is usable: a results file saves again) or raises
@@ -35,7 +37,11 @@ from safetensors.torch import save_file
 
 from gpuwpo.cli import main
 from gpuwpo.io import load_result, load_weights, result_to_json_bytes
-from gpuwpo.network.settings import optimize_kwargs_from_settings, physics_from_settings
+from gpuwpo.network.settings import (
+    mappings_from_settings,
+    optimize_kwargs_from_settings,
+    physics_from_settings,
+)
 from gpuwpo.search.checkpoint import read_checkpoint
 
 #: Examples per test: 200 x 11 tests take about 30 s on this project's 2-core CPU. For a longer
@@ -82,8 +88,11 @@ def originals(tmp_path_factory) -> dict[str, bytes]:
     torch.save(small, d / "small.pt")
     out, ckpt = d / "r.json", d / "run.ckpt"
     with contextlib.redirect_stdout(io.StringIO()):
+        # Per-column strategies and baseline with a searched clip: the results file records a
+        # mapping per layer, the layer-wise baseline's figures and the clip range.
         assert main(["optimize", str(d / "small.pt"), *TINY, "--quiet", "--out", str(out),
-                     "--checkpoint", str(ckpt)]) == 0
+                     "--checkpoint", str(ckpt), "--mapping", "columnwise",
+                     "--baseline-mapping", "columnwise", "--clip-range", "0.7,1"]) == 0
     names = ["w.npy", "w.npz", "z.npz", "w.pt", "w.safetensors", "r.json", "run.ckpt",
              "small.pt", "ckpt.pth"]
     return {name: (d / name).read_bytes() for name in names}
@@ -276,6 +285,72 @@ def test_damaged_results_files_load_or_are_refused_cleanly(originals, workdir):
             assert all(math.isfinite(layer.tnmse) for layer in result.layers)
             result_to_json_bytes(result)
             for reader in (physics_from_settings, optimize_kwargs_from_settings):
+                try:
+                    reader(result.settings, path=path)
+                except Exception as err:  # noqa: BLE001
+                    _clean_error(err, path)
+        assert path.read_bytes() == data
+        _optimize_small_with("--config", path, workdir, originals)
+        assert path.read_bytes() == data
+
+    check()
+
+
+#: The fields of a layer's recipe and of the run's mappings (where a mutation is aimed).
+RECIPE_FIELDS = ("mapping", "layerwise_baseline_tnmse", "layerwise_baseline_ci95", "clip",
+                 "baseline_mapping", "clip_range")
+
+
+@st.composite
+def recipe_mutations(draw, document) -> bytes:
+    """1-3 deletions / replacements / type changes aimed at the recipe fields (each layer's
+    mapping, clip and layer-wise figures; the options' mappings and clip range), or the version
+    set to 1-3 (whose layers have no such fields), as UTF-8 bytes."""
+    doc = copy.deepcopy(document)
+    places = [(path, key) for path, key in _places(doc) if key in RECIPE_FIELDS]
+    assert places, "the original results file records no recipe field"
+    for _ in range(draw(st.integers(1, 3))):
+        if draw(st.integers(0, 5)) == 0:
+            doc["version"] = draw(st.integers(1, 3))
+            continue
+        path, key = draw(st.sampled_from(places))
+        container = doc
+        for step in path:
+            container = container[step]
+        if key not in container:
+            continue
+        action = draw(st.sampled_from(["delete", "replace", "mapping", "pair"]))
+        if action == "delete":
+            del container[key]
+        elif action == "replace":
+            container[key] = draw(JSON_VALUES)
+        elif action == "mapping":
+            container[key] = draw(st.sampled_from(["layer", "columnwise", "per-row", "",
+                                                   "Layer", 0]))
+        else:
+            container[key] = draw(st.lists(st.floats(-1.0, 2.0) | st.integers(-1, 2),
+                                           max_size=3))
+    return json.dumps(doc).encode()
+
+
+def test_damaged_recipe_fields_load_or_are_refused_cleanly(originals, workdir):
+    document = json.loads(originals["r.json"])
+
+    @PROPERTY
+    @given(data=recipe_mutations(document))
+    def check(data):
+        path = _write(workdir, "mutated-recipe.json", data)
+        result = _load_or_refuse(load_result, path, "r.json recipes")
+        if result is not None:
+            # What loads holds valid recipes, and saves and loads again to the same result.
+            assert all(layer.mapping in ("layer", "columnwise") for layer in result.layers)
+            assert result.summary() and list(result.recipes()) == [
+                layer.name for layer in result.layers]
+            again = workdir / "again-recipe.json"
+            again.write_bytes(result_to_json_bytes(result))
+            assert load_result(again) == result
+            for reader in (physics_from_settings, optimize_kwargs_from_settings,
+                           mappings_from_settings):
                 try:
                     reader(result.settings, path=path)
                 except Exception as err:  # noqa: BLE001

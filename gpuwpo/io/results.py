@@ -2,20 +2,27 @@
 
 A results file is one JSON object::
 
-    {"format": "gpuwpo-result", "version": 3, "settings": {...}, "total_tnmse": ...,
+    {"format": "gpuwpo-result", "version": 4, "settings": {...}, "total_tnmse": ...,
      "total_baseline_tnmse": ..., "nit": ..., "nfev": ..., "wall_time": ..., "stop_reason": ...,
-     "layers": [{"name", "shape", "f_dtype", "g_dtype", "f_lst", "g_lst", "g_min", "g_max",
-                 ["clip",] "tnmse", "tnmse_ci95", "baseline_tnmse", "baseline_ci95", "history",
-                 "chosen", "success"}, ...]}
+     "layers": [{"name", "shape", "mapping", "f_dtype", "g_dtype", "f_lst", "g_lst", "g_min",
+                 "g_max", ["clip",] "tnmse", "tnmse_ci95", "baseline_tnmse", "baseline_ci95",
+                 ["layerwise_baseline_tnmse", "layerwise_baseline_ci95",] "history", "chosen",
+                 "success"}, ...]}
 
 A layer that keeps the baseline converter holds ``"converter": {registry record}`` instead of
-the CustomPair program's f_lst/g_lst/g_min/g_max.
+the CustomPair program's f_lst/g_lst/g_min/g_max. A layer's recipe is its converter (the clip
+inside a clipping program) under its ``mapping`` (``"layer"`` or ``"columnwise"``,
+:mod:`gpuwpo.device.mapping`); ``layerwise_baseline_*`` are the baseline under the layer-wise
+mapping on the answer's noise, where the run measured them.
 
 ``settings`` is the run's record (:mod:`gpuwpo.network.settings`): everything that decides what
-the run finds (the options and which were given, the noise model, baseline and compensation as
-registry records, see :mod:`gpuwpo.registry`). Version 3 adds each layer's validated choice;
-versions 1 and 2 are read too (their layers are strategies, "search"), and so are records whose
-options still say ``seeds`` (now ``standard_starts``).
+the run finds (the options and which were given, the strategies' and the baseline's mappings
+among them, the noise model, baseline and compensation as registry records, see
+:mod:`gpuwpo.registry`). Version 4 adds each layer's mapping and the layer-wise baseline's
+figures; version 3 each layer's validated choice. Versions 1 to 3 are read too (their layers
+are layer-wise, with no layer-wise baseline figure; those of versions 1 and 2 are strategies,
+"search"), and so are records whose options still say ``seeds`` (now ``standard_starts``) or
+have no mappings (layer-wise for both, :data:`gpuwpo.network.settings.RECORDLESS_OPTIONS`).
 
 Floats are written by Python's json, which prints the shortest repr that reads back to the same
 float64; tensors are stored as nested lists of float64 values converted from the tensors' own
@@ -36,6 +43,7 @@ import torch
 from torch import Tensor
 
 from ..device.converters import CustomPairConductanceConverter
+from ..device.mapping import MAPPINGS
 from ..device.physics import PHYSICS
 from ..network.result import LayerResult, NetworkResult
 from ..network.settings import options_from_settings, upgrade_record
@@ -46,11 +54,13 @@ __all__ = ["save_result", "load_result", "is_results_file", "check_output_file",
            "result_to_json_bytes", "RESULT_FORMAT", "RESULT_VERSION", "MAX_RESULT_BYTES"]
 
 RESULT_FORMAT = "gpuwpo-result"
-RESULT_VERSION = 3
+RESULT_VERSION = 4
 # Versions this gpuwpo reads: 1 recorded the physics as attribute snapshots, 2 as registry
 # records with every option of the run, 3 each layer's validated choice (a layer may hold the
-# baseline converter itself).
-_READABLE_VERSIONS = (1, 2, 3)
+# baseline converter itself), 4 each layer's mapping and the layer-wise baseline's figures.
+_READABLE_VERSIONS = (1, 2, 3, 4)
+# The first version whose layers record their mapping.
+_MAPPING_VERSION = 4
 
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32,
@@ -68,19 +78,24 @@ def _layer_to_json(layer: LayerResult) -> dict[str, Any]:
         "tnmse_ci95": [float(v) for v in layer.tnmse_ci95],
         "baseline_tnmse": float(layer.baseline_tnmse),
         "baseline_ci95": [float(v) for v in layer.baseline_ci95],
+        # Only a run that measured the layer-wise baseline records it.
+        **({"layerwise_baseline_tnmse": float(layer.layerwise_baseline_tnmse),
+            "layerwise_baseline_ci95": [float(v) for v in layer.layerwise_baseline_ci95]}
+           if layer.layerwise_baseline_tnmse is not None else {}),
         "history": [float(v) for v in layer.history],
         "chosen": str(layer.chosen),
         "success": bool(layer.success),
     }
     if not isinstance(conv, CustomPairConductanceConverter):
         return {"name": layer.name, "shape": [int(s) for s in layer.shape],
-                "converter": to_dict(conv), **figures}
+                "mapping": str(layer.mapping), "converter": to_dict(conv), **figures}
     if conv.f_lst.ndim != 1 or conv.g_lst.ndim != 2:
         raise ValueError(f"layer {layer.name!r}: a results file holds one program per layer, got "
                          f"a batched converter (batch shape {tuple(conv.batch_shape)})")
     return {
         "name": layer.name,
         "shape": [int(s) for s in layer.shape],
+        "mapping": str(layer.mapping),
         "f_dtype": _dtype_name(conv.f_lst),
         "g_dtype": _dtype_name(conv.g_lst),
         # float64 holds every float16/bfloat16/float32 value exactly, and json writes float64
@@ -281,8 +296,10 @@ def _layer_from_json(obj: Any, i: int, read: _Fields, version: int) -> LayerResu
         conv = _program_from_json(obj, name, where, read)
     chosen = read.string(obj.get("chosen", "search"), f"{where}.chosen")
     success = read.boolean(obj.get("success", True), f"{where}.success")
+    mapping, layerwise, layerwise_ci = _recipe_fields(obj, where, read, version)
     return LayerResult(
-        name=name, shape=shape, converter=conv,
+        name=name, shape=shape, converter=conv, mapping=mapping,
+        layerwise_baseline_tnmse=layerwise, layerwise_baseline_ci95=layerwise_ci,
         tnmse=read.number(read.need(obj, "tnmse", where), f"{where}.tnmse", minimum=0.0),
         tnmse_ci95=read.pair(read.need(obj, "tnmse_ci95", where), f"{where}.tnmse_ci95"),
         baseline_tnmse=read.number(read.need(obj, "baseline_tnmse", where),
@@ -292,6 +309,35 @@ def _layer_from_json(obj: Any, i: int, read: _Fields, version: int) -> LayerResu
         history=read.numbers(read.need(obj, "history", where), f"{where}.history", minimum=0.0),
         chosen=chosen, success=success,
     )
+
+
+def _recipe_fields(obj: Mapping, where: str, read: _Fields, version: int
+                   ) -> tuple[str, float | None, tuple[float, float] | None]:
+    """A layer's mapping and its layer-wise baseline's figures (None, None where the run did not
+    measure them); a file before version 4 is layer-wise, without the figures."""
+    fields = ("mapping", "layerwise_baseline_tnmse", "layerwise_baseline_ci95")
+    if version < _MAPPING_VERSION:
+        newer = [key for key in fields if key in obj]
+        if newer:  # a field this version never wrote: the file was edited or mislabelled
+            raise read.fail(f"{where}.{newer[0]}", f"is a field of version "
+                                                   f"{_MAPPING_VERSION}; this file says version "
+                                                   f"{version}")
+        return "layer", None, None
+    mapping = read.need(obj, "mapping", where)
+    if mapping not in MAPPINGS:
+        raise read.fail(f"{where}.mapping", f"must be one of {', '.join(map(repr, MAPPINGS))}, "
+                                            f"got {show(mapping)}")
+    given = [key for key in fields[1:] if key in obj]
+    if len(given) == 1:
+        missing = next(key for key in fields[1:] if key not in obj)
+        raise read.fail(where, f"has {given[0]!r} without {missing!r}: a results file records "
+                               f"the layer-wise baseline's TNMSE with its interval")
+    if not given:
+        return str(mapping), None, None
+    return (str(mapping),
+            read.number(obj["layerwise_baseline_tnmse"], f"{where}.layerwise_baseline_tnmse",
+                        positive=True),
+            read.pair(obj["layerwise_baseline_ci95"], f"{where}.layerwise_baseline_ci95"))
 
 
 def _program_from_json(obj: Mapping, name: str, where: str, read: _Fields

@@ -15,9 +15,15 @@ This module owns it:
 
 Keys: ``f_lst``, ``t_steps``, ``backend``, ``per_layer``, ``hierarchical``, ``include``,
 ``exclude``, ``options`` (every :class:`gpuwpo.search.options.SearchOptions` that decides what a
-run finds) and ``explicit`` (which of them were given), ``noise_model``, ``baseline``,
-``compensation`` (registry records, :mod:`gpuwpo.registry`), ``symmetric``, ``g_min``, ``g_max``,
-``nbins``, ``device``, ``physics``.
+run finds, the strategies' ``mapping``, the baseline's ``baseline_mapping`` and the searched
+``clip_range`` among them) and ``explicit`` (which of them were given), ``noise_model``,
+``baseline``, ``compensation`` (registry records, :mod:`gpuwpo.registry`), ``symmetric``,
+``g_min``, ``g_max``, ``nbins``, ``device``, ``physics``.
+
+A record written before the mapping was modelled has no ``mapping``, ``baseline_mapping`` or
+``clip_range`` among its options: its run was layer-wise for both, unclipped unless its fixed
+``clip`` says otherwise (:data:`RECORDLESS_OPTIONS`), and it repeats so, whatever today's
+defaults are.
 """
 
 from __future__ import annotations
@@ -41,14 +47,20 @@ from ..search.checkpoint import (
 from ..search.options import SearchOptions
 
 __all__ = ["run_record", "fingerprint_from_settings", "default_physics", "physics_from_settings",
-           "options_from_settings", "optimize_kwargs_from_settings", "upgrade_record",
-           "RETIRED_OPTIONS", "READOUTS", "COMPENSATIONS", "PHYSICS_SPECS", "CONFIG_KEYS",
-           "parse_baseline", "make_compensation", "merge_physics", "config_from_settings",
-           "merge_settings"]
+           "options_from_settings", "mappings_from_settings", "optimize_kwargs_from_settings",
+           "upgrade_record", "RETIRED_OPTIONS", "RECORDLESS_OPTIONS", "READOUTS",
+           "COMPENSATIONS", "PHYSICS_SPECS", "CONFIG_KEYS", "parse_baseline",
+           "make_compensation", "merge_physics", "config_from_settings", "merge_settings"]
 
 # Options earlier versions recorded that no longer exist (the standard starts replaced the warm
 # start).
 RETIRED_OPTIONS = ("warm_start_baseline",)
+
+#: Options that records written before they existed lack, and what such a record's run used:
+#: every run before the mapping was modelled programmed one scale per layer (its strategies and
+#: its baseline) and searched no clip. Filled in when a record is read, so an old run repeats
+#: exactly whatever today's defaults are.
+RECORDLESS_OPTIONS = {"mapping": "layer", "baseline_mapping": "layer", "clip_range": None}
 
 
 def run_record(*, f_lst, t_steps, backend, per_layer, include, exclude, options: SearchOptions,
@@ -176,10 +188,13 @@ def options_from_settings(settings: Mapping[str, Any], where: str):
     if "standard_starts" not in recorded:
         # Written before the search was seeded: repeat it unseeded.
         recorded["standard_starts"] = False
+    for key, value in RECORDLESS_OPTIONS.items():
+        recorded.setdefault(key, value)
     unknown = sorted(set(recorded) - set(SearchOptions.names()))
     if unknown:
         raise ValueError(f"{where}settings.options has unknown option(s) {', '.join(unknown)}")
-    values = {k: (tuple(v) if k == "mutation" and isinstance(v, list) else v)
+    # JSON has no tuples: the pairs come back as lists.
+    values = {k: (tuple(v) if k in ("mutation", "clip_range") and isinstance(v, list) else v)
               for k, v in recorded.items()}
     for key in ("x0", "x_init"):
         if isinstance(values.get(key), list):
@@ -195,6 +210,33 @@ def options_from_settings(settings: Mapping[str, Any], where: str):
         return SearchOptions(**values, explicit=frozenset(explicit))
     except (TypeError, ValueError) as err:
         raise ValueError(f"{where}settings.options: {' '.join(str(err).split())}") from None
+
+
+def mappings_from_settings(settings: Mapping[str, Any], *,
+                           path: str | os.PathLike | None = None) -> dict[str, str]:
+    """The mappings a run's record says: ``{"mapping", "baseline_mapping"}`` (the strategies'
+    and the baseline's, :data:`gpuwpo.device.mapping.MAPPINGS`).
+
+    A record without them (written before the mapping was modelled, or without options at all:
+    version 1) means ``"layer"`` for both (:data:`RECORDLESS_OPTIONS`).
+
+    Raises:
+        ValueError: a recorded mapping that is not one of the mappings, naming the file (when
+            ``path`` is given) and the field.
+    """
+    from ..device.mapping import MAPPINGS
+
+    where = f"{path}: " if path is not None else ""
+    options = settings.get("options")
+    options = options if isinstance(options, Mapping) else {}
+    out = {}
+    for key in ("mapping", "baseline_mapping"):
+        value = options.get(key, RECORDLESS_OPTIONS[key])
+        if value not in MAPPINGS:
+            raise ValueError(f"{where}settings.options.{key} is {value!r}; this gpuwpo knows "
+                             f"{', '.join(map(repr, MAPPINGS))}")
+        out[key] = str(value)
+    return out
 
 
 def optimize_kwargs_from_settings(settings: Mapping[str, Any], *,
