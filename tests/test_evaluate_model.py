@@ -218,6 +218,8 @@ def test_plot_draws_both_curves_with_their_95_percent_intervals(tmp_path):
     table = ev.table()
     assert "1 s" in table and "1 day" in table and "digital" in table
     assert len(table.splitlines()) == 2 + len(TIMES)
+    # It says what the baseline is: the recorded one (no mapping recorded: layer-wise).
+    assert "baseline: DualPair f=[1, 1], layer-wise mapping" in table.splitlines()[0]
 
 
 def test_bad_input_is_refused_with_the_value_named():

@@ -342,3 +342,64 @@ def test_program_model_refuses_unknown_names_and_batched_converters(mlp_run):
         program_model(model, {"0.weight": batched}, _noise(), 1.0)
 
 
+
+
+# -- recipes: each layer's mapping, the layer-wise baseline beside the baseline --------------
+
+
+def test_per_layer_results_hold_the_optimizers_recipes_and_layerwise_figures(mlp_run):
+    _, result, spy = mlp_run
+    opt = spy.instances[0]
+    res = opt.result
+    assert opt.options.baseline_mapping == result.baseline.mapping
+    for b, layer in enumerate(result.layers):
+        assert layer.mapping == res.mappings[b] == res.recipes[b].mapping
+        assert layer.recipe.mapping == layer.mapping
+        assert result.recipes()[layer.name].mapping == layer.mapping
+        if layer.kept_baseline:
+            assert layer.mapping == opt.options.baseline_mapping
+        assert layer.layerwise_baseline_tnmse == float(res.layerwise_baseline_tnmse[b])
+        assert layer.layerwise_baseline_ci95 == tuple(res.layerwise_baseline_ci95[b].tolist())
+    if result.baseline.mapping != "layer":
+        # Measured beside the per-column baseline on the same noise: another figure.
+        assert any(layer.layerwise_baseline_tnmse != layer.baseline_tnmse
+                   for layer in result.layers)
+        assert "vs layer-wise" in result.summary()
+
+
+@pytest.mark.parametrize("mapping, baseline_mapping", [
+    ("columnwise", "columnwise"),
+    pytest.param("columnwise", "layer", marks=pytest.mark.slow),
+    pytest.param("layer", "layer", marks=pytest.mark.slow)])
+def test_global_strategy_is_chosen_as_recipes_under_the_runs_mappings(mapping, baseline_mapping):
+    from gpuwpo.device.mapping import to_tile
+    from gpuwpo.search.optimizer import LAYERWISE_BASELINE
+
+    model = _mlp()
+    with pytest.MonkeyPatch.context() as mp:
+        spy = _Spy(mp)
+        result = optimize_network(model, _noise(), T_STEPS, _baseline(), F_LST, per_layer=False,
+                                  mapping=mapping, baseline_mapping=baseline_mapping, **TINY)
+    (pooled,) = spy.instances
+    # The pooled distribution is the layers' tile weights: each row over its own max|w| under
+    # the per-column mapping, each layer over its own max|W| under the layer-wise one; it is
+    # searched as one distribution (layer-wise for both).
+    weights = select_weights(model)
+    tiles = [to_tile(w, "columnwise")[0] if mapping == "columnwise" else w / w.abs().max()
+             for w in weights.values()]
+    assert torch.equal(spy.weights[0], torch.cat([t.reshape(-1) for t in tiles]))
+    assert (pooled.options.mapping, pooled.options.baseline_mapping) == ("layer", "layer")
+    assert result.settings["options"]["mapping"] == mapping
+    assert result.baseline.mapping == baseline_mapping
+    for layer in result.layers:
+        assert layer.chosen in ("global", "baseline")
+        assert layer.mapping == (baseline_mapping if layer.kept_baseline else mapping)
+        assert layer.layerwise_baseline_tnmse is not None
+        if baseline_mapping == "layer":  # the baseline is the layer-wise baseline itself
+            assert layer.layerwise_baseline_tnmse == layer.baseline_tnmse
+            assert layer.layerwise_baseline_ci95 == layer.baseline_ci95
+        else:
+            assert layer.layerwise_baseline_tnmse != layer.baseline_tnmse
+    assert ("vs layer-wise" in result.summary()) is (baseline_mapping != "layer")
+    for choice in pooled.result.choices:  # the pooled search's own choice: layer-wise
+        assert LAYERWISE_BASELINE not in choice.references

@@ -21,12 +21,14 @@ import torch
 from torch import nn
 
 from ..checks import check_positive_int
+from ..device.mapping import Recipe, as_recipe, check_mapping
 from ..device.physics import check_physics
 from ..device.simulate import as_time_tensor
 from ..rng import draw_seed, make_generator, stream_seed
+from ..search.optimizer import describe_recipe
 from .program import program_model
 from .result import NetworkResult
-from .settings import physics_from_settings
+from .settings import mappings_from_settings, physics_from_settings
 
 __all__ = ["evaluate_model", "ModelEvaluation", "STRATEGIES"]
 
@@ -51,7 +53,8 @@ class ModelEvaluation:
         digital: the metric of the model itself (floating point, no analogue noise).
         physics: ``"device"`` or ``"aihwkit"``.
         metric_name: what the metric is (labels of the table and the figure).
-        settings: what was used, as text (noise model, baseline, compensation).
+        settings: what was used, as text (noise model, baseline converter, its mapping and
+            the two in words, compensation).
     """
 
     times: list[float]
@@ -97,9 +100,10 @@ class ModelEvaluation:
     def table(self) -> str:
         """A text table: per time, each strategy's mean +- standard error and the paired
         difference with its standard error."""
+        against = self.settings.get("baseline_recipe")
         head = (f"{self.metric_name} over time, physics={self.physics!r}, {self.repeats} "
                 f"programmings per strategy and time (mean +- standard error); digital "
-                f"{self.digital:.4g}")
+                f"{self.digital:.4g}" + (f"; baseline: {against}" if against else ""))
         rows = [head, f"  {'time':>10} {'baseline':>20} {'optimised':>20} "
                       f"{'optimised - baseline':>24}"]
         bm, bs = self.mean("baseline"), self.sem("baseline")
@@ -183,6 +187,7 @@ def evaluate_model(
     *,
     physics: str | None = None,
     baseline=None,
+    baseline_mapping: str | None = None,
     compensation=None,
     noise_model=None,
     generator: torch.Generator | int | None = None,
@@ -192,8 +197,9 @@ def evaluate_model(
     """A network's metric over time, programmed with the baseline and with ``result``.
 
     For every repeat r and time t, the model is programmed twice with
-    :func:`gpuwpo.program_model` -- every layer of ``result`` with the baseline converter, then
-    with the result's own converters -- drifted to t, and ``metric_fn`` measures each programmed
+    :func:`gpuwpo.program_model` -- every layer of ``result`` with the baseline (the baseline
+    converter under the baseline's mapping: by default the one the run compared with), then
+    with the result's own recipes -- drifted to t, and ``metric_fn`` measures each programmed
     copy. Both programmings of (r, t) draw from one noise stream (:data:`gpuwpo.rng.STREAMS`
     ``"accuracy"``, keyed by r and t), so the difference of the strategies is paired: layers
     whose strategy has as many devices per weight as the baseline (e.g. two pairs against
@@ -212,7 +218,12 @@ def evaluate_model(
         repeats: programmings per strategy and time (>= 2: standard errors need a spread).
         physics: ``"device"`` or ``"aihwkit"`` (default: what the result records).
         baseline, compensation, noise_model: default: what the result records (its baseline
-            converter, drift compensation and device model).
+            converter, drift compensation and device model). ``baseline`` may be a
+            :class:`gpuwpo.device.mapping.Recipe` (a converter with its mapping).
+        baseline_mapping: the mapping the baseline converter is programmed with
+            (``"layer"`` or ``"columnwise"``); default: a given Recipe's own, else the one the
+            result records (``settings.options.baseline_mapping``; ``"layer"`` for results
+            written before the mapping was modelled), so that the comparison is the run's.
         generator: the run seed (an int), a generator to draw one from, or None for fresh
             entropy (:mod:`gpuwpo.rng`).
         metric_name: what the metric is, for the table and the figure.
@@ -226,8 +237,9 @@ def evaluate_model(
     Raises:
         TypeError: ``model`` is not an nn.Module, ``result`` not a NetworkResult, ``metric_fn``
             not callable or returning something that is not a number.
-        ValueError: bad times, repeats < 2, an unknown physics, a layer of the result that
-            the model lacks or has in another shape, a metric that is not finite.
+        ValueError: bad times, repeats < 2, an unknown physics or mapping (or a Recipe given
+            with another ``baseline_mapping``), a layer of the result that the model lacks or
+            has in another shape, a metric that is not finite.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"evaluate_model takes an nn.Module, got {type(model).__name__}")
@@ -244,7 +256,13 @@ def evaluate_model(
     t_steps = as_time_tensor(recorded["t_steps"] if times is None else times,
                              dtype=torch.float64).tolist()
     physics = check_physics(recorded["physics"] if physics is None else physics)
-    baseline = recorded["baseline"] if baseline is None else baseline
+    if baseline_mapping is not None:
+        check_mapping(baseline_mapping)
+    if not isinstance(baseline, Recipe):
+        baseline_mapping = baseline_mapping or mappings_from_settings(
+            result.settings)["baseline_mapping"]
+    baseline = as_recipe(recorded["baseline"] if baseline is None else baseline,
+                         baseline_mapping)
     noise_model = recorded["noise_model"] if noise_model is None else noise_model
     compensation = recorded["compensation"] if compensation is None else compensation
     if isinstance(generator, torch.Generator):
@@ -276,5 +294,7 @@ def evaluate_model(
     return ModelEvaluation(
         times=t_steps, values=values, digital=digital, physics=physics,
         metric_name=str(metric_name),
-        settings={"noise_model": repr(noise_model), "baseline": repr(baseline),
+        settings={"noise_model": repr(noise_model), "baseline": repr(baseline.converter),
+                  "baseline_mapping": baseline.mapping,
+                  "baseline_recipe": describe_recipe(baseline),
                   "compensation": repr(compensation)})

@@ -96,6 +96,8 @@ class TaskResult:
         layers: the network ids of its layers.
         choices: each layer's validated choice (:class:`gpuwpo.search.selection.Choice`).
         converters: each layer's answer: a single program, or the baseline converter itself.
+        recipes: the same with their mappings (:class:`gpuwpo.device.mapping.Recipe`: a kept
+            baseline under the baseline's mapping).
         start: ``[B, D]`` each layer's strategy to start another search from: the chosen point,
             or the search's own answer where the layer kept the baseline.
         history: each layer's in-search best TNMSE after each generation.
@@ -116,6 +118,7 @@ class TaskResult:
     compensation: Any
     physics: str
     device: str
+    recipes: list = dataclasses.field(default_factory=list)
 
 
 def tiles_on(tiles: TestTile, device: torch.device) -> TestTile:
@@ -151,7 +154,8 @@ def run_task(settings: TaskSettings, task: Task,
         start=torch.where(chosen, res.x, res.search_x).cpu(),
         history=[[float(v) for v in h] for h in res.history.tolist()], nit=int(res.nit),
         nfev=int(res.nfev), stop_reason=str(res.stop_reason), space=opt.space,
-        compensation=opt.compensation, physics=opt.physics, device=str(opt.device))
+        compensation=opt.compensation, physics=opt.physics, device=str(opt.device),
+        recipes=[single_program(recipe) for recipe in res.recipes])
 
 
 class InProcess:

@@ -27,13 +27,15 @@ import torch
 from torch import Tensor, nn
 
 from ..checks import check_weights
+from ..device.mapping import Recipe, to_tile
 from ..search.checkpoint import Checkpointing, digest
 from ..search.objective import TNMSEObjective
+from ..search.optimizer import LAYERWISE_BASELINE
 from ..search.options import SearchOptions
 from ..search.selection import Choice, choose_per_layer
 from ..search.tiles import TestTile
 from .executors import CheckpointFor, InProcess, Task, TaskResult, TaskSettings
-from .layers import select_weights
+from .layers import as_matrix, select_weights
 from .result import LayerResult, NetworkResult
 from .settings import fingerprint_from_settings, run_record
 
@@ -144,9 +146,12 @@ def optimize_network(
 
     pooled_task, layer_tasks = None, []
     if pooled_search:
-        pooled = _pooled(weights)
-        pooled_task = Task("global", (0,), _tiles(settings, pooled, options)
-                           if executor.sharded else pooled, options)
+        pooled = _pooled(weights, options.mapping)
+        # The pooled weights are already the tiles' (each layer's, or each row's, over its own
+        # max): one distribution without rows, searched as it is (layer-wise for both).
+        pooled_options = options.replace(mapping="layer", baseline_mapping="layer")
+        pooled_task = Task("global", (0,), _tiles(settings, pooled, pooled_options)
+                           if executor.sharded else pooled, pooled_options)
     if per_layer:
         layer_options = options
         if pooled_search:
@@ -181,13 +186,13 @@ def optimize_network(
             # would have gone on with their frozen best, which their history then repeats.
             history = res.history[row] + res.history[row][-1:] * (nit - len(res.history[row]))
             layers.append(LayerResult.from_choice(
-                name, weights[name].shape, res.choices[row], res.converters[row], history,
+                name, weights[name].shape, res.choices[row], res.recipes[row], history,
                 margin))
     else:
-        choices, program = _choose_pooled(pooled_result, weights, settings, options)
+        choices, recipe = _choose_pooled(pooled_result, weights, settings, options)
+        baseline = Recipe(g_converter_baseline, options.baseline_mapping)
         layers = [LayerResult.from_choice(
-            name, weights[name].shape, choice,
-            g_converter_baseline if choice.kept_baseline else program,
+            name, weights[name].shape, choice, baseline if choice.kept_baseline else recipe,
             pooled_result.history[0], margin) for name, choice in zip(names, choices)]
     return NetworkResult.from_layers(
         layers, settings=record(final[0]), nit=nit,
@@ -226,12 +231,19 @@ def _refuse_for_shards(per_layer: bool, backend: str, options: SearchOptions) ->
                              f": {why}")
 
 
-def _pooled(weights: Mapping[str, Tensor]) -> Tensor:
-    """The layers' weights, each normalised by its own max|W| so that no layer dominates through
-    its scale, as one distribution [N]."""
+def _pooled(weights: Mapping[str, Tensor], mapping: str) -> Tensor:
+    """The layers' tile weights as one distribution [N]: under the layer-wise mapping each layer
+    normalised by its own max|W|, so that no layer dominates through its scale; under the
+    columnwise mapping each row of each layer (as the crossbar holds it,
+    :func:`gpuwpo.network.layers.as_matrix`) by its own max|w|, which is what the converter
+    programs there (:func:`gpuwpo.device.mapping.to_tile`)."""
     layers = [check_weights(w, f"layer {name!r}", allow_all_zero=False)
               for name, w in weights.items()]
-    return torch.cat([(w / w.abs().max()).reshape(-1).to("cpu", torch.float32) for w in layers])
+    if mapping == "columnwise":
+        tiles = [to_tile(as_matrix(w.detach()), mapping)[0] for w in layers]
+    else:
+        tiles = [w / w.abs().max() for w in layers]
+    return torch.cat([t.reshape(-1).to("cpu", torch.float32) for t in tiles])
 
 
 def _tiles(settings: TaskSettings, searched, options: SearchOptions) -> TestTile:
@@ -294,21 +306,31 @@ def _whole_run_checkpoint(options: SearchOptions, weights: Mapping[str, Tensor],
 
 
 def _choose_pooled(pooled: TaskResult, weights: Mapping[str, Tensor], settings: TaskSettings,
-                   options: SearchOptions) -> tuple[list[Choice], object]:
-    """Each layer's validated choice between the pooled strategy and its baseline, and the
-    pooled program (None where the pooled search kept the baseline)."""
+                   options: SearchOptions) -> tuple[list[Choice], Recipe | None]:
+    """Each layer's validated choice between the pooled strategy (under the run's mapping) and
+    its baseline (under the baseline's mapping, with the layer-wise baseline measured beside it
+    where that is another), and the pooled recipe (None where the pooled search kept the
+    baseline)."""
     objective = TNMSEObjective(
         weights, settings.noise_model, pooled.compensation, settings.t_steps, pooled.space,
         test_in_features=options.test_in_features, test_out_features=options.test_out_features,
         memory_budget=options.memory_budget, kernel=options.kernel, device=pooled.device,
-        seed=options.seed, physics=pooled.physics)
-    # A CustomPair program lives on a grid scaled by the converted weights' own max|W|, so the
-    # pooled strategy is every layer's program as it is.
-    program = None if pooled.choices[0].kept_baseline else pooled.converters[0]
-    contenders = [[] if program is None else [("global", program)] for _ in weights]
-    choices = choose_per_layer(objective, contenders, settings.baseline,
-                               repeats=options.validation_repeats, seed=options.seed)
-    return choices, program
+        seed=options.seed, physics=pooled.physics, mapping=options.mapping,
+        # The layers' tiles as a per-layer run of these options makes them.
+        tile_rows="columnwise" in (options.mapping, options.baseline_mapping))
+    # A CustomPair program lives on a grid scaled by the converted weights' own max|W| (each
+    # row's under the columnwise mapping), so the pooled strategy is every layer's program as
+    # it is.
+    recipe = None if pooled.choices[0].kept_baseline else Recipe(pooled.converters[0],
+                                                                  options.mapping)
+    contenders = [[] if recipe is None else [("global", recipe)] for _ in weights]
+    baseline = Recipe(settings.baseline, options.baseline_mapping)
+    references = {} if baseline.mapping == "layer" else {
+        LAYERWISE_BASELINE: Recipe(settings.baseline, "layer")}
+    choices = choose_per_layer(objective, contenders, baseline,
+                               repeats=options.validation_repeats, seed=options.seed,
+                               references=references)
+    return choices, recipe
 
 
 def _stop_reason(reasons: Sequence[str]) -> str:
