@@ -7,15 +7,19 @@ visibly costs, and how much of it better programming strategies win back.
    2 x 2 max-pool, global average pooling, a 16 -> 10 Linear classifier; 3,688 programmed
    weights) on scikit-learn's bundled digits (8 x 8 images, 10 classes; no download), inputs
    standardised, a fixed stratified 75/25 split, Adam, 100 epochs, a few seconds on a CPU. Its
-   digital test accuracy is 96.9 % (seed 0); programmed with the standard DualPair converter it
-   loses about 6 points after a year of PCM drift.
+   digital test accuracy is 96.9 % (seed 0); programmed with the standard DualPair converter
+   (one scale per layer) it loses about 6 points after a year of PCM drift.
 2. Find a programming strategy for each of its four weight matrices with
    :func:`gpuwpo.network.optimize_network` (two device pairs, free significance factors), against
-   the baseline DualPair f=[1, 1], 0..25 uS, under the PCM noise model (g_max = 25 uS).
+   the baseline DualPair f=[1, 1], 0..25 uS, under the PCM noise model (g_max = 25 uS), each
+   under the mapping of gpuwpo's defaults (``SearchOptions.mapping`` and ``baseline_mapping``:
+   per column, each output row scaled to its own max|w|, as aihwkit's inference presets deploy;
+   the summary and the figures say which).
 3. Measure test accuracy at 1 s, 1 h, 1 day, 1 month and 1 year after programming with
-   :func:`gpuwpo.evaluate_model`: the whole network programmed with the baseline and with the
-   strategies (:func:`gpuwpo.network.program_model`: programming noise, drift, read noise,
-   ideal global drift compensation; biases stay digital), 50 independent programmings per
+   :func:`gpuwpo.evaluate_model`: the whole network programmed with the baseline (under the
+   mapping the search compared with) and with each layer's recipe
+   (:func:`gpuwpo.network.program_model`: programming noise, drift, read noise, ideal global
+   drift compensation; biases stay digital), 50 independent programmings per
    strategy and time. Both strategies are programmed from the same noise, repeat by repeat, so
    their difference is paired: it is reported with its own standard error, smaller than either
    strategy's. Printed: mean +- standard error per time, the paired difference, and what a
@@ -366,6 +370,7 @@ def _write_outputs(report: dict, model: nn.Module, out_dir, seed: int, say: Call
     from ._files import atomic_write
     from .io import save_result
     from .network import select_weights
+    from .search.optimizer import describe_recipe
 
     os.makedirs(out_dir, exist_ok=True)
     result = report["result"]
@@ -376,8 +381,8 @@ def _write_outputs(report: dict, model: nn.Module, out_dir, seed: int, say: Call
     atomic_write(paths["digits_cnn.pt"], buffer.getvalue())  # never half a file
     report["evaluation"].plot(
         paths["accuracy_over_time.png"],
-        title=f"Digits CNN on simulated PCM: DualPair [1, 1] baseline vs optimised "
-              f"programming, {report['repeats']} programmings")
+        title=f"Digits CNN on simulated PCM: baseline {describe_recipe(result.baseline)} vs "
+              f"optimised programming, {report['repeats']} programmings")
     plots.programming_curves(result, path=paths["programming_curves.png"])
     plots.convergence(result, path=paths["convergence.png"])
     plots.weight_error_histograms(result, select_weights(model), list(report["times"].values()),

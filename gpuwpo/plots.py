@@ -6,7 +6,9 @@ gpuwpo[plot]``) and is imported only when a figure is drawn, with the non-intera
 backend, so that plotting works on a headless server and importing gpuwpo never needs it.
 
 Units: conductances in micro-Siemens (uS), times in seconds after programming (log axis, with
-1 s, 1 h, 1 day, 1 month and 1 year marked), weights normalised by each layer's max|W|.
+1 s, 1 h, 1 day, 1 month and 1 year marked), weights normalised by each layer's max|W| (by each
+row's max|w| where a layer's recipe maps its rows each to its own scale: the columnwise
+mapping, :mod:`gpuwpo.device.mapping`).
 """
 
 from __future__ import annotations
@@ -94,11 +96,15 @@ def _log_time_axis(ax, t_steps: Sequence[float]) -> None:
     ax.minorticks_off()
 
 
-def _converters(result_or_converters: Any) -> dict[str, Any]:
-    if hasattr(result_or_converters, "converters"):
-        return dict(result_or_converters.converters())
+def _recipes(result_or_converters: Any) -> dict[str, Any]:
+    """Layer name -> :class:`gpuwpo.device.mapping.Recipe` of a NetworkResult or of a mapping
+    name -> converter or Recipe (a bare converter: the layer-wise mapping)."""
+    from .device.mapping import as_recipe
+
+    if hasattr(result_or_converters, "recipes"):
+        return dict(result_or_converters.recipes())
     if isinstance(result_or_converters, Mapping):
-        return dict(result_or_converters)
+        return {name: as_recipe(value) for name, value in result_or_converters.items()}
     raise TypeError(f"expected a NetworkResult or a mapping name -> converter, got "
                     f"{type(result_or_converters).__name__}")
 
@@ -107,6 +113,33 @@ def _default_baseline():
     from .device.converters import DualPairConductanceConverter
 
     return DualPairConductanceConverter(f_lst=[1.0, 1.0], g_min=0.0, g_max=25.0)
+
+
+def _baseline(baseline, result_or_converters: Any):
+    """The baseline recipe: the given converter or Recipe (a bare converter: the layer-wise
+    mapping); None: a result's recorded baseline (its converter under its baseline mapping),
+    else DualPair f=[1, 1], 0..25 uS, layer-wise."""
+    from .device.mapping import as_recipe
+
+    if baseline is None:
+        recorded = getattr(result_or_converters, "baseline", None)
+        return as_recipe(_default_baseline() if recorded is None else recorded)
+    return as_recipe(baseline)
+
+
+def _weight_axis(mapping: str) -> str:
+    """The normalised weight axis of a program under ``mapping``: a program spans each row's
+    max|w| under the columnwise mapping, the layer's under the layer-wise one."""
+    return "normalised weight w / row max|w|" if mapping == "columnwise" else \
+        "normalised weight w / max|W|"
+
+
+def _recipe_title(recipe) -> str:
+    """The mapping (and the clip, where the program clips) of a recipe, for a title."""
+    from .device.mapping import describe_mapping
+
+    clip = float(getattr(recipe.converter, "clip", 1.0))
+    return describe_mapping(recipe.mapping) + (f", clip {clip:g}" if clip != 1.0 else "")
 
 
 def _curves(converter, points: int = 401) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
@@ -135,37 +168,42 @@ def programming_curves(
 ) -> Figure:
     """Conductances G+_k(w), G-_k(w) of every pair: baseline (left) beside optimised (right).
 
-    One row per layer; the weight axis is normalised by the layer's max|W| (a program is defined
-    on the grid linspace(-max|W|, max|W|, L), so it has the same shape for every layer size).
-    G+ solid, G- dashed, one colour per pair; the significance factors f_k are in the legend.
+    One row per layer; the weight axis is normalised by the layer's max|W|, or by each row's
+    max|w| under the columnwise mapping (a program is defined on the grid linspace(-max|W|,
+    max|W|, L) of the weights its converter is given, so it has the same shape for every layer
+    size). A clipping program spans ``clip`` of it and is flat beyond. G+ solid, G- dashed, one
+    colour per pair; the significance factors f_k are in the legend; each panel's title says
+    its mapping (and clip).
 
     Args:
         result_or_converters: a :class:`gpuwpo.network.NetworkResult` or a mapping layer name ->
-            converter (one program each).
-        baseline: the baseline converter (default DualPair f=[1, 1], 0..25 uS).
+            converter or :class:`gpuwpo.device.mapping.Recipe` (one program each).
+        baseline: the baseline converter or Recipe (default: a result's recorded baseline
+            under its recorded mapping, else DualPair f=[1, 1], 0..25 uS, layer-wise).
         path: where to save the figure (optional).
 
     Returns:
         The figure: 2 axes per layer, 2K lines per axes.
     """
     plt = _pyplot()
-    converters = _converters(result_or_converters)
-    baseline = _default_baseline() if baseline is None else baseline
-    rows = len(converters)
+    recipes = _recipes(result_or_converters)
+    baseline = _baseline(baseline, result_or_converters)
+    rows = len(recipes)
     fig, axes = plt.subplots(rows, 2, figsize=(10, 3.2 * rows), squeeze=False, sharey=True)
-    bw, bg, bf = _curves(baseline)
-    base_name = type(baseline).__name__.removesuffix("ConductanceConverter")
-    for row, (name, conv) in enumerate(converters.items()):
-        w, g, f = _curves(conv)
-        for col, (title, ww, gg, ff) in enumerate(
-                ((f"baseline {base_name}", bw, bg, bf), ("optimised", w, g, f))):
+    bw, bg, bf = _curves(baseline.converter)
+    base_name = type(baseline.converter).__name__.removesuffix("ConductanceConverter")
+    for row, (name, recipe) in enumerate(recipes.items()):
+        w, g, f = _curves(recipe.converter)
+        for col, (title, used, ww, gg, ff) in enumerate(
+                ((f"baseline {base_name}", baseline, bw, bg, bf),
+                 ("optimised", recipe, w, g, f))):
             ax = axes[row, col]
             for k in range(gg.shape[0] // 2):
                 ax.plot(ww, gg[2 * k], color=f"C{k}", lw=1.8, label=f"G+ pair {k}")
                 ax.plot(ww, gg[2 * k + 1], color=f"C{k}", lw=1.8, ls="--", label=f"G- pair {k}")
             factors = ", ".join(f"{v:.2f}" for v in ff)
-            ax.set_title(f"{name}: {title} (f = {factors})", fontsize=10)
-            ax.set_xlabel("normalised weight w / max|W|")
+            ax.set_title(f"{name}: {title} (f = {factors})\n{_recipe_title(used)}", fontsize=10)
+            ax.set_xlabel(_weight_axis(used.mapping))
             ax.grid(alpha=0.3)
         axes[row, 0].set_ylabel("target conductance (uS)")
     # One legend for all panels (the curves fill each panel: a legend inside would hide them).
@@ -181,14 +219,17 @@ def programming_curves(
 # --------------------------------------------------------------------------------------------
 
 
-def _normalised_errors(weights: torch.Tensor, converter, noise_model, t_steps, repeats,
+def _normalised_errors(weights: torch.Tensor, recipe, noise_model, t_steps, repeats,
                        generator, compensation, physics="device") -> torch.Tensor:
-    """(alpha_t W_t - W) / max|W| of every weight, [T, repeats * N]."""
+    """(effective - W) / max|W| of every weight, [T, repeats * N]: the layer simulated as the
+    crossbar holds it (:func:`gpuwpo.network.layers.as_matrix`) under its recipe."""
     from .device.simulate import simulate_weights
+    from .network.layers import as_matrix
 
-    w = weights.detach().to("cpu", torch.float32)  # checked by weight_error_histograms
-    eff = simulate_weights(w, converter, noise_model, t_steps, compensation, repeats=repeats,
-                           generator=generator, physics=physics)  # [R, T, *w]
+    # Checked by weight_error_histograms.
+    w = as_matrix(weights.detach()).to("cpu", torch.float32)
+    eff = simulate_weights(w, recipe, noise_model, t_steps, compensation, repeats=repeats,
+                           generator=generator, physics=physics)  # [R, T, out, in]
     err = (eff - w) / w.abs().max()
     return err.transpose(0, 1).reshape(len(t_steps), -1)
 
@@ -207,20 +248,23 @@ def weight_error_histograms(
     bins: int = 80,
     path: str | os.PathLike | None = None,
 ) -> Figure:
-    """Distribution of the weight error alpha_t W_t - W at each time: baseline and optimised.
+    """Distribution of the weight error at each time: baseline and optimised.
 
     Rows are layers, columns time steps; each axes overlays the baseline's and the optimised
-    strategy's histograms (same bins, density) of the error normalised by the layer's max|W|,
-    with each one's RMS error in the legend. The errors come from
+    strategy's histograms (same bins, density) of the error of the effective weights
+    (``alpha_t W_t``, times each row's digital scale under the columnwise mapping) normalised by
+    the layer's max|W|, with each one's RMS error in the legend. The errors come from
     :func:`gpuwpo.simulate_weights` (programming noise, drift, read noise, ideal global drift
-    compensation unless ``compensation`` is given), ``repeats`` programmings of the whole layer.
+    compensation unless ``compensation`` is given), ``repeats`` programmings of the whole layer,
+    each layer under its recipe (its converter and mapping) and the baseline under its own.
 
     Args:
-        result_or_converters: a NetworkResult or a mapping layer name -> converter.
+        result_or_converters: a NetworkResult or a mapping layer name -> converter or Recipe.
         weights: layer name -> its weight tensor (at least the layers of the result).
         t_steps: inference times in seconds [T].
         noise_model: the PCM model (default PCMLikeNoiseModel(g_max=25)).
-        baseline: the baseline converter (default DualPair f=[1, 1], 0..25 uS).
+        baseline: the baseline converter or Recipe (default: a result's recorded baseline under
+            its recorded mapping, else DualPair f=[1, 1], 0..25 uS, layer-wise).
         compensation: drift compensation (default ideal global).
         physics: "device" or "aihwkit" (see :mod:`gpuwpo.device.physics`).
         repeats: independent programmings pooled per histogram.
@@ -234,30 +278,30 @@ def weight_error_histograms(
     from .device.noise import PCMLikeNoiseModel
 
     plt = _pyplot()
-    converters = _converters(result_or_converters)
-    missing = [name for name in converters if name not in weights]
+    recipes = _recipes(result_or_converters)
+    missing = [name for name in recipes if name not in weights]
     if missing:
         raise ValueError(f"no weights for layer(s) {missing}; the weights hold "
                          f"{list(weights)[:10]}")
     shapes = {layer.name: tuple(layer.shape) for layer in getattr(result_or_converters,
                                                                     "layers", [])}
-    for name in converters:
+    for name in recipes:
         w = check_weights(weights[name], f"layer {name!r}")
         if name in shapes and tuple(w.shape) != shapes[name]:
             raise ValueError(f"layer {name!r} has shape {tuple(w.shape)}, the result was made "
                              f"for {shapes[name]}")
     noise_model = PCMLikeNoiseModel(g_max=25.0) if noise_model is None else noise_model
-    baseline = _default_baseline() if baseline is None else baseline
+    baseline = _baseline(baseline, result_or_converters)
     t_steps = [float(t) for t in t_steps]
     gen = stream_generator(int(seed), "weight_errors")
-    rows, cols = len(converters), len(t_steps)
+    rows, cols = len(recipes), len(t_steps)
     fig, axes = plt.subplots(rows, cols, figsize=(2.8 * cols + 0.6, 2.5 * rows + 0.6),
                              squeeze=False, sharex="row")
-    for row, (name, conv) in enumerate(converters.items()):
+    for row, (name, recipe) in enumerate(recipes.items()):
         w = weights[name]
         base_err = _normalised_errors(w, baseline, noise_model, t_steps, repeats, gen,
                                       compensation, physics)
-        opt_err = _normalised_errors(w, conv, noise_model, t_steps, repeats, gen, compensation,
+        opt_err = _normalised_errors(w, recipe, noise_model, t_steps, repeats, gen, compensation,
                                      physics)
         # Common bins per layer, wide enough for the bulk of both (the extreme tails would
         # squeeze the histograms into a spike).
@@ -267,8 +311,9 @@ def weight_error_histograms(
         edges = torch.linspace(-lim, lim, bins + 1).numpy()
         for col, t in enumerate(t_steps):
             ax = axes[row, col]
-            for err, label, color in ((base_err[col], "baseline", BASELINE_COLOR),
-                                      (opt_err[col], "optimised", OPTIMISED_COLOR)):
+            for err, label, color in (
+                    (base_err[col], f"baseline, {baseline.mapping}", BASELINE_COLOR),
+                    (opt_err[col], f"optimised, {recipe.mapping}", OPTIMISED_COLOR)):
                 rms = float(err.square().mean().sqrt())
                 ax.hist(err.numpy(), bins=edges, density=True, histtype="step", lw=1.5,
                         color=color, label=f"{label} (RMS {rms:.3f})")
@@ -278,7 +323,7 @@ def weight_error_histograms(
             ax.tick_params(labelsize=7)
             ax.set_yticks([])
             if row == rows - 1:
-                ax.set_xlabel("(alpha W_t - W) / max|W|", fontsize=8)
+                ax.set_xlabel("(effective W - W) / max|W|", fontsize=8)
         axes[row, 0].set_ylabel("density", fontsize=8)
     fig.suptitle("Weight error after drift compensation (baseline vs optimised)")
     fig.tight_layout()

@@ -92,15 +92,26 @@ def test_optimize_evaluate_plot(files):
     for name in ("fc1.weight (8, 16)", "fc2.weight (4, 8)", "overall (weighted by layer size)"):
         assert name in text
     # Each of the three tables: a header, one row per time of the results file, the TNMSE
-    # (the mean over the times); every row holds baseline and optimised, mean +- SE, and gain.
+    # (the mean over the times); every row holds baseline and optimised, mean +- SE, and gain,
+    # and, where the recorded baseline is not layer-wise, the layer-wise baseline and the gain
+    # against it.
+    layerwise = result.baseline.mapping != "layer"
+    assert ("vs layer-wise" in text) is layerwise
     rows = [line.split() for line in text.splitlines() if line.startswith("  ")]
     assert [r[0] for r in rows] == ["time", "1", "1", "1", "TNMSE"] * 3
     assert [r[1] for r in rows if r[0] == "1"] == ["s", "h", "year"] * 3
     for r in rows:
         if r[0] != "time":
-            base, opt = float(r[-7]), float(r[-4])
+            cells = r[2:] if r[0] == "1" else r[1:]  # past the time's label
+            assert len(cells) == (11 if layerwise else 7)
+            base, opt = float(cells[0]), float(cells[3])
             assert base > 0 and opt > 0
-            assert float(r[-1].rstrip("%")) == pytest.approx(100 * (1 - opt / base), abs=0.11)
+            assert float(cells[6].rstrip("%")) == pytest.approx(100 * (1 - opt / base),
+                                                                abs=0.11)
+            if layerwise:
+                flat = float(cells[7])
+                assert float(cells[10].rstrip("%")) == pytest.approx(100 * (1 - opt / flat),
+                                                                     abs=0.11)
 
     plot_dir = d / "plot_cmd"
     proc = _run("plot", out, "--out", plot_dir, "--weights", files["npz"], "--repeats", "1")
@@ -302,8 +313,14 @@ def test_evaluate_samples_large_layers_and_says_so(tmp_path, capsys):
     text = capsys.readouterr().out
     rows = sample_rows_for((300, 128), SAMPLE_WEIGHTS)
     assert rows == 256
-    assert f"big.weight (300, 128), a sample of {rows} of its 300 rows per programming" in text
-    assert "small.weight (8, 16)\n" in text and "conv.weight (6, 3, 3, 3)\n" in text
+    # Each layer's title names its recipe's mapping (layer-wise: a file without mappings).
+    assert (f"big.weight (300, 128), layer mapping, a sample of {rows} of its 300 rows per "
+            f"programming") in text
+    assert "small.weight (8, 16), layer mapping\n" in text
+    assert "conv.weight (6, 3, 3, 3), layer mapping\n" in text
+    # Its baseline is the recorded one, layer-wise: no layer-wise column beside it.
+    assert "baseline: DualPair f=[1, 1], layer-wise mapping\n" in text
+    assert "vs layer-wise" not in text
     assert f"1 of 3 layer(s) hold more than {SAMPLE_WEIGHTS} weights" in text
     assert "--full" in text
     # The printed figures are the library's: both converters on one draw, the layer's index

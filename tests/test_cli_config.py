@@ -315,3 +315,32 @@ def test_a_toml_config_reads_every_run_setting(tmp_path):
     assert run["g_converter_baseline"].num_pairs == 3 and run["g_converter_baseline"].g_max == 30
     assert isinstance(run["compensation"], gpuwpo.PerColumnDriftCompensation)
     assert not run["compensation"].is_ideal
+
+
+@pytest.mark.parametrize("clip_range", ["[0.5, 0.9]", '"0.5,0.9"'])
+def test_a_toml_config_reads_the_mappings_and_the_clip_range(tmp_path, clip_range):
+    config = tmp_path / "run.toml"
+    config.write_text(f'mapping = "layer"\nbaseline_mapping = "columnwise"\n'
+                      f'clip_range = {clip_range}\n')
+    options = merge_settings({}, read_config(config))["options"]
+    assert (options.mapping, options.baseline_mapping, options.clip_range) == (
+        "layer", "columnwise", (0.5, 0.9))
+    assert {"mapping", "baseline_mapping", "clip_range"} <= options.explicit
+    # A flag given overrides the config.
+    options = merge_settings({"mapping": "columnwise"}, read_config(config))["options"]
+    assert options.mapping == "columnwise" and options.baseline_mapping == "columnwise"
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ('mapping = "rows"', "mapping"),
+    ("baseline_mapping = 1", "baseline_mapping"),
+    ("clip_range = [0.9, 0.5]", "clip_range"),
+    ("clip_range = [0.5, 0.7, 0.9]", "clip_range"),
+    ("clip_range = 0.5", "clip_range"),
+])
+def test_bad_mapping_settings_in_a_toml_config_are_named(tmp_path, text, fragment):
+    config = tmp_path / "run.toml"
+    config.write_text(text + "\n")
+    with pytest.raises(ValueError, match=fragment) as err:
+        read_config(config)
+    assert "run.toml" in str(err.value) and "\n" not in str(err.value)

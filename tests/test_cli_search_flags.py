@@ -72,3 +72,45 @@ def test_a_bad_clip_is_a_usage_error(weights, bad, capsys):
         main(["optimize", str(weights), "--clip", bad])
     assert exc.value.code == 2
     assert "(0, 1]" in capsys.readouterr().err
+
+
+def test_mappings_and_clip_range_are_recorded_said_and_repeated(weights, tmp_path, capsys):
+    out, again = tmp_path / "r.json", tmp_path / "again.json"
+    assert main(["optimize", str(weights), *TINY, "--mapping", "columnwise",
+                 "--baseline-mapping", "layer", "--clip-range", "0.6,1", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    # What the run compares with, before the search and in the summary.
+    assert ("baseline: DualPair f=[1, 1], layer-wise mapping; strategies: per-column mapping, "
+            "clip searched in [0.6, 1]") in printed
+    assert "gain against DualPair f=[1, 1], layer-wise mapping" in printed
+    first = load_result(out)
+    options = first.settings["options"]
+    assert (options["mapping"], options["baseline_mapping"], options["clip_range"]) == (
+        "columnwise", "layer", [0.6, 1.0])
+    assert {"mapping", "baseline_mapping", "clip_range"} <= set(first.settings["explicit"])
+    for layer in first.layers:  # a kept baseline is the layer-wise baseline; a strategy either
+        assert layer.mapping == ("layer" if layer.kept_baseline else layer.mapping)
+        assert layer.mapping in ("layer", "columnwise")
+        # The clip found lies in the range (the unclipped standard starts stay contenders).
+        clip = getattr(layer.converter, "clip", 1.0)
+        assert 0.6 <= clip <= 1.0
+    assert main(["optimize", str(weights), "--config", str(out), "--quiet",
+                 "--out", str(again)]) == 0
+    second = load_result(again)
+    assert second.settings == first.settings and second.layers == first.layers
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--mapping", "rows"], "invalid choice: 'rows'"),
+    (["--baseline-mapping", "per-column"], "invalid choice: 'per-column'"),
+    (["--clip-range", "0.9,0.5"], "0 < LOW <= HIGH <= 1"),
+    (["--clip-range", "0,1"], "0 < LOW <= HIGH <= 1"),
+    (["--clip-range", "0.5"], "give LOW,HIGH"),
+    (["--clip-range", "a,b"], "give LOW,HIGH"),
+])
+def test_bad_mapping_flags_are_usage_errors(weights, flags, fragment, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["optimize", str(weights), *flags])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and fragment in err, err

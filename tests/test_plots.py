@@ -89,7 +89,8 @@ def test_weight_error_histograms_one_axes_per_layer_and_time(tmp_path):
     assert len(axes) == len(result.layers) * len(TIMES)
     for ax in axes:
         labels = [t.get_text() for t in ax.get_legend().get_texts()]
-        assert [lab.split()[0] for lab in labels] == ["baseline", "optimised"]
+        # Each strategy with its mapping (bare converters: layer-wise).
+        assert [lab.split(" (")[0] for lab in labels] == ["baseline, layer", "optimised, layer"]
         assert len(ax.patches) == 2  # one step histogram per strategy
     assert (tmp_path / "err.png").is_file()
 

@@ -15,11 +15,13 @@ import re
 import sys
 from typing import Any
 
+from ..device.mapping import MAPPINGS
 from ..device.physics import PHYSICS
 from ..network.settings import COMPENSATIONS, CONFIG_KEYS, PHYSICS_SPECS, READOUTS
 
 __all__ = ["build_parser", "parse_times", "parse_f_lst", "parse_g_range", "parse_seed",
-           "parse_clip", "SEED_MAX", "COMMANDS", "given_settings", "given_physics"]
+           "parse_clip", "parse_clip_range", "SEED_MAX", "COMMANDS", "given_settings",
+           "given_physics"]
 
 _UNITS = {"s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0, "day": 86400.0, "days": 86400.0,
           "w": 604800.0, "mo": 2592000.0, "month": 2592000.0, "y": 31536000.0,
@@ -94,6 +96,21 @@ def parse_clip(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
 
 
+def parse_clip_range(text: str) -> tuple[float, float]:
+    """``LOW,HIGH``: the range of the searched clip fraction, ``0 < LOW <= HIGH <= 1``
+    (``--clip-range``)."""
+    parts = [p.strip() for p in str(text).split(",")]
+    try:
+        low, high = (float(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"cannot read the clip range {text!r}: give LOW,HIGH, "
+                                         f"fractions of max|W|, e.g. 0.5,1") from None
+    if not (math.isfinite(low) and math.isfinite(high) and 0.0 < low <= high <= 1.0):
+        raise argparse.ArgumentTypeError(f"the clip range {text!r} must have "
+                                         f"0 < LOW <= HIGH <= 1")
+    return low, high
+
+
 def _positive_int(text: str, minimum: int = 1) -> int:
     try:
         value = int(text)
@@ -166,6 +183,20 @@ def _add_physics_flags(p: argparse.ArgumentParser, recorded: bool) -> None:
                    help="drift compensation (default global)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=argparse.SUPPRESS,
                    help="where to compute (default: cuda when available for optimize, else cpu)")
+
+
+_MAPPING_HELP = ("layer = one scale for the layer (the reference's optimiser); columnwise = each "
+                 "output row scaled to its own max|w| before the converter and back in digital "
+                 "(aihwkit's weight_scaling_omega=1, weight_scaling_columnwise=True, which its "
+                 "inference presets deploy)")
+
+
+def _add_baseline_mapping(p: argparse.ArgumentParser, default: str) -> None:
+    """``--baseline-mapping``: the mapping the baseline converter is programmed with; absent
+    unless given (a config or a results file may supply it)."""
+    p.add_argument("--baseline-mapping", choices=MAPPINGS, default=argparse.SUPPRESS,
+                   help=f"how the baseline's weights reach its converter (default {default}): "
+                        + _MAPPING_HELP)
 
 
 def _add_key(p: argparse.ArgumentParser) -> None:
@@ -292,6 +323,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="program the weights clipped at FRACTION x max|W| (0 < FRACTION <= 1; "
                         "default 1, no clipping, the reference's converters): a gpuwpo "
                         "extension for heavy-tailed layers, docs/GUIDE.md 'Clipping'")
+    p.add_argument("--mapping", choices=MAPPINGS, default=keep,
+                   help=f"how the strategies' weights reach their converters (default "
+                        f"{defaults.mapping}): " + _MAPPING_HELP)
+    _add_baseline_mapping(p, defaults.baseline_mapping)
+    p.add_argument("--clip-range", type=parse_clip_range, metavar="LOW,HIGH", default=keep,
+                   help="search a clip fraction per layer in [LOW, HIGH] (0 < LOW <= HIGH <= 1; "
+                        "of each row's max|w| under the columnwise mapping, of max|W| under "
+                        "layer) jointly with the program (default: no clip searched); the "
+                        "unclipped baseline stays among the contenders")
     p.add_argument("--test-size", type=_positive_int, nargs=2, metavar=("IN", "OUT"),
                    default=keep,
                    help=f"test tile per layer (default {defaults.test_in_features} "
@@ -335,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="simulate every weight (default: a layer of more than 32768 weights is "
                         "estimated from a fresh sample of whole rows per programming)")
     _add_physics_flags(p, recorded=True)
+    _add_baseline_mapping(p, "the results file's")
     p.add_argument("--quiet", **quiet)
 
     p = commands["plot"]
@@ -344,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_key(p)
     _add_repeats_and_seed(p, 3, "programmings pooled in each weight-error histogram")
     _add_physics_flags(p, recorded=True)
+    _add_baseline_mapping(p, "the results file's")
 
     p = commands["example"]
     from ..example import DEFAULT_REPEATS as example_repeats

@@ -17,7 +17,12 @@ import torch
 from .. import example
 from ..checks import check_weights
 from ..io.common import same_file
-from ..network.settings import merge_physics, merge_settings, physics_from_settings
+from ..network.settings import (
+    mappings_from_settings,
+    merge_physics,
+    merge_settings,
+    physics_from_settings,
+)
 from .arguments import given_physics, given_settings
 from .config import read_config
 
@@ -164,6 +169,8 @@ def optimize(args: argparse.Namespace) -> int:
     if cluster is not None:
         _say(args, f"ray: {cluster.num_workers} worker(s); the cluster took "
                    f"{cluster.startup_s:.1f} s to start or connect")
+    # What the run compared with and what it searched, above the summary's table.
+    print(_comparison(run["g_converter_baseline"], options))
     print(result.summary())
     if out:
         save_result(result, out)
@@ -172,6 +179,27 @@ def optimize(args: argparse.Namespace) -> int:
         for path in _write_plots(result, plots, selected, repeats=2, seed=options.seed):
             _say(args, f"wrote {path}")
     return 0
+
+
+def _comparison(baseline, options) -> str:
+    """What a run compares with and what it searches, in one line: "baseline: DualPair
+    f=[1, 1], per-column mapping; strategies: per-column mapping, clip searched in [0.5, 1]"."""
+    from ..device.mapping import Recipe, describe_mapping
+    from ..search.optimizer import describe_recipe
+
+    clip = ("clip searched in [{:g}, {:g}]".format(*options.clip_range)
+            if options.clip_range is not None else
+            f"clip {options.clip:g}" if options.clip != 1.0 else "no clip")
+    return (f"baseline: {describe_recipe(Recipe(baseline, options.baseline_mapping))}; "
+            f"strategies: {describe_mapping(options.mapping)}, {clip}")
+
+
+def _baseline_mapping(args: argparse.Namespace, settings: Mapping) -> str:
+    """The baseline's mapping of ``evaluate`` and ``plot``: ``--baseline-mapping`` if given,
+    else the one the results file records (``"layer"`` for files written before it)."""
+    given = getattr(args, "baseline_mapping", None)
+    return given if given is not None else mappings_from_settings(
+        settings, path=args.results)["baseline_mapping"]
 
 
 def _check_test_size(options) -> None:
@@ -190,14 +218,20 @@ def evaluate(args: argparse.Namespace) -> int:
 
     Each layer is simulated at its crossbar shape (:func:`gpuwpo.network.layers.as_matrix`), in
     float32, baseline and strategy on the same noise (:func:`gpuwpo.device.simulate.
-    converter_errors` with both converters; the layer's index keys its noise). A layer larger
-    than :data:`gpuwpo.device.simulate.SAMPLE_WEIGHTS` weights is estimated from a fresh sample
-    of whole rows per programming (the standard errors include the sampling) unless ``--full``
+    converter_errors` with both recipes; the layer's index keys its noise). The baseline is the
+    baseline converter under the results file's ``baseline_mapping`` (``--baseline-mapping``
+    overrides it); where that is not the layer-wise mapping, the layer-wise baseline is
+    simulated on the same noise too and printed in its own column, so that figures against it
+    (earlier runs') stay comparable. A layer larger than
+    :data:`gpuwpo.device.simulate.SAMPLE_WEIGHTS` weights is estimated from a fresh sample of
+    whole rows per programming (the standard errors include the sampling) unless ``--full``
     asks for every weight; the output says which layers were sampled and how.
     """
+    from ..device.mapping import Recipe
     from ..device.simulate import SAMPLE_WEIGHTS, converter_errors, sample_rows_for
     from ..io import load_result
     from ..network.layers import as_matrix
+    from ..search.optimizer import describe_recipe
 
     result = load_result(args.results)
     weights = _read_weights(args, args.weights)  # --key: the dict inside a checkpoint
@@ -207,6 +241,10 @@ def evaluate(args: argparse.Namespace) -> int:
     _check_device(getattr(args, "device", None))
     device = getattr(args, "device", None) or "cpu"
     full = bool(getattr(args, "full", False))
+    baseline = Recipe(phys["baseline"], _baseline_mapping(args, result.settings))
+    # The layer-wise baseline beside a baseline of another mapping: the figure earlier runs
+    # (and the reference's optimiser) compare with.
+    layerwise = None if baseline.mapping == "layer" else Recipe(phys["baseline"], "layer")
     # Every layer is checked before any work: a missing tensor or another shape fails at once.
     tiles = []
     for layer in result.layers:
@@ -222,7 +260,7 @@ def evaluate(args: argparse.Namespace) -> int:
         # float32 is the physics' precision everywhere else too (the search's, program_model's).
         w = as_matrix(w.detach()).to(device=device, dtype=torch.float32)
         tiles.append((layer, w, None if full else sample_rows_for(w.shape, SAMPLE_WEIGHTS)))
-    sizes, base_rows, opt_rows, lines = [], [], [], []
+    sizes, base_rows, opt_rows, layerwise_rows, lines = [], [], [], [], []
     progress = tiles
     try:
         from tqdm.auto import tqdm
@@ -242,19 +280,21 @@ def evaluate(args: argparse.Namespace) -> int:
         for index, (layer, w, rows) in enumerate(progress):
             # Both converters on the same draws (paired), in one pass; the layer's index keys
             # its noise, so its figures do not depend on the other layers.
+            recipes = [baseline, layer.recipe] + ([] if layerwise is None else [layerwise])
             errors = converter_errors(
-                w, [phys["baseline"], layer.converter], phys["noise_model"], t_steps,
+                w, recipes, phys["noise_model"], t_steps,
                 compensation=phys["compensation"], physics=phys["physics"],
                 repeats=args.repeats, generator=args.seed, layer_id=index,
-                sample_rows=rows).double()  # [2, repeats, T]
-            base, opt = ((e.mean(0), e.std(0) / errors.shape[1] ** 0.5) for e in errors)
+                sample_rows=rows).double()  # [2 or 3, repeats, T]
+            base, opt, *flat = ((e.mean(0), e.std(0) / errors.shape[1] ** 0.5) for e in errors)
             sizes.append(w.numel())
             base_rows.append(base)
             opt_rows.append(opt)
-            title = f"{layer.name} {tuple(layer.shape)}"
+            layerwise_rows.extend(flat)
+            title = f"{layer.name} {tuple(layer.shape)}, {layer.mapping} mapping"
             if rows is not None:
                 title += f", a sample of {rows} of its {w.shape[0]} rows per programming"
-            lines.append(_table(title, t_steps, base, opt))
+            lines.append(_table(title, t_steps, base, opt, *flat))
     finally:
         torch.set_num_threads(threads)
     # Overall: layers weighted by their number of weights (the network's total weight error).
@@ -266,9 +306,13 @@ def evaluate(args: argparse.Namespace) -> int:
         return mean, sem
 
     overall = _table("overall (weighted by layer size)", t_steps, combine(base_rows),
-                     combine(opt_rows))
+                     combine(opt_rows), *([combine(layerwise_rows)] if layerwise_rows else []))
     print(f"TNMSE over time in physics={phys['physics']!r}, {args.repeats} programmings per "
           f"layer and time (mean +- standard error; lower is better)")
+    print(f"baseline: {describe_recipe(baseline)}" + (
+        "" if layerwise is None else
+        f"; the layer-wise baseline ({describe_recipe(layerwise)}) on the same noise, the "
+        f"figure runs against it report"))
     sampled = sum(rows is not None for _, _, rows in tiles)
     if sampled:
         print(f"{sampled} of {len(tiles)} layer(s) hold more than {SAMPLE_WEIGHTS} weights: "
@@ -280,48 +324,69 @@ def evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _table(title: str, t_steps: Sequence[float], base, opt) -> str:
+def _table(title: str, t_steps: Sequence[float], base, opt, layerwise=None) -> str:
+    """One layer's (or the network's) table: per time the baseline's and the optimised TNMSE
+    (mean +- standard error) and the gain; with ``layerwise`` (mean, SE) also the layer-wise
+    baseline and the gain against it. Last row: the TNMSE (mean over the times)."""
     from ..plots import time_label
 
-    (bm, bs), (om, osem) = base, opt
+    columns = [base, opt] + ([] if layerwise is None else [layerwise])
 
     def gain(b: float, o: float) -> str:
         return f"{100 * (1 - o / b):6.1f}%" if b > 0 else f"{'n/a':>7}"
 
-    rows = [title, f"  {'time':>10} {'baseline':>20} {'optimised':>20} {'gain':>7}"]
-    for i, t in enumerate(t_steps):
-        rows.append(f"  {time_label(t):>10} {float(bm[i]):10.5f} +- {float(bs[i]):<7.5f}"
-                    f"{float(om[i]):10.5f} +- {float(osem[i]):<7.5f}"
-                    f"{gain(float(bm[i]), float(om[i]))}")
-    n = len(t_steps)
-    b_all, o_all = float(bm.mean()), float(om.mean())
-    b_se = float((bs.double() ** 2).sum().sqrt()) / n
-    o_se = float((osem.double() ** 2).sum().sqrt()) / n
-    rows.append(f"  {'TNMSE':>10} {b_all:10.5f} +- {b_se:<7.5f}{o_all:10.5f} +- {o_se:<7.5f}"
-                f"{gain(b_all, o_all)}")
+    def cells(i: int | None) -> list[tuple[float, float]]:
+        # (mean, SE) of every column at time i, or over the times (the TNMSE) for None.
+        n = len(t_steps)
+        if i is None:
+            return [(float(m.mean()), float((s.double() ** 2).sum().sqrt()) / n)
+                    for m, s in columns]
+        return [(float(m[i]), float(s[i])) for m, s in columns]
+
+    def row(label: str, values: list[tuple[float, float]]) -> str:
+        (b, bs), (o, osem) = values[:2]
+        text = (f"  {label:>10} {b:10.5f} +- {bs:<7.5f}{o:10.5f} +- {osem:<7.5f}"
+                f"{gain(b, o)}")
+        if layerwise is not None:
+            lw, lws = values[2]
+            text += f" {lw:10.5f} +- {lws:<7.5f}{gain(lw, o):>13}"
+        return text
+
+    head = f"  {'time':>10} {'baseline':>20} {'optimised':>20} {'gain':>7}"
+    if layerwise is not None:
+        head += f" {'layer-wise baseline':>20} {'vs layer-wise':>13}"
+    rows = [title, head]
+    rows += [row(time_label(t), cells(i)) for i, t in enumerate(t_steps)]
+    rows.append(row("TNMSE", cells(None)))
     return "\n".join(rows)
 
 
 def _write_plots(result, out_dir: str, weights: Mapping[str, torch.Tensor] | None, *,
                  repeats: int = 2, seed: int = 0, phys: Mapping | None = None,
-                 source: str | None = None) -> list[str]:
+                 source: str | None = None, baseline_mapping: str | None = None) -> list[str]:
     """The figures of a result into ``out_dir``; returns the paths written.
 
     ``phys``: the physics of the weight-error figure (default: what the result records);
-    ``source``: the results file the result was read from (named in errors).
+    ``source``: the results file the result was read from (named in errors);
+    ``baseline_mapping``: the baseline's mapping (default: what the result records).
     """
     from .. import plots
+    from ..device.mapping import Recipe
 
     recorded = physics_from_settings(result.settings, path=source)
     phys = recorded if phys is None else phys
+    if baseline_mapping is None:
+        baseline_mapping = mappings_from_settings(result.settings,
+                                                  path=source)["baseline_mapping"]
+    baseline = Recipe(phys["baseline"], baseline_mapping)
     os.makedirs(out_dir, exist_ok=True)
     figures = {"programming_curves.png": lambda path: plots.programming_curves(
-                   result, phys["baseline"], path=path),
+                   result, baseline, path=path),
                "convergence.png": lambda path: plots.convergence(result, path=path)}
     if weights is not None:
         figures["weight_errors.png"] = lambda path: plots.weight_error_histograms(
             result, weights, recorded["t_steps"], noise_model=phys["noise_model"],
-            baseline=phys["baseline"], compensation=phys["compensation"],
+            baseline=baseline, compensation=phys["compensation"],
             physics=phys["physics"], repeats=repeats, seed=seed, path=path)
     written, drawn = [], []
     for name, draw in figures.items():
@@ -357,7 +422,8 @@ def plot(args: argparse.Namespace) -> int:
     phys = merge_physics(given_physics(args),
                          physics_from_settings(result.settings, path=args.results))
     for path in _write_plots(result, args.out, weights, repeats=args.repeats, seed=args.seed,
-                             phys=phys, source=args.results):
+                             phys=phys, source=args.results,
+                             baseline_mapping=_baseline_mapping(args, result.settings)):
         print(f"wrote {path}")
     return 0
 

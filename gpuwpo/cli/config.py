@@ -4,7 +4,8 @@ flags.
 
 A TOML config names the settings as the flags do, with underscores
 (:data:`gpuwpo.network.settings.CONFIG_KEYS`, ``global`` for ``--global``), and any search option
-(:class:`gpuwpo.search.options.SearchOptions`); ``noise_model``, ``baseline`` and
+(:class:`gpuwpo.search.options.SearchOptions`: e.g. ``mapping = "columnwise"``,
+``baseline_mapping = "layer"``, ``clip_range = [0.5, 1.0]``); ``noise_model``, ``baseline`` and
 ``compensation`` may be tables: a registry record of the object itself (any class of
 :mod:`gpuwpo.registry`, e.g. a CustomDriftPCMLikeNoiseModel with its drift table). Every value's
 type is checked here, before any work, naming the file and the setting.
@@ -16,10 +17,11 @@ import argparse
 import os
 from typing import Any
 
+from ..device.mapping import MAPPINGS
 from ..device.physics import PHYSICS
 from ..network.settings import COMPENSATIONS, CONFIG_KEYS, READOUTS, config_from_settings
 from ..registry import from_dict
-from .arguments import SEED_MAX, parse_f_lst, parse_g_range, parse_times
+from .arguments import SEED_MAX, parse_clip_range, parse_f_lst, parse_g_range, parse_times
 
 __all__ = ["read_config"]
 
@@ -73,6 +75,8 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
                                                  else ",".join(map(str, _listed(v)))),
                   "g_range": lambda v: parse_g_range(v if isinstance(v, str)
                                                      else ",".join(map(str, v))),
+                  "clip_range": lambda v: parse_clip_range(v if isinstance(v, str)
+                                                           else ",".join(map(str, _listed(v)))),
                   "mutation": lambda v: tuple(v) if isinstance(v, list) else v}
     for key, convert in converters.items():
         if key in values:
@@ -106,7 +110,8 @@ def _check_config_types(path: str | os.PathLike, values: dict) -> None:
         if key in values and not (isinstance(v, str) or (
                 isinstance(v, list) and all(isinstance(p, str) for p in v))):
             need(key, "a regular expression or a list of them")
-    for key, choices in (("physics", PHYSICS), ("readout", READOUTS), ("device", ("cpu", "cuda"))):
+    for key, choices in (("physics", PHYSICS), ("readout", READOUTS), ("device", ("cpu", "cuda")),
+                         ("mapping", MAPPINGS), ("baseline_mapping", MAPPINGS)):
         if key in values and values[key] not in choices:
             need(key, f"one of {', '.join(choices)}")
     if "backend" in values and not isinstance(values["backend"], str):
