@@ -237,6 +237,13 @@ AIHWKIT_OUT, AIHWKIT_IN = 16, 128
 AIHWKIT_SAMPLES = 40  # programmings a side
 
 
+@pytest.fixture
+def one_thread(keep_threads):
+    # aihwkit's tiles and these small tiles reduce tiny tensors: on a busy 2-core machine
+    # OpenMP's threads cost far more than the work.
+    torch.set_num_threads(1)
+
+
 def _aihwkit_tile() -> torch.Tensor:
     """Heavy-tailed rows whose scales span a decade [16, 128] (max|W| ~ 1, so that the default
     readout's output noise of 0.06 matters)."""
@@ -260,6 +267,7 @@ def _gpuwpo_samples(recipe, tile, comp, seed):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("mapping", ["layer", "columnwise"])
 @pytest.mark.parametrize("readout", ["ideal", "default"])
 @pytest.mark.parametrize("comp", ["global", "per-column", "exact"])
@@ -289,6 +297,7 @@ def test_a_clip_in_physics_aihwkit_equals_aihwkit_judging_clipped_weights(mappin
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
 def test_the_columnwise_clip_reads_the_tile_in_aihwkits_units():
     """Negative control of the tile's units: with the tile w / s (the program's grid end at
     clip, not at 1) the default periphery's output noise is relatively larger, and the figure
@@ -316,6 +325,7 @@ def test_the_columnwise_clip_reads_the_tile_in_aihwkits_units():
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
 def test_judging_clipped_weights_is_the_references_loss_step_for_step():
     """judge_tnmse's loop for a clipping program (aihwkit's loss_weights with the error against
     other weights than the layer holds) is loss_weights itself when the two are the same."""

@@ -357,6 +357,12 @@ def rows_tile(tile_objective):
     return tile_objective.reshape(OUT, IN) * torch.logspace(-1, 0, OUT).unsqueeze(1)
 
 
+@pytest.fixture
+def one_thread(keep_threads):
+    # Tiles of 2,048 weights: on a busy 2-core machine OpenMP's threads cost more than the work.
+    torch.set_num_threads(1)
+
+
 def _judged(recipe, tile, readout, comp, seed):
     """The reference's TNMSE samples [N_SAMPLES] of a converter or Recipe (its mapping set on
     aihwkit's tile) on ``tile``."""
@@ -371,6 +377,7 @@ MAPPED = [("dualpair-1-1", lambda: gpuwpo.DualPairConductanceConverter([1.0, 1.0
 MAPPED_CASES = [(r, c) for r in READOUTS for c in ("global", "per-column")]
 
 
+@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("readout, comp", MAPPED_CASES)
 @pytest.mark.parametrize("name, make", MAPPED, ids=[n for n, _ in MAPPED])
 def test_columnwise_recipes_match_aihwkits_columnwise_tile(rows_tile, name, make, readout,
@@ -383,6 +390,7 @@ def test_columnwise_recipes_match_aihwkits_columnwise_tile(rows_tile, name, make
     assert abs(z_score(ours, ref)) < Z_AGREE, (ours.mean(), ref.mean())
 
 
+@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("readout, comp", [("ideal", "global"), ("default", "per-column")])
 def test_negative_control_the_layerwise_recipe_is_not_aihwkits_columnwise_tile(rows_tile,
                                                                               readout, comp):
