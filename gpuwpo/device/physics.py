@@ -154,7 +154,10 @@ class ProgramConversion:
     Tiles are ``[B, P, ..., *tile_shape]`` (extra dimensions after the candidate axis
     broadcast). Params are the signed coefficients ``+-f_k / scale`` ``[B, P, 1, 2K]`` of the
     matmul that converts conductances back to weights: ``W = sum_k f_k (G+_k - G-_k) / scale``
-    with ``scale = max_grid |sum_k f_k (G+_k - G-_k)| / max|W|`` (as the converter's).
+    with ``scale = max_grid |sum_k f_k (G+_k - G-_k)| / g``, g the grid's half-width (as the
+    converter's): max|W| of the tile, or ``c`` x max|W| for a program that clips at ``c``
+    (:meth:`coefficients` of ``[B, P]`` half-widths: one clip per candidate, as a searched
+    clip has). Under a mapping the tiles are the tile weights (:mod:`gpuwpo.device.mapping`).
     """
 
     def __init__(self, f: torch.Tensor, g_lst: torch.Tensor, tile_shape: Sequence[int]) -> None:
@@ -170,7 +173,8 @@ class ProgramConversion:
         self._upper = g_lst[..., 1:]
 
     def coefficients(self, max_abs_weight: torch.Tensor) -> torch.Tensor:
-        """Signed ``+-f / scale`` ``[B, P, 1, 2K]`` for tiles of max|W| ``[B, P]`` (or [B, 1])."""
+        """Signed ``+-f / scale`` ``[B, P, 1, 2K]`` for grids of half-width ``[B, P]`` (one per
+        candidate: ``c`` x max|W| with a clip per candidate) or ``[B, 1]`` (one per layer)."""
         return self._unit_coef * max_abs_weight.unsqueeze(-1).unsqueeze(-1)
 
     def to_conductances(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
