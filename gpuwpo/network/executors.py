@@ -24,7 +24,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..device.converters import grid_interpolation
 from ..search.checkpoint import Checkpointing
 from ..search.optimizer import WeightProgrammingOptimizer
 from ..search.options import SearchOptions
@@ -122,12 +121,10 @@ class TaskResult:
 
 
 def tiles_on(tiles: TestTile, device: torch.device) -> TestTile:
-    """The tiles on ``device``, their grid positions computed there from the test weights (as a
-    run on that device computes them: on the grid over ``clip * max|W|``)."""
-    weights = tiles.weights.to(device)
-    m = weights.abs().amax(-1)
-    idx, frac = grid_interpolation(weights, m * tiles.clip, tiles.grid_size)
-    return dataclasses.replace(tiles, weights=weights, max_abs_weight=m, idx=idx, frac=frac)
+    """The tiles on ``device``, their row scales and grid positions computed there from the test
+    weights (as a run on that device computes them: under the tiles' mapping, on the grid over
+    ``clip`` x the tile weights' max|W|; :meth:`gpuwpo.search.tiles.TestTile.to`)."""
+    return tiles.to(device)
 
 
 def run_task(settings: TaskSettings, task: Task,
