@@ -5,6 +5,13 @@ programmed, drifted, read, compensated and reduced in one batched computation on
 device. :func:`tnmse_from_programs` is the hot path (and the pure-torch twin of the Triton kernel
 in :mod:`gpuwpo.kernels.tnmse`); :class:`TNMSEObjective` holds the test weights, the physics and
 the strategy space and is what every search backend calls with an [B, P, D] tensor.
+
+Under a mapping (docs/DESIGN.md section 5c, :mod:`gpuwpo.device.mapping`) the candidates program
+the tile weights (``w / s`` per column) and the error keeps the layer's units: one per-row gain
+``amp s_i / M`` folded into the compensation's multiplication, so a per-column search costs what
+a layer-wise one does. A searched clip gives every candidate its own grid (positions computed
+per chunk, not per time step). The layer-wise mapping without a clip computes every number as
+before either existed.
 """
 
 from __future__ import annotations
