@@ -210,7 +210,10 @@ class WeightProgrammingOptimizer:
         options: a ready :class:`gpuwpo.search.options.SearchOptions` (keywords then change it).
         **kwargs: the options of :class:`gpuwpo.search.options.SearchOptions`, where each one's
             default and meaning is documented once (the strategy space's nbins, g_err as a
-            fraction of g_max - g_min, f_min, f_max, use_max_kw; the test tile; the margin, the
+            fraction of g_max - g_min, f_min, f_max, use_max_kw, clip, clip_range; the mapping
+            of the strategies and of the baseline, mapping and baseline_mapping (both
+            "columnwise" by default: what aihwkit's inference presets deploy, so the gains are
+            against the baseline users deploy); the test tile; the margin, the
             baseline's and the validation's repeats, the polish; the search's strategy,
             popsize (times D), maxiter, tol, atol, mutation, recombination, seed, x_init, x0,
             noise_robust, algorithm, checkpoint, resume, callback; disp).
