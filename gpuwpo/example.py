@@ -368,9 +368,9 @@ def _write_outputs(report: dict, model: nn.Module, out_dir, seed: int, say: Call
 
     from . import plots
     from ._files import atomic_write
+    from .device.mapping import describe_recipe
     from .io import save_result
     from .network import select_weights
-    from .search.optimizer import describe_recipe
 
     os.makedirs(out_dir, exist_ok=True)
     result = report["result"]

@@ -27,14 +27,13 @@ from gpuwpo import (
     NetworkResult,
     PCMLikeNoiseModel,
 )
-from gpuwpo.device.mapping import Recipe
+from gpuwpo.device.mapping import Recipe, describe_recipe
 from gpuwpo.io import load_result, save_result
 from gpuwpo.network.layers import as_matrix
 from gpuwpo.network.program import layer_key
 from gpuwpo.network.result import single_program
 from gpuwpo.registry import to_dict
 from gpuwpo.rng import draw_seed, keyed_generator, make_generator
-from gpuwpo.search.optimizer import describe_recipe
 from gpuwpo.search.options import SearchOptions
 from gpuwpo.search.strategy import StrategySpace
 

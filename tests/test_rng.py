@@ -120,7 +120,9 @@ def _optimizer(**kw):
 def test_the_baseline_and_the_search_noise_are_their_streams():
     opt = _optimizer()
     mean, sem = opt.get_loss_baseline()
-    ref_mean, ref_sem = opt.objective.evaluate_converter(DUAL, 4, stream_seed(21, "baseline"))
+    # The loss baseline is the baseline converter under the baseline mapping (opt.baseline).
+    ref_mean, ref_sem = opt.objective.evaluate_converter(opt.baseline, 4,
+                                                         stream_seed(21, "baseline"))
     assert torch.equal(mean, ref_mean) and torch.equal(sem, ref_sem)
     x = torch.rand(1, 3, opt.space.dim, generator=torch.Generator().manual_seed(0))
     problem = opt._search_problem(mean)

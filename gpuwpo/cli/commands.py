@@ -184,8 +184,7 @@ def optimize(args: argparse.Namespace) -> int:
 def _comparison(baseline, options) -> str:
     """What a run compares with and what it searches, in one line: "baseline: DualPair
     f=[1, 1], per-column mapping; strategies: per-column mapping, clip searched in [0.5, 1]"."""
-    from ..device.mapping import Recipe, describe_mapping
-    from ..search.optimizer import describe_recipe
+    from ..device.mapping import Recipe, describe_mapping, describe_recipe
 
     clip = ("clip searched in [{:g}, {:g}]".format(*options.clip_range)
             if options.clip_range is not None else
@@ -227,11 +226,10 @@ def evaluate(args: argparse.Namespace) -> int:
     whole rows per programming (the standard errors include the sampling) unless ``--full``
     asks for every weight; the output says which layers were sampled and how.
     """
-    from ..device.mapping import Recipe
+    from ..device.mapping import Recipe, describe_recipe
     from ..device.simulate import SAMPLE_WEIGHTS, converter_errors, sample_rows_for
     from ..io import load_result
     from ..network.layers import as_matrix
-    from ..search.optimizer import describe_recipe
 
     result = load_result(args.results)
     weights = _read_weights(args, args.weights)  # --key: the dict inside a checkpoint

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["MAPPINGS", "DEFAULT_MAPPING", "check_mapping", "row_scales", "to_tile", "Recipe",
-           "as_recipe", "recipe_clip", "recipe_tile", "describe_mapping"]
+           "as_recipe", "describe_recipe", "recipe_clip", "recipe_tile", "describe_mapping"]
 
 #: The mappings gpuwpo models (see the module docstring).
 MAPPINGS = ("layer", "columnwise")
@@ -153,3 +153,21 @@ def recipe_tile(weights: Tensor, recipe: Recipe) -> tuple[Tensor, Tensor | None]
     if clip != 1.0:
         s = s * clip
     return weights / s, s
+
+
+
+def describe_recipe(recipe) -> str:
+    """A baseline's recipe in words, as a summary says what the gains are against:
+    ``"DualPair f=[1, 1], per-column mapping"`` (a CustomPair program: ``"CustomPair program"``;
+    a bare converter: the layer-wise mapping)."""
+    recipe = as_recipe(recipe)
+    conv = recipe.converter
+    name = type(conv).__name__.removesuffix("ConductanceConverter")
+    f = getattr(conv, "f_lst", None)
+    if name == "CustomPair":
+        words = "CustomPair program"
+    elif isinstance(f, torch.Tensor) and f.ndim == 1 and name not in ("SinglePair", "Fusion"):
+        words = f"{name} f=[{', '.join(f'{float(v):g}' for v in f.tolist())}]"
+    else:
+        words = name
+    return f"{words}, {describe_mapping(recipe.mapping)}"

@@ -21,11 +21,10 @@ import torch
 from torch import nn
 
 from ..checks import check_positive_int
-from ..device.mapping import Recipe, as_recipe, check_mapping
+from ..device.mapping import Recipe, as_recipe, check_mapping, describe_recipe
 from ..device.physics import check_physics
 from ..device.simulate import as_time_tensor
 from ..rng import draw_seed, make_generator, stream_seed
-from ..search.optimizer import describe_recipe
 from .program import program_model
 from .result import NetworkResult
 from .settings import mappings_from_settings, physics_from_settings

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 import torch
 
 from ..device.converters import CustomPairConductanceConverter
-from ..device.mapping import Recipe, as_recipe, check_mapping
+from ..device.mapping import Recipe, as_recipe, check_mapping, describe_recipe
 from ..registry import to_dict
-from ..search.optimizer import LAYERWISE_BASELINE, describe_recipe
+from ..search.optimizer import LAYERWISE_BASELINE
 from ..search.selection import BASELINE, Choice, interval
 
 __all__ = ["LayerResult", "NetworkResult", "single_program", "layerwise_figures"]

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..device.compensation import GlobalDriftCompensation
-from ..device.mapping import MAPPINGS, Recipe, as_recipe
+from ..device.mapping import MAPPINGS, Recipe, describe_recipe
 from ..rng import stream_seed
 from .backends import BACKENDS, SearchProblem, backend_module, run_search
 from .de import population_size
@@ -26,8 +26,7 @@ from .options import SearchOptions, refuse_unsupported
 from .selection import choose_per_layer, interval
 from .strategy import StrategySpace
 
-__all__ = ["WeightProgrammingOptimizer", "OptimizationResult", "describe_recipe",
-           "LAYERWISE_BASELINE"]
+__all__ = ["WeightProgrammingOptimizer", "OptimizationResult", "LAYERWISE_BASELINE"]
 
 #: The label of the layer-wise baseline among the references of a choice (measured beside every
 #: answer when the baseline maps per column, :attr:`OptimizationResult.layerwise_baseline_tnmse`).
@@ -159,26 +158,6 @@ class OptimizationResult:
             lines.append(f"{kept} of {len(self.chosen)} layer(s) keep the baseline: no strategy "
                          f"beat it with confidence")
         return "\n".join(lines)
-
-
-_MAPPING_WORDS = {"layer": "layer-wise mapping", "columnwise": "per-column mapping"}
-
-
-def describe_recipe(recipe) -> str:
-    """A baseline's recipe in words, as a summary says what the gains are against:
-    ``"DualPair f=[1, 1], per-column mapping"`` (a CustomPair program: ``"CustomPair program"``;
-    a bare converter: the layer-wise mapping)."""
-    recipe = as_recipe(recipe)
-    conv = recipe.converter
-    name = type(conv).__name__.removesuffix("ConductanceConverter")
-    f = getattr(conv, "f_lst", None)
-    if name == "CustomPair":
-        words = "CustomPair program"
-    elif isinstance(f, torch.Tensor) and f.ndim == 1 and name not in ("SinglePair", "Fusion"):
-        words = f"{name} f=[{', '.join(f'{float(v):g}' for v in f.tolist())}]"
-    else:
-        words = name
-    return f"{words}, {_MAPPING_WORDS[recipe.mapping]}"
 
 
 def _ci(intervals: list[tuple[float, float]]) -> torch.Tensor:
