@@ -10,7 +10,10 @@ all 73 searches in one batched search.
 
 Setup as in bench/search.py: f_lst = [None, None] (D = 21), inference times 1 s, 1 h, 1 day,
 30 days, 1 year, default PCM noise, ideal global compensation, baseline DualPair f = [1, 1],
-0..25 uS.
+0..25 uS under gpuwpo's default mappings (``SearchOptions.mapping`` and ``baseline_mapping``;
+``--set mapping='"layer"'`` and the like change them); the layer-wise baseline (the same
+converter, one scale per layer: what gpuwpo compared with before the mapping was modelled) is
+measured beside every answer and reported too.
 
 Budget: the reference's default (popsize 100 x D, 200 generations, every other optimizer keyword
 at its default) on CUDA. On the CPU one generation of 73 layers is 73 times a one-layer
@@ -20,8 +23,17 @@ JSON and the table say which budget was used.
 
 Reported: wall time (weight generation apart), peak memory (``torch.cuda.max_memory_allocated``
 on CUDA; the process's peak RSS from ``resource.getrusage`` on the CPU, which includes the
-85 M weights), generations, candidates evaluated, size-weighted total TNMSE vs baseline and the
-number of layers that beat their baseline by the loss margin.
+85 M weights), generations, candidates evaluated, size-weighted total TNMSE vs baseline and vs
+the layer-wise baseline, the number of layers that beat their baseline by the loss margin, and
+per layer its recipe (mapping, clip), the contender that won and every contender's figures.
+
+The search's own contribution (``search_vs_start``, per layer): the search's answer (its best
+point, or its polish where that is better on the choice's picking block) against the best
+standard start among the choice's contenders (``start: ...``, under either mapping), both
+programmed again ``--contender-repeats`` times on fresh noise (paired, run seed
+``--judge-seed``): the gain 1 - TNMSE(search) / TNMSE(start) with its standard error. A layer
+whose search ended on its best start has no "search" contender (it is labelled by the start)
+and a gain of exactly 0.
 
 Run:  python bench/network.py [--popsize P] [--maxiter G] [--backend torch]
       python -m bench.network ...
@@ -30,11 +42,13 @@ Writes bench/results/network-<machine>.json (``--out-dir`` elsewhere) and prints
 
 from __future__ import annotations
 
+import contextlib
+import math
 import re
 import resource
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +59,9 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 
 import gpuwpo  # noqa: E402
 from bench import common, toolkit_loss  # noqa: E402
+from gpuwpo.device.mapping import describe_recipe  # noqa: E402
+from gpuwpo.device.simulate import converter_errors  # noqa: E402
+from gpuwpo.search.objective import path_converter  # noqa: E402
 
 T_STEPS = gpuwpo.device.simulate.DEFAULT_TIMES
 F_LST = (None, None)
@@ -114,10 +131,93 @@ def _kind(name: str) -> str:
     return "other"
 
 
+#: Labels of the search's own contenders in a layer's choice (gpuwpo.search.optimizer).
+SEARCH_LABELS = ("search", "polish")
+#: The label prefix of the standard starts among a layer's contenders.
+START_PREFIX = "start: "
+
+
+@contextlib.contextmanager
+def captured_choices() -> Iterator[list[dict[str, Any]]]:
+    """Inside it, every per-layer choice of :class:`gpuwpo.WeightProgrammingOptimizer` is
+    recorded (its objective, contenders, baseline and choices), so that a benchmark can measure
+    the contenders again; the library's function is restored on exit."""
+    from gpuwpo.search import optimizer
+
+    original = optimizer.choose_per_layer
+    calls: list[dict[str, Any]] = []
+
+    def recording(objective, contenders, baseline, **kwargs):
+        choices = original(objective, contenders, baseline, **kwargs)
+        calls.append({"objective": objective, "contenders": contenders, "baseline": baseline,
+                      "choices": choices})
+        return choices
+
+    optimizer.choose_per_layer = recording
+    try:
+        yield calls
+    finally:
+        optimizer.choose_per_layer = original
+
+
+def search_vs_start(call: dict[str, Any], *, repeats: int, seed: int) -> list[dict[str, Any]]:
+    """Per layer of one recorded choice (:func:`captured_choices`): the search's answer against
+    the best standard start, measured again on fresh noise.
+
+    The search's answer is its best point or its polish, whichever the choice's picking block
+    found lower; the best start is the lowest ``start: ...`` contender there (under either
+    mapping). Both are programmed ``repeats`` times on the layer's test tile with the noise of
+    run seed ``seed`` (keyed by the layer, the same draws for both: paired).
+
+    Returns:
+        One dict per layer: ``search`` and ``start`` (label, picking-block mean), and where the
+        search left its start ``gain`` = 1 - mean(search) / mean(start) on the fresh noise with
+        ``gain_se`` (the paired differences' standard error over the start's mean);
+        ``ended_on_start`` where the search's answer is its best start (gain exactly 0).
+    """
+    objective = call["objective"]
+    out = []
+    for b, (choice, contenders) in enumerate(zip(call["choices"], call["contenders"])):
+        recipes = dict(contenders)
+        figures = choice.figures
+        own = [label for label in SEARCH_LABELS if label in figures]
+        starts = [label for label in figures if label.startswith(START_PREFIX)]
+        row: dict[str, Any] = {"chosen": choice.label}
+        if not starts:
+            out.append(row)
+            continue
+        start = min(starts, key=lambda label: figures[label][0])
+        row["start"] = {"label": start, "picking_mean": figures[start][0]}
+        if not own:
+            row.update(ended_on_start=True, gain=0.0, gain_se=0.0)
+            out.append(row)
+            continue
+        search = min(own, key=lambda label: figures[label][0])
+        row["search"] = {"label": search, "picking_mean": figures[search][0]}
+        errors = converter_errors(
+            objective.tiles.tile(b), path_converter([recipes[search], recipes[start]]),
+            objective.noise_model, objective.t_steps, compensation=objective.compensation,
+            physics=objective.physics, repeats=repeats, generator=seed,
+            layer_id=objective.tiles.layer_ids[b], amplification=objective.error_amplification,
+            memory_budget=objective.memory_budget).double().mean(-1)  # [2, repeats]
+        diff = errors[0] - errors[1]
+        base = float(errors[1].mean())
+        row.update(ended_on_start=False, search_tnmse=float(errors[0].mean()),
+                   start_tnmse=base, gain=-float(diff.mean()) / base,
+                   gain_se=float(diff.std() / math.sqrt(repeats)) / base)
+        out.append(row)
+    return out
+
+
 def run(weights: dict[str, torch.Tensor], *, popsize: int, maxiter: int, device: torch.device,
         backend: str = "torch", seed: int = 100, warmup: bool = True,
-        options: dict[str, Any] | None = None, hierarchical: bool = False) -> dict[str, Any]:
-    """Optimise every layer of ``weights`` in one :func:`gpuwpo.optimize_network` call."""
+        options: dict[str, Any] | None = None, hierarchical: bool = False,
+        contender_repeats: int = 0, judge_seed: int = 9100) -> dict[str, Any]:
+    """Optimise every layer of ``weights`` in one :func:`gpuwpo.optimize_network` call.
+
+    ``contender_repeats`` > 0: afterwards measure every layer's search against its best
+    standard start on that many fresh programmings (:func:`search_vs_start`, run seed
+    ``judge_seed``); 0 skips it."""
     options = dict(options or {})
     noise = gpuwpo.PCMLikeNoiseModel(g_max=25.0)
     baseline = gpuwpo.DualPairConductanceConverter(f_lst=[1.0, 1.0], g_min=0.0, g_max=25.0)
@@ -135,13 +235,22 @@ def run(weights: dict[str, torch.Tensor], *, popsize: int, maxiter: int, device:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    with common.WallProfile(device) as profile:
+    with captured_choices() as calls, common.WallProfile(device) as profile:
         start = time.perf_counter()
         res = call(weights, popsize=popsize, maxiter=maxiter)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         wall = time.perf_counter() - start
     margin = float(res.settings["options"].get("loss_margin", common.DEFAULTS["loss_margin"]))
+    # The per-layer search's choice (the last recorded: a hierarchical run's pooled search
+    # comes first), one row per layer in the result's order.
+    choices = calls[-1]["choices"] if calls and len(calls[-1]["choices"]) == len(
+        res.layers) else [None] * len(res.layers)
+    contest = None
+    if contender_repeats > 0 and calls and choices[0] is not None:
+        judge_start = time.perf_counter()
+        contest = search_vs_start(calls[-1], repeats=contender_repeats, seed=judge_seed)
+        contest_s = time.perf_counter() - judge_start
     layers = [{
         "name": layer.name, "kind": _kind(layer.name), "shape": list(layer.shape),
         "tnmse": layer.tnmse, "tnmse_ci95": list(layer.tnmse_ci95),
@@ -149,11 +258,22 @@ def run(weights: dict[str, torch.Tensor], *, popsize: int, maxiter: int, device:
         "improvement": layer.improvement,
         "success": layer.tnmse < layer.baseline_tnmse * (1 - margin),
         "chosen": layer.chosen,
+        "mapping": layer.mapping,
+        "clip": float(getattr(layer.converter, "clip", 1.0)),
+        "layerwise_baseline_tnmse": layer.layerwise_baseline_tnmse,
+        "layerwise_baseline_ci95": (None if layer.layerwise_baseline_ci95 is None
+                                    else list(layer.layerwise_baseline_ci95)),
+        "layerwise_improvement": layer.layerwise_improvement,
         # Worse than the baseline with confidence: the layer's answer and its baseline are
         # evaluated on the same noise, so their intervals overlap far more than their
         # difference's; a layer that keeps its baseline is equal to it.
         "worse": layer.tnmse_ci95[0] > layer.baseline_tnmse,
-    } for layer in res.layers]
+        # Every contender's (mean, SE) on the choice's picking block (the winner's optimistic).
+        "contenders": (None if choice is None else
+                       {label: list(v) for label, v in choice.figures.items()}),
+        "search_vs_start": None if contest is None else contest[i],
+    } for i, (layer, choice) in enumerate(zip(res.layers, choices))]
+    total_layerwise = res.total_layerwise_baseline_tnmse
     return {
         "backend": backend,
         "device": str(device),
@@ -174,6 +294,13 @@ def run(weights: dict[str, torch.Tensor], *, popsize: int, maxiter: int, device:
         "total_tnmse": res.total_tnmse,
         "total_baseline_tnmse": res.total_baseline_tnmse,
         "total_improvement": 1.0 - res.total_tnmse / res.total_baseline_tnmse,
+        "baseline_recipe": describe_recipe(res.baseline),
+        "total_layerwise_baseline_tnmse": total_layerwise,
+        "total_layerwise_improvement": (None if total_layerwise is None
+                                        else 1.0 - res.total_tnmse / total_layerwise),
+        "contender_repeats": contender_repeats,
+        "contender_judge_s": None if contest is None else contest_s,
+        "search_vs_start": None if contest is None else _contest_summary(contest),
         "loss_margin": margin,
         "layers_success": sum(r["success"] for r in layers),
         "layers_improved": sum(r["tnmse"] < r["baseline_tnmse"] for r in layers),
@@ -193,6 +320,23 @@ def run(weights: dict[str, torch.Tensor], *, popsize: int, maxiter: int, device:
     }
 
 
+def _contest_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """How often the search beat its best standard start (:func:`search_vs_start`): layers
+    where it ended on a start, where it left it and was better / worse by more than 1.96
+    standard errors, and the median gain of those that left it."""
+    left = [r for r in rows if r.get("ended_on_start") is False]
+    gains = sorted(r["gain"] for r in left)
+    return {
+        "layers": len(rows),
+        "ended_on_start": sum(bool(r.get("ended_on_start")) for r in rows),
+        "left_start": len(left),
+        "better": sum(r["gain"] - 1.96 * r["gain_se"] > 0 for r in left),
+        "worse": sum(r["gain"] + 1.96 * r["gain_se"] < 0 for r in left),
+        "median_gain": gains[len(gains) // 2] if gains else None,
+        "chosen_search": sum(r.get("chosen") in SEARCH_LABELS for r in rows),
+    }
+
+
 def tables(record: dict[str, Any]) -> str:
     """A summary table and a per-kind table (mean over the layers of each kind)."""
     r = record["result"]
@@ -208,6 +352,8 @@ def tables(record: dict[str, Any]) -> str:
         "tnmse": f"{r['total_tnmse']:.5f}", "baseline": f"{r['total_baseline_tnmse']:.5f}",
         "success": f"{r['layers_success']} / {r['num_layers']}",
         "gain": f"{100 * r['total_improvement']:.1f} %",
+        "lw": ("-" if r.get("total_layerwise_improvement") is None
+               else f"{100 * r['total_layerwise_improvement']:.1f} %"),
         "kept": r.get("layers_kept_baseline", "-"),
         "worse": r.get("layers_worse", "-"),
         "hier": "yes" if r.get("hierarchical") else "no",
@@ -215,23 +361,49 @@ def tables(record: dict[str, Any]) -> str:
          "generations",
          ("candidates", "candidates (all layers)"), ("wall", "wall s"), ("memory", "peak memory"),
          ("tnmse", "total TNMSE"), ("baseline", "total baseline"),
-         ("gain", "total below baseline"),
+         ("gain", "total below baseline"), ("lw", "below layer-wise baseline"),
          ("success", "layers beating baseline by margin"), ("kept", "layers keeping baseline"),
          ("worse", "layers worse")])
     kinds: dict[str, list[dict]] = {}
     for layer in r["layers"]:
         kinds.setdefault(layer["kind"], []).append(layer)
+    def mean_of(ls: list[dict], key: str) -> float | None:
+        values = [x.get(key) for x in ls]
+        return None if any(v is None for v in values) else sum(values) / len(values)
+
     per_kind = common.markdown_table([{
         "kind": kind, "n": len(ls),
         "tnmse": f"{sum(x['tnmse'] for x in ls) / len(ls):.5f}",
         "baseline": f"{sum(x['baseline_tnmse'] for x in ls) / len(ls):.5f}",
         "gain": f"{100 * sum(x['improvement'] for x in ls) / len(ls):.1f} %",
+        "lw": ("-" if mean_of(ls, "layerwise_improvement") is None
+               else f"{100 * mean_of(ls, 'layerwise_improvement'):.1f} %"),
         "success": sum(x["success"] for x in ls),
+        "mappings": ", ".join(f"{m} {sum(x.get('mapping') == m for x in ls)}"
+                              for m in ("columnwise", "layer")
+                              if any(x.get("mapping") == m for x in ls)),
     } for kind, ls in kinds.items()], [
         "kind", ("n", "layers"), ("tnmse", "mean TNMSE"), ("baseline", "mean baseline"),
-        ("gain", "mean gain"), ("success", "successes"),
+        ("gain", "mean gain"), ("lw", "mean gain vs layer-wise"), ("success", "successes"),
+        ("mappings", "answers' mappings"),
     ])
-    out = summary + "\n\nPer layer kind:\n\n" + per_kind
+    out = (f"Against {r.get('baseline_recipe', 'the baseline')}:\n\n" + summary
+           + "\n\nPer layer kind:\n\n" + per_kind)
+    chosen: dict[str, int] = {}
+    for layer in r["layers"]:
+        chosen[layer["chosen"]] = chosen.get(layer["chosen"], 0) + 1
+    out += "\n\nAnswers: " + ", ".join(f"{label} {n}" for label, n in
+                                        sorted(chosen.items(), key=lambda kv: -kv[1]))
+    contest = r.get("search_vs_start")
+    if contest:
+        median = contest["median_gain"]
+        out += (f"\n\nThe search against its best standard start ({r['contender_repeats']} "
+                f"fresh programmings per layer, paired): of {contest['layers']} layers, "
+                f"{contest['ended_on_start']} ended on a start; of the {contest['left_start']} "
+                f"that left it, {contest['better']} are better and {contest['worse']} worse by "
+                f"more than 1.96 standard errors"
+                + ("" if median is None else f" (median gain {100 * median:+.2f} %)")
+                + f"; the choice took the search's answer on {contest['chosen_search']}.")
     if r.get("profile"):
         out += "\n\nWhere the wall time went:\n\n" + common.profile_table(r["profile"])
     tk = record.get("toolkit")
@@ -270,6 +442,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--set", action="append", default=[], metavar="OPTION=JSON",
                         help="any search option, e.g. --set strategy='\"rand1bin\"' "
                              "--set mutation=[0.5,1] (repeatable)")
+    parser.add_argument("--contender-repeats", type=int, default=None,
+                        help="fresh programmings per layer measuring the search against its "
+                             "best standard start (default: the validation repeats; 0: skip)")
+    parser.add_argument("--judge-seed", type=int, default=9100,
+                        help="run seed of that measurement's noise")
     parser.add_argument("--hidden", type=int, default=768)
     parser.add_argument("--intermediate", type=int, default=None, help="default 4 x hidden")
     parser.add_argument("--blocks", type=int, default=12)
@@ -356,9 +533,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     if with_toolkit:
         time_toolkit()
+    contender_repeats = (int(options.get("validation_repeats",
+                                         common.DEFAULTS["validation_repeats"]))
+                         if args.contender_repeats is None else args.contender_repeats)
+    if contender_repeats == 1 or contender_repeats < 0:
+        parser.error(f"--contender-repeats must be 0 or at least 2, got {contender_repeats}")
     result = run(weights, popsize=popsize, maxiter=maxiter, device=device, backend=args.backend,
                  seed=args.seed, warmup=not (args.no_warmup or args.quick), options=options,
-                 hierarchical=args.hierarchical)
+                 hierarchical=args.hierarchical, contender_repeats=contender_repeats,
+                 judge_seed=args.judge_seed)
     toolkit = None
     if with_toolkit:
         time_toolkit()  # after as before: the least disturbed figures are kept
@@ -379,6 +562,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "per_layer": True, "seed": args.seed,
         "warmup": not (args.no_warmup or args.quick),
         "torch_threads": torch.get_num_threads(), "optimizer_overrides": options,
+        "mapping": result["settings"]["options"].get("mapping"),
+        "baseline_mapping": result["settings"]["options"].get("baseline_mapping"),
+        "clip_range": result["settings"]["options"].get("clip_range"),
+        "contender_repeats": contender_repeats, "judge_seed": args.judge_seed,
     }
     record = common.new_record(machine, note, args.quick, result=result, config=config,
                                weight_generation_s=generation_s,

@@ -8,8 +8,19 @@ and afterwards each recorded point is judged on the converter path
 ``--repeats`` programmings of each layer's test tile. The figure plotted is the size-weighted
 total reduction of TNMSE below the baseline, 1 - sum_l n_l TNMSE_l / sum_l n_l baseline_l, with
 the standard error of the paired difference, against the candidates evaluated per layer (the
-seeds' ranking included). The search's own best is judged, before the final choice: this
-measures the search, not the never-worse guard.
+standard starts' ranking included). The search's own best is judged, before the final choice:
+this measures the search, not the never-worse guard. The final choice (what a user gets: the
+validated winner among the search, its standard starts under both mappings and the baseline) is
+judged the same way and recorded beside the curve (``choice``).
+
+The judge. Every method is judged on the same tiles (each problem's layers sampled by rows,
+:class:`gpuwpo.search.tiles.TestTile`, whatever the method's own tiles) against the same two
+baselines, DualPair f = [1, 1], 0..25 uS: under the **per-column mapping** (each output row
+scaled to its own max|w|, aihwkit's ``weight_scaling_omega=1, weight_scaling_columnwise=True``,
+what its users deploy: ``reduction``) and under the **layer-wise** mapping (one scale per layer,
+what gpuwpo compared with before the mapping was modelled: ``reduction_layerwise``). A point of a
+method's search is judged as the recipe it stands for: its program under the method's mapping
+(with its clip, where the clip is searched).
 
 Problems:
 - ``synthetic``: four heavy-tailed layers (Student-t, 3 and 5 dof; 256 x 256 to 512 x 128, scales
@@ -18,15 +29,18 @@ Problems:
   (:mod:`bench.models`).
 
 Methods (:data:`METHODS`): the torch DE with the reference toolkit's settings (best1bin, mutation
-0.1, recombination 0.3, popsize 100 x D), with and without seeds; the torch DE with tuned
-settings, with and without seeds; scipy's DE at scipy's own defaults (best1bin, mutation
-(0.5, 1), recombination 0.7, popsize 15 x D); EvoTorch's CMA-ES (population D, centred on the
-best seed); and sweep variants used to pick the tuned settings. Every run goes to its budget
+0.1, recombination 0.3, popsize 100 x D), with and without standard starts; the torch DE at
+gpuwpo's defaults (``tuned``: the same operators, popsize 5 x D, under the options' default
+mapping and clip), with and without standard starts; the defaults' variants the defaults are
+chosen from: the strategies and the baseline under the layer-wise mapping (``tuned-layer``),
+a searched clip range (``tuned-clip-0.7``, ``-0.5``, ``-0.3``: clip_range (c, 1)), a population
+of 10 x D (``tuned-p10``); scipy's DE at scipy's own defaults (best1bin, mutation (0.5, 1),
+recombination 0.7, popsize 15 x D); EvoTorch's CMA-ES (population D, centred on the best
+standard start); and sweep variants used to pick the operators. Every run goes to its budget
 (tol = atol = 0, no early stop; no polish).
 
 Setup: f_lst = [None, None] (D = 21), inference times 1 s, 1 h, 1 day, 30 days, 1 year, default
-PCM noise, ideal global compensation, baseline DualPair f = [1, 1], 0..25 uS, the default
-512 x 20 test tile.
+PCM noise, ideal global compensation, the default 512 x 20 test tile.
 
 Run:  python bench/quality.py [--problems synthetic digits_mlp] [--physics device aihwkit]
                               [--methods reference tuned ...] [--budget 20000]
@@ -55,9 +69,11 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 
 import gpuwpo  # noqa: E402
 from bench import common  # noqa: E402
+from gpuwpo.device.mapping import Recipe  # noqa: E402
 from gpuwpo.device.physics import PHYSICS  # noqa: E402
 from gpuwpo.device.simulate import converter_errors  # noqa: E402
 from gpuwpo.search.de import population_size  # noqa: E402
+from gpuwpo.search.tiles import TestTile  # noqa: E402
 
 T_STEPS = gpuwpo.device.simulate.DEFAULT_TIMES
 F_LST = (None, None)
@@ -93,8 +109,18 @@ METHODS: dict[str, tuple[str, dict[str, Any]]] = {
                   {**_REFERENCE, "standard_starts": True}),
     "reference-unseeded": ("torch DE, the reference's settings, no seeds",
                            {**_REFERENCE, "standard_starts": False}),
-    "tuned": ("torch DE, tuned settings, seeded", {**_TUNED, "standard_starts": True}),
-    "tuned-unseeded": ("torch DE, tuned settings, no seeds", {**_TUNED, "standard_starts": False}),
+    "tuned": ("torch DE, gpuwpo's defaults, seeded", {**_TUNED, "standard_starts": True}),
+    "tuned-unseeded": ("torch DE, gpuwpo's defaults, no seeds",
+                       {**_TUNED, "standard_starts": False}),
+    # The defaults' variants: the mapping, a searched clip, the population.
+    "tuned-layer": ("torch DE, gpuwpo's defaults, strategies and baseline layer-wise",
+                    {**_TUNED, "standard_starts": True, "mapping": "layer",
+                     "baseline_mapping": "layer"}),
+    **{f"tuned-clip-{low:g}": (f"torch DE, gpuwpo's defaults, clip searched in [{low:g}, 1]",
+                               {**_TUNED, "standard_starts": True, "clip_range": (low, 1.0)})
+       for low in (0.7, 0.5, 0.3)},
+    "tuned-p10": ("torch DE, gpuwpo's defaults with popsize 10 x D",
+                  {**_TUNED, "standard_starts": True, "popsize": 10}),
     "scipy": ("scipy DE at scipy's defaults, seeded",
               dict(backend="scipy", strategy="best1bin", mutation=(0.5, 1.0), recombination=0.7,
                    popsize=15, standard_starts=True)),
@@ -111,6 +137,9 @@ PROBLEMS = ("synthetic", "digits_mlp", "digits_cnn")
 CHECKPOINTS = (500, 1000, 2000, 5000, 10000, 20000, 50000, 100000)
 #: A run with at most this many generations has each of them judged, not only the checkpoints.
 MAX_JUDGED_GENERATIONS = 12
+#: Programmings per contender and block of the final choice (the search's own is 100; the
+#: curves judge its winner on their own noise).
+VALIDATION_REPEATS = 16
 
 
 def synthetic_layers(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -140,15 +169,74 @@ def _per_generation(options: Mapping[str, Any], dim: int) -> int:
     return size
 
 
+#: The judges' baselines (label -> mapping): DualPair f = [1, 1], 0..25 uS, per column (what
+#: aihwkit's users deploy; the curves' ``reduction``) and layer-wise (``reduction_layerwise``).
+JUDGE_BASELINES = {"per-column": "columnwise", "layer-wise": "layer"}
+
+
+def _baseline_converter() -> gpuwpo.DualPairConductanceConverter:
+    return gpuwpo.DualPairConductanceConverter([1.0, 1.0], 0.0, 25.0)
+
+
+def judge_tiles(layers: Sequence[torch.Tensor], opt: gpuwpo.WeightProgrammingOptimizer
+                ) -> TestTile:
+    """The tiles every method of a problem is judged on: ``layers`` sampled by rows, with the
+    shape, grid and seed of ``opt``'s tiles (so a per-column search's own tiles)."""
+    return TestTile.from_layers(list(layers), opt.space.grid_size,
+                                shape=opt.objective.tile_shape, seed=int(opt.options.seed),
+                                rows=True)
+
+
+def judge(tiles: TestTile, recipes: Sequence[Recipe], sizes: torch.Tensor, noise_model,
+          physics: str, *, repeats: int, seed: int) -> dict[str, Any]:
+    """The size-weighted total reduction of one recipe per layer below each judge baseline.
+
+    Args:
+        tiles: the judge's tiles (by rows), B layers.
+        recipes: B recipes, layer b's program under its mapping.
+        sizes: [B] the layers' sizes (weights), the totals' weights.
+        noise_model, physics: the device model and physics simulated.
+        repeats: programmings per layer (paired: every recipe and baseline of a layer on the
+            same noise, the layer's noise keyed by its index).
+        seed: the judge's run seed (a layer's noise is keyed by its index).
+
+    Returns:
+        ``reduction``, ``se`` against the per-column baseline and ``reduction_layerwise``,
+        ``se_layerwise`` against the layer-wise one: 1 - sum_b n_b TNMSE_b / sum_b n_b base_b,
+        and the standard error of its paired per-repeat estimate.
+    """
+    base = _baseline_converter()
+    judges = [Recipe(base, mapping) for mapping in JUDGE_BASELINES.values()]
+    diffs = {label: [] for label in JUDGE_BASELINES}
+    bases = {label: [] for label in JUDGE_BASELINES}
+    for b, recipe in enumerate(recipes):
+        err = converter_errors(tiles.tile(b), [*judges, recipe], noise_model, T_STEPS,
+                               physics=physics, repeats=repeats, generator=seed,
+                               layer_id=b).double().mean(-1)  # [3, repeats]
+        for j, label in enumerate(JUDGE_BASELINES):
+            diffs[label].append(err[-1] - err[j])
+            bases[label].append(err[j].mean())
+    out: dict[str, Any] = {}
+    for label, suffix in zip(JUDGE_BASELINES, ("", "_layerwise")):
+        diff = (torch.stack(diffs[label]) * sizes[:, None]).sum(0)  # [repeats]
+        reduction = -diff / float((torch.stack(bases[label]) * sizes).sum())
+        out[f"reduction{suffix}"] = float(reduction.mean())
+        out[f"se{suffix}"] = float(reduction.std() / math.sqrt(repeats))
+    return out
+
+
 def run_curve(layers: Mapping[str, torch.Tensor], method: str, physics: str, *, budget: int,
               repeats: int, seed: int, judge_seed: int, overrides: Mapping[str, Any] = ()
               ) -> dict[str, Any]:
-    """One method's search on ``layers`` to ``budget`` candidates per layer; its judged curve."""
+    """One method's search on ``layers`` to ``budget`` candidates per layer; its judged curve
+    and its final choice, judged on the same tiles against the same baselines as every method
+    (:func:`judge`)."""
     description, spec = METHODS[method]
     options = {**spec, **dict(overrides)}
     backend = options.pop("backend")
-    baseline = gpuwpo.DualPairConductanceConverter([1.0, 1.0], 0.0, 25.0)
-    space_dim = gpuwpo.StrategySpace(list(F_LST)).dim
+    baseline = _baseline_converter()
+    space_dim = gpuwpo.StrategySpace(list(F_LST),
+                                     clip_range=options.get("clip_range")).dim
     maxiter = max(1, math.ceil(budget / _per_generation({**options, "backend": backend},
                                                        space_dim)))
     snapshots: list[tuple[int, torch.Tensor]] = []
@@ -161,7 +249,7 @@ def run_curve(layers: Mapping[str, torch.Tensor], method: str, physics: str, *, 
         [layers[n] for n in names], list(F_LST), gpuwpo.PCMLikeNoiseModel(), T_STEPS, baseline,
         backend=backend, device="cpu", physics=physics, seed=seed, maxiter=maxiter,
         **({} if options.get("algorithm") == "cmaes" else {"tol": 0.0, "atol": 0.0}),
-        polish=False, validation_repeats=4, baseline_iterations=32, disp=False,
+        polish=False, validation_repeats=VALIDATION_REPEATS, baseline_iterations=32, disp=False,
         callback=record, **options)
     start = time.perf_counter()
     opt.run_optimizer()
@@ -169,7 +257,8 @@ def run_curve(layers: Mapping[str, torch.Tensor], method: str, physics: str, *, 
     seeds = opt.standard_starts()[0].shape[0]
     B = len(names)
     sizes = torch.tensor([float(layers[n].numel()) for n in names], dtype=torch.float64)
-    m = opt.objective.max_abs_weight.reshape(-1)
+    m = opt.objective.tiles.tile_max.reshape(-1)
+    tiles = judge_tiles([layers[n] for n in names], opt)
     if backend == "scipy":
         # Layers one after another: a snapshot's nfev counts the earlier layers' candidates too;
         # each layer's own generation g is at g * S + S candidates of its own.
@@ -189,26 +278,24 @@ def run_curve(layers: Mapping[str, torch.Tensor], method: str, physics: str, *, 
         if not below:
             continue
         nfev, x = below[-1]
-        diffs, bases = [], []
-        for b in range(B):
-            conv = opt.space.to_converter(x[b].to(opt.objective.dtype), m[b],
-                                          invertibility_test=False)
-            err = converter_errors(opt.objective.tiles.tile(b), [baseline, conv],
-                                   opt.noise_model, opt.objective.t_steps, physics=physics,
-                                   repeats=repeats, generator=judge_seed,
-                                   layer_id=b).double().mean(-1)  # [2, repeats]
-            diffs.append(err[1] - err[0])
-            bases.append(err[0].mean())
-        diff = (torch.stack(diffs) * sizes[:, None]).sum(0)  # [repeats]
-        base_total = float((torch.stack(bases) * sizes).sum())
-        reduction = -diff / base_total
+        recipes = [Recipe(opt.space.to_converter(x[b].to(opt.objective.dtype), m[b],
+                                                 invertibility_test=False),
+                          opt.objective.mapping) for b in range(B)]
         curve.append({"candidates": int(nfev) + seeds, "at": int(target),
-                      "reduction": float(reduction.mean()),
-                      "se": float(reduction.std() / math.sqrt(repeats))})
+                      **judge(tiles, recipes, sizes, opt.noise_model, physics,
+                              repeats=repeats, seed=judge_seed)})
+    res = opt.result
+    choice = {**judge(tiles, res.recipes, sizes, opt.noise_model, physics, repeats=repeats,
+                      seed=judge_seed),
+              "chosen": list(res.chosen), "mappings": list(res.mappings),
+              "clips": [float(getattr(r.converter, "clip", 1.0)) for r in res.recipes]}
     return {"method": method, "description": description, "physics": physics,
             "backend": backend, "options": {k: (list(v) if isinstance(v, tuple) else v)
                                             for k, v in options.items()},
-            "maxiter": maxiter, "search_wall_s": search_wall, "curve": curve}
+            "mapping": opt.options.mapping, "baseline_mapping": opt.options.baseline_mapping,
+            "clip_range": (None if opt.options.clip_range is None
+                           else list(opt.options.clip_range)),
+            "maxiter": maxiter, "search_wall_s": search_wall, "curve": curve, "choice": choice}
 
 
 def _scipy_points(snapshots, num_layers: int, size: int) -> list[tuple[int, torch.Tensor]]:
@@ -257,7 +344,7 @@ def plot_curves(records: Sequence[Mapping[str, Any]], path: Path) -> None:
         ax.axhline(0, color="grey", lw=0.8)
         ax.set_title(f"{problem}, physics={physics}")
         ax.set_xlabel("candidates per layer")
-        ax.set_ylabel("TNMSE reduction vs DualPair [1,1] (%)")
+        ax.set_ylabel("TNMSE below DualPair [1, 1], per column (%)")
         ax.grid(alpha=0.3)
     axes.flat[0].legend(fontsize=7)
     for ax in list(axes.flat)[len(panels):]:
@@ -277,6 +364,14 @@ def _table_rows(records: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         last = r["curve"][-1]
         row["final"] = (f"{100 * last['reduction']:.1f} ± {196 * last['se']:.1f} "
                         f"({last['candidates']})")
+        if "reduction_layerwise" in last:
+            row["final_layerwise"] = (f"{100 * last['reduction_layerwise']:.1f} ± "
+                                      f"{196 * last['se_layerwise']:.1f}")
+        choice = r.get("choice")
+        if choice:
+            row["choice"] = f"{100 * choice['reduction']:.1f} ± {196 * choice['se']:.1f}"
+            row["choice_layerwise"] = (f"{100 * choice['reduction_layerwise']:.1f} ± "
+                                       f"{196 * choice['se_layerwise']:.1f}")
         rows.append(row)
     return rows
 
@@ -318,6 +413,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         merged = {key: runs[0][key] for key in ("budget", "repeats", "quick", "t_steps", "f_lst",
                                                 "overrides") if key in runs[0]}
         merged.update({"machine": runs[0]["machine"], "merged_from": [p.name for p in args.merge],
+                       "load_averages": [run.get("load_average") for run in runs],
                        "records": [r for run in runs for r in run["records"]]})
         return _write(args, merged)
     records = []
@@ -352,7 +448,9 @@ def _payload(args, overrides: dict[str, Any], records: list[dict]) -> dict[str, 
     return {"budget": args.budget, "repeats": args.repeats, "quick": args.quick,
             "overrides": {k: (list(v) if isinstance(v, tuple) else v)
                           for k, v in overrides.items()},
-            "t_steps": list(T_STEPS), "f_lst": list(F_LST), "records": records}
+            "t_steps": list(T_STEPS), "f_lst": list(F_LST),
+            # The machine's other work (1, 5, 15-minute load averages) when this was written.
+            "load_average": common.load_average(), "records": records}
 
 
 def _write(args, payload: dict[str, Any]) -> dict[str, Any]:
@@ -364,7 +462,12 @@ def _write(args, payload: dict[str, Any]) -> dict[str, Any]:
     ats = sorted({int(k) for row in rows for k in row if k.isdigit()})
     print(common.markdown_table(rows, ["problem", "physics", "method",
                                        *((str(a), f"{a} cand.") for a in ats),
-                                       ("final", "final (candidates)")]))
+                                       ("final", "search's best (candidates)"),
+                                       ("final_layerwise", "vs layer-wise"),
+                                       ("choice", "final choice"),
+                                       ("choice_layerwise", "choice vs layer-wise")]))
+    print("% below DualPair f=[1, 1] under the per-column mapping (vs layer-wise: under the "
+          "layer-wise mapping), ± 95 % interval of the paired difference")
     print(f"wrote {path} and {png}")
     return payload
 

@@ -8,6 +8,7 @@ LSTM is marked slow. Each model is trained once per module (fixtures). No timing
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -238,6 +239,19 @@ def _check_record(written: dict, model_names: list[str], physics: list[str]) -> 
             assert run["difference"]["mean"] == pytest.approx(diff.mean(0).tolist(), abs=1e-9)
             assert run["difference"]["sem"] == pytest.approx((diff.std(0) / 2 ** 0.5).tolist(),
                                                              abs=1e-9)
+            # The layer-wise baseline on the same noise: the optimised programmings are the
+            # same, its difference paired with them.
+            lw = torch.tensor(run["layerwise_baseline"]["accuracies"], dtype=torch.float64)
+            assert run["layerwise_difference"]["mean"] == pytest.approx(
+                (torch.tensor(run["optimised"]["accuracies"], dtype=torch.float64) - lw)
+                .mean(0).tolist(), abs=1e-9)
+            assert run["baseline_recipe"] == "DualPair f=[1, 1], per-column mapping"
+            lost = m["digital_accuracy"] - torch.tensor(run["baseline"]["mean"],
+                                                        dtype=torch.float64)
+            for share, gain, loss in zip(run["recovered"]["mean"], run["difference"]["mean"],
+                                         lost.tolist()):
+                # Defined where the baseline loses something, NaN elsewhere.
+                assert share == pytest.approx(gain / loss) if loss > 1e-9 else math.isnan(share)
             if m["name"] == "digits_lstm":  # every LSTM matrix is a layer of the result
                 assert {layer["name"]: tuple(layer["shape"]) for layer in run["layers"]} == \
                     LSTM_LAYERS
@@ -246,6 +260,40 @@ def _check_record(written: dict, model_names: list[str], physics: list[str]) -> 
                 lo, hi = layer["tnmse_ci95"]
                 assert lo <= layer["tnmse"] <= hi and layer["baseline_tnmse"] > 0
                 assert isinstance(layer["converter"], str)
+                assert layer["mapping"] in ("columnwise", "layer")
+                assert layer["layerwise_improvement"] == pytest.approx(
+                    1 - layer["tnmse"] / layer["layerwise_baseline_tnmse"])
+
+
+def test_recovered_share_and_its_standard_error():
+    # Many synthetic evaluations side by side (the time axis as trials): the delta-method
+    # standard error matches the spread of the share over trials, and only with the covariance
+    # of the gain and the baseline (they come from the same programmings); leaving it out is
+    # the negative control.
+    import gpuwpo
+
+    accuracy = load_script("accuracy")
+    gen = torch.Generator().manual_seed(0)
+    repeats, trials = 50, 4000
+    z1 = torch.randn(repeats, trials, generator=gen, dtype=torch.float64)
+    z2 = torch.randn(repeats, trials, generator=gen, dtype=torch.float64)
+    base = 90.0 + 3.0 * z1
+    optimised = 91.0 + 2.0 * z1 + 0.5 * z2  # d = 1 - z1 + 0.5 z2: cov(d, b) = -3
+    ev = gpuwpo.ModelEvaluation(times=[float(t) for t in range(trials)],
+                                values={"baseline": base, "optimised": optimised}, digital=96.0)
+    share = accuracy.recovered(ev, 96.0)
+    mean = torch.tensor(share["mean"])
+    sem = torch.tensor(share["sem"])
+    assert float(mean.mean()) == pytest.approx(1 / 6, rel=0.02)
+    # The SE of a standard deviation over 4000 trials is about 1.1 %.
+    assert float(mean.std()) == pytest.approx(float(sem.mean()), rel=0.06)
+    without_cov = ((1.25 / 36 + 9 / 1296) / repeats) ** 0.5  # about 0.029 against 0.017
+    assert abs(float(mean.std()) - without_cov) > 0.3 * without_cov
+    # A baseline that loses nothing has no share.
+    flat = gpuwpo.ModelEvaluation(times=[1.0], values={"baseline": torch.full((3, 1), 96.0),
+                                                       "optimised": torch.full((3, 1), 96.0)},
+                                  digital=96.0)
+    assert math.isnan(accuracy.recovered(flat, 96.0)["mean"][0])
 
 
 @pytest.mark.slow

@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import gpuwpo
+from gpuwpo.device.mapping import Recipe
+from gpuwpo.search.selection import choose_per_layer
 from tests._bench import BENCH, load_script, script_help
 
 
@@ -141,8 +144,51 @@ def test_network_benchmark_quick(tmp_path, capsys, keep_threads):
         assert key in r
     _check_profile(r["profile"])
     assert r["profile"]["wall_s"] == pytest.approx(r["wall_time_s"], rel=0.05, abs=0.05)
+    # Against the per-column baseline by default, the layer-wise one measured beside it.
+    assert r["baseline_recipe"] == "DualPair f=[1, 1], per-column mapping"
+    assert written["config"]["baseline_mapping"] == "columnwise"
+    assert r["total_layerwise_improvement"] == pytest.approx(
+        1 - r["total_tnmse"] / r["total_layerwise_baseline_tnmse"])
+    for layer in r["layers"]:
+        assert layer["mapping"] in ("columnwise", "layer") and 0 < layer["clip"] <= 1
+        assert "baseline" in layer["contenders"] and layer["chosen"] in (
+            *layer["contenders"], "baseline")
+        contest = layer["search_vs_start"]
+        if contest.get("ended_on_start"):
+            assert contest["gain"] == 0.0 and "search" not in layer["contenders"]
+        elif "search" in contest:
+            assert contest["search"]["label"] in ("search", "polish")
+            assert contest["start"]["label"].startswith("start: ")
+            assert contest["gain"] == pytest.approx(1 - contest["search_tnmse"]
+                                                    / contest["start_tnmse"])
+    summary = r["search_vs_start"]
+    assert summary["layers"] == 3 and summary["ended_on_start"] + summary["left_start"] <= 3
     out = capsys.readouterr().out
     assert "layers beating baseline by margin" in out and "Where the wall time went" in out
+    assert "below layer-wise baseline" in out and "its best standard start" in out
+
+
+def test_search_vs_start_is_paired_on_fresh_noise(keep_threads):
+    # One layer's recorded choice, its contenders chosen by hand: a "search" that is its best
+    # start gains exactly 0 (the same draws); one that is the layer-wise baseline against the
+    # per-column NPair f=[1, 4] loses with confidence (a negative control).
+    network = load_script("network")
+    weights = network.bert_shaped_weights(hidden=32, intermediate=64, blocks=1, max_layers=1)
+    opt = gpuwpo.WeightProgrammingOptimizer(
+        list(weights.values()), [None, None], gpuwpo.PCMLikeNoiseModel(), [1.0, 86400.0],
+        gpuwpo.DualPairConductanceConverter([1.0, 1.0], 0.0, 25.0), device="cpu", disp=False,
+        test_in_features=16, test_out_features=8)
+    start = Recipe(gpuwpo.NPairConductanceConverter([1.0, 4.0], 0.0, 25.0), "columnwise")
+    worse = Recipe(gpuwpo.DualPairConductanceConverter([1.0, 1.0], 0.0, 25.0), "layer")
+    baseline = Recipe(gpuwpo.DualPairConductanceConverter([1.0, 1.0], 0.0, 25.0), "columnwise")
+    for search, check in ((start, lambda row: row["gain"] == 0.0 and row["gain_se"] == 0.0),
+                          (worse, lambda row: row["gain"] + 3 * row["gain_se"] < 0)):
+        contenders = [[("start: NPair f=[1, 4]", start), ("search", search)]]
+        choices = choose_per_layer(opt.objective, contenders, baseline, repeats=4, seed=1)
+        (row,) = network.search_vs_start({"objective": opt.objective, "contenders": contenders,
+                                          "choices": choices}, repeats=8, seed=5)
+        assert row["search"]["label"] == "search" and not row["ended_on_start"]
+        assert check(row), row
 
 
 @pytest.mark.slow
@@ -199,11 +245,35 @@ def test_judge_quick(tmp_path, keep_threads):
     assert json.loads(out.read_text()) == json.loads(json.dumps({"benchmark": "judge",
                                                                    **record}))
     assert [r["readout"] for r in record["runs"]] == ["ideal", "default"]
+    assert record["config"]["mapping"] == "columnwise"  # gpuwpo's default baseline mapping
+    strategies = ["gpuwpo", "F=1", "F=2", "F=3", "F=4", "F=5"]
     for r in record["runs"]:
-        names = [row["strategy"] for row in r["rows"]]
-        assert names[0].startswith("gpuwpo search") and names[1] == "DualPair f=[1, 1]"
-        assert len(names) == 6 and r["rows"][1]["below_baseline"] == 0.0
-        assert all(row["judged"]["n"] == 3 and row["judged"]["mean"] > 0 for row in r["rows"])
+        assert r["mapping"] == "columnwise" and len(r["layers"]) == 3
+        for row in r["layers"]:
+            assert list(row["judged"]) == strategies
+            assert all(c["n"] == 3 and c["mean"] > 0 for c in row["judged"].values())
+            assert row["best_f"] == min(strategies[1:], key=lambda k: row["judged"][k]["mean"])
+            assert row["mapping"] in ("columnwise", "layer")
+        # The total is the layers' sum, repeat by repeat.
+        for key in strategies:
+            per_repeat = torch.tensor([row["judged"][key]["values"] for row in r["layers"]],
+                                      dtype=torch.float64).sum(0)
+            assert r["totals"][key]["mean"] == pytest.approx(float(per_repeat.mean()))
+        base = r["totals"]["F=1"]["mean"]
+        assert r["vs_baseline"]["reduction"] == pytest.approx(
+            1 - r["totals"]["gpuwpo"]["mean"] / base)
+
+
+def test_judge_margin_is_paired():
+    judge = load_script("judge")
+    theirs = judge._stats(torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64))
+    # The same values shifted: a paired difference without spread.
+    ours = judge._stats(torch.tensor([0.9, 1.9, 2.9, 3.9], dtype=torch.float64))
+    m = judge._margin(ours, theirs)
+    assert m["reduction"] == pytest.approx(0.1 / 2.5) and m["se"] == pytest.approx(0.0)
+    # Negative control: the same values in another order are no longer paired.
+    shuffled = judge._stats(torch.tensor([3.9, 0.9, 2.9, 1.9], dtype=torch.float64))
+    assert judge._margin(shuffled, theirs)["se"] > 0.1
 
 
 @pytest.mark.slow
