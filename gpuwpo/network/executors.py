@@ -55,14 +55,16 @@ class TaskSettings:
     device: str | None
 
     def optimizer(self, searched, options: SearchOptions,
-                  device: torch.device | str | None = None) -> WeightProgrammingOptimizer:
+                  device: torch.device | str | None = None,
+                  importance=None) -> WeightProgrammingOptimizer:
         """The optimizer of ``searched`` (weights, or test tiles) with ``options``, on ``device``
-        (default :attr:`device`)."""
+        (default :attr:`device`); ``importance``: the layers' input energies (weights only:
+        :class:`gpuwpo.WeightProgrammingOptimizer`), or None."""
         return WeightProgrammingOptimizer(
             searched, self.f_lst, self.noise_model, self.t_steps, self.baseline,
             symmetric=self.symmetric, backend=self.backend,
             device=self.device if device is None else device, compensation=self.compensation,
-            physics=self.physics, options=options)
+            physics=self.physics, options=options, importance=importance)
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,10 @@ class Task:
         options: its search options (per-layer warm starts cut to its layers).
         warm: label -> a point ``[D]`` to start from besides the standard starts (the pooled
             search's strategy, ``"global"``), or None.
+        importance: the input energies its test tiles are drawn by (activation-aware error,
+            :mod:`gpuwpo.search.tiles`): where ``searched`` is weights, as
+            :class:`gpuwpo.WeightProgrammingOptimizer` takes them (a mapping name -> energies,
+            or one entry per layer); None: none, or tiles already drawn by them.
     """
 
     stage: str
@@ -85,6 +91,7 @@ class Task:
     searched: Any
     options: SearchOptions
     warm: dict[str, Tensor] | None = None
+    importance: Any = None
 
 
 @dataclass
@@ -140,7 +147,7 @@ def run_task(settings: TaskSettings, task: Task,
     searched = task.searched
     if isinstance(searched, TestTile):
         searched = tiles_on(searched, device)
-    opt = settings.optimizer(searched, task.options, device)
+    opt = settings.optimizer(searched, task.options, device, importance=task.importance)
     run = None if checkpoint is None else checkpoint(opt)
     opt.run_optimizer(task.warm, checkpoint=run, stage=task.stage)
     res = opt.result

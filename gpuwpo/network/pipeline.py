@@ -33,7 +33,7 @@ from ..search.objective import TNMSEObjective
 from ..search.optimizer import LAYERWISE_BASELINE
 from ..search.options import SearchOptions
 from ..search.selection import Choice, choose_per_layer
-from ..search.tiles import TestTile
+from ..search.tiles import TestTile, check_importance
 from .executors import CheckpointFor, InProcess, Task, TaskResult, TaskSettings
 from .layers import as_matrix, select_weights
 from .result import LayerResult, NetworkResult
@@ -60,6 +60,7 @@ def optimize_network(
     distributed=None,
     *,
     key: str | None = None,
+    importance: Mapping[str, Tensor] | None = None,
     **optimizer_kwargs,
 ) -> NetworkResult:
     """Find programming strategies for the layers of a network in one search.
@@ -82,6 +83,15 @@ def optimize_network(
         key: for a checkpoint that holds several dicts of tensors (``model`` and
             ``ema_model``, ...), the dotted path of the one to program
             (:func:`gpuwpo.network.layers.find_state_dict`).
+        importance: activation-aware error (opt-in): layer name -> the energies ``E[x_j^2]``
+            of its input columns, ``[in]`` in the order of its matrix as mapped
+            (:func:`gpuwpo.network.layers.as_matrix`; a Conv's unrolled patches), or ``[out,
+            in]`` one per weight; :func:`gpuwpo.calibrate` measures them on a calibration
+            batch. Each named layer's test tile is drawn by its energies, so that its search,
+            baseline and choice measure the energy-weighted error (:mod:`gpuwpo.search.tiles`,
+            "Drawn by importance", says what that estimate is); a layer it does not name
+            counts every weight alike. The settings record which layers and a digest of the
+            energies (:func:`gpuwpo.network.settings.importance_record`). None or ``{}``: off.
         per_layer: True: one strategy per layer, all layers in one batched search; False: one
             global strategy from the pooled, per-layer-normalised weight distribution, which
             each layer then takes or leaves for its baseline.
@@ -110,7 +120,8 @@ def optimize_network(
 
     Raises:
         ValueError: no layer matches, a layer has NaN/inf or all-zero weights, a bad optimizer
-            argument (named in the message), or, for a sharded run, ``per_layer=False``, a
+            argument (named in the message), an importance naming a layer that is not
+            selected or of the wrong size (naming it), or, for a sharded run, ``per_layer=False``, a
             backend other than ``"torch"`` or an option it cannot honour (``callback``,
             ``checkpoint``, ``resume``).
         TypeError: an unknown optimizer argument.
@@ -134,6 +145,7 @@ def optimize_network(
         _refuse_for_shards(per_layer, backend, options)
     weights = select_weights(model_or_weights, include, exclude, key=key)
     names = list(weights)
+    energies = _importance(importance, weights)
     pooled_search = not per_layer or (hierarchical and len(names) > 1)  # a "global" task
 
     def record(ran) -> dict:
@@ -142,7 +154,8 @@ def optimize_network(
             f_lst=f_lst, t_steps=t_steps, backend=backend, per_layer=per_layer,
             include=include, exclude=exclude, options=options, noise_model=noise_model,
             baseline=g_converter_baseline, compensation=ran.compensation, space=ran.space,
-            device=ran.device, physics=ran.physics, hierarchical=bool(per_layer and hierarchical))
+            device=ran.device, physics=ran.physics, hierarchical=bool(per_layer and hierarchical),
+            importance=energies)
 
     pooled_task, layer_tasks = None, []
     if pooled_search:
@@ -150,15 +163,17 @@ def optimize_network(
         # The pooled weights are already the tiles' (each layer's, or each row's, over its own
         # max): one distribution without rows, searched as it is (layer-wise for both).
         pooled_options = options.replace(mapping="layer", baseline_mapping="layer")
-        pooled_task = Task("global", (0,), _tiles(settings, pooled, pooled_options)
-                           if executor.sharded else pooled, pooled_options)
+        pooled_energy = None if energies is None else [_pooled_importance(weights, energies)]
+        pooled_task = Task("global", (0,), _tiles(settings, pooled, pooled_options, pooled_energy)
+                           if executor.sharded else pooled, pooled_options,
+                           importance=None if executor.sharded else pooled_energy)
     if per_layer:
         layer_options = options
         if pooled_search:
             # The pooled search takes one layer's share of the candidates.
             layer_options = options.replace(
                 maxiter=max(1, options.maxiter - math.ceil(options.maxiter / len(names))))
-        layer_tasks = _layer_tasks(executor, settings, weights, layer_options)
+        layer_tasks = _layer_tasks(executor, settings, weights, layer_options, energies)
 
     # -- 2. Run -------------------------------------------------------------------------------
     checkpoint = None if executor.sharded else _whole_run_checkpoint(options, weights, record)
@@ -189,7 +204,7 @@ def optimize_network(
                 name, weights[name].shape, res.choices[row], res.recipes[row], history,
                 margin))
     else:
-        choices, recipe = _choose_pooled(pooled_result, weights, settings, options)
+        choices, recipe = _choose_pooled(pooled_result, weights, settings, options, energies)
         baseline = Recipe(g_converter_baseline, options.baseline_mapping)
         layers = [LayerResult.from_choice(
             name, weights[name].shape, choice, baseline if choice.kept_baseline else recipe,
@@ -231,6 +246,46 @@ def _refuse_for_shards(per_layer: bool, backend: str, options: SearchOptions) ->
                              f": {why}")
 
 
+def _importance(importance, weights: Mapping[str, Tensor]) -> dict[str, Tensor] | None:
+    """The run's input energies by layer name, each checked against its layer (None: none).
+
+    Raises:
+        TypeError: ``importance`` is not a mapping name -> energies.
+        ValueError: a name that is not a selected layer (naming it and the layers), energies of
+            the wrong size or values (:func:`gpuwpo.search.tiles.check_importance`).
+    """
+    if importance is None:
+        return None
+    if not isinstance(importance, Mapping):
+        raise TypeError(f"importance must be a mapping layer name -> input energies (e.g. "
+                        f"gpuwpo.calibrate(model, inputs)), got {type(importance).__name__}")
+    unknown = [str(k) for k in importance if k not in weights]
+    if unknown:
+        raise ValueError(f"importance names {', '.join(map(repr, unknown))}, not among the "
+                         f"selected layers ({', '.join(map(repr, weights))})")
+    energies = {}
+    for name in weights:  # the layers' order
+        if name in importance and importance[name] is not None:
+            value = importance[name]
+            value = torch.from_numpy(value) if not isinstance(value, Tensor) and hasattr(
+                value, "dtype") else value
+            check_importance(value, as_matrix(weights[name]), f"layer {name!r}")
+            energies[name] = value
+    return energies or None
+
+
+def _pooled_importance(weights: Mapping[str, Tensor], energies: Mapping[str, Tensor]) -> Tensor:
+    """The pooled distribution's importance [N] (:func:`_pooled`'s order): each weight's input
+    energy over its layer's mean, so that every layer keeps its share of the pool (its number
+    of weights) and within it its weights count with their inputs; 1 for a layer without."""
+    parts = []
+    for name, w in weights.items():
+        e = check_importance(energies.get(name), as_matrix(w), f"layer {name!r}")
+        e = torch.ones(w.numel(), dtype=torch.float64) if e is None else e.reshape(-1)
+        parts.append(e / e.mean())
+    return torch.cat(parts)
+
+
 def _pooled(weights: Mapping[str, Tensor], mapping: str) -> Tensor:
     """The layers' tile weights as one distribution [N]: under the layer-wise mapping each layer
     normalised by its own max|W|, so that no layer dominates through its scale; under the
@@ -246,26 +301,30 @@ def _pooled(weights: Mapping[str, Tensor], mapping: str) -> Tensor:
     return torch.cat([t.reshape(-1).to("cpu", torch.float32) for t in tiles])
 
 
-def _tiles(settings: TaskSettings, searched, options: SearchOptions) -> TestTile:
+def _tiles(settings: TaskSettings, searched, options: SearchOptions,
+           importance=None) -> TestTile:
     """The test tiles of ``searched``, made once on the driver (on the CPU, as every run makes
-    them; with the torch kernel, as the driver does not search)."""
+    them; with the torch kernel, as the driver does not search), drawn by ``importance``
+    where it is given."""
     return settings.optimizer(searched, dataclasses.replace(options, kernel="torch"),
-                              "cpu").objective.tiles
+                              "cpu", importance=importance).objective.tiles
 
 
 def _layer_tasks(executor, settings: TaskSettings, weights: Mapping[str, Tensor],
-                 options: SearchOptions) -> list[Task]:
+                 options: SearchOptions, energies: Mapping[str, Tensor] | None = None
+                 ) -> list[Task]:
     """The ``"layers"`` tasks: in one process one task searching the weights themselves (its
-    optimizer makes their tiles where it runs); sharded, each task its rows of the test tiles
-    made once for all layers, and its rows of the per-layer options."""
+    optimizer makes their tiles where it runs, drawn by ``energies`` where given); sharded,
+    each task its rows of the test tiles made once for all layers, and its rows of the
+    per-layer options."""
     num_layers = len(weights)
     if not executor.sharded:
-        return [Task("layers", tuple(range(num_layers)), weights, options)]
+        return [Task("layers", tuple(range(num_layers)), weights, options, importance=energies)]
     plan = executor.plan(num_layers)
     if sorted(i for ids in plan for i in ids) != list(range(num_layers)):
         raise ValueError(f"the tasks' layers {plan} are not a partition of the {num_layers} "
                          f"layers")
-    tiles = _tiles(settings, weights, options)
+    tiles = _tiles(settings, weights, options, energies)
     return [Task("layers", tuple(ids), tiles.select(ids), _cut(options, ids, num_layers))
             for ids in plan]
 
@@ -306,18 +365,29 @@ def _whole_run_checkpoint(options: SearchOptions, weights: Mapping[str, Tensor],
 
 
 def _choose_pooled(pooled: TaskResult, weights: Mapping[str, Tensor], settings: TaskSettings,
-                   options: SearchOptions) -> tuple[list[Choice], Recipe | None]:
+                   options: SearchOptions, energies: Mapping[str, Tensor] | None = None
+                   ) -> tuple[list[Choice], Recipe | None]:
     """Each layer's validated choice between the pooled strategy (under the run's mapping) and
     its baseline (under the baseline's mapping, with the layer-wise baseline measured beside it
     where that is another), and the pooled recipe (None where the pooled search kept the
-    baseline)."""
+    baseline); each layer on its tile drawn by its ``energies`` where given."""
+    rows = "columnwise" in (options.mapping, options.baseline_mapping)
+    searched = weights
+    if energies is not None:
+        # The tiles the objective makes of the weights, drawn by importance.
+        shape = (None if options.test_in_features is None
+                 else (options.test_out_features, options.test_in_features))
+        searched = TestTile.from_layers(weights, pooled.space.grid_size, shape=shape,
+                                        seed=options.seed, device=pooled.device,
+                                        clip=pooled.space.clip, mapping=options.mapping,
+                                        rows=rows, importance=energies)
     objective = TNMSEObjective(
-        weights, settings.noise_model, pooled.compensation, settings.t_steps, pooled.space,
+        searched, settings.noise_model, pooled.compensation, settings.t_steps, pooled.space,
         test_in_features=options.test_in_features, test_out_features=options.test_out_features,
         memory_budget=options.memory_budget, kernel=options.kernel, device=pooled.device,
         seed=options.seed, physics=pooled.physics, mapping=options.mapping,
         # The layers' tiles as a per-layer run of these options makes them.
-        tile_rows="columnwise" in (options.mapping, options.baseline_mapping))
+        tile_rows=rows)
     # A CustomPair program lives on a grid scaled by the converted weights' own max|W| (each
     # row's under the columnwise mapping), so the pooled strategy is every layer's program as
     # it is.

@@ -18,7 +18,11 @@ Keys: ``f_lst``, ``t_steps``, ``backend``, ``per_layer``, ``hierarchical``, ``in
 run finds, the strategies' ``mapping``, the baseline's ``baseline_mapping`` and the searched
 ``clip_range`` among them) and ``explicit`` (which of them were given), ``noise_model``,
 ``baseline``, ``compensation`` (registry records, :mod:`gpuwpo.registry`), ``symmetric``,
-``g_min``, ``g_max``, ``nbins``, ``device``, ``physics``.
+``g_min``, ``g_max``, ``nbins``, ``device``, ``physics``; and ``importance`` only for a run whose
+test tiles were drawn by its layers' input energies (activation-aware error,
+:func:`importance_record`: which layers, and a digest of the energies, never the energies
+themselves), so that a checkpoint of such a run resumes only with the same energies and a
+repeat from the record (:func:`optimize_kwargs_from_settings`) needs them given again.
 
 A record written before the mapping was modelled has no ``mapping``, ``baseline_mapping`` or
 ``clip_range`` among its options: its run was layer-wise for both, unclipped unless its fixed
@@ -40,13 +44,15 @@ from ..registry import from_dict, to_dict
 from ..search.checkpoint import (
     PHYSICS_FIELDS,
     UNRECORDED_OPTIONS,
+    digest,
     options_record,
     physics_record,
     run_fingerprint,
 )
 from ..search.options import SearchOptions
 
-__all__ = ["run_record", "fingerprint_from_settings", "default_physics", "physics_from_settings",
+__all__ = ["run_record", "importance_record", "fingerprint_from_settings", "default_physics",
+           "physics_from_settings",
            "options_from_settings", "mappings_from_settings", "optimize_kwargs_from_settings",
            "upgrade_record", "RETIRED_OPTIONS", "RECORDLESS_OPTIONS", "READOUTS",
            "COMPENSATIONS", "PHYSICS_SPECS", "CONFIG_KEYS", "parse_baseline",
@@ -63,15 +69,30 @@ RETIRED_OPTIONS = ("warm_start_baseline",)
 RECORDLESS_OPTIONS = {"mapping": "layer", "baseline_mapping": "layer", "clip_range": None}
 
 
+def importance_record(importance: Mapping[str, Any]) -> dict[str, Any]:
+    """What a run's settings record of the input energies its test tiles were drawn by:
+    ``{"layers": [names, in the mapping's order], "digest": SHA-256 hex}``, the digest of the
+    energies as float64 (:func:`gpuwpo.search.checkpoint.digest`: names, shapes, values), so
+    that the same energies in any float dtype record the same."""
+    tensors = {str(k): torch.as_tensor(v).detach().to("cpu", torch.float64).contiguous()
+               for k, v in importance.items()}
+    return {"layers": list(tensors), "digest": digest(tensors)}
+
+
 def run_record(*, f_lst, t_steps, backend, per_layer, include, exclude, options: SearchOptions,
               noise_model, baseline, compensation, space, device, physics,
-              hierarchical: bool = False) -> dict:
+              hierarchical: bool = False, importance: Mapping[str, Any] | None = None) -> dict:
     """The JSON record of everything that decides what a run finds (results files' settings).
+
+    ``importance``: the input energies by layer name the run's tiles were drawn by, recorded by
+    :func:`importance_record` (the key is absent for a run without, so that its record, and its
+    checkpoints' fingerprint, are what they always were).
 
     Read back by :func:`physics_from_settings` and :func:`optimize_kwargs_from_settings`
     (``gpuwpo optimize --config``)."""
     phys = physics_record(physics=physics, noise_model=noise_model, baseline=baseline,
                           compensation=compensation, t_steps=t_steps, f_lst=f_lst, space=space)
+    extra = {} if importance is None else {"importance": importance_record(importance)}
     return {
         "f_lst": phys["f_lst"],
         "t_steps": phys["t_steps"],
@@ -87,6 +108,7 @@ def run_record(*, f_lst, t_steps, backend, per_layer, include, exclude, options:
         "nbins": int(space.nbins),
         "device": str(device),
         "physics": phys["physics"],
+        **extra,
     }
 
 
@@ -240,18 +262,45 @@ def mappings_from_settings(settings: Mapping[str, Any], *,
 
 
 def optimize_kwargs_from_settings(settings: Mapping[str, Any], *,
-                                  path: str | os.PathLike | None = None) -> dict[str, Any]:
+                                  path: str | os.PathLike | None = None,
+                                  importance: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Everything :func:`gpuwpo.optimize_network` needs to repeat the run a results file records.
 
     Returns the keyword arguments (noise_model, t_steps, g_converter_baseline, f_lst, include,
     exclude, per_layer, hierarchical, backend, physics, compensation, symmetric and ``options``: a
     :class:`gpuwpo.options.SearchOptions` with the recorded values and the same options marked
-    as given). Only version-2 settings record all of it.
+    as given; and ``importance`` for a run that recorded one). Only version-2 settings record
+    all of it.
+
+    Args:
+        importance: the input energies (name -> tensor) of a run whose record says its tiles
+            were drawn by them; a record holds only their digest (:func:`importance_record`),
+            so such a run repeats only with the same energies given again.
 
     Raises:
-        ValueError: settings that do not record a run (naming the file and the field).
+        ValueError: settings that do not record a run (naming the file and the field); a run
+            drawn by importance without the energies, or with others (their digests differ);
+            energies for a run that had none.
     """
     where = f"{path}: " if path is not None else ""
+    recorded = settings.get("importance")
+    if recorded is not None:
+        if not isinstance(recorded, Mapping) or not isinstance(recorded.get("digest"), str):
+            raise ValueError(f"{where}settings.importance must be an object with a digest")
+        if importance is None:
+            raise ValueError(
+                f"{where}the run drew its test tiles by its layers' input energies (importance "
+                f"of {len(recorded.get('layers') or [])} layer(s), digest "
+                f"{recorded['digest'][:12]}...); the results file records only their digest: "
+                f"give the same energies to repeat it")
+        given = importance_record(importance)["digest"]
+        if given != recorded["digest"]:
+            raise ValueError(f"{where}the energies given are not the ones the run drew its "
+                             f"test tiles by (digest {given[:12]}... against the recorded "
+                             f"{recorded['digest'][:12]}...)")
+    elif importance is not None:
+        raise ValueError(f"{where}the run drew its test tiles without importance; repeat it "
+                         f"without energies")
     if "options" not in settings:
         raise ValueError(f"{where}the results file does not record its options (written by an "
                          "older gpuwpo); it cannot be repeated exactly")
@@ -269,6 +318,7 @@ def optimize_kwargs_from_settings(settings: Mapping[str, Any], *,
         "backend": settings.get("backend", "torch"), "physics": physics["physics"],
         "compensation": physics["compensation"],
         "symmetric": bool(settings.get("symmetric", True)), "options": options,
+        **({} if importance is None else {"importance": dict(importance)}),
     }
 
 

@@ -25,6 +25,7 @@ from .objective import TNMSEObjective
 from .options import SearchOptions, refuse_unsupported
 from .selection import choose_per_layer, interval
 from .strategy import StrategySpace
+from .tiles import TestTile
 
 __all__ = ["WeightProgrammingOptimizer", "OptimizationResult", "LAYERWISE_BASELINE"]
 
@@ -187,6 +188,13 @@ class WeightProgrammingOptimizer:
             see :mod:`gpuwpo.device.physics`. The search, the baseline and the validation all use
             it.
         options: a ready :class:`gpuwpo.search.options.SearchOptions` (keywords then change it).
+        importance: None (every weight's error counts alike), or the layers' input energies
+            ``E[x_j^2]`` (activation-aware error, opt-in; :mod:`gpuwpo.search.tiles`, "Drawn by
+            importance"): one entry per layer (a mapping name -> energies when ``weights`` is
+            a mapping), each None, ``[in]`` per input column of the layer's matrix or
+            ``[out, in]`` per weight. The test tiles are then drawn by importance, so that the
+            search, the baseline and the choice measure the energy-weighted error. Not with
+            ready test tiles (they are drawn already).
         **kwargs: the options of :class:`gpuwpo.search.options.SearchOptions`, where each one's
             default and meaning is documented once (the strategy space's nbins, g_err as a
             fraction of g_max - g_min, f_min, f_max, use_max_kw, clip, clip_range; the mapping
@@ -215,6 +223,7 @@ class WeightProgrammingOptimizer:
         compensation=None,
         physics: str = "device",
         options: SearchOptions | None = None,
+        importance=None,
         **kwargs,
     ) -> None:
         opts = SearchOptions.given(options, kwargs)
@@ -243,19 +252,33 @@ class WeightProgrammingOptimizer:
         # are sampled by rows when either mapping is per column, so that both are measured on
         # the rows (and the baseline on the tiles the strategies are).
         layers = [weights] if isinstance(weights, torch.Tensor) else weights
+        tile_rows = "columnwise" in (opts.mapping, opts.baseline_mapping)
+        if importance is not None:
+            if isinstance(layers, TestTile):
+                raise ValueError("importance draws the test tiles: give the layers' weights, "
+                                 "not ready test tiles")
+            if isinstance(weights, torch.Tensor) and isinstance(importance, torch.Tensor):
+                importance = [importance]  # one layer, its energies
+            shape = (None if opts.test_in_features is None
+                     else (opts.test_out_features, opts.test_in_features))
+            # The objective's own tiles, drawn by importance (the same call otherwise).
+            layers = TestTile.from_layers(layers, self.space.grid_size, shape=shape,
+                                          seed=opts.seed, device=self.device,
+                                          clip=self.space.clip, mapping=opts.mapping,
+                                          rows=tile_rows, importance=importance)
         self.objective = TNMSEObjective(
             layers, noise_model, self.compensation, t_steps, self.space,
             test_in_features=opts.test_in_features, test_out_features=opts.test_out_features,
             common_random_numbers=True, memory_budget=opts.memory_budget,
             kernel=opts.kernel, device=self.device, seed=opts.seed, physics=physics,
-            mapping=opts.mapping,
-            tile_rows="columnwise" in (opts.mapping, opts.baseline_mapping),
+            mapping=opts.mapping, tile_rows=tile_rows,
         )
         self.physics = self.objective.physics
         # What a checkpoint's fingerprint records (only kept when the run saves or resumes).
         self._record = {"f_lst": list(f_lst), "t_steps": t_steps, "symmetric": symmetric,
                         "weights": weights if opts.checkpoint is not None
-                        or opts.resume is not None else None}
+                        or opts.resume is not None else None,
+                        "importance": importance}
         self._baseline: tuple[torch.Tensor, torch.Tensor] | None = None
         self.result: OptimizationResult | None = None
 
@@ -340,6 +363,12 @@ class WeightProgrammingOptimizer:
             t_steps=self._record["t_steps"], f_lst=self._record["f_lst"], space=self.space)
         settings = {"backend": self.backend, "nbins": self.space.nbins,
                     "device": str(self.device)}
+        importance = self._record["importance"]
+        if importance is not None:  # the energies' digest: another importance, another run
+            entries = (importance.items() if isinstance(importance, Mapping)
+                       else enumerate(importance))
+            settings["importance"] = digest({str(k): torch.as_tensor(v) for k, v in entries
+                                             if v is not None})
         return run_fingerprint(digest(named), physics=physics, settings=settings,
                                options=options_record(self.options))
 

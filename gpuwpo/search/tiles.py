@@ -37,10 +37,10 @@ unbiased:
 * a weight's error as a function of its value (and of its row's scale) is averaged with the
   energy weights up to the resampling's quadrature, as the plain tile averages it with equal
   weights: with equal energies the drawn tile is the plain one (to float rounding);
-* the extremes are kept whatever their energy (the first and last value of the sorted resample:
-  the layer's, or each row's, min and max), so the converter's scale, the grid and the error's
-  normalisation M = max|W| are the layer's; they carry at most 2 of the tile's N values (2 of
-  ``in`` per row) of weight they would not have;
+* the value of largest magnitude is kept whatever its energy (the layer's, or each row's), so
+  the converter's scale, the grid and the error's normalisation M = max|W| are the layer's; it
+  takes one of the tile's N values (one of ``in`` per row) where its energy may give it less, a
+  bias of at most ``(e_max - E) / N`` (``/ in`` per row) on the estimate E, e_max its error;
 * not unbiased: the drift compensation is computed on the drawn tile, whose |W| distribution is
   the energy-weighted one, not the layer's; where the compensation factor depends on that
   distribution (it does, through the drift of each conductance), the drawn tile's alpha differs
@@ -96,11 +96,13 @@ def importance_resample(values: Tensor, importance: Tensor, size: int,
     total importance), sit at the ranks ``r_k = (c_k - c_1) / (c_n - c_1)``, ``c_k`` the midpoint
     ``p_1 + ... + p_{k-1} + p_k / 2`` of value k's share; output ``j`` is the linear
     interpolation of the values at rank ``j / (size - 1)`` (np.interp). Equal importances give
-    ``r_k = (k - 1) / (n - 1)``, the unweighted resample's ranks. Then the first output is the
-    smallest of *all* the values and the last the largest, whatever their importance, so that
-    the resample keeps the extremes (the scale a converter takes from max|w|); ``size = 1``
-    gives the smallest, as the unweighted resample does. Finally the outputs are shuffled with
-    ``torch.randperm(size, generator=generator)`` (:func:`gpuwpo.shuffle_weights`).
+    ``r_k = (k - 1) / (n - 1)``, the unweighted resample's ranks. Then the output at the end of
+    the value of largest magnitude (the last if it is positive, else the first) is that value,
+    whatever its importance, so that the resample keeps the scale a converter takes from
+    max|w| (one of ``size`` outputs where its importance would give it less: the estimate's
+    bias, the module docstring); ``size = 1`` gives the value of largest magnitude. Finally the
+    outputs are shuffled with ``torch.randperm(size, generator=generator)``
+    (:func:`gpuwpo.shuffle_weights`).
 
     Memory: a sort index (int64) and a float64 cumulative share per value, besides the values.
 
@@ -140,8 +142,11 @@ def importance_resample(values: Tensor, importance: Tensor, size: int,
         mid = np.cumsum(p) - 0.5 * p  # the midpoint of each value's share
         ranks = (mid - mid[0]) / (mid[-1] - mid[0])
         out = np.interp(np.arange(size, dtype=np.float64) / max(size - 1, 1), ranks, v_kept)
-    out[0] = v_sorted[0]  # the extremes, whatever their importance: the scale stays the layer's
-    if size > 1:
+    # The value of largest magnitude, whatever its importance: the scale stays the layer's. (A
+    # tie of |min| and max keeps the max, as torch's amax of |w| reads the same magnitude.)
+    if abs(float(v_sorted[0])) > abs(float(v_sorted[-1])):
+        out[0] = v_sorted[0]
+    else:
         out[-1] = v_sorted[-1]
     drawn = torch.from_numpy(out).to(device=values.device, dtype=values.dtype)
     return shuffle_weights(drawn, generator)
