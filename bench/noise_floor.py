@@ -24,6 +24,15 @@ error is still measured against the original weights and normalised by the origi
 No program of the reference's strategy space does this; the rows measure what a clipping step
 before the converter would be worth.
 
+Last, the same converters under the **per-column mapping** (each output row scaled to its own
+max|w| before the converter and back in digital, aihwkit's ``weight_scaling_omega=1,
+weight_scaling_columnwise=True``: gpuwpo's default baseline mapping), on the layer's test tile
+sampled by rows (each row keeping its own scale), unclipped and with each row clipped at a
+fraction of its own max|w| (aihwkit's deployment of clipped rows: the tile holds the clipped
+row over its clipped max). Reductions are against DualPair f = [1, 1] under the per-column
+mapping on the same rows and noise; each such row also holds the per-column baseline's
+reduction against the layer-wise DualPair on those rows (``per_column_vs_layerwise``).
+
 Run:  python bench/noise_floor.py [--repeats 16] [--weights bert-shaped minilm] [--quick]
 Writes bench/results/noise_floor-<machine>.json and prints a markdown table.
 """
@@ -45,6 +54,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 import gpuwpo  # noqa: E402
 from bench import common  # noqa: E402
 from bench.network import _kind, bert_shaped_weights  # noqa: E402
+from gpuwpo.device.mapping import Recipe  # noqa: E402
 from gpuwpo.device.noise import DEFAULT_PROG_COEFF  # noqa: E402
 from gpuwpo.device.simulate import converter_errors  # noqa: E402
 from gpuwpo.search.strategy import START_RATIOS  # noqa: E402
@@ -150,6 +160,50 @@ def clipped_rows(name: str, weights: torch.Tensor, model, ratios: Sequence[float
             for fraction in fractions]
 
 
+#: Fractions of each row's max|w| the per-column rows clip the rows at (1: unclipped).
+ROW_CLIP_FRACTIONS = (1.0, 0.7, 0.5, 0.3)
+
+
+def columnwise_rows(name: str, weights: torch.Tensor, model, ratios: Sequence[float],
+                    fractions: Sequence[float], *, repeats: int, tile_shape: Sequence[int],
+                    seed: int) -> list[dict[str, Any]]:
+    """One row per clip fraction: every converter under the per-column mapping, each row of the
+    tile (sampled by rows) clipped at ``fraction`` of its own max|w| before it is scaled.
+
+    The error of a repeat is ``mean_t mean_n (10 (s' alpha_t W'_t,n - W_n) / max|W|)^2`` with W
+    the original tile, W' the clipped rows each over its clipped max s' (what the tile holds)
+    and max|W| the original tile's; every converter, fraction and mapping is simulated with the
+    same seed (the same device noise), and the reduction is against the unclipped DualPair
+    f = [1, 1] under the per-column mapping under that noise.
+    """
+    # The search's tile by rows (out, in) = (20, 512): ``tile_shape`` lists it the other way
+    # round (as the distribution tiles above lay out their 10,240 weights).
+    tile = TestTile.from_layers({name: weights}, GRID_SIZE, shape=tuple(tile_shape)[::-1],
+                                rows=True)
+    w = tile.weights[0].reshape(tile.shape)
+    m = w.abs().max()
+    s = w.abs().amax(-1, keepdim=True)
+
+    def errors(ratio: float, fraction: float, mapping: str = "columnwise") -> torch.Tensor:
+        clipped = torch.maximum(torch.minimum(w, fraction * s), -fraction * s)
+        eff = gpuwpo.simulate_weights(clipped, Recipe(_npair(ratio), mapping), model, T_STEPS,
+                                      repeats=repeats, generator=seed)  # [repeats, T, out, in]
+        return (10 * (eff - w) / m).square().mean(dim=(-3, -2, -1))
+
+    base = errors(1.0, 1.0)
+    layerwise = errors(1.0, 1.0, "layer")
+    diff = layerwise - base
+    vs_layerwise = {"reduction": float(diff.mean() / layerwise.mean()),
+                    "reduction_se": float(diff.std() / math.sqrt(repeats) / layerwise.mean()),
+                    "layerwise_baseline_tnmse": float(layerwise.mean())}
+    return [_row(name, weights, "default, per-column mapping" + (
+                     f", rows clipped at {fraction:g} of their max" if fraction < 1 else ""),
+                 base, {ratio: errors(ratio, fraction) for ratio in ratios},
+                 mapping="columnwise", row_clip_fraction=float(fraction),
+                 per_column_vs_layerwise=vs_layerwise)
+            for fraction in fractions]
+
+
 def _report(record: Mapping[str, Any]) -> str:
     ratios = record["config"]["ratios"]
     blocks = []
@@ -198,11 +252,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                                tile_shape=tile_shape, seed=args.seed)
             rows += clipped_rows(name, w, models["default"], START_RATIOS, CLIP_FRACTIONS,
                                  repeats=args.repeats, tile_shape=tile_shape, seed=args.seed)
+            rows += columnwise_rows(name, w, models["default"], START_RATIOS, ROW_CLIP_FRACTIONS,
+                                    repeats=args.repeats, tile_shape=tile_shape, seed=args.seed)
         runs.append({"weights": source, "rows": rows})
     record = common.new_record(
         machine, "fixed converters, no search", args.quick, torch_threads=torch.get_num_threads(),
+        load_average=common.load_average(),
         config={"converters": "NPair f=[1, F], 0..25 uS, largest weight at the full range",
                 "ratios": list(START_RATIOS), "clip_fractions": list(CLIP_FRACTIONS),
+                "row_clip_fractions": list(ROW_CLIP_FRACTIONS),
                 "t_steps_s": list(T_STEPS),
                 "test_tile": list(tile_shape), "repeats": args.repeats, "seed": args.seed,
                 "models": {k: repr(m) for k, m in models.items()},

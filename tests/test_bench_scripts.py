@@ -296,13 +296,20 @@ def test_noise_floor_quick(tmp_path, keep_threads):
     assert json.loads(out.read_text()) == json.loads(json.dumps({"benchmark": "noise_floor",
                                                                    **record}))
     (run,) = record["runs"]
-    # Per layer: three device models, then the default model at three clip fractions.
-    assert run["weights"] == "bert-shaped" and len(run["rows"]) == 2 * (3 + 3)
+    # Per layer: three device models, then the default model at three clip fractions, then
+    # the per-column mapping unclipped and at three row clip fractions.
+    assert run["weights"] == "bert-shaped" and len(run["rows"]) == 2 * (3 + 3 + 4)
     for row in run["rows"]:
         assert set(row["reduction"]) == {"1", "1.5", "2", "3", "4", "5"}
         assert row["baseline_tnmse"] > 0 and row["max_over_std"] > 1
-        if "clip_fraction" not in row:  # F = 1 unclipped is the baseline itself
+        if "clip_fraction" not in row and row.get("row_clip_fraction", 1.0) == 1.0:
+            # F = 1 unclipped is the baseline itself (under its mapping)
             assert row["reduction"]["1"] == 0.0 and row["reduction_se"]["1"] == 0.0
+    per_column = [r for r in run["rows"] if r.get("mapping") == "columnwise"]
+    assert sorted({r["row_clip_fraction"] for r in per_column}) == [0.3, 0.5, 0.7, 1.0]
+    for row in per_column:
+        # Every row over its own max: better than one scale for the layer (Student-t rows).
+        assert row["per_column_vs_layerwise"]["reduction"] > 0
     clipped = [r for r in run["rows"] if "clip_fraction" in r]
     assert sorted({r["clip_fraction"] for r in clipped}) == [0.3, 0.5, 0.7]
     # These small layers are light-tailed (max/std about 10): clipping at 0.3 max|W| costs far
