@@ -30,7 +30,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import machine_info, markdown_table, save_record  # noqa: E402
-from bench.judge import pooled_weights  # noqa: E402
+from bench.judge import layer_weights  # noqa: E402
 from gpuwpo.aihwkit import require_aihwkit  # noqa: E402
 
 T_STEPS = [1, 60, 3600, 86400, 2592000, 31104000]  # example 33's times
@@ -66,6 +66,13 @@ def _judge(cfg, converter, tile, repeats: int, seed: int) -> dict:
                            for _ in range(repeats)], dtype=torch.float64)
     return {"mean": float(values.mean()), "sem": float(values.std() / math.sqrt(repeats)),
             "n": repeats}
+
+
+def pooled_weights(source: str, seed: int = 0) -> tuple[torch.Tensor, str]:
+    """Every layer's weights over its own largest magnitude, pooled into one flat tensor (the
+    reference optimiser takes one distribution), and where they came from."""
+    layers, what = layer_weights(source, "", seed)
+    return torch.cat([(w / w.abs().max()).reshape(-1) for w in layers.values()]), what
 
 
 def run_one(module_name: str, weights, cfg, baseline, settings: dict) -> dict:
