@@ -445,3 +445,140 @@ def test_repr_names_the_parameters():
     r = repr(PCMLikeNoiseModel(g_max=40.0, drift_scale=0.5))
     assert r.startswith("PCMLikeNoiseModel(") and "g_max=40.0" in r and "drift_scale=0.5" in r
     assert "g_lst" in repr(CustomDriftPCMLikeNoiseModel(GOOD))
+
+
+# ------------------------------------------------------------------------------------------
+# the fused hot path: in place, with work buffers, bit for bit the out-of-place sequence
+def _targets_with_edges(model, shape=(2, 3, 4, 64), seed=21) -> torch.Tensor:
+    """float32 targets with zeros and both sides of the read noise's cap and floor."""
+    gen = torch.Generator().manual_seed(seed)
+    g = torch.rand(shape, generator=gen) * 30.0
+    g_cap = model.g_max * 0.044 ** (1 / 0.65)
+    g.view(-1)[:11] = torch.tensor([0.0, 0.0, 1e-9, 0.3 * g_cap, 0.49 * g_cap, 0.51 * g_cap,
+                                    0.9 * g_cap, 0.999 * g_cap, 1.001 * g_cap, 2 * g_cap, 25.0])
+    return g
+
+
+def _out_of_place_step(model, g, z1, z2, z3, t):
+    """The fused path's operations as they were written before it went in place: one new
+    tensor per operation, in the same order (the specification of its numbers, float32)."""
+    if isinstance(model, CustomDriftPCMLikeNoiseModel):
+        mu, sigma = model.drift_mean_std(g)
+    else:
+        log_g_rel = torch.log(torch.clamp(g.abs() / model.g_max, min=1e-7))
+        mu = torch.clamp(-0.0155 * log_g_rel + 0.0244, min=0.049, max=0.1)
+        sigma = torch.clamp(-0.0125 * log_g_rel - 0.0059, min=0.008, max=0.045)
+    c0, c1, c2 = model.prog_coeff
+    x = g / model.g_max
+    std = model.prog_noise_scale * ((c0 + x * (c1 + x * c2)) * (model.g_max / model.g_ref))
+    g_p = torch.addcmul(g, std, z1).clamp_(min=0.0)
+    nu = torch.addcmul(mu, sigma, z2).abs_()
+    nu = nu if model.drift_scale == 1.0 else nu.mul_(model.drift_scale)
+    log_ratio = math.log1p(t / model.t_0)
+    read_factor = math.sqrt(math.log((t + model.t_0 + model.t_read) / (2.0 * model.t_read)))
+    g_d = torch.mul(nu, -log_ratio).exp_() * g_p
+    c = 0.0088 * model.g_max**0.65
+    g_floor = 0.5 * (c / 0.2) ** (1.0 / 0.65)
+    q = torch.clamp(g_p, min=g_floor).log_().mul_(-0.65).exp_().clamp_(max=0.2 / c) * z3
+    g_t = (q.mul_(read_factor * (model.read_noise_scale * c)).add_(1.0) * g_d).clamp_(min=0.0)
+    return g_p, g_t
+
+
+@pytest.mark.parametrize("model", [
+    PCMLikeNoiseModel(),
+    PCMLikeNoiseModel(prog_noise_scale=1.3, drift_scale=0.8, read_noise_scale=0.7, g_max=40.0),
+    CustomDriftPCMLikeNoiseModel({"g_lst": [0.0, 5.0, 25.0], "nu_mean_lst": [0.1, 0.06, 0.04],
+                                  "nu_std_lst": [0.03, 0.02, 0.01]}),
+], ids=["default", "scaled", "custom-drift"])
+def test_fused_path_is_the_out_of_place_sequence_bit_for_bit(model):
+    g = _targets_with_edges(model)
+    gen = torch.Generator().manual_seed(5)
+    # Shared draws (size-1 candidate axis), as the objective's common random numbers give them.
+    z1, z2, z3 = (torch.randn(2, 1, 4, 64, generator=gen) for _ in range(3))
+    prepared = model.prepare_targets(g)
+    work = [torch.empty_like(g) for _ in range(3)]
+    for t in (0.0, 1.0, 3600.0, 3.2e7):
+        want_prog, want_t = _out_of_place_step(model, g, z1, z2, z3, t)
+        for buffers in (None, work):
+            out = (None,) * 3 if buffers is None else buffers
+            g_p = model.program(prepared, z1, out=out[0])
+            nu = model.drift_coefficients(prepared, z2, out=out[1])
+            g_t = model.drift_and_read(g_p, nu, t, z3, out=out[2], overwrite=True)
+            assert torch.equal(g_p, want_prog) and torch.equal(g_t, want_t)
+            if buffers is not None:  # the results live in the caller's buffers
+                assert g_p.data_ptr() == work[0].data_ptr()
+                assert g_t.data_ptr() == work[2].data_ptr()
+        # Without overwrite the caller's nu is left as it was.
+        nu = model.drift_coefficients(prepared, z2)
+        kept = nu.clone()
+        model.drift_and_read(model.program(prepared, z1), nu, t, z3)
+        assert torch.equal(nu, kept)
+    # Negative control: the same formula with another, mathematically equal order of operations
+    # (q as a power instead of exp(-0.65 ln g)) differs at float32 rounding: the comparison
+    # above sees rounding, not just formulas.
+    g_p, want_t = _out_of_place_step(model, g, z1, z2, z3, 3600.0)
+    nu = torch.addcmul(prepared.drift_mu, prepared.drift_sigma, z2).abs_()
+    nu = nu if model.drift_scale == 1.0 else nu.mul_(model.drift_scale)
+    c = 0.0088 * model.g_max**0.65
+    q = torch.pow(torch.clamp(g_p, min=0.5 * (c / 0.2) ** (1 / 0.65)), -0.65).clamp_(max=0.2 / c)
+    rf = math.sqrt(math.log((3600.0 + model.t_0 + model.t_read) / (2.0 * model.t_read)))
+    other = (torch.exp(-math.log1p(3600.0 / model.t_0) * nu) * g_p
+             * (1.0 + q * z3 * (rf * model.read_noise_scale * c))).clamp_(min=0.0)
+    torch.testing.assert_close(other, want_t, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(other, want_t)
+
+
+def test_buffers_that_do_not_fit_are_not_used():
+    """A work buffer of the wrong shape or dtype, or one that is an input, is ignored: the
+    result is a new tensor with the same values."""
+    model = PCMLikeNoiseModel()
+    g = _targets_with_edges(model, shape=(1, 2, 4, 16))
+    gen = torch.Generator().manual_seed(3)
+    z = torch.randn(1, 2, 4, 16, generator=gen)
+    prepared = model.prepare_targets(g)
+    want = model.program(prepared, z)
+    for bad in (torch.empty(1, 2, 4, 15), torch.empty(1, 2, 4, 16, dtype=torch.float64), g):
+        before = bad.clone()
+        got = model.program(prepared, z, out=bad)
+        assert torch.equal(got, want) and got.data_ptr() != bad.data_ptr()
+        assert torch.equal(bad, before)
+
+
+def test_generic_path_ignores_buffers_and_keeps_nu():
+    """A model whose physics methods are overridden takes the generic path: the buffers and
+    ``overwrite`` change nothing there, and its own formulas are used."""
+
+    class Doubled(PCMLikeNoiseModel):
+        def apply_drift_noise_to_conductance(self, g_prog, nu, t_inference, generator=None, *,
+                                             z=None):
+            return 2.0 * super().apply_drift_noise_to_conductance(g_prog, nu, t_inference,
+                                                                  generator, z=z)
+
+    model, plain = Doubled(), PCMLikeNoiseModel()
+    g = _targets_with_edges(model, shape=(1, 1, 4, 32))
+    gen = torch.Generator().manual_seed(8)
+    z1, z2, z3 = (torch.randn(1, 1, 4, 32, generator=gen) for _ in range(3))
+    prepared = model.prepare_targets(g)
+    g_p = model.program(prepared, z1)
+    nu = model.drift_coefficients(prepared, z2)
+    kept = nu.clone()
+    out = torch.full_like(g, -1.0)
+    g_t = model.drift_and_read(g_p, nu, 3600.0, z3, out=out, overwrite=True)
+    assert torch.equal(nu, kept) and torch.all(out == -1.0)
+    want = 2.0 * plain.apply_drift_noise_to_conductance(g_p, kept, 3600.0, z=z3)
+    assert torch.equal(g_t, want)
+
+
+def test_time_check_is_traceable_and_still_refuses_bad_times():
+    model = PCMLikeNoiseModel()
+    g = torch.full((4,), 10.0)
+    nu = torch.full((4,), 0.05)
+    z = torch.zeros(4)
+    for bad in (-1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="t_inference"):
+            model.drift_and_read(g, nu.clone(), bad, z)
+    with pytest.raises(ValueError, match="t_inference"):
+        model.drift_and_read(g, nu.clone(), True, z)
+    # An int time is a time: the same result as the float.
+    assert torch.equal(model.drift_and_read(g, nu.clone(), 60, z),
+                       model.drift_and_read(g, nu.clone(), 60.0, z))

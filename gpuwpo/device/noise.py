@@ -123,6 +123,8 @@ def _normal(
 ) -> torch.Tensor:
     """Standard normals of ``shape`` in ``like``'s dtype/device, or the given ``z`` (cast)."""
     if z is not None:
+        if isinstance(z, torch.Tensor) and z.dtype == like.dtype and z.device == like.device:
+            return z  # the hot path's draws: nothing to cast (and no call to pay for)
         # Cast so that float64 draws never promote a float32 computation (and vice versa).
         return torch.as_tensor(z).to(dtype=like.dtype, device=like.device)
     return torch.randn(shape, generator=make_generator(generator, like.device), dtype=like.dtype,
@@ -198,21 +200,35 @@ class DeviceModel(Serializable):
         return PreparedTargets(_as_float_tensor(g_target))
 
     def program(self, prepared: PreparedTargets, z: torch.Tensor | None = None,
-                generator: torch.Generator | int | None = None) -> torch.Tensor:
-        """Programmed conductances of the prepared targets, ``broadcast([...], z.shape)``."""
+                generator: torch.Generator | int | None = None, *,
+                out: torch.Tensor | None = None) -> torch.Tensor:
+        """Programmed conductances of the prepared targets, ``broadcast([...], z.shape)``.
+
+        ``out``: a tensor of that shape and dtype that a fused path may write the result into
+        (a caller's work buffer, reused over time steps); a model without one returns a new
+        tensor, so use the return value either way.
+        """
         g = prepared.g_target
         return self.apply_programming_noise_to_conductance(g, _drawing(generator, z, g), z=z)
 
     def drift_coefficients(self, prepared: PreparedTargets, z: torch.Tensor | None = None,
-                           generator: torch.Generator | int | None = None) -> torch.Tensor:
-        """Drift coefficients drawn from the prepared targets, ``broadcast([...], z.shape)``."""
+                           generator: torch.Generator | int | None = None, *,
+                           out: torch.Tensor | None = None) -> torch.Tensor:
+        """Drift coefficients drawn from the prepared targets, ``broadcast([...], z.shape)``
+        (``out`` as for :meth:`program`)."""
         g = prepared.g_target
         return self.generate_drift_coefficients(g, _drawing(generator, z, g), z=z)
 
     def drift_and_read(self, g_read: torch.Tensor, nu: torch.Tensor, t_inference: TimeLike,
                        z: torch.Tensor | None = None,
-                       generator: torch.Generator | int | None = None) -> torch.Tensor:
-        """Conductances ``g_read`` (uS) drifted with ``nu`` and read at ``t_inference`` s."""
+                       generator: torch.Generator | int | None = None, *,
+                       out: torch.Tensor | None = None,
+                       overwrite: bool = False) -> torch.Tensor:
+        """Conductances ``g_read`` (uS) drifted with ``nu`` and read at ``t_inference`` s.
+
+        ``out`` as for :meth:`program`; ``overwrite``: ``nu`` is the caller's temporary, which
+        a fused path may overwrite (it is not used afterwards). Neither changes a value.
+        """
         if z is None:
             generator = _drawing(generator, z, torch.as_tensor(g_read))
         return self.apply_drift_noise_to_conductance(g_read, nu, t_inference, generator, z=z)
@@ -341,7 +357,8 @@ class PCMLikeNoiseModel(DeviceModel):
         g = _as_float_tensor(g_target)
         c0, c1, c2 = self.prog_coeff
         x = g / self.g_max
-        return (c0 + x * (c1 + x * c2)) * (self.g_max / self.g_ref)
+        # (c0 + x (c1 + x c2)) (g_max / g_ref), each step in place in one new tensor.
+        return torch.mul(x, c2).add_(c1).mul_(x).add_(c0).mul_(self.g_max / self.g_ref)
 
     def apply_programming_noise_to_conductance(self, g_target: torch.Tensor,
                                                generator: torch.Generator | int | None = None, *,
@@ -369,9 +386,10 @@ class PCMLikeNoiseModel(DeviceModel):
             ``(mu, sigma)``, each of shape ``[...]`` (unitless), before ``|.|`` and drift_scale.
         """
         g = _as_float_tensor(g_target)
-        log_g_rel = torch.log(torch.clamp(g.abs() / self.g_max, min=_G_REL_FLOOR))
-        mu = torch.clamp(-0.0155 * log_g_rel + 0.0244, min=0.049, max=0.1)
-        sigma = torch.clamp(-0.0125 * log_g_rel - 0.0059, min=0.008, max=0.045)
+        # The same operations as written, in place where a temporary allows it.
+        log_g_rel = torch.abs(g).div_(self.g_max).clamp_(min=_G_REL_FLOOR).log_()
+        mu = torch.mul(log_g_rel, -0.0155).add_(0.0244).clamp_(min=0.049, max=0.1)
+        sigma = log_g_rel.mul_(-0.0125).sub_(0.0059).clamp_(min=0.008, max=0.045)
         return mu, sigma
 
     def generate_drift_coefficients(self, g_target: torch.Tensor,
@@ -477,56 +495,80 @@ class PCMLikeNoiseModel(DeviceModel):
             return DeviceModel.prepare_targets(self, g_target)
         g = _as_float_tensor(g_target)
         mu, sigma = self.drift_mean_std(g)
-        return PreparedTargets(g, self.prog_noise_scale * self.programming_noise_std(g), mu, sigma)
+        std = self.programming_noise_std(g)
+        # x * 1.0 is x exactly: the usual unscaled model skips a pass.
+        return PreparedTargets(g, std if self.prog_noise_scale == 1.0
+                               else self.prog_noise_scale * std, mu, sigma)
 
     def program(self, prepared: PreparedTargets, z: torch.Tensor | None = None,
-                generator: torch.Generator | int | None = None) -> torch.Tensor:
+                generator: torch.Generator | int | None = None, *,
+                out: torch.Tensor | None = None) -> torch.Tensor:
         """``g_p = max(0, g + prog_noise_scale * sigma_prog(g) * z)``, fused."""
         if not self._fast_path():
             return DeviceModel.program(self, prepared, z, generator)
         g = prepared.g_target
         z = _normal(g.shape, g, generator, z)
-        return torch.addcmul(g, prepared.prog_std, z).clamp_(min=0.0)
+        return torch.addcmul(g, prepared.prog_std, z, out=_fits(out, g, z)).clamp_(min=0.0)
 
     def drift_coefficients(self, prepared: PreparedTargets, z: torch.Tensor | None = None,
-                           generator: torch.Generator | int | None = None) -> torch.Tensor:
+                           generator: torch.Generator | int | None = None, *,
+                           out: torch.Tensor | None = None) -> torch.Tensor:
         """``nu = |mu(g) + sigma(g) z| * drift_scale``, fused."""
         if not self._fast_path():
             return DeviceModel.drift_coefficients(self, prepared, z, generator)
         g = prepared.g_target
         z = _normal(g.shape, g, generator, z)
-        nu = torch.addcmul(prepared.drift_mu, prepared.drift_sigma, z).abs_()
+        nu = torch.addcmul(prepared.drift_mu, prepared.drift_sigma, z,
+                           out=_fits(out, prepared.drift_mu, z)).abs_()
         return nu if self.drift_scale == 1.0 else nu.mul_(self.drift_scale)
+
+    def _time_factors(self, t_inference: float) -> tuple[float, float]:
+        """``(ln(t'/t0), sqrt(ln((t' + t_read) / (2 t_read))))`` of one time in seconds (>= 0).
+
+        With t' = t + t0 >= t0, ln(t'/t0) = log1p(t/t0) >= 0 and is 0 exactly when there is no
+        drift yet, so the drift needs no branch. The check is written with comparisons (not
+        ``math.isfinite``) so that torch.compile traces it.
+        """
+        if isinstance(t_inference, bool) or not isinstance(t_inference, (int, float)):
+            _check_finite("t_inference", t_inference, nonneg=True)  # raises, naming the value
+        t = float(t_inference)
+        if not 0.0 <= t < math.inf:
+            raise ValueError(f"t_inference must be finite and >= 0, got {t_inference!r}")
+        return (math.log1p(t / self.t_0),
+                math.sqrt(math.log((t + self.t_0 + self.t_read) / (2.0 * self.t_read))))
 
     def drift_and_read(self, g_read: torch.Tensor, nu: torch.Tensor, t_inference: TimeLike,
                        z: torch.Tensor | None = None,
-                       generator: torch.Generator | int | None = None) -> torch.Tensor:
+                       generator: torch.Generator | int | None = None, *,
+                       out: torch.Tensor | None = None,
+                       overwrite: bool = False) -> torch.Tensor:
         """Drift and 1/f read noise of conductances ``g_read >= 0`` at one time, fused.
 
         Exactly :meth:`apply_drift_noise_to_conductance` for a single time (a float or a 0-d
         tensor), written as few in-place passes as possible (each pass over the data costs as
-        much as the arithmetic in it); a time tensor with dimensions takes the generic path.
+        much as the arithmetic in it, and every new tensor an allocation): the drift factor in
+        ``nu``'s storage when ``overwrite``, the read factor in ``out`` when it fits. A time
+        tensor with dimensions takes the generic path.
         """
         multi_time = isinstance(t_inference, torch.Tensor) and t_inference.ndim > 0
         if multi_time or not self._fast_path():
             return DeviceModel.drift_and_read(self, g_read, nu, t_inference, z, generator)
         g = g_read
-        # With t' = t + t0 >= t0, ln(t'/t0) = log1p(t/t0) >= 0 and is 0 exactly when there is
-        # no drift yet, so no branch is needed.
         if isinstance(t_inference, torch.Tensor):
             t = t_inference.to(device=g.device, dtype=torch.float64)
             log_ratio = torch.log1p(t / self.t_0).to(g.dtype)
             read_factor = torch.sqrt(
                 torch.log((t + self.t_0 + self.t_read) / (2.0 * self.t_read))).to(g.dtype)
         else:
-            t = _check_finite("t_inference", t_inference, nonneg=True)
-            log_ratio = math.log1p(t / self.t_0)
-            read_factor = math.sqrt(math.log((t + self.t_0 + self.t_read) / (2.0 * self.t_read)))
-        shape = torch.broadcast_shapes(g.shape, nu.shape)
+            log_ratio, read_factor = self._time_factors(t_inference)
+        shape = g.shape if g.shape == nu.shape else torch.broadcast_shapes(g.shape, nu.shape)
         z = _normal(shape, g, generator, z)
-        shape = torch.broadcast_shapes(shape, z.shape)
+        if z.shape != shape:
+            shape = torch.broadcast_shapes(shape, z.shape)
         # g_d = g (t'/t0)^(-nu) = g exp(-nu ln(t'/t0))
-        g_d = _into(torch.mul(nu, -log_ratio).exp_(), g, shape)
+        factor = (nu.mul_(-log_ratio) if overwrite and nu.shape == shape
+                  else torch.mul(nu, -log_ratio))
+        g_d = _into(factor.exp_(), g, shape)
         # Q = min(0.2, 0.0088 / max((g/g_max)^0.65, 1e-3)) = c min(g^-0.65, 0.2 / c) with
         # c = 0.0088 g_max^0.65: where the floor 1e-3 engages, 0.0088 / 1e-3 = 8.8 is capped at
         # 0.2 anyway. g_t = max(0, g_d + |g_d| s Q z) = max(0, g_d (1 + s c q z)) as g_d >= 0.
@@ -536,8 +578,8 @@ class PCMLikeNoiseModel(DeviceModel):
         # log(0) = -inf or exp(inf), which the CPU's vector log and exp take a slow path for
         # (many programmed conductances are exactly 0).
         g_floor = 0.5 * (c / _Q_MAX) ** (1.0 / 0.65)
-        q = _into(torch.clamp(g, min=g_floor).log_().mul_(-0.65).exp_().clamp_(max=_Q_MAX / c),
-                  z, shape)
+        q = torch.clamp(g, min=g_floor, out=_fits(out, g))
+        q = _into(q.log_().mul_(-0.65).exp_().clamp_(max=_Q_MAX / c), z, shape)
         g_t = q.mul_(read_factor * (self.read_noise_scale * c)).add_(1.0)
         return _into(g_t, g_d, shape).clamp_(min=0.0)
 
@@ -549,6 +591,18 @@ _FAST_PATH_CACHE: dict[type, bool] = {}
 def _into(a: torch.Tensor, b: torch.Tensor, shape: torch.Size) -> torch.Tensor:
     """``a * b`` of the broadcast ``shape``, in place in ``a`` when ``a`` already has it."""
     return a.mul_(b) if a.shape == shape else a * b
+
+
+def _fits(out: torch.Tensor | None, *inputs: torch.Tensor) -> torch.Tensor | None:
+    """``out`` when it can hold the result of an op on ``inputs`` (their broadcast shape and
+    dtype, a separate tensor), else None: then the op makes a new tensor."""
+    if out is None or any(out is x for x in inputs):
+        return None
+    shape = inputs[0].shape
+    for x in inputs[1:]:
+        if x.shape != shape:
+            shape = torch.broadcast_shapes(shape, x.shape)
+    return out if out.shape == shape and out.dtype == inputs[0].dtype else None
 
 
 _CUSTOM_DRIFT_KEYS = ("g_lst", "nu_mean_lst", "nu_std_lst")

@@ -105,6 +105,8 @@ def program_and_read(
     z_drift: torch.Tensor | None = None,
     z_read: torch.Tensor | None = None,
     generator: torch.Generator | int | None = None,
+    *,
+    work: Sequence[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Program the prepared targets afresh, then drift and read: one time step of a physics.
 
@@ -121,15 +123,20 @@ def program_and_read(
             to draw them from ``generator``.
         generator: where missing draws come from: a generator, an int seed or None for fresh
             entropy (:mod:`gpuwpo.rng`); made once, so the three draws differ.
+        work: three tensors of the conductances' shape (and dtype) that the device model's
+            fused path may write the programmed conductances, the drift coefficients and the
+            read conductances into, so that a loop over time steps allocates nothing; they
+            are overwritten (a caller keeps them for the next step). None: new tensors.
 
     Returns:
         ``(w_prog, w_t)``: the programmed weights and the weights read at ``t_inference``,
-        ``[..., *tile]`` (unitless, not yet compensated).
+        ``[..., *tile]`` (unitless, not yet compensated; never one of ``work``).
     """
     if z_prog is None or z_drift is None or z_read is None:
         generator = make_generator(generator, prepared.g_target.device)
-    g_prog = noise_model.program(prepared, z_prog, generator)
-    nu = noise_model.drift_coefficients(prepared, z_drift, generator)
+    g_buf, nu_buf, read_buf = (None, None, None) if work is None else work
+    g_prog = noise_model.program(prepared, z_prog, generator, out=g_buf)
+    nu = noise_model.drift_coefficients(prepared, z_drift, generator, out=nu_buf)
     w_prog = tiles.to_weights(g_prog, params)
     if physics == "device":
         g_read, read_params = g_prog, params
@@ -139,7 +146,9 @@ def program_and_read(
         g_read, read_params = _reconvert(tiles, w_prog)
     else:
         check_physics(physics)
-    g_t = noise_model.drift_and_read(g_read, nu, t_inference, z_read, generator)
+    # nu is this function's own temporary: the fused path may overwrite it.
+    g_t = noise_model.drift_and_read(g_read, nu, t_inference, z_read, generator, out=read_buf,
+                                     overwrite=True)
     return w_prog, tiles.to_weights(g_t, read_params)
 
 
@@ -171,6 +180,31 @@ class ProgramConversion:
         self._unit_coef = torch.stack((unit, -unit), dim=-1).flatten(-2).unsqueeze(-2)
         self._lower = g_lst[..., :-1]
         self._upper = g_lst[..., 1:]
+
+    def chunk(self, layers: slice, candidates: slice) -> ProgramConversion:
+        """The same conversion for the layers ``layers`` and candidates ``candidates`` only.
+
+        Views of what was computed for the whole population (its scales and coefficients are
+        computed once per population, not once per chunk), equal to a ProgramConversion of the
+        sliced f and g_lst.
+        """
+        part = object.__new__(ProgramConversion)
+        part.f = self.f[layers, candidates]
+        part.g_lst = self.g_lst[layers, candidates]
+        part.tile_shape = self.tile_shape
+        part.net_max = self.net_max[layers, candidates]
+        part._unit_coef = self._unit_coef[layers, candidates]
+        part._lower = self._lower[layers, candidates]
+        part._upper = self._upper[layers, candidates]
+        return part
+
+    def targets(self, idx: torch.Tensor, frac: torch.Tensor) -> torch.Tensor:
+        """Target conductances ``[B, P, 2K, N]`` of weights at grid positions ``idx``, ``frac``
+        (``[B, N]``, one grid per layer, or ``[B, P, N]``, one per candidate): every table row
+        linearly interpolated (:func:`gpuwpo.device.converters.interpolate_programs`)."""
+        if idx.ndim == 2:
+            idx, frac = idx.unsqueeze(1), frac.unsqueeze(1)
+        return lerp_tables(self._lower, self._upper, idx, frac)
 
     def coefficients(self, max_abs_weight: torch.Tensor) -> torch.Tensor:
         """Signed ``+-f / scale`` ``[B, P, 1, 2K]`` for grids of half-width ``[B, P]`` (one per
