@@ -411,3 +411,91 @@ def test_strategy_decode_can_reproduce_dual_pair():
     mean_d, sem_d = obj.evaluate_converter(DualPairConductanceConverter(), repeats=150,
                                            generator=20)
     assert abs(mean_x - mean_d) < 4 * math.hypot(sem_x, sem_d)
+
+
+# ------------------------------------------------------------------------------------------
+# The fused hot path is the per-time-step computation, bit for bit
+# ------------------------------------------------------------------------------------------
+
+
+def _per_time_step(obj: TNMSEObjective, f, g_lst, noise, readout=None, ulp=False):
+    """The hot path as it was written before it was fused (one chunk; the programs' scales,
+    targets and error gain computed in it; every time step programmed, read, compensated with
+    the ideal weights themselves and reduced on its own): the specification of the fused
+    path's numbers. ``ulp`` moves every alpha up by one unit in the last place, the smallest
+    change float32 can make (a negative control)."""
+    from gpuwpo.device.converters import interpolate_programs
+    from gpuwpo.device.error import error_gain, scaled_weight_error
+    from gpuwpo.device.physics import ProgramConversion, program_and_read
+    from gpuwpo.rng import keyed_generator
+
+    tiles, nm, comp = obj.tiles, obj.noise_model, obj.compensation
+    B = f.shape[0]
+    w = tiles.weights.reshape(B, 1, *tiles.shape)
+    conv = ProgramConversion(f, g_lst, tiles.shape)
+    prepared = nm.prepare_targets(interpolate_programs(g_lst, tiles.idx.unsqueeze(1),
+                                                      tiles.frac.unsqueeze(1)))
+    gain = error_gain(tiles.max_abs_weight.reshape(-1, 1), obj.error_amplification, 2, like=w)
+    w_scaled = w * gain
+    coef = conv.coefficients(tiles.max_abs_weight.reshape(-1, 1))
+    generator = keyed_generator(0, 0, 0, 1) if comp.bound_management else None
+    errors = []
+    for i, t in enumerate(obj.t_steps.tolist()):
+        w_prog, w_t = program_and_read(obj.physics, conv, coef, prepared, nm, t,
+                                       *(z[:, :, i] for z in noise))
+        z = None if readout is None else (readout[0][:, :, i], readout[1][:, :, i])
+        alpha = comp.alpha(w_prog, w_t, generator, tile_ndim=2, z=z, w_ideal=w)
+        if ulp:
+            alpha = torch.nextafter(alpha, torch.full_like(alpha, math.inf))
+        errors.append(scaled_weight_error(w_t.mul_(alpha * gain), w_scaled, inplace=True))
+    return torch.stack(errors, -1).mean(-1)
+
+
+FUSED_CASES = {
+    "ideal": dict(),
+    "per-column": dict(compensation=PerColumnDriftCompensation()),
+    "exact-reference": dict(compensation=GlobalDriftCompensation(exact_reference=True)),
+    "noisy-readout": dict(compensation=GlobalDriftCompensation(readout_noise=0.01,
+                                                               readout_step=0.002)),
+    "bound-management": dict(compensation=GlobalDriftCompensation.aihwkit_default()),
+    "two-layers": dict(layers=[_layer(3000, 0), _layer(1000, 7) * 1e-3]),
+    "scaled-noise": dict(noise_model=PCMLikeNoiseModel(prog_noise_scale=1.4, drift_scale=0.7)),
+}
+
+
+@pytest.mark.parametrize("physics", ["device", "aihwkit"])
+@pytest.mark.parametrize("case", sorted(FUSED_CASES))
+def test_fused_hot_path_is_the_per_time_step_computation_bit_for_bit(case, physics):
+    """The hot path computes what it shares once (programs' scales, the layer's error gain,
+    the compensation floor) and compensates all time steps in one call, in place in reused
+    buffers: the same operations on the same numbers, so the same bits (float32), with common
+    (size-1 candidate axis) and with independent noise, whatever the chunking."""
+    obj = _objective(f_lst=(None, None), physics=physics, **FUSED_CASES[case])
+    B, P, T, N = obj.num_layers, 6, len(T_STEPS), obj.num_test_weights
+    R = 2 * obj.space.num_pairs
+    x = _population(obj, P, 3)
+    x[:, 0] = 0.0  # a program with conductances at exactly 0 uS
+    f, g_lst = _decode(obj, x)
+    readout = None
+    if obj.compensation.readout_noise > 0:
+        gen = _gen(50)
+        readout = tuple(torch.randn(B, P, T, *obj.tile_shape, generator=gen) for _ in range(2))
+    for shared in (True, False):
+        noise = sample_device_noise((B, 1 if shared else P, T, R, N), generator=_gen(60))
+        want = _per_time_step(obj, f, g_lst, noise, readout)
+        for budget in (None, 3 * R * N * 4 * 20):  # one chunk; chunks of a few candidates
+            t = obj.tiles
+            got = tnmse_from_programs(
+                f, g_lst, t.weights, t.idx, t.frac, t.max_abs_weight, obj.t_steps,
+                obj.noise_model, obj.compensation, tile_shape=t.shape, noise=noise,
+                readout_noise=None if readout is None else tuple(
+                    z.flatten(-2) for z in readout),
+                memory_budget=budget, physics=physics)
+            if obj.compensation.bound_management and budget is not None:
+                continue  # repeated readouts draw from each chunk's own stream
+            assert torch.equal(got, want), (case, physics, shared, budget)
+    # Negative control: alpha one unit in the last place off, the smallest error a float32
+    # computation can make, changes the figures: the comparison above sees rounding.
+    other = _per_time_step(obj, f, g_lst, noise, readout, ulp=True)
+    torch.testing.assert_close(other, want, rtol=1e-5, atol=0)
+    assert not torch.equal(other, want)

@@ -26,7 +26,7 @@ import torch
 
 from ..device.chunks import chunk_budgets, plan_chunks
 from ..device.compensation import GlobalDriftCompensation, kernel_compensation
-from ..device.converters import grid_position, interpolate_programs
+from ..device.converters import grid_position
 from ..device.error import error_gain, scaled_weight_error
 from ..device.mapping import as_recipe, check_mapping
 from ..device.noise import kernel_physics
@@ -54,43 +54,37 @@ _LIVE_TENSORS = 12
 _POSITION_TENSORS = 4
 
 
-def _tnmse_chunk(f, g_lst, test_weights, idx, frac, max_abs_weight, grid_max, t, noise_model,
-                 compensation, amp, noise, readout_z, tile_shape, physics, generator=None,
-                 float_times=True, row_scales=None, tile_max=None):
-    """TNMSE of one chunk of candidates: f [B, p, K], g_lst [B, p, 2K, L] -> [B, p].
+def _tnmse_chunk(tiles, test_weights, w, w_scaled, gain, idx, frac, grid_max, times,
+                 noise_model, compensation, noise, readout_z, physics, generator=None,
+                 row_scales=None, tile_max=None, buffers=True):
+    """TNMSE of one chunk of candidates: ``tiles`` (a :class:`ProgramConversion` of f [B, p, K]
+    and g_lst [B, p, 2K, L]) -> [B, p].
 
-    Loops over the time steps so that the working set is a few [B, p, 2K, N] tensors (cache
-    sized on the CPU); ``noise`` fields broadcast to [B, p, T, 2K, N] and ``readout_z`` to
-    [B, p, T, out, in]; ``generator`` draws the readout noise of the bound management's repeated
-    passes (rare: only when a readout clips). ``grid_max`` is [B, 1] (one grid per layer, whose
-    positions ``idx``/``frac`` [B, N] are given) or [B, p] (a clip per candidate: ``idx`` None,
-    the positions computed here). ``test_weights`` are the tile weights; ``row_scales`` [B, out,
-    1] their per-column scales (None: the layer-wise mapping); ``tile_max`` [B] their max|W|,
-    given when the grid clips (``grid_max`` below it).
+    Loops over the time steps (``times``, Python floats) so that the working set is a few
+    [B, p, 2K, N] tensors (cache sized on the CPU); ``noise`` fields broadcast to
+    [B, p, T, 2K, N] and ``readout_z`` to [B, p, T, out, in]; ``generator`` draws the readout
+    noise of the bound management's repeated passes (rare: only when a readout clips).
+    What depends on the layer only comes computed once per call: ``test_weights`` [B, N] the
+    tile weights, ``w`` [B, 1, out, in] the same as tiles, ``gain`` [B, 1, 1 or out, 1] the
+    error's gain (amp / M, times the row scales s under the per-column mapping) and ``w_scaled``
+    = ``w`` x ``gain``. ``grid_max`` is [B, 1] (one grid per layer, whose positions ``idx``/
+    ``frac`` [B, N] are given) or [B, p] (a clip per candidate: ``idx`` None, the positions
+    computed here). ``row_scales`` [B, out, 1] the tile rows' scales (None: the layer-wise
+    mapping); ``tile_max`` [B] the tile weights' max|W|, given when the grid clips.
+    ``buffers``: reuse three work tensors over the time steps (the eager path; the compiled
+    one fuses its passes and allocates nothing anyway).
     """
-    B = f.shape[0]
-    tiles = ProgramConversion(f, g_lst, tile_shape)
+    B = w.shape[0]
     if idx is None:
         # A clip per candidate: each candidate's grid, so its own positions of the weights.
-        L = g_lst.shape[-1]
+        L = tiles.g_lst.shape[-1]
         half_over_m = (0.5 * (L - 1)) / grid_max.clamp(min=torch.finfo(grid_max.dtype).tiny)
         idx, frac = grid_position(test_weights.unsqueeze(1), half_over_m.unsqueeze(-1), L)
-        g_target = interpolate_programs(g_lst, idx, frac)  # [B, p, 2K, N]
-    else:
-        # The test weights' grid position is shared by every candidate (computed once per layer).
-        g_target = interpolate_programs(g_lst, idx.unsqueeze(1), frac.unsqueeze(1))
+    # The test weights' grid position is shared by every candidate (computed once per layer).
+    g_target = tiles.targets(idx, frac)  # [B, p, 2K, N]
     # Per-target quantities (programming-noise std, drift mean and spread) are shared by all
     # time steps: computed once per candidate.
     prepared = noise_model.prepare_targets(g_target)
-    w = test_weights.reshape(B, 1, *tile_shape)
-    # The error's gain amp / M, applied before squaring (scale-free, docs/DESIGN.md section 5)
-    # and folded into the compensation's multiplication: alpha gain W_t - gain W. Under the
-    # per-column mapping each row's effective weights are s_i alpha W_t: the gain is amp s_i / M
-    # per row, the same one multiplication.
-    gain = error_gain(max_abs_weight.reshape(-1, 1), amp, 2, like=w)  # [B, 1, 1, 1]
-    if row_scales is not None:
-        gain = gain * row_scales.reshape(B, 1, tile_shape[0], 1)  # [B, 1, out, 1]
-    w_scaled = w * gain
     # The read-back scale follows the grid (clip x the tile's max|W| with a clip).
     coef = tiles.coefficients(grid_max)  # [B, p, 1, 2K]
     w_ideal = w  # what the tile was asked to hold (the compensation's exact reference, floor)
@@ -109,30 +103,55 @@ def _tnmse_chunk(f, g_lst, test_weights, idx, frac, max_abs_weight, grid_max, t,
     elif tile_max is not None and physics == "aihwkit":
         end = grid_max.reshape(B, -1, 1, 1)
         w_ideal = torch.maximum(torch.minimum(w, end), -end)
-    errors = []
-    # Eagerly, a Python float takes the noise model's fused in-place path; under torch.compile
-    # a 0-d tensor keeps the graph free of one specialisation (and recompilation) per time.
-    times = t.tolist() if float_times else t.unbind(0)
-    for i, t_i in enumerate(times):
-        w_prog, w_t = program_and_read(physics, tiles, coef, prepared, noise_model, t_i,
-                                       noise.z_prog[:, :, i], noise.z_drift[:, :, i],
-                                       noise.z_read[:, :, i])  # [B, p, out, in]
-        z = None if readout_z is None else (readout_z[0][:, :, i], readout_z[1][:, :, i])
-        alpha = compensation.alpha(w_prog, w_t, generator, tile_ndim=2, z=z, w_ideal=w_ideal)
-        errors.append(scaled_weight_error(w_t.mul_(alpha * gain), w_scaled,
-                                          inplace=True))  # [B, p]
-    return torch.stack(errors, -1).mean(-1)
+    if not getattr(compensation, "exact_reference", True):
+        # Without an exact reference the ideal weights set only the readout's floor, through
+        # their max|W| per tile (GlobalDriftCompensation.alpha): one value per tile, taken once
+        # here instead of a pass over the tile at every time step.
+        w_ideal = w_ideal.abs().amax(dim=(-2, -1), keepdim=True)
+    work = ([torch.empty_like(g_target) for _ in range(3)]
+            if buffers and noise.z_prog.shape[1] in (1, g_target.shape[1]) else None)
+    z_prog, z_drift, z_read = (z.unbind(2) for z in noise)
+    if compensation.bound_management:
+        # A readout that clips is repeated with fresh noise drawn from ``generator``, one time
+        # step after another: compensate each time step as it comes (the draws' order).
+        errors = []
+        for i, t_i in enumerate(times):
+            w_prog, w_t = program_and_read(physics, tiles, coef, prepared, noise_model, t_i,
+                                           z_prog[i], z_drift[i], z_read[i], work=work)
+            z = None if readout_z is None else (readout_z[0][:, :, i], readout_z[1][:, :, i])
+            alpha = compensation.alpha(w_prog, w_t, generator, tile_ndim=2, z=z,
+                                       w_ideal=w_ideal)
+            errors.append(scaled_weight_error(w_t.mul_(alpha * gain), w_scaled,
+                                              inplace=True))  # [B, p]
+        return torch.stack(errors, -1).mean(-1)
+    # Otherwise every time step's tile weights first (small: [out, in] per step, where the
+    # conductances are [2K, out, in]), then one compensation and one error over all of them:
+    # the same numbers as per time step, for a T-th of the calls.
+    steps = [program_and_read(physics, tiles, coef, prepared, noise_model, t_i, z_prog[i],
+                              z_drift[i], z_read[i], work=work) for i, t_i in enumerate(times)]
+    w_prog = torch.stack([step[0] for step in steps], 2)  # [B, p, T, out, in]
+    w_t = torch.stack([step[1] for step in steps], 2)
+    alpha = compensation.alpha(w_prog, w_t, generator, tile_ndim=2, z=readout_z,
+                               w_ideal=w_ideal.unsqueeze(2))  # [B, p, T, 1 or out, 1]
+    errors = scaled_weight_error(w_t.mul_(alpha * gain.unsqueeze(2)), w_scaled.unsqueeze(2),
+                                 inplace=True)  # [B, p, T]
+    return errors.mean(-1)
 
 
 @functools.cache
 def _compiled_chunk():
     """``_tnmse_chunk`` through torch.compile, built once per process (shapes are dynamic).
 
-    Each inference time stays a Python float, so the compiler specialises one fused loop per
-    time step (faster on a CPU than passing times as 0-d tensors, bench/objective.py); that is T
-    graphs, or 2T with independent noise, more than dynamo's default limit of 8 recompilations.
+    One graph per physics and noise mode: the inference times are Python floats that the graph
+    takes as inputs (nothing in the chunk breaks the graph: the time factors are checked and
+    computed with comparisons and ``math``), and the time loop is unrolled into one fused loop
+    over the conductances. The grid positions the tables are read at are clamped into the table
+    by construction (:func:`gpuwpo.device.converters.grid_position`), so the generated code is
+    spared a bounds check on every indirect load (``assert_indirect_indexing``). The recompile
+    limit is raised for the rare shape changes dynamic shapes do not cover.
     """
-    compiled = torch.compile(_tnmse_chunk, dynamic=True)
+    compiled = torch.compile(_tnmse_chunk, dynamic=True,
+                             options={"assert_indirect_indexing": False})
 
     def run(*args):
         limit = max(64, torch._dynamo.config.recompile_limit)
@@ -295,6 +314,20 @@ def tnmse_from_programs(
                                                           cands.stop - cands.start)
 
     fn = _compiled_chunk() if compiled else _tnmse_chunk
+    # Computed once per call, not once per chunk: the programs' scales (every candidate's),
+    # the inference times as floats, and what depends on the layer only (tiles, error gain).
+    programs = ProgramConversion(f, g_lst, tile_shape)
+    times = tuple(float(v) for v in t.tolist())
+    w_all = test_weights.reshape(B, 1, *tile_shape)
+    # The error's gain amp / M, applied before squaring (scale-free, docs/DESIGN.md section 5)
+    # and folded into the compensation's multiplication: alpha gain W_t - gain W. Under the
+    # per-column mapping each row's effective weights are s_i alpha W_t: the gain is amp s_i / M
+    # per row, the same one multiplication.
+    gain_all = error_gain(max_abs_weight.reshape(-1, 1), float(error_amplification), 2,
+                          like=w_all)  # [B, 1, 1, 1]
+    if row_scales is not None:
+        gain_all = gain_all * row_scales.reshape(B, 1, tile_shape[0], 1)  # [B, 1, out, 1]
+    w_scaled_all = w_all * gain_all
     out = torch.empty((B, P), dtype=dtype, device=device)
     for l0 in range(0, B, layer_chunk):
         layers = slice(l0, min(B, l0 + layer_chunk))
@@ -315,17 +348,16 @@ def tnmse_from_programs(
             if chunk_ro is not None:
                 chunk_ro = tuple(z.reshape(*z.shape[:-1], *tile_shape) for z in chunk_ro)
             out[layers, cands] = fn(
-                f[layers, cands], g_lst[layers, cands],
-                test_weights[layers], None if per_candidate else idx[layers],
-                None if per_candidate else frac[layers], max_abs_weight[layers],
+                programs.chunk(layers, cands), test_weights[layers], w_all[layers],
+                w_scaled_all[layers], gain_all[layers],
+                None if per_candidate else idx[layers], None if per_candidate else frac[layers],
                 grid_max[layers, cands] if per_candidate else grid_max[layers].reshape(-1, 1),
-                t, noise_model, compensation, float(error_amplification), chunk_noise, chunk_ro,
-                tile_shape, physics,
+                times, noise_model, compensation, chunk_noise, chunk_ro, physics,
                 # The bound management's repeated readouts (rare) draw from the chunk's stream.
                 keyed_generator(base_seed, keys[l0], cands.start, 1, device=device)
                 if compensation.bound_management else None,
-                True, None if row_scales is None else row_scales[layers],
-                tile_max[layers] if clipped else None,
+                None if row_scales is None else row_scales[layers],
+                tile_max[layers] if clipped else None, not compiled,
             )
     return out
 
