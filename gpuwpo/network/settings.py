@@ -292,7 +292,8 @@ def optimize_kwargs_from_settings(settings: Mapping[str, Any], *,
                 f"{where}the run drew its test tiles by its layers' input energies (importance "
                 f"of {len(recorded.get('layers') or [])} layer(s), digest "
                 f"{recorded['digest'][:12]}...); the results file records only their digest: "
-                f"give the same energies to repeat it")
+                f"repeat it in Python with the same energies (gpuwpo.optimize_network(..., "
+                f"importance=...))")
         given = importance_record(importance)["digest"]
         if given != recorded["digest"]:
             raise ValueError(f"{where}the energies given are not the ones the run drew its "
