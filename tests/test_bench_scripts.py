@@ -321,3 +321,22 @@ def test_noise_floor_quick(tmp_path, keep_threads):
     by_model = {(r["layer"], r["model"]): r["baseline_tnmse"] for r in run["rows"]}
     for layer in {r["layer"] for r in run["rows"]}:
         assert by_model[layer, "no programming noise"] < by_model[layer, "default"]
+
+
+@pytest.mark.slow
+def test_importance_quick(tmp_path, keep_threads):
+    record = load_script("importance").main(["--quick", "--out-dir", str(tmp_path),
+                                             "--models", "digits_mlp", "--seeds", "100"])
+    written = _read_single_json(tmp_path, "importance")
+    assert written == json.loads(json.dumps({"benchmark": "importance", **record}))
+    ((run,),) = [m["runs"] for m in record["models"]]
+    assert run["physics"] == "device" and [r["seed"] for r in run["runs"]] == [100]
+    # Every layer's energies are non-negative (some pixels of a digit image are always 0),
+    # and the pooled paired differences have one figure per inference time.
+    assert all(0 <= e["min"] <= e["mean"] <= e["max"] and 0 < e["effective_share"] <= 1
+               for e in run["energies"].values())
+    assert set(run["energies"]) == set(run["tile_bias"])
+    n_times = len(record["config"]["times"])
+    for diff in ("importance - plain",):
+        assert len(run["pooled"][diff]["mean"]) == n_times
+        assert all(s >= 0 for s in run["pooled"][diff]["sem"])
