@@ -12,6 +12,7 @@ import torch
 import gpuwpo
 from gpuwpo.device.mapping import Recipe, row_scales
 from gpuwpo.device.simulate import DeviceNoise, converter_errors, sample_device_noise
+from gpuwpo.io import load_result, save_result
 from gpuwpo.search.objective import TNMSEObjective
 from gpuwpo.search.options import SearchOptions
 from gpuwpo.search.reference import reference_tnmse
@@ -363,3 +364,63 @@ def test_no_answer_is_worse_than_the_per_column_baseline_at_a_tiny_budget():
                              generator=4321, layer_id=b).double().mean(-1)
         d = e[1] - e[0]
         assert float(d.mean() - 3 * d.std() / math.sqrt(96)) <= 0, (b, r.chosen[b])
+
+
+# ------------------------------------------------------------------------------------------
+# Standard converters the grid cannot express
+# ------------------------------------------------------------------------------------------
+
+
+def _optimizer(**options) -> gpuwpo.WeightProgrammingOptimizer:
+    return gpuwpo.WeightProgrammingOptimizer(
+        _scaled_rows(), [None, None], gpuwpo.PCMLikeNoiseModel(), list(T_STEPS), _dual(),
+        test_in_features=IN, test_out_features=OUT, **options)
+
+
+def test_standard_converters_between_grid_points_compete_as_themselves():
+    opt = _optimizer()
+    offered = dict(opt.inexact_standard_converters())
+    # nbins = 6: the grid's step is 0.2 of max|W|. NPair f=[1, F] changes slope at 1/(1 + F):
+    # on the grid for F = 1 (the baseline), 1.5 and 4; between grid points for F = 2, 3, 5.
+    assert list(offered) == ["NPair f=[1, 2]", "NPair f=[1, 3]", "NPair f=[1, 5]"]
+    w = _scaled_rows(seed=9)[:5].double()
+    space = opt.space
+    for label, program in offered.items():
+        F = float(label.split(", ")[1].rstrip("]"))
+        exact = gpuwpo.NPairConductanceConverter([1.0, F], 0.0, 25.0)
+        assert isinstance(program, gpuwpo.CustomPairConductanceConverter)
+        g_program, p_program = program.convert_to_conductances(w)
+        g_exact, p_exact = exact.convert_to_conductances(w)
+        torch.testing.assert_close(g_program.to(g_exact), g_exact, rtol=0, atol=1e-9)
+        torch.testing.assert_close(program.convert_back_to_weights(g_program, p_program).to(w),
+                                   w, rtol=0, atol=1e-6)
+        # Negative control: the start of the same name, interpolated on the space's grid, is
+        # another program (by several uS between the grid points).
+        start = space.to_converter(space.encode_npair([1.0, F]), 1.0, invertibility_test=False)
+        g_start, _ = start.convert_to_conductances(w)
+        assert float((g_start.to(g_exact) - g_exact).abs().max()) > 1.0
+    # None without the standard starts.
+    assert _optimizer(standard_starts=False).inexact_standard_converters() == []
+
+
+def test_the_choice_offers_them_and_a_file_holds_the_one_it_takes(tmp_path):
+    opt = _optimizer(popsize=2, maxiter=2, polish=False, validation_repeats=8,
+                     baseline_iterations=8)
+    opt.run_optimizer()
+    r = opt.result
+    labels = list(r.choices[0].figures)
+    for F in (2, 3, 5):
+        assert f"standard: NPair f=[1, {F}], columnwise" in labels
+    # A results file holds such an answer (a CustomPair program on its own grid).
+    net = gpuwpo.optimize_network({"l.weight": _scaled_rows()}, gpuwpo.PCMLikeNoiseModel(),
+                                  list(T_STEPS), _dual(), [None, None], popsize=2, maxiter=2,
+                                  polish=False, validation_repeats=16, baseline_iterations=8,
+                                  test_in_features=IN, test_out_features=OUT, disp=False)
+    # Here (heavy-tailed rows) the exact NPair f=[1, 3] beats the search, its starts and the
+    # baseline on fresh noise, by some 15 % of TNMSE.
+    (layer,) = net.layers
+    assert layer.chosen == "standard: NPair f=[1, 3], columnwise" and layer.improvement > 0.05
+    assert layer.converter.g_lst.shape == (4, 9)  # slope changes at +-0.25: a grid of 9
+    path = tmp_path / "r.json"
+    save_result(net, path)
+    assert load_result(path).layers == net.layers

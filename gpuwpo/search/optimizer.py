@@ -24,7 +24,7 @@ from .de import population_size
 from .objective import TNMSEObjective
 from .options import SearchOptions, refuse_unsupported
 from .selection import choose_per_layer, interval
-from .strategy import StrategySpace
+from .strategy import START_RATIOS, StrategySpace
 from .tiles import TestTile
 
 __all__ = ["WeightProgrammingOptimizer", "OptimizationResult", "LAYERWISE_BASELINE"]
@@ -51,7 +51,8 @@ class OptimizationResult:
         x: [B, D] the chosen strategy of each layer in the unit hypercube; NaN rows where the
             answer is no point of the search's space (the baseline, kept or under the other
             mapping; a start under the other mapping; an unclipped start the space cannot
-            express).
+            express; a standard converter between the grid's points,
+            :meth:`WeightProgrammingOptimizer.inexact_standard_converters`).
         converters: per layer the chosen converter: a single-program
             :class:`CustomPairConductanceConverter`, or the baseline converter itself (the
             converters of ``recipes``).
@@ -491,7 +492,74 @@ class WeightProgrammingOptimizer:
                 for layer in per_layer:
                     layer.append((f"baseline converter, {mapping}", None,
                                   Recipe(self.g_converter_baseline, mapping)))
+        for label, conv in self.inexact_standard_converters(unclipped):
+            for layer in per_layer:
+                layer.append((f"standard: {label}, {own}", None, Recipe(conv, own)))
         return per_layer, nfev
+
+    def inexact_standard_converters(self, space: StrategySpace | None = None
+                                    ) -> list[tuple[str, object]]:
+        """The standard N-pair converters the space's grid cannot express exactly, each as a
+        CustomPair program on a grid that holds it exactly.
+
+        An N-pair converter with ``f_k = F**k`` (F over the standard starts' ratios, fixed
+        factors kept, the baseline's own converter left out) fills its lower pair first and
+        changes slope where a pair is full: at ``1 / (1 + F)`` of max|W| for two pairs. Where
+        that point falls between the space's grid points, the start of the same name (the
+        converter interpolated at the grid points) is a different, usually worse, program.
+        Those converters compete in the choice as they are (label ``"NPair f=[1, 3]"``): a
+        :class:`~gpuwpo.device.converters.CustomPairConductanceConverter` on the coarsest grid
+        ``linspace(-1, 1, 2n + 1)`` (n <= 60) with every slope change on a grid point, which
+        converts every weight exactly as the N-pair converter does (checked on 1,001 weights in
+        [-1, 1] within 1e-9 of the conductance range; a converter with no such grid is left
+        out). So the answer is never worse than a standard converter a user could pick by hand.
+        None without standard starts. ``space``: an unclipped space of the same grid (default:
+        the search's).
+        """
+        from ..device.converters import CustomPairConductanceConverter, NPairConductanceConverter
+
+        space = self.space if space is None else space
+        if not self.options.standard_starts:
+            return []
+        base = self.g_converter_baseline
+        w = torch.linspace(-1.0, 1.0, 1001, dtype=torch.float64)
+        tol = 1e-9 * (space.g_max - space.g_min)
+
+        def same(a, b) -> bool:
+            g_a, _ = a.convert_to_conductances(w)
+            g_b, _ = b.convert_to_conductances(w)
+            return float((g_a - g_b.to(g_a)).abs().max()) <= tol
+
+        out: list[tuple[str, object]] = []
+        for ratio in START_RATIOS:
+            f = [float(ratio) ** k if fixed is None else float(fixed)
+                 for k, fixed in enumerate(space.f_lst)]
+            if any(fixed is None and not space.f_min <= fk <= space.f_max
+                   for fk, fixed in zip(f, space.f_lst)):
+                continue
+            if (isinstance(base, NPairConductanceConverter) and base.batch_shape == ()
+                    and base.f_lst.tolist() == f and float(base.g_min) == space.g_min
+                    and float(base.g_max) == space.g_max):
+                continue  # the baseline itself: always in the choice
+            exact = NPairConductanceConverter(f, space.g_min, space.g_max)
+            start = space.to_converter(space.encode_npair(f), 1.0, invertibility_test=False,
+                                       clip=1.0)
+            if same(exact, start):
+                continue  # the grid expresses it: it competes as a standard start
+            # The slope changes, as fractions of max|W|: where pairs 0..j are full.
+            spans = torch.tensor(f, dtype=torch.float64)
+            kinks = (spans.cumsum(0)[:-1] / spans.sum()).tolist()
+            n = next((n for n in range(1, 61)
+                      if all(abs(c * n - round(c * n)) < 1e-9 for c in kinks)), None)
+            if n is None:
+                continue
+            grid = torch.linspace(-1.0, 1.0, 2 * n + 1, dtype=torch.float64)
+            g_lst, _ = exact.convert_to_conductances(grid)
+            program = CustomPairConductanceConverter(f, g_lst, space.g_min, space.g_max,
+                                                     invertibility_test=False)
+            if same(exact, program):
+                out.append((f"NPair f=[{', '.join(f'{v:g}' for v in f)}]", program))
+        return out
 
     def _unclipped_point(self, x: torch.Tensor) -> torch.Tensor | None:
         """An unclipped space's point ``x`` [D'] in the search's space: the same point with the
