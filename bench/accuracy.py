@@ -85,11 +85,11 @@ QUICK_REPEATS = 2
 REPEATS = 50
 
 
-def _baseline() -> gpuwpo.DualPairConductanceConverter:
+def baseline_converter() -> gpuwpo.DualPairConductanceConverter:
     return gpuwpo.DualPairConductanceConverter([1.0, 1.0], 0.0, 25.0)
 
 
-def _noise_model() -> gpuwpo.PCMLikeNoiseModel:
+def noise_model() -> gpuwpo.PCMLikeNoiseModel:
     return gpuwpo.PCMLikeNoiseModel()
 
 
@@ -134,7 +134,7 @@ def run_one(trained: models.TrainedModel, physics: str, *, popsize: int, maxiter
             options: dict[str, Any], repeats: int, seed: int, noise_seed: int,
             device: torch.device) -> dict[str, Any]:
     """Search, program and measure one network in one physics; its figures as a dict."""
-    noise, baseline = _noise_model(), _baseline()
+    noise, baseline = noise_model(), baseline_converter()
     t_steps = list(TIMES.values())
     start = time.perf_counter()
     result = gpuwpo.optimize_network(trained.model, noise, t_steps, baseline, list(F_LST),
@@ -368,8 +368,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if warmup:
             # Untimed: lazy imports, first-call costs (and CUDA context where there is one).
             first = next(iter(gpuwpo.select_weights(trained.model).items()))
-            gpuwpo.optimize_network(dict([first]), _noise_model(), list(TIMES.values()),
-                                    _baseline(), list(F_LST), disp=False, device=device,
+            gpuwpo.optimize_network(dict([first]), noise_model(), list(TIMES.values()),
+                                    baseline_converter(), list(F_LST), disp=False, device=device,
                                     popsize=1, maxiter=1, validation_repeats=2,
                                     baseline_iterations=2, polish=False,
                                     test_in_features=16, test_out_features=8)

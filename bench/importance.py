@@ -53,39 +53,34 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 
 import gpuwpo  # noqa: E402
 from bench import common, models  # noqa: E402
+
+# The times, budgets, search options and repeats of bench/accuracy.py, so that the two
+# benchmarks' figures compare.
+from bench.accuracy import (  # noqa: E402
+    DEFAULT_BUDGET,
+    F_LST,
+    OPTIONS,
+    PHYSICS,
+    QUICK_BUDGET,
+    QUICK_OPTIONS,
+    QUICK_REPEATS,
+    REPEATS,
+    TIMES,
+    baseline_converter,
+    noise_model,
+)
 from gpuwpo import example  # noqa: E402
 from gpuwpo.device.mapping import Recipe  # noqa: E402
 from gpuwpo.network.layers import as_matrix  # noqa: E402
 from gpuwpo.search.objective import TNMSEObjective  # noqa: E402
 from gpuwpo.search.tiles import TestTile  # noqa: E402
 
-#: Inference times, name -> seconds after programming (accuracy.py's).
-TIMES = {"1 s": 1.0, "1 h": 3600.0, "1 day": 86400.0, "1 month": 2592000.0,
-         "1 year": 31536000.0}
-F_LST = (None, None)
-PHYSICS = ("device", "aihwkit")
 DEFAULT_MODELS = ("digits_cnn", "digits_lstm")
 DEFAULT_SEEDS = (100, 101, 102)
-DEFAULT_BUDGET = (int(common.DEFAULTS["popsize"]), int(common.DEFAULTS["maxiter"]))
-#: The digits example's CPU settings, as bench/accuracy.py runs them.
-OPTIONS = {"test_in_features": 64, "test_out_features": 20, "baseline_iterations": 30,
-           "validation_repeats": 30, "polish_maxiter": 15}
-QUICK_BUDGET = (2, 2)
-QUICK_OPTIONS = {"test_in_features": 16, "test_out_features": 8, "baseline_iterations": 4,
-                 "validation_repeats": 4, "polish": False}
-REPEATS, QUICK_REPEATS = 50, 2
 #: Programmings of the whole-layer weight errors (steps 4 and 5).
 ERROR_REPEATS, QUICK_ERROR_REPEATS = 100, 4
 #: gpuwpo's default test tile (out, in), beside the search's in step 5.
 DEFAULT_TILE = (20, 512)
-
-
-def _baseline() -> gpuwpo.DualPairConductanceConverter:
-    return gpuwpo.DualPairConductanceConverter([1.0, 1.0], 0.0, 25.0)
-
-
-def _noise_model() -> gpuwpo.PCMLikeNoiseModel:
-    return gpuwpo.PCMLikeNoiseModel()
 
 
 def _sem(values: torch.Tensor) -> torch.Tensor:
@@ -123,7 +118,7 @@ def layer_errors(weights: dict[str, torch.Tensor], energies: dict[str, torch.Ten
         share = energy / energy.sum()
         per: dict[str, dict[str, torch.Tensor]] = {}
         for label, recipe in recipes[name].items():
-            eff = gpuwpo.simulate_weights(mat, recipe, _noise_model(), list(t_steps),
+            eff = gpuwpo.simulate_weights(mat, recipe, noise_model(), list(t_steps),
                                           repeats=repeats, generator=seed + b,
                                           physics=physics)  # [r, T, out, in]
             err = (10 * (eff - mat) / mat.abs().max()).double().pow(2).mean(1)  # [r, out, in]
@@ -150,7 +145,7 @@ def tile_bias(weights: dict[str, torch.Tensor], energies: dict[str, torch.Tensor
         layer -> {"layer": {"plain", "weighted"}: [mean, sem] over the whole layer, and per
         tile "OUTxIN": {"plain tile", "drawn tile"}: [mean, sem]}.
     """
-    recipe = Recipe(_baseline(), "columnwise")
+    recipe = Recipe(baseline_converter(), "columnwise")
     space = gpuwpo.StrategySpace(list(F_LST), 0.0, 25.0)
     full = layer_errors(weights, energies, {name: {"baseline": recipe} for name in weights},
                         t_steps, repeats=repeats, physics=physics, seed=seed)
@@ -162,7 +157,7 @@ def tile_bias(weights: dict[str, torch.Tensor], energies: dict[str, torch.Tensor
             for label, importance in (("plain tile", None), ("drawn tile", [energies[name]])):
                 tiles = TestTile.from_layers({name: w}, space.grid_size, shape=shape, seed=seed,
                                              mapping="columnwise", importance=importance)
-                objective = TNMSEObjective(tiles, _noise_model(), None, list(t_steps), space,
+                objective = TNMSEObjective(tiles, noise_model(), None, list(t_steps), space,
                                            mapping="columnwise", physics=physics)
                 mean, sem = objective.evaluate_converter(recipe, repeats, seed)
                 cells[label] = [float(mean[0]), float(sem[0])]
@@ -189,7 +184,7 @@ def run_model(trained: models.TrainedModel, physics: str, *, seeds: Sequence[int
         for label, importance in (("plain", None), ("importance", energies)):
             start = time.perf_counter()
             results[label] = gpuwpo.optimize_network(
-                trained.model, _noise_model(), t_steps, _baseline(), list(F_LST),
+                trained.model, noise_model(), t_steps, baseline_converter(), list(F_LST),
                 per_layer=True, physics=physics, seed=seed, disp=False, device=device,
                 popsize=popsize, maxiter=maxiter, importance=importance, **options)
             timing[f"{label}_search_s"] = time.perf_counter() - start
@@ -198,7 +193,7 @@ def run_model(trained: models.TrainedModel, physics: str, *, seeds: Sequence[int
             start = time.perf_counter()
             evaluation = gpuwpo.evaluate_model(
                 trained.model, result, trained.accuracy, t_steps, repeats, physics=physics,
-                baseline=Recipe(_baseline(), "columnwise"), noise_model=_noise_model(),
+                baseline=Recipe(baseline_converter(), "columnwise"), noise_model=noise_model(),
                 generator=noise_seed, metric_name="test accuracy (%)")
             timing[f"{label}_evaluate_s"] = time.perf_counter() - start
             values[label] = evaluation.values["optimised"]
@@ -212,7 +207,7 @@ def run_model(trained: models.TrainedModel, physics: str, *, seeds: Sequence[int
                  "plain - baseline": values["plain"] - baseline_values}
         for key, d in pairs.items():
             differences[key].append(d)
-        recipes = {name: {"baseline": Recipe(_baseline(), "columnwise"),
+        recipes = {name: {"baseline": Recipe(baseline_converter(), "columnwise"),
                           "plain": results["plain"].recipes()[name],
                           "importance": results["importance"].recipes()[name]}
                    for name in weights}

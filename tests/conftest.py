@@ -24,3 +24,14 @@ def keep_threads():
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def one_thread_module():
+    """A whole module's small tensors on one intra-op thread, the setting restored after: on
+    these shared 2-core machines a descheduled second OpenMP thread makes every elementwise
+    pass over a few hundred values wait for a scheduler slice."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -33,13 +33,7 @@ NOISE = gpuwpo.PCMLikeNoiseModel(g_max=25.0)
 DUAL = gpuwpo.DualPairConductanceConverter([1.0, 1.0], 0.0, 25.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors on one intra-op thread (a second one on these shared cores only waits)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def _gen(seed: int) -> torch.Generator:

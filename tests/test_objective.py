@@ -32,17 +32,7 @@ T_STEPS = (1.0, 3600.0, 86400.0 * 30)
 IN, OUT = 64, 4  # a small test tile keeps the tests fast: N = 256
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Run this module's small tensors on one intra-op thread, restoring the setting after.
-
-    With N = 256 the elementwise passes take microseconds; on shared, loaded cores a second
-    OpenMP thread that is descheduled makes each pass wait for a scheduler slice (~10 ms).
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def _gen(seed: int) -> torch.Generator:

@@ -22,13 +22,7 @@ T_STEPS = (1.0, 86400.0, 365 * 86400.0)
 OUT, IN = 8, 32  # a small test tile: N = 256
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors on one intra-op thread (a second one on these shared cores only waits)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def _gen(seed: int) -> torch.Generator:
