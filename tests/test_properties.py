@@ -284,17 +284,28 @@ def test_damaged_results_files_load_or_are_refused_cleanly(originals, workdir):
             assert result.summary()
             assert all(math.isfinite(layer.tnmse) for layer in result.layers)
             result_to_json_bytes(result)
-            for reader in (physics_from_settings, optimize_kwargs_from_settings):
-                try:
-                    reader(result.settings, path=path)
-                except Exception as err:  # noqa: BLE001
-                    _clean_error(err, path)
-        assert path.read_bytes() == data
-        _optimize_small_with("--config", path, workdir, originals)
-        assert path.read_bytes() == data
+            _read_settings(result, path, (physics_from_settings,
+                                          optimize_kwargs_from_settings))
+        _config_rerun_leaves_the_file(path, data, workdir, originals)
 
     check()
 
+
+
+def _read_settings(result, path, readers) -> None:
+    """Each reader rebuilds the result's settings or refuses them with a clean error."""
+    for reader in readers:
+        try:
+            reader(result.settings, path=path)
+        except Exception as err:  # noqa: BLE001
+            _clean_error(err, path)
+
+
+def _config_rerun_leaves_the_file(path, data, workdir, originals) -> None:
+    """``optimize --config`` of the (mutated) file runs or refuses cleanly, never touching it."""
+    assert path.read_bytes() == data
+    _optimize_small_with("--config", path, workdir, originals)
+    assert path.read_bytes() == data
 
 #: The fields of a layer's recipe and of the run's mappings (where a mutation is aimed).
 RECIPE_FIELDS = ("mapping", "layerwise_baseline_tnmse", "layerwise_baseline_ci95", "clip",
@@ -349,15 +360,10 @@ def test_damaged_recipe_fields_load_or_are_refused_cleanly(originals, workdir):
             again = workdir / "again-recipe.json"
             again.write_bytes(result_to_json_bytes(result))
             assert load_result(again) == result
-            for reader in (physics_from_settings, optimize_kwargs_from_settings,
-                           mappings_from_settings):
-                try:
-                    reader(result.settings, path=path)
-                except Exception as err:  # noqa: BLE001
-                    _clean_error(err, path)
-        assert path.read_bytes() == data
-        _optimize_small_with("--config", path, workdir, originals)
-        assert path.read_bytes() == data
+            _read_settings(result, path, (physics_from_settings,
+                                          optimize_kwargs_from_settings,
+                                          mappings_from_settings))
+        _config_rerun_leaves_the_file(path, data, workdir, originals)
 
     check()
 

@@ -316,12 +316,7 @@ class StrategySpace:
             ValueError: if x's last dimension is not D, x has values outside [0, 1] (or NaN),
                 M is not positive and finite, or M does not broadcast to x's batch shape.
         """
-        x = torch.as_tensor(x)
-        if not x.is_floating_point():
-            x = x.to(torch.get_default_dtype())
-        if x.ndim == 0 or x.shape[-1] != self.dim:
-            raise ValueError(f"x must have shape [..., {self.dim}] (D = dim), got "
-                             f"{tuple(x.shape)}")
+        x = self._as_points(x)
         if validate and not bool(torch.all((x >= 0.0) & (x <= 1.0))):
             bad = x[~((x >= 0.0) & (x <= 1.0))]
             raise ValueError(f"x must lie in the unit hypercube [0, 1]^D; found values such "
@@ -417,16 +412,22 @@ class StrategySpace:
             return f, g_lst, k_w, self.clips(x, validate=False)
         return f, g_lst, k_w
 
-    def clips(self, x: torch.Tensor, *, validate: bool = True) -> torch.Tensor:
-        """The clip fraction of every point: ``x`` [..., D] -> [...] in x's dtype (float for
-        integer x): ``low + x_c (high - low)`` with a ``clip_range`` (x_c the last
-        coordinate), else the fixed ``clip`` everywhere."""
+    def _as_points(self, x) -> torch.Tensor:
+        """``x`` as a floating tensor of points [..., D] (integers in the default dtype),
+        refused by name when its last dimension is not D."""
         x = torch.as_tensor(x)
         if not x.is_floating_point():
             x = x.to(torch.get_default_dtype())
         if x.ndim == 0 or x.shape[-1] != self.dim:
             raise ValueError(f"x must have shape [..., {self.dim}] (D = dim), got "
                              f"{tuple(x.shape)}")
+        return x
+
+    def clips(self, x: torch.Tensor, *, validate: bool = True) -> torch.Tensor:
+        """The clip fraction of every point: ``x`` [..., D] -> [...] in x's dtype (float for
+        integer x): ``low + x_c (high - low)`` with a ``clip_range`` (x_c the last
+        coordinate), else the fixed ``clip`` everywhere."""
+        x = self._as_points(x)
         if not self.searches_clip:
             return torch.full(x.shape[:-1], self.clip, dtype=x.dtype, device=x.device)
         x_c = x[..., -1]
