@@ -33,7 +33,7 @@ from ..search.objective import TNMSEObjective
 from ..search.optimizer import LAYERWISE_BASELINE
 from ..search.options import SearchOptions
 from ..search.selection import Choice, choose_per_layer
-from ..search.tiles import TestTile, check_importance
+from ..search.tiles import TestTile, check_importance, search_tiles
 from .executors import CheckpointFor, InProcess, Task, TaskResult, TaskSettings
 from .layers import as_matrix, select_weights
 from .result import LayerResult, NetworkResult
@@ -375,12 +375,8 @@ def _choose_pooled(pooled: TaskResult, weights: Mapping[str, Tensor], settings: 
     searched = weights
     if energies is not None:
         # The tiles the objective makes of the weights, drawn by importance.
-        shape = (None if options.test_in_features is None
-                 else (options.test_out_features, options.test_in_features))
-        searched = TestTile.from_layers(weights, pooled.space.grid_size, shape=shape,
-                                        seed=options.seed, device=pooled.device,
-                                        clip=pooled.space.clip, mapping=options.mapping,
-                                        rows=rows, importance=energies)
+        searched = search_tiles(weights, pooled.space, options, device=pooled.device,
+                                rows=rows, importance=energies)
     objective = TNMSEObjective(
         searched, settings.noise_model, pooled.compensation, settings.t_steps, pooled.space,
         test_in_features=options.test_in_features, test_out_features=options.test_out_features,

@@ -25,7 +25,7 @@ from .objective import TNMSEObjective
 from .options import SearchOptions, refuse_unsupported
 from .selection import choose_per_layer, interval
 from .strategy import START_RATIOS, StrategySpace
-from .tiles import TestTile
+from .tiles import TestTile, search_tiles
 
 __all__ = ["WeightProgrammingOptimizer", "OptimizationResult", "LAYERWISE_BASELINE"]
 
@@ -260,13 +260,9 @@ class WeightProgrammingOptimizer:
                                  "not ready test tiles")
             if isinstance(weights, torch.Tensor) and isinstance(importance, torch.Tensor):
                 importance = [importance]  # one layer, its energies
-            shape = (None if opts.test_in_features is None
-                     else (opts.test_out_features, opts.test_in_features))
             # The objective's own tiles, drawn by importance (the same call otherwise).
-            layers = TestTile.from_layers(layers, self.space.grid_size, shape=shape,
-                                          seed=opts.seed, device=self.device,
-                                          clip=self.space.clip, mapping=opts.mapping,
-                                          rows=tile_rows, importance=importance)
+            layers = search_tiles(layers, self.space, opts, device=self.device, rows=tile_rows,
+                                  importance=importance)
         self.objective = TNMSEObjective(
             layers, noise_model, self.compensation, t_steps, self.space,
             test_in_features=opts.test_in_features, test_out_features=opts.test_out_features,

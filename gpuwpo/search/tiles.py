@@ -68,8 +68,8 @@ from ..device.mapping import check_mapping, to_tile
 from ..device.sampling import downsample_weight_distribution, shuffle_weights
 from ..rng import stream_generator
 
-__all__ = ["TestTile", "DEFAULT_TILE", "MAX_TEST_WEIGHTS", "sample_rows", "importance_resample",
-           "check_importance"]
+__all__ = ["TestTile", "search_tiles", "DEFAULT_TILE", "MAX_TEST_WEIGHTS", "sample_rows",
+           "importance_resample", "check_importance"]
 
 #: The default test tile (out_features, in_features): 20 x 512 = 10,240 test weights.
 DEFAULT_TILE = (20, 512)
@@ -464,6 +464,19 @@ class TestTile:
                         tuple(self.layer_ids[b] for b in layers), self.shape, self.clip,
                         self.mapping, self.rows, pick(self.row_scales),
                         tuple(self.weighted[b] for b in layers) if self.weighted else ())
+
+
+def search_tiles(layers, space, options, *, device, rows: bool, importance) -> TestTile:
+    """The test tiles a search makes of ``layers`` (a list of weight tensors): the tile shape
+    and seed of ``options`` (a :class:`gpuwpo.search.options.SearchOptions`), the grid and clip
+    of ``space`` (a :class:`gpuwpo.search.strategy.StrategySpace`), the options' mapping, by
+    rows where ``rows``, drawn by the input energies ``importance`` (see
+    :meth:`TestTile.from_layers`)."""
+    shape = (None if options.test_in_features is None
+             else (options.test_out_features, options.test_in_features))
+    return TestTile.from_layers(layers, space.grid_size, shape=shape, seed=options.seed,
+                                device=device, clip=space.clip, mapping=options.mapping,
+                                rows=rows, importance=importance)
 
 
 def _as_layer_list(layers) -> tuple[list[str], list]:
