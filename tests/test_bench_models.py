@@ -52,6 +52,22 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+def _trains_again_the_same(trained, again) -> None:
+    """Training with the same seed gives the same weights and the same accuracy."""
+    assert _same_weights(trained.model, again.model)
+    assert trained.accuracy() == again.accuracy()
+
+
+def _mean_year_accuracy(trained, noise, repeats: int = 10) -> float:
+    """Mean test accuracy after a year under DualPair f=[1, 1], programmings seeded 0..repeats-1."""
+    import gpuwpo
+
+    base = gpuwpo.DualPairConductanceConverter([1, 1], 0.0, 25.0)
+    return sum(trained.accuracy(gpuwpo.program_model(trained.model, base, noise, 31536000.0,
+                                                     generator=k))
+               for k in range(repeats)) / repeats
+
+
 def test_registry_and_unknown_names(models):
     assert set(models.MODELS) == {"digits_mlp", "digits_cnn", "digits_lstm"}
     with pytest.raises(ValueError, match="unknown model.*digits_cnn"):
@@ -111,9 +127,7 @@ def test_digits_cnn_trains_deterministically(models, cnn):
     assert cnn.name == "digits_cnn"
     assert cnn.x_test.shape == (450, 1, 8, 8) and cnn.num_weights == 3688
     assert 94.0 < cnn.accuracy() <= 100.0
-    again = models.digits_cnn(seed=0)
-    assert _same_weights(cnn.model, again.model)
-    assert cnn.accuracy() == again.accuracy()
+    _trains_again_the_same(cnn, models.digits_cnn(seed=0))
 
 
 @pytest.mark.slow
@@ -123,12 +137,7 @@ def test_digits_cnn_loses_points_under_the_baseline(cnn):
     # docs/RESULTS.md). Asserted loosely over 10 programmings, in the device physics.
     import gpuwpo
 
-    base = gpuwpo.DualPairConductanceConverter([1, 1], 0.0, 25.0)
-    noise = gpuwpo.PCMLikeNoiseModel()
-    accs = [cnn.accuracy(gpuwpo.program_model(cnn.model, base, noise, 31536000.0,
-                                              generator=torch.Generator().manual_seed(k)))
-            for k in range(10)]
-    assert cnn.accuracy() - sum(accs) / len(accs) > 2.0
+    assert cnn.accuracy() - _mean_year_accuracy(cnn, gpuwpo.PCMLikeNoiseModel()) > 2.0
 
 
 def test_make_lstm_layout_seed_and_refusals(models):
@@ -189,9 +198,7 @@ def test_digits_lstm_trains_deterministically(models, lstm):
     _, _, x_te, y_te = models.example.load_digits_data(0)
     assert torch.equal(lstm.x_test, x_te.reshape(-1, 8, 8)) and torch.equal(lstm.y_test, y_te)
     assert 93.0 < lstm.accuracy() <= 100.0
-    again = models.digits_lstm(seed=0)
-    assert _same_weights(lstm.model, again.model)
-    assert lstm.accuracy() == again.accuracy()
+    _trains_again_the_same(lstm, models.digits_lstm(seed=0))
 
 
 @pytest.mark.slow
@@ -202,17 +209,10 @@ def test_digits_lstm_loses_points_under_the_baseline(lstm):
     # the same programming keeps the digital accuracy, so the loss is the noise's.
     import gpuwpo
 
-    base = gpuwpo.DualPairConductanceConverter([1, 1], 0.0, 25.0)
-    year = 31536000.0
-
-    def mean_accuracy(noise):
-        return sum(lstm.accuracy(gpuwpo.program_model(lstm.model, base, noise, year,
-                                                      generator=k)) for k in range(10)) / 10
-
-    assert lstm.accuracy() - mean_accuracy(gpuwpo.PCMLikeNoiseModel()) > 1.5
+    assert lstm.accuracy() - _mean_year_accuracy(lstm, gpuwpo.PCMLikeNoiseModel()) > 1.5
     silent = gpuwpo.PCMLikeNoiseModel(prog_noise_scale=0.0, read_noise_scale=0.0,
                                       drift_scale=0.0)
-    assert abs(lstm.accuracy() - mean_accuracy(silent)) <= 100 / 450  # one image at most
+    assert abs(lstm.accuracy() - _mean_year_accuracy(lstm, silent)) <= 100 / 450  # one image
 
 
 def _check_record(written: dict, model_names: list[str], physics: list[str]) -> None:
