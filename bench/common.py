@@ -277,6 +277,17 @@ def finish(name: str, record: Mapping[str, Any], heading: str,
     return record
 
 
+def parse_quick_out(parser, argv, quick_help: str, *, spread: str) -> Any:
+    """Add ``--quick`` (``quick_help``) and ``--out`` to a parser that has ``--repeats``, parse
+    ``argv`` and refuse fewer than 2 repeats (``spread``: what needs them, for the message)."""
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if args.repeats < 2:
+        parser.error(f"--repeats must be at least 2 ({spread})")
+    return args
+
+
 def run_device(args) -> torch.device:
     """The device of a benchmark run (and, on the CPU, its thread count set)."""
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -164,12 +164,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         help="programmings per layer and time (evaluate's default 10)")
     parser.add_argument("--full", action="store_true",
                         help="also time the simulation of every weight (minutes)")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: three small synthetic layers, 2 repeats")
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args(argv)
-    if args.repeats < 2:
-        parser.error("--repeats must be at least 2 (evaluate's standard errors need a spread)")
+    args = common.parse_quick_out(parser, argv,
+                                  "smoke run: three small synthetic layers, 2 repeats",
+                                  spread="evaluate's standard errors need a spread")
     repeats = 2 if args.quick else args.repeats
     machine = common.machine_info()
     weights = quick_weights() if args.quick else common.pretrained_transformer_weights()

@@ -231,12 +231,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (0 keeps torch's default)")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: synthetic only, 2 small layers, 3 repeats, 32 x 4 tile")
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args(argv)
-    if args.repeats < 2:
-        parser.error("--repeats must be at least 2 (the standard errors need a spread)")
+    args = common.parse_quick_out(
+        parser, argv, "smoke run: synthetic only, 2 small layers, 3 repeats, 32 x 4 tile",
+        spread="the standard errors need a spread")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     if args.quick:
