@@ -18,7 +18,6 @@ import torch
 from torch import nn
 
 from gpuwpo import (
-    DualPairConductanceConverter,
     GlobalDriftCompensation,
     LayerResult,
     ModelEvaluation,
@@ -29,10 +28,7 @@ from gpuwpo import (
 from gpuwpo.network.result import single_program
 from gpuwpo.registry import to_dict
 from gpuwpo.search.strategy import StrategySpace
-
-TIMES = [1.0, 86400.0]
-NOISE = PCMLikeNoiseModel(g_max=25.0)
-DUAL = DualPairConductanceConverter([1.0, 1.0], 0.0, 25.0)
+from tests._physics import DUAL, NOISE, TIMES
 
 
 def _model() -> nn.Module:

@@ -21,11 +21,9 @@ from torch import nn
 
 import gpuwpo
 from gpuwpo import (
-    DualPairConductanceConverter,
     GlobalDriftCompensation,
     LayerResult,
     NetworkResult,
-    PCMLikeNoiseModel,
 )
 from gpuwpo.device.mapping import Recipe, describe_recipe
 from gpuwpo.io import load_result, save_result
@@ -36,10 +34,7 @@ from gpuwpo.registry import to_dict
 from gpuwpo.rng import draw_seed, keyed_generator, make_generator
 from gpuwpo.search.options import SearchOptions
 from gpuwpo.search.strategy import StrategySpace
-
-TIMES = [1.0, 86400.0]
-NOISE = PCMLikeNoiseModel(g_max=25.0)
-DUAL = DualPairConductanceConverter([1.0, 1.0], 0.0, 25.0)
+from tests._physics import DUAL, NOISE, TIMES
 
 
 def _program(seed: int = 0, clip: float = 1.0):
