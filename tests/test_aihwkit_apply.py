@@ -388,3 +388,37 @@ def test_a_searched_result_goes_onto_the_converted_model():
         assert applied.layers[layer.name].chosen == layer.chosen
         for tile in modules[applied.layers[layer.name].module].analog_tiles():
             assert _same_table(tile.rpu_config.noise_model.g_converter, expected)
+
+
+def test_an_exact_standard_converter_answer_goes_onto_the_tiles():
+    """A layer whose answer is a standard N-pair converter the search's grid cannot express
+    (a CustomPair program on its own, finer grid: 'standard: NPair f=[1, 3], columnwise')
+    goes onto aihwkit's tiles like any program, equal to the hand construction, and aihwkit's
+    tile converts weights as its own NPairConductanceConverter does."""
+    model = _mlp()
+    x = torch.randn(4, 8, generator=torch.Generator().manual_seed(2))
+    analog = convert_to_analog(model, _config(mapping="columnwise")).eval()
+    weights = gpuwpo.select_weights(model)
+    opt = gpuwpo.WeightProgrammingOptimizer(next(iter(weights.values())), [None, None],
+                                            gpuwpo.PCMLikeNoiseModel(g_max=25.0), [1.0],
+                                            BASELINE)
+    program = dict(opt.inexact_standard_converters())["NPair f=[1, 3]"]
+    layers = [LayerResult(name, tuple(w.shape), program, 0.01, (0.009, 0.011), 0.02,
+                          (0.019, 0.021), chosen="standard: NPair f=[1, 3], columnwise",
+                          mapping="columnwise") for name, w in weights.items()]
+    settings = {"noise_model": to_dict(gpuwpo.PCMLikeNoiseModel(g_max=25.0)),
+                "baseline": to_dict(BASELINE), "physics": "aihwkit"}
+    result = NetworkResult.from_layers(layers, settings=settings, nit=1, nfev=1,
+                                       wall_time=0.0, stop_reason="maxiter")
+    ours = copy.deepcopy(analog)
+    apply(ours, result)
+    hand = _by_hand(analog, result.converters())
+    w_ours, y_ours = _drifted(ours, x, seed=13)
+    w_hand, y_hand = _drifted(hand, x, seed=13)
+    assert _equal(w_ours, w_hand) and torch.equal(y_ours, y_hand)
+    w = torch.linspace(-1.0, 1.0, 101)
+    g_theirs, _ = _reference(program).convert_to_conductances(w)
+    npair = ref_conv.NPairConductanceConverter([1.0, 3.0], 25.0, 0.0)
+    g_npair, _ = npair.convert_to_conductances(w)
+    for a, b in zip(g_theirs, g_npair):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
