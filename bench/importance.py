@@ -252,6 +252,11 @@ def _pm(mean: float, sem: float, signed: bool = True) -> str:
     return f"{mean:+.2f} ± {sem:.2f}" if signed else f"{mean:.2f} ± {sem:.2f}"
 
 
+def _at(figure: dict[str, list[float]], i: int, signed: bool = True) -> str:
+    """``mean +- sem`` of a figure's ``i``-th time."""
+    return _pm(figure["mean"][i], figure["sem"][i], signed)
+
+
 def _tnmse(mean: float, sem: float) -> str:
     return f"{mean:.4f} ± {sem:.4f}"
 
@@ -268,17 +273,13 @@ def tables(record: dict[str, Any]) -> str:
                 acc, d = r["accuracy"], r["differences"]
                 summary.append({
                     "model": m["name"], "physics": run["physics"], "seed": r["seed"],
-                    "baseline": _pm(acc["baseline"]["mean"][last], acc["baseline"]["sem"][last],
-                                    False),
-                    "plain": _pm(acc["plain"]["mean"][last], acc["plain"]["sem"][last], False),
-                    "importance": _pm(acc["importance"]["mean"][last],
-                                      acc["importance"]["sem"][last], False),
-                    **{key: _pm(d[key]["mean"][last], d[key]["sem"][last]) for key in d},
+                    **{key: _at(acc[key], last, False)
+                       for key in ("baseline", "plain", "importance")},
+                    **{key: _at(d[key], last) for key in d},
                 })
             p = run["pooled"]
             summary.append({"model": m["name"], "physics": run["physics"], "seed": "pooled",
-                            **{key: _pm(p[key]["mean"][last], p[key]["sem"][last])
-                               for key in p}})
+                            **{key: _at(p[key], last) for key in p}})
             rows = [{"difference": f"{key} (pooled, ± SE)",
                      **{n: _pm(mu, se) for n, mu, se in zip(names, p[key]["mean"],
                                                             p[key]["sem"])}}
