@@ -222,77 +222,77 @@ def tables(record: dict[str, Any]) -> str:
     network and physics the accuracy table and the layer table."""
     names = list(record["config"]["times"])
     summary, layerwise_summary, parts = [], [], []
-    for m in record["models"]:
-        for run in m["runs"]:
-            digital = m["digital_accuracy"]
-            summary.append({
+    # Every network and physics, in the record's order.
+    for m, run in ((model, r) for model in record["models"] for r in model["runs"]):
+        digital = m["digital_accuracy"]
+        summary.append({
+            "model": m["name"], "physics": run["physics"],
+            "digital": f"{digital:.2f}",
+            "lost": f"{digital - run['baseline']['mean'][-1]:.2f}",
+            "baseline": _pm(run["baseline"]["mean"][-1], run["baseline"]["sem"][-1]),
+            "optimised": _pm(run["optimised"]["mean"][-1], run["optimised"]["sem"][-1]),
+            "diff": _pm(run["difference"]["mean"][-1], run["difference"]["sem"][-1], True),
+            "share": _share(run.get("recovered")),
+            "tnmse": f"{run['total_tnmse']:.4f} / {run['total_baseline_tnmse']:.4f}",
+            "gain": f"{100 * run['total_improvement']:.1f} %",
+            "optimise_s": f"{run['optimise_s']:.1f}",
+        })
+        if "layerwise_baseline" in run:
+            lw = run["layerwise_baseline"]
+            lwd = run["layerwise_difference"]
+            gain = run.get("total_layerwise_improvement")
+            layerwise_summary.append({
                 "model": m["name"], "physics": run["physics"],
-                "digital": f"{digital:.2f}",
-                "lost": f"{digital - run['baseline']['mean'][-1]:.2f}",
-                "baseline": _pm(run["baseline"]["mean"][-1], run["baseline"]["sem"][-1]),
-                "optimised": _pm(run["optimised"]["mean"][-1], run["optimised"]["sem"][-1]),
-                "diff": _pm(run["difference"]["mean"][-1], run["difference"]["sem"][-1], True),
-                "share": _share(run.get("recovered")),
-                "tnmse": f"{run['total_tnmse']:.4f} / {run['total_baseline_tnmse']:.4f}",
-                "gain": f"{100 * run['total_improvement']:.1f} %",
-                "optimise_s": f"{run['optimise_s']:.1f}",
+                "lost": f"{digital - lw['mean'][-1]:.2f}",
+                "baseline": _pm(lw["mean"][-1], lw["sem"][-1]),
+                "diff": _pm(lwd["mean"][-1], lwd["sem"][-1], True),
+                "share": _share(run.get("layerwise_recovered")),
+                "col": _pm(run["baseline_vs_layerwise"]["mean"][-1],
+                           run["baseline_vs_layerwise"]["sem"][-1], True),
+                "gain": "-" if gain is None else f"{100 * gain:.1f} %",
             })
-            if "layerwise_baseline" in run:
-                lw = run["layerwise_baseline"]
-                lwd = run["layerwise_difference"]
-                gain = run.get("total_layerwise_improvement")
-                layerwise_summary.append({
-                    "model": m["name"], "physics": run["physics"],
-                    "lost": f"{digital - lw['mean'][-1]:.2f}",
-                    "baseline": _pm(lw["mean"][-1], lw["sem"][-1]),
-                    "diff": _pm(lwd["mean"][-1], lwd["sem"][-1], True),
-                    "share": _share(run.get("layerwise_recovered")),
-                    "col": _pm(run["baseline_vs_layerwise"]["mean"][-1],
-                               run["baseline_vs_layerwise"]["sem"][-1], True),
-                    "gain": "-" if gain is None else f"{100 * gain:.1f} %",
-                })
-            rows = [{"strategy": "digital", **{n: f"{digital:.2f}" for n in names}}]
-            keys = [("baseline", run.get("baseline_recipe", "baseline")),
-                    ("optimised", "optimised")]
-            if "layerwise_baseline" in run:
-                keys.append(("layerwise_baseline", "baseline, layer-wise mapping"))
-            for key, label in keys:
-                fig = run[key]
-                rows.append({"strategy": f"{label} (± SE)",
-                             **{n: _pm(mu, se) for n, mu, se in zip(names, fig["mean"],
-                                                                    fig["sem"])}})
-                # How much one programming varies: what a single chip may see.
-                rows.append({"strategy": f"{label}: spread (std)",
-                             **{n: f"{sd:.2f}" for n, sd in zip(names, fig["std"])}})
-            for key, label in (("difference", "optimised - baseline"),
-                               ("layerwise_difference", "optimised - layer-wise baseline")):
-                if key in run:
-                    d = run[key]
-                    rows.append({"strategy": f"{label} (paired, ± SE)",
-                                 **{n: _pm(mu, se, True) for n, mu, se in zip(names, d["mean"],
-                                                                              d["sem"])}})
-            acc = common.markdown_table(rows, ["strategy", *names])
-            layers = common.markdown_table([{
-                "layer": layer["name"], "shape": "x".join(map(str, layer["shape"])),
-                "converter": layer["converter"] + (f", clip {layer['clip']:g}"
-                                                   if layer.get("clip", 1.0) != 1.0 else ""),
-                "mapping": layer.get("mapping", "layer"), "chosen": layer.get("chosen", "-"),
-                "tnmse": f"{layer['tnmse']:.4f} [{layer['tnmse_ci95'][0]:.4f}, "
-                         f"{layer['tnmse_ci95'][1]:.4f}]",
-                "baseline": f"{layer['baseline_tnmse']:.4f} [{layer['baseline_ci95'][0]:.4f}, "
-                            f"{layer['baseline_ci95'][1]:.4f}]",
-                "gain": f"{100 * layer['improvement']:.1f} %",
-                "lw": ("-" if layer.get("layerwise_improvement") is None
-                       else f"{100 * layer['layerwise_improvement']:.1f} %"),
-            } for layer in run["layers"]], ["layer", "shape", "converter", "mapping", "chosen",
-                                             ("tnmse", "TNMSE [95% CI]"),
-                                             ("baseline", "baseline [95% CI]"), "gain",
-                                             ("lw", "vs layer-wise")])
-            parts.append(f"### {m['name']}, physics={run['physics']}\n\n"
-                         f"Test accuracy (%), mean ± standard error over "
-                         f"{record['config']['repeats']} programmings per strategy and time, "
-                         f"paired (gpuwpo.evaluate_model):\n\n{acc}\n\n"
-                         f"Per layer (validated TNMSE):\n\n{layers}")
+        rows = [{"strategy": "digital", **{n: f"{digital:.2f}" for n in names}}]
+        keys = [("baseline", run.get("baseline_recipe", "baseline")),
+                ("optimised", "optimised")]
+        if "layerwise_baseline" in run:
+            keys.append(("layerwise_baseline", "baseline, layer-wise mapping"))
+        for key, label in keys:
+            fig = run[key]
+            rows.append({"strategy": f"{label} (± SE)",
+                         **{n: _pm(mu, se) for n, mu, se in zip(names, fig["mean"],
+                                                                fig["sem"])}})
+            # How much one programming varies: what a single chip may see.
+            rows.append({"strategy": f"{label}: spread (std)",
+                         **{n: f"{sd:.2f}" for n, sd in zip(names, fig["std"])}})
+        for key, label in (("difference", "optimised - baseline"),
+                           ("layerwise_difference", "optimised - layer-wise baseline")):
+            if key in run:
+                d = run[key]
+                rows.append({"strategy": f"{label} (paired, ± SE)",
+                             **{n: _pm(mu, se, True) for n, mu, se in zip(names, d["mean"],
+                                                                          d["sem"])}})
+        acc = common.markdown_table(rows, ["strategy", *names])
+        layers = common.markdown_table([{
+            "layer": layer["name"], "shape": "x".join(map(str, layer["shape"])),
+            "converter": layer["converter"] + (f", clip {layer['clip']:g}"
+                                               if layer.get("clip", 1.0) != 1.0 else ""),
+            "mapping": layer.get("mapping", "layer"), "chosen": layer.get("chosen", "-"),
+            "tnmse": f"{layer['tnmse']:.4f} [{layer['tnmse_ci95'][0]:.4f}, "
+                     f"{layer['tnmse_ci95'][1]:.4f}]",
+            "baseline": f"{layer['baseline_tnmse']:.4f} [{layer['baseline_ci95'][0]:.4f}, "
+                        f"{layer['baseline_ci95'][1]:.4f}]",
+            "gain": f"{100 * layer['improvement']:.1f} %",
+            "lw": ("-" if layer.get("layerwise_improvement") is None
+                   else f"{100 * layer['layerwise_improvement']:.1f} %"),
+        } for layer in run["layers"]], ["layer", "shape", "converter", "mapping", "chosen",
+                                         ("tnmse", "TNMSE [95% CI]"),
+                                         ("baseline", "baseline [95% CI]"), "gain",
+                                         ("lw", "vs layer-wise")])
+        parts.append(f"### {m['name']}, physics={run['physics']}\n\n"
+                     f"Test accuracy (%), mean ± standard error over "
+                     f"{record['config']['repeats']} programmings per strategy and time, "
+                     f"paired (gpuwpo.evaluate_model):\n\n{acc}\n\n"
+                     f"Per layer (validated TNMSE):\n\n{layers}")
     head = common.markdown_table(summary, [
         "model", "physics", ("digital", "digital %"), ("lost", "baseline's loss 1 y"),
         ("baseline", "baseline 1 y % (± SE)"), ("optimised", "optimised 1 y % (± SE)"),
@@ -315,18 +315,26 @@ def tables(record: dict[str, Any]) -> str:
     return out + "\n\n" + "\n\n".join(parts)
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Command line entry point; returns the record (also written as JSON)."""
-    parser = common.budget_parser(__doc__, str(DEFAULT_BUDGET[0]), str(DEFAULT_BUDGET[1]))
+def add_network_arguments(parser, default_models: Sequence[str],
+                          default_physics: Sequence[str]) -> None:
+    """The flags of the benchmarks that program trained networks: --models, --physics,
+    --repeats (default None: REPEATS, or QUICK_REPEATS with --quick) and --noise-seed."""
     parser.add_argument("--models", nargs="+", choices=sorted(models.MODELS),
-                        default=list(DEFAULT_MODELS))
-    parser.add_argument("--physics", nargs="+", choices=PHYSICS, default=list(PHYSICS))
+                        default=list(default_models))
+    parser.add_argument("--physics", nargs="+", choices=PHYSICS, default=list(default_physics))
     parser.add_argument("--repeats", type=int, default=None,
                         help=f"programmings per strategy and time (default {REPEATS}, --quick "
                              f"{QUICK_REPEATS}; at least 2)")
     parser.add_argument("--noise-seed", type=int, default=0,
                         help="run seed of the programming noise (gpuwpo.evaluate_model's "
-                             "generator: streams keyed by repeat and time)")
+                             "generator: streams keyed by repeat and time, shared by every "
+                             "strategy, so that the comparisons are paired)")
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Command line entry point; returns the record (also written as JSON)."""
+    parser = common.budget_parser(__doc__, str(DEFAULT_BUDGET[0]), str(DEFAULT_BUDGET[1]))
+    add_network_arguments(parser, DEFAULT_MODELS, PHYSICS)
     common.add_run_arguments(parser)  # --weight-seed: the networks' training seed
     parser.add_argument("--quick", action="store_true",
                         help=f"smoke run: popsize {QUICK_BUDGET[0]}, {QUICK_BUDGET[1]} "
@@ -347,6 +355,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         (popsize, maxiter), options = DEFAULT_BUDGET, dict(OPTIONS)
         repeats = REPEATS
     popsize, maxiter = args.popsize or popsize, args.maxiter or maxiter
+    if args.repeats is not None and args.repeats < 2:
+        parser.error("--repeats must be at least 2 (the standard errors need a spread)")
     repeats = args.repeats or repeats
     common.apply_set_options(parser, options, args.set)
     note = (f"REDUCED budget: popsize {popsize} x D, {maxiter} generations, "

@@ -60,12 +60,12 @@ from bench.accuracy import (  # noqa: E402
     DEFAULT_BUDGET,
     F_LST,
     OPTIONS,
-    PHYSICS,
     QUICK_BUDGET,
     QUICK_OPTIONS,
     QUICK_REPEATS,
     REPEATS,
     TIMES,
+    add_network_arguments,
     baseline_converter,
     noise_model,
 )
@@ -335,17 +335,9 @@ def tables(record: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Command line entry point; returns the record (also written as JSON)."""
     parser = common.budget_parser(__doc__, str(DEFAULT_BUDGET[0]), str(DEFAULT_BUDGET[1]))
-    parser.add_argument("--models", nargs="+", choices=sorted(models.MODELS),
-                        default=list(DEFAULT_MODELS))
-    parser.add_argument("--physics", nargs="+", choices=PHYSICS, default=["device"])
+    add_network_arguments(parser, DEFAULT_MODELS, ["device"])
     parser.add_argument("--seeds", nargs="+", type=int, default=list(DEFAULT_SEEDS),
                         help="search seeds (each searched plain and with importance)")
-    parser.add_argument("--repeats", type=int, default=None,
-                        help=f"programmings per strategy and time (default {REPEATS}, --quick "
-                             f"{QUICK_REPEATS})")
-    parser.add_argument("--noise-seed", type=int, default=0,
-                        help="run seed of evaluate_model's programming noise (shared by every "
-                             "run: the comparisons are paired)")
     parser.add_argument("--calibration-size", type=int, default=None,
                         help="training images in the calibration batch (default all)")
     parser.add_argument("--weight-seed", type=int, default=0, help="the networks' training seed")
@@ -367,6 +359,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         (popsize, maxiter), options = DEFAULT_BUDGET, dict(OPTIONS)
         repeats, error_repeats = REPEATS, ERROR_REPEATS
     popsize, maxiter = args.popsize or popsize, args.maxiter or maxiter
+    if args.repeats is not None and args.repeats < 2:
+        parser.error("--repeats must be at least 2 (the standard errors need a spread)")
     repeats = args.repeats or repeats
     note = (f"popsize {popsize} x D, {maxiter} generations, a "
             f"{options['test_in_features']} x {options['test_out_features']} test tile, both "
