@@ -527,12 +527,7 @@ class WeightProgrammingOptimizer:
             return float((g_a - g_b.to(g_a)).abs().max()) <= tol
 
         out: list[tuple[str, object]] = []
-        for ratio in START_RATIOS:
-            f = [float(ratio) ** k if fixed is None else float(fixed)
-                 for k, fixed in enumerate(space.f_lst)]
-            if any(fixed is None and not space.f_min <= fk <= space.f_max
-                   for fk, fixed in zip(f, space.f_lst)):
-                continue
+        for f in space.standard_factors(START_RATIOS):
             if (isinstance(base, NPairConductanceConverter) and base.batch_shape == ()
                     and base.f_lst.tolist() == f and float(base.g_min) == space.g_min
                     and float(base.g_max) == space.g_max):

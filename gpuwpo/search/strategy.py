@@ -522,6 +522,19 @@ class StrategySpace:
         inside = {float(c) for c in clips if low <= float(c) <= high}
         return sorted(inside | {high}, reverse=True)
 
+    def standard_factors(self, ratios: Sequence[float] = START_RATIOS) -> list[list[float]]:
+        """The significance factors of the standard N-pair converters this space holds:
+        ``f_k = F**k`` per ratio F (fixed factors keep their value), those with a free factor
+        outside [f_min, f_max] left out, in the order of ``ratios``."""
+        out = []
+        for ratio in ratios:
+            f = [float(ratio) ** k if fixed is None else float(fixed)
+                 for k, fixed in enumerate(self.f_lst)]
+            if not any(fixed is None and not self.f_min <= fk <= self.f_max
+                       for fk, fixed in zip(f, self.f_lst)):
+                out.append(f)
+        return out
+
     def standard_starts(
         self,
         ratios: Sequence[float] = START_RATIOS,
@@ -551,12 +564,7 @@ class StrategySpace:
         labels: list[str] = []
         fractions = [1.0] if self.use_max_kw else list(fractions)
         start_clips = self.start_clips(START_CLIPS if clips is None else clips)
-        for ratio in ratios:
-            f = [float(ratio) ** k if fixed is None else fixed
-                 for k, fixed in enumerate(self.f_lst)]
-            if any(fixed is None and not self.f_min <= fk <= self.f_max
-                   for fk, fixed in zip(f, self.f_lst)):
-                continue
+        for f in self.standard_factors(ratios):
             for fraction in fractions:
                 for clip in start_clips:
                     x = self.encode_npair(f, fraction, clip if self.searches_clip else None)
