@@ -277,14 +277,25 @@ def finish(name: str, record: Mapping[str, Any], heading: str,
     return record
 
 
+def add_seed_and_threads(parser) -> None:
+    """``--seed`` (default 1) and ``--threads`` (default 1) for a benchmark without a search;
+    :func:`parse_quick_out` then sets torch's thread count."""
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (0 keeps torch's default)")
+
+
 def parse_quick_out(parser, argv, quick_help: str, *, spread: str) -> Any:
     """Add ``--quick`` (``quick_help``) and ``--out`` to a parser that has ``--repeats``, parse
-    ``argv`` and refuse fewer than 2 repeats (``spread``: what needs them, for the message)."""
+    ``argv``, refuse fewer than 2 repeats (``spread``: what needs them, for the message) and,
+    with ``--threads`` (:func:`add_seed_and_threads`), set torch's thread count."""
     parser.add_argument("--quick", action="store_true", help=quick_help)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.repeats < 2:
         parser.error(f"--repeats must be at least 2 ({spread})")
+    if getattr(args, "threads", 0) > 0:
+        torch.set_num_threads(args.threads)
     return args
 
 

@@ -228,14 +228,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                         default=["bert-shaped", "minilm"])
     parser.add_argument("--repeats", type=int, default=16,
                         help="programmings per converter and model (paired)")
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads (0 keeps torch's default)")
+    common.add_seed_and_threads(parser)
     args = common.parse_quick_out(
         parser, argv, "smoke run: synthetic only, 2 small layers, 3 repeats, 32 x 4 tile",
         spread="the standard errors need a spread")
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
     if args.quick:
         args.weights, args.repeats = ["bert-shaped"], 3
     tile_shape = (32, 4) if args.quick else (512, 20)
