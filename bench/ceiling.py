@@ -48,6 +48,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable
 import gpuwpo  # noqa: E402
 from bench import common  # noqa: E402
 from bench.network import _kind  # noqa: E402
+from bench.noise_floor import _npair  # noqa: E402
 from gpuwpo.device.mapping import Recipe, row_scales  # noqa: E402
 from gpuwpo.device.simulate import DEFAULT_TIMES, converter_errors, sample_rows_for  # noqa: E402
 from gpuwpo.network.layers import mapped_shape, select_weights  # noqa: E402
@@ -223,7 +224,6 @@ def optimal_program(moments: Moments, magnitudes: torch.Tensor, ratio: float, fr
     half = torch.stack((p0 + off0, off0, p1 + off1, off1))  # [4, U] for w >= 0
     negative = torch.stack((off0, p0 + off0, off1, p1 + off1)).flip(-1)[:, :-1]  # w < 0
     table = torch.cat((negative, half), dim=-1)
-    table[:, U - 1] = torch.stack((off0[0], off0[0], off1[0], off1[0]))  # w = 0
     return CeilingProgram(float(ratio), float(fraction), table.float(),
                           float(counts @ best / counts.sum()), alpha.float(), standard_error)
 
@@ -233,10 +233,6 @@ def best_programs(moments: Moments, magnitudes: torch.Tensor, ratios: Sequence[f
     """For every F, the ceiling program of the range fraction with the lowest predicted error."""
     return [min((optimal_program(moments, magnitudes, r, f, **kwargs) for f in fractions),
                 key=lambda p: p.error) for r in ratios]
-
-
-def _npair(ratio: float) -> gpuwpo.NPairConductanceConverter:
-    return gpuwpo.NPairConductanceConverter([1.0, float(ratio)], 0.0, G_MAX)
 
 
 def _reductions(base: torch.Tensor, errors: torch.Tensor) -> tuple[list[float], list[float]]:
