@@ -183,7 +183,9 @@ def optimal_program(moments: Moments, magnitudes: torch.Tensor, ratio: float, fr
     grid = moments.g
 
     def dev(table: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        return _interp(table, grid, g.expand(torch.broadcast_shapes(g.shape, feasible.shape)))
+        # [*g.shape, *table.shape[1:]]; the offsets alone ([C0, 1] or [1, C1]) stay small and
+        # broadcast against the split terms below.
+        return _interp(table, grid, g)
 
     # A pair's net contribution: its G+ device's minus its G- device's (independent devices).
     mean = (dev(moments.mean, d0 + c0) - dev(moments.mean, c0)
